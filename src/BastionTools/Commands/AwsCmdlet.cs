@@ -1,0 +1,140 @@
+using System;
+using System.Management.Automation;
+using BastionTools.Aws;
+
+namespace BastionTools.Commands
+{
+    /// <summary>
+    /// The AWS.Tools credential and region parameters, shared by every AWS-facing cmdlet, and the plumbing that
+    /// keeps secrets out of the output streams: every Verbose/Debug/Warning message passes through a
+    /// <see cref="Redactor"/> that knows this command's secrets.
+    /// </summary>
+    public abstract class AwsCmdlet : PSCmdlet
+    {
+        private ResolvedCredentials? _credentials;
+
+        /// <summary>The AWS access key id (with -SecretKey).</summary>
+        [Parameter]
+        [Alias("AK")]
+        [ValidateNotNullOrEmpty]
+        public string? AccessKey { get; set; }
+
+        /// <summary>The AWS secret access key (with -AccessKey).</summary>
+        [Parameter]
+        [Alias("SK", "SecretAccessKey")]
+        [ValidateNotNullOrEmpty]
+        public string? SecretKey { get; set; }
+
+        /// <summary>The session token of temporary credentials.</summary>
+        [Parameter]
+        [Alias("ST")]
+        [ValidateNotNullOrEmpty]
+        public string? SessionToken { get; set; }
+
+        /// <summary>A named profile of the AWS shared config/credentials files.</summary>
+        [Parameter]
+        [Alias("StoredCredentials", "AWSProfileName")]
+        [ValidateNotNullOrEmpty]
+        [ArgumentCompleter(typeof(AwsProfileCompleter))]
+        public string? ProfileName { get; set; }
+
+        /// <summary>The credentials file to read the profile from.</summary>
+        [Parameter]
+        [Alias("AWSProfilesLocation", "ProfilesLocation")]
+        [ValidateNotNullOrEmpty]
+        public string? ProfileLocation { get; set; }
+
+        /// <summary>The AWS region.</summary>
+        [Parameter]
+        [Alias("RegionToCall")]
+        [ValidateNotNullOrEmpty]
+        [ArgumentCompleter(typeof(AwsRegionCompleter))]
+        public string? Region { get; set; }
+
+        internal Redactor Redactor { get; } = new();
+
+        internal IEnvironmentSource Environment { get; set; } = ProcessEnvironment.Instance;
+
+        protected override void BeginProcessing()
+        {
+            Redactor.Add(SecretKey);
+            Redactor.Add(SessionToken);
+        }
+
+        internal AwsParameters GetAwsParameters() => new()
+        {
+            AccessKey = AccessKey,
+            SecretKey = SecretKey,
+            SessionToken = SessionToken,
+            ProfileName = ProfileName,
+            ProfileLocation = ProfileLocation,
+            Region = Region,
+            StoredCredentials = SessionState.PSVariable.GetValue("StoredAWSCredentials"),
+            StoredRegion = SessionState.PSVariable.GetValue("StoredAWSRegion"),
+        };
+
+        /// <summary>Resolves credentials once per command; a failure ends the command (nothing can go on without them).</summary>
+        internal ResolvedCredentials ResolveCredentials()
+        {
+            if (_credentials != null) return _credentials;
+            if (!string.IsNullOrEmpty(AccessKey) && !string.IsNullOrEmpty(ProfileName))
+            {
+                WriteWarningSafe("-AccessKey/-SecretKey were given, so -ProfileName is ignored.");
+            }
+            try
+            {
+                _credentials = new AwsCredentialResolver(Environment).Resolve(GetAwsParameters());
+            }
+            catch (BastionToolsException ex)
+            {
+                ThrowTerminatingError(ex.ToErrorRecord());
+                throw; // not reached
+            }
+            WriteDebugSafe("Credentials: from " + _credentials.Source + ".");
+            return _credentials;
+        }
+
+        /// <summary>Fetches the keys and registers their secret parts with the redactor.</summary>
+        internal AwsKeys GetKeys(ResolvedCredentials credentials)
+        {
+            AwsKeys keys;
+            try
+            {
+                keys = credentials.GetKeys();
+            }
+            catch (BastionToolsException ex)
+            {
+                ThrowTerminatingError(ex.ToErrorRecord());
+                throw;
+            }
+            Redactor.Add(keys.SecretAccessKey);
+            Redactor.Add(keys.SessionToken);
+            return keys;
+        }
+
+        internal ResolvedRegion ResolveRegion(ResolvedCredentials? credentials)
+        {
+            ResolvedRegion region;
+            try
+            {
+                region = new AwsCredentialResolver(Environment).ResolveRegion(GetAwsParameters(), credentials);
+            }
+            catch (BastionToolsException ex)
+            {
+                ThrowTerminatingError(ex.ToErrorRecord());
+                throw;
+            }
+            WriteDebugSafe($"Region: {region.Name}, from {region.Source}.");
+            return region;
+        }
+
+        internal void WriteDebugSafe(string message) => WriteDebug(Redactor.Redact(message));
+
+        internal void WriteVerboseSafe(string message) => WriteVerbose(Redactor.Redact(message));
+
+        internal void WriteWarningSafe(string message) => WriteWarning(Redactor.Redact(message));
+
+        /// <summary>Writes a non-terminating error for one pipeline item.</summary>
+        internal void WriteErrorSafe(BastionToolsException ex) => WriteError(ex.ToErrorRecord());
+    }
+}

@@ -1,0 +1,70 @@
+using System;
+using System.Collections;
+using System.Collections.Generic;
+using System.IO;
+using System.Linq;
+using System.Management.Automation;
+using System.Management.Automation.Language;
+using System.Text.RegularExpressions;
+using BastionTools.Aws;
+
+namespace BastionTools.Commands
+{
+    /// <summary>Completes profile names from the AWS shared config and credentials files (read as text: no SDK needed).</summary>
+    public sealed class AwsProfileCompleter : IArgumentCompleter
+    {
+        private static readonly Regex Section = new(@"^\s*\[\s*(?:profile\s+)?(?<name>[^\]]+?)\s*\]\s*$", RegexOptions.CultureInvariant);
+
+        public IEnumerable<CompletionResult> CompleteArgument(string commandName, string parameterName, string wordToComplete, CommandAst commandAst, IDictionary fakeBoundParameters)
+        {
+            var env = ProcessEnvironment.Instance;
+            var files = new List<string> { AwsEnvironmentNames.DefaultCredentialsFile(env), AwsEnvironmentNames.DefaultConfigFile(env) };
+            if (fakeBoundParameters?["ProfileLocation"] is string loc) files.Insert(0, loc);
+            return ProfileNames(files)
+                .Where(n => n.StartsWith(wordToComplete.Trim('\'', '"'), StringComparison.OrdinalIgnoreCase))
+                .Select(n => new CompletionResult(n.IndexOf(' ') >= 0 ? "'" + n + "'" : n, n, CompletionResultType.ParameterValue, "AWS profile " + n));
+        }
+
+        internal static IEnumerable<string> ProfileNames(IEnumerable<string> files)
+        {
+            var names = new SortedSet<string>(StringComparer.OrdinalIgnoreCase);
+            foreach (var f in files)
+            {
+                try
+                {
+                    if (!File.Exists(f)) continue;
+                    foreach (var line in File.ReadAllLines(f))
+                    {
+                        var m = Section.Match(line);
+                        if (m.Success && !m.Groups["name"].Value.StartsWith("sso-session ", StringComparison.Ordinal) && !m.Groups["name"].Value.StartsWith("services ", StringComparison.Ordinal))
+                            names.Add(m.Groups["name"].Value);
+                    }
+                }
+                catch (IOException)
+                {
+                }
+                catch (UnauthorizedAccessException)
+                {
+                }
+            }
+            return names;
+        }
+    }
+
+    /// <summary>Completes AWS region codes.</summary>
+    public sealed class AwsRegionCompleter : IArgumentCompleter
+    {
+        internal static readonly string[] Regions =
+        {
+            "af-south-1", "ap-east-1", "ap-east-2", "ap-northeast-1", "ap-northeast-2", "ap-northeast-3", "ap-south-1", "ap-south-2",
+            "ap-southeast-1", "ap-southeast-2", "ap-southeast-3", "ap-southeast-4", "ap-southeast-5", "ap-southeast-7",
+            "ca-central-1", "ca-west-1", "cn-north-1", "cn-northwest-1", "eu-central-1", "eu-central-2", "eu-north-1",
+            "eu-south-1", "eu-south-2", "eu-west-1", "eu-west-2", "eu-west-3", "il-central-1", "me-central-1", "me-south-1",
+            "mx-central-1", "sa-east-1", "us-east-1", "us-east-2", "us-gov-east-1", "us-gov-west-1", "us-west-1", "us-west-2",
+        };
+
+        public IEnumerable<CompletionResult> CompleteArgument(string commandName, string parameterName, string wordToComplete, CommandAst commandAst, IDictionary fakeBoundParameters)
+            => Regions.Where(r => r.StartsWith(wordToComplete.Trim('\'', '"'), StringComparison.OrdinalIgnoreCase))
+                .Select(r => new CompletionResult(r, r, CompletionResultType.ParameterValue, r));
+    }
+}

@@ -1,0 +1,24 @@
+namespace BastionTools
+{
+    /// <summary>
+    /// Every ErrorId BastionTools writes, in one place. They are part of the public contract (scripts match on
+    /// them) and each is documented, with its cause and fix, in about_BastionTools.
+    /// </summary>
+    public static class ErrorIds
+    {
+        // Credentials and region
+        public const string AwsCredentialsNotFound = "AwsCredentialsNotFound";
+        public const string AwsCredentialsIncomplete = "AwsCredentialsIncomplete";
+        public const string AwsProfileNotFound = "AwsProfileNotFound";
+        public const string AwsProfileLocationNotFound = "AwsProfileLocationNotFound";
+        public const string AwsCredentialsUnavailable = "AwsCredentialsUnavailable";
+        public const string AwsRegionNotFound = "AwsRegionNotFound";
+        public const string AwsRegionInvalid = "AwsRegionInvalid";
+        public const string AwsEndpointUrlInvalid = "AwsEndpointUrlInvalid";
+
+        // RDS IAM tokens
+        public const string RdsRegionNotInferred = "RdsRegionNotInferred";
+        public const string RdsHostnameInvalid = "RdsHostnameInvalid";
+        public const string RdsTokenFailed = "RdsTokenFailed";
+    }
+}
