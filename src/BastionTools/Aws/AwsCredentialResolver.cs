@@ -160,13 +160,13 @@ namespace BastionTools.Aws
             // 6. Container credentials (ECS, CodeBuild, EKS Pod Identity).
             if (_env.Get(AwsEnvironmentNames.ContainerRelativeUri) != null || _env.Get(AwsEnvironmentNames.ContainerFullUri) != null)
             {
-                return new ResolvedCredentials(new GenericContainerCredentials(), "the container credentials endpoint (AWS_CONTAINER_CREDENTIALS_*)", null);
+                return new ResolvedCredentials(new DeferredCredentials("container", () => new GenericContainerCredentials()), "the container credentials endpoint (AWS_CONTAINER_CREDENTIALS_*)", null);
             }
 
             // 7. EC2 instance metadata (IMDSv2), unless disabled.
             if (!AwsEnvironmentNames.MetadataDisabled(_env))
             {
-                return new ResolvedCredentials(new InstanceProfileAWSCredentials(), "the EC2 instance profile (instance metadata service)", null, fromMetadata: true);
+                return new ResolvedCredentials(new DeferredCredentials("instance-metadata", () => new InstanceProfileAWSCredentials()), "the EC2 instance profile (instance metadata service)", null, fromMetadata: true);
             }
 
             throw NotFound(null);
