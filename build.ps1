@@ -46,7 +46,7 @@ $env:DOTNET_NOLOGO = '1'
 function Invoke-Native {
     param([Parameter(Mandatory)] [string] $FilePath, [string[]] $ArgumentList = @(), [switch] $AllowFailure)
     Write-Host "> $FilePath $($ArgumentList -join ' ')" -ForegroundColor DarkGray
-    & $FilePath @ArgumentList
+    & $FilePath @ArgumentList | Out-Host
     if ($LASTEXITCODE -ne 0 -and -not $AllowFailure) {
         throw "'$FilePath $($ArgumentList -join ' ')' failed with exit code $LASTEXITCODE."
     }

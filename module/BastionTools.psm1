@@ -6,18 +6,28 @@
 Set-StrictMode -Version 3.0
 
 $lib = [System.IO.Path]::Combine($PSScriptRoot, 'bin', 'lib')
+$isReload = $false
 if ($PSVersionTable.PSEdition -eq 'Core') {
-    $loader = [System.IO.Path]::Combine($PSScriptRoot, 'bin', 'BastionTools.LoadContext.dll')
-    if (-not ('BastionTools.LoadContext.ModuleLoadContext' -as [type])) {
-        Add-Type -Path $loader
+    if ('BastionTools.LoadContext.ModuleLoadContext' -as [type]) {
+        $isReload = $true
+    }
+    else {
+        Add-Type -Path ([System.IO.Path]::Combine($PSScriptRoot, 'bin', 'BastionTools.LoadContext.dll'))
     }
     $assembly = [BastionTools.LoadContext.ModuleLoadContext]::LoadModuleAssembly($lib, 'BastionTools')
 }
 else {
     $assembly = [System.Reflection.Assembly]::LoadFrom([System.IO.Path]::Combine($lib, 'BastionTools.dll'))
+    $isReload = $null -ne (Get-Module | Where-Object { $_.ImplementingAssembly -eq $assembly })
 }
 
-$binary = Import-Module -Assembly $assembly -PassThru -Force -DisableNameChecking
-$binary | Out-Null
-
-Export-ModuleMember -Cmdlet $binary.ExportedCmdlets.Keys
+$binary = Import-Module -Assembly $assembly -PassThru -DisableNameChecking
+if ($isReload -and $binary) {
+    # Importing the same assembly again (Import-Module -Force, or after Remove-Module) returns PowerShell's cached
+    # binary module without adding its cmdlets to this module's scope (PowerShell/PowerShell#20710):
+    # add them to this module's exports directly.
+    $addExportedCmdlet = [System.Management.Automation.PSModuleInfo].GetMethod('AddExportedCmdlet', [System.Reflection.BindingFlags]'Instance, NonPublic')
+    foreach ($cmdlet in $binary.ExportedCmdlets.Values) {
+        $addExportedCmdlet.Invoke($ExecutionContext.SessionState.Module, @(, $cmdlet))
+    }
+}
