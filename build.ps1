@@ -178,7 +178,7 @@ function Invoke-Bench {
     if ([System.IO.Path]::GetFileNameWithoutExtension($pwsh) -eq 'dotnet') { $prefix += (Join-Path $PSHOME 'pwsh.dll') }
     foreach ($bench in Get-ChildItem (Join-Path $Root 'bench') -Filter '*.bench.ps1' | Sort-Object Name) {
         Write-Host "== $($bench.Name)" -ForegroundColor Cyan
-        Invoke-Native $pwsh ($prefix + @('-NoProfile', '-NonInteractive', '-File', $bench.FullName, '-ModulePath', (Join-Path $ModuleOut 'BastionTools.psd1'))) | Out-Host
+        Invoke-Native $pwsh ($prefix + @('-NoProfile', '-NonInteractive', '-File', $bench.FullName, '-ModulePath', (Join-Path $ModuleOut 'BastionTools.psd1'))) | Out-Null
     }
 }
 

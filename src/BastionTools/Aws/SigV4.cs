@@ -83,6 +83,41 @@ namespace BastionTools.Aws
             return hmac.ComputeHash(Encoding.UTF8.GetBytes(data));
         }
 
+        private sealed class CachedKey
+        {
+            public CachedKey(string secretKey, string date, string region, string service, byte[] key)
+            {
+                SecretKey = secretKey;
+                Date = date;
+                Region = region;
+                Service = service;
+                Key = key;
+            }
+
+            public string SecretKey { get; }
+            public string Date { get; }
+            public string Region { get; }
+            public string Service { get; }
+            public byte[] Key { get; }
+        }
+
+        // The derived key only changes with the day, the region, the service and the secret: keep the last one
+        // (four HMACs saved per signature; a token refresh loop signs with the same key all day).
+        private static CachedKey? s_lastKey;
+
+        /// <summary>The signing key, from a one-entry cache when the inputs are those of the previous call.</summary>
+        public static byte[] SigningKey(string secretKey, string date, string region, string service)
+        {
+            var last = s_lastKey;
+            if (last != null && last.Date == date && last.Region == region && last.Service == service && FixedTimeEquals(last.SecretKey, secretKey))
+            {
+                return last.Key;
+            }
+            var key = DeriveSigningKey(secretKey, date, region, service);
+            s_lastKey = new CachedKey(secretKey, date, region, service, key);
+            return key;
+        }
+
         public static byte[] DeriveSigningKey(string secretKey, string date, string region, string service)
         {
             var kDate = HmacSha256(Encoding.UTF8.GetBytes("AWS4" + secretKey), date);
@@ -154,7 +189,7 @@ namespace BastionTools.Aws
             => Algorithm + "\n" + amzDate + "\n" + scope + "\n" + Sha256Hex(canonicalRequest);
 
         public static string Signature(string secretKey, string date, string region, string service, string stringToSign)
-            => Hex(HmacSha256(DeriveSigningKey(secretKey, date, region, service), stringToSign));
+            => Hex(HmacSha256(SigningKey(secretKey, date, region, service), stringToSign));
 
         /// <summary>Constant-time comparison for signatures (sandbox verification).</summary>
         public static bool FixedTimeEquals(string a, string b)
