@@ -1,0 +1,118 @@
+using System;
+using System.Security.Cryptography;
+
+namespace BastionTools.Ssm
+{
+    /// <summary>
+    /// One binary data-channel message (the official client calls it ClientMessage, the agent AgentMessage).
+    /// Immutable; build outgoing messages with <see cref="Create"/> or the helpers in <see cref="ClientMessages"/>,
+    /// and turn bytes into messages with <see cref="AgentMessageCodec.Decode(byte[])"/>.
+    /// </summary>
+    internal sealed class AgentMessage
+    {
+        /// <summary>The SchemaVersion every known peer sends.</summary>
+        public const uint CurrentSchemaVersion = 1;
+
+        internal AgentMessage(
+            uint headerLength,
+            string messageType,
+            uint schemaVersion,
+            ulong createdDate,
+            long sequenceNumber,
+            ulong flags,
+            Guid messageId,
+            byte[] payloadDigest,
+            PayloadType payloadType,
+            byte[] payload,
+            bool isDigestValid)
+        {
+            HeaderLength = headerLength;
+            MessageType = messageType ?? throw new ArgumentNullException(nameof(messageType));
+            SchemaVersion = schemaVersion;
+            CreatedDate = createdDate;
+            SequenceNumber = sequenceNumber;
+            Flags = flags;
+            MessageId = messageId;
+            PayloadDigest = payloadDigest ?? throw new ArgumentNullException(nameof(payloadDigest));
+            PayloadType = payloadType;
+            Payload = payload ?? throw new ArgumentNullException(nameof(payload));
+            IsDigestValid = isDigestValid;
+        }
+
+        /// <summary>
+        /// Length of the header before the PayloadLength field: 116 for everything this client sends; 112 (no
+        /// PayloadType field) has been reported for some service messages.
+        /// </summary>
+        public uint HeaderLength { get; }
+
+        /// <summary>One of <see cref="MessageTypes"/>, trimmed of the padding.</summary>
+        public string MessageType { get; }
+
+        public uint SchemaVersion { get; }
+
+        /// <summary>Creation time, milliseconds since the Unix epoch (UTC).</summary>
+        public ulong CreatedDate { get; }
+
+        public long SequenceNumber { get; }
+
+        /// <summary>See <see cref="MessageFlags"/>.</summary>
+        public ulong Flags { get; }
+
+        public Guid MessageId { get; }
+
+        /// <summary>SHA-256 of <see cref="Payload"/> as carried on the wire (32 bytes).</summary>
+        public byte[] PayloadDigest { get; }
+
+        public PayloadType PayloadType { get; }
+
+        public byte[] Payload { get; }
+
+        /// <summary>
+        /// Whether <see cref="PayloadDigest"/> is the SHA-256 of <see cref="Payload"/>. An empty payload counts as
+        /// valid whatever the digest holds, as in the official client (it checks the digest only when there is a payload).
+        /// </summary>
+        public bool IsDigestValid { get; }
+
+        /// <summary>
+        /// A new message with the standard 116-byte header and the digest computed from <paramref name="payload"/>.
+        /// <paramref name="messageId"/> defaults to a new random UUID, <paramref name="createdDate"/> (epoch ms) to now.
+        /// </summary>
+        public static AgentMessage Create(
+            string messageType,
+            long sequenceNumber,
+            ulong flags,
+            PayloadType payloadType,
+            byte[] payload,
+            Guid? messageId = null,
+            ulong? createdDate = null)
+        {
+            if (messageType is null) throw new ArgumentNullException(nameof(messageType));
+            if (payload is null) throw new ArgumentNullException(nameof(payload));
+            AgentMessageCodec.ValidateMessageType(messageType);
+            var id = messageId ?? Guid.NewGuid();
+            if (id == Guid.Empty) throw new ArgumentException("The MessageId must not be the nil UUID.", nameof(messageId));
+            var date = createdDate ?? (ulong)DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
+            return new AgentMessage(
+                AgentMessageCodec.StandardHeaderLength,
+                messageType,
+                CurrentSchemaVersion,
+                date,
+                sequenceNumber,
+                flags,
+                id,
+                ComputeDigest(payload, 0, payload.Length),
+                payloadType,
+                payload,
+                isDigestValid: true);
+        }
+
+        internal static byte[] ComputeDigest(byte[] buffer, int offset, int count)
+        {
+            using var sha = SHA256.Create();
+            return sha.ComputeHash(buffer, offset, count);
+        }
+
+        public override string ToString() =>
+            $"{MessageType} seq={SequenceNumber} flags={Flags} id={MessageId} payloadType={PayloadType} len={Payload.Length}";
+    }
+}

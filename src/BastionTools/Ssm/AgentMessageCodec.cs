@@ -1,0 +1,164 @@
+using System;
+using System.Buffers.Binary;
+using System.Text;
+
+namespace BastionTools.Ssm
+{
+    /// <summary>
+    /// Encodes and decodes the binary agent message (all integers big-endian):
+    /// <code>
+    /// off  len  field
+    ///   0    4  HeaderLength (116; counts everything before PayloadLength)
+    ///   4   32  MessageType, ASCII, right-padded with spaces
+    ///  36    4  SchemaVersion (1)
+    ///  40    8  CreatedDate, epoch ms
+    ///  48    8  SequenceNumber (signed)
+    ///  56    8  Flags
+    ///  64   16  MessageId (UUID, 8-byte halves swapped: see MessageIdCodec)
+    ///  80   32  PayloadDigest, SHA-256 of Payload
+    /// 112    4  PayloadType
+    ///  HL    4  PayloadLength
+    /// HL+4   n  Payload
+    /// </code>
+    /// </summary>
+    internal static class AgentMessageCodec
+    {
+        public const uint StandardHeaderLength = 116;
+
+        /// <summary>The shortest header accepted: everything up to the digest, without PayloadType (reported for channel_closed).</summary>
+        public const uint MinimumHeaderLength = 112;
+
+        public const int MessageTypeOffset = 4;
+        public const int MessageTypeLength = 32;
+        public const int SchemaVersionOffset = 36;
+        public const int CreatedDateOffset = 40;
+        public const int SequenceNumberOffset = 48;
+        public const int FlagsOffset = 56;
+        public const int MessageIdOffset = 64;
+        public const int PayloadDigestOffset = 80;
+        public const int PayloadDigestLength = 32;
+        public const int PayloadTypeOffset = 112;
+        public const int PayloadLengthLength = 4;
+
+        /// <summary>
+        /// Serializes <paramref name="message"/> with the standard 116-byte header. The digest written is the
+        /// message's <see cref="AgentMessage.PayloadDigest"/> (computed by <see cref="AgentMessage.Create"/>), so a
+        /// decoded message re-encodes to the bytes it came from when its header was standard.
+        /// </summary>
+        public static byte[] Encode(AgentMessage message)
+        {
+            if (message is null) throw new ArgumentNullException(nameof(message));
+            ValidateMessageType(message.MessageType);
+            if (message.PayloadDigest.Length != PayloadDigestLength)
+                throw new ArgumentException("The payload digest must be 32 bytes.", nameof(message));
+
+            var payload = message.Payload;
+            var result = new byte[StandardHeaderLength + PayloadLengthLength + payload.Length];
+            var span = result.AsSpan();
+
+            BinaryPrimitives.WriteUInt32BigEndian(span, StandardHeaderLength);
+            span.Slice(MessageTypeOffset, MessageTypeLength).Fill((byte)' ');
+            Encoding.ASCII.GetBytes(message.MessageType, 0, message.MessageType.Length, result, MessageTypeOffset);
+            BinaryPrimitives.WriteUInt32BigEndian(span.Slice(SchemaVersionOffset), message.SchemaVersion);
+            BinaryPrimitives.WriteUInt64BigEndian(span.Slice(CreatedDateOffset), message.CreatedDate);
+            BinaryPrimitives.WriteInt64BigEndian(span.Slice(SequenceNumberOffset), message.SequenceNumber);
+            BinaryPrimitives.WriteUInt64BigEndian(span.Slice(FlagsOffset), message.Flags);
+            MessageIdCodec.Write(message.MessageId, result, MessageIdOffset);
+            Buffer.BlockCopy(message.PayloadDigest, 0, result, PayloadDigestOffset, PayloadDigestLength);
+            BinaryPrimitives.WriteUInt32BigEndian(span.Slice(PayloadTypeOffset), (uint)message.PayloadType);
+            BinaryPrimitives.WriteUInt32BigEndian(span.Slice((int)StandardHeaderLength), (uint)payload.Length);
+            Buffer.BlockCopy(payload, 0, result, (int)StandardHeaderLength + PayloadLengthLength, payload.Length);
+            return result;
+        }
+
+        /// <summary>Decodes one whole binary WebSocket message.</summary>
+        /// <exception cref="SsmProtocolException">The bytes are not a well-formed agent message.</exception>
+        public static AgentMessage Decode(byte[] frame)
+        {
+            if (frame is null) throw new ArgumentNullException(nameof(frame));
+            return Decode(new ArraySegment<byte>(frame));
+        }
+
+        /// <summary>Decodes one whole binary WebSocket message held in a segment (the payload is copied out).</summary>
+        /// <exception cref="SsmProtocolException">The bytes are not a well-formed agent message.</exception>
+        public static AgentMessage Decode(ArraySegment<byte> frame)
+        {
+            if (frame.Array is null) throw new ArgumentNullException(nameof(frame));
+            ReadOnlySpan<byte> span = frame.AsSpan();
+
+            if (span.Length < MinimumHeaderLength + PayloadLengthLength)
+                throw new SsmProtocolException($"Agent message too short: {span.Length} bytes, at least {MinimumHeaderLength + PayloadLengthLength} needed.");
+
+            uint headerLength = BinaryPrimitives.ReadUInt32BigEndian(span);
+            if (headerLength < MinimumHeaderLength)
+                throw new SsmProtocolException($"Agent message header length {headerLength} is below the minimum of {MinimumHeaderLength}.");
+            // long arithmetic: a hostile HeaderLength near uint.MaxValue must not wrap around.
+            if ((long)headerLength + PayloadLengthLength > span.Length)
+                throw new SsmProtocolException($"Agent message header length {headerLength} runs past the end of the {span.Length}-byte message.");
+
+            uint payloadLength = BinaryPrimitives.ReadUInt32BigEndian(span.Slice((int)headerLength));
+            long expected = (long)headerLength + PayloadLengthLength + payloadLength;
+            if (expected != span.Length)
+                throw new SsmProtocolException(
+                    $"Agent message payload length {payloadLength} does not match the message: {span.Length} bytes received, {expected} expected.");
+
+            string messageType = ReadMessageType(span.Slice(MessageTypeOffset, MessageTypeLength));
+            if (messageType.Length == 0)
+                throw new SsmProtocolException("Agent message has an empty MessageType.");
+
+            uint schemaVersion = BinaryPrimitives.ReadUInt32BigEndian(span.Slice(SchemaVersionOffset));
+            ulong createdDate = BinaryPrimitives.ReadUInt64BigEndian(span.Slice(CreatedDateOffset));
+            long sequenceNumber = BinaryPrimitives.ReadInt64BigEndian(span.Slice(SequenceNumberOffset));
+            ulong flags = BinaryPrimitives.ReadUInt64BigEndian(span.Slice(FlagsOffset));
+            Guid messageId = MessageIdCodec.Read(frame.Array, frame.Offset + MessageIdOffset);
+            byte[] digest = span.Slice(PayloadDigestOffset, PayloadDigestLength).ToArray();
+            // A 112-byte header has no PayloadType field; the 4 bytes at 112 are the PayloadLength then.
+            var payloadType = headerLength >= StandardHeaderLength
+                ? (PayloadType)BinaryPrimitives.ReadUInt32BigEndian(span.Slice(PayloadTypeOffset))
+                : PayloadType.None;
+
+            int payloadOffset = (int)headerLength + PayloadLengthLength;
+            byte[] payload = span.Slice(payloadOffset).ToArray();
+            bool digestValid = payload.Length == 0 || DigestEquals(digest, AgentMessage.ComputeDigest(payload, 0, payload.Length));
+
+            return new AgentMessage(headerLength, messageType, schemaVersion, createdDate, sequenceNumber, flags,
+                messageId, digest, payloadType, payload, digestValid);
+        }
+
+        /// <summary>Checks that a MessageType fits the 32-byte field as printable ASCII.</summary>
+        internal static void ValidateMessageType(string messageType)
+        {
+            if (messageType.Length == 0 || messageType.Length > MessageTypeLength)
+                throw new ArgumentException($"A MessageType has 1 to {MessageTypeLength} characters.", nameof(messageType));
+            foreach (char c in messageType)
+            {
+                if (c <= ' ' || c > '~')
+                    throw new ArgumentException("A MessageType is printable ASCII without spaces.", nameof(messageType));
+            }
+        }
+
+        // The field is space-padded by the official client; other senders have been seen to pad with NULs. Trim both
+        // from both ends. Bytes outside ASCII are kept as U+FFFD so garbage is visible in logs but never throws.
+        private static string ReadMessageType(ReadOnlySpan<byte> field)
+        {
+            int start = 0, end = field.Length;
+            while (start < end && (field[start] == 0 || field[start] == (byte)' ')) start++;
+            while (end > start && (field[end - 1] == 0 || field[end - 1] == (byte)' ')) end--;
+            var chars = new char[end - start];
+            for (int i = 0; i < chars.Length; i++)
+            {
+                byte b = field[start + i];
+                chars[i] = b < 0x80 ? (char)b : '\uFFFD';
+            }
+            return new string(chars);
+        }
+
+        private static bool DigestEquals(byte[] a, byte[] b)
+        {
+            if (a.Length != b.Length) return false;
+            int diff = 0;
+            for (int i = 0; i < a.Length; i++) diff |= a[i] ^ b[i];
+            return diff == 0;
+        }
+    }
+}
