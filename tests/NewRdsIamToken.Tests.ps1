@@ -194,6 +194,19 @@ Describe 'Credential sources seen from PowerShell' {
         $r.Output | Should -Match 'X-Amz-Credential=AKIAOPSPROFILE000001%2F'
     }
 
+    It '-Debug alone never prompts, and narrates in the debug stream (non-interactive host)' {
+        $r = Invoke-ChildPwsh -RemoveEnvironment $AwsVars -Environment $ChildEnv -Script @"
+Import-Module '$ModulePath'
+`$all = New-RdsIamToken $Endpoint -UserName u -Debug *>&1
+'ERRORS=' + @(`$all | Where-Object { `$_ -is [System.Management.Automation.ErrorRecord] }).Count
+'TOKENS=' + @(`$all | Where-Object { `$_ -is [string] }).Count
+`$all | Where-Object { `$_ -is [System.Management.Automation.DebugRecord] } | ForEach-Object { 'DEBUG=' + `$_.Message }
+"@
+        $r.Output | Should -Match 'ERRORS=0'
+        $r.Output | Should -Match 'TOKENS=1'
+        $r.Output | Should -Match 'DEBUG=Signed an IAM token for user'
+    }
+
     It '-Debug says where credentials and region came from and shows no secret, key or token' {
         $envs = $ChildEnv.Clone(); $envs.AWS_PROFILE = 'ops'
         $r = Invoke-ChildPwsh -RemoveEnvironment $AwsVars -Environment $envs -Script @"

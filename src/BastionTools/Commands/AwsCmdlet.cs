@@ -130,7 +130,22 @@ namespace BastionTools.Commands
 
         internal void WriteDebugSafe(string message) => WriteDebug(Redactor.Redact(message));
 
-        internal void WriteVerboseSafe(string message) => WriteVerbose(Redactor.Redact(message));
+        /// <summary>
+        /// Verbose narration. Under -Debug without -Verbose, PowerShell sets a binary cmdlet's verbose preference to
+        /// Inquire (a prompt per message, and an error in non-interactive hosts): write to the debug stream instead,
+        /// which -Debug shows without prompting.
+        /// </summary>
+        internal void WriteVerboseSafe(string message)
+        {
+            var bound = MyInvocation.BoundParameters;
+            var debug = bound.TryGetValue("Debug", out var d) && d is SwitchParameter ds && ds.IsPresent;
+            if (debug && !bound.ContainsKey("Verbose"))
+            {
+                WriteDebug(Redactor.Redact(message));
+                return;
+            }
+            WriteVerbose(Redactor.Redact(message));
+        }
 
         internal void WriteWarningSafe(string message) => WriteWarning(Redactor.Redact(message));
 

@@ -1,0 +1,17 @@
+#Requires -Version 7.0
+# The README's first command runs demo/Invoke-Demo.ps1 (through build.ps1 -Task Demo): it must keep working.
+BeforeAll {
+    Import-Module (Join-Path $PSScriptRoot 'TestHelpers.psm1') -Force
+    $script:ModulePath = Get-TestModulePath
+    $script:Demo = (Resolve-Path (Join-Path $PSScriptRoot '../demo/Invoke-Demo.ps1')).Path
+}
+
+Describe 'The demo' {
+    It 'runs the user story to the end in a fresh process without AWS credentials' {
+        $awsVars = [Environment]::GetEnvironmentVariables().Keys | Where-Object { $_ -like 'AWS_*' }
+        $r = Invoke-ChildPwsh -RemoveEnvironment $awsVars -Script "& '$Demo' -ModulePath '$ModulePath' *>&1 | Out-String -Width 400; 'EXIT=' + [int](-not `$?)" -TimeoutSeconds 300
+        $r.Output | Should -Match 'Demo finished\.'
+        $r.Output | Should -Match 'DBUser\s+app_reader'
+        $r.Output | Should -Not -Match 'wJalrXUtnFEMI'
+    }
+}
