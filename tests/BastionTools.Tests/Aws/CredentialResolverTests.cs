@@ -38,6 +38,12 @@ namespace BastionTools.Tests.Aws
                 "role_arn = arn:aws:iam::123456789012:role/ops",
                 "source_profile = dev",
                 "",
+                "[sso]",
+                "sso_start_url = https://example.awsapps.com/start",
+                "sso_region = us-east-1",
+                "sso_account_id = 123456789012",
+                "sso_role_name = ReadOnly",
+                "",
                 "[proc]",
                 "credential_process = " + WriteCredentialProcess(),
                 ""));
@@ -260,6 +266,14 @@ namespace BastionTools.Tests.Aws
         {
             var r = Resolver().Resolve(new AwsParameters { ProfileName = "role" });
             Assert.IsType<AssumeRoleAWSCredentials>(r.SdkCredentials);
+        }
+
+        [Fact]
+        public void SsoProfile_ResolvesToTheSdkSsoProvider_WithoutCallingSso()
+        {
+            var r = Resolver().Resolve(new AwsParameters { ProfileName = "sso" });
+            Assert.IsType<SSOAWSCredentials>(r.SdkCredentials);
+            Assert.Contains("'sso'", r.Source);
         }
 
         [Fact]
