@@ -79,10 +79,9 @@ namespace BastionTools.Sandbox
         private string TerminateSession(JsonObject input)
         {
             var sessionId = RequiredString(input, "SessionId", "sessionId");
-            if (!_host.Sessions.Terminate(sessionId, World.Clock.UtcNow))
-            {
-                throw SandboxError.Ssm("DoesNotExistException", "Session " + sessionId + " does not exist.");
-            }
+            // TerminateSession models no DoesNotExistException (the SDK has no mapping for it there): like the
+            // service, it answers with the id whether or not the session exists or has already ended.
+            _host.Sessions.Terminate(sessionId, World.Clock.UtcNow);
             return new JsonObject { ["SessionId"] = sessionId }.ToJsonString();
         }
 
