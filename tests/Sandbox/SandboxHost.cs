@@ -403,9 +403,10 @@ namespace BastionTools.Sandbox
         {
             if (Interlocked.Exchange(ref _state, 2) != 1) return;
             _stopping.Cancel();
+            // Close (not Stop): on Linux only Close ends a pending GetContextAsync at once.
             try
             {
-                _listener?.Stop();
+                _listener?.Close();
             }
             catch (ObjectDisposedException)
             {
@@ -413,7 +414,6 @@ namespace BastionTools.Sandbox
             var pending = _inFlight.Keys.ToList();
             if (_acceptLoop != null) pending.Add(_acceptLoop);
             await Task.WhenAny(Task.WhenAll(pending), Task.Delay(TimeSpan.FromSeconds(5))).ConfigureAwait(false);
-            _listener?.Close();
         }
 
         public async ValueTask DisposeAsync()
