@@ -1,0 +1,105 @@
+using System;
+using System.Globalization;
+using System.IO;
+using System.Runtime.InteropServices;
+using System.Threading.Tasks;
+
+namespace BastionTools.Sandbox
+{
+    /// <summary>
+    /// dotnet run --project tests/Sandbox -- [--port N] [--config world.json] [--verbose] [--no-stdin]
+    /// Prints one line of JSON (endpoints, region, fake credentials, instances) on stdout, then serves until stdin
+    /// closes (unless --no-stdin), or SIGINT/SIGTERM. Logs go to stderr.
+    /// </summary>
+    public static class Program
+    {
+        public static async Task<int> Main(string[] args)
+        {
+            int port = 0;
+            string? config = null;
+            var verbose = false;
+            var watchStdin = true;
+            for (var i = 0; i < args.Length; i++)
+            {
+                switch (args[i])
+                {
+                    case "--port" when i + 1 < args.Length && int.TryParse(args[i + 1], NumberStyles.None, CultureInfo.InvariantCulture, out var p) && p <= 65535:
+                        port = p;
+                        i++;
+                        break;
+                    case "--config" when i + 1 < args.Length:
+                        config = args[++i];
+                        break;
+                    case "--verbose":
+                        verbose = true;
+                        break;
+                    case "--no-stdin":
+                        watchStdin = false;
+                        break;
+                    case "--help":
+                    case "-h":
+                        Console.Out.WriteLine("usage: BastionTools.Sandbox [--port N] [--config world.json] [--verbose] [--no-stdin]");
+                        return 0;
+                    default:
+                        Console.Error.WriteLine("sandbox: unknown or incomplete argument '" + args[i] + "' (see --help)");
+                        return 2;
+                }
+            }
+
+            SandboxWorld world;
+            try
+            {
+                world = config == null ? SandboxWorld.CreateDefault() : SandboxWorld.LoadFile(config);
+            }
+            catch (Exception ex) when (ex is IOException || ex is UnauthorizedAccessException || ex is System.Text.Json.JsonException || ex is InvalidDataException || ex is ArgumentException)
+            {
+                Console.Error.WriteLine("sandbox: cannot read configuration '" + config + "': " + ex.Message);
+                return 2;
+            }
+
+            var options = new SandboxHostOptions { Port = port };
+            if (verbose) options.Log = line => Console.Error.WriteLine("sandbox: " + line);
+            await using var host = new SandboxHost(world, options);
+            try
+            {
+                host.Start();
+            }
+            catch (System.Net.HttpListenerException ex)
+            {
+                Console.Error.WriteLine("sandbox: cannot listen on 127.0.0.1:" + port.ToString(CultureInfo.InvariantCulture) + ": " + ex.Message);
+                return 1;
+            }
+
+            var stop = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+            using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, ctx => { ctx.Cancel = true; stop.TrySetResult("SIGTERM"); });
+            using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, ctx => { ctx.Cancel = true; stop.TrySetResult("SIGINT"); });
+
+            Console.Out.WriteLine(host.DescribeJson());
+            Console.Out.Flush();
+
+            if (watchStdin)
+            {
+                _ = Task.Run(async () =>
+                {
+                    try
+                    {
+                        using var stdin = Console.OpenStandardInput();
+                        var buffer = new byte[4096];
+                        while (await stdin.ReadAsync(buffer, 0, buffer.Length).ConfigureAwait(false) > 0)
+                        {
+                        }
+                    }
+                    catch (IOException)
+                    {
+                    }
+                    stop.TrySetResult("stdin closed");
+                });
+            }
+
+            var reason = await stop.Task.ConfigureAwait(false);
+            if (verbose) Console.Error.WriteLine("sandbox: stopping (" + reason + ")");
+            await host.StopAsync().ConfigureAwait(false);
+            return 0;
+        }
+    }
+}

@@ -1,0 +1,222 @@
+using System;
+using System.Collections.Generic;
+using System.IO;
+using System.Linq;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace BastionTools.Sandbox
+{
+    /// <summary>The sandbox's clock: real UTC time plus an offset, or a frozen instant plus an offset. Thread-safe.</summary>
+    public sealed class SandboxClock
+    {
+        private readonly object _gate = new();
+        private TimeSpan _offset;
+        private DateTime? _frozen;
+
+        public DateTime UtcNow
+        {
+            get
+            {
+                lock (_gate) return (_frozen ?? DateTime.UtcNow) + _offset;
+            }
+        }
+
+        public TimeSpan Offset
+        {
+            get { lock (_gate) return _offset; }
+            set { lock (_gate) _offset = value; }
+        }
+
+        /// <summary>Stops the clock at <paramref name="utc"/> (the offset still applies on top).</summary>
+        public void Freeze(DateTime utc)
+        {
+            lock (_gate) _frozen = DateTime.SpecifyKind(utc, DateTimeKind.Utc);
+        }
+
+        public void Unfreeze()
+        {
+            lock (_gate) _frozen = null;
+        }
+
+        /// <summary>Moves the clock forward (frozen or not).</summary>
+        public void Advance(TimeSpan by)
+        {
+            lock (_gate)
+            {
+                if (_frozen.HasValue) _frozen = _frozen.Value + by;
+                else _offset += by;
+            }
+        }
+    }
+
+    /// <summary>One set of test credentials the sandbox accepts. <see cref="UserName"/> prefixes session ids, as SSM does with the caller's name.</summary>
+    public sealed class SandboxCredential
+    {
+        public string AccessKeyId { get; set; } = "";
+        public string SecretAccessKey { get; set; } = "";
+        /// <summary>When set, requests signed with this key must carry exactly this X-Amz-Security-Token.</summary>
+        public string? SessionToken { get; set; }
+        public string UserName { get; set; } = "sandbox-user";
+    }
+
+    /// <summary>A managed EC2 instance as both EC2 (DescribeInstances) and SSM (DescribeInstanceInformation, StartSession) see it. Mutable at run time.</summary>
+    public sealed class SandboxInstance
+    {
+        public string InstanceId { get; set; } = "";
+        /// <summary>The Name tag (also returned in the tag set); null for no Name tag.</summary>
+        public string? Name { get; set; }
+        /// <summary>Other tags (Name is taken from <see cref="Name"/>).</summary>
+        public Dictionary<string, string> Tags { get; set; } = new(StringComparer.Ordinal);
+        /// <summary>SSM ping status: Online, ConnectionLost or Inactive. StartSession works only for Online.</summary>
+        public string PingStatus { get; set; } = "Online";
+        public string AgentVersion { get; set; } = "3.3.2299.0";
+        public string PlatformType { get; set; } = "Linux";
+        public string PlatformName { get; set; } = "Amazon Linux";
+        public string PlatformVersion { get; set; } = "2023";
+        /// <summary>EC2 platformDetails.</summary>
+        public string PlatformDetails { get; set; } = "Linux/UNIX";
+        public string PrivateIpAddress { get; set; } = "10.0.1.10";
+        /// <summary>EC2 state name: pending, running, shutting-down, terminated, stopping, stopped.</summary>
+        public string State { get; set; } = "running";
+        public string InstanceType { get; set; } = "t3.micro";
+        public string ImageId { get; set; } = "ami-0abcdef1234567890";
+        public string VpcId { get; set; } = "vpc-0sandbox000000001";
+        public string SubnetId { get; set; } = "subnet-0sandbox00000001";
+        public string AvailabilityZone { get; set; } = "";
+        public DateTime LaunchTime { get; set; } = new(2024, 1, 1, 0, 0, 0, DateTimeKind.Utc);
+
+        /// <summary>All tags, Name first when set.</summary>
+        public IEnumerable<KeyValuePair<string, string>> AllTags()
+        {
+            if (Name != null) yield return new KeyValuePair<string, string>("Name", Name);
+            foreach (var t in Tags.OrderBy(t => t.Key, StringComparer.Ordinal))
+            {
+                if (t.Key == "Name") continue;
+                yield return t;
+            }
+        }
+
+        public string PrivateDnsName(string region) =>
+            "ip-" + PrivateIpAddress.Replace('.', '-') + "." + (region == "us-east-1" ? "ec2.internal" : region + ".compute.internal");
+    }
+
+    /// <summary>
+    /// What the sandbox knows: region, account, accepted credentials, instances and the clock.
+    /// Load one from JSON with <see cref="Load"/> or build it in code; <see cref="CreateDefault"/> gives the demo world.
+    /// </summary>
+    public sealed class SandboxWorld
+    {
+        private readonly object _gate = new();
+        private readonly List<SandboxInstance> _instances = new();
+        private readonly List<SandboxCredential> _credentials = new();
+
+        public string Region { get; set; } = "us-west-2";
+        public string AccountId { get; set; } = "123456789012";
+        public SandboxClock Clock { get; } = new();
+
+        /// <summary>Accepted credentials; the first is the one printed as the sandbox's own.</summary>
+        public IReadOnlyList<SandboxCredential> Credentials
+        {
+            get { lock (_gate) return _credentials.ToArray(); }
+        }
+
+        /// <summary>Instances in the order they were added (the order of paginated results).</summary>
+        public IReadOnlyList<SandboxInstance> Instances
+        {
+            get { lock (_gate) return _instances.ToArray(); }
+        }
+
+        public SandboxWorld AddCredential(SandboxCredential credential)
+        {
+            if (string.IsNullOrWhiteSpace(credential.AccessKeyId) || string.IsNullOrWhiteSpace(credential.SecretAccessKey))
+                throw new ArgumentException("A sandbox credential needs an access key id and a secret access key.", nameof(credential));
+            lock (_gate) _credentials.Add(credential);
+            return this;
+        }
+
+        public SandboxWorld AddInstance(SandboxInstance instance)
+        {
+            if (string.IsNullOrWhiteSpace(instance.InstanceId)) throw new ArgumentException("A sandbox instance needs an instance id.", nameof(instance));
+            lock (_gate)
+            {
+                if (_instances.Any(i => i.InstanceId == instance.InstanceId)) throw new ArgumentException("Duplicate instance id " + instance.InstanceId, nameof(instance));
+                _instances.Add(instance);
+            }
+            return this;
+        }
+
+        public bool RemoveInstance(string instanceId)
+        {
+            lock (_gate) return _instances.RemoveAll(i => i.InstanceId == instanceId) > 0;
+        }
+
+        public SandboxInstance? FindInstance(string instanceId)
+        {
+            lock (_gate) return _instances.FirstOrDefault(i => string.Equals(i.InstanceId, instanceId, StringComparison.Ordinal));
+        }
+
+        public SandboxCredential? FindCredential(string accessKeyId)
+        {
+            lock (_gate) return _credentials.FirstOrDefault(c => string.Equals(c.AccessKeyId, accessKeyId, StringComparison.Ordinal));
+        }
+
+        public const string DefaultAccessKeyId = "AKIASANDBOXEXAMPLE01";
+        public const string DefaultSecretAccessKey = "sandbox/Secret/Key/For/Tests/Only/000000";
+
+        /// <summary>The demo world: one credential and three instances (a current agent, an old agent that only speaks basic port mode, one offline).</summary>
+        public static SandboxWorld CreateDefault()
+        {
+            var world = new SandboxWorld();
+            world.AddCredential(new SandboxCredential { AccessKeyId = DefaultAccessKeyId, SecretAccessKey = DefaultSecretAccessKey, UserName = "sandbox-user" });
+            world.AddInstance(new SandboxInstance
+            {
+                InstanceId = "i-0a1b2c3d4e5f60001", Name = "bastion", Tags = { ["Role"] = "bastion", ["Environment"] = "sandbox" },
+                AgentVersion = "3.3.2299.0", PrivateIpAddress = "10.0.1.10",
+            });
+            world.AddInstance(new SandboxInstance
+            {
+                InstanceId = "i-0a1b2c3d4e5f60002", Name = "bastion-legacy", Tags = { ["Role"] = "bastion", ["Environment"] = "sandbox" },
+                AgentVersion = "3.0.190.0", PrivateIpAddress = "10.0.1.11", PlatformVersion = "2",
+            });
+            world.AddInstance(new SandboxInstance
+            {
+                InstanceId = "i-0a1b2c3d4e5f60003", Name = "bastion-offline", Tags = { ["Role"] = "bastion", ["Environment"] = "sandbox" },
+                PingStatus = "ConnectionLost", PrivateIpAddress = "10.0.1.12",
+            });
+            return world;
+        }
+
+        /// <summary>
+        /// Reads a world from JSON: {"region","accountId","clockOffsetSeconds","credentials":[{accessKeyId,secretAccessKey,sessionToken,userName}],
+        /// "instances":[{instanceId,name,tags{},pingStatus,agentVersion,platformType,platformName,platformVersion,platformDetails,privateIpAddress,state,...}]}.
+        /// Missing credentials or instances fall back to those of <see cref="CreateDefault"/>.
+        /// </summary>
+        public static SandboxWorld Load(string json)
+        {
+            var options = new JsonSerializerOptions { PropertyNameCaseInsensitive = true, ReadCommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true };
+            var file = JsonSerializer.Deserialize<WorldFile>(json, options) ?? throw new InvalidDataException("The sandbox configuration is empty.");
+            var defaults = CreateDefault();
+            var world = new SandboxWorld
+            {
+                Region = string.IsNullOrWhiteSpace(file.Region) ? defaults.Region : file.Region!,
+                AccountId = string.IsNullOrWhiteSpace(file.AccountId) ? defaults.AccountId : file.AccountId!,
+            };
+            world.Clock.Offset = TimeSpan.FromSeconds(file.ClockOffsetSeconds);
+            foreach (var c in file.Credentials is { Count: > 0 } ? file.Credentials : defaults.Credentials.ToList()) world.AddCredential(c);
+            foreach (var i in file.Instances ?? defaults.Instances.ToList()) world.AddInstance(i);
+            return world;
+        }
+
+        public static SandboxWorld LoadFile(string path) => Load(File.ReadAllText(path));
+
+        private sealed class WorldFile
+        {
+            public string? Region { get; set; }
+            public string? AccountId { get; set; }
+            public double ClockOffsetSeconds { get; set; }
+            public List<SandboxCredential>? Credentials { get; set; }
+            public List<SandboxInstance>? Instances { get; set; }
+        }
+    }
+}
