@@ -11,8 +11,13 @@
     Description          = 'Passwordless access to private Amazon RDS PostgreSQL through an EC2 bastion reached with AWS Systems Manager Session Manager, with IAM database authentication. Speaks the Session Manager data channel natively: no session-manager-plugin needed.'
 
     CmdletsToExport      = @(
+        'Get-BastionInstance'
+        'Get-BastionSession'
         'New-RdsIamToken'
+        'Start-BastionSession'
+        'Stop-BastionSession'
     )
+    FormatsToProcess     = @('BastionTools.Format.ps1xml')
     FunctionsToExport    = @()
     VariablesToExport    = @()
     AliasesToExport      = @()

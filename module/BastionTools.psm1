@@ -31,3 +31,8 @@ if ($isReload -and $binary) {
         $addExportedCmdlet.Invoke($ExecutionContext.SessionState.Module, @(, $cmdlet))
     }
 }
+
+# Remove-Module ends the sessions this module opened: listeners closed, sessions terminated.
+$ExecutionContext.SessionState.Module.OnRemove = {
+    $assembly.GetType('BastionTools.ModuleLifetime').GetMethod('OnRemove').Invoke($null, @())
+}.GetNewClosure()

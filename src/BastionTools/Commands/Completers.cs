@@ -51,6 +51,48 @@ namespace BastionTools.Commands
         }
     }
 
+    /// <summary>Completes the ids of the sessions open in this PowerShell session.</summary>
+    public sealed class BastionSessionCompleter : IArgumentCompleter
+    {
+        public IEnumerable<CompletionResult> CompleteArgument(string commandName, string parameterName, string wordToComplete, CommandAst commandAst, IDictionary fakeBoundParameters)
+            => Ssm.SessionRegistry.All()
+                .Where(s => s.SessionId.StartsWith(wordToComplete.Trim('\'', '"'), StringComparison.OrdinalIgnoreCase))
+                .Select(s => new CompletionResult(s.SessionId, s.SessionId, CompletionResultType.ParameterValue, s.ToString()));
+    }
+
+    /// <summary>Completes bastion targets: instance ids with their Name tags, from EC2 and SSM (uses the default credentials and region).</summary>
+    public sealed class BastionTargetCompleter : IArgumentCompleter
+    {
+        public IEnumerable<CompletionResult> CompleteArgument(string commandName, string parameterName, string wordToComplete, CommandAst commandAst, IDictionary fakeBoundParameters)
+        {
+            try
+            {
+                var p = new AwsParameters
+                {
+                    ProfileName = fakeBoundParameters?["ProfileName"] as string,
+                    Region = fakeBoundParameters?["Region"] as string,
+                };
+                var resolver = new AwsCredentialResolver(ProcessEnvironment.Instance);
+                var creds = resolver.Resolve(p);
+                var region = resolver.ResolveRegion(p, creds);
+                using var api = new AwsApi(creds, region.Name, fakeBoundParameters?["EndpointUrl"] as string);
+                using var cts = new System.Threading.CancellationTokenSource(TimeSpan.FromSeconds(5));
+                var found = api.FindInstancesAsync(null, null, null, cts.Token).GetAwaiter().GetResult();
+                var word = wordToComplete.Trim('\'', '"');
+                return found
+                    .Where(i => i.InstanceId.StartsWith(word, StringComparison.OrdinalIgnoreCase) || (i.Name ?? "").StartsWith(word, StringComparison.OrdinalIgnoreCase))
+                    .Select(i => new CompletionResult(i.InstanceId, i.InstanceId + (i.Name == null ? "" : " (" + i.Name + ")"), CompletionResultType.ParameterValue,
+                        $"{i.InstanceId} {i.Name} {i.PingStatus ?? "not managed"}"))
+                    .ToList();
+            }
+            catch (Exception)
+            {
+                // Completion must never throw: no credentials, no network, nothing to offer.
+                return Array.Empty<CompletionResult>();
+            }
+        }
+    }
+
     /// <summary>Completes AWS region codes.</summary>
     public sealed class AwsRegionCompleter : IArgumentCompleter
     {

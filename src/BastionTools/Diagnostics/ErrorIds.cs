@@ -20,5 +20,23 @@ namespace BastionTools
         public const string RdsRegionNotInferred = "RdsRegionNotInferred";
         public const string RdsHostnameInvalid = "RdsHostnameInvalid";
         public const string RdsTokenFailed = "RdsTokenFailed";
+
+        // AWS service calls
+        public const string AwsServiceUnreachable = "AwsServiceUnreachable";
+        public const string AwsAccessDenied = "AwsAccessDenied";
+        public const string AwsAuthenticationFailed = "AwsAuthenticationFailed";
+        public const string AwsThrottled = "AwsThrottled";
+        public const string AwsRequestFailed = "AwsRequestFailed";
+        public const string SsmDocumentInvalid = "SsmDocumentInvalid";
+
+        // Bastions and sessions
+        public const string BastionTargetNotFound = "BastionTargetNotFound";
+        public const string BastionTargetAmbiguous = "BastionTargetAmbiguous";
+        public const string BastionTargetOffline = "BastionTargetOffline";
+        public const string BastionSessionNotFound = "BastionSessionNotFound";
+        public const string BastionSessionFailed = "BastionSessionFailed";
+        public const string BastionHandshakeFailed = "BastionHandshakeFailed";
+        public const string LocalPortUnavailable = "LocalPortUnavailable";
+        public const string SessionPluginNotFound = "SessionPluginNotFound";
     }
 }

@@ -1,0 +1,251 @@
+using System;
+using System.Collections.Generic;
+using System.Linq;
+using System.Management.Automation;
+using System.Threading;
+using System.Threading.Tasks;
+using Amazon;
+using Amazon.EC2;
+using Amazon.EC2.Model;
+using Amazon.Runtime;
+using Amazon.SimpleSystemsManagement;
+using Amazon.SimpleSystemsManagement.Model;
+using BastionTools.Ssm;
+
+namespace BastionTools.Aws
+{
+    /// <summary>An instance as the module shows it: EC2's view joined with SSM's.</summary>
+    internal sealed class InstanceRecord
+    {
+        public string InstanceId { get; set; } = "";
+        public string? Name { get; set; }
+        public string? State { get; set; }
+        public string? PrivateIpAddress { get; set; }
+        public string? PlatformDetails { get; set; }
+        public Dictionary<string, string> Tags { get; set; } = new(StringComparer.Ordinal);
+        public string? PingStatus { get; set; }
+        public string? AgentVersion { get; set; }
+        public string? PlatformType { get; set; }
+        public string? PlatformName { get; set; }
+        public DateTime? LastPingDateTime { get; set; }
+    }
+
+    /// <summary>The AWS calls the engine makes (SSM and EC2), behind an interface so engine tests can count them.</summary>
+    internal interface IAwsApi
+    {
+        Task<StreamEndpoint> StartSessionAsync(string target, string? documentName, IDictionary<string, List<string>> parameters, string? reason, CancellationToken cancellationToken);
+
+        Task<StreamEndpoint> ResumeSessionAsync(string sessionId, CancellationToken cancellationToken);
+
+        Task TerminateSessionAsync(string sessionId, CancellationToken cancellationToken);
+
+        /// <summary>EC2 instances matching ids, a Name tag or tags, joined with SSM's instance information.</summary>
+        Task<IReadOnlyList<InstanceRecord>> FindInstancesAsync(IReadOnlyCollection<string>? instanceIds, string? name, IDictionary<string, string>? tags, CancellationToken cancellationToken);
+    }
+
+    /// <summary>The IAwsApi over AWSSDK clients, with -EndpointUrl honoured for every call.</summary>
+    internal sealed class AwsApi : IAwsApi, IDisposable
+    {
+        private readonly AmazonSimpleSystemsManagementClient _ssm;
+        private readonly AmazonEC2Client _ec2;
+
+        public AwsApi(ResolvedCredentials credentials, string region, string? endpointUrl, string? ec2EndpointUrl = null)
+        {
+            var ssmConfig = new AmazonSimpleSystemsManagementConfig { MaxErrorRetry = 4, Timeout = TimeSpan.FromSeconds(30) };
+            var ec2Config = new AmazonEC2Config { MaxErrorRetry = 4, Timeout = TimeSpan.FromSeconds(30) };
+            if (!string.IsNullOrEmpty(endpointUrl))
+            {
+                ssmConfig.ServiceURL = ServiceUrl(endpointUrl!, "ssm");
+                ssmConfig.AuthenticationRegion = region;
+                ec2Config.ServiceURL = ServiceUrl(ec2EndpointUrl ?? endpointUrl!, "ec2");
+                ec2Config.AuthenticationRegion = region;
+            }
+            else
+            {
+                ssmConfig.RegionEndpoint = RegionEndpoint.GetBySystemName(region);
+                ec2Config.RegionEndpoint = RegionEndpoint.GetBySystemName(region);
+            }
+            _ssm = new AmazonSimpleSystemsManagementClient(credentials.SdkCredentials, ssmConfig);
+            _ec2 = new AmazonEC2Client(credentials.SdkCredentials, ec2Config);
+        }
+
+        /// <summary>
+        /// -EndpointUrl names one URL for the module's service calls. A URL that ends in /ssm or /ec2 (as the
+        /// sandbox prints them) is taken for that service and its sibling derived; any other URL is used as it is.
+        /// </summary>
+        internal static string ServiceUrl(string endpointUrl, string service)
+        {
+            var url = endpointUrl.TrimEnd('/');
+            foreach (var known in new[] { "/ssm", "/ec2" })
+            {
+                if (url.EndsWith(known, StringComparison.OrdinalIgnoreCase))
+                {
+                    return url.Substring(0, url.Length - known.Length) + "/" + service;
+                }
+            }
+            return url;
+        }
+
+        public async Task<StreamEndpoint> StartSessionAsync(string target, string? documentName, IDictionary<string, List<string>> parameters, string? reason, CancellationToken cancellationToken)
+        {
+            var request = new StartSessionRequest { Target = target };
+            if (!string.IsNullOrEmpty(documentName)) request.DocumentName = documentName;
+            if (parameters.Count > 0) request.Parameters = new Dictionary<string, List<string>>(parameters);
+            if (!string.IsNullOrEmpty(reason)) request.Reason = reason;
+            var response = await Call(() => _ssm.StartSessionAsync(request, cancellationToken), target).ConfigureAwait(false);
+            return new StreamEndpoint(response.SessionId, new Uri(response.StreamUrl), response.TokenValue);
+        }
+
+        public async Task<StreamEndpoint> ResumeSessionAsync(string sessionId, CancellationToken cancellationToken)
+        {
+            var response = await Call(() => _ssm.ResumeSessionAsync(new ResumeSessionRequest { SessionId = sessionId }, cancellationToken), sessionId).ConfigureAwait(false);
+            return new StreamEndpoint(response.SessionId ?? sessionId, new Uri(response.StreamUrl), response.TokenValue);
+        }
+
+        public Task TerminateSessionAsync(string sessionId, CancellationToken cancellationToken)
+            => Call(() => _ssm.TerminateSessionAsync(new TerminateSessionRequest { SessionId = sessionId }, cancellationToken), sessionId);
+
+        public async Task<IReadOnlyList<InstanceRecord>> FindInstancesAsync(IReadOnlyCollection<string>? instanceIds, string? name, IDictionary<string, string>? tags, CancellationToken cancellationToken)
+        {
+            var request = new DescribeInstancesRequest { Filters = new List<Filter>() };
+            if (instanceIds != null && instanceIds.Count > 0) request.InstanceIds = instanceIds.ToList();
+            if (!string.IsNullOrEmpty(name)) request.Filters.Add(new Filter { Name = "tag:Name", Values = new List<string> { name! } });
+            if (tags != null)
+            {
+                foreach (var t in tags) request.Filters.Add(new Filter { Name = "tag:" + t.Key, Values = new List<string> { t.Value } });
+            }
+            request.Filters.Add(new Filter { Name = "instance-state-name", Values = new List<string> { "pending", "running", "stopping", "stopped" } });
+
+            var records = new List<InstanceRecord>();
+            string? next = null;
+            do
+            {
+                request.NextToken = next;
+                var page = await Call(() => _ec2.DescribeInstancesAsync(request, cancellationToken), name ?? string.Join(",", instanceIds ?? Array.Empty<string>())).ConfigureAwait(false);
+                foreach (var reservation in page.Reservations ?? new List<Reservation>())
+                {
+                    foreach (var i in reservation.Instances ?? new List<Instance>())
+                    {
+                        var tagMap = (i.Tags ?? new List<Amazon.EC2.Model.Tag>()).ToDictionary(t => t.Key, t => t.Value ?? "", StringComparer.Ordinal);
+                        records.Add(new InstanceRecord
+                        {
+                            InstanceId = i.InstanceId,
+                            Name = tagMap.TryGetValue("Name", out var n) ? n : null,
+                            State = i.State?.Name?.Value,
+                            PrivateIpAddress = i.PrivateIpAddress,
+                            PlatformDetails = i.PlatformDetails,
+                            Tags = tagMap,
+                        });
+                    }
+                }
+                next = page.NextToken;
+            }
+            while (!string.IsNullOrEmpty(next));
+
+            if (records.Count == 0) return records;
+
+            // Join SSM's view: ping status, agent version, platform.
+            var byId = records.ToDictionary(r => r.InstanceId, StringComparer.Ordinal);
+            foreach (var batch in Batch(byId.Keys.ToList(), 50))
+            {
+                var infoRequest = new DescribeInstanceInformationRequest
+                {
+                    Filters = new List<InstanceInformationStringFilter> { new() { Key = "InstanceIds", Values = batch } },
+                    MaxResults = 50,
+                };
+                string? infoNext = null;
+                do
+                {
+                    infoRequest.NextToken = infoNext;
+                    var info = await Call(() => _ssm.DescribeInstanceInformationAsync(infoRequest, cancellationToken), string.Join(",", batch)).ConfigureAwait(false);
+                    foreach (var ii in info.InstanceInformationList ?? new List<InstanceInformation>())
+                    {
+                        if (!byId.TryGetValue(ii.InstanceId, out var r)) continue;
+                        r.PingStatus = ii.PingStatus?.Value;
+                        r.AgentVersion = ii.AgentVersion;
+                        r.PlatformType = ii.PlatformType?.Value;
+                        r.PlatformName = ii.PlatformName;
+                        r.LastPingDateTime = ii.LastPingDateTime;
+                    }
+                    infoNext = info.NextToken;
+                }
+                while (!string.IsNullOrEmpty(infoNext));
+            }
+            return records;
+        }
+
+        private static IEnumerable<List<string>> Batch(List<string> items, int size)
+        {
+            for (var i = 0; i < items.Count; i += size) yield return items.GetRange(i, Math.Min(size, items.Count - i));
+        }
+
+        /// <summary>Runs an AWS call and turns the SDK's exceptions into BastionToolsExceptions with stable ErrorIds.</summary>
+        private static async Task<T> Call<T>(Func<Task<T>> call, object? target)
+        {
+            try
+            {
+                return await call().ConfigureAwait(false);
+            }
+            catch (AmazonServiceException ex)
+            {
+                throw AwsErrors.Map(ex, target);
+            }
+            catch (AmazonClientException ex)
+            {
+                throw new BastionToolsException(ErrorIds.AwsServiceUnreachable, ErrorCategory.ConnectionError,
+                    "The AWS service could not be reached: " + Redactor.RedactPatterns(ex.Message), target, inner: ex);
+            }
+        }
+
+        public void Dispose()
+        {
+            _ssm.Dispose();
+            _ec2.Dispose();
+        }
+    }
+
+    /// <summary>AWS error codes → ErrorIds, categories and messages that say what to do.</summary>
+    internal static class AwsErrors
+    {
+        public static BastionToolsException Map(AmazonServiceException ex, object? target)
+        {
+            var code = ex.ErrorCode ?? "";
+            var message = Redactor.RedactPatterns(ex.Message ?? code);
+            switch (code)
+            {
+                case "TargetNotConnected":
+                    return new BastionToolsException(ErrorIds.BastionTargetOffline, ErrorCategory.ResourceUnavailable,
+                        $"The bastion {target} is not connected to Systems Manager: {message}", target,
+                        "Check that the instance is running and its SSM agent is online (Get-BastionInstance shows PingStatus).", ex);
+                case "InvalidDocument":
+                    return new BastionToolsException(ErrorIds.SsmDocumentInvalid, ErrorCategory.InvalidArgument, message, target, null, ex);
+                case "DoesNotExistException":
+                    return new BastionToolsException(ErrorIds.BastionSessionNotFound, ErrorCategory.ObjectNotFound, message, target, null, ex);
+                case "AccessDeniedException":
+                case "AccessDenied":
+                case "UnauthorizedOperation":
+                    return new BastionToolsException(ErrorIds.AwsAccessDenied, ErrorCategory.PermissionDenied,
+                        $"AWS denied the request: {message}", target,
+                        "Ask for ssm:StartSession on the bastion and the port-forwarding documents, and the describe permissions the module needs.", ex);
+                case "UnrecognizedClientException":
+                case "InvalidClientTokenId":
+                case "AuthFailure":
+                case "InvalidSignatureException":
+                case "SignatureDoesNotMatch":
+                case "ExpiredTokenException":
+                case "RequestExpired":
+                    return new BastionToolsException(ErrorIds.AwsAuthenticationFailed, ErrorCategory.AuthenticationError,
+                        $"AWS did not accept the credentials: {message}", target,
+                        "Check the credentials' source (-Debug shows it), refresh SSO or temporary credentials, and the machine's clock.", ex);
+                case "ThrottlingException":
+                case "Throttling":
+                case "RequestLimitExceeded":
+                    return new BastionToolsException(ErrorIds.AwsThrottled, ErrorCategory.LimitsExceeded,
+                        $"AWS throttled the request after retries: {message}", target, "Wait and try again, or make fewer calls at once.", ex);
+                default:
+                    return new BastionToolsException(ErrorIds.AwsRequestFailed, ErrorCategory.NotSpecified,
+                        $"The AWS request failed ({code}): {message}", target, null, ex);
+            }
+        }
+    }
+}

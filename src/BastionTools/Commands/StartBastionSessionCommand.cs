@@ -1,0 +1,196 @@
+using System;
+using System.Collections;
+using System.Management.Automation;
+using System.Net;
+using System.Threading;
+using System.Threading.Tasks;
+using BastionTools.Aws;
+using BastionTools.Ssm;
+
+namespace BastionTools.Commands
+{
+    /// <summary>
+    /// Start-BastionSession: a Session Manager port-forwarding session through a bastion, spoken natively (no
+    /// session-manager-plugin). Returns a BastionSession at once; the tunnel keeps running in the background of the
+    /// PowerShell session until Stop-BastionSession, Remove-Module or the end of the process. -Wait blocks until Ctrl-C.
+    /// </summary>
+    [Cmdlet(VerbsLifecycle.Start, "BastionSession", DefaultParameterSetName = ParameterSets.TargetRemoteHost, SupportsShouldProcess = true, ConfirmImpact = ConfirmImpact.Low)]
+    [OutputType(typeof(BastionSession))]
+    public sealed class StartBastionSessionCommand : AwsServiceCmdlet
+    {
+        internal static class ParameterSets
+        {
+            public const string TargetRemoteHost = "TargetRemoteHost";
+            public const string NameRemoteHost = "NameRemoteHost";
+            public const string TagRemoteHost = "TagRemoteHost";
+            public const string TargetPort = "TargetPort";
+            public const string NamePort = "NamePort";
+            public const string TagPort = "TagPort";
+        }
+
+        /// <summary>The bastion's instance id.</summary>
+        [Parameter(Mandatory = true, Position = 0, ParameterSetName = ParameterSets.TargetRemoteHost, ValueFromPipelineByPropertyName = true)]
+        [Parameter(Mandatory = true, Position = 0, ParameterSetName = ParameterSets.TargetPort, ValueFromPipelineByPropertyName = true)]
+        [Alias("InstanceId")]
+        [ValidateNotNullOrEmpty]
+        [ArgumentCompleter(typeof(BastionTargetCompleter))]
+        public string Target { get; set; } = "";
+
+        /// <summary>The bastion's Name tag.</summary>
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.NameRemoteHost)]
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.NamePort)]
+        [ValidateNotNullOrEmpty]
+        public string Name { get; set; } = "";
+
+        /// <summary>Tags that single out the bastion.</summary>
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TagRemoteHost)]
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TagPort)]
+        [ValidateNotNull]
+        public Hashtable Tag { get; set; } = new();
+
+        /// <summary>The destination the bastion connects to: the RDS endpoint.</summary>
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TargetRemoteHost)]
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.NameRemoteHost)]
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TagRemoteHost)]
+        [Alias("DbHost")]
+        [ValidateNotNullOrEmpty]
+        public string RemoteHost { get; set; } = "";
+
+        /// <summary>The destination port (default 5432).</summary>
+        [Parameter(ParameterSetName = ParameterSets.TargetRemoteHost)]
+        [Parameter(ParameterSetName = ParameterSets.NameRemoteHost)]
+        [Parameter(ParameterSetName = ParameterSets.TagRemoteHost)]
+        [Alias("DbPort")]
+        [ValidateRange(1, 65535)]
+        public int RemotePort { get; set; } = 5432;
+
+        /// <summary>A port on the bastion itself (AWS-StartPortForwardingSession).</summary>
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TargetPort)]
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.NamePort)]
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TagPort)]
+        [ValidateRange(1, 65535)]
+        public int PortNumber { get; set; }
+
+        /// <summary>The local port to listen on; 0 (the default) picks a free one.</summary>
+        [Parameter]
+        [ValidateRange(0, 65535)]
+        public int LocalPort { get; set; }
+
+        /// <summary>The local address to listen on (default 127.0.0.1: only this machine can connect).</summary>
+        [Parameter]
+        [ValidateNotNull]
+        public IPAddress ListenAddress { get; set; } = IPAddress.Loopback;
+
+        /// <summary>The reason recorded with the session in Systems Manager.</summary>
+        [Parameter]
+        [ValidateNotNullOrEmpty]
+        public string? Reason { get; set; }
+
+        /// <summary>Block until Ctrl-C, then stop the session.</summary>
+        [Parameter]
+        public SwitchParameter Wait { get; set; }
+
+        protected override void ProcessRecord()
+        {
+            var selector = new TargetSelector();
+            if (ParameterSetName.StartsWith("Target", StringComparison.Ordinal)) selector.InstanceId = Target;
+            else if (ParameterSetName.StartsWith("Name", StringComparison.Ordinal)) selector.Name = Name;
+            else selector.Tags = TargetSelector.TagsFrom(Tag);
+            var toRemoteHost = ParameterSetName.EndsWith("RemoteHost", StringComparison.Ordinal);
+            var remote = toRemoteHost ? RemoteHost + ":" + RemotePort : "port " + PortNumber + " of the bastion";
+
+            if (!ShouldProcess(selector.ToString(), "Start a port-forwarding session to " + remote)) return;
+            if (!Equals(ListenAddress, IPAddress.Loopback) && !Equals(ListenAddress, IPAddress.IPv6Loopback))
+            {
+                WriteWarningSafe($"Listening on {ListenAddress}: other machines that reach this address can use the tunnel.");
+            }
+
+            var api = GetApi();
+            const int activity = 1;
+            void Progress(string status, int percent) => Pump.Post(() => WriteProgress(new ProgressRecord(activity, "Start-BastionSession", status) { PercentComplete = percent }));
+
+            Progress("Finding the bastion", 5);
+            if (!TryRun(ct => TargetResolver.ResolveAsync(api, selector, ct), out var instance)) return;
+            WriteVerboseSafe($"Bastion: {instance.InstanceId}{(instance.Name == null ? "" : " (" + instance.Name + ")")}, agent {instance.AgentVersion}, {instance.PingStatus}.");
+
+            var request = new PortForwardingRequest
+            {
+                Target = instance.InstanceId,
+                RemoteHost = toRemoteHost ? RemoteHost : null,
+                RemotePort = toRemoteHost ? RemotePort : PortNumber,
+                LocalPort = LocalPort,
+                BindAddress = ListenAddress,
+                Reason = Reason,
+            };
+            var engine = new PortForwardingSession(api, request, new DataChannelOptions());
+            void Narrate(string line) => Pump.Post(() => WriteVerboseSafe(line));
+            engine.Events.Written += Narrate;
+            void Stage(SessionStage stage)
+            {
+                switch (stage)
+                {
+                    case SessionStage.Listener: Progress("Opening the local listener", 10); break;
+                    case SessionStage.StartSession: Progress("StartSession", 25); break;
+                    case SessionStage.WebSocket: Progress("Opening the data channel (WebSocket)", 50); break;
+                    case SessionStage.Handshake: Progress("Handshake with the agent", 75); break;
+                    case SessionStage.Ready: Progress("Ready", 100); break;
+                }
+            }
+
+            if (!TryRun(async ct =>
+                {
+                    await engine.StartAsync(Stage, TimeSpan.FromSeconds(30), ct).ConfigureAwait(false);
+                    return true;
+                }, out _))
+            {
+                engine.Events.Written -= Narrate;
+                Pump.Post(() => WriteProgress(new ProgressRecord(activity, "Start-BastionSession", "Failed") { RecordType = ProgressRecordType.Completed }));
+                Pump.Drain();
+                return;
+            }
+            engine.Events.Written -= Narrate;
+            Pump.Post(() => WriteProgress(new ProgressRecord(activity, "Start-BastionSession", "Ready") { RecordType = ProgressRecordType.Completed }));
+            Pump.Drain();
+
+            // The session outlives this command: keep the AWS clients for ResumeSession/TerminateSession.
+            KeepApiAlive();
+            var session = new BastionSession(engine, BastionInstance.From(instance));
+            SessionRegistry.Add(session);
+            WriteInformation(new HostInformationMessage
+            {
+                Message = $"Connect to {session.LocalEndpoint} for {session.Remote} (session {session.SessionId} via {session.Target}{(session.TargetName == null ? "" : " " + session.TargetName)}). Stop it with Stop-BastionSession.",
+                NoNewLine = false,
+            }, new[] { "PSHOST" });
+            WriteObject(session);
+
+            if (Wait)
+            {
+                WaitUntilStopped(session);
+            }
+        }
+
+        private void WaitUntilStopped(BastionSession session)
+        {
+            try
+            {
+                Pump.Run(async ct =>
+                {
+                    var stopped = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+                    using (ct.Register(() => stopped.TrySetResult(true)))
+                    {
+                        await Task.WhenAny(session.Engine.Completion, stopped.Task).ConfigureAwait(false);
+                    }
+                    return true;
+                });
+            }
+            finally
+            {
+                if (!session.Engine.Completion.IsCompleted)
+                {
+                    session.Engine.StopAsync().GetAwaiter().GetResult();
+                }
+                SessionRegistry.Remove(session);
+            }
+        }
+    }
+}

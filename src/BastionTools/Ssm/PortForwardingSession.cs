@@ -1,0 +1,382 @@
+using System;
+using System.Buffers.Binary;
+using System.Collections.Generic;
+using System.Globalization;
+using System.Management.Automation;
+using System.Net;
+using System.Net.Sockets;
+using System.Threading;
+using System.Threading.Tasks;
+using BastionTools.Aws;
+
+namespace BastionTools.Ssm
+{
+    /// <summary>The stages of starting a session, for progress reporting.</summary>
+    internal enum SessionStage
+    {
+        Listener,
+        StartSession,
+        WebSocket,
+        Handshake,
+        Ready,
+    }
+
+    internal enum SessionState
+    {
+        Starting,
+        Connected,
+        Reconnecting,
+        Closed,
+        Failed,
+    }
+
+    /// <summary>What a port-forwarding session is asked to do.</summary>
+    internal sealed class PortForwardingRequest
+    {
+        public string Target { get; set; } = "";
+
+        /// <summary>The destination host as the bastion resolves it (an RDS endpoint); null forwards to the bastion itself.</summary>
+        public string? RemoteHost { get; set; }
+
+        public int RemotePort { get; set; }
+
+        /// <summary>0 = an ephemeral port.</summary>
+        public int LocalPort { get; set; }
+
+        public IPAddress BindAddress { get; set; } = IPAddress.Loopback;
+
+        public string? Reason { get; set; }
+
+        public string DocumentName => RemoteHost == null ? "AWS-StartPortForwardingSession" : "AWS-StartPortForwardingSessionToRemoteHost";
+
+        public Dictionary<string, List<string>> DocumentParameters()
+        {
+            var p = new Dictionary<string, List<string>>
+            {
+                ["portNumber"] = new() { RemotePort.ToString(CultureInfo.InvariantCulture) },
+                ["localPortNumber"] = new() { LocalPort.ToString(CultureInfo.InvariantCulture) },
+            };
+            if (RemoteHost != null) p["host"] = new() { RemoteHost };
+            return p;
+        }
+    }
+
+    /// <summary>Events of a running session, kept for Get-BastionSession and narrated while a cmdlet waits.</summary>
+    internal sealed class SessionEventLog
+    {
+        private readonly object _gate = new();
+        private readonly Queue<string> _lines = new();
+        private readonly int _capacity;
+
+        public SessionEventLog(int capacity = 200) => _capacity = capacity;
+
+        public event Action<string>? Written;
+
+        public void Write(string line)
+        {
+            var text = DateTime.UtcNow.ToString("HH:mm:ss.fff", CultureInfo.InvariantCulture) + " " + Redactor.RedactPatterns(line);
+            lock (_gate)
+            {
+                _lines.Enqueue(text);
+                while (_lines.Count > _capacity) _lines.Dequeue();
+            }
+            Written?.Invoke(line);
+        }
+
+        public string[] Snapshot()
+        {
+            lock (_gate) return _lines.ToArray();
+        }
+    }
+
+    /// <summary>
+    /// A port-forwarding session: a listener on 127.0.0.1, StartSession, the data channel, the handshake, then every
+    /// accepted connection carried through smux (or basic mode for old agents) until the session is stopped.
+    /// </summary>
+    internal sealed class PortForwardingSession : IDisposable
+    {
+        private static readonly Version MuxMinimumAgent = new(3, 0, 196, 0);
+
+        private readonly IAwsApi _api;
+        private readonly PortForwardingRequest _request;
+        private readonly DataChannelOptions _channelOptions;
+        private readonly CancellationTokenSource _lifetime = new();
+        private readonly TaskCompletionSource<HandshakeRequestPayload> _handshakeRequested = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private readonly TaskCompletionSource<bool> _handshakeCompleted = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private readonly List<Task> _connections = new();
+        private TcpListener? _listener;
+        private DataChannel? _channel;
+        private IPortForwarder? _forwarder;
+        private Task? _acceptLoop;
+        private int _stopped;
+
+        public PortForwardingSession(IAwsApi api, PortForwardingRequest request, DataChannelOptions channelOptions)
+        {
+            _api = api;
+            _request = request;
+            _channelOptions = channelOptions;
+        }
+
+        public SessionEventLog Events { get; } = new();
+        public ConnectionStatistics Connections { get; } = new();
+        public string? SessionId { get; private set; }
+        public string Target => _request.Target;
+        public string? RemoteHost => _request.RemoteHost;
+        public int RemotePort => _request.RemotePort;
+        public IPEndPoint? LocalEndPoint { get; private set; }
+        public DateTime StartedAtUtc { get; private set; }
+        public string? AgentVersion { get; private set; }
+        public PortForwardingMode Mode => _forwarder?.Mode ?? PortForwardingMode.Unknown;
+        public SessionState State { get; private set; } = SessionState.Starting;
+        public string? ClosedReason { get; private set; }
+        public DataChannelStatistics? Channel => _channel?.Statistics;
+
+        /// <summary>Completes when the session has ended (stopped, closed by the service, or broken).</summary>
+        public Task Completion => _completion.Task;
+
+        private readonly TaskCompletionSource<bool> _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public async Task StartAsync(Action<SessionStage> progress, TimeSpan handshakeTimeout, CancellationToken cancellationToken)
+        {
+            progress(SessionStage.Listener);
+            try
+            {
+                _listener = new TcpListener(_request.BindAddress, _request.LocalPort);
+                _listener.Start(512);
+            }
+            catch (SocketException ex)
+            {
+                throw new BastionToolsException(ErrorIds.LocalPortUnavailable, ErrorCategory.ResourceUnavailable,
+                    $"The local port {_request.LocalPort} on {_request.BindAddress} can't be used: {ex.Message}", _request.LocalPort,
+                    "Choose another -LocalPort, or 0 for any free port.", ex);
+            }
+            LocalEndPoint = (IPEndPoint)_listener.LocalEndpoint;
+            Events.Write($"Listening on {LocalEndPoint}.");
+
+            try
+            {
+                progress(SessionStage.StartSession);
+                var endpoint = await _api.StartSessionAsync(_request.Target, _request.DocumentName, _request.DocumentParameters(), _request.Reason, cancellationToken).ConfigureAwait(false);
+                SessionId = endpoint.SessionId;
+                Events.Write($"Session {SessionId} started on {_request.Target} ({_request.DocumentName}).");
+
+                progress(SessionStage.WebSocket);
+                _channel = new DataChannel(endpoint, _channelOptions, OnStreamMessageAsync, ResumeAsync, Events.Write);
+                await _channel.OpenAsync(cancellationToken).ConfigureAwait(false);
+
+                progress(SessionStage.Handshake);
+                using (var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken))
+                {
+                    timeout.CancelAfter(handshakeTimeout);
+                    var done = await Task.WhenAny(_handshakeCompleted.Task, _channel.Completion, Task.Delay(Timeout.Infinite, timeout.Token)).ConfigureAwait(false);
+                    if (done != _handshakeCompleted.Task)
+                    {
+                        var closure = _channel.Completion.IsCompleted ? _channel.Completion.Result : null;
+                        cancellationToken.ThrowIfCancellationRequested();
+                        throw new BastionToolsException(ErrorIds.BastionHandshakeFailed, ErrorCategory.ProtocolError,
+                            closure != null
+                                ? $"The session ended during the handshake: {closure.Error?.Message ?? closure.Output ?? "closed by the service"}"
+                                : $"The bastion's agent did not complete the handshake within {handshakeTimeout.TotalSeconds:0} s.",
+                            SessionId, "Check the agent on the bastion (Get-BastionInstance) and try again.");
+                    }
+                }
+                StartedAtUtc = DateTime.UtcNow;
+                State = SessionState.Connected;
+                progress(SessionStage.Ready);
+                Events.Write($"Ready: {Mode} mode, agent {AgentVersion}.");
+                _acceptLoop = Task.Run(AcceptLoopAsync);
+                _ = _channel.Completion.ContinueWith(t => OnChannelClosed(t.Result), TaskScheduler.Default);
+            }
+            catch
+            {
+                await StopAsync(terminate: SessionId != null).ConfigureAwait(false);
+                throw;
+            }
+        }
+
+        private Task<StreamEndpoint> ResumeAsync(CancellationToken cancellationToken)
+        {
+            State = SessionState.Reconnecting;
+            return ResumeCoreAsync(cancellationToken);
+        }
+
+        private async Task<StreamEndpoint> ResumeCoreAsync(CancellationToken cancellationToken)
+        {
+            var endpoint = await _api.ResumeSessionAsync(SessionId!, cancellationToken).ConfigureAwait(false);
+            State = SessionState.Connected;
+            return endpoint;
+        }
+
+        private async Task OnStreamMessageAsync(AgentMessage message)
+        {
+            switch (message.PayloadType)
+            {
+                case PayloadType.HandshakeRequest:
+                    await OnHandshakeRequestAsync(message).ConfigureAwait(false);
+                    break;
+                case PayloadType.HandshakeComplete:
+                    if (_forwarder == null) CreateForwarder(null);
+                    _handshakeCompleted.TrySetResult(true);
+                    break;
+                case PayloadType.Output:
+                    if (_forwarder == null) CreateForwarder(null);
+                    await _forwarder!.OnOutputAsync(message.Payload).ConfigureAwait(false);
+                    break;
+                case PayloadType.Flag:
+                    if (message.Payload.Length >= 4)
+                    {
+                        var flag = (PayloadTypeFlag)BinaryPrimitives.ReadUInt32BigEndian(message.Payload);
+                        Events.Write("Flag from the agent: " + flag + ".");
+                        if (flag == PayloadTypeFlag.TerminateSession)
+                        {
+                            _ = Task.Run(() => StopAsync(terminate: false));
+                        }
+                        else
+                        {
+                            _forwarder?.OnFlag(flag);
+                        }
+                    }
+                    break;
+                case PayloadType.Error:
+                case PayloadType.StdErr:
+                    Events.Write("Agent: " + System.Text.Encoding.UTF8.GetString(message.Payload));
+                    break;
+            }
+        }
+
+        private async Task OnHandshakeRequestAsync(AgentMessage message)
+        {
+            HandshakeRequestPayload request;
+            try
+            {
+                request = SsmJson.Deserialize<HandshakeRequestPayload>(message.Payload);
+            }
+            catch (SsmProtocolException ex)
+            {
+                Events.Write("Unreadable handshake request: " + ex.Message);
+                return;
+            }
+            if (_handshakeRequested.Task.IsCompleted)
+            {
+                return; // A resent request: the data channel has acknowledged it again; the response is already on its way.
+            }
+            AgentVersion = request.AgentVersion;
+            var actions = new List<ProcessedClientAction>();
+            string? portType = null;
+            foreach (var action in request.RequestedClientActions)
+            {
+                if (action.ActionType == HandshakeActionTypes.SessionType)
+                {
+                    var sessionType = action.GetSessionTypeRequest();
+                    portType = sessionType.GetStringProperty("type");
+                    actions.Add(ClientMessages.SessionTypeAccepted());
+                }
+                else
+                {
+                    actions.Add(new ProcessedClientAction { ActionType = action.ActionType, ActionStatus = ActionStatus.Unsupported, Error = "Not supported by BastionTools." });
+                }
+            }
+            CreateForwarder(portType);
+            _handshakeRequested.TrySetResult(request);
+            var response = ClientMessages.HandshakeResponse(0, _channelOptions.ClientVersion, actions);
+            await _channel!.SendAsync(PayloadType.HandshakeResponse, response.Payload, CancellationToken.None).ConfigureAwait(false);
+            Events.Write($"Handshake: agent {request.AgentVersion}, {(portType ?? "port")} session.");
+        }
+
+        private void CreateForwarder(string? portType)
+        {
+            if (_forwarder != null) return;
+            var mux = Version.TryParse(AgentVersion ?? "", out var v) && v > MuxMinimumAgent
+                && (portType == null || string.Equals(portType, "LocalPortForwarding", StringComparison.Ordinal));
+            var sender = new DataChannelSender(_channel!);
+            _forwarder = mux
+                ? new MuxPortForwarder(sender, Connections, Events.Write)
+                : new BasicPortForwarder(sender, Connections, Events.Write);
+        }
+
+        private async Task AcceptLoopAsync()
+        {
+            var listener = _listener!;
+            while (!_lifetime.IsCancellationRequested)
+            {
+                TcpClient client;
+                try
+                {
+                    client = await listener.AcceptTcpClientAsync().ConfigureAwait(false);
+                }
+                catch (Exception ex) when (ex is ObjectDisposedException || ex is SocketException || ex is InvalidOperationException)
+                {
+                    return;
+                }
+                var task = Task.Run(() => _forwarder!.HandleConnectionAsync(client, _lifetime.Token));
+                lock (_connections)
+                {
+                    _connections.RemoveAll(t => t.IsCompleted);
+                    _connections.Add(task);
+                }
+            }
+        }
+
+        private void OnChannelClosed(DataChannelClosure closure)
+        {
+            if (Volatile.Read(ref _stopped) == 1) return;
+            ClosedReason = closure.Error?.Message ?? closure.Output ?? "The service closed the session.";
+            State = closure.Error != null ? SessionState.Failed : SessionState.Closed;
+            Events.Write("Session ended: " + ClosedReason);
+            _ = Task.Run(() => StopAsync(terminate: false));
+        }
+
+        /// <summary>Stops accepting, ends every connection, terminates the session with the service and closes the channel.</summary>
+        public async Task StopAsync(bool terminate = true)
+        {
+            if (Interlocked.Exchange(ref _stopped, 1) == 1)
+            {
+                await _completion.Task.ConfigureAwait(false);
+                return;
+            }
+            try
+            {
+                _lifetime.Cancel();
+                try
+                {
+                    _listener?.Stop();
+                }
+                catch (SocketException)
+                {
+                }
+                _forwarder?.Dispose();
+                Task[] pending;
+                lock (_connections) pending = _connections.ToArray();
+                await Task.WhenAny(Task.WhenAll(pending), Task.Delay(TimeSpan.FromSeconds(5))).ConfigureAwait(false);
+                if (_acceptLoop != null) await Task.WhenAny(_acceptLoop, Task.Delay(TimeSpan.FromSeconds(5))).ConfigureAwait(false);
+                if (terminate && SessionId != null)
+                {
+                    try
+                    {
+                        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(15));
+                        await _api.TerminateSessionAsync(SessionId, cts.Token).ConfigureAwait(false);
+                        Events.Write($"Session {SessionId} terminated.");
+                    }
+                    catch (Exception ex)
+                    {
+                        Events.Write("TerminateSession failed: " + ex.Message);
+                    }
+                }
+                if (_channel != null) await _channel.CloseAsync().ConfigureAwait(false);
+                if (State != SessionState.Failed) State = SessionState.Closed;
+                ClosedReason ??= "Stopped.";
+            }
+            finally
+            {
+                _completion.TrySetResult(true);
+            }
+        }
+
+        public void Dispose()
+        {
+            StopAsync().GetAwaiter().GetResult();
+            _channel?.Dispose();
+            _lifetime.Dispose();
+        }
+    }
+}
