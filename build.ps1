@@ -96,6 +96,13 @@ function Invoke-Build {
     Write-Host "   $ModuleOut" -ForegroundColor DarkGray
 }
 
+function Build-Sandbox {
+    # The local doubles of AWS (and the PostgreSQL they front), for Pester and the demo.
+    $dir = Join-Path $Out 'sandbox'
+    Invoke-Native dotnet @('build', (Join-Path $Root 'tests/Sandbox/BastionTools.Sandbox.csproj'), '-c', $Configuration, '--nologo', '-v', 'q', '-o', $dir) | Out-Null
+    $env:BASTIONTOOLS_SANDBOX = Join-Path $dir 'BastionTools.Sandbox.dll'
+}
+
 function Read-JUnitCounts([string] $Path) {
     [xml] $xml = Get-Content -Raw $Path
     $suites = @($xml.SelectNodes('//testsuite'))
@@ -150,6 +157,7 @@ function Invoke-PesterTests {
 function Invoke-Test {
     Invoke-Build
     Restore-Tools
+    Build-Sandbox
     if (Test-Path $ResultsDir) { Remove-Item $ResultsDir -Recurse -Force }
     New-Item -ItemType Directory -Force -Path $ResultsDir | Out-Null
 
@@ -168,6 +176,7 @@ function Invoke-Test {
 
 function Invoke-Demo {
     Invoke-Build
+    Build-Sandbox
     & (Join-Path $Root 'demo/Invoke-Demo.ps1') -ModulePath (Join-Path $ModuleOut 'BastionTools.psd1')
 }
 

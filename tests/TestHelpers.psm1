@@ -44,4 +44,52 @@ function Invoke-ChildPwsh {
     }
 }
 
+# Starts the sandbox (local doubles of SSM, EC2, the Session Manager data channel) as a child process and returns
+# its endpoints. -World is a hashtable written as the sandbox's JSON configuration. Stop it with Stop-TestSandbox.
+function Start-TestSandbox {
+    param([hashtable] $World, [string[]] $ExtraArguments = @(), [int] $TimeoutSeconds = 60)
+    $dll = $env:BASTIONTOOLS_SANDBOX
+    if (-not $dll -or -not (Test-Path $dll)) { throw "The sandbox is not built (BASTIONTOOLS_SANDBOX='$dll'): run build.ps1 -Task Test." }
+    $psi = [System.Diagnostics.ProcessStartInfo]::new('dotnet')
+    $psi.ArgumentList.Add($dll)
+    if ($World) {
+        $config = Join-Path ([IO.Path]::GetTempPath()) ("bt-world-" + [guid]::NewGuid().ToString('n') + '.json')
+        $World | ConvertTo-Json -Depth 10 | Set-Content -Path $config -Encoding utf8
+        $psi.ArgumentList.Add('--config'); $psi.ArgumentList.Add($config)
+    }
+    foreach ($a in $ExtraArguments) { $psi.ArgumentList.Add($a) }
+    $psi.RedirectStandardInput = $true
+    $psi.RedirectStandardOutput = $true
+    $psi.RedirectStandardError = $true
+    $psi.UseShellExecute = $false
+    $p = [System.Diagnostics.Process]::Start($psi)
+    $errors = [System.Text.StringBuilder]::new()
+    $null = Register-ObjectEvent -InputObject $p -EventName ErrorDataReceived -MessageData $errors -Action { if ($EventArgs.Data) { [void] $Event.MessageData.AppendLine($EventArgs.Data) } }
+    $p.BeginErrorReadLine()
+    $lineTask = $p.StandardOutput.ReadLineAsync()
+    if (-not $lineTask.Wait($TimeoutSeconds * 1000) -or -not $lineTask.Result) {
+        try { $p.Kill($true) } catch { }
+        throw "The sandbox did not start: $errors"
+    }
+    $info = $lineTask.Result | ConvertFrom-Json
+    $info | Add-Member -NotePropertyName Process -NotePropertyValue $p
+    $info | Add-Member -NotePropertyName Stderr -NotePropertyValue $errors
+    # The AWS parameters every cmdlet call against this sandbox needs.
+    $info | Add-Member -NotePropertyName Aws -NotePropertyValue @{
+        AccessKey   = $info.accessKeyId
+        SecretKey   = $info.secretAccessKey
+        Region      = $info.region
+        EndpointUrl = $info.ssm
+    }
+    $info
+}
+
+function Stop-TestSandbox {
+    param([Parameter(Mandatory)] $Sandbox)
+    if (-not $Sandbox) { return }
+    $p = $Sandbox.Process
+    try { $p.StandardInput.Close() } catch { }
+    if (-not $p.WaitForExit(20000)) { try { $p.Kill($true) } catch { } }
+}
+
 Export-ModuleMember -Function *
