@@ -14,7 +14,7 @@ namespace BastionTools.Commands
     /// session-manager-plugin). Returns a BastionSession at once; the tunnel keeps running in the background of the
     /// PowerShell session until Stop-BastionSession, Remove-Module or the end of the process. -Wait blocks until Ctrl-C.
     /// </summary>
-    [Cmdlet(VerbsLifecycle.Start, "BastionSession", DefaultParameterSetName = ParameterSets.TargetRemoteHost, SupportsShouldProcess = true, ConfirmImpact = ConfirmImpact.Low)]
+    [Cmdlet(VerbsLifecycle.Start, "BastionSession", DefaultParameterSetName = ParameterSets.TargetShell, SupportsShouldProcess = true, ConfirmImpact = ConfirmImpact.Low)]
     [OutputType(typeof(BastionSession))]
     public sealed class StartBastionSessionCommand : AwsServiceCmdlet
     {
@@ -26,11 +26,15 @@ namespace BastionTools.Commands
             public const string TargetPort = "TargetPort";
             public const string NamePort = "NamePort";
             public const string TagPort = "TagPort";
+            public const string TargetShell = "TargetShell";
+            public const string NameShell = "NameShell";
+            public const string TagShell = "TagShell";
         }
 
         /// <summary>The bastion's instance id.</summary>
         [Parameter(Mandatory = true, Position = 0, ParameterSetName = ParameterSets.TargetRemoteHost, ValueFromPipelineByPropertyName = true)]
         [Parameter(Mandatory = true, Position = 0, ParameterSetName = ParameterSets.TargetPort, ValueFromPipelineByPropertyName = true)]
+        [Parameter(Mandatory = true, Position = 0, ParameterSetName = ParameterSets.TargetShell, ValueFromPipelineByPropertyName = true)]
         [Alias("InstanceId")]
         [ValidateNotNullOrEmpty]
         [ArgumentCompleter(typeof(BastionTargetCompleter))]
@@ -39,12 +43,14 @@ namespace BastionTools.Commands
         /// <summary>The bastion's Name tag.</summary>
         [Parameter(Mandatory = true, ParameterSetName = ParameterSets.NameRemoteHost)]
         [Parameter(Mandatory = true, ParameterSetName = ParameterSets.NamePort)]
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.NameShell)]
         [ValidateNotNullOrEmpty]
         public string Name { get; set; } = "";
 
         /// <summary>Tags that single out the bastion.</summary>
         [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TagRemoteHost)]
         [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TagPort)]
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TagShell)]
         [ValidateNotNull]
         public Hashtable Tag { get; set; } = new();
 
@@ -71,13 +77,30 @@ namespace BastionTools.Commands
         [ValidateRange(1, 65535)]
         public int PortNumber { get; set; }
 
+        /// <summary>Run this command without a terminal (AWS-StartNonInteractiveCommand) and return its output lines.</summary>
+        [Parameter(ParameterSetName = ParameterSets.TargetShell)]
+        [Parameter(ParameterSetName = ParameterSets.NameShell)]
+        [Parameter(ParameterSetName = ParameterSets.TagShell)]
+        [ValidateNotNullOrEmpty]
+        public string? Command { get; set; }
+
         /// <summary>The local port to listen on; 0 (the default) picks a free one.</summary>
-        [Parameter]
+        [Parameter(ParameterSetName = ParameterSets.TargetRemoteHost)]
+        [Parameter(ParameterSetName = ParameterSets.NameRemoteHost)]
+        [Parameter(ParameterSetName = ParameterSets.TagRemoteHost)]
+        [Parameter(ParameterSetName = ParameterSets.TargetPort)]
+        [Parameter(ParameterSetName = ParameterSets.NamePort)]
+        [Parameter(ParameterSetName = ParameterSets.TagPort)]
         [ValidateRange(0, 65535)]
         public int LocalPort { get; set; }
 
         /// <summary>The local address to listen on (default 127.0.0.1: only this machine can connect).</summary>
-        [Parameter]
+        [Parameter(ParameterSetName = ParameterSets.TargetRemoteHost)]
+        [Parameter(ParameterSetName = ParameterSets.NameRemoteHost)]
+        [Parameter(ParameterSetName = ParameterSets.TagRemoteHost)]
+        [Parameter(ParameterSetName = ParameterSets.TargetPort)]
+        [Parameter(ParameterSetName = ParameterSets.NamePort)]
+        [Parameter(ParameterSetName = ParameterSets.TagPort)]
         [ValidateNotNull]
         public IPAddress ListenAddress { get; set; } = IPAddress.Loopback;
 
@@ -87,7 +110,12 @@ namespace BastionTools.Commands
         public string? Reason { get; set; }
 
         /// <summary>Block until Ctrl-C, then stop the session.</summary>
-        [Parameter]
+        [Parameter(ParameterSetName = ParameterSets.TargetRemoteHost)]
+        [Parameter(ParameterSetName = ParameterSets.NameRemoteHost)]
+        [Parameter(ParameterSetName = ParameterSets.TagRemoteHost)]
+        [Parameter(ParameterSetName = ParameterSets.TargetPort)]
+        [Parameter(ParameterSetName = ParameterSets.NamePort)]
+        [Parameter(ParameterSetName = ParameterSets.TagPort)]
         public SwitchParameter Wait { get; set; }
 
         protected override void ProcessRecord()
@@ -96,6 +124,11 @@ namespace BastionTools.Commands
             if (ParameterSetName.StartsWith("Target", StringComparison.Ordinal)) selector.InstanceId = Target;
             else if (ParameterSetName.StartsWith("Name", StringComparison.Ordinal)) selector.Name = Name;
             else selector.Tags = TargetSelector.TagsFrom(Tag);
+            if (ParameterSetName.EndsWith("Shell", StringComparison.Ordinal))
+            {
+                RunShell(selector);
+                return;
+            }
             var toRemoteHost = ParameterSetName.EndsWith("RemoteHost", StringComparison.Ordinal);
             var remote = toRemoteHost ? RemoteHost + ":" + RemotePort : "port " + PortNumber + " of the bastion";
 
@@ -166,6 +199,108 @@ namespace BastionTools.Commands
             if (Wait)
             {
                 WaitUntilStopped(session);
+            }
+        }
+
+        private void RunShell(TargetSelector selector)
+        {
+            var interactive = Command == null;
+            if (!ShouldProcess(selector.ToString(), interactive ? "Start an interactive shell session" : "Run a command: " + Command)) return;
+            if (interactive && (Console.IsInputRedirected || Console.IsOutputRedirected || !System.Environment.UserInteractive))
+            {
+                ThrowTerminatingError(new BastionToolsException(ErrorIds.ShellNeedsTerminal, ErrorCategory.InvalidOperation,
+                    "An interactive shell needs a terminal, and this PowerShell has none (its input or output is redirected).",
+                    selector.ToString(), "Pass -Command to run a command without a terminal, or -RemoteHost/-PortNumber for a tunnel.").ToErrorRecord());
+            }
+            var api = GetApi();
+            if (!TryRun(ct => TargetResolver.ResolveAsync(api, selector, ct), out var instance)) return;
+            WriteVerboseSafe($"Bastion: {instance.InstanceId}{(instance.Name == null ? "" : " (" + instance.Name + ")")}, agent {instance.AgentVersion}.");
+
+            var stderrLines = new System.Collections.Generic.List<string>();
+            IShellTerminal terminal;
+            LineTerminal? lines = null;
+            if (interactive)
+            {
+                terminal = new ConsoleTerminal();
+            }
+            else
+            {
+                lines = new LineTerminal(line => Pump.Post(() => WriteObject(line)), line => Pump.Post(() => WriteError(new ErrorRecord(
+                    new RemoteStandardErrorException(line), ErrorIds.RemoteStandardError, ErrorCategory.NotSpecified, instance.InstanceId))));
+                terminal = lines;
+            }
+            var shell = new ShellSession(api, instance.InstanceId, Command, Reason, new DataChannelOptions(), terminal);
+            shell.Events.Written += line => Pump.Post(() => WriteDebugSafe(line));
+            if (!TryRun(async ct =>
+                {
+                    await shell.StartAsync(_ => { }, ct).ConfigureAwait(false);
+                    return true;
+                }, out _))
+            {
+                return;
+            }
+            DataChannelClosure? closure = null;
+            try
+            {
+                if (interactive)
+                {
+                    closure = RunInteractive(shell);
+                }
+                else
+                {
+                    TryRun(ct => shell.WaitAsync(ct), out closure);
+                    lines!.Flush();
+                    Pump.Drain();
+                }
+            }
+            finally
+            {
+                shell.StopAsync(terminate: closure == null || !closure.ByRemote).GetAwaiter().GetResult();
+            }
+            if (closure?.Error != null)
+            {
+                WriteError(new BastionToolsException(ErrorIds.BastionSessionFailed, ErrorCategory.ConnectionError,
+                    "The session failed: " + closure.Error.Message, shell.SessionId).ToErrorRecord());
+            }
+            if (interactive && !string.IsNullOrEmpty(closure?.Output)) Host.UI.WriteLine(closure!.Output!.Trim());
+            if (shell.ExitCode is int code)
+            {
+                SessionState.PSVariable.Set(new PSVariable("global:LASTEXITCODE", code));
+                if (code != 0)
+                {
+                    WriteError(new BastionToolsException(ErrorIds.RemoteCommandFailed, ErrorCategory.NotSpecified,
+                        $"The command exited with code {code} on {instance.InstanceId}.", Command).ToErrorRecord());
+                }
+            }
+        }
+
+        private DataChannelClosure? RunInteractive(ShellSession shell)
+        {
+            var previous = Console.TreatControlCAsInput;
+            Console.TreatControlCAsInput = true;
+            try
+            {
+                var lastSizeCheck = DateTime.UtcNow;
+                var completion = shell.Completion;
+                var batch = new System.Collections.Generic.List<byte>();
+                while (!completion.IsCompleted)
+                {
+                    batch.Clear();
+                    while (Console.KeyAvailable && batch.Count < 4096) batch.AddRange(KeyMapper.Map(Console.ReadKey(intercept: true)));
+                    if (batch.Count > 0) shell.SendInputAsync(batch.ToArray(), CancellationToken.None).GetAwaiter().GetResult();
+                    if (DateTime.UtcNow - lastSizeCheck > TimeSpan.FromMilliseconds(250))
+                    {
+                        shell.SendSizeIfChangedAsync(CancellationToken.None).GetAwaiter().GetResult();
+                        lastSizeCheck = DateTime.UtcNow;
+                    }
+                    completion.Wait(10);
+                    Pump.Drain();
+                }
+                return shell.WaitAsync(CancellationToken.None).GetAwaiter().GetResult();
+            }
+            finally
+            {
+                Console.TreatControlCAsInput = previous;
             }
         }
 

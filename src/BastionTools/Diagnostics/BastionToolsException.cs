@@ -31,3 +31,15 @@ namespace BastionTools
         }
     }
 }
+
+namespace BastionTools
+{
+    /// <summary>A line a remote command wrote to its standard error (non-interactive sessions).</summary>
+    public sealed class RemoteStandardErrorException : System.Exception
+    {
+        public RemoteStandardErrorException(string line)
+            : base(line)
+        {
+        }
+    }
+}

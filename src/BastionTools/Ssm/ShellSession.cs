@@ -1,0 +1,182 @@
+using System;
+using System.Buffers.Binary;
+using System.Collections.Generic;
+using System.Threading;
+using System.Threading.Tasks;
+using BastionTools.Aws;
+
+namespace BastionTools.Ssm
+{
+    /// <summary>Where a shell session's output goes, and where its input comes from.</summary>
+    internal interface IShellTerminal
+    {
+        /// <summary>Terminal output from the remote shell (PayloadType 1).</summary>
+        void Output(byte[] data);
+
+        /// <summary>Standard error of a non-interactive command (PayloadType 11).</summary>
+        void Error(byte[] data);
+
+        /// <summary>The current size, or null when there is no terminal.</summary>
+        (int Cols, int Rows)? Size { get; }
+    }
+
+    /// <summary>
+    /// A shell session (interactive, on a terminal) or a non-interactive command (AWS-StartNonInteractiveCommand):
+    /// keystrokes go out as input_stream_data PayloadType 1, the terminal size as PayloadType 3 at start and on
+    /// change, output comes back as PayloadType 1 (and 11 for stderr, 12 for the exit code), and the session ends
+    /// with channel_closed, whose Output is shown.
+    /// </summary>
+    internal sealed class ShellSession : IDisposable
+    {
+        public const string NonInteractiveDocument = "AWS-StartNonInteractiveCommand";
+
+        private readonly IAwsApi _api;
+        private readonly string _target;
+        private readonly string? _command;
+        private readonly string? _reason;
+        private readonly DataChannelOptions _options;
+        private readonly IShellTerminal _terminal;
+        private DataChannel? _channel;
+        private (int Cols, int Rows)? _lastSize;
+
+        public ShellSession(IAwsApi api, string target, string? command, string? reason, DataChannelOptions options, IShellTerminal terminal)
+        {
+            _api = api;
+            _target = target;
+            _command = command;
+            _reason = reason;
+            _options = options;
+            _terminal = terminal;
+        }
+
+        public SessionEventLog Events { get; } = new();
+        public string? SessionId { get; private set; }
+        public int? ExitCode { get; private set; }
+        public string? ClosingOutput { get; private set; }
+        public Exception? Failure { get; private set; }
+
+        public Task<DataChannelClosure> Completion => _channel?.Completion ?? Task.FromResult(new DataChannelClosure(false, null, null));
+
+        public async Task StartAsync(Action<SessionStage> progress, CancellationToken cancellationToken)
+        {
+            progress(SessionStage.StartSession);
+            var parameters = new Dictionary<string, List<string>>();
+            string? document = null;
+            if (_command != null)
+            {
+                document = NonInteractiveDocument;
+                parameters["command"] = new List<string> { _command };
+            }
+            var endpoint = await _api.StartSessionAsync(_target, document, parameters, _reason, cancellationToken).ConfigureAwait(false);
+            SessionId = endpoint.SessionId;
+            Events.Write($"Session {SessionId} started on {_target} ({document ?? "shell"}).");
+            progress(SessionStage.WebSocket);
+            _channel = new DataChannel(endpoint, _options, OnStreamMessageAsync, ct => _api.ResumeSessionAsync(SessionId!, ct), Events.Write);
+            await _channel.OpenAsync(cancellationToken).ConfigureAwait(false);
+            await SendSizeIfChangedAsync(cancellationToken).ConfigureAwait(false);
+            progress(SessionStage.Ready);
+        }
+
+        private async Task OnStreamMessageAsync(AgentMessage message)
+        {
+            switch (message.PayloadType)
+            {
+                case PayloadType.Output:
+                    _terminal.Output(message.Payload);
+                    break;
+                case PayloadType.StdErr:
+                case PayloadType.Error:
+                    _terminal.Error(message.Payload);
+                    break;
+                case PayloadType.ExitCode:
+                    var text = System.Text.Encoding.UTF8.GetString(message.Payload).Trim();
+                    if (int.TryParse(text, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out var code)) ExitCode = code;
+                    else if (message.Payload.Length == 4) ExitCode = BinaryPrimitives.ReadInt32BigEndian(message.Payload);
+                    break;
+                case PayloadType.HandshakeRequest:
+                    await RespondToHandshakeAsync(message).ConfigureAwait(false);
+                    break;
+                case PayloadType.Flag:
+                    if (message.Payload.Length >= 4 && (PayloadTypeFlag)BinaryPrimitives.ReadUInt32BigEndian(message.Payload) == PayloadTypeFlag.TerminateSession)
+                    {
+                        _ = _channel!.CloseAsync();
+                    }
+                    break;
+            }
+        }
+
+        private async Task RespondToHandshakeAsync(AgentMessage message)
+        {
+            HandshakeRequestPayload request;
+            try
+            {
+                request = SsmJson.Deserialize<HandshakeRequestPayload>(message.Payload);
+            }
+            catch (SsmProtocolException ex)
+            {
+                Events.Write("Unreadable handshake request: " + ex.Message);
+                return;
+            }
+            var actions = new List<ProcessedClientAction>();
+            foreach (var action in request.RequestedClientActions)
+            {
+                actions.Add(action.ActionType == HandshakeActionTypes.SessionType
+                    ? ClientMessages.SessionTypeAccepted()
+                    : new ProcessedClientAction { ActionType = action.ActionType, ActionStatus = ActionStatus.Unsupported, Error = "KMS encryption of shell sessions is not supported by BastionTools yet." });
+            }
+            var response = ClientMessages.HandshakeResponse(0, _options.ClientVersion, actions);
+            await _channel!.SendAsync(PayloadType.HandshakeResponse, response.Payload, CancellationToken.None).ConfigureAwait(false);
+        }
+
+        /// <summary>Sends keystrokes (raw bytes, as a terminal would send them).</summary>
+        public Task SendInputAsync(byte[] data, CancellationToken cancellationToken)
+            => _channel!.SendAsync(PayloadType.Output, data, 0, data.Length, cancellationToken);
+
+        /// <summary>Sends the terminal size when it differs from the last one sent.</summary>
+        public async Task SendSizeIfChangedAsync(CancellationToken cancellationToken)
+        {
+            var size = _terminal.Size;
+            if (size == null || size == _lastSize) return;
+            _lastSize = size;
+            var payload = SsmJson.SerializeToUtf8(new SizeData { Cols = (uint)size.Value.Cols, Rows = (uint)size.Value.Rows });
+            await _channel!.SendAsync(PayloadType.Size, payload, 0, payload.Length, cancellationToken).ConfigureAwait(false);
+        }
+
+        /// <summary>Waits for the session to end and records why.</summary>
+        public async Task<DataChannelClosure> WaitAsync(CancellationToken cancellationToken)
+        {
+            var cancelled = new TaskCompletionSource<DataChannelClosure>(TaskCreationOptions.RunContinuationsAsynchronously);
+            using (cancellationToken.Register(() => cancelled.TrySetCanceled()))
+            {
+                var done = await Task.WhenAny(_channel!.Completion, cancelled.Task).ConfigureAwait(false);
+                var closure = await done.ConfigureAwait(false);
+                ClosingOutput = closure.Output;
+                Failure = closure.Error;
+                return closure;
+            }
+        }
+
+        public async Task StopAsync(bool terminate)
+        {
+            if (terminate && SessionId != null)
+            {
+                try
+                {
+                    using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(15));
+                    await _api.TerminateSessionAsync(SessionId, cts.Token).ConfigureAwait(false);
+                }
+                catch (Exception ex)
+                {
+                    Events.Write("TerminateSession failed: " + ex.Message);
+                }
+            }
+            if (_channel != null) await _channel.CloseAsync().ConfigureAwait(false);
+        }
+
+        public void Dispose()
+        {
+            StopAsync(terminate: false).GetAwaiter().GetResult();
+            _channel?.Dispose();
+        }
+    }
+}
