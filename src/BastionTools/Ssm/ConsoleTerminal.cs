@@ -41,7 +41,7 @@ namespace BastionTools.Ssm
             if (key.Key == ConsoleKey.Enter) return new byte[] { (byte)'\r' };
             if (key.Key == ConsoleKey.Tab && (key.Modifiers & ConsoleModifiers.Shift) != 0) return Encoding.ASCII.GetBytes("\u001b[Z");
             var c = key.KeyChar;
-            if ((key.Modifiers & ConsoleModifiers.Control) != 0 && c == '\0' && key.Key >= ConsoleKey.A && key.Key <= ConsoleKey.Z)
+            if ((key.Modifiers & ConsoleModifiers.Control) != 0 && (c == '\0' || char.IsLetter(c)) && key.Key >= ConsoleKey.A && key.Key <= ConsoleKey.Z)
             {
                 return new[] { (byte)(key.Key - ConsoleKey.A + 1) }; // Ctrl-A .. Ctrl-Z, Ctrl-C = 0x03
             }
