@@ -7,9 +7,10 @@ using System.Threading.Tasks;
 namespace BastionTools.Sandbox
 {
     /// <summary>
-    /// dotnet run --project tests/Sandbox -- [--port N] [--config world.json] [--verbose] [--no-stdin]
+    /// dotnet run --project tests/Sandbox -- [--port N] [--config world.json] [--verbose] [--no-stdin] [--postgres]
     /// Prints one line of JSON (endpoints, region, fake credentials, instances) on stdout, then serves until stdin
-    /// closes (unless --no-stdin), or SIGINT/SIGTERM. Logs go to stderr.
+    /// closes (unless --no-stdin), or SIGINT/SIGTERM. Logs go to stderr. --postgres also starts a throwaway local
+    /// PostgreSQL cluster (see <see cref="PostgresCluster"/>), adds "postgres":{...} to the JSON and stops it on exit.
     /// </summary>
     public static class Program
     {
@@ -19,6 +20,7 @@ namespace BastionTools.Sandbox
             string? config = null;
             var verbose = false;
             var watchStdin = true;
+            var postgres = false;
             for (var i = 0; i < args.Length; i++)
             {
                 switch (args[i])
@@ -36,9 +38,12 @@ namespace BastionTools.Sandbox
                     case "--no-stdin":
                         watchStdin = false;
                         break;
+                    case "--postgres":
+                        postgres = true;
+                        break;
                     case "--help":
                     case "-h":
-                        Console.Out.WriteLine("usage: BastionTools.Sandbox [--port N] [--config world.json] [--verbose] [--no-stdin]");
+                        Console.Out.WriteLine("usage: BastionTools.Sandbox [--port N] [--config world.json] [--verbose] [--no-stdin] [--postgres]");
                         return 0;
                     default:
                         Console.Error.WriteLine("sandbox: unknown or incomplete argument '" + args[i] + "' (see --help)");
@@ -57,7 +62,7 @@ namespace BastionTools.Sandbox
                 return 2;
             }
 
-            var options = new SandboxHostOptions { Port = port };
+            var options = new SandboxHostOptions { Port = port, StartPostgres = postgres };
             if (verbose) options.Log = line => Console.Error.WriteLine("sandbox: " + line);
             await using var host = new SandboxHost(world, options);
             try
@@ -67,6 +72,11 @@ namespace BastionTools.Sandbox
             catch (System.Net.HttpListenerException ex)
             {
                 Console.Error.WriteLine("sandbox: cannot listen on 127.0.0.1:" + port.ToString(CultureInfo.InvariantCulture) + ": " + ex.Message);
+                return 1;
+            }
+            catch (PostgresClusterException ex)
+            {
+                Console.Error.WriteLine("sandbox: " + ex.Message);
                 return 1;
             }
 

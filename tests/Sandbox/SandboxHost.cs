@@ -14,7 +14,7 @@ using System.Threading.Tasks;
 namespace BastionTools.Sandbox
 {
     /// <summary>Options for <see cref="SandboxHost"/>.</summary>
-    public sealed class SandboxHostOptions
+    public sealed partial class SandboxHostOptions
     {
         /// <summary>TCP port on 127.0.0.1; 0 picks a free one.</summary>
         public int Port { get; set; }
@@ -72,7 +72,7 @@ namespace BastionTools.Sandbox
     /// (form POST with Action), and WebSocket upgrades on /streams/&lt;sessionId&gt; handed to <see cref="StreamHandler"/>.
     /// Every API request is SigV4-verified against <see cref="SandboxWorld.Credentials"/>.
     /// </summary>
-    public sealed class SandboxHost : IAsyncDisposable, IDisposable
+    public sealed partial class SandboxHost : IAsyncDisposable, IDisposable
     {
         private const int MaxBodyBytes = 1 << 20;
         private readonly SandboxHostOptions _options;
@@ -135,10 +135,12 @@ namespace BastionTools.Sandbox
                 }
             }
             _acceptLoop = Task.Run(AcceptLoopAsync);
+            StartPostgresIfRequested();
         }
 
         public Task StartAsync()
         {
+            if (_options.StartPostgres) return Task.Run(Start);
             Start();
             return Task.CompletedTask;
         }
@@ -202,6 +204,7 @@ namespace BastionTools.Sandbox
                 ["userName"] = credential.UserName,
                 ["instances"] = instances,
             };
+            if (Postgres != null) o["postgres"] = Postgres.DescribeJson();
             return o.ToJsonString();
         }
 
@@ -414,6 +417,7 @@ namespace BastionTools.Sandbox
             var pending = _inFlight.Keys.ToList();
             if (_acceptLoop != null) pending.Add(_acceptLoop);
             await Task.WhenAny(Task.WhenAll(pending), Task.Delay(TimeSpan.FromSeconds(5))).ConfigureAwait(false);
+            await StopPostgresAsync().ConfigureAwait(false);
         }
 
         public async ValueTask DisposeAsync()
