@@ -1,0 +1,101 @@
+#Requires -Version 7.0
+# Shell sessions through the module's own data channel and the sandbox's agent (a real local shell on a PTY).
+BeforeAll {
+    Import-Module (Join-Path $PSScriptRoot 'TestHelpers.psm1') -Force
+    Import-Module (Get-TestModulePath) -Force
+    $script:Sandbox = Start-TestSandbox
+    $script:Aws = $Sandbox.Aws
+}
+
+AfterAll { Stop-TestSandbox $Sandbox }
+
+Describe 'Start-BastionSession -Command (non-interactive, for scripts)' {
+    It 'returns the output lines, stderr as errors, and the exit code in $LASTEXITCODE' {
+        $global:LASTEXITCODE = 0
+        $out = @(Start-BastionSession -Target i-0a1b2c3d4e5f60001 -Command 'echo one; echo two 1>&2; echo three; exit 3' @Aws -ErrorVariable errs -ErrorAction SilentlyContinue)
+        $out | Should -Be @('one', 'three')
+        ($errs | Where-Object { $_.FullyQualifiedErrorId -like 'RemoteStandardError,*' }).Exception.Message | Should -Be 'two'
+        ($errs | Where-Object { $_.FullyQualifiedErrorId -like 'RemoteCommandFailed,*' }) | Should -Not -BeNullOrEmpty
+        $global:LASTEXITCODE | Should -Be 3
+    }
+
+    It 'succeeds quietly with exit code 0' {
+        $out = @(Start-BastionSession -Target i-0a1b2c3d4e5f60001 -Command 'uname -s' @Aws -ErrorVariable errs)
+        $out | Should -Be @((& uname -s))
+        $errs | Should -BeNullOrEmpty
+        $global:LASTEXITCODE | Should -Be 0
+    }
+
+    It 'refuses an interactive shell without a terminal, with ShellNeedsTerminal' {
+        $r = Invoke-ChildPwsh -Script @"
+Import-Module '$(Get-TestModulePath)'
+try { Start-BastionSession -Target i-0a1b2c3d4e5f60001 -AccessKey '$($Aws.AccessKey)' -SecretKey '$($Aws.SecretKey)' -Region '$($Aws.Region)' -EndpointUrl '$($Aws.EndpointUrl)' -ErrorAction Stop }
+catch { `$_.FullyQualifiedErrorId }
+"@
+        $r.Output | Should -Match 'ShellNeedsTerminal,BastionTools.Commands.StartBastionSessionCommand'
+    }
+}
+
+Describe 'Interactive shell, driven as a person would in a terminal (tmux)' {
+    BeforeAll {
+        $script:Tmux = (Get-Command tmux -ErrorAction SilentlyContinue).Source
+        $script:Name = 'bt-' + [guid]::NewGuid().ToString('n').Substring(0, 8)
+        $pwsh = [Environment]::ProcessPath
+        $prefix = if ([IO.Path]::GetFileNameWithoutExtension($pwsh) -eq 'dotnet') { "'$pwsh' '$(Join-Path $PSHOME 'pwsh.dll')'" } else { "'$pwsh'" }
+        $script:ScriptFile = Join-Path ([IO.Path]::GetTempPath()) "$Name.ps1"
+        Set-Content -Path $ScriptFile -Value @"
+`$env:AWS_EC2_METADATA_DISABLED = 'true'
+Import-Module '$(Get-TestModulePath)'
+Start-BastionSession -Target i-0a1b2c3d4e5f60001 -AccessKey '$($Aws.AccessKey)' -SecretKey '$($Aws.SecretKey)' -Region '$($Aws.Region)' -EndpointUrl '$($Aws.EndpointUrl)'
+Write-Host "PWSH-BACK-`$([Console]::TreatControlCAsInput)"
+Start-Sleep -Seconds 30
+"@
+        function script:Screen { (& $Tmux capture-pane -p -t $Name -S -200) -join "`n" }
+        function script:WaitFor([string] $Pattern, [int] $Seconds = 20) {
+            $deadline = [DateTime]::UtcNow.AddSeconds($Seconds)
+            while ([DateTime]::UtcNow -lt $deadline) {
+                $s = Screen
+                if ($s -match $Pattern) { return $s }
+                Start-Sleep -Milliseconds 200
+            }
+            throw "Timed out waiting for /$Pattern/ on the screen:`n$(Screen)"
+        }
+        & $Tmux new-session -d -s $Name -x 120 -y 40 "$prefix -NoProfile -File '$ScriptFile'"
+    }
+
+    AfterAll {
+        if ($Tmux) { & $Tmux kill-session -t $Name 2>$null }
+        Remove-Item $ScriptFile -ErrorAction SilentlyContinue
+    }
+
+    It 'shows a prompt, runs a command and shows its output' {
+        WaitFor '[\$#] $' | Out-Null
+        & $Tmux send-keys -t $Name 'echo hello-$((6*7))' Enter
+        WaitFor 'hello-42' | Should -Match '(?m)^hello-42\s*$'
+    }
+
+    It 'sends the terminal size at start and when the window is resized' {
+        & $Tmux send-keys -t $Name 'stty size' Enter
+        WaitFor '(?m)^40 120\s*$' | Out-Null
+        & $Tmux resize-window -t $Name -x 100 -y 30
+        Start-Sleep -Milliseconds 800
+        & $Tmux send-keys -t $Name 'clear; stty size' Enter
+        WaitFor '(?m)^30 100\s*$' | Out-Null
+    }
+
+    It 'passes Ctrl-C to the remote shell instead of ending the session' {
+        & $Tmux send-keys -t $Name 'clear; sleep 25; echo not-interrupted' Enter
+        Start-Sleep -Milliseconds 800
+        & $Tmux send-keys -t $Name C-c
+        & $Tmux send-keys -t $Name 'echo after-$((2+3))' Enter
+        $s = WaitFor 'after-5' 10
+        $s | Should -Not -Match 'not-interrupted'
+    }
+
+    It 'ends with exit, shows the closing message and gives the terminal back to PowerShell' {
+        & $Tmux send-keys -t $Name 'exit' Enter
+        $s = WaitFor 'PWSH-BACK-' 20
+        $s | Should -Match 'Exiting session'
+        $s | Should -Match 'PWSH-BACK-False'
+    }
+}
