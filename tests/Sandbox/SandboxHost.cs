@@ -93,13 +93,18 @@ namespace BastionTools.Sandbox
             if (World.Credentials.Count == 0) throw new ArgumentException("The sandbox world has no credentials.", nameof(world));
             _ssm = new SsmApi(this);
             _ec2 = new Ec2Api(this);
+            Agent = new SandboxAgent(this, _options.Log);
+            StreamHandler = Agent.HandleStreamAsync;
         }
+
+        /// <summary>The MGS WebSocket + SSM agent double (fault injection, counters); the default <see cref="StreamHandler"/>.</summary>
+        public SandboxAgent Agent { get; }
 
         public SandboxWorld World { get; }
         public SessionRegistry Sessions { get; } = new();
         public SandboxClock Clock => World.Clock;
 
-        /// <summary>Handles WebSocket/HTTP requests on /streams/&lt;sessionId&gt;. When null, such requests get 501.</summary>
+        /// <summary>Handles WebSocket/HTTP requests on /streams/&lt;sessionId&gt; (by default the agent double). When null, such requests get 501.</summary>
         public Func<SandboxStreamContext, Task>? StreamHandler { get; set; }
 
         public int Port { get; private set; }
@@ -107,6 +112,8 @@ namespace BastionTools.Sandbox
         public Uri SsmEndpoint => new(BaseUri, "ssm");
         public Uri Ec2Endpoint => new(BaseUri, "ec2");
         public string StreamUrlBase => "ws://127.0.0.1:" + Port.ToString(CultureInfo.InvariantCulture) + "/streams";
+        /// <summary>The fault-injection and counters endpoint (see <see cref="SandboxAgent"/>).</summary>
+        public Uri ControlEndpoint => new(BaseUri, "control/");
 
         /// <summary>API calls answered so far, oldest first.</summary>
         public IReadOnlyList<SandboxCall> Calls => _calls.ToArray();
@@ -195,6 +202,7 @@ namespace BastionTools.Sandbox
                 ["ssm"] = SsmEndpoint.ToString(),
                 ["ec2"] = Ec2Endpoint.ToString(),
                 ["streamUrlBase"] = StreamUrlBase,
+                ["control"] = ControlEndpoint.ToString(),
                 ["port"] = Port,
                 ["region"] = World.Region,
                 ["accountId"] = World.AccountId,
@@ -247,6 +255,12 @@ namespace BastionTools.Sandbox
                 if (body == null)
                 {
                     await WriteAsync(context.Response, 413, "text/plain", "Request body too large.", null).ConfigureAwait(false);
+                    return;
+                }
+                if (path.StartsWith("/control/", StringComparison.Ordinal))
+                {
+                    var (status, json) = Agent.HandleControl(context.Request.HttpMethod, path, Encoding.UTF8.GetString(body));
+                    await WriteAsync(context.Response, status, "application/json", json, null).ConfigureAwait(false);
                     return;
                 }
                 var request = SandboxRequest.From(context.Request, body);
@@ -406,6 +420,7 @@ namespace BastionTools.Sandbox
         {
             if (Interlocked.Exchange(ref _state, 2) != 1) return;
             _stopping.Cancel();
+            Agent.Shutdown();
             // Close (not Stop): on Linux only Close ends a pending GetContextAsync at once.
             try
             {

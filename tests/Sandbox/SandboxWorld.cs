@@ -111,6 +111,8 @@ namespace BastionTools.Sandbox
         private readonly List<SandboxInstance> _instances = new();
         private readonly List<SandboxCredential> _credentials = new();
 
+        private readonly Dictionary<string, string> _hostMap = new(StringComparer.OrdinalIgnoreCase);
+
         public string Region { get; set; } = "us-west-2";
         public string AccountId { get; set; } = "123456789012";
         public SandboxClock Clock { get; } = new();
@@ -161,6 +163,43 @@ namespace BastionTools.Sandbox
             lock (_gate) return _credentials.FirstOrDefault(c => string.Equals(c.AccessKeyId, accessKeyId, StringComparison.Ordinal));
         }
 
+        /// <summary>
+        /// Where the agent's port plugin connects for a destination host name: explicit entries of the host map first
+        /// (<see cref="MapHost"/>), then the default rule (names ending in ".rds.amazonaws.com", "localhost" and
+        /// loopback literals go to 127.0.0.1). Anything else does not resolve (null), as an unknown DNS name on a real
+        /// instance. An empty host (AWS-StartPortForwardingSession) is the instance itself: 127.0.0.1.
+        /// Only loopback addresses are ever returned, so the sandbox never connects anywhere else.
+        /// </summary>
+        public string? ResolveHost(string? host)
+        {
+            if (string.IsNullOrEmpty(host)) return "127.0.0.1";
+            string? mapped;
+            lock (_gate) _hostMap.TryGetValue(host!, out mapped);
+            var candidate = mapped ?? host!;
+            if (System.Net.IPAddress.TryParse(candidate, out var ip)) return System.Net.IPAddress.IsLoopback(ip) ? ip.ToString() : null;
+            if (candidate.EndsWith(".rds.amazonaws.com", StringComparison.OrdinalIgnoreCase) || string.Equals(candidate, "localhost", StringComparison.OrdinalIgnoreCase)) return "127.0.0.1";
+            return null;
+        }
+
+        /// <summary>Maps a destination host name to a loopback address (or to another name the default rule resolves).</summary>
+        public SandboxWorld MapHost(string host, string address)
+        {
+            if (string.IsNullOrWhiteSpace(host)) throw new ArgumentException("A host name is needed.", nameof(host));
+            lock (_gate) _hostMap[host] = address;
+            return this;
+        }
+
+        public bool UnmapHost(string host)
+        {
+            lock (_gate) return _hostMap.Remove(host);
+        }
+
+        /// <summary>The explicit host map entries.</summary>
+        public IReadOnlyDictionary<string, string> HostMap
+        {
+            get { lock (_gate) return new Dictionary<string, string>(_hostMap, StringComparer.OrdinalIgnoreCase); }
+        }
+
         public const string DefaultAccessKeyId = "AKIASANDBOXEXAMPLE01";
         public const string DefaultSecretAccessKey = "sandbox/Secret/Key/For/Tests/Only/000000";
 
@@ -189,7 +228,8 @@ namespace BastionTools.Sandbox
 
         /// <summary>
         /// Reads a world from JSON: {"region","accountId","clockOffsetSeconds","credentials":[{accessKeyId,secretAccessKey,sessionToken,userName}],
-        /// "instances":[{instanceId,name,tags{},pingStatus,agentVersion,platformType,platformName,platformVersion,platformDetails,privateIpAddress,state,...}]}.
+        /// "instances":[{instanceId,name,tags{},pingStatus,agentVersion,platformType,platformName,platformVersion,platformDetails,privateIpAddress,state,...}],
+        /// "hostMap":{"db.example.internal":"127.0.0.1"}}.
         /// Missing credentials or instances fall back to those of <see cref="CreateDefault"/>.
         /// </summary>
         public static SandboxWorld Load(string json)
@@ -205,6 +245,10 @@ namespace BastionTools.Sandbox
             world.Clock.Offset = TimeSpan.FromSeconds(file.ClockOffsetSeconds);
             foreach (var c in file.Credentials is { Count: > 0 } ? file.Credentials : defaults.Credentials.ToList()) world.AddCredential(c);
             foreach (var i in file.Instances ?? defaults.Instances.ToList()) world.AddInstance(i);
+            if (file.HostMap != null)
+            {
+                foreach (var h in file.HostMap) world.MapHost(h.Key, h.Value);
+            }
             return world;
         }
 
@@ -217,6 +261,7 @@ namespace BastionTools.Sandbox
             public double ClockOffsetSeconds { get; set; }
             public List<SandboxCredential>? Credentials { get; set; }
             public List<SandboxInstance>? Instances { get; set; }
+            public Dictionary<string, string>? HostMap { get; set; }
         }
     }
 }

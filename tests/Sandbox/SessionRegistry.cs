@@ -57,6 +57,7 @@ namespace BastionTools.Sandbox
 
         public bool IsPortForwarding => DocumentName == SsmDocuments.PortForwarding || DocumentName == SsmDocuments.PortForwardingToRemoteHost;
         public bool IsShell => DocumentName == SsmDocuments.Shell;
+        public bool IsNonInteractiveCommand => DocumentName == SsmDocuments.NonInteractiveCommand;
 
         /// <summary>The first value of a parameter, or null.</summary>
         public string? Parameter(string name) => Parameters.TryGetValue(name, out var v) && v.Count > 0 ? v[0] : null;
@@ -70,8 +71,10 @@ namespace BastionTools.Sandbox
         public const string PortForwarding = "AWS-StartPortForwardingSession";
         public const string PortForwardingToRemoteHost = "AWS-StartPortForwardingSessionToRemoteHost";
         public const string Shell = "SSM-SessionManagerRunShell";
+        /// <summary>Runs one command without a terminal (parameter "command"); plugin NonInteractiveCommands.</summary>
+        public const string NonInteractiveCommand = "AWS-StartNonInteractiveCommand";
 
-        public static readonly IReadOnlyList<string> All = new[] { PortForwarding, PortForwardingToRemoteHost, Shell };
+        public static readonly IReadOnlyList<string> All = new[] { PortForwarding, PortForwardingToRemoteHost, Shell, NonInteractiveCommand };
     }
 
     /// <summary>

@@ -59,6 +59,10 @@ namespace BastionTools.Sandbox
                     throw SandboxError.Ssm("InvalidParameters", "Parameter \"host\" is required.");
                 }
             }
+            if (effectiveDocument == SsmDocuments.NonInteractiveCommand && (!parameters.TryGetValue("command", out var command) || command.Count == 0 || string.IsNullOrWhiteSpace(command[0])))
+            {
+                throw SandboxError.Ssm("InvalidParameters", "Parameter \"command\" is required.");
+            }
 
             var session = _host.Sessions.Add(caller.UserName, target, effectiveDocument, documentName != null, parameters, reason, caller.AccessKeyId, World.Clock.UtcNow);
             return SessionResponse(session);

@@ -1,0 +1,631 @@
+using System;
+using System.Buffers.Binary;
+using System.Collections.Generic;
+using System.Globalization;
+using System.IO;
+using System.Net;
+using System.Net.Sockets;
+using System.Text.Json.Nodes;
+using System.Threading;
+using System.Threading.Channels;
+using System.Threading.Tasks;
+using BastionTools.Ssm;
+
+namespace BastionTools.Sandbox
+{
+    /// <summary>A session plugin of the agent (port, shell, command), driven by <see cref="AgentChannel"/>.</summary>
+    internal abstract class AgentPlugin
+    {
+        /// <summary>StreamDataPayloadSize: the agent reads at most this much per output_stream_data message.</summary>
+        public const int StreamDataPayloadSize = 1024;
+
+        protected AgentPlugin(AgentChannel channel)
+        {
+            Channel = channel;
+        }
+
+        protected AgentChannel Channel { get; }
+        public abstract string Kind { get; }
+        /// <summary>The SessionType of the handshake (the agent's plugin name).</summary>
+        public abstract string SessionType { get; }
+        public abstract bool RequiresHandshake { get; }
+        public virtual JsonNode HandshakeProperties() => new JsonObject();
+        public virtual string HandshakeCustomerMessage() => "";
+        public virtual void OnHandshakeResponse(HandshakeResponsePayload response)
+        {
+        }
+
+        /// <summary>Runs until the plugin is done; returns the channel_closed Output to use (null: the default).</summary>
+        public abstract Task<string?> RunAsync(CancellationToken cancellation);
+
+        /// <summary>Handles one in-order input_stream_data message; false means not ready (the agent does not acknowledge it).</summary>
+        public abstract Task<bool> HandleInputAsync(AgentMessage message);
+
+        public abstract void Stop();
+
+        public static AgentPlugin Create(AgentChannel channel)
+        {
+            var session = channel.Session;
+            if (session.IsPortForwarding)
+            {
+                // An agent newer than 3.0.196.0 has the mux implementation; it picks it for LocalPortForwarding when the
+                // client's HandshakeResponse version is >= 1.1.70 (decided after the handshake, see PortPlugin).
+                return new PortPlugin(channel);
+            }
+            if (session.IsNonInteractiveCommand) return new CommandPlugin(channel);
+            if (session.IsShell) return new ShellPlugin(channel);
+            throw new InvalidOperationException("The sandbox agent has no plugin for document " + session.DocumentName + ".");
+        }
+
+        protected static uint ReadFlag(AgentMessage message) =>
+            message.Payload.Length >= 4 ? BinaryPrimitives.ReadUInt32BigEndian(message.Payload) : 0;
+
+        protected void SendFlag(PayloadTypeFlag flag)
+        {
+            var payload = new byte[4];
+            BinaryPrimitives.WriteUInt32BigEndian(payload, (uint)flag);
+            Channel.SendStreamData(PayloadType.Flag, payload);
+        }
+
+        /// <summary>Dials the destination as DialCall does: an empty host is the instance itself, else the resolved addresses.</summary>
+        protected static async Task<TcpClient> DialAsync(SandboxWorld world, string? host, string portNumber, CancellationToken cancellation)
+        {
+            if (!int.TryParse(portNumber, NumberStyles.None, CultureInfo.InvariantCulture, out var port) || port < 1 || port > 65535)
+                throw new IOException("dial tcp: address " + portNumber + ": invalid port");
+            var address = world.ResolveHost(host) ?? throw new IOException("missing address");
+            var client = new TcpClient(AddressFamily.InterNetwork) { NoDelay = true };
+            try
+            {
+                using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellation);
+                timeout.CancelAfter(TimeSpan.FromSeconds(10));
+                await client.ConnectAsync(IPAddress.Parse(address), port, timeout.Token).ConfigureAwait(false);
+                return client;
+            }
+            catch (Exception ex) when (ex is SocketException || ex is OperationCanceledException)
+            {
+                client.Dispose();
+                throw new IOException("dial tcp " + address + ":" + port.ToString(CultureInfo.InvariantCulture) + ": " + ex.Message, ex);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The port plugin (AWS-StartPortForwardingSession[ToRemoteHost]). Mux mode (smux v1 server over the Output byte
+    /// stream) when the agent version is above 3.0.196.0, the type is LocalPortForwarding and the client's
+    /// HandshakeResponse ClientVersion is at least 1.1.70; basic mode (one TCP connection at a time) otherwise.
+    /// </summary>
+    internal sealed class PortPlugin : AgentPlugin
+    {
+        public const string MuxSupportedAfterAgentVersion = "3.0.196.0";
+        public const string MuxSupportedClientVersion = "1.1.70";
+        public const string KeepAliveDisabledAfterClientVersion = "1.2.331.0";
+
+        private AgentPlugin? _mode;
+
+        public PortPlugin(AgentChannel channel)
+            : base(channel)
+        {
+        }
+
+        public override string Kind => _mode?.Kind ?? "port";
+        public override string SessionType => "Port";
+        public override bool RequiresHandshake => true;
+        private string? Host => Channel.Session.DocumentName == SsmDocuments.PortForwardingToRemoteHost ? Channel.Session.Parameter("host") : null;
+        private string PortNumber => Channel.Session.Parameter("portNumber") ?? "80";
+
+        // Order as recorded from the agent double the golden vectors came from: portNumber, localPortNumber, type, host.
+        public override JsonNode HandshakeProperties()
+        {
+            var properties = new JsonObject
+            {
+                ["portNumber"] = PortNumber,
+                ["localPortNumber"] = Channel.Session.Parameter("localPortNumber") ?? "0",
+                ["type"] = "LocalPortForwarding",
+            };
+            if (Host != null) properties["host"] = Host;
+            return properties;
+        }
+
+        public override void OnHandshakeResponse(HandshakeResponsePayload response)
+        {
+            var agentHasMux = SandboxVersion.Compare(Channel.AgentVersion, MuxSupportedAfterAgentVersion) > 0;
+            var clientVersion = response.ClientVersion ?? "";
+            if (agentHasMux && SandboxVersion.Compare(clientVersion, MuxSupportedClientVersion) >= 0)
+            {
+                var keepAlive = SandboxVersion.Compare(clientVersion, KeepAliveDisabledAfterClientVersion) <= 0;
+                _mode = new MuxPortSession(Channel, Host, PortNumber, keepAlive);
+            }
+            else
+            {
+                _mode = new BasicPortSession(Channel, Host, PortNumber);
+            }
+        }
+
+        public override Task<string?> RunAsync(CancellationToken cancellation) =>
+            (_mode ?? throw new InvalidOperationException("The port session has no mode before the handshake.")).RunAsync(cancellation);
+
+        public override Task<bool> HandleInputAsync(AgentMessage message) => _mode == null ? Task.FromResult(false) : _mode.HandleInputAsync(message);
+
+        public override void Stop() => _mode?.Stop();
+    }
+
+    /// <summary>Basic port mode (port_basic.go): one destination connection, dialled at start and again on the first data after it closed.</summary>
+    internal sealed class BasicPortSession : AgentPlugin
+    {
+        private readonly string? _host;
+        private readonly string _portNumber;
+        private readonly Channel<TcpClient> _connections = System.Threading.Channels.Channel.CreateUnbounded<TcpClient>();
+        private readonly TaskCompletionSource<string?> _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private readonly object _gate = new();
+        private TcpClient? _current;
+        private bool _stopped;
+
+        public BasicPortSession(AgentChannel channel, string? host, string portNumber)
+            : base(channel)
+        {
+            _host = host;
+            _portNumber = portNumber;
+        }
+
+        public override string Kind => "basic";
+        public override string SessionType => "Port";
+        public override bool RequiresHandshake => true;
+
+        public override async Task<string?> RunAsync(CancellationToken cancellation)
+        {
+            TcpClient first;
+            try
+            {
+                first = await DialAsync(Channel.World, _host, _portNumber, cancellation).ConfigureAwait(false);
+            }
+            catch (IOException ex)
+            {
+                return "Unable to connect to specified port: " + ex.Message;
+            }
+            lock (_gate) _current = first;
+            _connections.Writer.TryWrite(first);
+            var pump = Task.Run(() => WritePumpAsync(cancellation));
+            var finished = await Task.WhenAny(pump, _done.Task).ConfigureAwait(false);
+            return await finished.ConfigureAwait(false);
+        }
+
+        // WritePump: read at most 1024 bytes per message from the destination; on EOF/error close it and wait for a redial.
+        private async Task<string?> WritePumpAsync(CancellationToken cancellation)
+        {
+            var buffer = new byte[StreamDataPayloadSize];
+            while (await _connections.Reader.WaitToReadAsync(cancellation).ConfigureAwait(false))
+            {
+                if (!_connections.Reader.TryRead(out var connection)) continue;
+                try
+                {
+                    var stream = connection.GetStream();
+                    while (true)
+                    {
+                        var read = await stream.ReadAsync(buffer, 0, buffer.Length, cancellation).ConfigureAwait(false);
+                        if (read == 0) break;
+                        var chunk = new byte[read];
+                        Buffer.BlockCopy(buffer, 0, chunk, 0, read);
+                        Channel.SendStreamData(PayloadType.Output, chunk);
+                    }
+                }
+                catch (Exception ex) when (ex is IOException || ex is ObjectDisposedException || ex is SocketException || ex is InvalidOperationException)
+                {
+                    // Closed by DisconnectToPort or by the destination.
+                }
+                lock (_gate)
+                {
+                    if (ReferenceEquals(_current, connection)) _current = null;
+                }
+                connection.Dispose();
+            }
+            return null;
+        }
+
+        public override async Task<bool> HandleInputAsync(AgentMessage message)
+        {
+            switch (message.PayloadType)
+            {
+                case PayloadType.Output:
+                {
+                    TcpClient? connection;
+                    lock (_gate) connection = _current;
+                    if (connection == null)
+                    {
+                        // reconnectToPort: the first data after a disconnect dials again; a failed dial ends the session.
+                        try
+                        {
+                            connection = await DialAsync(Channel.World, _host, _portNumber, Channel.Lifetime).ConfigureAwait(false);
+                        }
+                        catch (IOException ex)
+                        {
+                            _done.TrySetResult("Unable to connect to specified port: " + ex.Message);
+                            return false;
+                        }
+                        lock (_gate)
+                        {
+                            if (_stopped)
+                            {
+                                connection.Dispose();
+                                return false;
+                            }
+                            _current = connection;
+                        }
+                        _connections.Writer.TryWrite(connection);
+                    }
+                    try
+                    {
+                        await connection.GetStream().WriteAsync(message.Payload, 0, message.Payload.Length).ConfigureAwait(false);
+                        return true;
+                    }
+                    catch (Exception ex) when (ex is IOException || ex is ObjectDisposedException || ex is InvalidOperationException)
+                    {
+                        // "Unable to write to port": not acknowledged, the client's resend finds the reconnect pending.
+                        Disconnect(connection);
+                        return false;
+                    }
+                }
+                case PayloadType.Flag:
+                    switch ((PayloadTypeFlag)ReadFlag(message))
+                    {
+                        case PayloadTypeFlag.DisconnectToPort:
+                            TcpClient? current;
+                            lock (_gate) current = _current;
+                            if (current != null) Disconnect(current);
+                            break;
+                        case PayloadTypeFlag.TerminateSession:
+                            _done.TrySetResult(null);
+                            break;
+                    }
+                    return true;
+                default:
+                    return true;
+            }
+        }
+
+        private void Disconnect(TcpClient connection)
+        {
+            lock (_gate)
+            {
+                if (ReferenceEquals(_current, connection)) _current = null;
+            }
+            connection.Dispose();
+        }
+
+        public override void Stop()
+        {
+            TcpClient? current;
+            lock (_gate)
+            {
+                _stopped = true;
+                current = _current;
+                _current = null;
+            }
+            current?.Dispose();
+            _connections.Writer.TryComplete();
+            _done.TrySetResult(null);
+        }
+    }
+
+    /// <summary>
+    /// Mux port mode (port_mux.go with xtaci/smux v1.5 DefaultConfig: version 1, MaxFrameSize 32768, keepalive NOP every
+    /// 10 s and a 30 s receive timeout unless the client is newer than 1.2.331.0). The smux server's output is read in
+    /// pieces of at most 1024 bytes, one output_stream_data each, so frames span messages.
+    /// </summary>
+    internal sealed class MuxPortSession : AgentPlugin
+    {
+        public const int MaxFrameSize = 32768;
+        private readonly string? _host;
+        private readonly string _portNumber;
+        private readonly bool _keepAlive;
+        private readonly SmuxDecoder _decoder = new();
+        private readonly Dictionary<uint, MuxStream> _streams = new();
+        private readonly object _gate = new();
+        private readonly Channel<byte[]> _output = System.Threading.Channels.Channel.CreateUnbounded<byte[]>(new UnboundedChannelOptions { SingleReader = true });
+        private readonly TaskCompletionSource<string?> _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private int _dataReady;
+        private bool _closed;
+
+        public MuxPortSession(AgentChannel channel, string? host, string portNumber, bool keepAlive)
+            : base(channel)
+        {
+            _host = host;
+            _portNumber = portNumber;
+            _keepAlive = keepAlive;
+        }
+
+        public override string Kind => "mux";
+        public override string SessionType => "Port";
+        public override bool RequiresHandshake => true;
+        public bool KeepAliveEnabled => _keepAlive;
+
+        public override async Task<string?> RunAsync(CancellationToken cancellation)
+        {
+            var transfer = Task.Run(() => TransferToMgsAsync(cancellation));
+            var keepAlive = _keepAlive ? Task.Run(() => KeepAliveAsync(cancellation)) : Task.CompletedTask;
+            var finished = await Task.WhenAny(transfer, _done.Task).ConfigureAwait(false);
+            return await finished.ConfigureAwait(false);
+        }
+
+        // transferDataToMgs: each read of the smux connection (<= 1024 bytes of whatever frames are waiting) is one message.
+        private async Task<string?> TransferToMgsAsync(CancellationToken cancellation)
+        {
+            var reader = _output.Reader;
+            byte[]? partial = null;
+            var partialOffset = 0;
+            var chunk = new byte[StreamDataPayloadSize];
+            while (true)
+            {
+                if (partial == null)
+                {
+                    if (!await reader.WaitToReadAsync(cancellation).ConfigureAwait(false)) return null;
+                }
+                var filled = 0;
+                while (filled < chunk.Length)
+                {
+                    if (partial == null)
+                    {
+                        if (!reader.TryRead(out partial)) break;
+                        partialOffset = 0;
+                    }
+                    var take = Math.Min(chunk.Length - filled, partial.Length - partialOffset);
+                    Buffer.BlockCopy(partial, partialOffset, chunk, filled, take);
+                    filled += take;
+                    partialOffset += take;
+                    if (partialOffset == partial.Length) partial = null;
+                }
+                if (filled == 0) continue;
+                var payload = new byte[filled];
+                Buffer.BlockCopy(chunk, 0, payload, 0, filled);
+                Channel.SendStreamData(PayloadType.Output, payload);
+            }
+        }
+
+        private async Task KeepAliveAsync(CancellationToken cancellation)
+        {
+            var interval = Channel.Options.SmuxKeepAliveInterval;
+            var timeout = Channel.Options.SmuxKeepAliveTimeout;
+            var nextPing = interval;
+            var nextCheck = timeout;
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            while (!cancellation.IsCancellationRequested && !_done.Task.IsCompleted)
+            {
+                var wait = (nextPing < nextCheck ? nextPing : nextCheck) - clock.Elapsed;
+                if (wait > TimeSpan.Zero) await Task.Delay(wait, cancellation).ConfigureAwait(false);
+                if (clock.Elapsed >= nextPing)
+                {
+                    WriteFrame(SmuxCommand.Nop, 0, null, 0, 0);
+                    nextPing += interval;
+                }
+                if (clock.Elapsed >= nextCheck)
+                {
+                    nextCheck += timeout;
+                    if (Interlocked.Exchange(ref _dataReady, 0) == 0)
+                    {
+                        Channel.Log("smux keepalive timeout: nothing received for " + timeout.TotalSeconds.ToString(CultureInfo.InvariantCulture) + " s, closing the mux session");
+                        _done.TrySetResult(null);
+                        return;
+                    }
+                }
+            }
+        }
+
+        private void WriteFrame(SmuxCommand command, uint streamId, byte[]? data, int offset, int count)
+        {
+            var frame = new byte[SmuxCodec.HeaderLength + count];
+            SmuxCodec.WriteHeader(frame, 0, command, streamId, count);
+            if (count > 0) Buffer.BlockCopy(data!, offset, frame, SmuxCodec.HeaderLength, count);
+            _output.Writer.TryWrite(frame);
+        }
+
+        public override Task<bool> HandleInputAsync(AgentMessage message)
+        {
+            switch (message.PayloadType)
+            {
+                case PayloadType.Output:
+                    IReadOnlyList<SmuxFrame> frames;
+                    try
+                    {
+                        frames = _decoder.Feed(message.Payload);
+                    }
+                    catch (SsmProtocolException ex)
+                    {
+                        // smux recvLoop: a protocol error kills the mux session, which ends the plugin.
+                        Channel.Log("smux protocol error: " + ex.Message);
+                        _done.TrySetResult(null);
+                        return Task.FromResult(true);
+                    }
+                    if (message.Payload.Length > 0) Interlocked.Exchange(ref _dataReady, 1);
+                    foreach (var frame in frames) HandleFrame(frame);
+                    return Task.FromResult(true);
+                case PayloadType.Flag:
+                    if ((PayloadTypeFlag)ReadFlag(message) == PayloadTypeFlag.TerminateSession) _done.TrySetResult(null);
+                    return Task.FromResult(true);
+                default:
+                    return Task.FromResult(true);
+            }
+        }
+
+        private void HandleFrame(SmuxFrame frame)
+        {
+            MuxStream? stream;
+            switch (frame.Command)
+            {
+                case SmuxCommand.Nop:
+                    return;
+                case SmuxCommand.Syn:
+                    lock (_gate)
+                    {
+                        if (_closed || _streams.ContainsKey(frame.StreamId)) return;
+                        stream = new MuxStream(this, frame.StreamId);
+                        _streams.Add(frame.StreamId, stream);
+                    }
+                    _ = stream.RunAsync();
+                    return;
+                case SmuxCommand.Psh:
+                    lock (_gate) _streams.TryGetValue(frame.StreamId, out stream);
+                    stream?.FromClient(frame.Payload);
+                    return;
+                case SmuxCommand.Fin:
+                    lock (_gate) _streams.TryGetValue(frame.StreamId, out stream);
+                    stream?.FinFromClient();
+                    return;
+            }
+        }
+
+        private void Remove(MuxStream stream)
+        {
+            lock (_gate)
+            {
+                if (_streams.TryGetValue(stream.Id, out var s) && ReferenceEquals(s, stream)) _streams.Remove(stream.Id);
+            }
+        }
+
+        /// <summary>Open streams (for tests).</summary>
+        public int StreamCount
+        {
+            get { lock (_gate) return _streams.Count; }
+        }
+
+        public override void Stop()
+        {
+            List<MuxStream> streams;
+            lock (_gate)
+            {
+                _closed = true;
+                streams = new List<MuxStream>(_streams.Values);
+                _streams.Clear();
+            }
+            foreach (var s in streams) s.Abort();
+            _output.Writer.TryComplete();
+            _done.TrySetResult(null);
+        }
+
+        /// <summary>
+        /// One smux stream: dial per stream (a failed dial sends Flag ConnectToPortError, then FIN for the stream; the
+        /// session and other streams go on). Data relays both ways; when either side ends, the agent closes the
+        /// destination connection completely and sends FIN (handleDataTransfer: no half-close).
+        /// </summary>
+        private sealed class MuxStream
+        {
+            private readonly MuxPortSession _owner;
+            private readonly Channel<byte[]> _toDestination = System.Threading.Channels.Channel.CreateUnbounded<byte[]>(new UnboundedChannelOptions { SingleReader = true });
+            private readonly CancellationTokenSource _abort = new();
+            private int _finSent;
+            private TcpClient? _client;
+
+            public MuxStream(MuxPortSession owner, uint id)
+            {
+                _owner = owner;
+                Id = id;
+            }
+
+            public uint Id { get; }
+
+            public void FromClient(byte[] data) => _toDestination.Writer.TryWrite(data);
+
+            public void FinFromClient() => _toDestination.Writer.TryComplete();
+
+            public async Task RunAsync()
+            {
+                TcpClient client;
+                try
+                {
+                    client = await DialAsync(_owner.Channel.World, _owner._host, _owner._portNumber, _abort.Token).ConfigureAwait(false);
+                }
+                catch (Exception ex) when (ex is IOException || ex is OperationCanceledException)
+                {
+                    _owner.Channel.Log("mux stream " + Id.ToString(CultureInfo.InvariantCulture) + ": unable to dial: " + ex.Message);
+                    _owner.SendFlag(PayloadTypeFlag.ConnectToPortError);
+                    SendFin();
+                    _owner.Remove(this);
+                    return;
+                }
+                _client = client;
+                if (_abort.IsCancellationRequested)
+                {
+                    client.Dispose();
+                    return;
+                }
+                var toDestination = Task.Run(() => CopyToDestinationAsync(client));
+                var fromDestination = Task.Run(() => CopyFromDestinationAsync(client));
+                await Task.WhenAll(toDestination, fromDestination).ConfigureAwait(false);
+                _owner.Remove(this);
+            }
+
+            // io.Copy(conn, stream) then conn.Close().
+            private async Task CopyToDestinationAsync(TcpClient client)
+            {
+                try
+                {
+                    var stream = client.GetStream();
+                    var reader = _toDestination.Reader;
+                    while (await reader.WaitToReadAsync(_abort.Token).ConfigureAwait(false))
+                    {
+                        while (reader.TryRead(out var data))
+                        {
+                            await stream.WriteAsync(data, 0, data.Length, _abort.Token).ConfigureAwait(false);
+                        }
+                    }
+                }
+                catch (Exception ex) when (ex is IOException || ex is ObjectDisposedException || ex is OperationCanceledException || ex is InvalidOperationException || ex is ChannelClosedException)
+                {
+                }
+                client.Dispose();
+            }
+
+            // io.Copy(stream, conn) then stream.Close() (FIN); the stream then stops taking data from the client.
+            private async Task CopyFromDestinationAsync(TcpClient client)
+            {
+                var buffer = new byte[MaxFrameSize];
+                try
+                {
+                    var stream = client.GetStream();
+                    while (true)
+                    {
+                        var read = await stream.ReadAsync(buffer, 0, buffer.Length, _abort.Token).ConfigureAwait(false);
+                        if (read == 0) break;
+                        if (Volatile.Read(ref _finSent) != 0) break;
+                        _owner.WriteFrame(SmuxCommand.Psh, Id, buffer, 0, read);
+                    }
+                }
+                catch (Exception ex) when (ex is IOException || ex is ObjectDisposedException || ex is OperationCanceledException || ex is InvalidOperationException || ex is SocketException)
+                {
+                }
+                SendFin();
+                _toDestination.Writer.TryComplete();
+                _owner.Remove(this);
+                client.Dispose();
+            }
+
+            private void SendFin()
+            {
+                if (Interlocked.Exchange(ref _finSent, 1) != 0) return;
+                _owner.WriteFrame(SmuxCommand.Fin, Id, null, 0, 0);
+            }
+
+            public void Abort()
+            {
+                _abort.Cancel();
+                _toDestination.Writer.TryComplete();
+                _client?.Dispose();
+            }
+        }
+    }
+
+    /// <summary>Version comparison as the agent's versionutil.Compare (numeric, dot-separated, missing parts are 0).</summary>
+    public static class SandboxVersion
+    {
+        public static int Compare(string? a, string? b)
+        {
+            var left = (a ?? "").Split('.');
+            var right = (b ?? "").Split('.');
+            for (var i = 0; i < Math.Max(left.Length, right.Length); i++)
+            {
+                var x = i < left.Length && long.TryParse(left[i], NumberStyles.None, CultureInfo.InvariantCulture, out var lx) ? lx : 0;
+                var y = i < right.Length && long.TryParse(right[i], NumberStyles.None, CultureInfo.InvariantCulture, out var ly) ? ly : 0;
+                if (x != y) return x < y ? -1 : 1;
+            }
+            return 0;
+        }
+    }
+}

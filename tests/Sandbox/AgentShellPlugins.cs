@@ -1,0 +1,529 @@
+using System;
+using System.Collections.Generic;
+using System.ComponentModel;
+using System.Diagnostics;
+using System.IO;
+using System.Runtime.InteropServices;
+using System.Text;
+using System.Text.Json.Nodes;
+using System.Threading;
+using System.Threading.Tasks;
+using BastionTools.Ssm;
+
+namespace BastionTools.Sandbox
+{
+    /// <summary>Linux pseudo-terminal and signal calls the shell plugin needs.</summary>
+    internal static class Posix
+    {
+        public const int SIGINT = 2;
+        public const int SIGQUIT = 3;
+        public const int SIGKILL = 9;
+        public const int SIGHUP = 1;
+        private const int O_RDWR = 2;
+        private const int O_NOCTTY = 0x100;
+        private const ulong TIOCSWINSZ = 0x5414;
+        private const int EINTR = 4;
+        private const int EAGAIN = 11;
+
+        [StructLayout(LayoutKind.Sequential)]
+        private struct WinSize
+        {
+            public ushort Rows;
+            public ushort Cols;
+            public ushort XPixel;
+            public ushort YPixel;
+        }
+
+        [DllImport("libc", SetLastError = true)]
+        private static extern int posix_openpt(int flags);
+
+        [DllImport("libc", SetLastError = true)]
+        private static extern int grantpt(int fd);
+
+        [DllImport("libc", SetLastError = true)]
+        private static extern int unlockpt(int fd);
+
+        [DllImport("libc", SetLastError = true)]
+        private static extern int ptsname_r(int fd, byte[] buffer, UIntPtr length);
+
+        [DllImport("libc", SetLastError = true)]
+        private static extern int ioctl(int fd, ulong request, ref WinSize size);
+
+        [DllImport("libc", SetLastError = true)]
+        private static extern IntPtr read(int fd, byte[] buffer, UIntPtr count);
+
+        [DllImport("libc", SetLastError = true)]
+        private static extern IntPtr write(int fd, byte[] buffer, UIntPtr count);
+
+        [DllImport("libc", SetLastError = true)]
+        private static extern int close(int fd);
+
+        [DllImport("libc", SetLastError = true)]
+        private static extern int kill(int pid, int signal);
+
+        /// <summary>Opens a PTY master; returns its fd and the slave's path.</summary>
+        public static (int Master, string SlavePath) OpenPty()
+        {
+            var fd = posix_openpt(O_RDWR | O_NOCTTY);
+            if (fd < 0) throw new Win32Exception(Marshal.GetLastWin32Error(), "posix_openpt failed");
+            try
+            {
+                if (grantpt(fd) != 0) throw new Win32Exception(Marshal.GetLastWin32Error(), "grantpt failed");
+                if (unlockpt(fd) != 0) throw new Win32Exception(Marshal.GetLastWin32Error(), "unlockpt failed");
+                var name = new byte[256];
+                var rc = ptsname_r(fd, name, (UIntPtr)name.Length);
+                if (rc != 0) throw new Win32Exception(rc, "ptsname_r failed");
+                var length = Array.IndexOf(name, (byte)0);
+                return (fd, Encoding.ASCII.GetString(name, 0, length < 0 ? name.Length : length));
+            }
+            catch
+            {
+                close(fd);
+                throw;
+            }
+        }
+
+        public static void SetWindowSize(int fd, int cols, int rows)
+        {
+            var size = new WinSize { Cols = (ushort)Math.Clamp(cols, 1, ushort.MaxValue), Rows = (ushort)Math.Clamp(rows, 1, ushort.MaxValue) };
+            if (ioctl(fd, TIOCSWINSZ, ref size) != 0) throw new Win32Exception(Marshal.GetLastWin32Error(), "ioctl(TIOCSWINSZ) failed");
+        }
+
+        /// <summary>Blocking read; 0 at end (EIO once the terminal's last slave is closed).</summary>
+        public static int Read(int fd, byte[] buffer)
+        {
+            while (true)
+            {
+                var n = (long)read(fd, buffer, (UIntPtr)buffer.Length);
+                if (n >= 0) return (int)n;
+                var errno = Marshal.GetLastWin32Error();
+                if (errno == EINTR || errno == EAGAIN) continue;
+                return 0;
+            }
+        }
+
+        public static void WriteAll(int fd, byte[] data)
+        {
+            var offset = 0;
+            while (offset < data.Length)
+            {
+                var chunk = offset == 0 ? data : data.AsSpan(offset).ToArray();
+                var n = (long)write(fd, chunk, (UIntPtr)chunk.Length);
+                if (n < 0)
+                {
+                    var errno = Marshal.GetLastWin32Error();
+                    if (errno == EINTR || errno == EAGAIN) continue;
+                    throw new IOException("write to the terminal failed (errno " + errno + ")");
+                }
+                offset += (int)n;
+            }
+        }
+
+        public static void Close(int fd) => close(fd);
+
+        public static bool Signal(int pid, int signal) => kill(pid, signal) == 0;
+    }
+
+    /// <summary>
+    /// Keeps UTF-8 characters whole across reads (shell.go processStdoutData): an incomplete sequence at the end of a
+    /// read waits for the next read; invalid bytes further in are passed through.
+    /// </summary>
+    internal sealed class Utf8Carry
+    {
+        private byte[] _pending = Array.Empty<byte>();
+
+        public byte[] Take(byte[] buffer, int count)
+        {
+            var data = new byte[_pending.Length + count];
+            Buffer.BlockCopy(_pending, 0, data, 0, _pending.Length);
+            Buffer.BlockCopy(buffer, 0, data, _pending.Length, count);
+            var complete = data.Length;
+            // Look back at most 3 bytes for the start of a sequence that is cut off.
+            for (var back = 1; back <= 3 && back <= data.Length; back++)
+            {
+                var b = data[data.Length - back];
+                if ((b & 0xC0) == 0x80) continue; // continuation byte: keep looking for the lead byte
+                var needed = b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : b >= 0xC0 ? 2 : 1;
+                if (needed > back) complete = data.Length - back;
+                break;
+            }
+            _pending = data.AsSpan(complete).ToArray();
+            return complete == data.Length ? data : data.AsSpan(0, complete).ToArray();
+        }
+
+        public byte[] Flush()
+        {
+            var rest = _pending;
+            _pending = Array.Empty<byte>();
+            return rest;
+        }
+    }
+
+    /// <summary>
+    /// Standard_Stream (SSM-SessionManagerRunShell): "sh" on a real pseudo-terminal, no handshake (no KMS in the sandbox).
+    /// The first output is read 1 s after the start (writePump's initial wait); each read of at most 1024 bytes is one
+    /// output_stream_data (PayloadType 1). Size payloads resize the terminal. When the shell exits the session ends.
+    /// </summary>
+    internal sealed class ShellPlugin : AgentPlugin
+    {
+        private int _master = -1;
+        private Process? _process;
+        private int _stopped;
+
+        public ShellPlugin(AgentChannel channel)
+            : base(channel)
+        {
+        }
+
+        public override string Kind => "shell";
+        public override string SessionType => "Standard_Stream";
+        public override bool RequiresHandshake => false;
+
+        public override async Task<string?> RunAsync(CancellationToken cancellation)
+        {
+            var (master, slave) = Posix.OpenPty();
+            _master = master;
+            Posix.SetWindowSize(master, 80, 24);
+            var start = new ProcessStartInfo("/bin/sh")
+            {
+                UseShellExecute = false,
+            };
+            // A new session whose controlling terminal is the PTY slave, so job control and Ctrl-C work as for a person.
+            start.ArgumentList.Add("-c");
+            start.ArgumentList.Add("exec setsid -w -c \"$0\" <\"$1\" >\"$1\" 2>&1");
+            start.ArgumentList.Add(Channel.Options.ShellPath);
+            start.ArgumentList.Add(slave);
+            start.Environment["TERM"] = "xterm-256color";
+            if (string.IsNullOrEmpty(Environment.GetEnvironmentVariable("LANG"))) start.Environment["LANG"] = "C.UTF-8";
+            start.Environment["PS1"] = Channel.Options.ShellPrompt;
+            start.WorkingDirectory = Path.GetTempPath();
+            _process = Process.Start(start) ?? throw new InvalidOperationException("Unable to start the shell.");
+            if (Volatile.Read(ref _stopped) != 0) KillProcess();
+
+            await Task.Delay(Channel.Options.ShellInitialOutputDelay, cancellation).ConfigureAwait(false);
+            await Task.Factory.StartNew(ReadLoop, cancellation, TaskCreationOptions.LongRunning, TaskScheduler.Default).ConfigureAwait(false);
+            try
+            {
+                await _process.WaitForExitAsync(cancellation).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+            }
+            return null;
+        }
+
+        private void ReadLoop()
+        {
+            var buffer = new byte[StreamDataPayloadSize];
+            var carry = new Utf8Carry();
+            while (true)
+            {
+                var read = Posix.Read(_master, buffer);
+                if (read <= 0) break;
+                Channel.SendStreamData(PayloadType.Output, carry.Take(buffer, read));
+            }
+            Channel.SendStreamData(PayloadType.Output, carry.Flush());
+        }
+
+        public override Task<bool> HandleInputAsync(AgentMessage message)
+        {
+            if (_master < 0 || Volatile.Read(ref _stopped) != 0) return Task.FromResult(false);
+            switch (message.PayloadType)
+            {
+                case PayloadType.Output:
+                    try
+                    {
+                        Posix.WriteAll(_master, message.Payload);
+                    }
+                    catch (IOException ex)
+                    {
+                        Channel.Log("shell: " + ex.Message);
+                        return Task.FromResult(false);
+                    }
+                    return Task.FromResult(true);
+                case PayloadType.Size:
+                    try
+                    {
+                        var size = SsmJson.Deserialize<SizeData>(message.Payload);
+                        Posix.SetWindowSize(_master, (int)size.Cols, (int)size.Rows);
+                    }
+                    catch (Exception ex) when (ex is SsmProtocolException || ex is Win32Exception)
+                    {
+                        Channel.Log("shell: bad size message: " + ex.Message);
+                    }
+                    return Task.FromResult(true);
+                default:
+                    return Task.FromResult(true);
+            }
+        }
+
+        private void KillProcess()
+        {
+            var p = _process;
+            if (p == null) return;
+            try
+            {
+                if (!p.HasExited)
+                {
+                    // setsid made the shell a process group leader: kill the whole group.
+                    Posix.Signal(-p.Id, Posix.SIGHUP);
+                    Posix.Signal(-p.Id, Posix.SIGKILL);
+                    Posix.Signal(p.Id, Posix.SIGKILL);
+                }
+            }
+            catch (InvalidOperationException)
+            {
+            }
+        }
+
+        public override void Stop()
+        {
+            if (Interlocked.Exchange(ref _stopped, 1) != 0) return;
+            KillProcess();
+            var master = _master;
+            if (master >= 0)
+            {
+                // The reader sees EIO once the processes are gone; close after it had the chance.
+                _ = Task.Run(async () =>
+                {
+                    if (_process != null)
+                    {
+                        try
+                        {
+                            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+                            await _process.WaitForExitAsync(timeout.Token).ConfigureAwait(false);
+                        }
+                        catch (OperationCanceledException)
+                        {
+                        }
+                    }
+                    await Task.Delay(200).ConfigureAwait(false);
+                    Posix.Close(master);
+                });
+            }
+        }
+    }
+
+    /// <summary>
+    /// NonInteractiveCommands (AWS-StartNonInteractiveCommand): handshake (SessionType NonInteractiveCommands), the
+    /// command split like a shell would (google/shlex) and run without a shell or terminal. Without separateOutputStream
+    /// (the default) stdout and stderr go to one file and are sent after the command ended, PayloadType 1, no exit code.
+    /// With separateOutputStream=true stdout is PayloadType 1 and stderr 11 while it runs, then ExitCode (12)
+    /// "EXIT_CODE: n". Input bytes 0x03 / 0x1c send SIGINT / SIGQUIT. Then the session ends.
+    /// </summary>
+    internal sealed class CommandPlugin : AgentPlugin
+    {
+        private Process? _process;
+
+        public CommandPlugin(AgentChannel channel)
+            : base(channel)
+        {
+        }
+
+        public override string Kind => "command";
+        public override string SessionType => "NonInteractiveCommands";
+        public override bool RequiresHandshake => true;
+        private string Command => Channel.Session.Parameter("command") ?? "";
+        private bool Separate => string.Equals(Channel.Session.Parameter("separateOutputStream"), "true", StringComparison.OrdinalIgnoreCase);
+
+        // The document's properties per platform (a Go map: keys sorted).
+        public override JsonNode HandshakeProperties()
+        {
+            JsonObject Platform()
+            {
+                var o = new JsonObject { ["commands"] = Command, ["runAsElevated"] = false };
+                if (Separate)
+                {
+                    o["separateOutputStream"] = "true";
+                    o["stdErrSeparatorPrefix"] = "";
+                    o["stdOutSeparatorPrefix"] = "";
+                }
+                return o;
+            }
+            return new JsonObject { ["linux"] = Platform(), ["macos"] = Platform(), ["windows"] = Platform() };
+        }
+
+        public override async Task<string?> RunAsync(CancellationToken cancellation)
+        {
+            List<string> argv;
+            try
+            {
+                argv = ShellWords.Split(Command);
+                if (argv.Count == 0) throw new FormatException("empty command");
+            }
+            catch (FormatException ex)
+            {
+                await SendErrorAsync("Unable to start command: Failed to parse commands input: " + ex.Message + "\n\n", cancellation).ConfigureAwait(false);
+                return null;
+            }
+            var start = new ProcessStartInfo(argv[0])
+            {
+                UseShellExecute = false,
+                RedirectStandardOutput = true,
+                RedirectStandardError = true,
+                RedirectStandardInput = false,
+                WorkingDirectory = Path.GetTempPath(),
+            };
+            for (var i = 1; i < argv.Count; i++) start.ArgumentList.Add(argv[i]);
+            start.Environment["TERM"] = "xterm-256color";
+            if (string.IsNullOrEmpty(Environment.GetEnvironmentVariable("LANG"))) start.Environment["LANG"] = "C.UTF-8";
+            try
+            {
+                _process = Process.Start(start) ?? throw new InvalidOperationException("no process");
+            }
+            catch (Exception ex) when (ex is Win32Exception || ex is InvalidOperationException)
+            {
+                await SendErrorAsync("Error occurred starting the command: " + ex.Message + "\n", cancellation).ConfigureAwait(false);
+                return null;
+            }
+
+            if (Separate)
+            {
+                var stdout = PumpAsync(_process.StandardOutput.BaseStream, PayloadType.Output, null);
+                var stderr = PumpAsync(_process.StandardError.BaseStream, PayloadType.StdErr, null);
+                await Task.WhenAll(stdout, stderr).ConfigureAwait(false);
+                await _process.WaitForExitAsync(cancellation).ConfigureAwait(false);
+                Channel.SendStreamData(PayloadType.ExitCode, Encoding.UTF8.GetBytes("EXIT_CODE: " + _process.ExitCode.ToString(System.Globalization.CultureInfo.InvariantCulture)));
+            }
+            else
+            {
+                // One output file for both streams, read once the command has ended.
+                var combined = new MemoryStream();
+                var stdout = PumpAsync(_process.StandardOutput.BaseStream, null, combined);
+                var stderr = PumpAsync(_process.StandardError.BaseStream, null, combined);
+                await Task.WhenAll(stdout, stderr).ConfigureAwait(false);
+                await _process.WaitForExitAsync(cancellation).ConfigureAwait(false);
+                var all = combined.ToArray();
+                var carry = new Utf8Carry();
+                for (var offset = 0; offset < all.Length; offset += StreamDataPayloadSize)
+                {
+                    var count = Math.Min(StreamDataPayloadSize, all.Length - offset);
+                    Channel.SendStreamData(PayloadType.Output, carry.Take(all.AsSpan(offset, count).ToArray(), count));
+                }
+                Channel.SendStreamData(PayloadType.Output, carry.Flush());
+            }
+            return null;
+        }
+
+        private async Task SendErrorAsync(string text, CancellationToken cancellation)
+        {
+            await Task.Delay(TimeSpan.FromSeconds(1), cancellation).ConfigureAwait(false);
+            Channel.SendStreamData(PayloadType.StdErr, Encoding.UTF8.GetBytes(text));
+        }
+
+        private async Task PumpAsync(Stream source, PayloadType? payloadType, MemoryStream? sink)
+        {
+            var buffer = new byte[StreamDataPayloadSize];
+            var carry = new Utf8Carry();
+            while (true)
+            {
+                var read = await source.ReadAsync(buffer, 0, buffer.Length).ConfigureAwait(false);
+                if (read == 0) break;
+                if (sink != null)
+                {
+                    lock (sink) sink.Write(buffer, 0, read);
+                }
+                else
+                {
+                    Channel.SendStreamData(payloadType!.Value, carry.Take(buffer, read));
+                }
+            }
+            if (sink == null) Channel.SendStreamData(payloadType!.Value, carry.Flush());
+        }
+
+        public override Task<bool> HandleInputAsync(AgentMessage message)
+        {
+            if (message.PayloadType == PayloadType.Output && _process is { } p)
+            {
+                foreach (var b in message.Payload)
+                {
+                    var signal = b == 0x03 ? Posix.SIGINT : b == 0x1c ? Posix.SIGQUIT : 0;
+                    if (signal == 0) continue;
+                    try
+                    {
+                        if (!p.HasExited) Posix.Signal(p.Id, signal);
+                    }
+                    catch (InvalidOperationException)
+                    {
+                    }
+                    break;
+                }
+            }
+            return Task.FromResult(true);
+        }
+
+        public override void Stop()
+        {
+            try
+            {
+                if (_process is { HasExited: false } p) p.Kill(entireProcessTree: true);
+            }
+            catch (Exception ex) when (ex is InvalidOperationException || ex is Win32Exception)
+            {
+            }
+        }
+    }
+
+    /// <summary>Splits a command line like google/shlex (POSIX-style words, quotes, backslash escapes, # comments).</summary>
+    public static class ShellWords
+    {
+        /// <exception cref="FormatException">An unterminated quote or escape.</exception>
+        public static List<string> Split(string text)
+        {
+            var words = new List<string>();
+            var current = new StringBuilder();
+            var inWord = false;
+            for (var i = 0; i < text.Length; i++)
+            {
+                var c = text[i];
+                if (char.IsWhiteSpace(c))
+                {
+                    if (inWord) words.Add(current.ToString());
+                    current.Clear();
+                    inWord = false;
+                }
+                else if (c == '#' && !inWord)
+                {
+                    break;
+                }
+                else if (c == '\\')
+                {
+                    if (++i >= text.Length) throw new FormatException("EOF found after escape character");
+                    current.Append(text[i]);
+                    inWord = true;
+                }
+                else if (c == '\'')
+                {
+                    var end = text.IndexOf('\'', i + 1);
+                    if (end < 0) throw new FormatException("EOF found when expecting closing quote");
+                    current.Append(text, i + 1, end - i - 1);
+                    i = end;
+                    inWord = true;
+                }
+                else if (c == '"')
+                {
+                    i++;
+                    while (true)
+                    {
+                        if (i >= text.Length) throw new FormatException("EOF found when expecting closing quote");
+                        if (text[i] == '"') break;
+                        if (text[i] == '\\' && i + 1 < text.Length && (text[i + 1] == '"' || text[i + 1] == '\\' || text[i + 1] == '$' || text[i + 1] == '`'))
+                        {
+                            i++;
+                        }
+                        current.Append(text[i]);
+                        i++;
+                    }
+                    inWord = true;
+                }
+                else
+                {
+                    current.Append(c);
+                    inWord = true;
+                }
+            }
+            if (inWord) words.Add(current.ToString());
+            return words;
+        }
+    }
+}
