@@ -67,12 +67,19 @@ Describe 'Start-BastionSession -RemoteHost (multiplexed agent)' {
 
     It 'serves 64 concurrent psql connections through one tunnel' {
         $port = $Session.LocalPort
+        $password = $Pg.password; $user = $Pg.user; $database = $Pg.database
         $jobs = 1..64 | ForEach-Object {
             $n = $_
             Start-ThreadJob -ThrottleLimit 64 -ScriptBlock {
-                $env:PGPASSWORD = $using:Pg.password
-                $out = & psql -X -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p $using:port -U $using:Pg.user -d $using:Pg.database -c "select $using:n * 1000 + count(*) from pg_sleep(0.5)" 2>&1
-                [pscustomobject]@{ N = $using:n; Code = $LASTEXITCODE; Out = ($out -join ' ').Trim() }
+                # psql reads PGPASSWORD from its own environment block, handed to it alone.
+                $psi = [System.Diagnostics.ProcessStartInfo]::new('psql')
+                foreach ($a in '-X', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-h', '127.0.0.1', '-p', "$using:port", '-U', $using:user, '-d', $using:database, '-c', "select $using:n * 1000 + count(*) from pg_sleep(0.5)") { $psi.ArgumentList.Add($a) }
+                $psi.Environment['PGPASSWORD'] = $using:password
+                $psi.RedirectStandardOutput = $true; $psi.RedirectStandardError = $true
+                $p = [System.Diagnostics.Process]::Start($psi)
+                $out = $p.StandardOutput.ReadToEnd() + $p.StandardError.ReadToEnd()
+                $p.WaitForExit()
+                [pscustomobject]@{ N = $using:n; Code = $p.ExitCode; Out = $out.Trim() }
             }
         }
         $results = $jobs | Wait-Job -Timeout 120 | Receive-Job

@@ -216,20 +216,36 @@ namespace BastionTools.Commands
             if (!TryRun(ct => TargetResolver.ResolveAsync(api, selector, ct), out var instance)) return;
             WriteVerboseSafe($"Bastion: {instance.InstanceId}{(instance.Name == null ? "" : " (" + instance.Name + ")")}, agent {instance.AgentVersion}.");
 
-            var stderrLines = new System.Collections.Generic.List<string>();
             IShellTerminal terminal;
             LineTerminal? lines = null;
+            NonInteractiveCommand? wrapped = null;
+            int? markedExitCode = null;
             if (interactive)
             {
                 terminal = new ConsoleTerminal();
             }
             else
             {
-                lines = new LineTerminal(line => Pump.Post(() => WriteObject(line)), line => Pump.Post(() => WriteError(new ErrorRecord(
+                wrapped = new NonInteractiveCommand(Command!, instance.PlatformType);
+                // The marker is printed after a newline of its own: hold back one empty line until we know it isn't that one.
+                var heldEmpty = false;
+                void OnLine(string line)
+                {
+                    if (wrapped.TryReadExitCode(line, out var code))
+                    {
+                        markedExitCode = code;
+                        heldEmpty = false;
+                        return;
+                    }
+                    if (heldEmpty) Pump.Post(() => WriteObject(string.Empty));
+                    heldEmpty = line.Length == 0;
+                    if (!heldEmpty) Pump.Post(() => WriteObject(line));
+                }
+                lines = new LineTerminal(OnLine, line => Pump.Post(() => WriteError(new ErrorRecord(
                     new RemoteStandardErrorException(line), ErrorIds.RemoteStandardError, ErrorCategory.NotSpecified, instance.InstanceId))));
                 terminal = lines;
             }
-            var shell = new ShellSession(api, instance.InstanceId, Command, Reason, new DataChannelOptions(), terminal);
+            var shell = new ShellSession(api, instance.InstanceId, wrapped?.Wrapped, Reason, new DataChannelOptions(), terminal);
             shell.Events.Written += line => Pump.Post(() => WriteDebugSafe(line));
             if (!TryRun(async ct =>
                 {
@@ -263,7 +279,7 @@ namespace BastionTools.Commands
                     "The session failed: " + closure.Error.Message, shell.SessionId).ToErrorRecord());
             }
             if (interactive && !string.IsNullOrEmpty(closure?.Output)) Host.UI.WriteLine(closure!.Output!.Trim());
-            if (shell.ExitCode is int code)
+            if ((shell.ExitCode ?? markedExitCode) is int code)
             {
                 SessionState.PSVariable.Set(new PSVariable("global:LASTEXITCODE", code));
                 if (code != 0)
