@@ -73,8 +73,11 @@ Describe 'Start-BastionSession -RemoteHost (multiplexed agent)' {
             Start-ThreadJob -ThrottleLimit 64 -ScriptBlock {
                 # psql reads PGPASSWORD from its own environment block, handed to it alone.
                 $psi = [System.Diagnostics.ProcessStartInfo]::new('psql')
-                foreach ($a in '-X', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-h', '127.0.0.1', '-p', "$using:port", '-U', $using:user, '-d', $using:database, '-c', "select $using:n * 1000 + count(*) from pg_sleep(0.5)") { $psi.ArgumentList.Add($a) }
+                # A barrier in the database: each connection waits until all 64 are connected at once, then reports the count.
+                $barrier = "DO `$`$ BEGIN FOR i IN 1..600 LOOP EXIT WHEN (SELECT count(*) FROM pg_stat_activity WHERE application_name = 'bt64') >= 64; PERFORM pg_sleep(0.05); END LOOP; END `$`$; SELECT $using:n * 1000 + (SELECT count(*) FROM pg_stat_activity WHERE application_name = 'bt64')"
+                foreach ($a in '-X', '-A', '-t', '-q', '-v', 'ON_ERROR_STOP=1', '-h', '127.0.0.1', '-p', "$using:port", '-U', $using:user, '-d', $using:database, '-c', $barrier) { $psi.ArgumentList.Add($a) }
                 $psi.Environment['PGPASSWORD'] = $using:password
+                $psi.Environment['PGAPPNAME'] = 'bt64'
                 $psi.RedirectStandardOutput = $true; $psi.RedirectStandardError = $true
                 $p = [System.Diagnostics.Process]::Start($psi)
                 $out = $p.StandardOutput.ReadToEnd() + $p.StandardError.ReadToEnd()
@@ -87,8 +90,11 @@ Describe 'Start-BastionSession -RemoteHost (multiplexed agent)' {
         $results.Count | Should -Be 64
         foreach ($r in $results) {
             $r.Code | Should -Be 0 -Because "connection $($r.N): $($r.Out)"
-            $r.Out | Should -Be ([string]($r.N * 1000 + 1))
+            [int]$r.Out | Should -BeGreaterThan ($r.N * 1000) -Because "connection $($r.N) answered '$($r.Out)'"
         }
+        # The first to pass the barrier saw all 64 connected at the same time.
+        ($results | ForEach-Object { [int]$_.Out % 1000 } | Measure-Object -Maximum).Maximum | Should -Be 64
+        $Session.TotalConnections | Should -BeGreaterOrEqual 64
     }
 }
 

@@ -173,7 +173,7 @@ namespace BastionTools.Bench
             await c.OpenAsync().ConfigureAwait(false);
             var sw = Stopwatch.StartNew();
             long total = 0;
-            await using (var raw = await c.BeginRawBinaryCopyAsync("COPY bench_rows TO STDOUT").ConfigureAwait(false))
+            await using (var raw = await c.BeginRawBinaryCopyAsync("COPY bench_rows TO STDOUT (FORMAT binary)").ConfigureAwait(false))
             {
                 var buffer = new byte[64 * 1024];
                 int n;
@@ -187,7 +187,7 @@ namespace BastionTools.Bench
             await using var c = new NpgsqlConnection(conn);
             await c.OpenAsync().ConfigureAwait(false);
             using var ms = new MemoryStream();
-            await using (var raw = await c.BeginRawBinaryCopyAsync("COPY bench_rows TO STDOUT").ConfigureAwait(false))
+            await using (var raw = await c.BeginRawBinaryCopyAsync("COPY bench_rows TO STDOUT (FORMAT binary)").ConfigureAwait(false))
             {
                 await raw.CopyToAsync(ms).ConfigureAwait(false);
             }
@@ -200,7 +200,7 @@ namespace BastionTools.Bench
             await c.OpenAsync().ConfigureAwait(false);
             await Exec(c, "truncate bench_in").ConfigureAwait(false);
             var sw = Stopwatch.StartNew();
-            await using (var raw = await c.BeginRawBinaryCopyAsync("COPY bench_in FROM STDIN").ConfigureAwait(false))
+            await using (var raw = await c.BeginRawBinaryCopyAsync("COPY bench_in FROM STDIN (FORMAT binary)").ConfigureAwait(false))
             {
                 for (var off = 0; off < data.Length; off += 64 * 1024)
                 {

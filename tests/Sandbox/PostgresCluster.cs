@@ -297,7 +297,7 @@ namespace BastionTools.Sandbox
                 new("unix_socket_permissions", "0700"),
                 new("password_encryption", "'scram-sha-256'"),
                 new("ssl", "off"),
-                new("max_connections", "40"),
+                new("max_connections", "150"),
                 new("shared_buffers", "32MB"),
                 new("huge_pages", "off"),
                 // Speed over durability: the cluster is thrown away.
