@@ -106,9 +106,13 @@ namespace BastionTools.Ssm
                 isDigestValid: true);
         }
 
+        [ThreadStatic]
+        private static SHA256? t_sha;
+
+        /// <summary>SHA-256 of the payload (one hasher per thread: every message in both directions is hashed).</summary>
         internal static byte[] ComputeDigest(byte[] buffer, int offset, int count)
         {
-            using var sha = SHA256.Create();
+            var sha = t_sha ??= SHA256.Create();
             return sha.ComputeHash(buffer, offset, count);
         }
 

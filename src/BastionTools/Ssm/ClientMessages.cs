@@ -1,6 +1,8 @@
 using System;
 using System.Buffers.Binary;
 using System.Collections.Generic;
+using System.Globalization;
+using System.Text;
 
 namespace BastionTools.Ssm
 {
@@ -25,15 +27,37 @@ namespace BastionTools.Ssm
         public static AgentMessage Acknowledge(string acknowledgedMessageType, Guid acknowledgedMessageId, long acknowledgedSequenceNumber,
             Guid? messageId = null, ulong? createdDate = null)
         {
-            var content = new AcknowledgeContent
+            // Every received message is acknowledged: the JSON is written directly (the same bytes SsmJson writes for
+            // AcknowledgeContent, checked against the recorded frames) rather than through the serializer.
+            byte[] payload;
+            if (IsPlainAscii(acknowledgedMessageType))
             {
-                AcknowledgedMessageType = acknowledgedMessageType,
-                AcknowledgedMessageId = acknowledgedMessageId.ToString("D"),
-                AcknowledgedMessageSequenceNumber = acknowledgedSequenceNumber,
-                IsSequentialMessage = true,
-            };
-            return AgentMessage.Create(MessageTypes.Acknowledge, 0, MessageFlags.Ack, PayloadType.None,
-                SsmJson.SerializeToUtf8(content), messageId, createdDate);
+                payload = Encoding.ASCII.GetBytes(
+                    "{\"AcknowledgedMessageType\":\"" + acknowledgedMessageType +
+                    "\",\"AcknowledgedMessageId\":\"" + acknowledgedMessageId.ToString("D") +
+                    "\",\"AcknowledgedMessageSequenceNumber\":" + acknowledgedSequenceNumber.ToString(CultureInfo.InvariantCulture) +
+                    ",\"IsSequentialMessage\":true}");
+            }
+            else
+            {
+                payload = SsmJson.SerializeToUtf8(new AcknowledgeContent
+                {
+                    AcknowledgedMessageType = acknowledgedMessageType,
+                    AcknowledgedMessageId = acknowledgedMessageId.ToString("D"),
+                    AcknowledgedMessageSequenceNumber = acknowledgedSequenceNumber,
+                    IsSequentialMessage = true,
+                });
+            }
+            return AgentMessage.Create(MessageTypes.Acknowledge, 0, MessageFlags.Ack, PayloadType.None, payload, messageId, createdDate);
+        }
+
+        private static bool IsPlainAscii(string s)
+        {
+            foreach (var c in s)
+            {
+                if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_')) return false;
+            }
+            return true;
         }
 
         /// <summary>A stream message from the client: input_stream_data, Flags 0, the given sequence number and payload type.</summary>

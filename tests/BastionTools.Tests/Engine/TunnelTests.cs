@@ -1,0 +1,255 @@
+using System;
+using System.Collections.Generic;
+using System.Linq;
+using System.Net;
+using System.Net.Sockets;
+using System.Security.Cryptography;
+using System.Threading;
+using System.Threading.Tasks;
+using Amazon.Runtime;
+using BastionTools.Aws;
+using BastionTools.Sandbox;
+using BastionTools.Ssm;
+using Npgsql;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace BastionTools.Tests.Engine
+{
+    /// <summary>One sandbox (agent + PostgreSQL) shared by the tunnel tests.</summary>
+    public sealed class TunnelFixture : IDisposable
+    {
+        public TunnelFixture()
+        {
+            Environment.SetEnvironmentVariable("AWS_EC2_METADATA_DISABLED", "true");
+            Host = new SandboxHost(SandboxWorld.CreateDefault(), new SandboxHostOptions { StartPostgres = true });
+            Host.Start();
+            var c = Host.World.Credentials[0];
+            Api = new AwsApi(new ResolvedCredentials(new BasicAWSCredentials(c.AccessKeyId, c.SecretAccessKey), "test", null), Host.World.Region, Host.SsmEndpoint.ToString());
+        }
+
+        public SandboxHost Host { get; }
+        internal AwsApi Api { get; }
+        public PostgresCluster Postgres => Host.Postgres!;
+
+        public void Dispose()
+        {
+            Api.Dispose();
+            Host.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        }
+    }
+
+    [CollectionDefinition("tunnel")]
+    public sealed class TunnelCollection : ICollectionFixture<TunnelFixture>
+    {
+    }
+
+    /// <summary>The engine's port forwarding end to end: real WebSocket, the sandbox agent, real TCP, real PostgreSQL and Npgsql.</summary>
+    [Collection("tunnel")]
+    public sealed class TunnelTests
+    {
+        private const string Endpoint = "demo.c0ffee123456.us-west-2.rds.amazonaws.com";
+        private readonly TunnelFixture _f;
+        private readonly ITestOutputHelper _output;
+
+        public TunnelTests(TunnelFixture fixture, ITestOutputHelper output)
+        {
+            _f = fixture;
+            _output = output;
+        }
+
+        private async Task<PortForwardingSession> StartAsync(int remotePort, string target = "i-0a1b2c3d4e5f60001")
+        {
+            var session = new PortForwardingSession(_f.Api, new PortForwardingRequest { Target = target, RemoteHost = Endpoint, RemotePort = remotePort }, new DataChannelOptions());
+            session.Events.Written += line => { try { _output.WriteLine(line); } catch (InvalidOperationException) { } };
+            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+            await session.StartAsync(_ => { }, TimeSpan.FromSeconds(30), cts.Token);
+            return session;
+        }
+
+        private string ConnectionString(int port, bool pooling = false) => new NpgsqlConnectionStringBuilder
+        {
+            Host = "127.0.0.1",
+            Port = port,
+            Username = _f.Postgres.SuperUser,
+            Password = _f.Postgres.SuperPassword,
+            Database = _f.Postgres.Database,
+            Pooling = pooling,
+            MaxPoolSize = 32,
+            SslMode = SslMode.Disable,
+            Timeout = 30,
+        }.ConnectionString;
+
+        [Fact(Timeout = 120_000)]
+        public async Task Npgsql_QueriesThroughTheTunnel_ConcurrentlyAndPooled()
+        {
+            var session = await StartAsync(_f.Postgres.Port);
+            try
+            {
+                Assert.Equal(PortForwardingMode.Multiplexed, session.Mode);
+                await using var dataSource = NpgsqlDataSource.Create(ConnectionString(session.LocalEndPoint!.Port, pooling: true));
+                var tasks = Enumerable.Range(1, 24).Select(async i =>
+                {
+                    await using var cmd = dataSource.CreateCommand("select name from seed_items where id = $1");
+                    cmd.Parameters.AddWithValue(((i - 1) % 3) + 1);
+                    return (string?)await cmd.ExecuteScalarAsync();
+                }).ToList();
+                var names = await Task.WhenAll(tasks);
+                Assert.Equal(24, names.Length);
+                Assert.All(names, n => Assert.Contains(n, new[] { "alpha", "bravo", "charlie" }));
+
+                // A result larger than one message in each direction.
+                await using var big = dataSource.CreateCommand("select string_agg(md5(g::text), '') from generate_series(1, 20000) g");
+                var text = (string?)await big.ExecuteScalarAsync();
+                Assert.Equal(20000 * 32, text!.Length);
+                await using var echo = dataSource.CreateCommand("select length($1)");
+                echo.Parameters.AddWithValue(new string('x', 300_000));
+                Assert.Equal(300_000, (int)(await echo.ExecuteScalarAsync())!);
+            }
+            finally
+            {
+                await session.StopAsync();
+            }
+        }
+
+        /// <summary>A destination that, per connection, hashes everything it receives and sends <c>size</c> seeded random bytes back.</summary>
+        private sealed class HashingServer : IDisposable
+        {
+            private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
+            private readonly long _size;
+            private readonly int _seed;
+
+            public HashingServer(long size, int seed)
+            {
+                _size = size;
+                _seed = seed;
+                _listener.Start();
+                Result = Task.Run(ServeOneAsync);
+            }
+
+            public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
+            public Task<(string ReceivedHash, long Received, string SentHash)> Result { get; }
+
+            private async Task<(string, long, string)> ServeOneAsync()
+            {
+                using var client = await _listener.AcceptTcpClientAsync();
+                client.NoDelay = true;
+                var stream = client.GetStream();
+                var send = Task.Run(async () =>
+                {
+                    var hash = await WriteRandomAsync(stream, _size, _seed);
+                    client.Client.Shutdown(SocketShutdown.Send);
+                    return hash;
+                });
+                var (receivedHash, received) = await ReadAllAsync(stream);
+                return (receivedHash, received, await send);
+            }
+
+            public void Dispose() => _listener.Stop();
+        }
+
+        private static async Task<string> WriteRandomAsync(NetworkStream stream, long size, int seed)
+        {
+            var rnd = new Random(seed);
+            using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+            var buffer = new byte[64 * 1024];
+            for (long sent = 0; sent < size;)
+            {
+                var n = (int)Math.Min(buffer.Length, size - sent);
+                rnd.NextBytes(buffer.AsSpan(0, n));
+                sha.AppendData(buffer, 0, n);
+                await stream.WriteAsync(buffer.AsMemory(0, n));
+                sent += n;
+            }
+            return Convert.ToHexString(sha.GetHashAndReset());
+        }
+
+        private static async Task<(string Hash, long Count)> ReadAllAsync(NetworkStream stream)
+        {
+            using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+            var buffer = new byte[64 * 1024];
+            long total = 0;
+            int n;
+            while ((n = await stream.ReadAsync(buffer)) > 0)
+            {
+                sha.AppendData(buffer, 0, n);
+                total += n;
+            }
+            return (Convert.ToHexString(sha.GetHashAndReset()), total);
+        }
+
+        [Fact(Timeout = 900_000)]
+        public async Task HundredMegabytesEachWay_WithDropDuplicateReorderAndAForcedReconnect_AreIdentical()
+        {
+            const long size = 100L * 1024 * 1024;
+            using var server = new HashingServer(size, seed: 11);
+            var session = await StartAsync(server.Port);
+            try
+            {
+                _f.Host.Agent.SetSessionFaults(session.SessionId!, new SandboxFaultOptions { DropRate = 0.05, DuplicateRate = 0.05, ReorderRate = 0.05, Seed = 1234 });
+                using var client = new TcpClient();
+                client.NoDelay = true;
+                await client.ConnectAsync(IPAddress.Loopback, session.LocalEndPoint!.Port);
+                var stream = client.GetStream();
+                var upload = Task.Run(async () =>
+                {
+                    var hash = await WriteRandomAsync(stream, size, seed: 22);
+                    client.Client.Shutdown(SocketShutdown.Send);
+                    return hash;
+                });
+                var download = Task.Run(() => ReadAllAsync(stream));
+
+                // One forced WebSocket drop (no close frame) half way through: ResumeSession, new socket, go on.
+                while (session.Connections.BytesIn + session.Connections.BytesOut < size && !download.IsCompleted)
+                {
+                    await Task.Delay(50);
+                }
+                Assert.True(_f.Host.Agent.Kill(session.SessionId!), "the sandbox could not kill the WebSocket");
+
+                var sentHash = await upload;
+                var (receivedHash, received) = await download;
+                var (serverReceivedHash, serverReceived, serverSentHash) = await server.Result;
+
+                Assert.Equal(size, received);
+                Assert.Equal(size, serverReceived);
+                Assert.Equal(sentHash, serverReceivedHash);
+                Assert.Equal(serverSentHash, receivedHash);
+                Assert.True(session.Channel!.Reconnects >= 1, "the WebSocket was never re-established");
+                Assert.True(session.Channel.Retransmissions > 0, "no message was ever resent, so no drop was exercised");
+                Assert.True(session.Channel.DuplicatesReceived > 0, "no duplicate reached the client");
+                Assert.True(session.Channel.OutOfOrderReceived > 0, "no message arrived out of order");
+                _output.WriteLine($"reconnects {session.Channel.Reconnects}, retransmissions {session.Channel.Retransmissions}, duplicates {session.Channel.DuplicatesReceived}, out of order {session.Channel.OutOfOrderReceived}");
+            }
+            finally
+            {
+                await session.StopAsync();
+            }
+        }
+
+        [Fact(Timeout = 120_000)]
+        public async Task Stop_EndsTheListenerTheConnectionsAndTheSession()
+        {
+            var session = await StartAsync(_f.Postgres.Port);
+            var port = session.LocalEndPoint!.Port;
+            await using (var conn = new NpgsqlConnection(ConnectionString(port)))
+            {
+                await conn.OpenAsync();
+                var open = new NpgsqlConnection(ConnectionString(port));
+                await open.OpenAsync();
+                await session.StopAsync();
+                Assert.Equal(SessionState.Closed, session.State);
+                Assert.Equal(0, session.Connections.Active);
+                await Assert.ThrowsAnyAsync<Exception>(async () =>
+                {
+                    await using var cmd = new NpgsqlCommand("select 1", open);
+                    await cmd.ExecuteScalarAsync();
+                });
+                await open.DisposeAsync();
+            }
+            using var probe = new TcpClient();
+            await Assert.ThrowsAnyAsync<SocketException>(() => probe.ConnectAsync(IPAddress.Loopback, port));
+            Assert.True(_f.Host.Sessions.TryGet(session.SessionId!, out var s));
+            Assert.Equal(SandboxSessionState.Terminated, s!.State);
+        }
+    }
+}
