@@ -100,7 +100,7 @@ namespace BastionTools.Sandbox
         // ---- connections -------------------------------------------------------------------------------------------
 
         /// <summary>Runs one accepted, authenticated WebSocket until it closes. The first connection starts the plugin.</summary>
-        public async Task RunConnectionAsync(System.Net.WebSockets.WebSocket socket, OpenDataChannelInput open, CancellationToken stopping)
+        public async Task RunConnectionAsync(System.Net.WebSockets.WebSocket socket, Action? abortTransport, OpenDataChannelInput open, CancellationToken stopping)
         {
             var faults = Faults;
             AgentConnection connection;
@@ -109,7 +109,7 @@ namespace BastionTools.Sandbox
             lock (_gate)
             {
                 previous = _connection;
-                connection = new AgentConnection(socket, Counters, faults.KillAfterBytes, ++_connectionCount);
+                connection = new AgentConnection(socket, abortTransport, Counters, faults.KillAfterBytes, ++_connectionCount);
                 _connection = connection;
                 OpenDataChannelClientVersion = open.ClientVersion;
                 start = !_started;
@@ -121,7 +121,25 @@ namespace BastionTools.Sandbox
             _agent.Log("session " + Session.SessionId + ": connection " + connection.Number + " open (client " + open.ClientVersion + ")");
             if (faults.ByeAfterMs > 0) _ = ByeLaterAsync(connection, faults.ByeAfterMs);
             // On a reconnect nothing special happens: the resend scheduler sends the oldest unacknowledged message again.
-            if (start) _ = Task.Run(RunSessionAsync);
+            if (start)
+            {
+                // The plugin and whether it skips the handshake are known before the first input can arrive.
+                AgentPlugin? plugin = null;
+                string? error = null;
+                try
+                {
+                    plugin = AgentPlugin.Create(this);
+                    if (!plugin.RequiresHandshake)
+                    {
+                        lock (_gate) _handshakeSkipped = true;
+                    }
+                }
+                catch (InvalidOperationException ex)
+                {
+                    error = ex.Message;
+                }
+                _ = Task.Run(() => plugin == null ? EndAsync(error, drain: false) : RunSessionAsync(plugin));
+            }
 
             try
             {
@@ -533,20 +551,10 @@ namespace BastionTools.Sandbox
 
         // ---- session life ------------------------------------------------------------------------------------------
 
-        private async Task RunSessionAsync()
+        private async Task RunSessionAsync(AgentPlugin plugin)
         {
             _ = Task.Run(ResendLoopAsync);
             string? closedOutput = null;
-            AgentPlugin plugin;
-            try
-            {
-                plugin = AgentPlugin.Create(this);
-            }
-            catch (Exception ex)
-            {
-                await EndAsync(ex.Message, drain: false).ConfigureAwait(false);
-                return;
-            }
             try
             {
                 if (plugin.RequiresHandshake)
@@ -558,10 +566,6 @@ namespace BastionTools.Sandbox
                         await EndAsync(error, drain: false).ConfigureAwait(false);
                         return;
                     }
-                }
-                else
-                {
-                    lock (_gate) _handshakeSkipped = true;
                 }
                 lock (_gate) _plugin = plugin;
                 closedOutput = await plugin.RunAsync(_life.Token).ConfigureAwait(false);

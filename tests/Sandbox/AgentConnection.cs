@@ -23,9 +23,12 @@ namespace BastionTools.Sandbox
         private int _aborted;
         private int _closing;
 
-        public AgentConnection(WebSocket socket, SandboxChannelCounters counters, long killAfterBytes, int number)
+        private readonly Action? _abortTransport;
+
+        public AgentConnection(WebSocket socket, Action? abortTransport, SandboxChannelCounters counters, long killAfterBytes, int number)
         {
             Socket = socket;
+            _abortTransport = abortTransport;
             _counters = counters;
             _killAfterBytes = killAfterBytes;
             Number = number;
@@ -106,6 +109,15 @@ namespace BastionTools.Sandbox
             try
             {
                 Socket.Abort();
+            }
+            catch (Exception)
+            {
+                // Already gone.
+            }
+            try
+            {
+                // HttpListener's WebSocket.Abort leaves the TCP connection open: drop it underneath.
+                _abortTransport?.Invoke();
             }
             catch (Exception)
             {

@@ -121,6 +121,17 @@ namespace BastionTools.Sandbox
 
         public static void Close(int fd) => close(fd);
 
+        [DllImport("libc", SetLastError = true, EntryPoint = "open")]
+        private static extern int open_(string path, int flags);
+
+        /// <summary>Opens the slave side (without making it our controlling terminal).</summary>
+        public static int OpenSlave(string path)
+        {
+            var fd = open_(path, O_RDWR | O_NOCTTY);
+            if (fd < 0) throw new Win32Exception(Marshal.GetLastWin32Error(), "open " + path + " failed");
+            return fd;
+        }
+
         public static bool Signal(int pid, int signal) => kill(pid, signal) == 0;
     }
 
@@ -167,6 +178,7 @@ namespace BastionTools.Sandbox
     internal sealed class ShellPlugin : AgentPlugin
     {
         private int _master = -1;
+        private int _slaveHold = -1;
         private Process? _process;
         private int _stopped;
 
@@ -182,8 +194,11 @@ namespace BastionTools.Sandbox
         public override async Task<string?> RunAsync(CancellationToken cancellation)
         {
             var (master, slave) = Posix.OpenPty();
-            _master = master;
+            // Input written before anyone opened the slave would be flushed by the first open: hold the slave open
+            // until the shell has printed something (then drop it, so the master reads EIO when the shell is gone).
+            _slaveHold = Posix.OpenSlave(slave);
             Posix.SetWindowSize(master, 80, 24);
+            Volatile.Write(ref _master, master); // from now on input is accepted
             var start = new ProcessStartInfo("/bin/sh")
             {
                 UseShellExecute = false,
@@ -199,6 +214,7 @@ namespace BastionTools.Sandbox
             start.WorkingDirectory = Path.GetTempPath();
             _process = Process.Start(start) ?? throw new InvalidOperationException("Unable to start the shell.");
             if (Volatile.Read(ref _stopped) != 0) KillProcess();
+            _ = _process.WaitForExitAsync(CancellationToken.None).ContinueWith(_ => ReleaseSlave(), TaskScheduler.Default);
 
             await Task.Delay(Channel.Options.ShellInitialOutputDelay, cancellation).ConfigureAwait(false);
             await Task.Factory.StartNew(ReadLoop, cancellation, TaskCreationOptions.LongRunning, TaskScheduler.Default).ConfigureAwait(false);
@@ -209,6 +225,7 @@ namespace BastionTools.Sandbox
             catch (OperationCanceledException)
             {
             }
+            ReleaseSlave();
             return null;
         }
 
@@ -220,6 +237,7 @@ namespace BastionTools.Sandbox
             {
                 var read = Posix.Read(_master, buffer);
                 if (read <= 0) break;
+                ReleaseSlave();
                 Channel.SendStreamData(PayloadType.Output, carry.Take(buffer, read));
             }
             Channel.SendStreamData(PayloadType.Output, carry.Flush());
@@ -257,6 +275,12 @@ namespace BastionTools.Sandbox
             }
         }
 
+        private void ReleaseSlave()
+        {
+            var fd = Interlocked.Exchange(ref _slaveHold, -1);
+            if (fd >= 0) Posix.Close(fd);
+        }
+
         private void KillProcess()
         {
             var p = _process;
@@ -280,6 +304,7 @@ namespace BastionTools.Sandbox
         {
             if (Interlocked.Exchange(ref _stopped, 1) != 0) return;
             KillProcess();
+            ReleaseSlave();
             var master = _master;
             if (master >= 0)
             {
@@ -355,6 +380,11 @@ namespace BastionTools.Sandbox
             {
                 await SendErrorAsync("Unable to start command: Failed to parse commands input: " + ex.Message + "\n\n", cancellation).ConfigureAwait(false);
                 return null;
+            }
+            if (!Separate)
+            {
+                // The agent points stdout and stderr at one file: join them in the child, then exec the command itself.
+                argv.InsertRange(0, new[] { "/bin/sh", "-c", "exec \"$@\" 2>&1", "sh" });
             }
             var start = new ProcessStartInfo(argv[0])
             {

@@ -7,7 +7,7 @@ using System.Threading.Tasks;
 namespace BastionTools.Sandbox
 {
     /// <summary>
-    /// dotnet run --project tests/Sandbox -- [--port N] [--config world.json] [--verbose] [--no-stdin] [--postgres]
+    /// dotnet run --project tests/Sandbox -- [--port N] [--config world.json] [--faults '{"dropRate":0.1,...}'] [--verbose] [--no-stdin] [--postgres]
     /// Prints one line of JSON (endpoints, region, fake credentials, instances) on stdout, then serves until stdin
     /// closes (unless --no-stdin), or SIGINT/SIGTERM. Logs go to stderr. --postgres also starts a throwaway local
     /// PostgreSQL cluster (see <see cref="PostgresCluster"/>), adds "postgres":{...} to the JSON and stops it on exit.
@@ -18,6 +18,7 @@ namespace BastionTools.Sandbox
         {
             int port = 0;
             string? config = null;
+            string? faults = null;
             var verbose = false;
             var watchStdin = true;
             var postgres = false;
@@ -32,6 +33,9 @@ namespace BastionTools.Sandbox
                     case "--config" when i + 1 < args.Length:
                         config = args[++i];
                         break;
+                    case "--faults" when i + 1 < args.Length:
+                        faults = args[++i];
+                        break;
                     case "--verbose":
                         verbose = true;
                         break;
@@ -43,7 +47,7 @@ namespace BastionTools.Sandbox
                         break;
                     case "--help":
                     case "-h":
-                        Console.Out.WriteLine("usage: BastionTools.Sandbox [--port N] [--config world.json] [--verbose] [--no-stdin] [--postgres]");
+                        Console.Out.WriteLine("usage: BastionTools.Sandbox [--port N] [--config world.json] [--faults JSON] [--verbose] [--no-stdin] [--postgres]");
                         return 0;
                     default:
                         Console.Error.WriteLine("sandbox: unknown or incomplete argument '" + args[i] + "' (see --help)");
@@ -65,6 +69,18 @@ namespace BastionTools.Sandbox
             var options = new SandboxHostOptions { Port = port, StartPostgres = postgres };
             if (verbose) options.Log = line => Console.Error.WriteLine("sandbox: " + line);
             await using var host = new SandboxHost(world, options);
+            if (faults != null)
+            {
+                try
+                {
+                    host.Agent.Faults = SandboxFaultOptions.FromJson(faults);
+                }
+                catch (ArgumentException ex)
+                {
+                    Console.Error.WriteLine("sandbox: " + ex.Message);
+                    return 2;
+                }
+            }
             try
             {
                 host.Start();

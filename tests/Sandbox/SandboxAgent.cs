@@ -150,7 +150,8 @@ namespace BastionTools.Sandbox
                     await CloseQuietlyAsync(socket, WebSocketCloseStatus.PolicyViolation, "Session is already terminated").ConfigureAwait(false);
                     return;
                 }
-                await channel.RunConnectionAsync(socket, open, context.Stopping).ConfigureAwait(false);
+                var http = context.HttpContext;
+                await channel.RunConnectionAsync(socket, () => http.Response.Abort(), open, context.Stopping).ConfigureAwait(false);
             }
             finally
             {
