@@ -11,7 +11,9 @@ Describe 'The demo' {
         $awsVars = [Environment]::GetEnvironmentVariables().Keys | Where-Object { $_ -like 'AWS_*' }
         $r = Invoke-ChildPwsh -RemoveEnvironment $awsVars -Script "& '$Demo' -ModulePath '$ModulePath' *>&1 | Out-String -Width 400; 'EXIT=' + [int](-not `$?)" -TimeoutSeconds 300
         $r.Output | Should -Match 'Demo finished\.'
-        $r.Output | Should -Match 'DBUser\s+app_reader'
-        $r.Output | Should -Not -Match 'wJalrXUtnFEMI'
+        $r.Output | Should -Match 'DBUser=app_reader'
+        $r.Output | Should -Match 'alpha'          # a row of the seeded table, through the tunnel
+        $r.Output | Should -Match 'i-0a1b2c3d4e5f60001'
+        $r.Output | Should -Not -Match 'sandbox/Secret/Key'
     }
 }

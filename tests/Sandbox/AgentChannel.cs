@@ -527,6 +527,17 @@ namespace BastionTools.Sandbox
                 }
                 lock (_gate)
                 {
+                    if (Options.ResendAllDue)
+                    {
+                        for (var node = _unacked.First; node != null; node = node.Next)
+                        {
+                            var m = node.Value;
+                            if (Now - m.SentAt <= _retransmissionTimeout) continue;
+                            if (Transmit(m.Frame, faultable: true)) Interlocked.Increment(ref Counters._retransmitted);
+                            m.SentAt = Now;
+                        }
+                        continue;
+                    }
                     var oldest = _unacked.First?.Value;
                     if (oldest == null || Now - oldest.SentAt <= _retransmissionTimeout) continue;
                     if (Transmit(oldest.Frame, faultable: true)) Interlocked.Increment(ref Counters._retransmitted);

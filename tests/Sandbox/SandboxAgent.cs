@@ -20,6 +20,13 @@ namespace BastionTools.Sandbox
         public TimeSpan HandshakeTimeout { get; set; } = TimeSpan.FromSeconds(15);
         /// <summary>ResendSleepInterval: how often the oldest unacknowledged message is considered for a resend.</summary>
         public TimeSpan ResendInterval { get; set; } = TimeSpan.FromMilliseconds(100);
+        /// <summary>
+        /// Not the agent's behaviour, off by default: resend every unacknowledged message older than the timeout at each
+        /// interval, instead of only the oldest. The real agent drains a backlog of lost messages at about ten a second,
+        /// which makes bulk-transfer tests under heavy loss (thousands of drops) take many minutes; tests that measure
+        /// the client's correctness under loss, not the agent's pace, turn this on.
+        /// </summary>
+        public bool ResendAllDue { get; set; }
         /// <summary>DefaultTransmissionTimeout.</summary>
         public TimeSpan InitialRetransmissionTimeout { get; set; } = TimeSpan.FromMilliseconds(200);
         /// <summary>DefaultRoundTripTime.</summary>

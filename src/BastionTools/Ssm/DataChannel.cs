@@ -42,7 +42,7 @@ namespace BastionTools.Ssm
         public int SendWindow { get; set; } = 1024;
 
         public TimeSpan InitialRetransmitTimeout { get; set; } = TimeSpan.FromMilliseconds(200);
-        public TimeSpan MinRetransmitTimeout { get; set; } = TimeSpan.FromMilliseconds(100);
+        public TimeSpan MinRetransmitTimeout { get; set; } = TimeSpan.FromMilliseconds(200);
         public TimeSpan MaxRetransmitTimeout { get; set; } = TimeSpan.FromSeconds(2);
         public TimeSpan RetransmitCheckInterval { get; set; } = TimeSpan.FromMilliseconds(50);
 

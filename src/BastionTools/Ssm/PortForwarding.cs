@@ -102,6 +102,9 @@ namespace BastionTools.Ssm
 
         private const int StreamBufferedBytesLimit = 4 * 1024 * 1024;
 
+        /// <summary>How long the destination must be quiet after the local client's EOF before the stream is closed.</summary>
+        internal static readonly TimeSpan HalfCloseQuietPeriod = TimeSpan.FromSeconds(1);
+
         private sealed class MuxStream
         {
             public MuxStream(uint id, TcpClient client)
@@ -116,8 +119,9 @@ namespace BastionTools.Ssm
             public Channel<byte[]> Incoming { get; }
             public long BufferedBytes;
             public SemaphoreSlim Drained { get; } = new(0, int.MaxValue);
-            public bool ReceivedData;
-            public bool RemoteFinished;
+            public volatile bool ReceivedData;
+            public volatile bool RemoteFinished;
+            public long LastRemoteDataTicks = DateTime.UtcNow.Ticks;
             public string? Failure;
         }
 
@@ -129,6 +133,7 @@ namespace BastionTools.Ssm
         private readonly SemaphoreSlim _frameLock = new(1, 1);
         private readonly CancellationTokenSource _lifetime = new();
         private int _lastStreamId = 1;
+        private int _connectErrorsPending;
 
         public MuxPortForwarder(IStreamSender sender, ConnectionStatistics stats, Action<string> log)
         {
@@ -215,7 +220,14 @@ namespace BastionTools.Ssm
             }
             if (!cancellationToken.IsCancellationRequested)
             {
-                // Half-close: the agent may still send the rest of the response.
+                // The agent has no half-close: a FIN makes it close the destination connection at once, losing any
+                // response still on its way. So after the local client's EOF, wait until the destination has finished
+                // or has been quiet for a moment before sending FIN.
+                while (!stream.RemoteFinished && stream.Failure == null &&
+                       DateTime.UtcNow.Ticks - Interlocked.Read(ref stream.LastRemoteDataTicks) < HalfCloseQuietPeriod.Ticks)
+                {
+                    await Task.Delay(50, cancellationToken).ConfigureAwait(false);
+                }
                 await SendFrameAsync(SmuxCommand.Fin, stream.Id, null, 0, cancellationToken).ConfigureAwait(false);
             }
         }
@@ -268,6 +280,7 @@ namespace BastionTools.Ssm
                     case SmuxCommand.Psh:
                         if (frame.Payload.Length == 0) break;
                         stream.ReceivedData = true;
+                        Interlocked.Exchange(ref stream.LastRemoteDataTicks, DateTime.UtcNow.Ticks);
                         var buffered = Interlocked.Add(ref stream.BufferedBytes, frame.Payload.Length);
                         stream.Incoming.Writer.TryWrite(frame.Payload);
                         // Back-pressure: a slow local reader holds the data channel (and so the agent) rather than memory.
@@ -278,8 +291,16 @@ namespace BastionTools.Ssm
                         }
                         break;
                     case SmuxCommand.Fin:
+                        if (!stream.ReceivedData && Interlocked.CompareExchange(ref _connectErrorsPending, 0, 0) > 0)
+                        {
+                            // The agent follows a ConnectToPortError flag with a FIN for the stream it could not dial.
+                            Interlocked.Decrement(ref _connectErrorsPending);
+                            Fail(stream, "the bastion could not connect to the destination port");
+                            break;
+                        }
                         stream.RemoteFinished = true;
                         stream.Incoming.Writer.TryComplete();
+                        _log($"Connection {stream.Id}: the destination finished.");
                         break;
                 }
             }
@@ -288,11 +309,10 @@ namespace BastionTools.Ssm
         public void OnFlag(PayloadTypeFlag flag)
         {
             if (flag != PayloadTypeFlag.ConnectToPortError) return;
-            // The flag names no stream: it belongs to a stream the agent could not dial, which has had no data.
-            foreach (var s in _streams.Values)
-            {
-                if (!s.ReceivedData && !s.RemoteFinished) Fail(s, "the bastion could not connect to the destination port");
-            }
+            // The flag names no stream; the agent sends a FIN for the stream it could not dial right after it. That FIN,
+            // on a stream that has had no data, fails the local connection (a reset, not a clean end); others go on.
+            Interlocked.Increment(ref _connectErrorsPending);
+            _log("The bastion could not connect to the destination port for a new connection.");
         }
 
         private static void Fail(MuxStream stream, string reason)

@@ -22,10 +22,16 @@ namespace BastionTools.Tests.Engine
         public TunnelFixture()
         {
             Environment.SetEnvironmentVariable("AWS_EC2_METADATA_DISABLED", "true");
-            Host = new SandboxHost(SandboxWorld.CreateDefault(), new SandboxHostOptions { StartPostgres = true });
+            Host = new SandboxHost(SandboxWorld.CreateDefault(), new SandboxHostOptions { StartPostgres = true, Log = DebugLog });
             Host.Start();
             var c = Host.World.Credentials[0];
             Api = new AwsApi(new ResolvedCredentials(new BasicAWSCredentials(c.AccessKeyId, c.SecretAccessKey), "test", null), Host.World.Region, Host.SsmEndpoint.ToString());
+        }
+
+        private static void DebugLog(string line)
+        {
+            var path = Environment.GetEnvironmentVariable("BASTIONTOOLS_SANDBOX_LOG");
+            if (path != null) lock (typeof(TunnelFixture)) System.IO.File.AppendAllText(path, line + "\n");
         }
 
         public SandboxHost Host { get; }
@@ -135,13 +141,10 @@ namespace BastionTools.Tests.Engine
                 using var client = await _listener.AcceptTcpClientAsync();
                 client.NoDelay = true;
                 var stream = client.GetStream();
-                var send = Task.Run(async () =>
-                {
-                    var hash = await WriteRandomAsync(stream, _size, _seed);
-                    client.Client.Shutdown(SocketShutdown.Send);
-                    return hash;
-                });
-                var (receivedHash, received) = await ReadAllAsync(stream);
+                // Both ends know the size and close only when done both ways: like the real agent, the sandbox closes a
+                // destination completely as soon as either side ends (no half-close through the tunnel).
+                var send = Task.Run(() => WriteRandomAsync(stream, _size, _seed));
+                var (receivedHash, received) = await ReadExactlyAsync(stream, _size);
                 return (receivedHash, received, await send);
             }
 
@@ -164,13 +167,14 @@ namespace BastionTools.Tests.Engine
             return Convert.ToHexString(sha.GetHashAndReset());
         }
 
-        private static async Task<(string Hash, long Count)> ReadAllAsync(NetworkStream stream)
+        /// <summary>Reads <paramref name="size"/> bytes (or until the peer closes), hashing them.</summary>
+        private static async Task<(string Hash, long Count)> ReadExactlyAsync(NetworkStream stream, long size)
         {
             using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
             var buffer = new byte[64 * 1024];
             long total = 0;
             int n;
-            while ((n = await stream.ReadAsync(buffer)) > 0)
+            while (total < size && (n = await stream.ReadAsync(buffer.AsMemory(0, (int)Math.Min(buffer.Length, size - total)))) > 0)
             {
                 sha.AppendData(buffer, 0, n);
                 total += n;
@@ -178,47 +182,107 @@ namespace BastionTools.Tests.Engine
             return (Convert.ToHexString(sha.GetHashAndReset()), total);
         }
 
+        [Fact(Timeout = 120_000)]
+        public async Task TenMegabytesEachWay_WithoutFaults_AreIdentical()
+            => await TransferAsync(10L * 1024 * 1024, faults: null, killHalfWay: false);
+
         [Fact(Timeout = 900_000)]
         public async Task HundredMegabytesEachWay_WithDropDuplicateReorderAndAForcedReconnect_AreIdentical()
         {
-            const long size = 100L * 1024 * 1024;
+            var channel = await TransferAsync(100L * 1024 * 1024,
+                new SandboxFaultOptions { DropRate = 0.05, DuplicateRate = 0.05, ReorderRate = 0.05, Seed = 1234 }, killHalfWay: true);
+            Assert.True(channel.Reconnects >= 1, "the WebSocket was never re-established");
+            Assert.True(channel.Retransmissions > 0, "no message was ever resent, so no drop was exercised");
+            Assert.True(channel.DuplicatesReceived > 0, "no duplicate reached the client");
+            Assert.True(channel.OutOfOrderReceived > 0, "no message arrived out of order");
+        }
+
+        private async Task<DataChannelStatistics> TransferAsync(long size, SandboxFaultOptions? faults, bool killHalfWay)
+        {
             using var server = new HashingServer(size, seed: 11);
             var session = await StartAsync(server.Port);
             try
             {
-                _f.Host.Agent.SetSessionFaults(session.SessionId!, new SandboxFaultOptions { DropRate = 0.05, DuplicateRate = 0.05, ReorderRate = 0.05, Seed = 1234 });
+                if (faults != null)
+                {
+                    // The agent resends lost messages at its own pace (one per 100 ms); what is tested here is that the
+                    // client loses and duplicates nothing, so the double resends all overdue messages at once
+                    // (SandboxAgentOptions.ResendAllDue).
+                    _f.Host.Agent.Options.ResendAllDue = true;
+                    _f.Host.Agent.SetSessionFaults(session.SessionId!, faults);
+                }
                 using var client = new TcpClient();
                 client.NoDelay = true;
                 await client.ConnectAsync(IPAddress.Loopback, session.LocalEndPoint!.Port);
                 var stream = client.GetStream();
-                var upload = Task.Run(async () =>
-                {
-                    var hash = await WriteRandomAsync(stream, size, seed: 22);
-                    client.Client.Shutdown(SocketShutdown.Send);
-                    return hash;
-                });
-                var download = Task.Run(() => ReadAllAsync(stream));
+                var clock = System.Diagnostics.Stopwatch.StartNew();
+                var upload = Task.Run(() => WriteRandomAsync(stream, size, seed: 22));
+                var download = Task.Run(() => ReadExactlyAsync(stream, size));
 
-                // One forced WebSocket drop (no close frame) half way through: ResumeSession, new socket, go on.
-                while (session.Connections.BytesIn + session.Connections.BytesOut < size && !download.IsCompleted)
+                if (killHalfWay)
                 {
-                    await Task.Delay(50);
+                    // One forced WebSocket drop (no close frame) half way through: ResumeSession, new socket, go on.
+                    while (session.Connections.BytesIn + session.Connections.BytesOut < size && !download.IsCompleted && !upload.IsFaulted)
+                    {
+                        await Task.Delay(50);
+                    }
+                    Assert.True(_f.Host.Agent.Kill(session.SessionId!), "the sandbox could not kill the WebSocket");
                 }
-                Assert.True(_f.Host.Agent.Kill(session.SessionId!), "the sandbox could not kill the WebSocket");
 
                 var sentHash = await upload;
                 var (receivedHash, received) = await download;
                 var (serverReceivedHash, serverReceived, serverSentHash) = await server.Result;
+                var ch = session.Channel!;
+                _output.WriteLine($"{size / 1048576} MB each way in {clock.Elapsed.TotalSeconds:F1} s; reconnects {ch.Reconnects}, retransmissions {ch.Retransmissions}, duplicates {ch.DuplicatesReceived}, out of order {ch.OutOfOrderReceived}");
 
                 Assert.Equal(size, received);
                 Assert.Equal(size, serverReceived);
                 Assert.Equal(sentHash, serverReceivedHash);
                 Assert.Equal(serverSentHash, receivedHash);
-                Assert.True(session.Channel!.Reconnects >= 1, "the WebSocket was never re-established");
-                Assert.True(session.Channel.Retransmissions > 0, "no message was ever resent, so no drop was exercised");
-                Assert.True(session.Channel.DuplicatesReceived > 0, "no duplicate reached the client");
-                Assert.True(session.Channel.OutOfOrderReceived > 0, "no message arrived out of order");
-                _output.WriteLine($"reconnects {session.Channel.Reconnects}, retransmissions {session.Channel.Retransmissions}, duplicates {session.Channel.DuplicatesReceived}, out of order {session.Channel.OutOfOrderReceived}");
+                return ch;
+            }
+            finally
+            {
+                _f.Host.Agent.Options.ResendAllDue = false;
+                await session.StopAsync();
+            }
+        }
+
+        [Fact(Timeout = 120_000)]
+        public async Task HalfClose_TheResponseToAClientThatShutDownItsSendSideStillArrivesWhole()
+        {
+            // A destination that answers only after the request ends, slowly: the agent has no half-close, so the
+            // client must not pass the local EOF on (as FIN) before the answer is through.
+            using var listener = new TcpListener(IPAddress.Loopback, 0);
+            listener.Start();
+            var answer = new byte[1024 * 1024];
+            new Random(5).NextBytes(answer);
+            var serve = Task.Run(async () =>
+            {
+                using var c = await listener.AcceptTcpClientAsync();
+                var s = c.GetStream();
+                var request = new byte[4];
+                var got = 0;
+                while (got < 4) got += await s.ReadAsync(request.AsMemory(got));
+                await Task.Delay(300);
+                for (var off = 0; off < answer.Length; off += 64 * 1024)
+                {
+                    await s.WriteAsync(answer.AsMemory(off, 64 * 1024));
+                    await Task.Delay(20);
+                }
+            });
+            var session = await StartAsync(((IPEndPoint)listener.LocalEndpoint).Port);
+            try
+            {
+                using var client = new TcpClient();
+                await client.ConnectAsync(IPAddress.Loopback, session.LocalEndPoint!.Port);
+                var stream = client.GetStream();
+                await stream.WriteAsync(System.Text.Encoding.ASCII.GetBytes("GET\n"));
+                client.Client.Shutdown(SocketShutdown.Send);
+                var (hash, count) = await ReadExactlyAsync(stream, long.MaxValue);
+                await serve;
+                Assert.Equal(answer.Length, count);
+                Assert.Equal(Convert.ToHexString(SHA256.HashData(answer)), hash);
             }
             finally
             {
