@@ -59,6 +59,12 @@ namespace BastionTools.Ssm
 
         public TimeSpan ConnectTimeout { get; set; } = TimeSpan.FromSeconds(30);
 
+        /// <summary>
+        /// Multiplexed port sessions send a smux NOP when they have sent nothing for this long, so that an idle tunnel is
+        /// not ended by the Session Manager idle timeout (20 minutes by default). Zero turns it off.
+        /// </summary>
+        public TimeSpan IdleKeepAlive { get; set; } = TimeSpan.FromMinutes(5);
+
         /// <summary>Opens the WebSocket (tests may substitute their own; the default is ClientWebSocket with TLS verified).</summary>
         public Func<Uri, TimeSpan, CancellationToken, Task<WebSocket>>? WebSocketFactory { get; set; }
     }
@@ -228,7 +234,7 @@ namespace BastionTools.Ssm
         private async Task ConnectAsync(StreamEndpoint endpoint, CancellationToken cancellationToken)
         {
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _lifetime.Token);
-            var factory = _options.WebSocketFactory ?? DefaultWebSocketFactory;
+            var factory = _options.WebSocketFactory ?? ((url, timeout, ct) => DefaultWebSocketFactory(url, timeout, _options.WebSocketKeepAlive, ct));
             var socket = await factory(endpoint.StreamUrl, _options.ConnectTimeout, linked.Token).ConfigureAwait(false);
             var open = ClientMessages.OpenDataChannel(endpoint.TokenValue, _options.ClientVersion, Guid.NewGuid(), _clientId);
             var bytes = System.Text.Encoding.UTF8.GetBytes(open);
@@ -245,10 +251,10 @@ namespace BastionTools.Ssm
             _ = Task.Run(() => ReceiveLoopAsync(socket, generation));
         }
 
-        private static async Task<WebSocket> DefaultWebSocketFactory(Uri url, TimeSpan timeout, CancellationToken cancellationToken)
+        private static async Task<WebSocket> DefaultWebSocketFactory(Uri url, TimeSpan timeout, TimeSpan keepAlive, CancellationToken cancellationToken)
         {
             var socket = new ClientWebSocket();
-            socket.Options.KeepAliveInterval = TimeSpan.FromSeconds(30);
+            socket.Options.KeepAliveInterval = keepAlive;
             using var cts = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
             cts.CancelAfter(timeout);
             try

@@ -135,11 +135,46 @@ namespace BastionTools.Ssm
         private int _lastStreamId = 1;
         private int _connectErrorsPending;
 
-        public MuxPortForwarder(IStreamSender sender, ConnectionStatistics stats, Action<string> log)
+        public MuxPortForwarder(IStreamSender sender, ConnectionStatistics stats, Action<string> log, TimeSpan keepAlive = default)
         {
             _sender = sender;
             _stats = stats;
             _log = log;
+            if (keepAlive > TimeSpan.Zero) _ = Task.Run(() => KeepAliveLoopAsync(keepAlive));
+        }
+
+        private long _lastSentTicks = DateTime.UtcNow.Ticks;
+
+        /// <summary>Frames sent so far, NOPs included (for tests and statistics).</summary>
+        public long FramesSent => Interlocked.Read(ref _framesSent);
+
+        private long _framesSent;
+
+        /// <summary>
+        /// A smux NOP frame whenever nothing has been sent for <paramref name="interval"/>: input the agent reads and
+        /// discards, which keeps an idle tunnel's data channel active (Session Manager ends idle sessions) without
+        /// touching any connection.
+        /// </summary>
+        private async Task KeepAliveLoopAsync(TimeSpan interval)
+        {
+            var tick = TimeSpan.FromTicks(Math.Max(interval.Ticks / 4, TimeSpan.FromMilliseconds(10).Ticks));
+            while (!_lifetime.IsCancellationRequested)
+            {
+                try
+                {
+                    await Task.Delay(tick, _lifetime.Token).ConfigureAwait(false);
+                    if (DateTime.UtcNow.Ticks - Interlocked.Read(ref _lastSentTicks) < interval.Ticks) continue;
+                    await SendFrameAsync(SmuxCommand.Nop, 0, null, 0, _lifetime.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
+                }
+                catch (Exception ex) when (ex is IOException || ex is ObjectDisposedException)
+                {
+                    return;
+                }
+            }
         }
 
         public PortForwardingMode Mode => PortForwardingMode.Multiplexed;
@@ -156,6 +191,8 @@ namespace BastionTools.Ssm
             try
             {
                 await _sender.SendAsync(PayloadType.Output, frame, 0, frame.Length, cancellationToken).ConfigureAwait(false);
+                Interlocked.Exchange(ref _lastSentTicks, DateTime.UtcNow.Ticks);
+                Interlocked.Increment(ref _framesSent);
             }
             finally
             {

@@ -131,6 +131,8 @@ namespace BastionTools.Ssm
         public string? ClosedReason { get; private set; }
         public DataChannelStatistics? Channel => _channel?.Statistics;
 
+        internal IPortForwarder? Forwarder => _forwarder;
+
         /// <summary>Completes when the session has ended (stopped, closed by the service, or broken).</summary>
         public Task Completion => _completion.Task;
 
@@ -290,7 +292,7 @@ namespace BastionTools.Ssm
                 && (portType == null || string.Equals(portType, "LocalPortForwarding", StringComparison.Ordinal));
             var sender = new DataChannelSender(_channel!);
             _forwarder = mux
-                ? new MuxPortForwarder(sender, Connections, Events.Write)
+                ? new MuxPortForwarder(sender, Connections, Events.Write, _channelOptions.IdleKeepAlive)
                 : new BasicPortForwarder(sender, Connections, Events.Write);
         }
 

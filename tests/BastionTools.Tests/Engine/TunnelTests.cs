@@ -64,9 +64,9 @@ namespace BastionTools.Tests.Engine
             _output = output;
         }
 
-        private async Task<PortForwardingSession> StartAsync(int remotePort, string target = "i-0a1b2c3d4e5f60001")
+        private async Task<PortForwardingSession> StartAsync(int remotePort, string target = "i-0a1b2c3d4e5f60001", DataChannelOptions? options = null)
         {
-            var session = new PortForwardingSession(_f.Api, new PortForwardingRequest { Target = target, RemoteHost = Endpoint, RemotePort = remotePort }, new DataChannelOptions());
+            var session = new PortForwardingSession(_f.Api, new PortForwardingRequest { Target = target, RemoteHost = Endpoint, RemotePort = remotePort }, options ?? new DataChannelOptions());
             session.Events.Written += line => { try { _output.WriteLine(line); } catch (InvalidOperationException) { } };
             using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
             await session.StartAsync(_ => { }, TimeSpan.FromSeconds(30), cts.Token);
@@ -283,6 +283,150 @@ namespace BastionTools.Tests.Engine
                 await serve;
                 Assert.Equal(answer.Length, count);
                 Assert.Equal(Convert.ToHexString(SHA256.HashData(answer)), hash);
+            }
+            finally
+            {
+                await session.StopAsync();
+            }
+        }
+
+        [Fact(Timeout = 120_000)]
+        public async Task ServiceCloseWithBye_IsResumedWithoutLosingAByte()
+        {
+            using var server = new HashingServer(8L * 1024 * 1024, seed: 3);
+            // Every WebSocket of the session is closed with 1000 "Bye" 400 ms after it opens, as the service does hourly.
+            _f.Host.Agent.Faults = new SandboxFaultOptions { ByeAfterMs = 400 };
+            var session = await StartAsync(server.Port);
+            try
+            {
+                using var client = new TcpClient();
+                await client.ConnectAsync(IPAddress.Loopback, session.LocalEndPoint!.Port);
+                var stream = client.GetStream();
+                var upload = Task.Run(async () =>
+                {
+                    // Slow enough to span several 400 ms connections.
+                    var rnd = new Random(4);
+                    using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+                    var buffer = new byte[256 * 1024];
+                    for (var i = 0; i < 32; i++)
+                    {
+                        rnd.NextBytes(buffer);
+                        sha.AppendData(buffer);
+                        await stream.WriteAsync(buffer);
+                        await Task.Delay(40);
+                    }
+                    return Convert.ToHexString(sha.GetHashAndReset());
+                });
+                var download = Task.Run(() => ReadExactlyAsync(stream, 8L * 1024 * 1024));
+                var sent = await upload;
+                var (received, count) = await download;
+                var (serverReceived, serverCount, serverSent) = await server.Result;
+                Assert.Equal(8L * 1024 * 1024, serverCount);
+                Assert.Equal(sent, serverReceived);
+                Assert.Equal(serverSent, received);
+                Assert.True(session.Channel!.Reconnects >= 2, $"expected several resumed connections, saw {session.Channel.Reconnects}");
+                Assert.Equal(SessionState.Connected, session.State);
+            }
+            finally
+            {
+                _f.Host.Agent.Faults = new SandboxFaultOptions();
+                await session.StopAsync();
+            }
+        }
+
+        [Fact(Timeout = 120_000)]
+        public async Task LostConnection_ThatCannotBeResumed_EndsWithAClearErrorAfterBoundedRetries()
+        {
+            // The first WebSocket opens; every later one fails to connect (the service is unreachable from here on).
+            var opened = 0;
+            var options = new DataChannelOptions
+            {
+                MaxReconnectAttempts = 3,
+                ReconnectBaseDelay = TimeSpan.FromMilliseconds(20),
+                WebSocketFactory = async (url, timeout, ct) =>
+                {
+                    if (Interlocked.Increment(ref opened) > 1) throw new System.Net.WebSockets.WebSocketException("Unable to connect to the remote server");
+                    var ws = new System.Net.WebSockets.ClientWebSocket();
+                    await ws.ConnectAsync(url, ct);
+                    return ws;
+                },
+            };
+            var session = await StartAsync(_f.Postgres.Port, options: options);
+            try
+            {
+                _f.Host.Agent.Kill(session.SessionId!);
+                var done = await Task.WhenAny(session.Completion, Task.Delay(30_000));
+                Assert.Same(session.Completion, done);
+                Assert.Equal(SessionState.Failed, session.State);
+                Assert.Contains("could not be resumed after 3 attempts", session.ClosedReason);
+                Assert.Equal(4, opened);
+            }
+            finally
+            {
+                await session.StopAsync();
+            }
+        }
+
+        [Fact(Timeout = 120_000)]
+        public async Task TerminateSessionElsewhere_ClosesTheSessionWithTheServiceOutput()
+        {
+            var session = await StartAsync(_f.Postgres.Port);
+            try
+            {
+                await _f.Api.TerminateSessionAsync(session.SessionId!, CancellationToken.None);
+                var done = await Task.WhenAny(session.Completion, Task.Delay(30_000));
+                Assert.Same(session.Completion, done);
+                Assert.Equal(SessionState.Closed, session.State);
+                Assert.Contains("Exiting session with sessionId: " + session.SessionId, session.ClosedReason);
+                using var probe = new TcpClient();
+                await Assert.ThrowsAnyAsync<SocketException>(() => probe.ConnectAsync(IPAddress.Loopback, session.LocalEndPoint!.Port));
+            }
+            finally
+            {
+                await session.StopAsync();
+            }
+        }
+
+        [Fact(Timeout = 120_000)]
+        public async Task PausePublication_HoldsTheClientsSending_UntilStart()
+        {
+            var session = await StartAsync(_f.Postgres.Port);
+            try
+            {
+                await using var conn = new NpgsqlConnection(ConnectionString(session.LocalEndPoint!.Port));
+                await conn.OpenAsync();
+                Assert.True(_f.Host.Agent.SendPublication(session.SessionId!, pause: true));
+                await Task.Delay(200);
+                var before = _f.Host.Agent.Counters(session.SessionId!)!.StreamMessagesDelivered;
+                await using var cmd = new NpgsqlCommand("select 41 + 1", conn);
+                var query = cmd.ExecuteScalarAsync();
+                await Task.Delay(700);
+                Assert.False(query.IsCompleted, "the query went through while publication was paused");
+                Assert.Equal(before, _f.Host.Agent.Counters(session.SessionId!)!.StreamMessagesDelivered);
+                Assert.True(_f.Host.Agent.SendPublication(session.SessionId!, pause: false));
+                Assert.Equal(42, (int)(await query)!);
+            }
+            finally
+            {
+                await session.StopAsync();
+            }
+        }
+
+        [Fact(Timeout = 120_000)]
+        public async Task IdleTunnel_SendsKeepAliveNops_ThatTheAgentAccepts()
+        {
+            var session = await StartAsync(_f.Postgres.Port, options: new DataChannelOptions { IdleKeepAlive = TimeSpan.FromMilliseconds(100) });
+            try
+            {
+                var before = _f.Host.Agent.Counters(session.SessionId!)!.StreamMessagesDelivered;
+                await Task.Delay(1000);
+                var after = _f.Host.Agent.Counters(session.SessionId!)!.StreamMessagesDelivered;
+                Assert.True(after - before >= 4, $"the agent saw {after - before} keepalive messages in a second");
+                // The tunnel still works after (NOPs did not disturb the smux stream).
+                await using var conn = new NpgsqlConnection(ConnectionString(session.LocalEndPoint!.Port));
+                await conn.OpenAsync();
+                await using var cmd = new NpgsqlCommand("select 5", conn);
+                Assert.Equal(5, (int)(await cmd.ExecuteScalarAsync())!);
             }
             finally
             {
