@@ -248,41 +248,13 @@ namespace BastionTools.Ssm
 
         private async Task OnHandshakeRequestAsync(AgentMessage message)
         {
-            HandshakeRequestPayload request;
-            try
-            {
-                request = SsmJson.Deserialize<HandshakeRequestPayload>(message.Payload);
-            }
-            catch (SsmProtocolException ex)
-            {
-                Events.Write("Unreadable handshake request: " + ex.Message);
-                return;
-            }
-            if (_handshakeRequested.Task.IsCompleted)
-            {
-                return; // A resent request: the data channel has acknowledged it again; the response is already on its way.
-            }
-            AgentVersion = request.AgentVersion;
-            var actions = new List<ProcessedClientAction>();
-            string? portType = null;
-            foreach (var action in request.RequestedClientActions)
-            {
-                if (action.ActionType == HandshakeActionTypes.SessionType)
-                {
-                    var sessionType = action.GetSessionTypeRequest();
-                    portType = sessionType.GetStringProperty("type");
-                    actions.Add(ClientMessages.SessionTypeAccepted());
-                }
-                else
-                {
-                    actions.Add(new ProcessedClientAction { ActionType = action.ActionType, ActionStatus = ActionStatus.Unsupported, Error = "Not supported by BastionTools." });
-                }
-            }
-            CreateForwarder(portType);
-            _handshakeRequested.TrySetResult(request);
-            var response = ClientMessages.HandshakeResponse(0, _channelOptions.ClientVersion, actions);
-            await _channel!.SendAsync(PayloadType.HandshakeResponse, response.Payload, CancellationToken.None).ConfigureAwait(false);
-            Events.Write($"Handshake: agent {request.AgentVersion}, {(portType ?? "port")} session.");
+            var answer = Handshake.Read(message, Events.Write);
+            if (answer == null || _handshakeRequested.Task.IsCompleted) return;
+            AgentVersion = answer.Request.AgentVersion;
+            CreateForwarder(answer.PortType);
+            _handshakeRequested.TrySetResult(answer.Request);
+            await Handshake.RespondAsync(_channel!, _channelOptions.ClientVersion, answer).ConfigureAwait(false);
+            Events.Write($"Handshake: agent {answer.Request.AgentVersion}, {answer.PortType ?? "port"} session.");
         }
 
         private void CreateForwarder(string? portType)

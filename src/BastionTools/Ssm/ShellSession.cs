@@ -107,25 +107,8 @@ namespace BastionTools.Ssm
 
         private async Task RespondToHandshakeAsync(AgentMessage message)
         {
-            HandshakeRequestPayload request;
-            try
-            {
-                request = SsmJson.Deserialize<HandshakeRequestPayload>(message.Payload);
-            }
-            catch (SsmProtocolException ex)
-            {
-                Events.Write("Unreadable handshake request: " + ex.Message);
-                return;
-            }
-            var actions = new List<ProcessedClientAction>();
-            foreach (var action in request.RequestedClientActions)
-            {
-                actions.Add(action.ActionType == HandshakeActionTypes.SessionType
-                    ? ClientMessages.SessionTypeAccepted()
-                    : new ProcessedClientAction { ActionType = action.ActionType, ActionStatus = ActionStatus.Unsupported, Error = "KMS encryption of shell sessions is not supported by BastionTools yet." });
-            }
-            var response = ClientMessages.HandshakeResponse(0, _options.ClientVersion, actions);
-            await _channel!.SendAsync(PayloadType.HandshakeResponse, response.Payload, CancellationToken.None).ConfigureAwait(false);
+            var answer = Handshake.Read(message, Events.Write);
+            if (answer != null) await Handshake.RespondAsync(_channel!, _options.ClientVersion, answer).ConfigureAwait(false);
         }
 
         /// <summary>Sends keystrokes (raw bytes, as a terminal would send them).</summary>
