@@ -182,6 +182,7 @@ function Invoke-Demo {
 
 function Invoke-Bench {
     Invoke-Build
+    Build-Sandbox
     $pwsh = [Environment]::ProcessPath
     $prefix = @()
     if ([System.IO.Path]::GetFileNameWithoutExtension($pwsh) -eq 'dotnet') { $prefix += (Join-Path $PSHOME 'pwsh.dll') }

@@ -12,7 +12,7 @@ $ErrorActionPreference = 'Stop'
 $env:AWS_EC2_METADATA_DISABLED = 'true'
 
 Write-Host '-- engine, in-process (C#)'
-& dotnet run --project (Join-Path $PSScriptRoot 'BastionTools.Bench') -c Release -- $Seconds | Out-Host
+& dotnet run --project (Join-Path $PSScriptRoot 'BastionTools.Bench') -c Release -- token $Seconds | Out-Host
 if ($LASTEXITCODE) { throw "the C# benchmark failed ($LASTEXITCODE)" }
 
 Write-Host '-- New-RdsIamToken, one pipeline of objects'
