@@ -98,6 +98,71 @@ Describe 'Start-BastionSession -RemoteHost (multiplexed agent)' {
     }
 }
 
+Describe 'Start-BastionSession, other ways in' {
+    It 'forwards to a port of the bastion itself with -PortNumber (AWS-StartPortForwardingSession)' {
+        $s = Start-BastionSession -Target i-0a1b2c3d4e5f60001 -PortNumber $Pg.port @Aws 6>$null
+        try {
+            $s.RemoteHost | Should -BeNullOrEmpty
+            $s.Remote | Should -Be "localhost:$($Pg.port)"
+            (Invoke-Psql $s.LocalPort 'select 11').Output.Trim() | Should -Be '11'
+        }
+        finally { $s | Stop-BastionSession }
+    }
+
+    It 'takes the bastion from Get-BastionInstance through the pipeline, on a fixed local port' {
+        $free = [System.Net.Sockets.TcpListener]::new([System.Net.IPAddress]::Loopback, 0)
+        $free.Start(); $port = $free.LocalEndpoint.Port; $free.Stop()
+        $s = Get-BastionInstance -Name bastion @Aws | Start-BastionSession -RemoteHost $Endpoint -RemotePort $Pg.port -LocalPort $port @Aws 6>$null
+        try {
+            $s.Target | Should -Be 'i-0a1b2c3d4e5f60001'
+            $s.LocalPort | Should -Be $port
+            (Invoke-Psql $port 'select 12').Output.Trim() | Should -Be '12'
+        }
+        finally { $s | Stop-BastionSession }
+    }
+
+    It '-WhatIf starts nothing' {
+        $before = @(Get-BastionSession).Count
+        Start-BastionSession -Target i-0a1b2c3d4e5f60001 -RemoteHost $Endpoint @Aws -WhatIf | Should -BeNullOrEmpty
+        @(Get-BastionSession).Count | Should -Be $before
+    }
+
+    It '-Wait holds the tunnel in the foreground until Ctrl-C, then stops it (driven in a terminal)' {
+        $tmux = (Get-Command tmux -ErrorAction Stop).Source
+        $name = 'btw-' + [guid]::NewGuid().ToString('n').Substring(0, 8)
+        $pwsh = [Environment]::ProcessPath
+        $prefix = if ([IO.Path]::GetFileNameWithoutExtension($pwsh) -eq 'dotnet') { "'$pwsh' '$(Join-Path $PSHOME 'pwsh.dll')'" } else { "'$pwsh'" }
+        $script = Join-Path ([IO.Path]::GetTempPath()) "$name.ps1"
+        Set-Content -Path $script -Value @"
+`$env:AWS_EC2_METADATA_DISABLED = 'true'
+Import-Module '$(Get-TestModulePath)'
+Start-BastionSession -Target i-0a1b2c3d4e5f60001 -RemoteHost $Endpoint -RemotePort $($Pg.port) -AccessKey '$($Aws.AccessKey)' -SecretKey '$($Aws.SecretKey)' -Region '$($Aws.Region)' -EndpointUrl '$($Aws.EndpointUrl)' -Wait | Out-Null
+"@
+        # An interactive PowerShell: Ctrl-C stops the waiting command and gives the prompt back.
+        & $tmux new-session -d -s $name -x 200 -y 30 "$prefix -NoProfile -NoExit -Command `". '$script'`""
+        try {
+            $deadline = [DateTime]::UtcNow.AddSeconds(30); $screen = ''
+            while ([DateTime]::UtcNow -lt $deadline -and $screen -notmatch 'Connect to 127\.0\.0\.1:(\d+)') { Start-Sleep -Milliseconds 200; $screen = (& $tmux capture-pane -p -t $name) -join "`n" }
+            $screen | Should -Match 'Connect to 127\.0\.0\.1:(\d+)'
+            $port = [int]$Matches[1]
+            (Invoke-Psql $port 'select 13').Output.Trim() | Should -Be '13'
+            & $tmux send-keys -t $name C-c
+            Start-Sleep -Milliseconds 500
+            & $tmux send-keys -t $name 'Write-Host "AFTER-WAIT sessions=$(@(Get-BastionSession).Count)"' Enter
+            $deadline = [DateTime]::UtcNow.AddSeconds(30)
+            while ([DateTime]::UtcNow -lt $deadline -and $screen -notmatch 'AFTER-WAIT') { Start-Sleep -Milliseconds 200; $screen = (& $tmux capture-pane -p -t $name) -join "`n" }
+            $screen | Should -Match '(?m)^AFTER-WAIT sessions=0'
+            $probe = [System.Net.Sockets.TcpClient]::new()
+            { $probe.Connect('127.0.0.1', $port) } | Should -Throw
+            $probe.Dispose()
+        }
+        finally {
+            & $tmux kill-session -t $name 2>$null
+            Remove-Item $script -ErrorAction SilentlyContinue
+        }
+    }
+}
+
 Describe 'Start-BastionSession against an old agent (basic mode)' {
     It 'runs sequential connections, one at a time' {
         $s = Start-BastionSession -Name bastion-legacy -RemoteHost $Endpoint -RemotePort $Pg.port @Aws 6>$null
