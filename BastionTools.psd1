@@ -11,8 +11,11 @@
     Description          = 'Passwordless access to private Amazon RDS PostgreSQL through an EC2 bastion reached with AWS Systems Manager Session Manager, with IAM database authentication. Speaks the Session Manager data channel natively: no session-manager-plugin needed.'
 
     CmdletsToExport      = @(
+        'Connect-IamPostgres'
+        'Disconnect-IamPostgres'
         'Get-BastionInstance'
         'Get-BastionSession'
+        'Invoke-IamPostgresQuery'
         'New-RdsIamToken'
         'Start-BastionSession'
         'Stop-BastionSession'

@@ -1,6 +1,7 @@
 using System;
 using System.Management.Automation;
 using BastionTools.Aws;
+using BastionTools.Ssm;
 
 namespace BastionTools.Commands
 {
@@ -17,6 +18,11 @@ namespace BastionTools.Commands
 
         internal CmdletPump Pump { get; } = new();
 
+        /// <summary>Set by <see cref="GetApi"/>: the credentials and region the service calls use.</summary>
+        internal ResolvedCredentials? ApiCredentials { get; private set; }
+
+        internal string? ApiRegion { get; private set; }
+
         /// <summary>Credentials, region and clients, resolved once per command (a failure ends the command).</summary>
         internal IAwsApi GetApi()
         {
@@ -28,6 +34,8 @@ namespace BastionTools.Commands
             }
             var credentials = ResolveCredentials();
             var region = ResolveRegion(credentials);
+            ApiCredentials = credentials;
+            ApiRegion = region.Name;
             if (!string.IsNullOrEmpty(EndpointUrl)) WriteDebugSafe("Endpoint: " + EndpointUrl);
             _api = new AwsApi(credentials, region.Name, EndpointUrl);
             return _api;
@@ -42,6 +50,59 @@ namespace BastionTools.Commands
         {
             if (!_keepApi) _api?.Dispose();
             Pump.Dispose();
+        }
+
+        /// <summary>
+        /// Finds the bastion, starts a port-forwarding session (with progress and narration) and registers it, or writes
+        /// the error and returns null. <paramref name="request"/>'s Target is filled in from the resolved instance.
+        /// </summary>
+        internal BastionSession? StartPortForwarding(TargetSelector selector, PortForwardingRequest request, string activityName)
+        {
+            var api = GetApi();
+            const int activity = 1;
+            void Progress(string status, int percent) => Pump.Post(() => WriteProgress(new ProgressRecord(activity, activityName, status) { PercentComplete = percent }));
+            void Complete(string status) => Pump.Post(() => WriteProgress(new ProgressRecord(activity, activityName, status) { RecordType = ProgressRecordType.Completed }));
+
+            Progress("Finding the bastion", 5);
+            if (!TryRun(ct => TargetResolver.ResolveAsync(api, selector, ct), out var instance))
+            {
+                Complete("Failed");
+                Pump.Drain();
+                return null;
+            }
+            WriteVerboseSafe($"Bastion: {instance.InstanceId}{(instance.Name == null ? "" : " (" + instance.Name + ")")}, agent {instance.AgentVersion}, {instance.PingStatus}.");
+            request.Target = instance.InstanceId;
+
+            var engine = new PortForwardingSession(api, request, new DataChannelOptions());
+            void Narrate(string line) => Pump.Post(() => WriteVerboseSafe(line));
+            engine.Events.Written += Narrate;
+            void Stage(SessionStage stage)
+            {
+                switch (stage)
+                {
+                    case SessionStage.Listener: Progress("Opening the local listener", 10); break;
+                    case SessionStage.StartSession: Progress("StartSession", 25); break;
+                    case SessionStage.WebSocket: Progress("Opening the data channel (WebSocket)", 50); break;
+                    case SessionStage.Handshake: Progress("Handshake with the agent", 75); break;
+                    case SessionStage.Ready: Progress("Ready", 100); break;
+                }
+            }
+
+            var started = TryRun(async ct =>
+            {
+                await engine.StartAsync(Stage, TimeSpan.FromSeconds(30), ct).ConfigureAwait(false);
+                return true;
+            }, out _);
+            engine.Events.Written -= Narrate;
+            Complete(started ? "Ready" : "Failed");
+            Pump.Drain();
+            if (!started) return null;
+
+            // The session outlives this command: keep the AWS clients for ResumeSession/TerminateSession.
+            KeepApiAlive();
+            var session = new BastionSession(engine, BastionInstance.From(instance));
+            SessionRegistry.Add(session);
+            return session;
         }
 
         /// <summary>Runs engine work through the pump, turning engine failures into this cmdlet's errors.</summary>

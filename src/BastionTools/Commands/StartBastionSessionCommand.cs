@@ -138,57 +138,15 @@ namespace BastionTools.Commands
                 WriteWarningSafe($"Listening on {ListenAddress}: other machines that reach this address can use the tunnel.");
             }
 
-            var api = GetApi();
-            const int activity = 1;
-            void Progress(string status, int percent) => Pump.Post(() => WriteProgress(new ProgressRecord(activity, "Start-BastionSession", status) { PercentComplete = percent }));
-
-            Progress("Finding the bastion", 5);
-            if (!TryRun(ct => TargetResolver.ResolveAsync(api, selector, ct), out var instance)) return;
-            WriteVerboseSafe($"Bastion: {instance.InstanceId}{(instance.Name == null ? "" : " (" + instance.Name + ")")}, agent {instance.AgentVersion}, {instance.PingStatus}.");
-
-            var request = new PortForwardingRequest
+            var session = StartPortForwarding(selector, new PortForwardingRequest
             {
-                Target = instance.InstanceId,
                 RemoteHost = toRemoteHost ? RemoteHost : null,
                 RemotePort = toRemoteHost ? RemotePort : PortNumber,
                 LocalPort = LocalPort,
                 BindAddress = ListenAddress,
                 Reason = Reason,
-            };
-            var engine = new PortForwardingSession(api, request, new DataChannelOptions());
-            void Narrate(string line) => Pump.Post(() => WriteVerboseSafe(line));
-            engine.Events.Written += Narrate;
-            void Stage(SessionStage stage)
-            {
-                switch (stage)
-                {
-                    case SessionStage.Listener: Progress("Opening the local listener", 10); break;
-                    case SessionStage.StartSession: Progress("StartSession", 25); break;
-                    case SessionStage.WebSocket: Progress("Opening the data channel (WebSocket)", 50); break;
-                    case SessionStage.Handshake: Progress("Handshake with the agent", 75); break;
-                    case SessionStage.Ready: Progress("Ready", 100); break;
-                }
-            }
-
-            if (!TryRun(async ct =>
-                {
-                    await engine.StartAsync(Stage, TimeSpan.FromSeconds(30), ct).ConfigureAwait(false);
-                    return true;
-                }, out _))
-            {
-                engine.Events.Written -= Narrate;
-                Pump.Post(() => WriteProgress(new ProgressRecord(activity, "Start-BastionSession", "Failed") { RecordType = ProgressRecordType.Completed }));
-                Pump.Drain();
-                return;
-            }
-            engine.Events.Written -= Narrate;
-            Pump.Post(() => WriteProgress(new ProgressRecord(activity, "Start-BastionSession", "Ready") { RecordType = ProgressRecordType.Completed }));
-            Pump.Drain();
-
-            // The session outlives this command: keep the AWS clients for ResumeSession/TerminateSession.
-            KeepApiAlive();
-            var session = new BastionSession(engine, BastionInstance.From(instance));
-            SessionRegistry.Add(session);
+            }, "Start-BastionSession");
+            if (session == null) return;
             WriteInformation(new HostInformationMessage
             {
                 Message = $"Connect to {session.LocalEndpoint} for {session.Remote} (session {session.SessionId} via {session.Target}{(session.TargetName == null ? "" : " " + session.TargetName)}). Stop it with Stop-BastionSession.",

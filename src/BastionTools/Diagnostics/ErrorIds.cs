@@ -41,5 +41,15 @@ namespace BastionTools
         public const string ShellNeedsTerminal = "ShellNeedsTerminal";
         public const string RemoteStandardError = "RemoteStandardError";
         public const string RemoteCommandFailed = "RemoteCommandFailed";
+
+        // PostgreSQL
+        public const string DatabaseTlsFailed = "DatabaseTlsFailed";
+        public const string DatabaseLoginFailed = "DatabaseLoginFailed";
+        public const string DatabaseConnectFailed = "DatabaseConnectFailed";
+        public const string DatabaseQueryFailed = "DatabaseQueryFailed";
+        public const string DatabaseConnectionClosed = "DatabaseConnectionClosed";
+        public const string SslRootCertificateInvalid = "SslRootCertificateInvalid";
+        public const string PsqlNotFound = "PsqlNotFound";
+        public const string QueryInputInvalid = "QueryInputInvalid";
     }
 }

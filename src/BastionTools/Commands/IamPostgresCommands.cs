@@ -1,0 +1,333 @@
+using System;
+using System.Collections;
+using System.Collections.Generic;
+using System.Diagnostics;
+using System.IO;
+using System.Management.Automation;
+using System.Threading;
+using BastionTools.Aws;
+using BastionTools.Postgres;
+using BastionTools.Ssm;
+using Npgsql;
+
+namespace BastionTools.Commands
+{
+    /// <summary>
+    /// Connect-IamPostgres: a pooled PostgreSQL connection to an RDS database through a bastion, logging in with IAM
+    /// tokens (no password), TLS verified against the RDS CA bundle and the endpoint name. With -Interactive, psql.
+    /// </summary>
+    [Cmdlet(VerbsCommunications.Connect, "IamPostgres", DefaultParameterSetName = ParameterSets.Target)]
+    [OutputType(typeof(IamPostgresConnection))]
+    public sealed class ConnectIamPostgresCommand : AwsServiceCmdlet
+    {
+        internal static class ParameterSets
+        {
+            public const string Target = "Target";
+            public const string Name = "Name";
+            public const string Tag = "Tag";
+            public const string Session = "Session";
+        }
+
+        [Parameter(Mandatory = true, Position = 0, ParameterSetName = ParameterSets.Target, ValueFromPipelineByPropertyName = true)]
+        [Alias("InstanceId")]
+        [ValidateNotNullOrEmpty]
+        [ArgumentCompleter(typeof(BastionTargetCompleter))]
+        public string Target { get; set; } = "";
+
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.Name)]
+        [ValidateNotNullOrEmpty]
+        public string Name { get; set; } = "";
+
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.Tag)]
+        [ValidateNotNull]
+        public Hashtable Tag { get; set; } = new();
+
+        /// <summary>An open port-forwarding session to the database to reuse (from Start-BastionSession).</summary>
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.Session, ValueFromPipeline = true)]
+        [ValidateNotNull]
+        public BastionSession? Session { get; set; }
+
+        /// <summary>The RDS endpoint name (the token is signed for it and the certificate must name it).</summary>
+        [Parameter(Mandatory = true)]
+        [Alias("Endpoint", "Hostname", "RemoteHost")]
+        [ValidateNotNullOrEmpty]
+        public string DbHost { get; set; } = "";
+
+        [Parameter]
+        [ValidateRange(1, 65535)]
+        public int DbPort { get; set; } = 5432;
+
+        [Parameter(Mandatory = true)]
+        [Alias("DbUser", "User")]
+        [ValidateNotNullOrEmpty]
+        public string UserName { get; set; } = "";
+
+        [Parameter]
+        [Alias("DbName")]
+        [ValidateNotNullOrEmpty]
+        public string Database { get; set; } = "postgres";
+
+        /// <summary>VerifyFull (default), or — weaker, with a warning — VerifyCA or Require.</summary>
+        [Parameter]
+        public RdsSslMode SslMode { get; set; } = RdsSslMode.VerifyFull;
+
+        /// <summary>A PEM bundle of trusted roots instead of the RDS global bundle shipped with the module.</summary>
+        [Parameter]
+        [Alias("SslRootCert")]
+        [ValidateNotNullOrEmpty]
+        public string? SslRootCertificate { get; set; }
+
+        /// <summary>Start psql on this console through the tunnel; the tunnel ends when psql exits.</summary>
+        [Parameter]
+        [Alias("Psql")]
+        public SwitchParameter Interactive { get; set; }
+
+        /// <summary>Extra arguments for psql (with -Interactive), e.g. @('-c', 'select 1').</summary>
+        [Parameter]
+        public string[]? PsqlArgument { get; set; }
+
+        /// <summary>The psql executable (default: psql from PATH).</summary>
+        [Parameter]
+        [ValidateNotNullOrEmpty]
+        public string? PsqlPath { get; set; }
+
+        [Parameter]
+        [ValidateRange(1, 3600)]
+        public int CommandTimeout { get; set; } = 30;
+
+        protected override void ProcessRecord()
+        {
+            var bundle = SslRootCertificate != null ? GetUnresolvedProviderPathFromPSPath(SslRootCertificate) : DefaultBundlePath();
+            if (!File.Exists(bundle))
+            {
+                ThrowTerminatingError(new BastionToolsException(ErrorIds.SslRootCertificateInvalid, ErrorCategory.ObjectNotFound,
+                    $"The trust bundle '{bundle}' does not exist.", bundle, "Pass -SslRootCertificate with a PEM file of CA certificates.").ToErrorRecord());
+            }
+            if (SslMode != RdsSslMode.VerifyFull)
+            {
+                WriteWarningSafe(SslMode == RdsSslMode.Require
+                    ? "-SslMode Require: the connection is encrypted but the server is not verified; anyone on the path could impersonate the database."
+                    : "-SslMode VerifyCA: the certificate's name is not checked; another database signed by the same CA would be accepted.");
+            }
+            if (!RdsEndpoint.IsValidHost(DbHost))
+            {
+                ThrowTerminatingError(new BastionToolsException(ErrorIds.RdsHostnameInvalid, ErrorCategory.InvalidArgument,
+                    $"'{DbHost}' is not a valid host name.", DbHost, "Pass the RDS endpoint name.").ToErrorRecord());
+            }
+
+            var api = GetApi();
+            var credentials = ApiCredentials!;
+            var tokenRegion = string.IsNullOrEmpty(Region) ? RdsEndpoint.InferRegion(DbHost) ?? ApiRegion! : ApiRegion!;
+            WriteDebugSafe($"Tokens: signed for {RdsEndpoint.HostPort(DbHost, DbPort)} in {tokenRegion}, user {UserName}.");
+
+            var owns = Session == null;
+            var session = Session;
+            if (session == null)
+            {
+                var selector = new TargetSelector();
+                if (ParameterSetName == ParameterSets.Target) selector.InstanceId = Target;
+                else if (ParameterSetName == ParameterSets.Name) selector.Name = Name;
+                else selector.Tags = TargetSelector.TagsFrom(Tag);
+                if (!ShouldProcess(selector.ToString(), $"Open a tunnel to {DbHost}:{DbPort} and connect as {UserName}")) return;
+                session = StartPortForwarding(selector, new PortForwardingRequest { RemoteHost = DbHost, RemotePort = DbPort }, "Connect-IamPostgres");
+                if (session == null) return;
+            }
+            else if (session.State != "Connected")
+            {
+                ThrowTerminatingError(new BastionToolsException(ErrorIds.BastionSessionFailed, ErrorCategory.ResourceUnavailable,
+                    $"The session {session.SessionId} is {session.State}.", session.SessionId, "Start a new session with Start-BastionSession.").ToErrorRecord());
+            }
+            else if (!string.Equals(session.RemoteHost, DbHost, StringComparison.OrdinalIgnoreCase) || session.RemotePort != DbPort)
+            {
+                WriteWarningSafe($"The session forwards to {session.Remote}, not {DbHost}:{DbPort}; tokens and TLS are checked for {DbHost}.");
+            }
+
+            var options = new IamDataSourceOptions
+            {
+                Endpoint = DbHost,
+                EndpointPort = DbPort,
+                ConnectPort = session!.LocalPort,
+                UserName = UserName,
+                Database = Database,
+                Region = tokenRegion,
+                SslMode = SslMode,
+                RootCertificatePath = bundle,
+                CommandTimeoutSeconds = CommandTimeout,
+            };
+            var redactor = Redactor;
+            IamDataSource source;
+            try
+            {
+                source = new IamDataSource(options, () =>
+                {
+                    var keys = credentials.GetKeys();
+                    redactor.Add(keys.SecretAccessKey);
+                    redactor.Add(keys.SessionToken);
+                    return keys;
+                }, redactor);
+            }
+            catch (Exception ex) when (ex is InvalidDataException || ex is System.Security.Cryptography.CryptographicException || ex is FormatException)
+            {
+                CleanUp(session, owns);
+                ThrowTerminatingError(new BastionToolsException(ErrorIds.SslRootCertificateInvalid, ErrorCategory.InvalidData,
+                    $"The trust bundle '{bundle}' can't be read: {ex.Message}", bundle).ToErrorRecord());
+                return;
+            }
+
+            if (Interactive)
+            {
+                RunPsql(source, session, owns);
+                return;
+            }
+
+            WriteVerboseSafe($"Connecting to {DbHost}:{DbPort}/{Database} as {UserName} through 127.0.0.1:{session.LocalPort} (TLS {SslMode}).");
+            if (!TryRun(async ct =>
+                {
+                    using var conn = await source.OpenAsync(ct).ConfigureAwait(false);
+                    return conn.PostgreSqlVersion.ToString();
+                }, out var version))
+            {
+                source.Dispose();
+                CleanUp(session, owns);
+                return;
+            }
+            var connection = new IamPostgresConnection(source, session, owns, version);
+            ConnectionRegistry.Add(connection);
+            WriteObject(connection);
+        }
+
+        private static void CleanUp(BastionSession session, bool owns)
+        {
+            if (!owns) return;
+            session.Engine.StopAsync().GetAwaiter().GetResult();
+            SessionRegistry.Remove(session);
+        }
+
+        internal static string DefaultBundlePath()
+        {
+            // bin/lib/BastionTools.dll -> module root/certs/rds-global-bundle.pem
+            var lib = Path.GetDirectoryName(typeof(ConnectIamPostgresCommand).Assembly.Location) ?? ".";
+            foreach (var candidate in new[] { Path.Combine(lib, "..", "..", "certs", "rds-global-bundle.pem"), Path.Combine(lib, "certs", "rds-global-bundle.pem") })
+            {
+                if (File.Exists(candidate)) return Path.GetFullPath(candidate);
+            }
+            return Path.GetFullPath(Path.Combine(lib, "..", "..", "certs", "rds-global-bundle.pem"));
+        }
+
+        private void RunPsql(IamDataSource source, BastionSession session, bool owns)
+        {
+            try
+            {
+                var psql = PsqlPath ?? FindOnPath("psql");
+                if (psql == null)
+                {
+                    ThrowTerminatingError(new BastionToolsException(ErrorIds.PsqlNotFound, ErrorCategory.ObjectNotFound,
+                        "psql is not installed (not found on PATH).", "psql",
+                        "Install the PostgreSQL client (apt-get install postgresql-client, brew install libpq, or the Windows installer), or pass -PsqlPath.").ToErrorRecord());
+                    return;
+                }
+                var sslmode = SslMode switch { RdsSslMode.VerifyFull => "verify-full", RdsSslMode.VerifyCA => "verify-ca", _ => "require" };
+                var conninfo = $"host={DbHost} hostaddr=127.0.0.1 port={session.LocalPort} user={Quote(UserName)} dbname={Quote(Database)} sslmode={sslmode} sslrootcert={Quote(source.Options.RootCertificatePath)} application_name=BastionTools";
+                var psi = new ProcessStartInfo(psql) { UseShellExecute = false };
+                psi.Arguments = QuoteArgument(conninfo) + (PsqlArgument == null ? "" : " " + string.Join(" ", Array.ConvertAll(PsqlArgument, QuoteArgument)));
+                // The token reaches psql through its own environment only: never this process's, never its command line.
+                psi.EnvironmentVariables["PGPASSWORD"] = source.NewToken();
+                WriteVerboseSafe($"Starting psql for {UserName}@{DbHost}:{DbPort}/{Database} through 127.0.0.1:{session.LocalPort} (sslmode={sslmode}).");
+                using var process = Process.Start(psi)!;
+                process.WaitForExit();
+                SessionState.PSVariable.Set(new PSVariable("global:LASTEXITCODE", process.ExitCode));
+                if (process.ExitCode != 0)
+                {
+                    WriteError(new BastionToolsException(ErrorIds.RemoteCommandFailed, ErrorCategory.NotSpecified,
+                        $"psql exited with code {process.ExitCode}.", "psql").ToErrorRecord());
+                }
+            }
+            finally
+            {
+                source.Dispose();
+                CleanUp(session, owns);
+            }
+        }
+
+        private static string Quote(string value) => "'" + value.Replace("\\", "\\\\").Replace("'", "\\'") + "'";
+
+        private static string QuoteArgument(string arg)
+        {
+            if (arg.Length > 0 && arg.IndexOfAny(new[] { ' ', '\t', '"', '\'' }) < 0) return arg;
+            return "\"" + arg.Replace("\\", "\\\\").Replace("\"", "\\\"") + "\"";
+        }
+
+        private static string? FindOnPath(string name)
+        {
+            var exts = System.Environment.OSVersion.Platform == PlatformID.Win32NT ? new[] { ".exe", ".cmd", "" } : new[] { "" };
+            foreach (var dir in (System.Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator))
+            {
+                if (dir.Length == 0) continue;
+                foreach (var ext in exts)
+                {
+                    var candidate = Path.Combine(dir, name + ext);
+                    if (File.Exists(candidate)) return candidate;
+                }
+            }
+            return null;
+        }
+    }
+
+    /// <summary>The IAM database connections this PowerShell session opened.</summary>
+    internal static class ConnectionRegistry
+    {
+        private static readonly List<IamPostgresConnection> Connections = new();
+
+        public static void Add(IamPostgresConnection c)
+        {
+            lock (Connections) Connections.Add(c);
+        }
+
+        public static void Remove(IamPostgresConnection c)
+        {
+            lock (Connections) Connections.Remove(c);
+        }
+
+        public static IamPostgresConnection[] All()
+        {
+            lock (Connections) return Connections.ToArray();
+        }
+
+        public static void CloseAll()
+        {
+            foreach (var c in All()) DisconnectIamPostgresCommand.Close(c);
+        }
+    }
+
+    /// <summary>Disconnect-IamPostgres: closes the pool, and the tunnel when Connect-IamPostgres opened it.</summary>
+    [Cmdlet(VerbsCommunications.Disconnect, "IamPostgres", SupportsShouldProcess = true, ConfirmImpact = ConfirmImpact.Low)]
+    public sealed class DisconnectIamPostgresCommand : PSCmdlet
+    {
+        [Parameter(Mandatory = true, Position = 0, ValueFromPipeline = true)]
+        [ValidateNotNull]
+        public IamPostgresConnection[] Connection { get; set; } = Array.Empty<IamPostgresConnection>();
+
+        protected override void ProcessRecord()
+        {
+            foreach (var c in Connection)
+            {
+                if (!ShouldProcess(c.ToString(), "Close the connection pool" + (c.OwnsSession ? " and its tunnel" : ""))) continue;
+                Close(c);
+                WriteVerbose($"Closed {c}.");
+            }
+        }
+
+        internal static void Close(IamPostgresConnection c)
+        {
+            if (!c.IsOpen) return;
+            c.IsOpen = false;
+            c.Source.Dispose();
+            if (c.OwnsSession)
+            {
+                c.Session.Engine.StopAsync().GetAwaiter().GetResult();
+                SessionRegistry.Remove(c.Session);
+            }
+            ConnectionRegistry.Remove(c);
+        }
+    }
+}

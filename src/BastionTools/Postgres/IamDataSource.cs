@@ -1,0 +1,134 @@
+using System;
+using System.Management.Automation;
+using System.Security.Cryptography.X509Certificates;
+using System.Threading;
+using System.Threading.Tasks;
+using BastionTools.Aws;
+using Npgsql;
+
+namespace BastionTools.Postgres
+{
+    /// <summary>What an IAM database connection needs to know.</summary>
+    internal sealed class IamDataSourceOptions
+    {
+        /// <summary>The RDS endpoint: what the token is signed for and what the certificate must name.</summary>
+        public string Endpoint { get; set; } = "";
+
+        /// <summary>The port RDS listens on (the token is signed for endpoint:port).</summary>
+        public int EndpointPort { get; set; } = 5432;
+
+        /// <summary>Where the bytes go: the local end of the tunnel.</summary>
+        public string ConnectHost { get; set; } = "127.0.0.1";
+        public int ConnectPort { get; set; }
+
+        public string UserName { get; set; } = "";
+        public string Database { get; set; } = "postgres";
+        public string Region { get; set; } = "";
+        public RdsSslMode SslMode { get; set; } = RdsSslMode.VerifyFull;
+        public string RootCertificatePath { get; set; } = "";
+
+        /// <summary>How often a fresh token is signed for new physical connections (tokens live 15 minutes).</summary>
+        public TimeSpan TokenRefresh { get; set; } = TimeSpan.FromMinutes(10);
+
+        public int CommandTimeoutSeconds { get; set; } = 30;
+        public int MaxPoolSize { get; set; } = 20;
+        public string ApplicationName { get; set; } = "BastionTools";
+    }
+
+    /// <summary>
+    /// An Npgsql data source for an RDS database reached through a tunnel with IAM authentication: every new physical
+    /// connection logs in with a token signed for the RDS endpoint (refreshed well before its 15 minutes run out, so a
+    /// pool lives for hours), and TLS is validated against the RDS CA bundle and the endpoint name although the socket
+    /// goes to 127.0.0.1.
+    /// </summary>
+    internal sealed class IamDataSource : IAsyncDisposable, IDisposable
+    {
+        private readonly Func<AwsKeys> _keys;
+        private readonly Func<DateTime> _clock;
+        private readonly Redactor _redactor;
+
+        public IamDataSource(IamDataSourceOptions options, Func<AwsKeys> keys, Redactor redactor, Func<DateTime>? clock = null)
+        {
+            Options = options;
+            _keys = keys;
+            _redactor = redactor;
+            _clock = clock ?? (() => DateTime.UtcNow);
+            Validator = new RdsCertificateValidator(RdsCertificateValidator.LoadBundle(options.RootCertificatePath), options.Endpoint, options.SslMode);
+
+            var csb = new NpgsqlConnectionStringBuilder
+            {
+                Host = options.ConnectHost,
+                Port = options.ConnectPort,
+                Username = options.UserName,
+                Database = options.Database,
+                SslMode = SslMode.Require,
+                Pooling = true,
+                MaxPoolSize = options.MaxPoolSize,
+                CommandTimeout = options.CommandTimeoutSeconds,
+                Timeout = 30,
+                ApplicationName = options.ApplicationName,
+                // The token is a password Npgsql must never keep in a connection string it could show.
+                PersistSecurityInfo = false,
+            };
+            var builder = new NpgsqlDataSourceBuilder(csb.ConnectionString);
+            builder.UseUserCertificateValidationCallback(Validator.Validate);
+            builder.UsePeriodicPasswordProvider((_, _) => new ValueTask<string>(NewToken()), options.TokenRefresh, TimeSpan.FromSeconds(5));
+            DataSource = builder.Build();
+        }
+
+        public IamDataSourceOptions Options { get; }
+        public RdsCertificateValidator Validator { get; }
+        internal NpgsqlDataSource DataSource { get; }
+
+        /// <summary>Tokens signed so far (one per refresh, not per connection).</summary>
+        public int TokensIssued => _tokensIssued;
+
+        private int _tokensIssued;
+
+        /// <summary>A token for the endpoint; registered with the redactor so it never reaches a stream.</summary>
+        public string NewToken()
+        {
+            var token = RdsAuthToken.Generate(Options.Endpoint, Options.EndpointPort, Options.UserName, Options.Region, _keys(), _clock());
+            _redactor.Add(token);
+            Interlocked.Increment(ref _tokensIssued);
+            return token;
+        }
+
+        public async Task<NpgsqlConnection> OpenAsync(CancellationToken cancellationToken)
+        {
+            try
+            {
+                return await DataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is NpgsqlException || ex is System.IO.IOException || ex is System.Security.Authentication.AuthenticationException)
+            {
+                throw Translate(ex);
+            }
+        }
+
+        /// <summary>Turns a connection failure into a clear, secret-free error.</summary>
+        internal BastionToolsException Translate(Exception ex)
+        {
+            if (Validator.LastFailure != null)
+            {
+                return new BastionToolsException(ErrorIds.DatabaseTlsFailed, ErrorCategory.SecurityError,
+                    $"The database at {Options.Endpoint} is not trusted: {Validator.LastFailure}. Nothing was sent to it.",
+                    Options.Endpoint,
+                    "Check -DbHost (it must be the RDS endpoint name), or pass -SslRootCertificate with the CA bundle for this region.");
+            }
+            if (ex is PostgresException pg && pg.SqlState == "28P01")
+            {
+                return new BastionToolsException(ErrorIds.DatabaseLoginFailed, ErrorCategory.AuthenticationError,
+                    _redactor.Redact(pg.MessageText) + " (SQLSTATE 28P01).", Options.UserName,
+                    "Check that the user exists, is a member of rds_iam (Grant-RdsIamUser), that the IAM policy allows rds-db:connect for it, and that -DbHost/-DbPort/-Region are the database's.");
+            }
+            var message = ex is PostgresException p ? $"{p.MessageText} (SQLSTATE {p.SqlState})" : ex.Message;
+            return new BastionToolsException(ErrorIds.DatabaseConnectFailed, ErrorCategory.ConnectionError,
+                $"Could not connect to {Options.Endpoint} as {Options.UserName}: {_redactor.Redact(message)}", Options.Endpoint, null, null);
+        }
+
+        public ValueTask DisposeAsync() => DataSource.DisposeAsync();
+
+        public void Dispose() => DataSource.Dispose();
+    }
+}
