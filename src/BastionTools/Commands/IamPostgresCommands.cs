@@ -218,11 +218,11 @@ namespace BastionTools.Commands
         {
             try
             {
-                var psql = PsqlPath ?? FindOnPath("psql");
+                var psql = PsqlPath != null ? (File.Exists(GetUnresolvedProviderPathFromPSPath(PsqlPath)) ? GetUnresolvedProviderPathFromPSPath(PsqlPath) : null) : FindOnPath("psql");
                 if (psql == null)
                 {
                     ThrowTerminatingError(new BastionToolsException(ErrorIds.PsqlNotFound, ErrorCategory.ObjectNotFound,
-                        "psql is not installed (not found on PATH).", "psql",
+                        PsqlPath != null ? $"psql was not found at '{PsqlPath}'." : "psql is not installed (not found on PATH).", "psql",
                         "Install the PostgreSQL client (apt-get install postgresql-client, brew install libpq, or the Windows installer), or pass -PsqlPath.").ToErrorRecord());
                     return;
                 }

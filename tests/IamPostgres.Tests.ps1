@@ -1,0 +1,159 @@
+#Requires -Version 7.0
+# Connect-IamPostgres and Invoke-IamPostgresQuery end to end: the module's tunnel (sandbox agent), the RDS-IAM double
+# (TLS with a sandbox CA, SigV4 token checks, rds_iam membership) and a real PostgreSQL, with real Npgsql and psql.
+BeforeAll {
+    Import-Module (Join-Path $PSScriptRoot 'TestHelpers.psm1') -Force
+    Import-Module (Get-TestModulePath) -Force
+    $script:Sandbox = Start-TestSandbox -ExtraArguments @('--rds')
+    $script:Aws = $Sandbox.Aws
+    $script:Pg = $Sandbox.postgres
+    $script:Rds = $Sandbox.rds
+    $script:Db = @{ DbHost = $Rds.endpoint; DbPort = $Rds.port; Database = $Pg.database; SslRootCertificate = $Rds.caBundle }
+
+    function Invoke-AdminSql([string] $Sql) {
+        $psi = [System.Diagnostics.ProcessStartInfo]::new('psql')
+        foreach ($a in '-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-h', '127.0.0.1', '-p', "$($Pg.port)", '-U', $Pg.user, '-d', $Pg.database, '-c', $Sql) { $psi.ArgumentList.Add($a) }
+        $psi.Environment['PGPASSWORD'] = $Pg.password
+        $psi.RedirectStandardOutput = $true; $psi.RedirectStandardError = $true
+        $p = [System.Diagnostics.Process]::Start($psi); $out = $p.StandardOutput.ReadToEnd() + $p.StandardError.ReadToEnd(); $p.WaitForExit()
+        if ($p.ExitCode) { throw "psql failed: $out" }
+        $out.Trim()
+    }
+
+    # An IAM user as Grant-RdsIamUser would leave it, and a table it may not read.
+    Invoke-AdminSql @'
+CREATE ROLE app_iam LOGIN; GRANT rds_iam TO app_iam; GRANT SELECT ON seed_items TO app_iam;
+CREATE TABLE iam_notes (id serial PRIMARY KEY, body text NOT NULL); GRANT SELECT, INSERT, UPDATE, DELETE ON iam_notes TO app_iam; GRANT USAGE ON SEQUENCE iam_notes_id_seq TO app_iam;
+CREATE TABLE secret_stuff (x int); INSERT INTO secret_stuff VALUES (1);
+'@ | Out-Null
+    $script:Conn = Connect-IamPostgres -Name bastion -UserName app_iam @Db @Aws
+}
+
+AfterAll {
+    if ($Conn) { $Conn | Disconnect-IamPostgres }
+    Get-BastionSession | Stop-BastionSession -ErrorAction SilentlyContinue
+    Stop-TestSandbox $Sandbox
+}
+
+Describe 'Connect-IamPostgres' {
+    It 'returns an open connection through a tunnel, with the server version' {
+        $Conn | Should -BeOfType ([BastionTools.IamPostgresConnection])
+        $Conn.State | Should -Be 'Open'
+        $Conn.Endpoint | Should -Be $Rds.endpoint
+        $Conn.UserName | Should -Be 'app_iam'
+        $Conn.ServerVersion | Should -Match '^15\.'
+        $Conn.SslMode | Should -Be 'VerifyFull'
+        (Get-BastionSession -SessionId $Conn.SessionId).LocalPort | Should -Be $Conn.LocalPort
+    }
+
+    It 'refuses the database under the default trust: the sandbox CA is not in the RDS bundle' {
+        $db = $Db.Clone(); $db.Remove('SslRootCertificate')
+        $out = Connect-IamPostgres -Name bastion -UserName app_iam @db @Aws -ErrorVariable errs -ErrorAction SilentlyContinue
+        $out | Should -BeNullOrEmpty
+        $errs[0].FullyQualifiedErrorId | Should -BeLike 'DatabaseTlsFailed,*'
+        $errs[0].CategoryInfo.Category | Should -Be 'SecurityError'
+        "$($errs[0])" | Should -Match 'does not chain to a root in the trust bundle'
+        @(Get-BastionSession | Where-Object RemoteHost -eq $Rds.endpoint).Count | Should -Be 1   # its own tunnel was closed again
+    }
+
+    It 'fails like RDS for a user that is not in rds_iam, without showing the token' {
+        Invoke-AdminSql 'CREATE ROLE not_iam LOGIN' | Out-Null
+        $all = Connect-IamPostgres -Name bastion -UserName not_iam @Db @Aws -Verbose -Debug -ErrorVariable errs -ErrorAction SilentlyContinue *>&1
+        $errs[0].FullyQualifiedErrorId | Should -BeLike 'DatabaseLoginFailed,*'
+        "$($errs[0])" | Should -Match 'PAM authentication failed for user "not_iam"'
+        ($all | Out-String) | Should -Not -Match 'X-Amz-Signature=[0-9a-f]'
+        ($all | Out-String) | Should -Not -Match ([regex]::Escape($Aws.SecretKey))
+    }
+
+    It '-SslMode Require connects with a warning' {
+        $db = $Db.Clone(); $db.Remove('SslRootCertificate')
+        $c = Connect-IamPostgres -Name bastion -UserName app_iam @db -SslMode Require @Aws -WarningVariable warns 3>$null
+        try {
+            $c.State | Should -Be 'Open'
+            "$warns" | Should -Match 'not verified'
+        }
+        finally { $c | Disconnect-IamPostgres }
+    }
+}
+
+Describe 'Invoke-IamPostgresQuery' {
+    It 'returns rows as objects with typed properties, binding parameters' {
+        $row = Invoke-IamPostgresQuery -Connection $Conn -Query 'select id, name, port from seed_items where id = @id' -Parameters @{ id = 2 }
+        $row.name | Should -Be 'bravo'
+        $row.id | Should -BeOfType ([int])
+        $row.PSObject.Properties.Name | Should -Be @('id', 'name', 'port')
+    }
+
+    It 'returns affected rows with -NonQuery' {
+        Invoke-IamPostgresQuery -Connection $Conn -Query "insert into iam_notes (body) values ('a'), ('b'), ('c')" -NonQuery | Should -Be 3
+        Invoke-IamPostgresQuery -Connection $Conn -Query "delete from iam_notes where body in ('a', 'b')" -NonQuery | Should -Be 2
+    }
+
+    It 'reports PostgreSQL errors as ErrorRecords with the SQLSTATE: the user cannot do what was not granted' {
+        Invoke-IamPostgresQuery -Connection $Conn -Query 'select * from secret_stuff' -ErrorVariable errs -ErrorAction SilentlyContinue | Should -BeNullOrEmpty
+        $errs[0].FullyQualifiedErrorId | Should -BeLike 'DatabaseQueryFailed,*'
+        $errs[0].CategoryInfo.Category | Should -Be 'PermissionDenied'
+        $errs[0].Exception.SqlState | Should -Be '42501'
+        Invoke-IamPostgresQuery -Connection $Conn -Query 'create table mine (x int)' -ErrorVariable errs2 -ErrorAction SilentlyContinue
+        $errs2[0].Exception.SqlState | Should -Be '42501'
+    }
+
+    It 'rolls the whole call back with -Transaction when a statement fails' {
+        $before = (Invoke-IamPostgresQuery -Connection $Conn -Query 'select count(*) as n from iam_notes').n
+        Invoke-IamPostgresQuery -Connection $Conn -Transaction -Query "insert into iam_notes (body) values ('tx'); insert into iam_notes (body) values (null)" -ErrorAction SilentlyContinue -ErrorVariable errs
+        $errs[0].Exception.SqlState | Should -Be '23502'
+        (Invoke-IamPostgresQuery -Connection $Conn -Query 'select count(*) as n from iam_notes').n | Should -Be $before
+    }
+
+    It 'runs a file with -InputFile' {
+        $file = Join-Path ([IO.Path]::GetTempPath()) ("bt-" + [guid]::NewGuid().ToString('n') + '.sql')
+        Set-Content $file "insert into iam_notes (body) values ('from-file');`nselect body from iam_notes where body = 'from-file';"
+        try { (Invoke-IamPostgresQuery -Connection $Conn -InputFile $file).body | Should -Be 'from-file' }
+        finally { Remove-Item $file }
+    }
+
+    It 'streams a million rows through the pipeline' {
+        $count = Invoke-IamPostgresQuery -Connection $Conn -Query 'select g from generate_series(1, 1000000) g' | Measure-Object
+        $count.Count | Should -Be 1000000
+    }
+
+    It 'times out with -CommandTimeout' {
+        Invoke-IamPostgresQuery -Connection $Conn -Query 'select pg_sleep(5)' -CommandTimeout 1 -ErrorVariable errs -ErrorAction SilentlyContinue
+        $errs[0].FullyQualifiedErrorId | Should -BeLike 'DatabaseQueryFailed,*'
+    }
+}
+
+Describe 'psql through the tunnel (-Interactive)' {
+    It 'runs psql with the token in its own environment only, and ends the tunnel after' {
+        Remove-Item env:PGPASSWORD -ErrorAction SilentlyContinue
+        $r = Invoke-ChildPwsh -Script @"
+Import-Module '$(Get-TestModulePath)'
+Connect-IamPostgres -Name bastion -UserName app_iam -DbHost '$($Rds.endpoint)' -Database '$($Pg.database)' -SslRootCertificate '$($Rds.caBundle)' -AccessKey '$($Aws.AccessKey)' -SecretKey '$($Aws.SecretKey)' -Region '$($Aws.Region)' -EndpointUrl '$($Aws.EndpointUrl)' -Interactive -PsqlArgument @('-X', '-A', '-t', '-c', 'select current_user || chr(47) || ssl from pg_stat_ssl where pid = pg_backend_pid()')
+'EXIT=' + `$LASTEXITCODE
+'PGPASSWORD=[' + `$env:PGPASSWORD + ']'
+'SESSIONS=' + @(Get-BastionSession).Count
+"@
+        $r.Output | Should -Match 'app_iam/t'
+        $r.Output | Should -Match 'EXIT=0'
+        $r.Output | Should -Match 'PGPASSWORD=\[\]'
+        $r.Output | Should -Match 'SESSIONS=0'
+        $env:PGPASSWORD | Should -BeNullOrEmpty
+    }
+
+    It 'says clearly when psql is missing' {
+        { Connect-IamPostgres -Name bastion -UserName app_iam @Db @Aws -Interactive -PsqlPath /nonexistent/psql -ErrorAction Stop } | Should -Throw -ErrorId 'PsqlNotFound,*'
+        @(Get-BastionSession | Where-Object RemoteHost -eq $Rds.endpoint).Count | Should -Be 1   # only the shared one
+    }
+}
+
+Describe 'Disconnect-IamPostgres' {
+    It 'closes the pool and the tunnel it opened' {
+        $c = Connect-IamPostgres -Name bastion -UserName app_iam @Db @Aws
+        $sessionId = $c.SessionId
+        $c | Disconnect-IamPostgres
+        $c.State | Should -Be 'Closed'
+        Get-BastionSession | Where-Object SessionId -eq $sessionId | Should -BeNullOrEmpty
+        Invoke-IamPostgresQuery -Connection $c -Query 'select 1' -ErrorVariable errs -ErrorAction SilentlyContinue
+        $errs[0].FullyQualifiedErrorId | Should -BeLike 'DatabaseConnectionClosed,*'
+    }
+}
