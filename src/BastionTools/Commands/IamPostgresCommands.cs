@@ -95,8 +95,21 @@ namespace BastionTools.Commands
         [ValidateRange(1, 3600)]
         public int CommandTimeout { get; set; } = 30;
 
+        private string? _psql;
+
         protected override void ProcessRecord()
         {
+            if (Interactive)
+            {
+                // Before any tunnel is opened: nothing to clean up when psql is missing.
+                _psql = PsqlPath != null ? (File.Exists(GetUnresolvedProviderPathFromPSPath(PsqlPath)) ? GetUnresolvedProviderPathFromPSPath(PsqlPath) : null) : FindOnPath("psql");
+                if (_psql == null)
+                {
+                    ThrowTerminatingError(new BastionToolsException(ErrorIds.PsqlNotFound, ErrorCategory.ObjectNotFound,
+                        PsqlPath != null ? $"psql was not found at '{PsqlPath}'." : "psql is not installed (not found on PATH).", "psql",
+                        "Install the PostgreSQL client (apt-get install postgresql-client, brew install libpq, or the Windows installer), or pass -PsqlPath.").ToErrorRecord());
+                }
+            }
             var bundle = SslRootCertificate != null ? GetUnresolvedProviderPathFromPSPath(SslRootCertificate) : DefaultBundlePath();
             if (!File.Exists(bundle))
             {
@@ -218,14 +231,7 @@ namespace BastionTools.Commands
         {
             try
             {
-                var psql = PsqlPath != null ? (File.Exists(GetUnresolvedProviderPathFromPSPath(PsqlPath)) ? GetUnresolvedProviderPathFromPSPath(PsqlPath) : null) : FindOnPath("psql");
-                if (psql == null)
-                {
-                    ThrowTerminatingError(new BastionToolsException(ErrorIds.PsqlNotFound, ErrorCategory.ObjectNotFound,
-                        PsqlPath != null ? $"psql was not found at '{PsqlPath}'." : "psql is not installed (not found on PATH).", "psql",
-                        "Install the PostgreSQL client (apt-get install postgresql-client, brew install libpq, or the Windows installer), or pass -PsqlPath.").ToErrorRecord());
-                    return;
-                }
+                var psql = _psql!;
                 var sslmode = SslMode switch { RdsSslMode.VerifyFull => "verify-full", RdsSslMode.VerifyCA => "verify-ca", _ => "require" };
                 var conninfo = $"host={DbHost} hostaddr=127.0.0.1 port={session.LocalPort} user={Quote(UserName)} dbname={Quote(Database)} sslmode={sslmode} sslrootcert={Quote(source.Options.RootCertificatePath)} application_name=BastionTools";
                 var psi = new ProcessStartInfo(psql) { UseShellExecute = false };
