@@ -27,9 +27,6 @@ namespace BastionTools.Postgres
         public RdsSslMode SslMode { get; set; } = RdsSslMode.VerifyFull;
         public string RootCertificatePath { get; set; } = "";
 
-        /// <summary>How often a fresh token is signed for new physical connections (tokens live 15 minutes).</summary>
-        public TimeSpan TokenRefresh { get; set; } = TimeSpan.FromMinutes(10);
-
         public int CommandTimeoutSeconds { get; set; } = 30;
         public int MaxPoolSize { get; set; } = 20;
         public string ApplicationName { get; set; } = "BastionTools";
@@ -37,8 +34,8 @@ namespace BastionTools.Postgres
 
     /// <summary>
     /// An Npgsql data source for an RDS database reached through a tunnel with IAM authentication: every new physical
-    /// connection logs in with a token signed for the RDS endpoint (refreshed well before its 15 minutes run out, so a
-    /// pool lives for hours), and TLS is validated against the RDS CA bundle and the endpoint name although the socket
+    /// connection logs in with a token freshly signed for the RDS endpoint (so a pool lives for hours past any one
+    /// token's 15 minutes), and TLS is validated against the RDS CA bundle and the endpoint name although the socket
     /// goes to 127.0.0.1.
     /// </summary>
     internal sealed class IamDataSource : IAsyncDisposable, IDisposable
@@ -72,7 +69,9 @@ namespace BastionTools.Postgres
             };
             var builder = new NpgsqlDataSourceBuilder(csb.ConnectionString);
             builder.UseUserCertificateValidationCallback(Validator.Validate);
-            builder.UsePeriodicPasswordProvider((_, _) => new ValueTask<string>(NewToken()), options.TokenRefresh, TimeSpan.FromSeconds(5));
+            // A token is signed for every new physical connection (signing is local and takes microseconds), so a pool
+            // that lives for hours never presents an expired one.
+            builder.UsePasswordProvider(_ => NewToken(), (_, _) => new ValueTask<string>(NewToken()));
             DataSource = builder.Build();
         }
 
@@ -80,7 +79,7 @@ namespace BastionTools.Postgres
         public RdsCertificateValidator Validator { get; }
         internal NpgsqlDataSource DataSource { get; }
 
-        /// <summary>Tokens signed so far (one per refresh, not per connection).</summary>
+        /// <summary>Tokens signed so far (one per physical connection).</summary>
         public int TokensIssued => _tokensIssued;
 
         private int _tokensIssued;
