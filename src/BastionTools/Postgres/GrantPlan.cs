@@ -179,7 +179,9 @@ namespace BastionTools.Postgres
                     {
                         await RollbackQuietly(transaction).ConfigureAwait(false);
                         var detail = ex.Detail;
-                        var text = ex.MessageText + (string.IsNullOrEmpty(detail) ? "" : " (" + detail!.Replace("\n", "; ") + ")");
+                        // Npgsql replaces the detail with a notice unless the connection string has Include Error Detail.
+                        var showDetail = !string.IsNullOrEmpty(detail) && !detail!.StartsWith("Detail redacted", StringComparison.Ordinal);
+                        var text = ex.MessageText + (showDetail ? " (" + detail!.Replace("\n", "; ") + ")" : "");
                         throw new GrantException("The step '" + step.Description + "' failed with SQLSTATE " + ex.SqlState + ": " + text
                             + ". Nothing was changed: the transaction was rolled back.", ex.SqlState, step, ex);
                     }

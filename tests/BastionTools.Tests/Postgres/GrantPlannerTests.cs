@@ -462,6 +462,31 @@ namespace BastionTools.Tests.Postgres
         }
 
         [Fact]
+        public async Task Revoke_OfAPrivilegeGrantedByAnotherRole_IsVerifiedAndRolledBack()
+        {
+            await using var admin = await _fixture.OpenAdminAsync();
+            var schema = await NewSchemaAsync(admin);
+            var app = _fixture.Cluster.AppUser!;
+            var user = NewName("othergrantor");
+            await (await GrantPlanner.PlanAsync(admin, new GrantRequest(user) { Schemas = new[] { schema } })).ExecuteAsync(admin);
+            // A second grantor: REVOKE by the admin (acting as the owner) does not remove its grant.
+            await ExecAsync(admin, "GRANT USAGE ON SCHEMA " + schema + " TO " + app);
+            await ExecAsync(admin, "GRANT SELECT, INSERT ON " + schema + ".plain TO " + app + " WITH GRANT OPTION");
+            await using (var appConnection = await _fixture.OpenAppAsync())
+            {
+                await ExecAsync(appConnection, "GRANT INSERT ON " + schema + ".plain TO " + user);
+            }
+
+            var before = await CatalogFootprintAsync(admin, user);
+            var plan = await GrantPlanner.PlanAsync(admin, new RevokeRequest(user) { Schemas = new[] { schema } });
+            Assert.Contains(plan.Steps, s => s.Sql.StartsWith("REVOKE SELECT, INSERT ON TABLE", StringComparison.Ordinal));
+            var ex = await Assert.ThrowsAsync<GrantException>(() => plan.ExecuteAsync(admin));
+            Assert.Contains("still needs: revoke INSERT on 1 table in " + schema, ex.Message);
+            Assert.Contains("connect as the role that granted", ex.Message);
+            Assert.Equal(before, await CatalogFootprintAsync(admin, user));
+        }
+
+        [Fact]
         public async Task MissingIamRole_IsAClearError()
         {
             await using var admin = await _fixture.OpenAdminAsync();
