@@ -1,0 +1,169 @@
+using System;
+using System.Collections.Generic;
+using System.Linq;
+using System.Text;
+using System.Threading.Tasks;
+using BastionTools.Postgres;
+using Npgsql;
+using Xunit;
+using static BastionTools.Tests.Postgres.GrantClusterFixture;
+
+namespace BastionTools.Tests.Postgres
+{
+    [Collection(GrantClusterCollection.Name)]
+    public sealed class PgIdentifierTests
+    {
+        private readonly GrantClusterFixture _fixture;
+
+        public PgIdentifierTests(GrantClusterFixture fixture)
+        {
+            _fixture = fixture;
+        }
+
+        /// <summary>Names PostgreSQL keeps exactly (≤ 63 UTF-8 bytes, no NUL): quoted, never refused.</summary>
+        public static IEnumerable<object[]> AcceptedNames() => new[]
+        {
+            "simple", "app_reader", "_leading_underscore", "a1", "x_9_y", "abort", "owner", "public",
+            "a$b", "$dollar", "1starts_with_digit", "Order", "order", "user", "select", "table", "current_user", "session_user",
+            "between", "authorization", "none", "pg_x", "PUBLIC", "MixedCase", "UPPER",
+            "with space", " leading", "trailing ", "semi;colon", "; DROP TABLE x; --", "x\"; DROP ROLE sandbox_admin; --",
+            "quote'single", "o'; drop table seed_items; --", "dq\"inside", "\"", "\"\"", "\"quoted\"", "back\\slash", "dash-name", "dot.name",
+            "tab\tname", "new\nline", "ünïcödé", "Ünïcödé", "日本語", "emoji😀", "🎉", "zero\u200Bwidth", "é", "ß",
+            new string('a', 63), string.Concat(Enumerable.Repeat("日", 21)), new string('a', 59) + "😀", new string('a', 61) + "é",
+        }.Select(n => new object[] { n });
+
+        /// <summary>Names PostgreSQL would change or cannot hold: refused with ArgumentException.</summary>
+        public static IEnumerable<object[]> RefusedNames() => new[]
+        {
+            "", "\0", "a\0b", new string('a', 64), string.Concat(Enumerable.Repeat("日", 22)), new string('a', 62) + "é",
+            new string('a', 60) + "😀",
+        }.Select(n => new object[] { n });
+
+        [Theory]
+        [MemberData(nameof(AcceptedNames))]
+        public async Task Quote_EqualsTheServersQuoteIdent_AndARoleCreatedWithItReadsBackExactly(string name)
+        {
+            Assert.True(Encoding.UTF8.GetByteCount(name) <= 63);
+            var quoted = PgIdentifier.Quote(name);
+            await using var admin = await _fixture.OpenAdminAsync();
+            Assert.Equal(await ScalarAsync<string>(admin, "select quote_ident($1)", name), quoted);
+
+            // pg_ names and "public"/"none" are reserved as role names: round-trip those as a table name instead.
+            var asRole = !(name.StartsWith("pg_", StringComparison.Ordinal) || name == "public" || name == "none");
+            await using var tx = await admin.BeginTransactionAsync();
+            var sql = asRole ? "CREATE ROLE " + quoted : "CREATE TABLE public." + quoted + " ()";
+            await using (var create = new NpgsqlCommand(sql, admin, tx)) await create.ExecuteNonQueryAsync();
+            var catalogSql = asRole
+                ? "select rolname::text from pg_roles where oid = (select max(oid) from pg_roles)"
+                : "select relname::text from pg_class where oid = (select max(oid) from pg_class where relkind = 'r')";
+            await using (var read = new NpgsqlCommand(catalogSql, admin, tx))
+            {
+                Assert.Equal(name, (string)(await read.ExecuteScalarAsync())!);
+            }
+
+            await tx.RollbackAsync();
+        }
+
+        [Theory]
+        [MemberData(nameof(RefusedNames))]
+        public void Quote_RefusesNamesPostgresWouldNotKeep(string name)
+        {
+            var ex = Assert.Throws<ArgumentException>(() => PgIdentifier.Quote(name));
+            Assert.Matches("empty|NUL|bytes|surrogate", ex.Message);
+            Assert.Throws<ArgumentException>(() => new GrantRequest(name).Validate());
+            Assert.Throws<ArgumentException>(() => new GrantRequest("ok_user") { Schemas = new[] { name } }.Validate());
+        }
+
+        [Fact]
+        public async Task SixtyFourBytes_WouldBeTruncatedByTheServer_WhichIsWhyItIsRefused()
+        {
+            var name = new string('b', 64);
+            await using var admin = await _fixture.OpenAdminAsync();
+            await using (var tx = await admin.BeginTransactionAsync())
+            {
+                await using (var create = new NpgsqlCommand("CREATE ROLE \"" + name + "\"", admin, tx)) await create.ExecuteNonQueryAsync();
+                await using (var read = new NpgsqlCommand("select rolname::text from pg_roles where oid = (select max(oid) from pg_roles)", admin, tx))
+                {
+                    Assert.Equal(new string('b', 63), (string)(await read.ExecuteScalarAsync())!);
+                }
+
+                await tx.RollbackAsync();
+            }
+
+            var ex = Assert.Throws<ArgumentException>(() => PgIdentifier.Quote(name));
+            Assert.Contains("64 bytes", ex.Message);
+            Assert.Contains("truncate", ex.Message);
+        }
+
+        [Fact]
+        public void Quote_RefusesUnpairedSurrogates()
+        {
+            // Not in the theory data: xUnit's serialization would turn them into U+FFFD.
+            foreach (var name in new[] { "bad\uD800surrogate", "\uDC00", "x\uD83D" })
+            {
+                var ex = Assert.Throws<ArgumentException>(() => PgIdentifier.Quote(name));
+                Assert.Contains("surrogate", ex.Message);
+            }
+
+            Assert.Equal("\"😀\"", PgIdentifier.Quote("\uD83D\uDE00"));
+        }
+
+        [Fact]
+        public void Quote_Null_Throws()
+        {
+            Assert.Throws<ArgumentNullException>(() => PgIdentifier.Quote(null!));
+        }
+
+        [Fact]
+        public async Task EmbeddedKeywords_AreExactlyTheServersNonUnreservedKeywords()
+        {
+            await using var admin = await _fixture.OpenAdminAsync();
+            var server = await StringsAsync(admin, "select word || ':' || catcode::text from pg_get_keywords() where catcode <> 'U' order by word");
+            var embedded = PgIdentifier.NonUnreservedKeywords.OrderBy(k => k.Key, StringComparer.Ordinal).Select(k => k.Key + ":" + k.Value).ToList();
+            Assert.Equal(server, embedded);
+        }
+
+        [Fact]
+        public async Task EveryKeyword_QuotesAsTheServerDoes()
+        {
+            await using var admin = await _fixture.OpenAdminAsync();
+            await using var cmd = new NpgsqlCommand("select word, quote_ident(word), quote_ident(upper(word)) from pg_get_keywords()", admin);
+            await using var reader = await cmd.ExecuteReaderAsync();
+            var count = 0;
+            while (await reader.ReadAsync())
+            {
+                var word = reader.GetString(0);
+                Assert.Equal(reader.GetString(1), PgIdentifier.Quote(word));
+                Assert.Equal(reader.GetString(2), PgIdentifier.Quote(word.ToUpperInvariant()));
+                count++;
+            }
+
+            Assert.True(count > 400, "pg_get_keywords returned " + count);
+        }
+
+        [Theory]
+        [InlineData("public")]
+        [InlineData("none")]
+        [InlineData("pg_monitor_me")]
+        public void RoleNames_ThatPostgresReadsAsSomethingElse_AreRefused(string name)
+        {
+            var ex = Assert.Throws<ArgumentException>(() => new GrantRequest(name).Validate());
+            Assert.Contains(name, ex.Message);
+            Assert.Throws<ArgumentException>(() => new RevokeRequest(name).Validate());
+            Assert.Throws<ArgumentException>(() => new GrantRequest("ok_user") { ForRoles = new[] { "public" } }.Validate());
+        }
+
+        [Theory]
+        [InlineData("plain", "'plain'")]
+        [InlineData("it's", "'it''s'")]
+        [InlineData("back\\slash", "E'back\\\\slash'")]
+        [InlineData("", "''")]
+        public async Task Literal_MatchesTheServersQuoteLiteral_AndRoundTrips(string value, string expected)
+        {
+            Assert.Equal(expected, PgLiteral.Quote(value));
+            await using var admin = await _fixture.OpenAdminAsync();
+            Assert.Equal(expected, await ScalarAsync<string>(admin, "select quote_literal($1)", value));
+            Assert.Equal(value, await ScalarAsync<string>(admin, "select " + PgLiteral.Quote(value)));
+        }
+    }
+}
