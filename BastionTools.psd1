@@ -15,8 +15,10 @@
         'Disconnect-IamPostgres'
         'Get-BastionInstance'
         'Get-BastionSession'
+        'Grant-RdsIamUser'
         'Invoke-IamPostgresQuery'
         'New-RdsIamToken'
+        'Revoke-RdsIamUser'
         'Start-BastionSession'
         'Stop-BastionSession'
     )

@@ -51,5 +51,11 @@ namespace BastionTools
         public const string SslRootCertificateInvalid = "SslRootCertificateInvalid";
         public const string PsqlNotFound = "PsqlNotFound";
         public const string QueryInputInvalid = "QueryInputInvalid";
+
+        // Grant-RdsIamUser / Revoke-RdsIamUser
+        public const string RdsIamAdminRequired = "RdsIamAdminRequired";
+        public const string RdsIamGrantNeedsForce = "RdsIamGrantNeedsForce";
+        public const string RdsIamGrantFailed = "RdsIamGrantFailed";
+        public const string SqlIdentifierInvalid = "SqlIdentifierInvalid";
     }
 }

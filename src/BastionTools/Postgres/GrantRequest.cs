@@ -5,7 +5,7 @@ using System.Linq;
 namespace BastionTools.Postgres
 {
     /// <summary>The -Access presets of Grant-RdsIamUser.</summary>
-    internal enum GrantAccess
+    public enum GrantAccess
     {
         /// <summary>SELECT on tables (and views); USAGE on the schema. No sequence privileges (reading needs none).</summary>
         ReadOnly,

@@ -28,6 +28,9 @@ namespace BastionTools.Postgres
         public string RootCertificatePath { get; set; } = "";
 
         public int CommandTimeoutSeconds { get; set; } = 30;
+
+        /// <summary>A real password instead of IAM tokens (the master user for Grant-RdsIamUser). Never logged.</summary>
+        public string? StaticPassword { get; set; }
         public int MaxPoolSize { get; set; } = 20;
         public string ApplicationName { get; set; } = "BastionTools";
     }
@@ -67,11 +70,19 @@ namespace BastionTools.Postgres
                 // The token is a password Npgsql must never keep in a connection string it could show.
                 PersistSecurityInfo = false,
             };
+            if (options.StaticPassword != null)
+            {
+                redactor.Add(options.StaticPassword);
+                csb.Password = options.StaticPassword;
+            }
             var builder = new NpgsqlDataSourceBuilder(csb.ConnectionString);
             builder.UseUserCertificateValidationCallback(Validator.Validate);
-            // A token is signed for every new physical connection (signing is local and takes microseconds), so a pool
-            // that lives for hours never presents an expired one.
-            builder.UsePasswordProvider(_ => NewToken(), (_, _) => new ValueTask<string>(NewToken()));
+            if (options.StaticPassword == null)
+            {
+                // A token is signed for every new physical connection (signing is local and takes microseconds), so a
+                // pool that lives for hours never presents an expired one.
+                builder.UsePasswordProvider(_ => NewToken(), (_, _) => new ValueTask<string>(NewToken()));
+            }
             DataSource = builder.Build();
         }
 
@@ -119,7 +130,9 @@ namespace BastionTools.Postgres
             {
                 return new BastionToolsException(ErrorIds.DatabaseLoginFailed, ErrorCategory.AuthenticationError,
                     _redactor.Redact(pg.MessageText) + " (SQLSTATE 28P01).", Options.UserName,
-                    "Check that the user exists, is a member of rds_iam (Grant-RdsIamUser), that the IAM policy allows rds-db:connect for it, and that -DbHost/-DbPort/-Region are the database's.");
+                    Options.StaticPassword != null
+                        ? "Check the user name and password (-Credential)."
+                        : "Check that the user exists, is a member of rds_iam (Grant-RdsIamUser), that the IAM policy allows rds-db:connect for it, and that -DbHost/-DbPort/-Region are the database's.");
             }
             var message = ex is PostgresException p ? $"{p.MessageText} (SQLSTATE {p.SqlState})" : ex.Message;
             return new BastionToolsException(ErrorIds.DatabaseConnectFailed, ErrorCategory.ConnectionError,
