@@ -157,3 +157,71 @@ Describe 'Disconnect-IamPostgres' {
         $errs[0].FullyQualifiedErrorId | Should -BeLike 'DatabaseConnectionClosed,*'
     }
 }
+
+Describe 'Grant-RdsIamUser and Revoke-RdsIamUser' {
+    BeforeAll {
+        $script:Admin = [pscredential]::new($Pg.user, (ConvertTo-SecureString $Pg.password -AsPlainText -Force))
+        $script:Grant = @{ Name = 'bastion'; DbHost = $Rds.endpoint; Database = $Pg.database; SslRootCertificate = $Rds.caBundle; Credential = $Admin }
+    }
+
+    It 'creates an IAM user in one transaction, gives the IAM policy, and changes nothing the second time' {
+        $g = Grant-RdsIamUser -UserName app_reader -Access ReadOnly -DbiResourceId db-ABCDEFGHIJKLMNOP -AccountId 123456789012 @Grant @Aws
+        $g | Should -BeOfType ([BastionTools.RdsIamGrant])
+        $g.Changed | Should -BeTrue
+        $g.Changes -join "`n" | Should -Match 'create role app_reader'
+        $g.Sql -join "`n" | Should -Match 'GRANT rds_iam TO app_reader'
+        $g.ResourceArn | Should -Be 'arn:aws:rds-db:us-west-2:123456789012:dbuser:db-ABCDEFGHIJKLMNOP/app_reader'
+        ($g.PolicyJson | ConvertFrom-Json).Statement[0].Action | Should -Be 'rds-db:connect'
+        Invoke-AdminSql "select count(*) from pg_auth_members m join pg_roles r on r.oid = m.member join pg_roles g on g.oid = m.roleid where r.rolname = 'app_reader' and g.rolname = 'rds_iam'" | Should -Be '1'
+
+        $again = Grant-RdsIamUser -UserName app_reader -Access ReadOnly @Grant @Aws
+        $again.Changed | Should -BeFalse
+        $again.Summary | Should -Match 'No changes'
+    }
+
+    It 'lets the user log in with IAM and do what was granted, and nothing more' {
+        $c = Connect-IamPostgres -Name bastion -UserName app_reader @Db @Aws
+        try {
+            (Invoke-IamPostgresQuery -Connection $c -Query 'select count(*) as n from seed_items').n | Should -Be 3
+            Invoke-IamPostgresQuery -Connection $c -Query "insert into seed_items (id, name, port) values (99, 'x', 1)" -NonQuery -ErrorVariable errs -ErrorAction SilentlyContinue
+            $errs[0].Exception.SqlState | Should -Be '42501'
+        }
+        finally { $c | Disconnect-IamPostgres }
+    }
+
+    It '-WhatIf prints the exact SQL and executes nothing' {
+        $r = Invoke-ChildPwsh -Script @"
+Import-Module '$(Get-TestModulePath)'
+`$admin = [pscredential]::new('$($Pg.user)', (ConvertTo-SecureString '$($Pg.password)' -AsPlainText -Force))
+Grant-RdsIamUser -UserName whatif_user -Access ReadWrite -Name bastion -DbHost '$($Rds.endpoint)' -Database '$($Pg.database)' -SslRootCertificate '$($Rds.caBundle)' -Credential `$admin -AccessKey '$($Aws.AccessKey)' -SecretKey '$($Aws.SecretKey)' -Region '$($Aws.Region)' -EndpointUrl '$($Aws.EndpointUrl)' -WhatIf
+"@
+        $r.Output | Should -Match 'What if:'
+        $r.Output | Should -Match 'CREATE ROLE whatif_user LOGIN'
+        $r.Output | Should -Match 'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO whatif_user'
+        $r.Output | Should -Not -Match ([regex]::Escape($Pg.password))
+        Invoke-AdminSql "select count(*) from pg_roles where rolname = 'whatif_user'" | Should -Be '0'
+    }
+
+    It 'quotes hostile names and refuses ones PostgreSQL would truncate' {
+        $hostile = 'x"; DROP TABLE seed_items; --'
+        $g = Grant-RdsIamUser -UserName $hostile @Grant @Aws
+        $g.Changed | Should -BeTrue
+        $g.Sql[0] | Should -Be 'CREATE ROLE "x""; DROP TABLE seed_items; --" LOGIN'
+        Invoke-AdminSql "select count(*) from pg_roles where rolname = 'x""; DROP TABLE seed_items; --'" | Should -Be '1'
+        Invoke-AdminSql 'select count(*) from seed_items' | Should -Be '3'
+        { Grant-RdsIamUser -UserName ('u' * 64) @Grant @Aws -ErrorAction Stop } | Should -Throw -ErrorId 'SqlIdentifierInvalid,*'
+    }
+
+    It 'needs -Force to put the master user under IAM, with a warning' {
+        { Grant-RdsIamUser -UserName $Pg.user @Grant @Aws -ErrorAction Stop -WarningVariable w 3>$null } | Should -Throw -ErrorId 'RdsIamGrantNeedsForce,*'
+        Invoke-AdminSql "select count(*) from pg_auth_members m join pg_roles r on r.oid = m.member where r.rolname = '$($Pg.user)'" | Should -Be '0'
+    }
+
+    It 'Revoke-RdsIamUser undoes the grant, drops the role with -Drop, and says so when there is nothing left' {
+        $r = Revoke-RdsIamUser -UserName app_reader -Drop @Grant @Aws -Confirm:$false
+        $r.Changed | Should -BeTrue
+        $r.Sql[-1] | Should -Be 'DROP ROLE app_reader'
+        Invoke-AdminSql "select count(*) from pg_roles where rolname = 'app_reader'" | Should -Be '0'
+        (Revoke-RdsIamUser -UserName app_reader @Grant @Aws -Confirm:$false).Changed | Should -BeFalse
+    }
+}
