@@ -154,6 +154,8 @@ namespace BastionTools.Sandbox
         /// <summary>The sandbox CA bundle clients must trust (sslrootcert).</summary>
         public string CaBundlePath => Certificates.CaBundlePath;
         public string EndpointName => _options.EndpointName;
+        /// <summary>All names the front answers for (the endpoint first, then <see cref="RdsIamProxyOptions.AdditionalNames"/>).</summary>
+        public IReadOnlyList<string> Names => Certificates.Names;
         /// <summary>The port tokens are signed for (what clients think RDS listens on).</summary>
         public int AdvertisedPort => _options.AdvertisedPort;
         public string IamRole => _options.IamRole;
@@ -423,6 +425,7 @@ namespace BastionTools.Sandbox
             Stream stream = connection.Client.GetStream();
             connection.ClientStream = stream;
             var tls = false;
+            string? sni = null;
             int protocol;
             byte[] startup;
             while (true)
@@ -465,6 +468,7 @@ namespace BastionTools.Sandbox
                     }
                     stream = ssl;
                     tls = true;
+                    sni = string.IsNullOrEmpty(ssl.TargetHostName) ? null : ssl.TargetHostName;
                     continue;
                 }
                 if (code == GssEncRequestCode)
@@ -541,7 +545,7 @@ namespace BastionTools.Sandbox
             {
                 var reason = membership switch
                 {
-                    Membership.Member => RdsIamToken.Validate(password, user, EndpointName, AdvertisedPort, World, World.Clock.UtcNow),
+                    Membership.Member => RdsIamToken.Validate(password, user, MeantHost(sni), AdvertisedPort, World, World.Clock.UtcNow),
                     Membership.NotMember => "the role is not a member of " + IamRole + " (a token was sent as its password)",
                     _ => "the role does not exist (a token was sent as its password)",
                 };
@@ -598,6 +602,13 @@ namespace BastionTools.Sandbox
                 return null;
             }
         }
+
+        /// <summary>
+        /// The endpoint name the client meant: its TLS SNI when that is one of the certificate's names (libpq sends it for
+        /// host names), else <see cref="EndpointName"/> (clients that connect to 127.0.0.1 through a tunnel send no SNI).
+        /// </summary>
+        private string MeantHost(string? sni) =>
+            sni != null && Names.Contains(sni, StringComparer.OrdinalIgnoreCase) ? sni : EndpointName;
 
         private async Task RelayAsync(Stream client, Socket backend)
         {

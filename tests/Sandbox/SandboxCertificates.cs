@@ -116,6 +116,7 @@ namespace BastionTools.Sandbox
             var wrongHost = CreateLeaf(ca, caKey, new[] { otherHostName }, notBefore, notAfter);
 
             var root = Path.GetFullPath(tempRoot ?? Path.GetTempPath());
+            CleanupStale(root);
             var dir = Path.Combine(root, DirectoryPrefix + Environment.ProcessId.ToString(CultureInfo.InvariantCulture) + "-" + Convert.ToHexString(RandomNumberGenerator.GetBytes(4)).ToLowerInvariant());
             if (OperatingSystem.IsWindows())
             {
@@ -129,6 +130,35 @@ namespace BastionTools.Sandbox
             return new SandboxCertificates(dir, names, otherHostName,
                 X509CertificateLoader.LoadCertificate(ca.RawData), server,
                 X509CertificateLoader.LoadCertificate(otherCa.RawData), otherCaServer, wrongHost);
+        }
+
+        /// <summary>Removes PEM directories left by processes that are gone (a killed sandbox cannot clean up after itself).</summary>
+        private static void CleanupStale(string root)
+        {
+            string[] candidates;
+            try
+            {
+                candidates = System.IO.Directory.GetDirectories(root, DirectoryPrefix + "*");
+            }
+            catch (Exception ex) when (ex is IOException || ex is UnauthorizedAccessException)
+            {
+                return;
+            }
+            foreach (var dir in candidates)
+            {
+                var rest = Path.GetFileName(dir).Substring(DirectoryPrefix.Length);
+                var dash = rest.IndexOf('-');
+                if (dash <= 0 || !int.TryParse(rest.AsSpan(0, dash), NumberStyles.None, CultureInfo.InvariantCulture, out var owner)) continue;
+                if (owner == Environment.ProcessId || PostgresCluster.IsAlive(owner)) continue;
+                try
+                {
+                    System.IO.Directory.Delete(dir, recursive: true);
+                }
+                catch (Exception ex) when (ex is IOException || ex is UnauthorizedAccessException)
+                {
+                    // Someone else's, or busy: leave it.
+                }
+            }
         }
 
         private static X509Certificate2 CreateRoot(string commonName, ECDsa key, DateTimeOffset notBefore, DateTimeOffset notAfter)

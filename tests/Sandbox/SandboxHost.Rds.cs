@@ -24,7 +24,7 @@ namespace BastionTools.Sandbox
         /// <summary>The RDS-IAM front when <see cref="SandboxHostOptions.StartRdsProxy"/> is set (after Start), else null.</summary>
         public RdsIamProxy? RdsProxy => Volatile.Read(ref _rdsProxy);
 
-        /// <summary>Starts the front after the cluster (blocks; bounded) and maps endpoint:advertisedPort to it in the world's host map.</summary>
+        /// <summary>Starts the front after the cluster (blocks; bounded) and maps each of its names:advertisedPort to it in the world's host map.</summary>
         private void StartRdsProxyIfRequested()
         {
             if (!_options.StartRdsProxy || _rdsProxy != null) return;
@@ -32,7 +32,7 @@ namespace BastionTools.Sandbox
             var options = _options.RdsProxyOptions ?? new RdsIamProxyOptions();
             if (options.Log == null && _options.Log != null) options.Log = _options.Log;
             var proxy = Task.Run(() => RdsIamProxy.StartAsync(cluster, World, options, CancellationToken.None)).GetAwaiter().GetResult();
-            World.MapHostPort(proxy.EndpointName, proxy.AdvertisedPort, proxy.Host, proxy.Port);
+            foreach (var name in proxy.Names) World.MapHostPort(name, proxy.AdvertisedPort, proxy.Host, proxy.Port);
             Volatile.Write(ref _rdsProxy, proxy);
         }
 
@@ -40,7 +40,7 @@ namespace BastionTools.Sandbox
         {
             var proxy = Interlocked.Exchange(ref _rdsProxy, null);
             if (proxy == null) return;
-            World.UnmapHostPort(proxy.EndpointName, proxy.AdvertisedPort);
+            foreach (var name in proxy.Names) World.UnmapHostPort(name, proxy.AdvertisedPort);
             await proxy.DisposeAsync().ConfigureAwait(false);
         }
 

@@ -28,6 +28,8 @@ namespace BastionTools.Tests.Sandbox
         public const string OtherIamUser = "iam_bob";
         public const string PlainUser = "plain_carol";
         public const string PlainPassword = "carol-Pw-7f3a9e21";
+        /// <summary>A second name on the certificate (as a cluster's reader endpoint); psql sends it as SNI.</summary>
+        public const string ReaderEndpoint = "demo.cluster-ro-c0ffee123456.us-west-2.rds.amazonaws.com";
         private readonly ConcurrentQueue<string> _log = new();
         private SandboxHost? _host;
 
@@ -41,7 +43,13 @@ namespace BastionTools.Tests.Sandbox
         {
             Environment.SetEnvironmentVariable("AWS_EC2_METADATA_DISABLED", "true");
             var sw = Stopwatch.StartNew();
-            _host = new SandboxHost(SandboxWorld.CreateDefault(), new SandboxHostOptions { StartPostgres = true, StartRdsProxy = true, Log = _log.Enqueue });
+            _host = new SandboxHost(SandboxWorld.CreateDefault(), new SandboxHostOptions
+            {
+                StartPostgres = true,
+                StartRdsProxy = true,
+                RdsProxyOptions = new RdsIamProxyOptions { AdditionalNames = { ReaderEndpoint } },
+                Log = _log.Enqueue,
+            });
             using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(120));
             await _host.StartAsync().WaitAsync(cts.Token);
             StartupTime = sw.Elapsed;
@@ -324,7 +332,7 @@ namespace BastionTools.Tests.Sandbox
             Assert.True(_f.Proxy.CancelRequests > cancelsBefore);
         }
 
-        private async Task<(int ExitCode, string Stdout, string Stderr)> PsqlAsync(string user, string password, string sql)
+        private async Task<(int ExitCode, string Stdout, string Stderr)> PsqlAsync(string user, string password, string sql, string host = Endpoint)
         {
             var psi = new ProcessStartInfo(_f.Postgres.PsqlPath)
             {
@@ -340,7 +348,7 @@ namespace BastionTools.Tests.Sandbox
             foreach (var a in new[]
             {
                 "-X", "-A", "-t", "-w", "-c", sql,
-                "host=" + Endpoint + " hostaddr=127.0.0.1 port=" + _f.Proxy.Port.ToString(CultureInfo.InvariantCulture)
+                "host=" + host + " hostaddr=127.0.0.1 port=" + _f.Proxy.Port.ToString(CultureInfo.InvariantCulture)
                     + " user=" + user + " dbname=" + _f.Postgres.Database + " sslmode=verify-full sslrootcert=" + _f.Proxy.CaBundlePath,
             })
             {
@@ -373,6 +381,34 @@ namespace BastionTools.Tests.Sandbox
             (exit, _, stderr) = await PsqlAsync(RdsIamFixture.IamUser, Tamper(Token(RdsIamFixture.IamUser)), "SELECT 1");
             Assert.NotEqual(0, exit);
             Assert.Contains("FATAL:  PAM authentication failed for user \"" + RdsIamFixture.IamUser + "\"", stderr, StringComparison.Ordinal);
+        }
+
+        [Fact(Timeout = 60_000)]
+        public async Task TheEndpointTheClientMeant_IsItsSni_WhenItIsOneOfTheFrontsNames()
+        {
+            // psql sends the reader name as SNI: a token for the reader name works there, the writer's token does not.
+            var (exit, stdout, stderr) = await PsqlAsync(RdsIamFixture.IamUser, Token(RdsIamFixture.IamUser, host: RdsIamFixture.ReaderEndpoint), "SELECT current_user", RdsIamFixture.ReaderEndpoint);
+            Assert.True(exit == 0, "psql failed: " + stderr);
+            Assert.Equal(RdsIamFixture.IamUser, stdout);
+            (exit, _, stderr) = await PsqlAsync(RdsIamFixture.IamUser, Token(RdsIamFixture.IamUser), "SELECT 1", RdsIamFixture.ReaderEndpoint);
+            Assert.NotEqual(0, exit);
+            Assert.Contains("PAM authentication failed for user \"" + RdsIamFixture.IamUser + "\"", stderr, StringComparison.Ordinal);
+            Assert.Contains("but the client connected to " + RdsIamFixture.ReaderEndpoint + ":5432", LastAttempt(RdsIamFixture.IamUser).Reason, StringComparison.Ordinal);
+            // Both names lead to the front through the agent double's host map.
+            Assert.Equal(("127.0.0.1", _f.Proxy.Port), _f.Host.World.ResolveEndpoint(RdsIamFixture.ReaderEndpoint, 5432));
+        }
+
+        [Fact]
+        public void TheWorldFile_HostMap_TakesHostPortEntries()
+        {
+            var world = SandboxWorld.Load("{\"hostMap\":{\"db.corp.example\":\"127.0.0.1\",\"pg.corp.example:5432\":\"127.0.0.1:15432\"}}");
+            Assert.Equal(("127.0.0.1", 15432), world.ResolveEndpoint("pg.corp.example", 5432));
+            Assert.Equal(("127.0.0.1", 5433), world.ResolveEndpoint("db.corp.example", 5433));
+            Assert.Null(world.ResolveEndpoint("pg.corp.example", 5433));
+            Assert.Equal("127.0.0.1:15432", world.HostPortMap["pg.corp.example:5432"]);
+            Assert.True(world.UnmapHostPort("pg.corp.example", 5432));
+            Assert.Null(world.ResolveEndpoint("pg.corp.example", 5432));
+            Assert.Throws<InvalidDataException>(() => SandboxWorld.Load("{\"hostMap\":{\"pg.corp.example:5432\":\"127.0.0.1\"}}"));
         }
 
         [Theory(Timeout = 60_000)]
