@@ -44,6 +44,15 @@ namespace BastionTools.Tests.Sandbox
             Assert.False(RdsIamToken.LooksLikeToken("correct horse battery staple"));
         }
 
+        [Fact(Timeout = 30_000)]
+        public async Task StartRdsProxy_WithoutStartPostgres_IsRefused()
+        {
+            await using var host = new SandboxHost(SandboxWorld.CreateDefault(), new SandboxHostOptions { StartRdsProxy = true });
+            var error = Assert.Throws<InvalidOperationException>(host.Start);
+            Assert.Contains("requires StartPostgres", error.Message, StringComparison.Ordinal);
+            Assert.Null(host.RdsProxy);
+        }
+
         [Fact(Timeout = 120_000)]
         public async Task Executable_WithRds_PrintsTheFront_ServesPsqlVerifyFull_AndCleansUpOnExit()
         {
