@@ -72,13 +72,13 @@ namespace BastionTools.Sandbox
         {
             if (!int.TryParse(portNumber, NumberStyles.None, CultureInfo.InvariantCulture, out var port) || port < 1 || port > 65535)
                 throw new IOException("dial tcp: address " + portNumber + ": invalid port");
-            var address = world.ResolveHost(host) ?? throw new IOException("missing address");
+            var (address, targetPort) = world.ResolveEndpoint(host, port) ?? throw new IOException("missing address");
             var client = new TcpClient(AddressFamily.InterNetwork) { NoDelay = true };
             try
             {
                 using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellation);
                 timeout.CancelAfter(TimeSpan.FromSeconds(10));
-                await client.ConnectAsync(IPAddress.Parse(address), port, timeout.Token).ConfigureAwait(false);
+                await client.ConnectAsync(IPAddress.Parse(address), targetPort, timeout.Token).ConfigureAwait(false);
                 return client;
             }
             catch (Exception ex) when (ex is SocketException || ex is OperationCanceledException)

@@ -7,10 +7,13 @@ using System.Threading.Tasks;
 namespace BastionTools.Sandbox
 {
     /// <summary>
-    /// dotnet run --project tests/Sandbox -- [--port N] [--config world.json] [--faults '{"dropRate":0.1,...}'] [--verbose] [--no-stdin] [--postgres]
+    /// dotnet run --project tests/Sandbox -- [--port N] [--config world.json] [--faults '{"dropRate":0.1,...}'] [--verbose] [--no-stdin] [--postgres] [--rds]
     /// Prints one line of JSON (endpoints, region, fake credentials, instances) on stdout, then serves until stdin
     /// closes (unless --no-stdin), or SIGINT/SIGTERM. Logs go to stderr. --postgres also starts a throwaway local
     /// PostgreSQL cluster (see <see cref="PostgresCluster"/>), adds "postgres":{...} to the JSON and stops it on exit.
+    /// --rds (implies --postgres) also starts the RDS-IAM front (see <see cref="RdsIamProxy"/>) and adds
+    /// "rds":{"endpoint","port","proxyPort","caBundle","iamRole",...} and "rdsCaBundle" to the JSON; port-forwarding
+    /// sessions to endpoint:port reach it through the agent double.
     /// </summary>
     public static class Program
     {
@@ -22,6 +25,7 @@ namespace BastionTools.Sandbox
             var verbose = false;
             var watchStdin = true;
             var postgres = false;
+            var rds = false;
             for (var i = 0; i < args.Length; i++)
             {
                 switch (args[i])
@@ -45,9 +49,13 @@ namespace BastionTools.Sandbox
                     case "--postgres":
                         postgres = true;
                         break;
+                    case "--rds":
+                        rds = true;
+                        postgres = true;
+                        break;
                     case "--help":
                     case "-h":
-                        Console.Out.WriteLine("usage: BastionTools.Sandbox [--port N] [--config world.json] [--faults JSON] [--verbose] [--no-stdin] [--postgres]");
+                        Console.Out.WriteLine("usage: BastionTools.Sandbox [--port N] [--config world.json] [--faults JSON] [--verbose] [--no-stdin] [--postgres] [--rds]");
                         return 0;
                     default:
                         Console.Error.WriteLine("sandbox: unknown or incomplete argument '" + args[i] + "' (see --help)");
@@ -66,7 +74,7 @@ namespace BastionTools.Sandbox
                 return 2;
             }
 
-            var options = new SandboxHostOptions { Port = port, StartPostgres = postgres };
+            var options = new SandboxHostOptions { Port = port, StartPostgres = postgres, StartRdsProxy = rds };
             if (verbose) options.Log = line => Console.Error.WriteLine("sandbox: " + line);
             await using var host = new SandboxHost(world, options);
             if (faults != null)
@@ -91,6 +99,11 @@ namespace BastionTools.Sandbox
                 return 1;
             }
             catch (PostgresClusterException ex)
+            {
+                Console.Error.WriteLine("sandbox: " + ex.Message);
+                return 1;
+            }
+            catch (RdsIamProxyException ex)
             {
                 Console.Error.WriteLine("sandbox: " + ex.Message);
                 return 1;

@@ -22,15 +22,18 @@ namespace BastionTools.Sandbox
         /// <summary>Starts the cluster when the options ask for it (blocks; bounded by the cluster's StartTimeout).</summary>
         private void StartPostgresIfRequested()
         {
+            if (_options.StartRdsProxy && !_options.StartPostgres) throw new InvalidOperationException("SandboxHostOptions.StartRdsProxy requires StartPostgres (the front relays to the host's own cluster).");
             if (!_options.StartPostgres || _postgres != null) return;
             var options = _options.PostgresOptions ?? new PostgresClusterOptions();
             if (options.Log == null && _options.Log != null) options.Log = _options.Log;
             var cluster = Task.Run(() => PostgresCluster.StartAsync(options, CancellationToken.None)).GetAwaiter().GetResult();
             Volatile.Write(ref _postgres, cluster);
+            StartRdsProxyIfRequested();
         }
 
         private async Task StopPostgresAsync()
         {
+            await StopRdsProxyAsync().ConfigureAwait(false);
             var cluster = Interlocked.Exchange(ref _postgres, null);
             if (cluster != null) await cluster.StopAsync().ConfigureAwait(false);
         }

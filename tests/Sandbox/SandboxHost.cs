@@ -213,6 +213,7 @@ namespace BastionTools.Sandbox
                 ["instances"] = instances,
             };
             if (Postgres != null) o["postgres"] = Postgres.DescribeJson();
+            DescribeRdsJson(o);
             return o.ToJsonString();
         }
 

@@ -112,6 +112,7 @@ namespace BastionTools.Sandbox
         private readonly List<SandboxCredential> _credentials = new();
 
         private readonly Dictionary<string, string> _hostMap = new(StringComparer.OrdinalIgnoreCase);
+        private readonly Dictionary<string, (string Address, int Port)> _portMap = new(StringComparer.OrdinalIgnoreCase);
 
         public string Region { get; set; } = "us-west-2";
         public string AccountId { get; set; } = "123456789012";
@@ -181,6 +182,70 @@ namespace BastionTools.Sandbox
             return null;
         }
 
+        /// <summary>
+        /// Where the agent's port plugin connects for a destination host and port: an explicit host:port entry
+        /// (<see cref="MapHostPort"/>, e.g. the RDS endpoint's 5432 → the RDS-IAM front's ephemeral port) first, else
+        /// <see cref="ResolveHost"/> with the same port. Null when the host does not resolve. Only loopback addresses.
+        /// </summary>
+        public (string Address, int Port)? ResolveEndpoint(string? host, int port)
+        {
+            if (!string.IsNullOrEmpty(host))
+            {
+                (string Address, int Port) target;
+                bool found;
+                lock (_gate) found = _portMap.TryGetValue(HostPortKey(host!, port), out target);
+                if (found)
+                {
+                    var address = ResolveHost(target.Address);
+                    return address == null ? null : (address, target.Port);
+                }
+            }
+            var resolved = ResolveHost(host);
+            return resolved == null ? null : (resolved, port);
+        }
+
+        /// <summary>Maps a destination host:port to a loopback address (or a name the default rule resolves) and another port.</summary>
+        public SandboxWorld MapHostPort(string host, int port, string address, int targetPort)
+        {
+            if (string.IsNullOrWhiteSpace(host)) throw new ArgumentException("A host name is needed.", nameof(host));
+            if (port < 1 || port > 65535) throw new ArgumentOutOfRangeException(nameof(port));
+            if (targetPort < 1 || targetPort > 65535) throw new ArgumentOutOfRangeException(nameof(targetPort));
+            if (string.IsNullOrWhiteSpace(address)) throw new ArgumentException("An address is needed.", nameof(address));
+            lock (_gate) _portMap[HostPortKey(host, port)] = (address, targetPort);
+            return this;
+        }
+
+        public bool UnmapHostPort(string host, int port)
+        {
+            lock (_gate) return _portMap.Remove(HostPortKey(host, port));
+        }
+
+        /// <summary>The explicit host:port map entries ("host:port" → "address:port").</summary>
+        public IReadOnlyDictionary<string, string> HostPortMap
+        {
+            get
+            {
+                lock (_gate)
+                {
+                    return _portMap.ToDictionary(e => e.Key, e => e.Value.Address + ":" + e.Value.Port.ToString(System.Globalization.CultureInfo.InvariantCulture), StringComparer.OrdinalIgnoreCase);
+                }
+            }
+        }
+
+        private static string HostPortKey(string host, int port) => host.Trim() + ":" + port.ToString(System.Globalization.CultureInfo.InvariantCulture);
+
+        /// <summary>Splits "name:port" (a name without ':' and a port 1..65535).</summary>
+        internal static bool TrySplitHostPort(string value, out string host, out int port)
+        {
+            host = "";
+            port = 0;
+            var colon = value.LastIndexOf(':');
+            if (colon <= 0 || value.IndexOf(':') != colon) return false;
+            if (!int.TryParse(value.AsSpan(colon + 1), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out port) || port < 1 || port > 65535) return false;
+            host = value.Substring(0, colon);
+            return true;
+        }
+
         /// <summary>Maps a destination host name to a loopback address (or to another name the default rule resolves).</summary>
         public SandboxWorld MapHost(string host, string address)
         {
@@ -229,7 +294,7 @@ namespace BastionTools.Sandbox
         /// <summary>
         /// Reads a world from JSON: {"region","accountId","clockOffsetSeconds","credentials":[{accessKeyId,secretAccessKey,sessionToken,userName}],
         /// "instances":[{instanceId,name,tags{},pingStatus,agentVersion,platformType,platformName,platformVersion,platformDetails,privateIpAddress,state,...}],
-        /// "hostMap":{"db.example.internal":"127.0.0.1"}}.
+        /// "hostMap":{"db.example.internal":"127.0.0.1","db2.example.internal:5432":"127.0.0.1:15432"}}.
         /// Missing credentials or instances fall back to those of <see cref="CreateDefault"/>.
         /// </summary>
         public static SandboxWorld Load(string json)
@@ -247,7 +312,19 @@ namespace BastionTools.Sandbox
             foreach (var i in file.Instances ?? defaults.Instances.ToList()) world.AddInstance(i);
             if (file.HostMap != null)
             {
-                foreach (var h in file.HostMap) world.MapHost(h.Key, h.Value);
+                foreach (var h in file.HostMap)
+                {
+                    // "name:port": "address:port" entries map one port; plain names map the host for every port.
+                    if (TrySplitHostPort(h.Key, out var fromHost, out var fromPort))
+                    {
+                        if (!TrySplitHostPort(h.Value, out var toAddress, out var toPort)) throw new InvalidDataException("hostMap entry '" + h.Key + "' needs an \"address:port\" value.");
+                        world.MapHostPort(fromHost, fromPort, toAddress, toPort);
+                    }
+                    else
+                    {
+                        world.MapHost(h.Key, h.Value);
+                    }
+                }
             }
             return world;
         }

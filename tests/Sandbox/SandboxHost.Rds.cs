@@ -1,0 +1,59 @@
+using System;
+using System.Globalization;
+using System.Text.Json.Nodes;
+using System.Threading;
+using System.Threading.Tasks;
+
+namespace BastionTools.Sandbox
+{
+    public sealed partial class SandboxHostOptions
+    {
+        /// <summary>
+        /// Also start the RDS-IAM front (<see cref="SandboxHost.RdsProxy"/>) for the host's PostgreSQL cluster; requires
+        /// <see cref="StartPostgres"/>. The world's host map then sends the endpoint's advertised port to the front.
+        /// </summary>
+        public bool StartRdsProxy { get; set; }
+        /// <summary>Options for the front; null for the defaults (endpoint demo.c0ffee123456.us-west-2.rds.amazonaws.com:5432; its Log defaults to <see cref="Log"/>).</summary>
+        public RdsIamProxyOptions? RdsProxyOptions { get; set; }
+    }
+
+    public sealed partial class SandboxHost
+    {
+        private RdsIamProxy? _rdsProxy;
+
+        /// <summary>The RDS-IAM front when <see cref="SandboxHostOptions.StartRdsProxy"/> is set (after Start), else null.</summary>
+        public RdsIamProxy? RdsProxy => Volatile.Read(ref _rdsProxy);
+
+        /// <summary>Starts the front after the cluster (blocks; bounded) and maps each of its names:advertisedPort to it in the world's host map.</summary>
+        private void StartRdsProxyIfRequested()
+        {
+            if (!_options.StartRdsProxy || _rdsProxy != null) return;
+            var cluster = _postgres ?? throw new InvalidOperationException("SandboxHostOptions.StartRdsProxy requires StartPostgres (the front relays to the host's own cluster).");
+            var options = _options.RdsProxyOptions ?? new RdsIamProxyOptions();
+            if (options.Log == null && _options.Log != null) options.Log = _options.Log;
+            var proxy = Task.Run(() => RdsIamProxy.StartAsync(cluster, World, options, CancellationToken.None)).GetAwaiter().GetResult();
+            foreach (var name in proxy.Names) World.MapHostPort(name, proxy.AdvertisedPort, proxy.Host, proxy.Port);
+            Volatile.Write(ref _rdsProxy, proxy);
+        }
+
+        private async Task StopRdsProxyAsync()
+        {
+            var proxy = Interlocked.Exchange(ref _rdsProxy, null);
+            if (proxy == null) return;
+            foreach (var name in proxy.Names) World.UnmapHostPort(name, proxy.AdvertisedPort);
+            await proxy.DisposeAsync().ConfigureAwait(false);
+        }
+
+        /// <summary>Adds "rds" and "rdsCaBundle" to the sandbox's JSON line when the front runs.</summary>
+        private void DescribeRdsJson(JsonObject o)
+        {
+            var proxy = RdsProxy;
+            if (proxy == null) return;
+            o["rds"] = proxy.DescribeJson();
+            o["rdsCaBundle"] = proxy.CaBundlePath;
+        }
+
+        /// <summary>"endpoint:port" of the front as clients address it (through a tunnel), e.g. for a token.</summary>
+        public string? RdsEndpointAddress => RdsProxy is { } p ? p.EndpointName + ":" + p.AdvertisedPort.ToString(CultureInfo.InvariantCulture) : null;
+    }
+}
