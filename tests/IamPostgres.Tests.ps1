@@ -128,12 +128,13 @@ Describe 'psql through the tunnel (-Interactive)' {
         Remove-Item env:PGPASSWORD -ErrorAction SilentlyContinue
         $r = Invoke-ChildPwsh -Script @"
 Import-Module '$(Get-TestModulePath)'
-Connect-IamPostgres -Name bastion -UserName app_iam -DbHost '$($Rds.endpoint)' -Database '$($Pg.database)' -SslRootCertificate '$($Rds.caBundle)' -AccessKey '$($Aws.AccessKey)' -SecretKey '$($Aws.SecretKey)' -Region '$($Aws.Region)' -EndpointUrl '$($Aws.EndpointUrl)' -Interactive -PsqlArgument @('-X', '-A', '-t', '-c', 'select current_user || chr(47) || ssl from pg_stat_ssl where pid = pg_backend_pid()')
+Connect-IamPostgres -Name bastion -UserName app_iam -DbHost '$($Rds.endpoint)' -Database '$($Pg.database)' -SslRootCertificate '$($Rds.caBundle)' -AccessKey '$($Aws.AccessKey)' -SecretKey '$($Aws.SecretKey)' -Region '$($Aws.Region)' -EndpointUrl '$($Aws.EndpointUrl)' -Interactive -PsqlArgument @('-X', '-c', '\conninfo')
 'EXIT=' + `$LASTEXITCODE
 'PGPASSWORD=[' + `$env:PGPASSWORD + ']'
 'SESSIONS=' + @(Get-BastionSession).Count
 "@
-        $r.Output | Should -Match 'app_iam/t'
+        $r.Output | Should -Match 'as user "app_iam" on host "[^"]+" \(address "127\.0\.0\.1"\)'
+        $r.Output | Should -Match 'SSL connection \(protocol: TLS'
         $r.Output | Should -Match 'EXIT=0'
         $r.Output | Should -Match 'PGPASSWORD=\[\]'
         $r.Output | Should -Match 'SESSIONS=0'
