@@ -139,8 +139,10 @@ namespace BastionTools.Postgres
                 $"Could not connect to {Options.Endpoint} as {Options.UserName}: {_redactor.Redact(message)}", Options.Endpoint, null, null);
         }
 
-        public ValueTask DisposeAsync() => DataSource.DisposeAsync();
+        // Through the interfaces: on .NET 6+ the data source's base class (DbDataSource) lives in the framework, in
+        // Npgsql's netstandard2.0 build in Npgsql itself; naming it in IL would tie this assembly to one of the two.
+        public ValueTask DisposeAsync() => ((IAsyncDisposable)DataSource).DisposeAsync();
 
-        public void Dispose() => DataSource.Dispose();
+        public void Dispose() => ((IDisposable)DataSource).Dispose();
     }
 }
