@@ -23,19 +23,24 @@ if (-not $SandboxPath -or -not (Test-Path $SandboxPath)) { throw "The sandbox is
 
 Write-Host 'Starting the sandbox (SSM, EC2 and Session Manager doubles on 127.0.0.1, and a throwaway PostgreSQL)...' -ForegroundColor DarkGray
 $psi = [System.Diagnostics.ProcessStartInfo]::new('dotnet')
-foreach ($a in $SandboxPath, '--postgres') { $psi.ArgumentList.Add($a) }
+foreach ($a in $SandboxPath, '--rds') { $psi.ArgumentList.Add($a) }
 $psi.RedirectStandardInput = $true; $psi.RedirectStandardOutput = $true; $psi.RedirectStandardError = $true; $psi.UseShellExecute = $false
 $sandboxProcess = [System.Diagnostics.Process]::Start($psi)
 try {
     $sandbox = $sandboxProcess.StandardOutput.ReadLine() | ConvertFrom-Json
     if (-not $sandbox) { throw "The sandbox did not start: $($sandboxProcess.StandardError.ReadToEnd())" }
-    $endpoint = 'demo.c0ffee123456.us-west-2.rds.amazonaws.com'
+    $endpoint = $sandbox.rds.endpoint
+    # The sandbox's database presents a certificate from its own CA; against real RDS the module's bundled RDS CA
+    # bundle is the default and this is not needed.
+    $PSDefaultParameterValues['*-RdsIamUser:SslRootCertificate'] = $sandbox.rds.caBundle
+    $PSDefaultParameterValues['Connect-IamPostgres:SslRootCertificate'] = $sandbox.rds.caBundle
+    $master = [pscredential]::new($sandbox.postgres.user, (ConvertTo-SecureString $sandbox.postgres.password -AsPlainText -Force))
 
     # What a real run gets from a profile, SSO or OIDC: here the sandbox's test credentials, in this process only.
     $env:AWS_ACCESS_KEY_ID = $sandbox.accessKeyId
     $env:AWS_SECRET_ACCESS_KEY = $sandbox.secretAccessKey
     $env:AWS_REGION = $sandbox.region
-    $PSDefaultParameterValues['*-Bastion*:EndpointUrl'] = $sandbox.ssm
+    $PSDefaultParameterValues['*:EndpointUrl'] = $sandbox.ssm
 
     Step 'Import-Module BastionTools' {
         $elapsed = Measure-Command { Import-Module $ModulePath -Force }
@@ -53,29 +58,33 @@ try {
         Write-Host ("token: {0}&X-Amz-Signature=… ({1} characters, valid 15 minutes)" -f ($script:token -split '&X-Amz-Signature=')[0], $script:token.Length)
     }
 
-    Step "`$s = Start-BastionSession -Name bastion -RemoteHost $endpoint -RemotePort $($sandbox.postgres.port)" {
-        $script:session = Start-BastionSession -Name bastion -RemoteHost $endpoint -RemotePort $sandbox.postgres.port
-        $script:session | Format-Table | Out-Host
+    Step "Grant-RdsIamUser -Name bastion -DbHost $endpoint -Database appdb -UserName app_reader -Access ReadOnly -Credential `$master -DbiResourceId db-ABCDEFGHIJKLMNOPQRST -AccountId 123456789012" {
+        $script:grant = Grant-RdsIamUser -Name bastion -DbHost $endpoint -Database $sandbox.postgres.database -UserName app_reader -Access ReadOnly -Credential $master -DbiResourceId db-ABCDEFGHIJKLMNOPQRST -AccountId $sandbox.accountId
+        $script:grant | Format-List UserName, Changed, Changes, Summary, ResourceArn | Out-Host
+        Write-Host $script:grant.PolicyJson
     }
 
-    Step "psql -h 127.0.0.1 -p `$s.LocalPort -U $($sandbox.postgres.user) -d $($sandbox.postgres.database) -c 'select * from seed_items'" {
-        if (Get-Command psql -ErrorAction SilentlyContinue) {
-            # The password reaches psql through its own environment only.
-            $p = [System.Diagnostics.ProcessStartInfo]::new('psql')
-            foreach ($a in '-X', '-h', '127.0.0.1', '-p', "$($script:session.LocalPort)", '-U', $sandbox.postgres.user, '-d', $sandbox.postgres.database, '-c', 'select * from seed_items order by id') { $p.ArgumentList.Add($a) }
-            $p.Environment['PGPASSWORD'] = $sandbox.postgres.password
-            $p.UseShellExecute = $false
-            $proc = [System.Diagnostics.Process]::Start($p); $proc.WaitForExit()
-        }
-        else { Write-Host 'psql is not installed: skipping the query (apt-get install -y postgresql-client).' -ForegroundColor DarkYellow }
+    Step "`$db = Connect-IamPostgres -Name bastion -DbHost $endpoint -Database appdb -UserName app_reader" {
+        $script:db = Connect-IamPostgres -Name bastion -DbHost $endpoint -Database $sandbox.postgres.database -UserName app_reader
+        $script:db | Format-Table | Out-Host
+    }
+
+    Step "Invoke-IamPostgresQuery -Connection `$db -Query 'select id, name from seed_items where id >= @min order by id' -Parameters @{ min = 2 }" {
+        Invoke-IamPostgresQuery -Connection $script:db -Query 'select id, name from seed_items where id >= @min order by id' -Parameters @{ min = 2 } | Format-Table | Out-Host
+    }
+
+    Step "Invoke-IamPostgresQuery -Connection `$db -Query 'delete from seed_items'   # not granted" {
+        Invoke-IamPostgresQuery -Connection $script:db -Query 'delete from seed_items' -ErrorAction SilentlyContinue -ErrorVariable denied
+        Write-Host ("{0} ({1})" -f $denied[0].Exception.Message, $denied[0].CategoryInfo.Category) -ForegroundColor DarkYellow
     }
 
     Step 'Get-BastionSession' {
         Get-BastionSession | Format-Table | Out-Host
     }
 
-    Step 'Get-BastionSession | Stop-BastionSession' {
-        Get-BastionSession | Stop-BastionSession -PassThru | Select-Object SessionId, State, TotalConnections, BytesSent, BytesReceived | Format-Table | Out-Host
+    Step '$db | Disconnect-IamPostgres' {
+        $script:db | Disconnect-IamPostgres
+        Write-Host ("connection {0}; sessions left: {1}" -f $script:db.State, @(Get-BastionSession).Count)
     }
 
     Step "Start-BastionSession -Name bastion -Command 'uname -sr; id -un'" {

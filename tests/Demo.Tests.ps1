@@ -12,7 +12,10 @@ Describe 'The demo' {
         $r = Invoke-ChildPwsh -RemoveEnvironment $awsVars -Script "& '$Demo' -ModulePath '$ModulePath' *>&1 | Out-String -Width 400; 'EXIT=' + [int](-not `$?)" -TimeoutSeconds 300
         $r.Output | Should -Match 'Demo finished\.'
         $r.Output | Should -Match 'DBUser=app_reader'
-        $r.Output | Should -Match 'alpha'          # a row of the seeded table, through the tunnel
+        $r.Output | Should -Match 'bravo'          # a row of the seeded table, as the IAM user, through the tunnel
+        $r.Output | Should -Match 'create role app_reader'
+        $r.Output | Should -Match 'rds-db:connect'
+        $r.Output | Should -Match '42501|permission denied'
         $r.Output | Should -Match 'i-0a1b2c3d4e5f60001'
         $r.Output | Should -Not -Match 'sandbox/Secret/Key'
     }

@@ -65,6 +65,20 @@ Describe 'Connect-IamPostgres' {
         ($all | Out-String) | Should -Not -Match ([regex]::Escape($Aws.SecretKey))
     }
 
+    It 'shows no token, secret key or password in any stream at -Verbose -Debug' {
+        $all = & {
+            $c = Connect-IamPostgres -Name bastion -UserName app_iam @Db @Aws -Verbose -Debug
+            Invoke-IamPostgresQuery -Connection $c -Query 'select 1 as one' -Verbose -Debug
+            $c | Disconnect-IamPostgres -Verbose -Debug
+        } *>&1 | Out-String
+        $all | Should -Match 'Credentials: from'
+        $all | Should -Match 'Tokens: signed for'
+        $all | Should -Not -Match 'X-Amz-Signature=[0-9a-f]'
+        $all | Should -Not -Match 'X-Amz-Credential=AKIA'
+        $all | Should -Not -Match ([regex]::Escape($Aws.SecretKey))
+        $all | Should -Not -Match ([regex]::Escape($Pg.password))
+    }
+
     It '-SslMode Require connects with a warning' {
         $db = $Db.Clone(); $db.Remove('SslRootCertificate')
         $c = Connect-IamPostgres -Name bastion -UserName app_iam @db -SslMode Require @Aws -WarningVariable warns 3>$null
