@@ -16,8 +16,10 @@ namespace BastionTools.Bench
                     return TokenBench.Run(rest);
                 case "tunnel":
                     return await TunnelBench.RunAsync(rest).ConfigureAwait(false);
+                case "iam":
+                    return await IamBench.RunAsync(rest).ConfigureAwait(false);
                 default:
-                    Console.Error.WriteLine("usage: BastionTools.Bench token [seconds] | tunnel --sandbox <BastionTools.Sandbox.dll>");
+                    Console.Error.WriteLine("usage: BastionTools.Bench token [seconds] | tunnel --sandbox <dll> | iam --sandbox <dll>");
                     return 2;
             }
         }

@@ -1,0 +1,123 @@
+using System;
+using System.Diagnostics;
+using System.IO;
+using System.Text.Json;
+using System.Threading;
+using System.Threading.Tasks;
+using Amazon.Runtime;
+using BastionTools.Aws;
+using BastionTools.Postgres;
+using BastionTools.Ssm;
+using Npgsql;
+
+namespace BastionTools.Bench
+{
+    /// <summary>
+    /// IAM PostgreSQL through the tunnel and the RDS-IAM double (TLS, token per physical connection) against a direct
+    /// loopback connection to the same PostgreSQL, in the same run.
+    /// </summary>
+    internal static class IamBench
+    {
+        public static async Task<int> RunAsync(string[] args)
+        {
+            string? sandboxDll = null;
+            for (var i = 0; i < args.Length; i++) if (args[i] == "--sandbox" && i + 1 < args.Length) sandboxDll = args[++i];
+            if (sandboxDll == null || !File.Exists(sandboxDll))
+            {
+                Console.Error.WriteLine("iam: --sandbox <path to BastionTools.Sandbox.dll> is required");
+                return 2;
+            }
+            var psi = new ProcessStartInfo("dotnet") { RedirectStandardInput = true, RedirectStandardOutput = true, UseShellExecute = false };
+            psi.ArgumentList.Add(sandboxDll);
+            psi.ArgumentList.Add("--rds");
+            using var sandbox = Process.Start(psi)!;
+            try
+            {
+                var info = JsonDocument.Parse(sandbox.StandardOutput.ReadLine()!).RootElement;
+                var pg = info.GetProperty("postgres");
+                var rds = info.GetProperty("rds");
+                var direct = new NpgsqlConnectionStringBuilder
+                {
+                    Host = "127.0.0.1", Port = pg.GetProperty("port").GetInt32(), Username = pg.GetProperty("user").GetString(),
+                    Password = pg.GetProperty("password").GetString(), Database = pg.GetProperty("database").GetString(), SslMode = SslMode.Disable,
+                }.ConnectionString;
+                await using (var admin = NpgsqlDataSource.Create(direct))
+                await using (var cmd = admin.CreateCommand("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'bench_iam') THEN CREATE ROLE bench_iam LOGIN; END IF; END $$; GRANT rds_iam TO bench_iam"))
+                {
+                    await cmd.ExecuteNonQueryAsync().ConfigureAwait(false);
+                }
+
+                var accessKey = info.GetProperty("accessKeyId").GetString()!;
+                var secret = info.GetProperty("secretAccessKey").GetString()!;
+                var creds = new ResolvedCredentials(new BasicAWSCredentials(accessKey, secret), "sandbox", null);
+                using var api = new AwsApi(creds, info.GetProperty("region").GetString()!, info.GetProperty("ssm").GetString());
+
+                var sw = Stopwatch.StartNew();
+                var session = new PortForwardingSession(api, new PortForwardingRequest { Target = "i-0a1b2c3d4e5f60001", RemoteHost = rds.GetProperty("endpoint").GetString(), RemotePort = 5432 }, new DataChannelOptions());
+                await session.StartAsync(_ => { }, TimeSpan.FromSeconds(30), CancellationToken.None).ConfigureAwait(false);
+                var source = new IamDataSource(new IamDataSourceOptions
+                {
+                    Endpoint = rds.GetProperty("endpoint").GetString()!, EndpointPort = 5432, ConnectPort = session.LocalEndPoint!.Port,
+                    UserName = "bench_iam", Database = pg.GetProperty("database").GetString()!, Region = info.GetProperty("region").GetString()!,
+                    RootCertificatePath = rds.GetProperty("caBundle").GetString()!,
+                }, () => new AwsKeys(accessKey, secret, null), new Redactor());
+                await using (var first = await source.OpenAsync(CancellationToken.None).ConfigureAwait(false))
+                await using (var cmd = new NpgsqlCommand("select 1", first))
+                {
+                    await cmd.ExecuteScalarAsync().ConfigureAwait(false);
+                }
+                Console.WriteLine($"cold: session + TLS + IAM login -> first row   {sw.Elapsed.TotalMilliseconds,8:F0} ms");
+
+                await using var directSource = NpgsqlDataSource.Create(direct);
+                var tDirect = await SmallQueriesAsync(() => directSource.OpenConnectionAsync().AsTask()).ConfigureAwait(false);
+                var tTunnel = await SmallQueriesAsync(() => source.OpenAsync(CancellationToken.None)).ConfigureAwait(false);
+                Console.WriteLine($"1000 small queries (pooled, sequential)   direct {tDirect.TotalMilliseconds,7:F0} ms   IAM+tunnel {tTunnel.TotalMilliseconds,7:F0} ms   ratio {tTunnel.TotalMilliseconds / tDirect.TotalMilliseconds:F1}x");
+
+                var rDirect = await StreamAsync(() => directSource.OpenConnectionAsync().AsTask()).ConfigureAwait(false);
+                var rTunnel = await StreamAsync(() => source.OpenAsync(CancellationToken.None)).ConfigureAwait(false);
+                Console.WriteLine($"1M-row streamed query   direct {rDirect,10:N0} rows/s   IAM+tunnel {rTunnel,10:N0} rows/s   ratio {rTunnel / rDirect:P0}");
+                Console.WriteLine($"tokens signed: {source.TokensIssued} (one per physical connection)");
+                await source.DisposeAsync().ConfigureAwait(false);
+                await session.StopAsync().ConfigureAwait(false);
+                return 0;
+            }
+            finally
+            {
+                sandbox.StandardInput.Close();
+                if (!sandbox.WaitForExit(20000)) sandbox.Kill(true);
+            }
+        }
+
+        private static async Task<TimeSpan> SmallQueriesAsync(Func<Task<NpgsqlConnection>> open)
+        {
+            for (var i = 0; i < 50; i++) await OneAsync(open).ConfigureAwait(false);
+            var sw = Stopwatch.StartNew();
+            for (var i = 0; i < 1000; i++) await OneAsync(open).ConfigureAwait(false);
+            return sw.Elapsed;
+        }
+
+        private static async Task OneAsync(Func<Task<NpgsqlConnection>> open)
+        {
+            await using var c = await open().ConfigureAwait(false);
+            await using var cmd = new NpgsqlCommand("select 1", c);
+            await cmd.ExecuteScalarAsync().ConfigureAwait(false);
+        }
+
+        private static async Task<double> StreamAsync(Func<Task<NpgsqlConnection>> open)
+        {
+            await using var c = await open().ConfigureAwait(false);
+            await using var cmd = new NpgsqlCommand("select g, 'row ' || g from generate_series(1, 1000000) g", c);
+            var sw = Stopwatch.StartNew();
+            long n = 0;
+            await using (var r = await cmd.ExecuteReaderAsync().ConfigureAwait(false))
+            {
+                while (await r.ReadAsync().ConfigureAwait(false))
+                {
+                    n += r.GetInt32(0) > 0 ? 1 : 0;
+                    _ = r.GetString(1);
+                }
+            }
+            return n / sw.Elapsed.TotalSeconds;
+        }
+    }
+}
