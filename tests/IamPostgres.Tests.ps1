@@ -79,6 +79,20 @@ Describe 'Connect-IamPostgres' {
         $all | Should -Not -Match ([regex]::Escape($Pg.password))
     }
 
+    It 'reuses an open session with -Session, and leaves it open on Disconnect' {
+        $s = Start-BastionSession -Name bastion -RemoteHost $Rds.endpoint -RemotePort $Rds.port @Aws 6>$null
+        try {
+            $db = $Db.Clone(); $db.Remove('DbHost')
+            $c = $s | Connect-IamPostgres -DbHost $Rds.endpoint -UserName app_iam @db @Aws
+            $c.SessionId | Should -Be $s.SessionId
+            $c.LocalPort | Should -Be $s.LocalPort
+            (Invoke-IamPostgresQuery -Connection $c -Query 'select 21 * 2 as n').n | Should -Be 42
+            $c | Disconnect-IamPostgres
+            $s.State | Should -Be 'Connected'
+        }
+        finally { $s | Stop-BastionSession }
+    }
+
     It '-SslMode Require connects with a warning' {
         $db = $Db.Clone(); $db.Remove('SslRootCertificate')
         $c = Connect-IamPostgres -Name bastion -UserName app_iam @db -SslMode Require @Aws -WarningVariable warns 3>$null

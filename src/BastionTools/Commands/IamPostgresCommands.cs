@@ -28,7 +28,8 @@ namespace BastionTools.Commands
             public const string Session = "Session";
         }
 
-        [Parameter(Mandatory = true, Position = 0, ParameterSetName = ParameterSets.Target, ValueFromPipelineByPropertyName = true)]
+        // Not bound from the pipeline by property name: a BastionSession (which has a Target) piped in binds -Session.
+        [Parameter(Mandatory = true, Position = 0, ParameterSetName = ParameterSets.Target)]
         [Alias("InstanceId")]
         [ValidateNotNullOrEmpty]
         [ArgumentCompleter(typeof(BastionTargetCompleter))]
