@@ -93,7 +93,7 @@ namespace BastionTools.Sandbox
             {
                 host.Start();
             }
-            catch (System.Net.HttpListenerException ex)
+            catch (System.Net.Sockets.SocketException ex)
             {
                 Console.Error.WriteLine("sandbox: cannot listen on 127.0.0.1:" + port.ToString(CultureInfo.InvariantCulture) + ": " + ex.Message);
                 return 1;

@@ -50,7 +50,7 @@ namespace BastionTools.Sandbox
     /// <summary>A WebSocket (data channel) request for /streams/&lt;sessionId&gt;, handed to <see cref="SandboxHost.StreamHandler"/>.</summary>
     public sealed class SandboxStreamContext
     {
-        internal SandboxStreamContext(SandboxHost host, HttpListenerContext context, string sessionId, CancellationToken stopping)
+        internal SandboxStreamContext(SandboxHost host, SandboxHttpContext context, string sessionId, CancellationToken stopping)
         {
             Host = host;
             HttpContext = context;
@@ -59,8 +59,8 @@ namespace BastionTools.Sandbox
         }
 
         public SandboxHost Host { get; }
-        /// <summary>The listener context: call AcceptWebSocketAsync on it, or answer with an HTTP status.</summary>
-        public HttpListenerContext HttpContext { get; }
+        /// <summary>The request's context: call AcceptWebSocketAsync on it, or answer with an HTTP status.</summary>
+        public SandboxHttpContext HttpContext { get; }
         /// <summary>The session id from the path (not yet checked against the registry).</summary>
         public string SessionId { get; }
         /// <summary>Cancelled when the host stops.</summary>
@@ -68,7 +68,7 @@ namespace BastionTools.Sandbox
     }
 
     /// <summary>
-    /// The sandbox's HTTP server on 127.0.0.1: SSM JSON 1.1 (any path, X-Amz-Target AmazonSSM.*), EC2 Query
+    /// The sandbox's HTTP/1.1 server on 127.0.0.1 (its own, on sockets with TCP_NODELAY): SSM JSON 1.1 (any path, X-Amz-Target AmazonSSM.*), EC2 Query
     /// (form POST with Action), and WebSocket upgrades on /streams/&lt;sessionId&gt; handed to <see cref="StreamHandler"/>.
     /// Every API request is SigV4-verified against <see cref="SandboxWorld.Credentials"/>.
     /// </summary>
@@ -80,8 +80,9 @@ namespace BastionTools.Sandbox
         private readonly Ec2Api _ec2;
         private readonly CancellationTokenSource _stopping = new();
         private readonly ConcurrentDictionary<Task, byte> _inFlight = new();
+        private readonly ConcurrentDictionary<SandboxHttpConnection, byte> _connections = new();
         private readonly ConcurrentQueue<SandboxCall> _calls = new();
-        private HttpListener? _listener;
+        private TcpListener? _listener;
         private Task? _acceptLoop;
         private int _state; // 0 new, 1 started, 2 stopped
 
@@ -119,28 +120,22 @@ namespace BastionTools.Sandbox
         public IReadOnlyList<SandboxCall> Calls => _calls.ToArray();
 
         /// <summary>Binds 127.0.0.1 (ephemeral port unless <see cref="SandboxHostOptions.Port"/> is set) and starts serving.</summary>
+        /// <exception cref="SocketException">The port cannot be bound (for example, it is in use).</exception>
         public void Start()
         {
             if (Interlocked.CompareExchange(ref _state, 1, 0) != 0) throw new InvalidOperationException("The sandbox host was already started.");
-            var attempts = _options.Port == 0 ? 20 : 1;
-            for (var attempt = 1; ; attempt++)
+            var listener = new TcpListener(IPAddress.Loopback, _options.Port);
+            try
             {
-                var port = _options.Port == 0 ? FreePort() : _options.Port;
-                var listener = new HttpListener { IgnoreWriteExceptions = true };
-                listener.Prefixes.Add("http://127.0.0.1:" + port.ToString(CultureInfo.InvariantCulture) + "/");
-                try
-                {
-                    listener.Start();
-                    _listener = listener;
-                    Port = port;
-                    break;
-                }
-                catch (HttpListenerException) when (attempt < attempts)
-                {
-                    // Another process took the probed port between probe and bind: try another.
-                    listener.Close();
-                }
+                listener.Start(512);
             }
+            catch (Exception)
+            {
+                listener.Stop();
+                throw;
+            }
+            _listener = listener;
+            Port = ((IPEndPoint)listener.LocalEndpoint).Port;
             _acceptLoop = Task.Run(AcceptLoopAsync);
             StartPostgresIfRequested();
         }
@@ -150,20 +145,6 @@ namespace BastionTools.Sandbox
             if (_options.StartPostgres) return Task.Run(Start);
             Start();
             return Task.CompletedTask;
-        }
-
-        private static int FreePort()
-        {
-            var probe = new TcpListener(IPAddress.Loopback, 0);
-            probe.Start();
-            try
-            {
-                return ((IPEndPoint)probe.LocalEndpoint).Port;
-            }
-            finally
-            {
-                probe.Stop();
-            }
         }
 
         /// <summary>The StreamUrl StartSession/ResumeSession return for a session.</summary>
@@ -222,49 +203,67 @@ namespace BastionTools.Sandbox
             var listener = _listener!;
             while (!_stopping.IsCancellationRequested)
             {
-                HttpListenerContext context;
+                Socket socket;
                 try
                 {
-                    context = await listener.GetContextAsync().ConfigureAwait(false);
+                    socket = await listener.AcceptSocketAsync(_stopping.Token).ConfigureAwait(false);
                 }
-                catch (Exception) when (_stopping.IsCancellationRequested || !listener.IsListening)
+                catch (Exception) when (_stopping.IsCancellationRequested)
                 {
                     return;
                 }
-                catch (HttpListenerException ex)
+                catch (SocketException ex)
                 {
+                    // A connection that failed before it was accepted (reset by the client): keep listening.
                     _options.Log?.Invoke("accept failed: " + ex.Message);
                     continue;
                 }
-                var task = Task.Run(() => HandleAsync(context));
+                SandboxHttpConnection connection;
+                try
+                {
+                    connection = new SandboxHttpConnection(socket, MaxBodyBytes, () => World.Clock.UtcNow);
+                }
+                catch (Exception ex) when (ex is SocketException || ex is ObjectDisposedException)
+                {
+                    socket.Dispose();
+                    continue;
+                }
+                _connections.TryAdd(connection, 0);
+                if (_stopping.IsCancellationRequested)
+                {
+                    // StopAsync may have closed the connections before this one was registered.
+                    connection.Close();
+                    _connections.TryRemove(connection, out _);
+                    return;
+                }
+                var task = Task.Run(() => connection.RunAsync(HandleAsync, _stopping.Token));
                 _inFlight.TryAdd(task, 0);
-                _ = task.ContinueWith(t => _inFlight.TryRemove(t, out _), TaskScheduler.Default);
+                _ = task.ContinueWith(t =>
+                {
+                    _inFlight.TryRemove(t, out _);
+                    _connections.TryRemove(connection, out _);
+                }, TaskScheduler.Default);
             }
         }
 
-        private async Task HandleAsync(HttpListenerContext context)
+        private async Task HandleAsync(SandboxHttpContext context)
         {
             try
             {
-                var path = context.Request.Url?.AbsolutePath ?? "/";
+                var path = context.Request.Path;
                 if (path.StartsWith("/streams/", StringComparison.Ordinal) || context.Request.IsWebSocketRequest)
                 {
                     await HandleStreamAsync(context, path).ConfigureAwait(false);
                     return;
                 }
-                var body = await ReadBodyAsync(context.Request).ConfigureAwait(false);
-                if (body == null)
-                {
-                    await WriteAsync(context.Response, 413, "text/plain", "Request body too large.", null).ConfigureAwait(false);
-                    return;
-                }
+                var body = context.Request.Body;
                 if (path.StartsWith("/control/", StringComparison.Ordinal))
                 {
                     var (status, json) = Agent.HandleControl(context.Request.HttpMethod, path, Encoding.UTF8.GetString(body));
                     await WriteAsync(context.Response, status, "application/json", json, null).ConfigureAwait(false);
                     return;
                 }
-                var request = SandboxRequest.From(context.Request, body);
+                var request = SandboxRequest.From(context.Request);
                 if (request.Header("X-Amz-Target") != null)
                 {
                     await HandleSsmAsync(context, request).ConfigureAwait(false);
@@ -285,14 +284,10 @@ namespace BastionTools.Sandbox
             catch (Exception ex)
             {
                 _options.Log?.Invoke("request failed: " + ex);
-                try
+                if (!context.IsUpgraded && !context.Response.HeadersSent)
                 {
-                    context.Response.StatusCode = 500;
-                    context.Response.Close();
-                }
-                catch (Exception)
-                {
-                    // The client went away.
+                    context.Response.KeepAlive = false;
+                    await context.Response.SendAsync(500, "text/plain", Encoding.UTF8.GetBytes("Internal error."), null).ConfigureAwait(false);
                 }
             }
         }
@@ -304,7 +299,7 @@ namespace BastionTools.Sandbox
             return contentType.StartsWith("application/x-www-form-urlencoded", StringComparison.OrdinalIgnoreCase);
         }
 
-        private async Task HandleStreamAsync(HttpListenerContext context, string path)
+        private async Task HandleStreamAsync(SandboxHttpContext context, string path)
         {
             var handler = StreamHandler;
             if (handler == null)
@@ -316,7 +311,7 @@ namespace BastionTools.Sandbox
             await handler(new SandboxStreamContext(this, context, sessionId, _stopping.Token)).ConfigureAwait(false);
         }
 
-        private async Task HandleSsmAsync(HttpListenerContext context, SandboxRequest request)
+        private async Task HandleSsmAsync(SandboxHttpContext context, SandboxRequest request)
         {
             var requestId = Guid.NewGuid().ToString();
             var target = request.Header("X-Amz-Target") ?? "";
@@ -348,7 +343,7 @@ namespace BastionTools.Sandbox
             }
         }
 
-        private async Task HandleEc2Async(HttpListenerContext context, SandboxRequest request)
+        private async Task HandleEc2Async(SandboxHttpContext context, SandboxRequest request)
         {
             var requestId = Guid.NewGuid().ToString();
             var form = new List<KeyValuePair<string, string>>(request.QueryParameters());
@@ -379,60 +374,35 @@ namespace BastionTools.Sandbox
             _options.Log?.Invoke(call.ToString());
         }
 
-        private static async Task<byte[]?> ReadBodyAsync(HttpListenerRequest request)
+        private async Task WriteAsync(SandboxHttpResponse response, int status, string contentType, string body, IEnumerable<KeyValuePair<string, string>>? headers)
         {
-            using var buffer = new MemoryStream();
-            var chunk = new byte[16384];
-            var input = request.InputStream;
-            int read;
-            while ((read = await input.ReadAsync(chunk, 0, chunk.Length).ConfigureAwait(false)) > 0)
-            {
-                if (buffer.Length + read > MaxBodyBytes) return null;
-                buffer.Write(chunk, 0, read);
-            }
-            return buffer.ToArray();
-        }
-
-        private async Task WriteAsync(HttpListenerResponse response, int status, string contentType, string body, IEnumerable<KeyValuePair<string, string>>? headers)
-        {
-            var bytes = Encoding.UTF8.GetBytes(body);
-            response.StatusCode = status;
-            response.ContentType = contentType;
-            response.ContentLength64 = bytes.Length;
             // The AWS SDKs read the server's time from Date to correct clock skew: it is the sandbox clock's.
-            response.Headers["Date"] = World.Clock.UtcNow.ToString("r", CultureInfo.InvariantCulture);
-            if (headers != null)
-            {
-                foreach (var h in headers) response.Headers[h.Key] = h.Value;
-            }
-            try
-            {
-                await response.OutputStream.WriteAsync(bytes, 0, bytes.Length).ConfigureAwait(false);
-                response.Close();
-            }
-            catch (Exception ex) when (ex is HttpListenerException || ex is IOException || ex is ObjectDisposedException)
-            {
-                // The client went away.
-            }
+            response.SetHeader("Date", World.Clock.UtcNow.ToString("r", CultureInfo.InvariantCulture));
+            // False when the client went away: nothing more to do.
+            await response.SendAsync(status, contentType, Encoding.UTF8.GetBytes(body), headers).ConfigureAwait(false);
         }
 
-        /// <summary>Stops listening, cancels <see cref="SandboxStreamContext.Stopping"/> and waits (bounded) for requests in flight.</summary>
+        /// <summary>
+        /// Stops listening, cancels <see cref="SandboxStreamContext.Stopping"/>, closes every connection (and the WebSockets on
+        /// them) and waits (bounded) for their tasks.
+        /// </summary>
         public async Task StopAsync()
         {
             if (Interlocked.Exchange(ref _state, 2) != 1) return;
             _stopping.Cancel();
             Agent.Shutdown();
-            // Close (not Stop): on Linux only Close ends a pending GetContextAsync at once.
             try
             {
-                _listener?.Close();
+                _listener?.Stop();
             }
-            catch (ObjectDisposedException)
+            catch (SocketException)
             {
             }
-            var pending = _inFlight.Keys.ToList();
-            if (_acceptLoop != null) pending.Add(_acceptLoop);
-            await Task.WhenAny(Task.WhenAll(pending), Task.Delay(TimeSpan.FromSeconds(5))).ConfigureAwait(false);
+            var deadline = Task.Delay(TimeSpan.FromSeconds(5));
+            // After the accept loop no connection is added: then every one is closed and waited for.
+            if (_acceptLoop != null) await Task.WhenAny(_acceptLoop, deadline).ConfigureAwait(false);
+            foreach (var connection in _connections.Keys) connection.Close();
+            await Task.WhenAny(Task.WhenAll(_inFlight.Keys.ToList()), deadline).ConfigureAwait(false);
             await StopPostgresAsync().ConfigureAwait(false);
         }
 

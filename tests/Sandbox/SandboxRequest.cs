@@ -1,7 +1,6 @@
 using System;
 using System.Collections.Generic;
 using System.Linq;
-using System.Net;
 using System.Text;
 
 namespace BastionTools.Sandbox
@@ -62,28 +61,8 @@ namespace BastionTools.Sandbox
             return result;
         }
 
-        internal static SandboxRequest From(HttpListenerRequest request, byte[] body)
-        {
-            var raw = request.RawUrl ?? "/";
-            // An absolute-form request target (proxy style) carries scheme and authority: keep only path and query.
-            if (raw.StartsWith("http://", StringComparison.OrdinalIgnoreCase) || raw.StartsWith("https://", StringComparison.OrdinalIgnoreCase))
-            {
-                var u = new Uri(raw);
-                raw = u.PathAndQuery;
-            }
-            var q = raw.IndexOf('?');
-            var path = q < 0 ? raw : raw.Substring(0, q);
-            var query = q < 0 ? "" : raw.Substring(q + 1);
-            var headers = new List<KeyValuePair<string, string>>();
-            foreach (var key in request.Headers.AllKeys)
-            {
-                if (key == null) continue;
-                var values = request.Headers.GetValues(key);
-                if (values == null) continue;
-                foreach (var v in values) headers.Add(new KeyValuePair<string, string>(key, v));
-            }
-            return new SandboxRequest(request.HttpMethod, path, query, headers, body);
-        }
+        internal static SandboxRequest From(SandboxHttpRequest request) =>
+            new(request.HttpMethod, request.Path, request.Query, request.Headers, request.Body);
     }
 
     /// <summary>The two wire forms of AWS errors the sandbox speaks.</summary>
