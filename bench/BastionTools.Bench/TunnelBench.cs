@@ -27,10 +27,12 @@ namespace BastionTools.Bench
         {
             string? sandboxDll = null;
             var roundTrips = 2000;
+            var maxPayload = 1024;
             for (var i = 0; i < args.Length; i++)
             {
                 if (args[i] == "--sandbox" && i + 1 < args.Length) sandboxDll = args[++i];
                 else if (args[i] == "--round-trips" && i + 1 < args.Length) roundTrips = int.Parse(args[++i], CultureInfo.InvariantCulture);
+                else if (args[i] == "--max-payload" && i + 1 < args.Length) maxPayload = int.Parse(args[++i], CultureInfo.InvariantCulture);
             }
             if (sandboxDll == null || !File.Exists(sandboxDll))
             {
@@ -68,7 +70,9 @@ namespace BastionTools.Bench
             var memoryBefore = Snapshot();
             var sw = Stopwatch.StartNew();
             var request = new PortForwardingRequest { Target = "i-0a1b2c3d4e5f60001", RemoteHost = Endpoint, RemotePort = pgPort };
-            var session = new PortForwardingSession(api, request, new DataChannelOptions());
+            // --max-payload N: input messages of N bytes instead of the official 1024 (what the sandbox agent accepts;
+            // the service's limit is not known, so the module keeps 1024).
+            var session = new PortForwardingSession(api, request, new DataChannelOptions { MaxPayloadSize = maxPayload });
             await session.StartAsync(_ => { }, TimeSpan.FromSeconds(30), CancellationToken.None).ConfigureAwait(false);
             var tunnelPort = session.LocalEndPoint!.Port;
             await using (var first = new NpgsqlConnection(Conn(tunnelPort)))

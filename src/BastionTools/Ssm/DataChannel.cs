@@ -164,6 +164,9 @@ namespace BastionTools.Ssm
         private readonly SortedDictionary<long, Outgoing> _unacked = new();
         private readonly SortedDictionary<long, AgentMessage> _reorder = new();
         private readonly Guid _clientId = Guid.NewGuid();
+        private readonly System.Threading.Channels.Channel<byte[]> _acks = System.Threading.Channels.Channel.CreateUnbounded<byte[]>(
+            new System.Threading.Channels.UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+        private Task? _ackWriter;
 
         private StreamEndpoint _endpoint;
         private WebSocket? _socket;
@@ -222,6 +225,7 @@ namespace BastionTools.Ssm
         {
             await ConnectAsync(_endpoint, cancellationToken).ConfigureAwait(false);
             _retransmitLoop = Task.Run(RetransmitLoopAsync);
+            _ackWriter = Task.Run(AckWriterLoopAsync);
         }
 
         private static TaskCompletionSource<bool> NewSignal(bool completed)
@@ -580,7 +584,9 @@ namespace BastionTools.Ssm
         private async Task HandleStreamMessageAsync(AgentMessage received)
         {
             // Every stream message is acknowledged, duplicates included (their first ack may have been lost).
-            await SendFrameAsync(AgentMessageCodec.Encode(ClientMessages.Acknowledge(received))).ConfigureAwait(false);
+            // The acknowledgement goes out from the ack writer, so that receiving the next message does not wait for
+            // this send to finish.
+            _acks.Writer.TryWrite(AgentMessageCodec.Encode(ClientMessages.Acknowledge(received)));
 
             List<AgentMessage>? ready = null;
             lock (_gate)
@@ -609,6 +615,22 @@ namespace BastionTools.Ssm
             {
                 Statistics.Received(m.Payload.Length);
                 await _onStreamMessage(m).ConfigureAwait(false);
+            }
+        }
+
+        /// <summary>Sends queued acknowledgements in order. One lost with a broken socket is made good by the agent's resend, which is acknowledged again.</summary>
+        private async Task AckWriterLoopAsync()
+        {
+            var reader = _acks.Reader;
+            try
+            {
+                while (await reader.WaitToReadAsync(_lifetime.Token).ConfigureAwait(false))
+                {
+                    while (reader.TryRead(out var frame)) await SendFrameAsync(frame).ConfigureAwait(false);
+                }
+            }
+            catch (OperationCanceledException)
+            {
             }
         }
 
@@ -693,6 +715,7 @@ namespace BastionTools.Ssm
         private void Close(DataChannelClosure closure)
         {
             if (!_closed.TrySetResult(closure)) return;
+            _acks.Writer.TryComplete();
             _lifetime.Cancel();
             TaskCompletionSource<bool> signal;
             lock (_gate) signal = _resumed;
