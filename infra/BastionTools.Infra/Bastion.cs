@@ -94,7 +94,6 @@ namespace BastionTools.Infra
                 }),
                 SecurityGroup = SecurityGroup,
                 Role = Role,
-                RequireImdsv2 = true,
                 DetailedMonitoring = true,
                 BlockDevices = new IBlockDevice[]
                 {
@@ -105,6 +104,28 @@ namespace BastionTools.Infra
                     },
                 },
             });
+            // IMDSv2 only, through a launch template of our own: the one RequireImdsv2 makes has a fixed
+            // account-wide name ("InstanceLaunchTemplate"), so two stacks in a region would collide.
+            LaunchTemplate = new CfnLaunchTemplate(this, "LaunchTemplate", new CfnLaunchTemplateProps
+            {
+                LaunchTemplateData = new CfnLaunchTemplate.LaunchTemplateDataProperty
+                {
+                    MetadataOptions = new CfnLaunchTemplate.MetadataOptionsProperty
+                    {
+                        HttpEndpoint = "enabled",
+                        HttpTokens = "required",
+                        HttpPutResponseHopLimit = 1,
+                        InstanceMetadataTags = "disabled",
+                    },
+                },
+            });
+            var cfnInstance = (CfnInstance)Instance.Node.DefaultChild!;
+            cfnInstance.LaunchTemplate = new CfnInstance.LaunchTemplateSpecificationProperty
+            {
+                LaunchTemplateId = LaunchTemplate.Ref,
+                Version = LaunchTemplate.AttrLatestVersionNumber,
+            };
+
             Tags.Of(Instance).Add(BastionSettings.RoleTagKey, BastionSettings.RoleTagValue);
             Tags.Of(Instance).Add("Name", settings.BastionName);
             NagAcknowledgements.Acknowledge(Instance, "AwsSolutions-EC29",
@@ -114,5 +135,6 @@ namespace BastionTools.Infra
         public SecurityGroup SecurityGroup { get; }
         public Role Role { get; }
         public Instance_ Instance { get; }
+        public CfnLaunchTemplate LaunchTemplate { get; }
     }
 }
