@@ -31,6 +31,16 @@ namespace BastionTools.Infra.Tests
             }
         }
 
+        [Theory]
+        [MemberData(nameof(Stacks.Names), MemberType = typeof(Stacks))]
+        public void No_lambda_or_custom_resource_is_needed(string config)
+        {
+            var types = _stacks[config].Json.GetProperty("Resources").EnumerateObject().Select(r => r.Value.GetProperty("Type").GetString()!).ToArray();
+            Assert.Contains("AWS::RDS::DBInstance", types);
+            Assert.DoesNotContain(types, t => t.StartsWith("AWS::Lambda::", System.StringComparison.Ordinal)
+                || t.StartsWith("Custom::", System.StringComparison.Ordinal) || t == "AWS::CloudFormation::CustomResource");
+        }
+
         [Fact]
         public void Default_network_has_no_internet_path_and_only_isolated_subnets()
         {
