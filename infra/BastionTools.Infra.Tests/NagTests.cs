@@ -37,6 +37,7 @@ namespace BastionTools.Infra.Tests
         public void Every_configuration_is_cdk_nag_clean(string config)
         {
             var result = Check(_stacks[config].TemplatePath);
+            _output.WriteLine("synthesis times: " + _stacks.Timings);
             Assert.True(result.ExitCode == 0, result.Output);
             Assert.Empty(result.FindingRuleIds);
             Assert.Empty(result.Problems);
