@@ -143,7 +143,7 @@ namespace BastionTools.Infra.Tests
 
         private static string Write(string name, string json)
         {
-            var dir = Path.Combine(Path.GetTempPath(), "bastiontools-infra-tests", "nag");
+            var dir = Path.Combine(Synthesized.RunDirectory, "nag");
             Directory.CreateDirectory(dir);
             var path = Path.Combine(dir, name + "-" + Guid.NewGuid().ToString("n")[..8] + ".template.json");
             File.WriteAllText(path, json);

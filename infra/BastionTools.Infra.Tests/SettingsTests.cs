@@ -67,9 +67,9 @@ namespace BastionTools.Infra.Tests
         {
             var app = new Amazon.CDK.App();
             var stack = new Amazon.CDK.Stack(app, "S");
-            var bucket = new Amazon.CDK.CfnResource(stack, "R", new Amazon.CDK.CfnResourceProps { Type = "AWS::SNS::Topic" });
-            Assert.Throws<ArgumentException>(() => NagAcknowledgements.Acknowledge(bucket, "AwsSolutions-SNS2", "because"));
-            Assert.Throws<ArgumentException>(() => NagAcknowledgements.Acknowledge(bucket, "AwsSolutions-SNS2", "   "));
+            var topic = new Amazon.CDK.CfnResource(stack, "R", new Amazon.CDK.CfnResourceProps { Type = "AWS::SNS::Topic" });
+            Assert.Throws<ArgumentException>(() => NagAcknowledgements.Acknowledge(topic, "AwsSolutions-SNS2", "because"));
+            Assert.Throws<ArgumentException>(() => NagAcknowledgements.Acknowledge(topic, "AwsSolutions-SNS2", "   "));
         }
     }
 }

@@ -19,6 +19,9 @@ namespace BastionTools.Infra.Tests
         public const string Account = "123456789012";
         public const string Region = "eu-west-1";
 
+        /// <summary>This run's scratch directory (cloud assemblies, edited templates); removed when the run ends.</summary>
+        public static readonly string RunDirectory = Path.Combine(Path.GetTempPath(), "bastiontools-infra-tests", Guid.NewGuid().ToString("n")[..12]);
+
         private Synthesized(BastionStack stack, string templatePath, TimeSpan elapsed)
         {
             Stack = stack;
@@ -40,7 +43,7 @@ namespace BastionTools.Infra.Tests
         public static Synthesized Create(string name, BastionSettings settings)
         {
             var sw = Stopwatch.StartNew();
-            var outdir = Path.Combine(Path.GetTempPath(), "bastiontools-infra-tests", name + "-" + Guid.NewGuid().ToString("n")[..8]);
+            var outdir = Path.Combine(RunDirectory, name + "-" + Guid.NewGuid().ToString("n")[..8]);
             var app = new App(new AppProps
             {
                 Outdir = outdir,
@@ -118,7 +121,7 @@ namespace BastionTools.Infra.Tests
     }
 
     /// <summary>The configurations under test, each synthesized on first use and then shared by every test class.</summary>
-    public sealed class Stacks
+    public sealed class Stacks : IDisposable
     {
         public static readonly BastionSettings ShellSettings = new()
         {
@@ -169,6 +172,18 @@ namespace BastionTools.Infra.Tests
         public string Timings => string.Join(", ", _stacks.Where(s => s.Value.IsValueCreated).Select(s => $"{s.Key} {s.Value.Value.Elapsed.TotalSeconds:0.00} s"));
 
         private static Lazy<Synthesized> Lazy(string name, BastionSettings settings) => new(() => Synthesized.Create(name, settings));
+
+        public void Dispose()
+        {
+            try
+            {
+                if (Directory.Exists(Synthesized.RunDirectory)) Directory.Delete(Synthesized.RunDirectory, recursive: true);
+            }
+            catch (IOException)
+            {
+                // Scratch files only; a later run does not read them.
+            }
+        }
     }
 
     [Xunit.CollectionDefinition(Name)]
