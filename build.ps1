@@ -4,7 +4,9 @@
 
 .DESCRIPTION
     Build  - compiles the C# core and lays out an importable module in out/BastionTools.
-    Test   - Build, then xUnit and Pester; results as JUnit/NUnit XML under out/test-results; one summary line.
+    Test   - Build, then xUnit (the module's and the infrastructure's, infra/) and Pester; results as JUnit/NUnit XML
+             under out/test-results; one summary line. The infrastructure tests run cdk-nag with Node: 'npm ci' in
+             infra/nag first when its node_modules is missing.
     Demo   - Build, then the user story against local doubles of AWS (grows with each feature).
     Bench  - Build, then the benchmark commands under bench/ (figures printed, never asserted).
 
@@ -115,22 +117,41 @@ function Read-JUnitCounts([string] $Path) {
     [pscustomobject]@{ Passed = $total - $failed - $skipped; Failed = $failed; Skipped = $skipped }
 }
 
-function Invoke-Xunit {
-    Write-Host '== xUnit' -ForegroundColor Cyan
-    $junit = Join-Path $ResultsDir 'xunit.junit.xml'
+function Invoke-XunitProject([string] $Project, [string] $Name) {
+    Write-Host "== xUnit ($Name)" -ForegroundColor Cyan
+    $junit = Join-Path $ResultsDir "$Name.junit.xml"
     $code = Invoke-Native dotnet @(
-        'test', (Join-Path $Root 'tests/BastionTools.Tests/BastionTools.Tests.csproj'), '-c', $Configuration, '--nologo',
+        'test', $Project, '-c', $Configuration, '--nologo',
         '--logger', "junit;LogFilePath=$junit;MethodFormat=Class;FailureBodyFormat=Verbose",
-        '--logger', "trx;LogFileName=$(Join-Path $ResultsDir 'xunit.trx')",
+        '--logger', "trx;LogFileName=$(Join-Path $ResultsDir "$Name.trx")",
         '--logger', 'console;verbosity=minimal'
     ) -AllowFailure
     if (-not (Test-Path $junit)) {
-        Write-Host "xUnit produced no results (exit code $code)." -ForegroundColor Red
+        Write-Host "xUnit ($Name) produced no results (exit code $code)." -ForegroundColor Red
         return [pscustomobject]@{ Passed = 0; Failed = 1; Skipped = 0 }
     }
     $counts = Read-JUnitCounts $junit
     if ($code -ne 0 -and $counts.Failed -eq 0) { $counts.Failed = 1 }   # the run itself broke
     $counts
+}
+
+function Invoke-Xunit {
+    Invoke-XunitProject (Join-Path $Root 'tests/BastionTools.Tests/BastionTools.Tests.csproj') 'xunit'
+}
+
+function Restore-NagTools {
+    # cdk-nag (npm) for the infrastructure tests, from infra/nag/package-lock.json; needs Node.js 20+ and npm.
+    $nag = Join-Path $Root 'infra/nag'
+    if (-not (Test-Path (Join-Path $nag 'node_modules/cdk-nag/package.json'))) {
+        Push-Location $nag
+        try { Invoke-Native npm @('ci', '--no-audit', '--no-fund', '--prefer-offline') | Out-Null }
+        finally { Pop-Location }
+    }
+}
+
+function Invoke-InfraXunit {
+    Restore-NagTools
+    Invoke-XunitProject (Join-Path $Root 'infra/BastionTools.Infra.Tests/BastionTools.Infra.Tests.csproj') 'infra'
 }
 
 function Invoke-PesterTests {
@@ -162,7 +183,7 @@ function Invoke-Test {
     New-Item -ItemType Directory -Force -Path $ResultsDir | Out-Null
 
     $results = @()
-    if (-not $SkipXunit) { $results += Invoke-Xunit }
+    if (-not $SkipXunit) { $results += Invoke-Xunit; $results += Invoke-InfraXunit }
     if (-not $SkipPester) { $results += Invoke-PesterTests }
 
     $passed = ($results | Measure-Object -Property Passed -Sum).Sum
