@@ -18,65 +18,12 @@ namespace BastionTools.Commands
     /// </summary>
     [Cmdlet(VerbsCommunications.Connect, "IamPostgres", DefaultParameterSetName = ParameterSets.Target)]
     [OutputType(typeof(IamPostgresConnection))]
-    public sealed class ConnectIamPostgresCommand : AwsServiceCmdlet
+    public sealed class ConnectIamPostgresCommand : DatabaseTunnelCmdlet
     {
-        internal static class ParameterSets
-        {
-            public const string Target = "Target";
-            public const string Name = "Name";
-            public const string Tag = "Tag";
-            public const string Session = "Session";
-        }
-
-        // Not bound from the pipeline by property name: a BastionSession (which has a Target) piped in binds -Session.
-        [Parameter(Mandatory = true, Position = 0, ParameterSetName = ParameterSets.Target)]
-        [Alias("InstanceId")]
-        [ValidateNotNullOrEmpty]
-        [ArgumentCompleter(typeof(BastionTargetCompleter))]
-        public string Target { get; set; } = "";
-
-        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.Name)]
-        [ValidateNotNullOrEmpty]
-        public string Name { get; set; } = "";
-
-        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.Tag)]
-        [ValidateNotNull]
-        public Hashtable Tag { get; set; } = new();
-
-        /// <summary>An open port-forwarding session to the database to reuse (from Start-BastionSession).</summary>
-        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.Session, ValueFromPipeline = true)]
-        [ValidateNotNull]
-        public BastionSession? Session { get; set; }
-
-        /// <summary>The RDS endpoint name (the token is signed for it and the certificate must name it).</summary>
-        [Parameter(Mandatory = true)]
-        [Alias("Endpoint", "Hostname", "RemoteHost")]
-        [ValidateNotNullOrEmpty]
-        public string DbHost { get; set; } = "";
-
-        [Parameter]
-        [ValidateRange(1, 65535)]
-        public int DbPort { get; set; } = 5432;
-
         [Parameter(Mandatory = true)]
         [Alias("DbUser", "User")]
         [ValidateNotNullOrEmpty]
         public string UserName { get; set; } = "";
-
-        [Parameter]
-        [Alias("DbName")]
-        [ValidateNotNullOrEmpty]
-        public string Database { get; set; } = "postgres";
-
-        /// <summary>VerifyFull (default), or — weaker, with a warning — VerifyCA or Require.</summary>
-        [Parameter]
-        public RdsSslMode SslMode { get; set; } = RdsSslMode.VerifyFull;
-
-        /// <summary>A PEM bundle of trusted roots instead of the RDS global bundle shipped with the module.</summary>
-        [Parameter]
-        [Alias("SslRootCert")]
-        [ValidateNotNullOrEmpty]
-        public string? SslRootCertificate { get; set; }
 
         /// <summary>Start psql on this console through the tunnel; the tunnel ends when psql exits.</summary>
         [Parameter]
@@ -111,78 +58,29 @@ namespace BastionTools.Commands
                         "Install the PostgreSQL client (apt-get install postgresql-client, brew install libpq, or the Windows installer), or pass -PsqlPath.").ToErrorRecord());
                 }
             }
-            var bundle = SslRootCertificate != null ? GetUnresolvedProviderPathFromPSPath(SslRootCertificate) : DefaultBundlePath();
-            if (!File.Exists(bundle))
-            {
-                ThrowTerminatingError(new BastionToolsException(ErrorIds.SslRootCertificateInvalid, ErrorCategory.ObjectNotFound,
-                    $"The trust bundle '{bundle}' does not exist.", bundle, "Pass -SslRootCertificate with a PEM file of CA certificates.").ToErrorRecord());
-            }
-            if (SslMode != RdsSslMode.VerifyFull)
-            {
-                WriteWarningSafe(SslMode == RdsSslMode.Require
-                    ? "-SslMode Require: the connection is encrypted but the server is not verified; anyone on the path could impersonate the database."
-                    : "-SslMode VerifyCA: the certificate's name is not checked; another database signed by the same CA would be accepted.");
-            }
+            var bundle = ResolveTrust();
             if (!RdsEndpoint.IsValidHost(DbHost))
             {
                 ThrowTerminatingError(new BastionToolsException(ErrorIds.RdsHostnameInvalid, ErrorCategory.InvalidArgument,
                     $"'{DbHost}' is not a valid host name.", DbHost, "Pass the RDS endpoint name.").ToErrorRecord());
             }
 
-            var api = GetApi();
-            var credentials = ApiCredentials!;
-            var tokenRegion = string.IsNullOrEmpty(Region) ? RdsEndpoint.InferRegion(DbHost) ?? ApiRegion! : ApiRegion!;
-            WriteDebugSafe($"Tokens: signed for {RdsEndpoint.HostPort(DbHost, DbPort)} in {tokenRegion}, user {UserName}.");
+            GetApi();
+            WriteDebugSafe($"Tokens: signed for {RdsEndpoint.HostPort(DbHost, DbPort)}, user {UserName}.");
+            if (Session == null && !ShouldProcess(Selector().ToString(), $"Open a tunnel to {DbHost}:{DbPort} and connect as {UserName}")) return;
+            var session = OpenTunnel("Connect-IamPostgres", out var owns);
+            if (session == null) return;
 
-            var owns = Session == null;
-            var session = Session;
-            if (session == null)
-            {
-                var selector = new TargetSelector();
-                if (ParameterSetName == ParameterSets.Target) selector.InstanceId = Target;
-                else if (ParameterSetName == ParameterSets.Name) selector.Name = Name;
-                else selector.Tags = TargetSelector.TagsFrom(Tag);
-                if (!ShouldProcess(selector.ToString(), $"Open a tunnel to {DbHost}:{DbPort} and connect as {UserName}")) return;
-                session = StartPortForwarding(selector, new PortForwardingRequest { RemoteHost = DbHost, RemotePort = DbPort }, "Connect-IamPostgres");
-                if (session == null) return;
-            }
-            else if (session.State != "Connected")
-            {
-                ThrowTerminatingError(new BastionToolsException(ErrorIds.BastionSessionFailed, ErrorCategory.ResourceUnavailable,
-                    $"The session {session.SessionId} is {session.State}.", session.SessionId, "Start a new session with Start-BastionSession.").ToErrorRecord());
-            }
-            else if (!string.Equals(session.RemoteHost, DbHost, StringComparison.OrdinalIgnoreCase) || session.RemotePort != DbPort)
-            {
-                WriteWarningSafe($"The session forwards to {session.Remote}, not {DbHost}:{DbPort}; tokens and TLS are checked for {DbHost}.");
-            }
-
-            var options = new IamDataSourceOptions
-            {
-                Endpoint = DbHost,
-                EndpointPort = DbPort,
-                ConnectPort = session!.LocalPort,
-                UserName = UserName,
-                Database = Database,
-                Region = tokenRegion,
-                SslMode = SslMode,
-                RootCertificatePath = bundle,
-                CommandTimeoutSeconds = CommandTimeout,
-            };
-            var redactor = Redactor;
+            var options = DataSourceOptions(session, bundle, UserName);
+            options.CommandTimeoutSeconds = CommandTimeout;
             IamDataSource source;
             try
             {
-                source = new IamDataSource(options, () =>
-                {
-                    var keys = credentials.GetKeys();
-                    redactor.Add(keys.SecretAccessKey);
-                    redactor.Add(keys.SessionToken);
-                    return keys;
-                }, redactor);
+                source = new IamDataSource(options, KeySource(), Redactor);
             }
             catch (Exception ex) when (ex is InvalidDataException || ex is System.Security.Cryptography.CryptographicException || ex is FormatException)
             {
-                CleanUp(session, owns);
+                CloseTunnel(session, owns);
                 ThrowTerminatingError(new BastionToolsException(ErrorIds.SslRootCertificateInvalid, ErrorCategory.InvalidData,
                     $"The trust bundle '{bundle}' can't be read: {ex.Message}", bundle).ToErrorRecord());
                 return;
@@ -202,30 +100,12 @@ namespace BastionTools.Commands
                 }, out var version))
             {
                 source.Dispose();
-                CleanUp(session, owns);
+                CloseTunnel(session, owns);
                 return;
             }
             var connection = new IamPostgresConnection(source, session, owns, version);
             ConnectionRegistry.Add(connection);
             WriteObject(connection);
-        }
-
-        private static void CleanUp(BastionSession session, bool owns)
-        {
-            if (!owns) return;
-            session.Engine.StopAsync().GetAwaiter().GetResult();
-            SessionRegistry.Remove(session);
-        }
-
-        internal static string DefaultBundlePath()
-        {
-            // bin/lib/BastionTools.dll -> module root/certs/rds-global-bundle.pem
-            var lib = Path.GetDirectoryName(typeof(ConnectIamPostgresCommand).Assembly.Location) ?? ".";
-            foreach (var candidate in new[] { Path.Combine(lib, "..", "..", "certs", "rds-global-bundle.pem"), Path.Combine(lib, "certs", "rds-global-bundle.pem") })
-            {
-                if (File.Exists(candidate)) return Path.GetFullPath(candidate);
-            }
-            return Path.GetFullPath(Path.Combine(lib, "..", "..", "certs", "rds-global-bundle.pem"));
         }
 
         private void RunPsql(IamDataSource source, BastionSession session, bool owns)
@@ -252,7 +132,7 @@ namespace BastionTools.Commands
             finally
             {
                 source.Dispose();
-                CleanUp(session, owns);
+                CloseTunnel(session, owns);
             }
         }
 

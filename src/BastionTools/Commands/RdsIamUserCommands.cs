@@ -1,8 +1,6 @@
 using System;
-using System.Collections;
 using System.Linq;
 using System.Management.Automation;
-using System.Net;
 using BastionTools.Aws;
 using BastionTools.Postgres;
 using BastionTools.Ssm;
@@ -10,50 +8,10 @@ using BastionTools.Ssm;
 namespace BastionTools.Commands
 {
     /// <summary>Shared by Grant-RdsIamUser and Revoke-RdsIamUser: the tunnel, the admin connection, the plan, -WhatIf.</summary>
-    public abstract class RdsIamUserCommandBase : AwsServiceCmdlet
+    public abstract class RdsIamUserCommandBase : DatabaseTunnelCmdlet
     {
-        internal static class ParameterSets
-        {
-            public const string Target = "Target";
-            public const string Name = "Name";
-            public const string Tag = "Tag";
-            public const string Session = "Session";
-        }
-
-        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.Target)]
-        [Alias("InstanceId")]
-        [ValidateNotNullOrEmpty]
-        [ArgumentCompleter(typeof(BastionTargetCompleter))]
-        public string Target { get; set; } = "";
-
-        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.Name)]
-        [ValidateNotNullOrEmpty]
-        public string Name { get; set; } = "";
-
-        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.Tag)]
-        [ValidateNotNull]
-        public Hashtable Tag { get; set; } = new();
-
-        /// <summary>An open port-forwarding session to the database (Start-BastionSession).</summary>
-        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.Session)]
-        [ValidateNotNull]
-        public BastionSession? Session { get; set; }
-
-        [Parameter(Mandatory = true)]
-        [Alias("Endpoint", "Hostname")]
-        [ValidateNotNullOrEmpty]
-        public string DbHost { get; set; } = "";
-
-        [Parameter]
-        [ValidateRange(1, 65535)]
-        public int DbPort { get; set; } = 5432;
-
-        [Parameter]
-        [ValidateNotNullOrEmpty]
-        public string Database { get; set; } = "postgres";
-
         /// <summary>The database user that IAM logs in as.</summary>
-        [Parameter(Mandatory = true, Position = 0, ValueFromPipelineByPropertyName = true)]
+        [Parameter(Mandatory = true, ValueFromPipelineByPropertyName = true)]
         [Alias("DbUser", "User")]
         [ValidateNotNullOrEmpty]
         public string UserName { get; set; } = "";
@@ -72,13 +30,6 @@ namespace BastionTools.Commands
         [Parameter]
         [ValidateNotNullOrEmpty]
         public string? AdminUserName { get; set; }
-
-        [Parameter]
-        public RdsSslMode SslMode { get; set; } = RdsSslMode.VerifyFull;
-
-        [Parameter]
-        [ValidateNotNullOrEmpty]
-        public string? SslRootCertificate { get; set; }
 
         /// <summary>Go ahead when the user is the master user or a superuser (rds_iam turns its password login off).</summary>
         [Parameter]
@@ -100,47 +51,18 @@ namespace BastionTools.Commands
                     "Say how to connect as an admin: -Credential (the master user and its password) or -AdminUserName (an admin that logs in with IAM).",
                     UserName).ToErrorRecord());
             }
-            var bundle = SslRootCertificate != null ? GetUnresolvedProviderPathFromPSPath(SslRootCertificate) : ConnectIamPostgresCommand.DefaultBundlePath();
-            if (SslMode != RdsSslMode.VerifyFull) WriteWarningSafe($"-SslMode {SslMode}: the database's identity is not fully verified.");
-
-            var api = GetApi();
-            var credentials = ApiCredentials!;
-            var owns = Session == null;
-            var session = Session;
-            if (session == null)
-            {
-                var selector = new TargetSelector();
-                if (ParameterSetName == ParameterSets.Target) selector.InstanceId = Target;
-                else if (ParameterSetName == ParameterSets.Name) selector.Name = Name;
-                else selector.Tags = TargetSelector.TagsFrom(Tag);
-                session = StartPortForwarding(selector, new PortForwardingRequest { RemoteHost = DbHost, RemotePort = DbPort }, ActionName + "-RdsIamUser");
-                if (session == null) return;
-            }
+            var bundle = ResolveTrust();
+            GetApi();
+            var session = OpenTunnel(ActionName + "-RdsIamUser", out var owns);
+            if (session == null) return;
 
             IamDataSource? admin = null;
             try
             {
-                var options = new IamDataSourceOptions
-                {
-                    Endpoint = DbHost,
-                    EndpointPort = DbPort,
-                    ConnectPort = session.LocalPort,
-                    UserName = Credential?.UserName ?? AdminUserName!,
-                    Database = Database,
-                    Region = string.IsNullOrEmpty(Region) ? RdsEndpoint.InferRegion(DbHost) ?? ApiRegion! : ApiRegion!,
-                    SslMode = SslMode,
-                    RootCertificatePath = bundle,
-                    StaticPassword = Credential?.GetNetworkCredential().Password,
-                    ApplicationName = "BastionTools " + ActionName + "-RdsIamUser",
-                };
-                var redactor = Redactor;
-                admin = new IamDataSource(options, () =>
-                {
-                    var keys = credentials.GetKeys();
-                    redactor.Add(keys.SecretAccessKey);
-                    redactor.Add(keys.SessionToken);
-                    return keys;
-                }, redactor);
+                var options = DataSourceOptions(session, bundle, Credential?.UserName ?? AdminUserName!);
+                options.StaticPassword = Credential?.GetNetworkCredential().Password;
+                options.ApplicationName = "BastionTools " + ActionName + "-RdsIamUser";
+                admin = new IamDataSource(options, KeySource(), Redactor);
 
                 const int activity = 2;
                 Pump.Post(() => WriteProgress(new ProgressRecord(activity, ActionName + "-RdsIamUser", "Reading the catalog") { PercentComplete = 30 }));
@@ -210,11 +132,7 @@ namespace BastionTools.Commands
             finally
             {
                 admin?.Dispose();
-                if (owns && session != null)
-                {
-                    session.Engine.StopAsync().GetAwaiter().GetResult();
-                    SessionRegistry.Remove(session);
-                }
+                CloseTunnel(session, owns);
             }
         }
     }
