@@ -48,6 +48,15 @@ Describe 'The built module (out/BastionTools)' {
         $contexts | Sort-Object -Unique | Should -Be 'BastionTools'
     }
 
+    It 'has a format view for every output type' {
+        $views = ([xml](Get-Content -Raw (Join-Path $ModuleDir 'BastionTools.Format.ps1xml'))).Configuration.ViewDefinitions.View.ViewSelectedBy.TypeName
+        foreach ($type in 'BastionTools.BastionSession', 'BastionTools.BastionInstance', 'BastionTools.IamPostgresConnection', 'BastionTools.RdsIamGrant') {
+            $views | Should -Contain $type
+        }
+        $outputTypes = Get-Command -Module BastionTools | ForEach-Object { $_.OutputType.Type } | Where-Object { $_ -and $_.Namespace -eq 'BastionTools' } | ForEach-Object FullName | Sort-Object -Unique
+        foreach ($t in $outputTypes) { $views | Should -Contain $t }
+    }
+
     It 'ships the RDS CA bundle as the default trust' {
         $bundle = Join-Path $ModuleDir 'certs/rds-global-bundle.pem'
         $bundle | Should -Exist
