@@ -311,6 +311,11 @@ namespace BastionTools.Sandbox
             await handler(new SandboxStreamContext(this, context, sessionId, _stopping.Token)).ConfigureAwait(false);
         }
 
+        private int _ssmThrottleBudget;
+
+        /// <summary>The next <paramref name="count"/> signed SSM calls are answered with ThrottlingException.</summary>
+        public void ThrottleSsm(int count) => Interlocked.Exchange(ref _ssmThrottleBudget, count);
+
         private async Task HandleSsmAsync(SandboxHttpContext context, SandboxRequest request)
         {
             var requestId = Guid.NewGuid().ToString();
@@ -324,6 +329,11 @@ namespace BastionTools.Sandbox
                     throw SandboxError.Coral("UnknownOperationException", null);
                 }
                 caller = SigV4Verifier.Verify(request, SandboxProtocol.Json11, "ssm", World);
+                if (Interlocked.Decrement(ref _ssmThrottleBudget) >= 0)
+                {
+                    // As SSM answers when its API rate is exceeded (the SDK retries these with back-off).
+                    throw SandboxError.Coral("ThrottlingException", "Rate exceeded");
+                }
                 var input = SsmApi.ParseBody(request.BodyText);
                 var output = _ssm.Handle(operation, input, caller);
                 Record("ssm", operation, caller.AccessKeyId, 200, null);

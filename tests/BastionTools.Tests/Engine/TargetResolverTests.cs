@@ -1,5 +1,6 @@
 using System;
 using System.Collections.Generic;
+using System.Linq;
 using System.Threading;
 using System.Threading.Tasks;
 using Amazon.Runtime;
@@ -100,6 +101,32 @@ namespace BastionTools.Tests.Engine
             var ex = await Assert.ThrowsAsync<BastionToolsException>(() =>
                 _api.StartSessionAsync("i-0a1b2c3d4e5f60003", null, new Dictionary<string, List<string>>(), null, CancellationToken.None));
             Assert.Equal(ErrorIds.BastionTargetOffline, ex.ErrorId);
+        }
+
+        [Fact]
+        public async Task Throttling_IsRetriedWithBackOff_ThenSucceeds()
+        {
+            _host.ThrottleSsm(2);
+            var r = await Resolve(new TargetSelector { InstanceId = "i-0a1b2c3d4e5f60001" });
+            Assert.Equal("Online", r.PingStatus);
+            Assert.Equal(2, _host.Calls.Count(c => c.Service == "ssm" && c.ErrorCode == "ThrottlingException"));
+        }
+
+        [Fact]
+        public async Task Throttling_BeyondTheRetries_IsAwsThrottled_LimitsExceeded()
+        {
+            _host.ThrottleSsm(20);
+            try
+            {
+                var ex = await Assert.ThrowsAsync<BastionToolsException>(() => Resolve(new TargetSelector { InstanceId = "i-0a1b2c3d4e5f60001" }));
+                Assert.Equal(ErrorIds.AwsThrottled, ex.ErrorId);
+                Assert.Equal(System.Management.Automation.ErrorCategory.LimitsExceeded, ex.Category);
+                Assert.Equal(5, _host.Calls.Count(c => c.Service == "ssm" && c.ErrorCode == "ThrottlingException"));
+            }
+            finally
+            {
+                _host.ThrottleSsm(0);
+            }
         }
 
         [Theory]
