@@ -33,7 +33,14 @@
             Tags         = @('AWS', 'RDS', 'PostgreSQL', 'IAM', 'SSM', 'SessionManager', 'Bastion', 'PSEdition_Core', 'PSEdition_Desktop', 'Windows', 'Linux', 'MacOS')
             LicenseUri   = 'https://example.invalid/BastionTools/LICENSE'
             ProjectUri   = 'https://example.invalid/BastionTools'
-            ReleaseNotes = 'See CHANGELOG.md.'
+            ReleaseNotes = @'
+0.1.0 - first release.
+- Credentials resolved as AWS.Tools does; New-RdsIamToken signs RDS IAM authentication tokens.
+- Native Session Manager sessions (no session-manager-plugin): Start-BastionSession (port forwarding, shell, command), Get-BastionSession, Stop-BastionSession, Get-BastionInstance.
+- Passwordless PostgreSQL through the bastion: Connect-IamPostgres, Invoke-IamPostgresQuery, Disconnect-IamPostgres; Grant-RdsIamUser, Revoke-RdsIamUser.
+- AWS CDK infrastructure (VPC, bastion, RDS PostgreSQL with IAM authentication) under infra/.
+Full notes: CHANGELOG.md.
+'@
         }
     }
 }

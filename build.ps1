@@ -9,6 +9,8 @@
              infra/nag first when its node_modules is missing.
     Demo   - Build, then the user story against local doubles of AWS (grows with each feature).
     Bench  - Build, then the benchmark commands under bench/ (figures printed, never asserted).
+    Package - Build, then out/BastionTools packed as out/packages/BastionTools.<version>.nupkg (Compress-PSResource:
+             the nuspec comes from the manifest), for Install-PSResource or Install-Module from a repository.
 
     Pinned tools come from the local dotnet tool manifest (PowerShell 7.6.9, run this script with
     'dotnet pwsh') and from NuGet into the git-ignored tools/packages (Pester 6.2.0). Nothing is installed
@@ -19,7 +21,7 @@
 #>
 [CmdletBinding()]
 param(
-    [ValidateSet('Build', 'Test', 'Demo', 'Bench')]
+    [ValidateSet('Build', 'Test', 'Demo', 'Bench', 'Package')]
     [string] $Task = 'Build',
 
     [ValidateSet('Debug', 'Release')]
@@ -81,7 +83,7 @@ function Invoke-Build {
     $bin = Join-Path $ModuleOut 'bin'
     $lib = Join-Path $bin 'lib'
     New-Item -ItemType Directory -Force -Path $lib | Out-Null
-    Copy-Item (Join-Path $Root 'BastionTools.psd1') $ModuleOut
+    Copy-Item (Join-Path $Root 'BastionTools.psd1'), (Join-Path $Root 'LICENSE') $ModuleOut
     Copy-Item (Join-Path $Root 'module/*') $ModuleOut -Recurse
     Copy-Item (Join-Path $staging 'loader/BastionTools.LoadContext.dll') $bin
     # Everything the core needs, except PowerShell's own assembly (the host provides it).
@@ -213,9 +215,36 @@ function Invoke-Bench {
     }
 }
 
+function Invoke-Package {
+    Invoke-Build
+    $version = Get-ModuleVersion
+    Write-Host "== Package BastionTools $version" -ForegroundColor Cyan
+    $packages = Join-Path $Out 'packages'
+    if (Test-Path $packages) { Remove-Item $packages -Recurse -Force }
+    New-Item -ItemType Directory -Force -Path $packages | Out-Null
+    # What Publish-PSResource would push, without registering a repository (PSResourceGet 1.1+, in PowerShell 7.4+).
+    # PSResourceGet creates its repository store on first use: point it at a scratch folder, not the user's.
+    Import-Module Microsoft.PowerShell.PSResourceGet -MinimumVersion 1.1.0
+    $store = Join-Path $Out 'psresourceget-store'
+    New-Item -ItemType Directory -Force -Path $store | Out-Null
+    $saved = $env:XDG_DATA_HOME, $env:LOCALAPPDATA
+    try {
+        $env:XDG_DATA_HOME = $store; $env:LOCALAPPDATA = $store
+        Compress-PSResource -Path $ModuleOut -DestinationPath $packages
+    }
+    finally {
+        $env:XDG_DATA_HOME, $env:LOCALAPPDATA = $saved
+        Remove-Item $store -Recurse -Force
+    }
+    $nupkg = Join-Path $packages "BastionTools.$version.nupkg"
+    if (-not (Test-Path $nupkg)) { throw "Compress-PSResource did not write $nupkg." }
+    Write-Host "   $nupkg ($((Get-Item $nupkg).Length) bytes)" -ForegroundColor DarkGray
+}
+
 switch ($Task) {
     'Build' { Invoke-Build }
     'Test' { Invoke-Test }
     'Demo' { Invoke-Demo }
     'Bench' { Invoke-Bench }
+    'Package' { Invoke-Package }
 }
