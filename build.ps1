@@ -97,7 +97,19 @@ function Invoke-Build {
     if ("$($asmVersion.Major).$($asmVersion.Minor).$($asmVersion.Build)" -ne $manifest.Version.ToString()) {
         throw "Assembly version $asmVersion does not match the manifest's $($manifest.Version)."
     }
+    Invoke-HelpBuild
     Write-Host "   $ModuleOut" -ForegroundColor DarkGray
+}
+
+function Invoke-HelpBuild {
+    # MAML help from docs/help/*.md, in a PowerShell of its own (it imports the built module).
+    $pwsh = [Environment]::ProcessPath
+    $pwshArgs = @()
+    if ([System.IO.Path]::GetFileNameWithoutExtension($pwsh) -eq 'dotnet') { $pwshArgs += (Join-Path $PSHOME 'pwsh.dll') }
+    $pwshArgs += @('-NoProfile', '-NonInteractive', '-File', (Join-Path $Root 'build/New-MamlHelp.ps1'),
+        '-ModulePath', (Join-Path $ModuleOut 'BastionTools.psd1'), '-DocsPath', (Join-Path $Root 'docs/help'),
+        '-OutputPath', (Join-Path $ModuleOut 'en-US/BastionTools.dll-Help.xml'))
+    Invoke-Native $pwsh $pwshArgs | Out-Null
 }
 
 function Build-Sandbox {
