@@ -37,7 +37,6 @@ namespace BastionTools
         public const string BastionSessionFailed = "BastionSessionFailed";
         public const string BastionHandshakeFailed = "BastionHandshakeFailed";
         public const string LocalPortUnavailable = "LocalPortUnavailable";
-        public const string SessionPluginNotFound = "SessionPluginNotFound";
         public const string ShellNeedsTerminal = "ShellNeedsTerminal";
         public const string RemoteStandardError = "RemoteStandardError";
         public const string RemoteCommandFailed = "RemoteCommandFailed";
