@@ -3,7 +3,7 @@
 BeforeAll {
     Import-Module (Join-Path $PSScriptRoot 'TestHelpers.psm1') -Force
     Import-Module (Get-TestModulePath) -Force
-    $script:Sandbox = Start-TestSandbox -ExtraArguments @('--postgres')
+    $script:Sandbox = Start-TestSandbox -ExtraArguments @('--rds')
     $script:Aws = $Sandbox.Aws
     function Complete([string] $Line) { (TabExpansion2 -inputScript $Line -cursorColumn $Line.Length).CompletionMatches }
 }
@@ -42,6 +42,21 @@ Describe 'Argument completion' {
             (Complete "Start-BastionSession -EndpointUrl $($Aws.EndpointUrl) -Target bastion-leg").CompletionText | Should -Be 'i-0a1b2c3d4e5f60002'
         }
         finally { $env:AWS_ACCESS_KEY_ID, $env:AWS_SECRET_ACCESS_KEY, $env:AWS_REGION = $saved }
+    }
+
+    It 'completes -Connection with the variables that hold an open IAM connection' {
+        $psi = [System.Diagnostics.ProcessStartInfo]::new('psql')
+        foreach ($a in '-X', '-q', '-h', '127.0.0.1', '-p', "$($Sandbox.postgres.port)", '-U', $Sandbox.postgres.user, '-d', $Sandbox.postgres.database, '-c', 'CREATE ROLE completer_user LOGIN; GRANT rds_iam TO completer_user') { $psi.ArgumentList.Add($a) }
+        $psi.Environment['PGPASSWORD'] = $Sandbox.postgres.password
+        [System.Diagnostics.Process]::Start($psi).WaitForExit()
+        $global:btCompletionConn = Connect-IamPostgres -Name bastion -DbHost $Sandbox.rds.endpoint -Database $Sandbox.postgres.database -UserName completer_user -SslRootCertificate $Sandbox.rds.caBundle @Aws
+        try {
+            (Complete 'Invoke-IamPostgresQuery -Query "select 1" -Connection $btComp').CompletionText | Should -Be '$btCompletionConn'
+            (Complete 'Disconnect-IamPostgres -Connection ').CompletionText | Should -Contain '$btCompletionConn'
+            $btCompletionConn | Disconnect-IamPostgres
+            (Complete 'Disconnect-IamPostgres -Connection ').CompletionText | Should -Not -Contain '$btCompletionConn'
+        }
+        finally { Remove-Variable btCompletionConn -Scope Global -ErrorAction SilentlyContinue }
     }
 
     It 'completes the ids of open sessions' {

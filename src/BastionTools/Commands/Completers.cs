@@ -5,6 +5,7 @@ using System.IO;
 using System.Linq;
 using System.Management.Automation;
 using System.Management.Automation.Language;
+using System.Management.Automation.Runspaces;
 using System.Text.RegularExpressions;
 using BastionTools.Aws;
 
@@ -90,6 +91,33 @@ namespace BastionTools.Commands
                 // Completion must never throw: no credentials, no network, nothing to offer.
                 return Array.Empty<CompletionResult>();
             }
+        }
+    }
+
+    /// <summary>Completes -Connection with the variables of this session that hold an open IAM connection.</summary>
+    public sealed class IamConnectionCompleter : IArgumentCompleter
+    {
+        public IEnumerable<CompletionResult> CompleteArgument(string commandName, string parameterName, string wordToComplete, CommandAst commandAst, IDictionary fakeBoundParameters)
+        {
+            var word = wordToComplete.TrimStart('$');
+            var results = new List<CompletionResult>();
+            try
+            {
+                using var ps = System.Management.Automation.PowerShell.Create(RunspaceMode.CurrentRunspace);
+                ps.AddCommand("Get-Variable").AddParameter("Scope", "Global");
+                foreach (var item in ps.Invoke())
+                {
+                    if (item?.BaseObject is not PSVariable v || v.Value is not IamPostgresConnection c && (v.Value as PSObject)?.BaseObject is not IamPostgresConnection) continue;
+                    var connection = v.Value as IamPostgresConnection ?? (IamPostgresConnection)((PSObject)v.Value).BaseObject;
+                    if (!connection.IsOpen || !v.Name.StartsWith(word, StringComparison.OrdinalIgnoreCase)) continue;
+                    results.Add(new CompletionResult("$" + v.Name, "$" + v.Name, CompletionResultType.Variable, connection.ToString()));
+                }
+            }
+            catch (Exception)
+            {
+                // Completion must never throw.
+            }
+            return results;
         }
     }
 

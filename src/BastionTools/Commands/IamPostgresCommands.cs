@@ -192,6 +192,7 @@ namespace BastionTools.Commands
     {
         [Parameter(Mandatory = true, Position = 0, ValueFromPipeline = true)]
         [ValidateNotNull]
+        [ArgumentCompleter(typeof(IamConnectionCompleter))]
         public IamPostgresConnection[] Connection { get; set; } = Array.Empty<IamPostgresConnection>();
 
         protected override void ProcessRecord()

@@ -22,6 +22,7 @@ namespace BastionTools.Commands
 
         [Parameter(Mandatory = true, ValueFromPipelineByPropertyName = true)]
         [ValidateNotNull]
+        [ArgumentCompleter(typeof(IamConnectionCompleter))]
         public IamPostgresConnection? Connection { get; set; }
 
         [Parameter(Mandatory = true, Position = 0, ParameterSetName = "Query", ValueFromPipeline = true)]
