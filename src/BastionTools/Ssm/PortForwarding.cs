@@ -103,7 +103,7 @@ namespace BastionTools.Ssm
         private const int StreamBufferedBytesLimit = 4 * 1024 * 1024;
 
         /// <summary>How long the destination must be quiet after the local client's EOF before the stream is closed.</summary>
-        internal static readonly TimeSpan HalfCloseQuietPeriod = TimeSpan.FromSeconds(1);
+        internal static readonly TimeSpan HalfCloseQuietPeriod = TimeSpan.FromSeconds(2);
 
         private sealed class MuxStream
         {
@@ -260,8 +260,10 @@ namespace BastionTools.Ssm
                 // The agent has no half-close: a FIN makes it close the destination connection at once, losing any
                 // response still on its way. So after the local client's EOF, wait until the destination has finished
                 // or has been quiet for a moment before sending FIN.
+                // The quiet period counts from the EOF (or the last data after it), not from the stream's start.
+                var eofTicks = DateTime.UtcNow.Ticks;
                 while (!stream.RemoteFinished && stream.Failure == null &&
-                       DateTime.UtcNow.Ticks - Interlocked.Read(ref stream.LastRemoteDataTicks) < HalfCloseQuietPeriod.Ticks)
+                       DateTime.UtcNow.Ticks - Math.Max(eofTicks, Interlocked.Read(ref stream.LastRemoteDataTicks)) < HalfCloseQuietPeriod.Ticks)
                 {
                     await Task.Delay(50, cancellationToken).ConfigureAwait(false);
                 }
