@@ -19,7 +19,8 @@ if ($LASTEXITCODE) { throw "the IAM benchmark failed ($LASTEXITCODE)" }
 
 Write-Host '-- cmdlets'
 $psi = [System.Diagnostics.ProcessStartInfo]::new('dotnet')
-foreach ($a in $SandboxPath, '--rds') { $psi.ArgumentList.Add($a) }
+# The agent without its 1 ms pause per 1 KiB read (--output-read-pause-ms 0): the module is measured, not the agent's cap.
+foreach ($a in $SandboxPath, '--rds', '--output-read-pause-ms', '0') { $psi.ArgumentList.Add($a) }
 $psi.RedirectStandardInput = $true; $psi.RedirectStandardOutput = $true; $psi.UseShellExecute = $false
 $sandboxProcess = [System.Diagnostics.Process]::Start($psi)
 try {

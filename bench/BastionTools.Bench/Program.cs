@@ -18,8 +18,10 @@ namespace BastionTools.Bench
                     return await TunnelBench.RunAsync(rest).ConfigureAwait(false);
                 case "iam":
                     return await IamBench.RunAsync(rest).ConfigureAwait(false);
+                case "resilience":
+                    return await ResilienceBench.RunAsync(rest).ConfigureAwait(false);
                 default:
-                    Console.Error.WriteLine("usage: BastionTools.Bench token [seconds] | tunnel --sandbox <dll> | iam --sandbox <dll>");
+                    Console.Error.WriteLine("usage: BastionTools.Bench token [seconds] | tunnel --sandbox <dll> | iam --sandbox <dll> | resilience --sandbox <dll> [--megabytes N] [--blackout S]");
                     return 2;
             }
         }

@@ -16,14 +16,22 @@ namespace BastionTools.Sandbox
     /// MGS a client sees (channel_closed, the WebSocket). Its state outlives WebSocket connections: the outgoing sequence
     /// number and the unacknowledged messages (resent, oldest first, after the retransmission timeout), the expected
     /// incoming sequence number and the buffer of messages that arrived early.
+    /// <para>
+    /// Writes wait for room in the connection's bounded queue (the agent writes to its WebSocket synchronously); with no
+    /// connection attached nothing waits and stream messages are only kept (up to OutgoingMessageBufferCapacity).
+    /// </para>
     /// </summary>
     internal sealed class AgentChannel
     {
-        private const int IncomingBufferCapacity = 100000;
         private readonly object _gate = new();
         private readonly SandboxAgent _agent;
         private readonly SemaphoreSlim _inputLock = new(1, 1);
+        // datachannel.go StreamDataSequenceNumberMutex: held from taking a sequence number until the (blocking) write is done.
+        private readonly SemaphoreSlim _streamSendLock = new(1, 1);
         private readonly LinkedList<Pending> _unacked = new();
+        // An index of _unacked by sequence number: the agent walks its list for each acknowledgement (ProcessAcknowledgedMessage);
+        // the result is the same, in O(1), so a long list under heavy loss does not make the double CPU-bound.
+        private readonly Dictionary<long, LinkedListNode<Pending>> _unackedIndex = new();
         private readonly Dictionary<long, AgentMessage> _early = new();
         private readonly CancellationTokenSource _life = new();
         private readonly TaskCompletionSource<HandshakeResponsePayload> _handshakeResponse = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -43,6 +51,9 @@ namespace BastionTools.Sandbox
         private Random? _random;
         private (AgentMessage Message, long Token)? _heldIncoming;
         private long _holdToken;
+        // datachannel.go Pause (IsActive() == !Pause): set by pause_publication from MGS to the agent.
+        private bool _paused;
+        private TaskCompletionSource? _resumed;
 
         public AgentChannel(SandboxAgent agent, SandboxSession session)
         {
@@ -80,6 +91,11 @@ namespace BastionTools.Sandbox
         {
             get { lock (_gate) return _expectedSequence; }
         }
+        /// <summary>The agent's Pause flag (pause_publication received from MGS, not yet cleared).</summary>
+        public bool IsPaused
+        {
+            get { lock (_gate) return _paused; }
+        }
 
         private sealed class Pending
         {
@@ -109,7 +125,7 @@ namespace BastionTools.Sandbox
             lock (_gate)
             {
                 previous = _connection;
-                connection = new AgentConnection(socket, abortTransport, Counters, faults.KillAfterBytes, ++_connectionCount);
+                connection = new AgentConnection(socket, abortTransport, Counters, faults.KillAfterBytes, ++_connectionCount, Options.ConnectionQueueBytes);
                 _connection = connection;
                 OpenDataChannelClientVersion = open.ClientVersion;
                 start = !_started;
@@ -120,6 +136,9 @@ namespace BastionTools.Sandbox
             _agent.Host.Sessions.MarkConnected(Session.SessionId);
             _agent.Log("session " + Session.SessionId + ": connection " + connection.Number + " open (client " + open.ClientVersion + ")");
             if (faults.ByeAfterMs > 0) _ = ByeLaterAsync(connection, faults.ByeAfterMs);
+            // MGS tells a client to hold its input while the agent's side is not connected: with the option, every new
+            // connection starts with pause_publication, before the agent's first message (the HandshakeRequest).
+            if (Options.PausePublicationOnConnect) SendPublication(pause: true);
             // On a reconnect nothing special happens: the resend scheduler sends the oldest unacknowledged message again.
             if (start)
             {
@@ -179,7 +198,7 @@ namespace BastionTools.Sandbox
         {
             if (connection.IsAborted || connection.IsClosing) return false;
             Interlocked.Increment(ref Counters._byes);
-            connection.CloseAfterQueued("Bye");
+            connection.CloseAfterQueued("Bye", CloseAbortAfter);
             return true;
         }
 
@@ -195,6 +214,19 @@ namespace BastionTools.Sandbox
         private AgentConnection? _connectionSnapshot()
         {
             lock (_gate) return _connection;
+        }
+
+        /// <summary>A close that cannot get out (the client does not read) becomes an abort after this long.</summary>
+        private static readonly TimeSpan CloseAbortAfter = TimeSpan.FromSeconds(10);
+
+        /// <summary>Bytes queued for the current connection and producers waiting for room (for tests and the control endpoint).</summary>
+        public (long QueuedBytes, int Waiters) ConnectionQueue
+        {
+            get
+            {
+                var c = _connectionSnapshot();
+                return c == null ? (0, 0) : (c.QueuedBytes, c.WaiterCount);
+            }
         }
 
         private async Task ReadLoopAsync(AgentConnection connection, CancellationToken stopping)
@@ -310,8 +342,12 @@ namespace BastionTools.Sandbox
             if (message != null) await ProcessAsync(message).ConfigureAwait(false);
         }
 
-        /// <summary>Puts a frame on the current connection through the outbound faults. False when no connection is attached.</summary>
-        private bool Transmit(byte[] frame, bool faultable)
+        /// <summary>
+        /// Puts a frame on the current connection through the outbound faults, waiting for room in its queue (the
+        /// agent's blocking WebSocket write). False at once when no connection is attached (SendMessage fails: "Connection
+        /// is closed"), and false when the connection is aborted, replaced or closed while waiting.
+        /// </summary>
+        private async Task<bool> TransmitAsync(byte[] frame, bool faultable)
         {
             var connection = _connectionSnapshot();
             if (connection == null || connection.IsAborted || connection.IsClosing) return false;
@@ -323,8 +359,7 @@ namespace BastionTools.Sandbox
             }
             if (duplicate) Interlocked.Increment(ref Counters._duplicated);
             if (hold) Interlocked.Increment(ref Counters._reordered);
-            connection.Enqueue(frame, duplicate, hold);
-            return true;
+            return await connection.EnqueueAsync(frame, duplicate, hold).ConfigureAwait(false);
         }
 
         // ---- receiving ---------------------------------------------------------------------------------------------
@@ -340,6 +375,7 @@ namespace BastionTools.Sandbox
             {
                 case MessageTypes.Acknowledge:
                     Interlocked.Increment(ref Counters._acksReceived);
+                    SetPaused(false); // handleAcknowledgeMessage: Pause = false
                     HandleAcknowledge(message);
                     return;
                 case MessageTypes.InputStreamData:
@@ -372,12 +408,11 @@ namespace BastionTools.Sandbox
             }
             lock (_gate)
             {
-                for (var node = _unacked.First; node != null; node = node.Next)
+                if (_unackedIndex.TryGetValue(content.AcknowledgedMessageSequenceNumber, out var node))
                 {
-                    if (node.Value.Sequence != content.AcknowledgedMessageSequenceNumber) continue;
                     UpdateRetransmissionTimeout(Now - node.Value.SentAt);
                     _unacked.Remove(node);
-                    break;
+                    _unackedIndex.Remove(content.AcknowledgedMessageSequenceNumber);
                 }
             }
         }
@@ -399,6 +434,7 @@ namespace BastionTools.Sandbox
 
         private async Task HandleStreamDataAsync(AgentMessage message)
         {
+            SetPaused(false); // handleStreamDataMessage: Pause = false
             long expected;
             lock (_gate) expected = _expectedSequence;
             if (message.SequenceNumber == expected)
@@ -425,7 +461,7 @@ namespace BastionTools.Sandbox
             {
                 Interlocked.Increment(ref Counters._outOfOrderReceived);
                 bool keep;
-                lock (_gate) keep = _early.Count < IncomingBufferCapacity;
+                lock (_gate) keep = _early.Count < Options.IncomingMessageBufferCapacity;
                 if (!keep) return;
                 await SendAcknowledgeAsync(message).ConfigureAwait(false);
                 lock (_gate) _early[message.SequenceNumber] = message;
@@ -447,12 +483,12 @@ namespace BastionTools.Sandbox
                 _ = Task.Run(async () =>
                 {
                     await Task.Delay(delay).ConfigureAwait(false);
-                    if (Transmit(frame, faultable: true)) Interlocked.Increment(ref Counters._acksSent);
+                    if (await TransmitAsync(frame, faultable: true).ConfigureAwait(false)) Interlocked.Increment(ref Counters._acksSent);
                 });
                 return;
             }
-            if (Transmit(frame, faultable: true)) Interlocked.Increment(ref Counters._acksSent);
-            await Task.CompletedTask.ConfigureAwait(false);
+            // The agent acknowledges from its WebSocket read goroutine with a blocking write: a full socket stops its reading too.
+            if (await TransmitAsync(frame, faultable: true).ConfigureAwait(false)) Interlocked.Increment(ref Counters._acksSent);
         }
 
         /// <summary>Hands an in-order message to the data channel / plugin. False means "not ready": do not acknowledge.</summary>
@@ -492,29 +528,63 @@ namespace BastionTools.Sandbox
 
         /// <summary>
         /// SendStreamDataMessage: a new output_stream_data with the next sequence number (flags 1 on sequence 0, else 0),
-        /// kept until acknowledged, sent at once when a connection is attached. Empty payloads are ignored, as the agent does.
+        /// sent once (unless paused; waiting for room on the connection, not at all without one) and kept until
+        /// acknowledged while the unacknowledged list has room (AddDataToOutgoingMessageBuffer: a message that finds it
+        /// full is not kept, so it is never resent). Empty payloads are ignored, as the agent does.
         /// </summary>
-        public void SendStreamData(PayloadType payloadType, byte[] payload)
+        public async Task SendStreamDataAsync(PayloadType payloadType, byte[] payload)
         {
             if (payload.Length == 0 || IsEnded) return;
-            lock (_gate)
+            await _streamSendLock.WaitAsync().ConfigureAwait(false);
+            try
             {
-                var sequence = _nextSequence++;
-                var message = AgentMessage.Create(MessageTypes.OutputStreamData, sequence, sequence == 0 ? MessageFlags.Syn : MessageFlags.Data, payloadType, payload);
-                var frame = AgentMessageCodec.Encode(message);
-                _unacked.AddLast(new Pending(sequence, frame, Now));
+                if (IsEnded) return;
+                Pending? pending = null;
+                byte[] frame;
+                bool paused;
+                lock (_gate)
+                {
+                    var sequence = _nextSequence++;
+                    var message = AgentMessage.Create(MessageTypes.OutputStreamData, sequence, sequence == 0 ? MessageFlags.Syn : MessageFlags.Data, payloadType, payload);
+                    frame = AgentMessageCodec.Encode(message);
+                    if (_unacked.Count < Options.OutgoingMessageBufferCapacity)
+                    {
+                        pending = new Pending(sequence, frame, Now);
+                        _unackedIndex[sequence] = _unacked.AddLast(pending);
+                    }
+                    else
+                    {
+                        Interlocked.Increment(ref Counters._unbuffered);
+                    }
+                    paused = _paused;
+                }
                 Interlocked.Increment(ref Counters._dataSent);
-                Transmit(frame, faultable: true);
+                Interlocked.Add(ref Counters._streamBytesCreated, payload.Length);
+                if (!paused) await TransmitAsync(frame, faultable: true).ConfigureAwait(false);
+                if (pending != null)
+                {
+                    lock (_gate) pending.SentAt = Now; // LastSentTime: after the write
+                }
+            }
+            finally
+            {
+                _streamSendLock.Release();
             }
         }
 
-        public void SendJson(PayloadType payloadType, JsonNode json) =>
-            SendStreamData(payloadType, Encoding.UTF8.GetBytes(json.ToJsonString(SsmJson.Options)));
+        public Task SendJsonAsync(PayloadType payloadType, JsonNode json) =>
+            SendStreamDataAsync(payloadType, Encoding.UTF8.GetBytes(json.ToJsonString(SsmJson.Options)));
 
-        /// <summary>ResendStreamDataMessageScheduler: every 100 ms, the oldest unacknowledged message goes again once it is older than the RTO.</summary>
+        /// <summary>
+        /// ResendStreamDataMessageScheduler: every 100 ms (unless paused), the oldest unacknowledged message goes again
+        /// once it is older than the RTO. With the non-default <see cref="SandboxAgentOptions.ResendAllDue"/>, up to
+        /// <see cref="SandboxAgentOptions.ResendAllDueBurst"/> overdue messages go per round, oldest first. Each resend
+        /// waits for room on the connection like any write.
+        /// </summary>
         private async Task ResendLoopAsync()
         {
             var token = _life.Token;
+            var due = new List<Pending>();
             while (!token.IsCancellationRequested)
             {
                 try
@@ -525,26 +595,78 @@ namespace BastionTools.Sandbox
                 {
                     return;
                 }
+                due.Clear();
                 lock (_gate)
                 {
-                    if (Options.ResendAllDue)
+                    if (_paused) continue;
+                    var limit = Options.ResendAllDue ? Math.Max(1, Options.ResendAllDueBurst) : 1;
+                    for (var node = _unacked.First; node != null && due.Count < limit; node = node.Next)
                     {
-                        for (var node = _unacked.First; node != null; node = node.Next)
+                        var m = node.Value;
+                        if (Now - m.SentAt <= _retransmissionTimeout)
                         {
-                            var m = node.Value;
-                            if (Now - m.SentAt <= _retransmissionTimeout) continue;
-                            if (Transmit(m.Frame, faultable: true)) Interlocked.Increment(ref Counters._retransmitted);
-                            m.SentAt = Now;
+                            if (!Options.ResendAllDue) break; // only the oldest is considered
+                            continue;
                         }
-                        continue;
+                        due.Add(m);
+                        m.SentAt = Now; // not picked again while its write waits
                     }
-                    var oldest = _unacked.First?.Value;
-                    if (oldest == null || Now - oldest.SentAt <= _retransmissionTimeout) continue;
-                    if (Transmit(oldest.Frame, faultable: true)) Interlocked.Increment(ref Counters._retransmitted);
-                    oldest.SentAt = Now;
                 }
+                var sent = 0;
+                foreach (var m in due)
+                {
+                    if (token.IsCancellationRequested) return;
+                    var transmitted = await TransmitAsync(m.Frame, faultable: true).ConfigureAwait(false);
+                    lock (_gate) m.SentAt = Now; // LastSentTime: after the (blocking) write, whether or not it succeeded
+                    if (!transmitted) continue;
+                    Interlocked.Increment(ref Counters._retransmitted);
+                    sent++;
+                }
+                if (sent > 0) Counters.ObserveResendBurst(sent);
             }
         }
+
+        // ---- pause (datachannel.go) --------------------------------------------------------------------------------
+
+        /// <summary>
+        /// Sets the agent's Pause flag, as pause_publication / start_publication from MGS to the agent do. While paused
+        /// the agent sends no new stream message (it still keeps them), resends nothing, and its output pumps do not read.
+        /// Any acknowledge or input_stream_data from the client clears it.
+        /// </summary>
+        public void SetPaused(bool paused)
+        {
+            TaskCompletionSource? resumed = null;
+            lock (_gate)
+            {
+                if (_paused == paused) return;
+                _paused = paused;
+                if (paused)
+                {
+                    _resumed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                }
+                else
+                {
+                    resumed = _resumed;
+                    _resumed = null;
+                }
+            }
+            resumed?.TrySetResult();
+        }
+
+        /// <summary>IsActive: completes when the agent is not paused (the output pumps wait here before each read).</summary>
+        public Task WaitActiveAsync(CancellationToken cancellation)
+        {
+            Task wait;
+            lock (_gate)
+            {
+                if (!_paused || _resumed == null) return Task.CompletedTask;
+                wait = _resumed.Task;
+            }
+            return wait.WaitAsync(cancellation);
+        }
+
+        /// <summary>A pacer for one output pump: the 1 ms sleep after each read (OutputReadPause).</summary>
+        public OutputReadPacer NewOutputReadPacer() => new(Options);
 
         /// <summary>PrepareToCloseChannel: waits (at most <paramref name="timeout"/>) until every sent message is acknowledged.</summary>
         public async Task DrainAsync(TimeSpan timeout)
@@ -617,7 +739,7 @@ namespace BastionTools.Sandbox
                     },
                 },
             };
-            SendJson(PayloadType.HandshakeRequest, request);
+            await SendJsonAsync(PayloadType.HandshakeRequest, request).ConfigureAwait(false);
             var timeout = Task.Delay(Options.HandshakeTimeout, _life.Token);
             var done = await Task.WhenAny(_handshakeResponse.Task, timeout).ConfigureAwait(false);
             if (done != _handshakeResponse.Task)
@@ -640,7 +762,7 @@ namespace BastionTools.Sandbox
                 ["HandshakeTimeToComplete"] = started.Elapsed.Ticks * 100,
                 ["CustomerMessage"] = plugin.HandshakeCustomerMessage(),
             };
-            SendJson(PayloadType.HandshakeComplete, complete);
+            await SendJsonAsync(PayloadType.HandshakeComplete, complete).ConfigureAwait(false);
             lock (_gate) _handshakeComplete = true;
             return null;
         }
@@ -662,8 +784,8 @@ namespace BastionTools.Sandbox
             if (connection != null)
             {
                 var frame = AgentMessageCodec.Encode(BuildChannelClosed(output));
-                connection.Enqueue(frame, duplicate: false, holdBack: false);
-                connection.CloseAfterQueued("Bye");
+                connection.EnqueueNow(frame);
+                connection.CloseAfterQueued("Bye", CloseAbortAfter);
             }
             _life.Cancel();
             AgentPlugin? plugin;
@@ -692,7 +814,94 @@ namespace BastionTools.Sandbox
         public bool SendPublication(bool pause)
         {
             var message = AgentMessage.Create(pause ? MessageTypes.PausePublication : MessageTypes.StartPublication, 0, MessageFlags.Ack, PayloadType.None, Array.Empty<byte>());
-            return Transmit(AgentMessageCodec.Encode(message), faultable: false);
+            var connection = _connectionSnapshot();
+            return connection != null && connection.EnqueueNow(AgentMessageCodec.Encode(message));
+        }
+
+        /// <summary>
+        /// The session timed out (idle timeout): the agent ends the channel without channel_closed (the client is probably
+        /// not connected); a current connection is dropped without a close frame. The registry already says TimedOut.
+        /// </summary>
+        public void TimeOut()
+        {
+            if (Interlocked.Exchange(ref _ended, 1) != 0) return;
+            _agent.Log("session " + Session.SessionId + ": timed out");
+            _connectionSnapshot()?.Abort(isKill: false);
+            _life.Cancel();
+            AgentPlugin? plugin;
+            lock (_gate) plugin = _plugin;
+            plugin?.Stop();
+        }
+
+        // ---- hostile injections ------------------------------------------------------------------------------------
+
+        private AgentConnection RequireConnection() =>
+            _connectionSnapshot() is { IsAborted: false, IsClosing: false } c ? c : throw new InvalidOperationException("The session has no open WebSocket.");
+
+        /// <summary>
+        /// far-ahead: <paramref name="count"/> valid output_stream_data (correct digests) numbered next + 1,000,000 + i,
+        /// sent through the current WebSocket (waiting for room) and not kept. Returns how many went out.
+        /// </summary>
+        public async Task<int> InjectFarAheadAsync(int count)
+        {
+            RequireConnection();
+            long next;
+            lock (_gate) next = _nextSequence;
+            var sent = 0;
+            for (var i = 0; i < count; i++)
+            {
+                var payload = Encoding.ASCII.GetBytes("far-ahead " + i.ToString(CultureInfo.InvariantCulture) + "\n");
+                var message = AgentMessage.Create(MessageTypes.OutputStreamData, next + 1_000_000 + i, MessageFlags.Data, PayloadType.Output, payload);
+                if (!await TransmitAsync(AgentMessageCodec.Encode(message), faultable: false).ConfigureAwait(false)) break;
+                Interlocked.Increment(ref Counters._injected);
+                sent++;
+            }
+            return sent;
+        }
+
+        /// <summary>
+        /// endless-fragments: one binary message of <paramref name="totalBytes"/> sent as continuation fragments and never
+        /// finished; the connection writes nothing more. Returns the bytes written.
+        /// </summary>
+        public async Task<long> InjectEndlessFragmentsAsync(long totalBytes)
+        {
+            var connection = RequireConnection();
+            var sent = await connection.EnqueueEndlessFragments(totalBytes).ConfigureAwait(false);
+            Interlocked.Increment(ref Counters._injected);
+            return sent;
+        }
+
+        /// <summary>smux: raw bytes appended to the mux output stream (ordinary numbered Output messages of at most 1024 bytes).</summary>
+        public async Task InjectSmuxAsync(byte[] bytes)
+        {
+            RequireConnection();
+            AgentPlugin? plugin;
+            lock (_gate) plugin = _plugin;
+            var mux = (plugin as PortPlugin)?.Mode as MuxPortSession ?? throw new InvalidOperationException("The session's plugin is not the mux port plugin.");
+            await mux.InjectAsync(bytes).ConfigureAwait(false);
+            Interlocked.Increment(ref Counters._injected);
+        }
+
+        /// <summary>
+        /// start-publication-bare / pause-publication-bare: the message as the official client's unit test builds one
+        /// (messageparser_test.go TestClientMessage_ValidateStartPublicationMessage): HeaderLength 0, CreatedDate 0, no
+        /// digest, SequenceNumber 1, Flags 2, payload "payload". The official client accepts it without validation.
+        /// </summary>
+        public void InjectBarePublication(bool pause)
+        {
+            var connection = RequireConnection();
+            if (!connection.EnqueueNow(BarePublicationFrame(pause))) throw new InvalidOperationException("The session has no open WebSocket.");
+            Interlocked.Increment(ref Counters._injected);
+        }
+
+        internal static byte[] BarePublicationFrame(bool pause)
+        {
+            var message = AgentMessage.Create(pause ? MessageTypes.PausePublication : MessageTypes.StartPublication, 1, 2, PayloadType.None, Encoding.ASCII.GetBytes("payload"));
+            var frame = AgentMessageCodec.Encode(message);
+            Array.Clear(frame, 0, 4); // HeaderLength 0
+            Array.Clear(frame, AgentMessageCodec.CreatedDateOffset, 8); // CreatedDate 0
+            Array.Clear(frame, AgentMessageCodec.PayloadDigestOffset, AgentMessageCodec.PayloadDigestLength); // no digest
+            return frame;
         }
 
         /// <summary>Stops everything without a goodbye (host shutdown).</summary>
@@ -723,11 +932,44 @@ namespace BastionTools.Sandbox
             o["expectedSequenceNumber"] = ExpectedSequenceNumber;
             o["unacked"] = UnackedCount;
             o["retransmissionTimeoutMs"] = RetransmissionTimeout.TotalMilliseconds;
+            o["paused"] = IsPaused;
+            o["connectionQueuedBytes"] = ConnectionQueue.QueuedBytes;
             o["clientVersion"] = HandshakeClientVersion ?? OpenDataChannelClientVersion;
             o["faults"] = SessionFaults == null ? null : JsonNode.Parse(SessionFaults.ToJson());
             return o;
         }
 
         internal void Log(string line) => _agent.Log("session " + Session.SessionId + ": " + line);
+    }
+
+    /// <summary>
+    /// The sleep after each read of port_mux.go transferDataToMgs, port_basic.go WritePump and shell.go writePump
+    /// (time.Sleep(time.Millisecond), about 1.06 ms in Go). Task.Delay cannot sleep 1 ms (its timer ticks every few ms),
+    /// so reads are paced instead: on average one per <see cref="SandboxAgentOptions.OutputReadPause"/>, with at most
+    /// 10 ms of credit (a timer that woke late is made up for; a long stall is not turned into a burst).
+    /// </summary>
+    internal sealed class OutputReadPacer
+    {
+        private static readonly TimeSpan MaxCredit = TimeSpan.FromMilliseconds(10);
+        private readonly SandboxAgentOptions _options;
+        private readonly Stopwatch _clock = Stopwatch.StartNew();
+        private TimeSpan _next;
+
+        public OutputReadPacer(SandboxAgentOptions options) => _options = options;
+
+        /// <summary>Call after each read: completes when the next read may happen.</summary>
+        public Task PauseAsync(CancellationToken cancellation)
+        {
+            var pause = _options.OutputReadPause;
+            var now = _clock.Elapsed;
+            if (pause <= TimeSpan.Zero)
+            {
+                _next = now;
+                return Task.CompletedTask;
+            }
+            if (_next < now - MaxCredit) _next = now - MaxCredit;
+            _next += pause;
+            return _next > now ? Task.Delay(_next - now, cancellation) : Task.CompletedTask;
+        }
     }
 }

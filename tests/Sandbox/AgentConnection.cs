@@ -1,8 +1,8 @@
 using System;
+using System.Collections.Generic;
 using System.IO;
 using System.Net.WebSockets;
 using System.Threading;
-using System.Threading.Channels;
 using System.Threading.Tasks;
 
 namespace BastionTools.Sandbox
@@ -10,27 +10,40 @@ namespace BastionTools.Sandbox
     /// <summary>
     /// One accepted WebSocket of a session's data channel: a single writer task drains a queue (so frames leave in
     /// the order they were queued), outbound reordering is done here, and the byte budget of KillAfterBytes is counted.
+    /// <para>
+    /// The queue is bounded by bytes (<see cref="SandboxAgentOptions.ConnectionQueueBytes"/>): the real agent writes
+    /// to its WebSocket synchronously (gorilla/websocket WriteMessage under a mutex), so a client that does not read
+    /// blocks whoever produces frames. <see cref="EnqueueAsync"/> waits for room (first come, first served); a frame
+    /// larger than the bound goes when the queue is empty. Aborting, replacing or closing the connection releases
+    /// every waiter with false (the frame was not sent; stream data stays unacknowledged and is resent later).
+    /// </para>
     /// </summary>
     internal sealed class AgentConnection
     {
         private static readonly TimeSpan HoldFlushDelay = TimeSpan.FromMilliseconds(200);
-        private readonly Channel<Item> _queue = Channel.CreateUnbounded<Item>(new UnboundedChannelOptions { SingleReader = true });
+        private const int FragmentChunk = 64 * 1024;
+        private readonly object _gate = new();
+        private readonly Queue<Item> _queue = new();
+        private readonly LinkedList<Waiter> _waiters = new();
+        private readonly SemaphoreSlim _itemsAvailable = new(0);
         private readonly SandboxChannelCounters _counters;
         private readonly long _killAfterBytes;
-        private readonly object _gate = new();
+        private readonly long _capacity;
+        private readonly Action? _abortTransport;
         private byte[]? _held;
+        private long _queuedBytes;
         private long _bytes;
         private int _aborted;
         private int _closing;
+        private bool _stalled;
 
-        private readonly Action? _abortTransport;
-
-        public AgentConnection(WebSocket socket, Action? abortTransport, SandboxChannelCounters counters, long killAfterBytes, int number)
+        public AgentConnection(WebSocket socket, Action? abortTransport, SandboxChannelCounters counters, long killAfterBytes, int number, long capacityBytes)
         {
             Socket = socket;
             _abortTransport = abortTransport;
             _counters = counters;
             _killAfterBytes = killAfterBytes;
+            _capacity = Math.Max(1, capacityBytes);
             Number = number;
             Writer = Task.Run(WriteLoopAsync);
         }
@@ -41,37 +54,157 @@ namespace BastionTools.Sandbox
         public bool IsAborted => Volatile.Read(ref _aborted) != 0;
         public bool IsClosing => Volatile.Read(ref _closing) != 0;
 
-        private readonly struct Item
+        /// <summary>Bytes of frames queued (or held back) and not yet handed to the socket.</summary>
+        public long QueuedBytes
         {
-            public Item(byte[]? frame, string? close)
-            {
-                Frame = frame;
-                Close = close;
-            }
-
-            public byte[]? Frame { get; }
-            public string? Close { get; }
+            get { lock (_gate) return _queuedBytes; }
         }
 
-        /// <summary>Queues a frame; <paramref name="holdBack"/> keeps it until the next frame has gone (or 200 ms passed).</summary>
-        public void Enqueue(byte[] frame, bool duplicate, bool holdBack)
+        /// <summary>Producers waiting for room.</summary>
+        public int WaiterCount
+        {
+            get { lock (_gate) return _waiters.Count; }
+        }
+
+        private enum ItemKind
+        {
+            Frame,
+            Close,
+            Fragments,
+        }
+
+        private sealed class Item
+        {
+            public Item(ItemKind kind, byte[]? frame, string? close, long fragmentBytes, TaskCompletionSource<long>? done = null)
+            {
+                Kind = kind;
+                Frame = frame;
+                Close = close;
+                FragmentBytes = fragmentBytes;
+                Done = done;
+            }
+
+            public ItemKind Kind { get; }
+            public byte[]? Frame { get; }
+            public string? Close { get; }
+            public long FragmentBytes { get; }
+            public TaskCompletionSource<long>? Done { get; }
+        }
+
+        private sealed class Waiter
+        {
+            public Waiter(byte[] frame, bool duplicate, bool holdBack)
+            {
+                Frame = frame;
+                Duplicate = duplicate;
+                HoldBack = holdBack;
+            }
+
+            public byte[] Frame { get; }
+            public bool Duplicate { get; }
+            public bool HoldBack { get; }
+            public long Cost => Frame.Length * (Duplicate ? 2L : 1L);
+            public TaskCompletionSource<bool> Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        }
+
+        /// <summary>
+        /// Queues a frame, waiting for room when the queue is full. <paramref name="holdBack"/> keeps it until the next
+        /// frame has gone (or 200 ms passed). False when the connection is aborted, closing or replaced (before or while waiting).
+        /// </summary>
+        public Task<bool> EnqueueAsync(byte[] frame, bool duplicate, bool holdBack)
+        {
+            Waiter waiter;
+            lock (_gate)
+            {
+                if (IsAborted || IsClosing) return Task.FromResult(false);
+                waiter = new Waiter(frame, duplicate, holdBack);
+                if (_waiters.Count == 0 && HasRoomLocked(waiter.Cost))
+                {
+                    AddLocked(frame, duplicate, holdBack);
+                    return Task.FromResult(true);
+                }
+                _waiters.AddLast(waiter);
+                Interlocked.Increment(ref _counters._sendWaiters);
+                Interlocked.Increment(ref _counters._sendWaits);
+            }
+            return waiter.Done.Task;
+        }
+
+        /// <summary>Queues a control frame (channel_closed, publication, injections) without waiting for room. False when closing or aborted.</summary>
+        public bool EnqueueNow(byte[] frame)
         {
             lock (_gate)
             {
-                if (holdBack && _held == null)
+                if (IsAborted || IsClosing) return false;
+                AddLocked(frame, duplicate: false, holdBack: false);
+                return true;
+            }
+        }
+
+        /// <summary>
+        /// Hostile: after what is queued, sends <paramref name="totalBytes"/> of one binary message as fragments that are
+        /// never finished, then writes nothing more on this connection (queued and later frames are discarded). The
+        /// task completes with the bytes written (or fails when the connection is gone).
+        /// </summary>
+        public Task<long> EnqueueEndlessFragments(long totalBytes)
+        {
+            var done = new TaskCompletionSource<long>(TaskCreationOptions.RunContinuationsAsynchronously);
+            lock (_gate)
+            {
+                if (IsAborted || IsClosing)
                 {
-                    _held = frame;
-                    _ = FlushHeldLaterAsync(frame);
-                    return;
+                    done.TrySetException(new InvalidOperationException("The connection is closed."));
+                    return done.Task;
                 }
-                _queue.Writer.TryWrite(new Item(frame, null));
-                if (duplicate) _queue.Writer.TryWrite(new Item(frame, null));
-                if (_held != null)
+                FlushHeldLocked();
+                _queue.Enqueue(new Item(ItemKind.Fragments, null, null, totalBytes, done));
+                _itemsAvailable.Release();
+            }
+            return done.Task;
+        }
+
+        private bool HasRoomLocked(long cost) => _queuedBytes == 0 || _queuedBytes + cost <= _capacity;
+
+        private void AddBytesLocked(long delta)
+        {
+            _queuedBytes += delta;
+            var total = Interlocked.Add(ref _counters._queuedBytes, delta);
+            if (delta > 0)
+            {
+                long peak;
+                while (total > (peak = Interlocked.Read(ref _counters._queuedBytesPeak)))
                 {
-                    _queue.Writer.TryWrite(new Item(_held, null));
-                    _held = null;
+                    if (Interlocked.CompareExchange(ref _counters._queuedBytesPeak, total, peak) == peak) break;
                 }
             }
+        }
+
+        private void PushLocked(byte[] frame)
+        {
+            _queue.Enqueue(new Item(ItemKind.Frame, frame, null, 0));
+            _itemsAvailable.Release();
+        }
+
+        private void AddLocked(byte[] frame, bool duplicate, bool holdBack)
+        {
+            AddBytesLocked(frame.Length * (duplicate ? 2L : 1L));
+            if (holdBack && _held == null)
+            {
+                _held = frame;
+                _ = FlushHeldLaterAsync(frame);
+                if (duplicate) PushLocked(frame);
+                return;
+            }
+            PushLocked(frame);
+            if (duplicate) PushLocked(frame);
+            FlushHeldLocked();
+        }
+
+        private void FlushHeldLocked()
+        {
+            if (_held == null) return;
+            PushLocked(_held);
+            _held = null;
         }
 
         private async Task FlushHeldLaterAsync(byte[] frame)
@@ -79,33 +212,87 @@ namespace BastionTools.Sandbox
             await Task.Delay(HoldFlushDelay).ConfigureAwait(false);
             lock (_gate)
             {
-                if (!ReferenceEquals(_held, frame)) return;
-                _queue.Writer.TryWrite(new Item(frame, null));
-                _held = null;
+                if (!ReferenceEquals(_held, frame) || IsAborted) return;
+                FlushHeldLocked();
             }
         }
 
-        /// <summary>Sends a close frame (1000 and <paramref name="description"/>) after everything queued so far.</summary>
-        public void CloseAfterQueued(string description)
+        /// <summary>Frees the room a frame took and lets waiting producers in, oldest first.</summary>
+        private void Release(long bytes)
+        {
+            List<Waiter>? granted = null;
+            lock (_gate)
+            {
+                if (IsAborted) return; // Abort already released everything that was queued
+                AddBytesLocked(-bytes);
+                while (_waiters.First is { } node && !IsAborted && !IsClosing && HasRoomLocked(node.Value.Cost))
+                {
+                    _waiters.RemoveFirst();
+                    Interlocked.Decrement(ref _counters._sendWaiters);
+                    AddLocked(node.Value.Frame, node.Value.Duplicate, node.Value.HoldBack);
+                    (granted ??= new List<Waiter>()).Add(node.Value);
+                }
+            }
+            if (granted != null)
+            {
+                foreach (var w in granted) w.Done.TrySetResult(true);
+            }
+        }
+
+        /// <summary>Fails every waiting producer (the connection will take no more frames).</summary>
+        private void FailWaiters()
+        {
+            List<Waiter> failed;
+            lock (_gate)
+            {
+                failed = new List<Waiter>(_waiters);
+                Interlocked.Add(ref _counters._sendWaiters, -_waiters.Count);
+                _waiters.Clear();
+            }
+            foreach (var w in failed) w.Done.TrySetResult(false);
+        }
+
+        /// <summary>
+        /// Sends a close frame (1000 and <paramref name="description"/>) after everything queued so far; producers still
+        /// waiting for room are released without sending. When <paramref name="abortAfter"/> is given and the writer has
+        /// not finished by then (a client that does not read), the connection is aborted.
+        /// </summary>
+        public void CloseAfterQueued(string description, TimeSpan? abortAfter = null)
         {
             if (Interlocked.Exchange(ref _closing, 1) != 0) return;
             lock (_gate)
             {
-                if (_held != null)
+                FlushHeldLocked();
+                _queue.Enqueue(new Item(ItemKind.Close, null, description, 0));
+                _itemsAvailable.Release();
+            }
+            FailWaiters();
+            if (abortAfter is { } after)
+            {
+                _ = Task.Run(async () =>
                 {
-                    _queue.Writer.TryWrite(new Item(_held, null));
-                    _held = null;
-                }
-                _queue.Writer.TryWrite(new Item(null, description));
+                    await Task.WhenAny(Writer, Task.Delay(after)).ConfigureAwait(false);
+                    if (!Writer.IsCompleted) Abort(isKill: false);
+                });
             }
         }
 
-        /// <summary>Drops the TCP connection without a close frame.</summary>
+        /// <summary>Drops the TCP connection without a close frame; every waiting producer is released.</summary>
         public void Abort(bool isKill)
         {
             if (Interlocked.Exchange(ref _aborted, 1) != 0) return;
             if (isKill) Interlocked.Increment(ref _counters._kills);
-            _queue.Writer.TryComplete();
+            List<Item> dropped;
+            lock (_gate)
+            {
+                dropped = new List<Item>(_queue);
+                _queue.Clear();
+                _held = null;
+                AddBytesLocked(-_queuedBytes);
+                _itemsAvailable.Release();
+            }
+            FailWaiters();
+            foreach (var item in dropped) item.Done?.TrySetException(new InvalidOperationException("The connection was aborted."));
             try
             {
                 Socket.Abort();
@@ -126,7 +313,7 @@ namespace BastionTools.Sandbox
         }
 
         /// <summary>Counts bytes that crossed the socket; aborts when the KillAfterBytes budget is spent.</summary>
-        public void CountBytes(int count)
+        public void CountBytes(long count)
         {
             var total = Interlocked.Add(ref _bytes, count);
             if (_killAfterBytes > 0 && total >= _killAfterBytes) Abort(isKill: true);
@@ -136,34 +323,92 @@ namespace BastionTools.Sandbox
         {
             try
             {
-                while (await _queue.Reader.WaitToReadAsync().ConfigureAwait(false))
+                while (true)
                 {
-                    while (_queue.Reader.TryRead(out var item))
+                    await _itemsAvailable.WaitAsync().ConfigureAwait(false);
+                    Item? item;
+                    lock (_gate)
                     {
                         if (IsAborted) return;
-                        if (item.Close != null)
-                        {
-                            if (Socket.State == WebSocketState.Open || Socket.State == WebSocketState.CloseReceived)
+                        if (!_queue.TryDequeue(out item)) continue;
+                    }
+                    switch (item.Kind)
+                    {
+                        case ItemKind.Close:
+                            if (!_stalled && (Socket.State == WebSocketState.Open || Socket.State == WebSocketState.CloseReceived))
                             {
                                 using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5));
                                 await Socket.CloseOutputAsync(WebSocketCloseStatus.NormalClosure, item.Close, timeout.Token).ConfigureAwait(false);
                             }
-                            _queue.Writer.TryComplete();
                             return;
-                        }
-                        var frame = item.Frame!;
-                        if (Socket.State != WebSocketState.Open && Socket.State != WebSocketState.CloseReceived) return;
-                        await Socket.SendAsync(new ArraySegment<byte>(frame), WebSocketMessageType.Binary, true, CancellationToken.None).ConfigureAwait(false);
-                        Interlocked.Increment(ref _counters._messagesSent);
-                        Interlocked.Add(ref _counters._bytesSent, frame.Length);
-                        CountBytes(frame.Length);
+                        case ItemKind.Fragments:
+                            await SendFragmentsAsync(item).ConfigureAwait(false);
+                            continue;
                     }
+                    var frame = item.Frame!;
+                    if (_stalled)
+                    {
+                        // After an unfinished fragmented message nothing more is written on this connection.
+                        Interlocked.Increment(ref _counters._discardedAfterStall);
+                        Release(frame.Length);
+                        continue;
+                    }
+                    if (Socket.State != WebSocketState.Open && Socket.State != WebSocketState.CloseReceived) return; // finally releases its room
+                    await Socket.SendAsync(new ArraySegment<byte>(frame), WebSocketMessageType.Binary, true, CancellationToken.None).ConfigureAwait(false);
+                    Interlocked.Increment(ref _counters._messagesSent);
+                    Interlocked.Add(ref _counters._bytesSent, frame.Length);
+                    Release(frame.Length);
+                    CountBytes(frame.Length);
                 }
             }
             catch (Exception ex) when (ex is WebSocketException || ex is IOException || ex is ObjectDisposedException || ex is OperationCanceledException || ex is InvalidOperationException)
             {
-                // The peer went away; the read loop notices and detaches the connection.
-                _queue.Writer.TryComplete();
+                // The peer went away; the read loop notices and detaches the connection. Nobody may wait for room now.
+                Abort(isKill: false);
+            }
+            finally
+            {
+                // The writer is done (closed, aborted or the socket is gone): nothing queued will ever leave, and
+                // nothing more is taken.
+                Interlocked.Exchange(ref _closing, 1);
+                lock (_gate)
+                {
+                    if (!IsAborted)
+                    {
+                        _queue.Clear();
+                        _held = null;
+                        AddBytesLocked(-_queuedBytes);
+                    }
+                }
+                FailWaiters();
+            }
+        }
+
+        private async Task SendFragmentsAsync(Item item)
+        {
+            var chunk = new byte[FragmentChunk];
+            for (var i = 0; i < chunk.Length; i++) chunk[i] = (byte)('A' + (i % 26));
+            long sent = 0;
+            try
+            {
+                // The first fragment may be empty when totalBytes is 0: still an unfinished binary message.
+                do
+                {
+                    var n = (int)Math.Min(chunk.Length, item.FragmentBytes - sent);
+                    await Socket.SendAsync(new ArraySegment<byte>(chunk, 0, n), WebSocketMessageType.Binary, false, CancellationToken.None).ConfigureAwait(false);
+                    sent += n;
+                    Interlocked.Add(ref _counters._bytesSent, n);
+                    CountBytes(n);
+                }
+                while (sent < item.FragmentBytes);
+                _stalled = true;
+                item.Done?.TrySetResult(sent);
+            }
+            catch (Exception ex)
+            {
+                _stalled = true;
+                item.Done?.TrySetException(ex);
+                throw;
             }
         }
     }

@@ -89,7 +89,9 @@ namespace BastionTools.Sandbox
     {
         internal long _connections, _messagesSent, _messagesReceived, _dataSent, _dataReceived, _acksSent, _acksReceived,
             _dropped, _duplicated, _reordered, _retransmitted, _duplicatesReceived, _outOfOrderReceived, _digestFailures,
-            _bytesSent, _bytesReceived, _kills, _byes;
+            _bytesSent, _bytesReceived, _kills, _byes, _unbuffered, _streamBytesCreated, _queuedBytes, _queuedBytesPeak,
+            _sendWaiters, _sendWaits, _discardedAfterStall, _maxResendBurst, _smuxBufferedBytes, _smuxReceiveStalls, _smuxReceiveWaiting,
+            _injected;
 
         /// <summary>WebSocket connections accepted with a valid token.</summary>
         public long Connections => Interlocked.Read(ref _connections);
@@ -123,6 +125,42 @@ namespace BastionTools.Sandbox
         public long Kills => Interlocked.Read(ref _kills);
         /// <summary>Connections closed with 1000 "Bye" (ByeAfterMs or a bye request).</summary>
         public long Byes => Interlocked.Read(ref _byes);
+        /// <summary>
+        /// Stream messages sent (or, without a connection, not sent) but not kept because the unacknowledged list was
+        /// full (OutgoingMessageBufferCapacity): they are never resent.
+        /// </summary>
+        public long Unbuffered => Interlocked.Read(ref _unbuffered);
+        /// <summary>Payload bytes of the stream messages the agent created.</summary>
+        public long StreamBytesCreated => Interlocked.Read(ref _streamBytesCreated);
+        /// <summary>Bytes of frames queued for the WebSocket and not yet written (now; bounded by ConnectionQueueBytes plus one frame).</summary>
+        public long QueuedBytes => Interlocked.Read(ref _queuedBytes);
+        /// <summary>The largest <see cref="QueuedBytes"/> seen.</summary>
+        public long QueuedBytesPeak => Interlocked.Read(ref _queuedBytesPeak);
+        /// <summary>Producers (output pumps, acknowledgements, resends) waiting for room in the WebSocket queue now.</summary>
+        public long SendWaiters => Interlocked.Read(ref _sendWaiters);
+        /// <summary>How often a producer had to wait for room.</summary>
+        public long SendWaits => Interlocked.Read(ref _sendWaits);
+        /// <summary>Frames not written because the connection was stalled by an endless-fragments injection.</summary>
+        public long DiscardedAfterStall => Interlocked.Read(ref _discardedAfterStall);
+        /// <summary>The most messages the resend scheduler sent in one round (1 for the agent's pace).</summary>
+        public long MaxResendBurst => Interlocked.Read(ref _maxResendBurst);
+        /// <summary>Mux: bytes delivered to smux streams and not yet taken by their destination writers (the smux bucket in use).</summary>
+        public long SmuxBufferedBytes => Interlocked.Read(ref _smuxBufferedBytes);
+        /// <summary>Mux: how often the smux receive loop stopped because its bucket (MaxReceiveBuffer) was used up.</summary>
+        public long SmuxReceiveStalls => Interlocked.Read(ref _smuxReceiveStalls);
+        /// <summary>Mux: 1 while the smux receive loop waits for its bucket (the channel reads and acknowledges nothing then).</summary>
+        public long SmuxReceiveWaiting => Interlocked.Read(ref _smuxReceiveWaiting);
+        /// <summary>Messages (or fragments) sent by hostile injections.</summary>
+        public long Injected => Interlocked.Read(ref _injected);
+
+        internal void ObserveResendBurst(long count)
+        {
+            long max;
+            while (count > (max = Interlocked.Read(ref _maxResendBurst)))
+            {
+                if (Interlocked.CompareExchange(ref _maxResendBurst, count, max) == max) return;
+            }
+        }
 
         public JsonObject ToJson() => new()
         {
@@ -144,6 +182,18 @@ namespace BastionTools.Sandbox
             ["bytesReceived"] = BytesReceived,
             ["kills"] = Kills,
             ["byes"] = Byes,
+            ["unbuffered"] = Unbuffered,
+            ["streamBytesCreated"] = StreamBytesCreated,
+            ["queuedBytes"] = QueuedBytes,
+            ["queuedBytesPeak"] = QueuedBytesPeak,
+            ["sendWaiters"] = SendWaiters,
+            ["sendWaits"] = SendWaits,
+            ["discardedAfterStall"] = DiscardedAfterStall,
+            ["maxResendBurst"] = MaxResendBurst,
+            ["smuxBufferedBytes"] = SmuxBufferedBytes,
+            ["smuxReceiveStalls"] = SmuxReceiveStalls,
+            ["smuxReceiveWaiting"] = SmuxReceiveWaiting,
+            ["injected"] = Injected,
         };
     }
 }

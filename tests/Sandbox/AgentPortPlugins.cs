@@ -1,8 +1,10 @@
 using System;
+using System.Buffers;
 using System.Buffers.Binary;
 using System.Collections.Generic;
 using System.Globalization;
 using System.IO;
+using System.IO.Pipelines;
 using System.Net;
 using System.Net.Sockets;
 using System.Text.Json.Nodes;
@@ -60,11 +62,11 @@ namespace BastionTools.Sandbox
         protected static uint ReadFlag(AgentMessage message) =>
             message.Payload.Length >= 4 ? BinaryPrimitives.ReadUInt32BigEndian(message.Payload) : 0;
 
-        protected void SendFlag(PayloadTypeFlag flag)
+        protected Task SendFlagAsync(PayloadTypeFlag flag)
         {
             var payload = new byte[4];
             BinaryPrimitives.WriteUInt32BigEndian(payload, (uint)flag);
-            Channel.SendStreamData(PayloadType.Flag, payload);
+            return Channel.SendStreamDataAsync(PayloadType.Flag, payload);
         }
 
         /// <summary>Dials the destination as DialCall does: an empty host is the instance itself, else the resolved addresses.</summary>
@@ -108,6 +110,8 @@ namespace BastionTools.Sandbox
         }
 
         public override string Kind => _mode?.Kind ?? "port";
+        /// <summary>The mux or basic session once the handshake chose one.</summary>
+        public AgentPlugin? Mode => _mode;
         public override string SessionType => "Port";
         public override bool RequiresHandshake => true;
         private string? Host => Channel.Session.DocumentName == SsmDocuments.PortForwardingToRemoteHost ? Channel.Session.Parameter("host") : null;
@@ -189,10 +193,12 @@ namespace BastionTools.Sandbox
             return await finished.ConfigureAwait(false);
         }
 
-        // WritePump: read at most 1024 bytes per message from the destination; on EOF/error close it and wait for a redial.
+        // WritePump: while the channel is active, read at most 1024 bytes from the destination, send them as one message
+        // (a blocking write), sleep 1 ms; on EOF/error close the connection and wait for a redial.
         private async Task<string?> WritePumpAsync(CancellationToken cancellation)
         {
             var buffer = new byte[StreamDataPayloadSize];
+            var pacer = Channel.NewOutputReadPacer();
             while (await _connections.Reader.WaitToReadAsync(cancellation).ConfigureAwait(false))
             {
                 if (!_connections.Reader.TryRead(out var connection)) continue;
@@ -201,11 +207,13 @@ namespace BastionTools.Sandbox
                     var stream = connection.GetStream();
                     while (true)
                     {
+                        await Channel.WaitActiveAsync(cancellation).ConfigureAwait(false);
                         var read = await stream.ReadAsync(buffer, 0, buffer.Length, cancellation).ConfigureAwait(false);
                         if (read == 0) break;
                         var chunk = new byte[read];
                         Buffer.BlockCopy(buffer, 0, chunk, 0, read);
-                        Channel.SendStreamData(PayloadType.Output, chunk);
+                        await Channel.SendStreamDataAsync(PayloadType.Output, chunk).ConfigureAwait(false);
+                        await pacer.PauseAsync(cancellation).ConfigureAwait(false);
                     }
                 }
                 catch (Exception ex) when (ex is IOException || ex is ObjectDisposedException || ex is SocketException || ex is InvalidOperationException)
@@ -307,21 +315,34 @@ namespace BastionTools.Sandbox
     }
 
     /// <summary>
-    /// Mux port mode (port_mux.go with xtaci/smux v1.5 DefaultConfig: version 1, MaxFrameSize 32768, keepalive NOP every
-    /// 10 s and a 30 s receive timeout unless the client is newer than 1.2.331.0). The smux server's output is read in
-    /// pieces of at most 1024 bytes, one output_stream_data each, so frames span messages.
+    /// Mux port mode (port_mux.go with xtaci/smux v1.5.15 DefaultConfig: version 1, MaxFrameSize 32768, MaxReceiveBuffer
+    /// 4194304, keepalive NOP every 10 s and a 30 s receive timeout unless the client is newer than 1.2.331.0). The smux
+    /// server's output is read in pieces of at most 1024 bytes, one output_stream_data each, so frames span messages.
+    /// <para>
+    /// Flow control as smux v1: data delivered to streams and not yet read by their destination writers takes tokens
+    /// from the session's bucket; while the bucket is empty the receive loop reads no further frame, and since the agent
+    /// handles input in its WebSocket read goroutine, the data channel then reads and acknowledges nothing. The smux
+    /// output (the unix socket to transferDataToMgs) is bounded too: stream writers wait while it is full.
+    /// </para>
     /// </summary>
     internal sealed class MuxPortSession : AgentPlugin
     {
         public const int MaxFrameSize = 32768;
+        /// <summary>What the unix socket between the smux server and transferDataToMgs holds before smux writes block.</summary>
+        public const int OutputBufferBytes = 256 * 1024;
         private readonly string? _host;
         private readonly string _portNumber;
         private readonly bool _keepAlive;
         private readonly SmuxDecoder _decoder = new();
         private readonly Dictionary<uint, MuxStream> _streams = new();
         private readonly object _gate = new();
-        private readonly Channel<byte[]> _output = System.Threading.Channels.Channel.CreateUnbounded<byte[]>(new UnboundedChannelOptions { SingleReader = true });
+        private readonly Pipe _output = new(new PipeOptions(pauseWriterThreshold: OutputBufferBytes, resumeWriterThreshold: OutputBufferBytes / 2, useSynchronizationContext: false));
+        private readonly SemaphoreSlim _outputLock = new(1, 1);
+        private readonly CancellationTokenSource _stop = new();
         private readonly TaskCompletionSource<string?> _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private readonly object _bucketGate = new();
+        private long _bucket;
+        private TaskCompletionSource _tokensReturned = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private int _dataReady;
         private bool _closed;
 
@@ -331,12 +352,19 @@ namespace BastionTools.Sandbox
             _host = host;
             _portNumber = portNumber;
             _keepAlive = keepAlive;
+            _bucket = Math.Max(1, channel.Options.SmuxMaxReceiveBuffer);
         }
 
         public override string Kind => "mux";
         public override string SessionType => "Port";
         public override bool RequiresHandshake => true;
         public bool KeepAliveEnabled => _keepAlive;
+
+        /// <summary>Tokens left in the smux bucket (may be negative: a frame is taken whole once the bucket is above 0).</summary>
+        public long BucketTokens
+        {
+            get { lock (_bucketGate) return _bucket; }
+        }
 
         public override async Task<string?> RunAsync(CancellationToken cancellation)
         {
@@ -346,37 +374,37 @@ namespace BastionTools.Sandbox
             return await finished.ConfigureAwait(false);
         }
 
-        // transferDataToMgs: each read of the smux connection (<= 1024 bytes of whatever frames are waiting) is one message.
+        // transferDataToMgs: while the channel is active, each read of the smux connection (<= 1024 bytes of whatever
+        // frames are waiting) is one message, sent with a blocking write; then sleep 1 ms.
         private async Task<string?> TransferToMgsAsync(CancellationToken cancellation)
         {
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellation, _stop.Token);
+            var token = linked.Token;
             var reader = _output.Reader;
-            byte[]? partial = null;
-            var partialOffset = 0;
-            var chunk = new byte[StreamDataPayloadSize];
-            while (true)
+            var pacer = Channel.NewOutputReadPacer();
+            try
             {
-                if (partial == null)
+                while (true)
                 {
-                    if (!await reader.WaitToReadAsync(cancellation).ConfigureAwait(false)) return null;
-                }
-                var filled = 0;
-                while (filled < chunk.Length)
-                {
-                    if (partial == null)
+                    await Channel.WaitActiveAsync(token).ConfigureAwait(false);
+                    var result = await reader.ReadAsync(token).ConfigureAwait(false);
+                    var buffer = result.Buffer;
+                    if (buffer.IsEmpty)
                     {
-                        if (!reader.TryRead(out partial)) break;
-                        partialOffset = 0;
+                        reader.AdvanceTo(buffer.End);
+                        if (result.IsCompleted || result.IsCanceled) return null;
+                        continue;
                     }
-                    var take = Math.Min(chunk.Length - filled, partial.Length - partialOffset);
-                    Buffer.BlockCopy(partial, partialOffset, chunk, filled, take);
-                    filled += take;
-                    partialOffset += take;
-                    if (partialOffset == partial.Length) partial = null;
+                    var piece = buffer.Slice(0, Math.Min(StreamDataPayloadSize, buffer.Length));
+                    var payload = piece.ToArray();
+                    reader.AdvanceTo(piece.End);
+                    await Channel.SendStreamDataAsync(PayloadType.Output, payload).ConfigureAwait(false);
+                    await pacer.PauseAsync(token).ConfigureAwait(false);
                 }
-                if (filled == 0) continue;
-                var payload = new byte[filled];
-                Buffer.BlockCopy(chunk, 0, payload, 0, filled);
-                Channel.SendStreamData(PayloadType.Output, payload);
+            }
+            catch (Exception ex) when (ex is OperationCanceledException || ex is InvalidOperationException)
+            {
+                return null;
             }
         }
 
@@ -387,37 +415,138 @@ namespace BastionTools.Sandbox
             var nextPing = interval;
             var nextCheck = timeout;
             var clock = System.Diagnostics.Stopwatch.StartNew();
-            while (!cancellation.IsCancellationRequested && !_done.Task.IsCompleted)
+            try
             {
-                var wait = (nextPing < nextCheck ? nextPing : nextCheck) - clock.Elapsed;
-                if (wait > TimeSpan.Zero) await Task.Delay(wait, cancellation).ConfigureAwait(false);
-                if (clock.Elapsed >= nextPing)
+                while (!cancellation.IsCancellationRequested && !_done.Task.IsCompleted)
                 {
-                    WriteFrame(SmuxCommand.Nop, 0, null, 0, 0);
-                    nextPing += interval;
-                }
-                if (clock.Elapsed >= nextCheck)
-                {
-                    nextCheck += timeout;
-                    if (Interlocked.Exchange(ref _dataReady, 0) == 0)
+                    var wait = (nextPing < nextCheck ? nextPing : nextCheck) - clock.Elapsed;
+                    if (wait > TimeSpan.Zero) await Task.Delay(wait, cancellation).ConfigureAwait(false);
+                    if (clock.Elapsed >= nextPing)
                     {
-                        Channel.Log("smux keepalive timeout: nothing received for " + timeout.TotalSeconds.ToString(CultureInfo.InvariantCulture) + " s, closing the mux session");
-                        _done.TrySetResult(null);
-                        return;
+                        await WriteFrameAsync(SmuxCommand.Nop, 0, null, 0, 0).ConfigureAwait(false);
+                        nextPing += interval;
+                    }
+                    if (clock.Elapsed >= nextCheck)
+                    {
+                        nextCheck += timeout;
+                        // recvLoop may be blocked on an empty bucket: then the session is not closed.
+                        if (Interlocked.Exchange(ref _dataReady, 0) == 0 && BucketTokens > 0)
+                        {
+                            Channel.Log("smux keepalive timeout: nothing received for " + timeout.TotalSeconds.ToString(CultureInfo.InvariantCulture) + " s, closing the mux session");
+                            _done.TrySetResult(null);
+                            return;
+                        }
                     }
                 }
             }
+            catch (OperationCanceledException)
+            {
+            }
         }
 
-        private void WriteFrame(SmuxCommand command, uint streamId, byte[]? data, int offset, int count)
+        /// <summary>Writes one smux frame to the output (whole, never interleaved), waiting while the output is full. False once stopped.</summary>
+        private Task<bool> WriteFrameAsync(SmuxCommand command, uint streamId, byte[]? data, int offset, int count)
         {
             var frame = new byte[SmuxCodec.HeaderLength + count];
             SmuxCodec.WriteHeader(frame, 0, command, streamId, count);
             if (count > 0) Buffer.BlockCopy(data!, offset, frame, SmuxCodec.HeaderLength, count);
-            _output.Writer.TryWrite(frame);
+            return WriteOutputAsync(frame);
         }
 
-        public override Task<bool> HandleInputAsync(AgentMessage message)
+        private async Task<bool> WriteOutputAsync(byte[] bytes)
+        {
+            try
+            {
+                await _outputLock.WaitAsync(_stop.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                return false;
+            }
+            try
+            {
+                if (_stop.IsCancellationRequested) return false;
+                await _output.Writer.WriteAsync(bytes, _stop.Token).ConfigureAwait(false);
+                return true;
+            }
+            catch (Exception ex) when (ex is OperationCanceledException || ex is InvalidOperationException)
+            {
+                return false;
+            }
+            finally
+            {
+                _outputLock.Release();
+            }
+        }
+
+        /// <summary>Hostile injection: raw bytes into the smux output, between whole frames.</summary>
+        public async Task InjectAsync(byte[] bytes)
+        {
+            if (!await WriteOutputAsync(bytes).ConfigureAwait(false)) throw new InvalidOperationException("The mux session has stopped.");
+        }
+
+        // ---- the smux bucket (session.go bucket / returnTokens / recvLoop) -------------------------------------------
+
+        private void TakeTokens(int count)
+        {
+            lock (_bucketGate) _bucket -= count;
+            Interlocked.Add(ref Channel.Counters._smuxBufferedBytes, count);
+        }
+
+        private void ReturnTokens(int count)
+        {
+            if (count == 0) return;
+            TaskCompletionSource? signal = null;
+            lock (_bucketGate)
+            {
+                _bucket += count;
+                if (_bucket > 0)
+                {
+                    signal = _tokensReturned;
+                    _tokensReturned = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                }
+            }
+            Interlocked.Add(ref Channel.Counters._smuxBufferedBytes, -count);
+            signal?.TrySetResult();
+        }
+
+        /// <summary>recvLoop: before each frame header, wait while the bucket is used up (or until the mux session stops).</summary>
+        private async Task WaitForTokensAsync()
+        {
+            var counted = false;
+            try
+            {
+                while (true)
+                {
+                    Task wait;
+                    lock (_bucketGate)
+                    {
+                        if (_bucket > 0 || _stop.IsCancellationRequested) return;
+                        wait = _tokensReturned.Task;
+                    }
+                    if (!counted)
+                    {
+                        counted = true;
+                        Interlocked.Increment(ref Channel.Counters._smuxReceiveStalls);
+                        Interlocked.Exchange(ref Channel.Counters._smuxReceiveWaiting, 1);
+                    }
+                    try
+                    {
+                        await wait.WaitAsync(_stop.Token).ConfigureAwait(false);
+                    }
+                    catch (OperationCanceledException)
+                    {
+                        return;
+                    }
+                }
+            }
+            finally
+            {
+                if (counted) Interlocked.Exchange(ref Channel.Counters._smuxReceiveWaiting, 0);
+            }
+        }
+
+        public override async Task<bool> HandleInputAsync(AgentMessage message)
         {
             switch (message.PayloadType)
             {
@@ -432,16 +561,24 @@ namespace BastionTools.Sandbox
                         // smux recvLoop: a protocol error kills the mux session, which ends the plugin.
                         Channel.Log("smux protocol error: " + ex.Message);
                         _done.TrySetResult(null);
-                        return Task.FromResult(true);
+                        return true;
                     }
                     if (message.Payload.Length > 0) Interlocked.Exchange(ref _dataReady, 1);
-                    foreach (var frame in frames) HandleFrame(frame);
-                    return Task.FromResult(true);
+                    foreach (var frame in frames)
+                    {
+                        // The agent writes the payload to the smux server's connection and the recvLoop reads it only while
+                        // the bucket has tokens: the data channel's read loop (which acknowledges) waits here meanwhile.
+                        await WaitForTokensAsync().ConfigureAwait(false);
+                        if (_stop.IsCancellationRequested) break;
+                        Interlocked.Exchange(ref _dataReady, 1);
+                        HandleFrame(frame);
+                    }
+                    return true;
                 case PayloadType.Flag:
                     if ((PayloadTypeFlag)ReadFlag(message) == PayloadTypeFlag.TerminateSession) _done.TrySetResult(null);
-                    return Task.FromResult(true);
+                    return true;
                 default:
-                    return Task.FromResult(true);
+                    return true;
             }
         }
 
@@ -462,6 +599,7 @@ namespace BastionTools.Sandbox
                     _ = stream.RunAsync();
                     return;
                 case SmuxCommand.Psh:
+                    // A PSH for a stream the session does not know is read and dropped (no tokens taken).
                     lock (_gate) _streams.TryGetValue(frame.StreamId, out stream);
                     stream?.FromClient(frame.Payload);
                     return;
@@ -496,20 +634,32 @@ namespace BastionTools.Sandbox
                 _streams.Clear();
             }
             foreach (var s in streams) s.Abort();
-            _output.Writer.TryComplete();
+            _stop.Cancel();
+            TaskCompletionSource signal;
+            lock (_bucketGate) signal = _tokensReturned;
+            signal.TrySetResult();
+            _output.Reader.CancelPendingRead();
+            _output.Writer.CancelPendingFlush();
             _done.TrySetResult(null);
         }
 
         /// <summary>
         /// One smux stream: dial per stream (a failed dial sends Flag ConnectToPortError, then FIN for the stream; the
         /// session and other streams go on). Data relays both ways; when either side ends, the agent closes the
-        /// destination connection completely and sends FIN (handleDataTransfer: no half-close).
+        /// destination connection completely and sends FIN (handleDataTransfer: no half-close). Data from the client
+        /// waits in the stream's buffer (taking smux tokens) until the destination writer reads it; closing the stream
+        /// returns the tokens of what it still held (streamClosed / recycleTokens).
         /// </summary>
         private sealed class MuxStream
         {
             private readonly MuxPortSession _owner;
-            private readonly Channel<byte[]> _toDestination = System.Threading.Channels.Channel.CreateUnbounded<byte[]>(new UnboundedChannelOptions { SingleReader = true });
+            private readonly object _gate = new();
+            private readonly Queue<byte[]> _buffer = new();
             private readonly CancellationTokenSource _abort = new();
+            private TaskCompletionSource _dataAvailable = new(TaskCreationOptions.RunContinuationsAsynchronously);
+            private int _buffered;
+            private bool _fin;
+            private bool _closed;
             private int _finSent;
             private TcpClient? _client;
 
@@ -521,9 +671,71 @@ namespace BastionTools.Sandbox
 
             public uint Id { get; }
 
-            public void FromClient(byte[] data) => _toDestination.Writer.TryWrite(data);
+            /// <summary>pushBytes: the data joins the stream's buffer and takes tokens from the session's bucket.</summary>
+            public void FromClient(byte[] data)
+            {
+                if (data.Length == 0) return;
+                TaskCompletionSource signal;
+                lock (_gate)
+                {
+                    if (_closed || _fin) return;
+                    _buffer.Enqueue(data);
+                    _buffered += data.Length;
+                    _owner.TakeTokens(data.Length);
+                    signal = _dataAvailable;
+                }
+                signal.TrySetResult();
+            }
 
-            public void FinFromClient() => _toDestination.Writer.TryComplete();
+            public void FinFromClient()
+            {
+                TaskCompletionSource signal;
+                lock (_gate)
+                {
+                    _fin = true;
+                    signal = _dataAvailable;
+                }
+                signal.TrySetResult();
+            }
+
+            /// <summary>stream.Read: the next buffered piece (its tokens go back to the bucket), or null at FIN / close.</summary>
+            private async Task<byte[]?> ReadAsync()
+            {
+                while (true)
+                {
+                    Task wait;
+                    lock (_gate)
+                    {
+                        if (_buffer.TryDequeue(out var data))
+                        {
+                            _buffered -= data.Length;
+                            _owner.ReturnTokens(data.Length);
+                            return data;
+                        }
+                        if (_fin || _closed) return null;
+                        if (_dataAvailable.Task.IsCompleted) _dataAvailable = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                        wait = _dataAvailable.Task;
+                    }
+                    await wait.WaitAsync(_abort.Token).ConfigureAwait(false);
+                }
+            }
+
+            /// <summary>The stream is closed: what it still holds is dropped and its tokens go back to the bucket.</summary>
+            private void CloseReceive()
+            {
+                int recycled;
+                TaskCompletionSource signal;
+                lock (_gate)
+                {
+                    _closed = true;
+                    recycled = _buffered;
+                    _buffered = 0;
+                    _buffer.Clear();
+                    signal = _dataAvailable;
+                }
+                _owner.ReturnTokens(recycled);
+                signal.TrySetResult();
+            }
 
             public async Task RunAsync()
             {
@@ -535,9 +747,11 @@ namespace BastionTools.Sandbox
                 catch (Exception ex) when (ex is IOException || ex is OperationCanceledException)
                 {
                     _owner.Channel.Log("mux stream " + Id.ToString(CultureInfo.InvariantCulture) + ": unable to dial: " + ex.Message);
-                    _owner.SendFlag(PayloadTypeFlag.ConnectToPortError);
-                    SendFin();
+                    CloseReceive();
                     _owner.Remove(this);
+                    if (_abort.IsCancellationRequested) return;
+                    await _owner.SendFlagAsync(PayloadTypeFlag.ConnectToPortError).ConfigureAwait(false);
+                    await SendFinAsync().ConfigureAwait(false);
                     return;
                 }
                 _client = client;
@@ -558,22 +772,18 @@ namespace BastionTools.Sandbox
                 try
                 {
                     var stream = client.GetStream();
-                    var reader = _toDestination.Reader;
-                    while (await reader.WaitToReadAsync(_abort.Token).ConfigureAwait(false))
+                    while (await ReadAsync().ConfigureAwait(false) is { } data)
                     {
-                        while (reader.TryRead(out var data))
-                        {
-                            await stream.WriteAsync(data, 0, data.Length, _abort.Token).ConfigureAwait(false);
-                        }
+                        await stream.WriteAsync(data, 0, data.Length, _abort.Token).ConfigureAwait(false);
                     }
                 }
-                catch (Exception ex) when (ex is IOException || ex is ObjectDisposedException || ex is OperationCanceledException || ex is InvalidOperationException || ex is ChannelClosedException)
+                catch (Exception ex) when (ex is IOException || ex is ObjectDisposedException || ex is OperationCanceledException || ex is InvalidOperationException || ex is SocketException)
                 {
                 }
                 client.Dispose();
             }
 
-            // io.Copy(stream, conn) then stream.Close() (FIN); the stream then stops taking data from the client.
+            // io.Copy(stream, conn) then stream.Close() (FIN, tokens recycled); the stream then takes no more client data.
             private async Task CopyFromDestinationAsync(TcpClient client)
             {
                 var buffer = new byte[MaxFrameSize];
@@ -585,28 +795,28 @@ namespace BastionTools.Sandbox
                         var read = await stream.ReadAsync(buffer, 0, buffer.Length, _abort.Token).ConfigureAwait(false);
                         if (read == 0) break;
                         if (Volatile.Read(ref _finSent) != 0) break;
-                        _owner.WriteFrame(SmuxCommand.Psh, Id, buffer, 0, read);
+                        if (!await _owner.WriteFrameAsync(SmuxCommand.Psh, Id, buffer, 0, read).ConfigureAwait(false)) break;
                     }
                 }
                 catch (Exception ex) when (ex is IOException || ex is ObjectDisposedException || ex is OperationCanceledException || ex is InvalidOperationException || ex is SocketException)
                 {
                 }
-                SendFin();
-                _toDestination.Writer.TryComplete();
+                CloseReceive();
                 _owner.Remove(this);
+                await SendFinAsync().ConfigureAwait(false);
                 client.Dispose();
             }
 
-            private void SendFin()
+            private async Task SendFinAsync()
             {
                 if (Interlocked.Exchange(ref _finSent, 1) != 0) return;
-                _owner.WriteFrame(SmuxCommand.Fin, Id, null, 0, 0);
+                await _owner.WriteFrameAsync(SmuxCommand.Fin, Id, null, 0, 0).ConfigureAwait(false);
             }
 
             public void Abort()
             {
                 _abort.Cancel();
-                _toDestination.Writer.TryComplete();
+                CloseReceive();
                 _client?.Dispose();
             }
         }

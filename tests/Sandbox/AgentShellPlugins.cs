@@ -229,18 +229,31 @@ namespace BastionTools.Sandbox
             return null;
         }
 
+        // writePump: while the channel is active read at most 1024 bytes, send them (a blocking write), sleep 1 ms.
         private void ReadLoop()
         {
             var buffer = new byte[StreamDataPayloadSize];
             var carry = new Utf8Carry();
-            while (true)
+            var life = Channel.Lifetime;
+            try
             {
-                var read = Posix.Read(_master, buffer);
-                if (read <= 0) break;
-                ReleaseSlave();
-                Channel.SendStreamData(PayloadType.Output, carry.Take(buffer, read));
+                while (true)
+                {
+                    Channel.WaitActiveAsync(life).GetAwaiter().GetResult();
+                    var read = Posix.Read(_master, buffer);
+                    if (read <= 0) break;
+                    ReleaseSlave();
+                    Channel.SendStreamDataAsync(PayloadType.Output, carry.Take(buffer, read)).GetAwaiter().GetResult();
+                    // A dedicated thread: Thread.Sleep(1 ms) sleeps about as long as Go's time.Sleep(time.Millisecond).
+                    var pause = Channel.Options.OutputReadPause;
+                    if (pause > TimeSpan.Zero) Thread.Sleep(pause);
+                }
+                Channel.SendStreamDataAsync(PayloadType.Output, carry.Flush()).GetAwaiter().GetResult();
             }
-            Channel.SendStreamData(PayloadType.Output, carry.Flush());
+            catch (OperationCanceledException)
+            {
+                // The session ended.
+            }
         }
 
         public override Task<bool> HandleInputAsync(AgentMessage message)
@@ -413,7 +426,7 @@ namespace BastionTools.Sandbox
                 var stderr = PumpAsync(_process.StandardError.BaseStream, PayloadType.StdErr, null);
                 await Task.WhenAll(stdout, stderr).ConfigureAwait(false);
                 await _process.WaitForExitAsync(cancellation).ConfigureAwait(false);
-                Channel.SendStreamData(PayloadType.ExitCode, Encoding.UTF8.GetBytes("EXIT_CODE: " + _process.ExitCode.ToString(System.Globalization.CultureInfo.InvariantCulture)));
+                await Channel.SendStreamDataAsync(PayloadType.ExitCode, Encoding.UTF8.GetBytes("EXIT_CODE: " + _process.ExitCode.ToString(System.Globalization.CultureInfo.InvariantCulture))).ConfigureAwait(false);
             }
             else
             {
@@ -423,14 +436,18 @@ namespace BastionTools.Sandbox
                 var stderr = PumpAsync(_process.StandardError.BaseStream, null, combined);
                 await Task.WhenAll(stdout, stderr).ConfigureAwait(false);
                 await _process.WaitForExitAsync(cancellation).ConfigureAwait(false);
+                // processCommandsWithExec: writePump (no initial wait) reads the output file, 1024 bytes a read, 1 ms apart.
                 var all = combined.ToArray();
                 var carry = new Utf8Carry();
+                var pacer = Channel.NewOutputReadPacer();
                 for (var offset = 0; offset < all.Length; offset += StreamDataPayloadSize)
                 {
+                    await Channel.WaitActiveAsync(cancellation).ConfigureAwait(false);
                     var count = Math.Min(StreamDataPayloadSize, all.Length - offset);
-                    Channel.SendStreamData(PayloadType.Output, carry.Take(all.AsSpan(offset, count).ToArray(), count));
+                    await Channel.SendStreamDataAsync(PayloadType.Output, carry.Take(all.AsSpan(offset, count).ToArray(), count)).ConfigureAwait(false);
+                    await pacer.PauseAsync(cancellation).ConfigureAwait(false);
                 }
-                Channel.SendStreamData(PayloadType.Output, carry.Flush());
+                await Channel.SendStreamDataAsync(PayloadType.Output, carry.Flush()).ConfigureAwait(false);
             }
             return null;
         }
@@ -438,7 +455,7 @@ namespace BastionTools.Sandbox
         private async Task SendErrorAsync(string text, CancellationToken cancellation)
         {
             await Task.Delay(TimeSpan.FromSeconds(1), cancellation).ConfigureAwait(false);
-            Channel.SendStreamData(PayloadType.StdErr, Encoding.UTF8.GetBytes(text));
+            await Channel.SendStreamDataAsync(PayloadType.StdErr, Encoding.UTF8.GetBytes(text)).ConfigureAwait(false);
         }
 
         private async Task PumpAsync(Stream source, PayloadType? payloadType, MemoryStream? sink)
@@ -455,10 +472,10 @@ namespace BastionTools.Sandbox
                 }
                 else
                 {
-                    Channel.SendStreamData(payloadType!.Value, carry.Take(buffer, read));
+                    await Channel.SendStreamDataAsync(payloadType!.Value, carry.Take(buffer, read)).ConfigureAwait(false);
                 }
             }
-            if (sink == null) Channel.SendStreamData(payloadType!.Value, carry.Flush());
+            if (sink == null) await Channel.SendStreamDataAsync(payloadType!.Value, carry.Flush()).ConfigureAwait(false);
         }
 
         public override Task<bool> HandleInputAsync(AgentMessage message)

@@ -7,13 +7,17 @@ using System.Threading.Tasks;
 namespace BastionTools.Sandbox
 {
     /// <summary>
-    /// dotnet run --project tests/Sandbox -- [--port N] [--config world.json] [--faults '{"dropRate":0.1,...}'] [--verbose] [--no-stdin] [--postgres] [--rds]
+    /// dotnet run --project tests/Sandbox -- [--port N] [--config world.json] [--faults '{"dropRate":0.1,...}'] [--verbose] [--no-stdin] [--postgres] [--rds] [--fault-proxy]
     /// Prints one line of JSON (endpoints, region, fake credentials, instances) on stdout, then serves until stdin
     /// closes (unless --no-stdin), or SIGINT/SIGTERM. Logs go to stderr. --postgres also starts a throwaway local
     /// PostgreSQL cluster (see <see cref="PostgresCluster"/>), adds "postgres":{...} to the JSON and stops it on exit.
     /// --rds (implies --postgres) also starts the RDS-IAM front (see <see cref="RdsIamProxy"/>) and adds
     /// "rds":{"endpoint","port","proxyPort","caBundle","iamRole",...} and "rdsCaBundle" to the JSON; port-forwarding
     /// sessions to endpoint:port reach it through the agent double.
+    /// --fault-proxy puts a TCP fault proxy (see <see cref="FaultProxy"/>) in front of the host: "ssm", "ec2" and
+    /// "streamUrlBase" (and the StreamUrl of sessions) go through it, "control" stays direct, and the JSON gets
+    /// "proxy":{"port","control"}; POST /control/proxy/blackout[?seconds=N], /restore, /reset,
+    /// /halfopen?direction=ClientToServer|ServerToClient and GET /control/proxy drive it.
     /// </summary>
     public static class Program
     {
@@ -26,6 +30,8 @@ namespace BastionTools.Sandbox
             var watchStdin = true;
             var postgres = false;
             var rds = false;
+            var faultProxy = false;
+            TimeSpan? outputReadPause = null;
             for (var i = 0; i < args.Length; i++)
             {
                 switch (args[i])
@@ -53,9 +59,17 @@ namespace BastionTools.Sandbox
                         rds = true;
                         postgres = true;
                         break;
+                    case "--fault-proxy":
+                        faultProxy = true;
+                        break;
+                    case "--output-read-pause-ms" when i + 1 < args.Length && int.TryParse(args[i + 1], NumberStyles.None, CultureInfo.InvariantCulture, out var pauseMs):
+                        // SandboxAgentOptions.OutputReadPause: the agent's 1 ms sleep after each read; 0 is the faster mode.
+                        outputReadPause = TimeSpan.FromMilliseconds(pauseMs);
+                        i++;
+                        break;
                     case "--help":
                     case "-h":
-                        Console.Out.WriteLine("usage: BastionTools.Sandbox [--port N] [--config world.json] [--faults JSON] [--verbose] [--no-stdin] [--postgres] [--rds]");
+                        Console.Out.WriteLine("usage: BastionTools.Sandbox [--port N] [--config world.json] [--faults JSON] [--verbose] [--no-stdin] [--postgres] [--rds] [--fault-proxy] [--output-read-pause-ms N]");
                         return 0;
                     default:
                         Console.Error.WriteLine("sandbox: unknown or incomplete argument '" + args[i] + "' (see --help)");
@@ -74,9 +88,10 @@ namespace BastionTools.Sandbox
                 return 2;
             }
 
-            var options = new SandboxHostOptions { Port = port, StartPostgres = postgres, StartRdsProxy = rds };
+            var options = new SandboxHostOptions { Port = port, StartPostgres = postgres, StartRdsProxy = rds, FaultProxy = faultProxy };
             if (verbose) options.Log = line => Console.Error.WriteLine("sandbox: " + line);
             await using var host = new SandboxHost(world, options);
+            if (outputReadPause is { } readPause) host.Agent.Options.OutputReadPause = readPause;
             if (faults != null)
             {
                 try

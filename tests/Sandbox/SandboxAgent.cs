@@ -1,6 +1,7 @@
 using System;
 using System.Collections.Concurrent;
 using System.Collections.Generic;
+using System.Globalization;
 using System.IO;
 using System.Linq;
 using System.Net;
@@ -13,20 +14,58 @@ using BastionTools.Ssm;
 
 namespace BastionTools.Sandbox
 {
-    /// <summary>Timing and behaviour of the sandbox agent. Defaults are the real agent's.</summary>
+    /// <summary>
+    /// Timing and behaviour of the sandbox agent. Defaults are the real agent's (see AGENT.md); the "kinder modes"
+    /// (<see cref="ResendAllDue"/>, <see cref="OutputReadPause"/> = 0) are explicit choices of a test. Read live: a change
+    /// applies to running sessions from their next use of the value (capacities and the smux bucket: from the next session).
+    /// </summary>
     public sealed class SandboxAgentOptions
     {
+        /// <summary>The agent's OutgoingMessageBufferCapacity / IncomingMessageBufferCapacity (config.go; 10000 before 7640b5ad, Aug 2018).</summary>
+        public const int AgentMessageBufferCapacity = 100000;
+        /// <summary>xtaci/smux v1.5.15 DefaultConfig MaxReceiveBuffer.</summary>
+        public const int AgentSmuxMaxReceiveBuffer = 4194304;
+
         /// <summary>handshakeTimeout: the agent gives up waiting for a HandshakeResponse after this.</summary>
         public TimeSpan HandshakeTimeout { get; set; } = TimeSpan.FromSeconds(15);
         /// <summary>ResendSleepInterval: how often the oldest unacknowledged message is considered for a resend.</summary>
         public TimeSpan ResendInterval { get; set; } = TimeSpan.FromMilliseconds(100);
         /// <summary>
-        /// Not the agent's behaviour, off by default: resend every unacknowledged message older than the timeout at each
-        /// interval, instead of only the oldest. The real agent drains a backlog of lost messages at about ten a second,
-        /// which makes bulk-transfer tests under heavy loss (thousands of drops) take many minutes; tests that measure
-        /// the client's correctness under loss, not the agent's pace, turn this on.
+        /// Not the agent's behaviour, off by default: resend the unacknowledged messages older than the timeout at each
+        /// interval, oldest first, at most <see cref="ResendAllDueBurst"/> of them, instead of only the oldest. The real
+        /// agent drains a backlog of lost messages at about ten a second, which makes bulk-transfer tests under heavy loss
+        /// (thousands of drops) take many minutes; tests that measure the client's correctness under loss, not the
+        /// agent's pace, turn this on (AGENT.md lists them).
         /// </summary>
         public bool ResendAllDue { get; set; }
+        /// <summary>With <see cref="ResendAllDue"/>: the most messages resent per interval (bounded, so a backlog never queues without limit).</summary>
+        public int ResendAllDueBurst { get; set; } = 256;
+        /// <summary>
+        /// OutgoingMessageBufferCapacity: how many unacknowledged stream messages the agent keeps for resending. A new
+        /// message that finds the list full is still sent once but not kept, so it is never resent.
+        /// </summary>
+        public int OutgoingMessageBufferCapacity { get; set; } = AgentMessageBufferCapacity;
+        /// <summary>IncomingMessageBufferCapacity: how many early (out-of-order) client messages are kept; beyond it they are neither kept nor acknowledged.</summary>
+        public int IncomingMessageBufferCapacity { get; set; } = AgentMessageBufferCapacity;
+        /// <summary>
+        /// Bytes of frames the sandbox queues for one WebSocket before producers (output pumps, acknowledgements,
+        /// resends) wait for room: stands for the agent's blocking WebSocket write (1 MiB).
+        /// </summary>
+        public int ConnectionQueueBytes { get; set; } = 1024 * 1024;
+        /// <summary>smux MaxReceiveBuffer: bytes delivered to mux streams and not yet read by their destination writers before the receive loop stops.</summary>
+        public int SmuxMaxReceiveBuffer { get; set; } = AgentSmuxMaxReceiveBuffer;
+        /// <summary>
+        /// The sleep after each read of at most 1024 bytes in port_mux.go transferDataToMgs, port_basic.go WritePump and
+        /// shell.go writePump (time.Sleep(time.Millisecond)), which caps the agent-to-client rate. TimeSpan.Zero is the
+        /// named faster mode that bulk-transfer tests and benchmarks choose explicitly.
+        /// </summary>
+        public TimeSpan OutputReadPause { get; set; } = TimeSpan.FromMilliseconds(1);
+        /// <summary>
+        /// Not the default: each new WebSocket first gets pause_publication, as MGS sends it while the agent's side of the
+        /// session is not connected; the agent's next message (the HandshakeRequest on a first connection) then arrives
+        /// while the client is paused. For the test that the client's handshake reply is never held behind a pause.
+        /// </summary>
+        public bool PausePublicationOnConnect { get; set; }
         /// <summary>DefaultTransmissionTimeout.</summary>
         public TimeSpan InitialRetransmissionTimeout { get; set; } = TimeSpan.FromMilliseconds(200);
         /// <summary>DefaultRoundTripTime.</summary>
@@ -66,6 +105,7 @@ namespace BastionTools.Sandbox
             Host = host;
             _log = log;
             host.Sessions.SessionTerminated += OnSessionTerminated;
+            host.Sessions.SessionTimedOut += OnSessionTimedOut;
         }
 
         internal SandboxHost Host { get; }
@@ -110,6 +150,65 @@ namespace BastionTools.Sandbox
         /// <summary>Sends pause_publication / start_publication to the client. False when no WebSocket is open.</summary>
         public bool SendPublication(string sessionId, bool pause) => _channels.TryGetValue(sessionId, out var c) && c.SendPublication(pause);
 
+        /// <summary>
+        /// Sets the agent's own Pause flag, as pause_publication / start_publication from MGS to the agent do (the agent
+        /// then sends and resends nothing and its output pumps do not read; any acknowledge or input from the client
+        /// clears it). False when the session never had a data channel.
+        /// </summary>
+        public bool SetAgentPaused(string sessionId, bool paused)
+        {
+            if (!_channels.TryGetValue(sessionId, out var c)) return false;
+            c.SetPaused(paused);
+            return true;
+        }
+
+        /// <summary>
+        /// The session times out now (<see cref="SessionRegistry.TimeOut"/> at the world's clock): the channel ends without
+        /// channel_closed, a current connection is dropped without a close frame, ResumeSession answers without a token.
+        /// False for an unknown session.
+        /// </summary>
+        public bool TimeOut(string sessionId) => Host.Sessions.TimeOut(sessionId, Host.World.Clock.UtcNow);
+
+        /// <summary>Bytes queued for the session's current WebSocket and the producers waiting for room.</summary>
+        public (long QueuedBytes, int Waiters) ConnectionQueue(string sessionId) =>
+            _channels.TryGetValue(sessionId, out var c) ? c.ConnectionQueue : (0, 0);
+
+        /// <summary>The number of unacknowledged stream messages the agent keeps for the session.</summary>
+        public int UnackedCount(string sessionId) => _channels.TryGetValue(sessionId, out var c) ? c.UnackedCount : 0;
+
+        // ---- hostile injections (each through the session's current WebSocket) ------------------------------------
+
+        /// <summary>far-ahead: <paramref name="count"/> valid output_stream_data numbered next + 1,000,000 + i. Returns how many went out.</summary>
+        /// <exception cref="InvalidOperationException">No open WebSocket.</exception>
+        public Task<int> InjectFarAheadAsync(string sessionId, int count = 1000) => Require(sessionId).InjectFarAheadAsync(count);
+
+        /// <summary>endless-fragments: one binary message of <paramref name="bytes"/> as continuation fragments, never finished; then the connection writes nothing more.</summary>
+        /// <exception cref="InvalidOperationException">No open WebSocket.</exception>
+        public Task<long> InjectEndlessFragmentsAsync(string sessionId, long bytes = 16L * 1024 * 1024) => Require(sessionId).InjectEndlessFragmentsAsync(bytes);
+
+        /// <summary>smux: raw bytes appended to the mux output stream (sent as ordinary numbered Output messages).</summary>
+        /// <exception cref="InvalidOperationException">No open WebSocket, or not a mux session.</exception>
+        public Task InjectSmuxAsync(string sessionId, byte[] bytes) => Require(sessionId).InjectSmuxAsync(bytes);
+
+        /// <summary>smux: a v1 PSH header for <paramref name="streamId"/> announcing <paramref name="length"/> bytes, followed by that many bytes.</summary>
+        public Task InjectSmuxPshAsync(string sessionId, uint streamId, int length = 65535) => InjectSmuxAsync(sessionId, SmuxPsh(streamId, length));
+
+        /// <summary>start-publication-bare / pause-publication-bare (HeaderLength 0, CreatedDate 0, no digest).</summary>
+        /// <exception cref="InvalidOperationException">No open WebSocket.</exception>
+        public void InjectBarePublication(string sessionId, bool pause) => Require(sessionId).InjectBarePublication(pause);
+
+        internal static byte[] SmuxPsh(uint streamId, int length)
+        {
+            if (length < 0 || length > ushort.MaxValue) throw new ArgumentException("An smux v1 length is 0..65535.");
+            var bytes = new byte[SmuxCodec.HeaderLength + length];
+            SmuxCodec.WriteHeader(bytes, 0, SmuxCommand.Psh, streamId, length);
+            for (var i = 0; i < length; i++) bytes[SmuxCodec.HeaderLength + i] = (byte)('a' + (i % 26));
+            return bytes;
+        }
+
+        private AgentChannel Require(string sessionId) =>
+            _channels.TryGetValue(sessionId, out var c) ? c : throw new InvalidOperationException("The session " + sessionId + " has no data channel.");
+
         internal void Log(string line) => _log?.Invoke(line);
 
         private AgentChannel? ChannelFor(string sessionId)
@@ -122,6 +221,11 @@ namespace BastionTools.Sandbox
         private void OnSessionTerminated(SandboxSession session)
         {
             if (_channels.TryGetValue(session.SessionId, out var channel)) _ = channel.TerminateAsync();
+        }
+
+        private void OnSessionTimedOut(SandboxSession session)
+        {
+            if (_channels.TryGetValue(session.SessionId, out var channel)) channel.TimeOut();
         }
 
         internal void Shutdown()
@@ -215,8 +319,10 @@ namespace BastionTools.Sandbox
         // ---- control endpoint --------------------------------------------------------------------------------------
 
         /// <summary>
-        /// GET|POST /control/faults; GET /control/sessions; GET /control/sessions/&lt;id&gt;;
-        /// GET|POST|DELETE /control/sessions/&lt;id&gt;/faults; POST /control/sessions/&lt;id&gt;/kill | bye | pause | start.
+        /// GET|POST /control/faults; GET|PUT|POST /control/agent (options: outputReadPauseMs, resendAllDue, ...);
+        /// GET /control/sessions; GET /control/sessions/&lt;id&gt;; GET|POST|DELETE /control/sessions/&lt;id&gt;/faults;
+        /// POST /control/sessions/&lt;id&gt;/kill | bye | pause | start | agent-pause | agent-start | timeout;
+        /// POST /control/sessions/&lt;id&gt;/inject/far-ahead | endless-fragments | smux | start-publication-bare | pause-publication-bare.
         /// Returns (status, JSON body).
         /// </summary>
         internal (int Status, string Body) HandleControl(string method, string path, string body)
@@ -224,6 +330,12 @@ namespace BastionTools.Sandbox
             var parts = path.Trim('/').Split('/');
             try
             {
+                if (parts.Length == 2 && parts[1] == "agent")
+                {
+                    if (method == "POST" || method == "PUT") ApplyOptions(body);
+                    else if (method != "GET") return (405, Error("Method not allowed."));
+                    return (200, DescribeOptions().ToJsonString());
+                }
                 if (parts.Length == 2 && parts[1] == "faults")
                 {
                     if (method == "POST" || method == "PUT") Faults = SandboxFaultOptions.FromJson(body);
@@ -260,8 +372,19 @@ namespace BastionTools.Sandbox
                                 return (200, new JsonObject { ["sent"] = channel.SendPublication(true) }.ToJsonString());
                             case "start" when method == "POST":
                                 return (200, new JsonObject { ["sent"] = channel.SendPublication(false) }.ToJsonString());
+                            case "agent-pause" when method == "POST":
+                                channel.SetPaused(true);
+                                return (200, new JsonObject { ["paused"] = true }.ToJsonString());
+                            case "agent-start" when method == "POST":
+                                channel.SetPaused(false);
+                                return (200, new JsonObject { ["paused"] = false }.ToJsonString());
+                            case "timeout" when method == "POST":
+                                TimeOut(id);
+                                Host.Sessions.TryGet(id, out var timedOut);
+                                return (200, new JsonObject { ["state"] = timedOut?.State.ToString() }.ToJsonString());
                         }
                     }
+                    if (parts.Length == 5 && parts[3] == "inject" && method == "POST") return Inject(id, parts[4], body);
                 }
                 return (404, Error("Unknown control path " + path + "."));
             }
@@ -269,6 +392,162 @@ namespace BastionTools.Sandbox
             {
                 return (400, Error(ex.Message));
             }
+            catch (InvalidOperationException ex)
+            {
+                return (409, Error(ex.Message));
+            }
+        }
+
+        /// <summary>How long an HTTP injection request waits for the injection to be written (it goes on afterwards).</summary>
+        private static readonly TimeSpan InjectWait = TimeSpan.FromSeconds(10);
+
+        private (int Status, string Body) Inject(string sessionId, string kind, string body)
+        {
+            var input = ParseObject(body);
+            switch (kind)
+            {
+                case "far-ahead":
+                {
+                    var count = (int)ReadLong(input, "count", 1000, 0, 10_000_000);
+                    var task = InjectFarAheadAsync(sessionId, count);
+                    var done = Wait(task);
+                    return (200, new JsonObject { ["kind"] = kind, ["count"] = count, ["sent"] = done ? task.Result : null, ["completed"] = done }.ToJsonString());
+                }
+                case "endless-fragments":
+                {
+                    var bytes = ReadLong(input, "bytes", 16L * 1024 * 1024, 0, long.MaxValue);
+                    var task = InjectEndlessFragmentsAsync(sessionId, bytes);
+                    bool done;
+                    try
+                    {
+                        done = Wait(task);
+                    }
+                    catch (AggregateException ex) when (ex.InnerException is System.IO.IOException || ex.InnerException is WebSocketException || ex.InnerException is OperationCanceledException)
+                    {
+                        // The client gave up on the message and dropped the connection: what the injection is for.
+                        return (200, new JsonObject { ["kind"] = kind, ["bytes"] = bytes, ["sent"] = null, ["completed"] = false, ["connectionDropped"] = true }.ToJsonString());
+                    }
+                    return (200, new JsonObject { ["kind"] = kind, ["bytes"] = bytes, ["sent"] = done ? task.Result : null, ["completed"] = done }.ToJsonString());
+                }
+                case "smux":
+                {
+                    byte[] bytes;
+                    if (input["psh"] is JsonObject psh)
+                    {
+                        var streamId = (uint)ReadLong(psh, "streamId", 1, 0, uint.MaxValue);
+                        var length = (int)ReadLong(psh, "length", 65535, 0, ushort.MaxValue);
+                        bytes = SmuxPsh(streamId, length);
+                    }
+                    else if (input["base64"] is JsonValue b64 && b64.TryGetValue<string>(out var text))
+                    {
+                        try
+                        {
+                            bytes = Convert.FromBase64String(text);
+                        }
+                        catch (FormatException)
+                        {
+                            throw new ArgumentException("base64 is not valid Base64.");
+                        }
+                    }
+                    else
+                    {
+                        throw new ArgumentException("smux injection needs {\"base64\":\"...\"} or {\"psh\":{\"streamId\":3,\"length\":65535}}.");
+                    }
+                    var task = InjectSmuxAsync(sessionId, bytes);
+                    var done = Wait(task);
+                    return (200, new JsonObject { ["kind"] = kind, ["bytes"] = bytes.Length, ["completed"] = done }.ToJsonString());
+                }
+                case "start-publication-bare":
+                case "pause-publication-bare":
+                    InjectBarePublication(sessionId, kind.StartsWith("pause", StringComparison.Ordinal));
+                    return (200, new JsonObject { ["kind"] = kind, ["completed"] = true }.ToJsonString());
+                default:
+                    return (404, Error("Unknown injection " + kind + " (far-ahead, endless-fragments, smux, start-publication-bare, pause-publication-bare)."));
+            }
+        }
+
+        /// <summary>Waits (bounded) for an injection; its failure (no connection, not mux) surfaces as InvalidOperationException.</summary>
+        private static bool Wait(Task task)
+        {
+            try
+            {
+                return task.Wait(InjectWait);
+            }
+            catch (AggregateException ex) when (ex.InnerException is InvalidOperationException inner)
+            {
+                throw inner;
+            }
+        }
+
+        private static JsonObject ParseObject(string body)
+        {
+            if (string.IsNullOrWhiteSpace(body)) return new JsonObject();
+            try
+            {
+                return JsonNode.Parse(body) as JsonObject ?? throw new ArgumentException("Expected a JSON object.");
+            }
+            catch (System.Text.Json.JsonException ex)
+            {
+                throw new ArgumentException("Invalid JSON: " + ex.Message);
+            }
+        }
+
+        private static long ReadLong(JsonObject o, string name, long fallback, long min, long max)
+        {
+            if (o[name] is not JsonNode node) return fallback;
+            long n;
+            if (node is JsonValue v && v.TryGetValue<long>(out var whole)) n = whole;
+            else if (node is JsonValue w && w.TryGetValue<double>(out var d) && d == Math.Floor(d) && Math.Abs(d) < 9e18) n = (long)d;
+            else throw new ArgumentException(name + " must be a whole number.");
+            if (n < min || n > max) throw new ArgumentException(name + " must be between " + min.ToString(CultureInfo.InvariantCulture) + " and " + max.ToString(CultureInfo.InvariantCulture) + ".");
+            return n;
+        }
+
+        private static bool ReadBool(JsonObject o, string name, bool fallback)
+        {
+            if (o[name] is not JsonNode node) return fallback;
+            if (node is JsonValue v && v.TryGetValue<bool>(out var b)) return b;
+            throw new ArgumentException(name + " must be true or false.");
+        }
+
+        /// <summary>The options /control/agent shows and changes (camelCase JSON).</summary>
+        public JsonObject DescribeOptions() => new()
+        {
+            ["outputReadPauseMs"] = Options.OutputReadPause.TotalMilliseconds,
+            ["resendAllDue"] = Options.ResendAllDue,
+            ["resendAllDueBurst"] = Options.ResendAllDueBurst,
+            ["resendIntervalMs"] = Options.ResendInterval.TotalMilliseconds,
+            ["outgoingMessageBufferCapacity"] = Options.OutgoingMessageBufferCapacity,
+            ["incomingMessageBufferCapacity"] = Options.IncomingMessageBufferCapacity,
+            ["connectionQueueBytes"] = Options.ConnectionQueueBytes,
+            ["smuxMaxReceiveBuffer"] = Options.SmuxMaxReceiveBuffer,
+        };
+
+        /// <summary>Applies the fields present in a /control/agent body (all are checked before any is applied).</summary>
+        /// <exception cref="ArgumentException">Unknown field or value out of range.</exception>
+        public void ApplyOptions(string json)
+        {
+            var input = ParseObject(json);
+            foreach (var kv in input)
+            {
+                if (!DescribeOptions().ContainsKey(kv.Key)) throw new ArgumentException("Unknown agent option " + kv.Key + ".");
+            }
+            var pause = ReadLong(input, "outputReadPauseMs", (long)Options.OutputReadPause.TotalMilliseconds, 0, 1000);
+            var resendAllDue = ReadBool(input, "resendAllDue", Options.ResendAllDue);
+            var burst = ReadLong(input, "resendAllDueBurst", Options.ResendAllDueBurst, 1, 1_000_000);
+            var interval = ReadLong(input, "resendIntervalMs", (long)Options.ResendInterval.TotalMilliseconds, 1, 60_000);
+            var outgoing = ReadLong(input, "outgoingMessageBufferCapacity", Options.OutgoingMessageBufferCapacity, 0, int.MaxValue);
+            var incoming = ReadLong(input, "incomingMessageBufferCapacity", Options.IncomingMessageBufferCapacity, 0, int.MaxValue);
+            var queue = ReadLong(input, "connectionQueueBytes", Options.ConnectionQueueBytes, 1, int.MaxValue);
+            var smux = ReadLong(input, "smuxMaxReceiveBuffer", Options.SmuxMaxReceiveBuffer, 1, int.MaxValue);
+            if (input.ContainsKey("outputReadPauseMs")) Options.OutputReadPause = TimeSpan.FromMilliseconds(pause);
+            Options.ResendAllDue = resendAllDue;
+            Options.ResendAllDueBurst = (int)burst;
+            if (input.ContainsKey("resendIntervalMs")) Options.ResendInterval = TimeSpan.FromMilliseconds(interval);
+            Options.OutgoingMessageBufferCapacity = (int)outgoing;
+            Options.IncomingMessageBufferCapacity = (int)incoming;
+            Options.ConnectionQueueBytes = (int)queue;
+            Options.SmuxMaxReceiveBuffer = (int)smux;
         }
 
         private static string Error(string message) => new JsonObject { ["error"] = message }.ToJsonString();

@@ -110,10 +110,11 @@ namespace BastionTools.Sandbox
 
         public int Port { get; private set; }
         public Uri BaseUri => new("http://127.0.0.1:" + Port.ToString(CultureInfo.InvariantCulture) + "/");
-        public Uri SsmEndpoint => new(BaseUri, "ssm");
-        public Uri Ec2Endpoint => new(BaseUri, "ec2");
-        public string StreamUrlBase => "ws://127.0.0.1:" + Port.ToString(CultureInfo.InvariantCulture) + "/streams";
-        /// <summary>The fault-injection and counters endpoint (see <see cref="SandboxAgent"/>).</summary>
+        /// <summary>Through the fault proxy when it runs (<see cref="ClientPort"/>), like <see cref="Ec2Endpoint"/> and <see cref="StreamUrlBase"/>.</summary>
+        public Uri SsmEndpoint => new(ClientBaseUri, "ssm");
+        public Uri Ec2Endpoint => new(ClientBaseUri, "ec2");
+        public string StreamUrlBase => "ws://127.0.0.1:" + ClientPort.ToString(CultureInfo.InvariantCulture) + "/streams";
+        /// <summary>The fault-injection and counters endpoint (see <see cref="SandboxAgent"/>); always direct, never through the fault proxy.</summary>
         public Uri ControlEndpoint => new(BaseUri, "control/");
 
         /// <summary>API calls answered so far, oldest first.</summary>
@@ -137,6 +138,7 @@ namespace BastionTools.Sandbox
             _listener = listener;
             Port = ((IPEndPoint)listener.LocalEndpoint).Port;
             _acceptLoop = Task.Run(AcceptLoopAsync);
+            StartFaultProxyIfRequested();
             StartPostgresIfRequested();
         }
 
@@ -195,6 +197,7 @@ namespace BastionTools.Sandbox
             };
             if (Postgres != null) o["postgres"] = Postgres.DescribeJson();
             DescribeRdsJson(o);
+            DescribeProxyJson(o);
             return o.ToJsonString();
         }
 
@@ -257,6 +260,12 @@ namespace BastionTools.Sandbox
                     return;
                 }
                 var body = context.Request.Body;
+                if (IsProxyControl(path))
+                {
+                    var (proxyStatus, proxyJson) = HandleProxyControl(context.Request.HttpMethod, path, context.Request.Query);
+                    await WriteAsync(context.Response, proxyStatus, "application/json", proxyJson, null).ConfigureAwait(false);
+                    return;
+                }
                 if (path.StartsWith("/control/", StringComparison.Ordinal))
                 {
                     var (status, json) = Agent.HandleControl(context.Request.HttpMethod, path, Encoding.UTF8.GetString(body));
@@ -409,6 +418,7 @@ namespace BastionTools.Sandbox
             {
             }
             var deadline = Task.Delay(TimeSpan.FromSeconds(5));
+            await StopFaultProxyAsync().ConfigureAwait(false);
             // After the accept loop no connection is added: then every one is closed and waited for.
             if (_acceptLoop != null) await Task.WhenAny(_acceptLoop, deadline).ConfigureAwait(false);
             foreach (var connection in _connections.Keys) connection.Close();

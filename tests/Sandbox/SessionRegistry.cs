@@ -17,6 +17,11 @@ namespace BastionTools.Sandbox
         Disconnected,
         /// <summary>Ended by TerminateSession (or by the agent); cannot be resumed.</summary>
         Terminated,
+        /// <summary>
+        /// Ended by the idle timeout (<see cref="SessionRegistry.TimeOut"/>): the data channel is gone and ResumeSession
+        /// answers with the SessionId and no token (the official client then prints "Session: &lt;id&gt; timed out.").
+        /// </summary>
+        TimedOut,
     }
 
     /// <summary>One session started through StartSession. Token and state change under the registry's lock.</summary>
@@ -90,6 +95,9 @@ namespace BastionTools.Sandbox
         /// <summary>Raised (outside the lock) when a session becomes Terminated.</summary>
         public event Action<SandboxSession>? SessionTerminated;
 
+        /// <summary>Raised (outside the lock) when a session becomes TimedOut.</summary>
+        public event Action<SandboxSession>? SessionTimedOut;
+
         public IReadOnlyList<SandboxSession> Snapshot()
         {
             lock (_gate) return _sessions.Values.OrderBy(s => s.StartedUtc).ToList();
@@ -100,13 +108,13 @@ namespace BastionTools.Sandbox
             lock (_gate) return _sessions.TryGetValue(sessionId, out session!);
         }
 
-        /// <summary>True when the session exists, is not terminated and <paramref name="token"/> is its current token (constant-time compare).</summary>
+        /// <summary>True when the session exists, has not ended (terminated or timed out) and <paramref name="token"/> is its current token (constant-time compare).</summary>
         public bool TryValidateToken(string sessionId, string token, out SandboxSession session)
         {
             lock (_gate)
             {
                 if (!_sessions.TryGetValue(sessionId, out session!)) return false;
-                if (session.State == SandboxSessionState.Terminated) return false;
+                if (IsEnded(session.State)) return false;
                 return token != null && SigV4.FixedTimeEquals(session.CurrentToken, token);
             }
         }
@@ -119,13 +127,37 @@ namespace BastionTools.Sandbox
         {
             lock (_gate)
             {
-                if (!_sessions.TryGetValue(sessionId, out var s) || s.State == SandboxSessionState.Terminated) return false;
+                if (!_sessions.TryGetValue(sessionId, out var s) || IsEnded(s.State)) return false;
                 s.State = state;
                 return true;
             }
         }
 
-        /// <summary>Ends a session (idempotent). Returns false for an unknown id.</summary>
+        private static bool IsEnded(SandboxSessionState state) => state == SandboxSessionState.Terminated || state == SandboxSessionState.TimedOut;
+
+        /// <summary>
+        /// The session timed out (as the idle timeout ends one): the agent ends the channel (no channel_closed; a current
+        /// connection is dropped without a close frame), the token stops working and ResumeSession answers without a
+        /// token. Idempotent; a terminated session stays terminated. Returns false for an unknown id.
+        /// </summary>
+        public bool TimeOut(string sessionId, DateTime whenUtc)
+        {
+            SandboxSession? timedOut = null;
+            lock (_gate)
+            {
+                if (!_sessions.TryGetValue(sessionId, out var s)) return false;
+                if (!IsEnded(s.State))
+                {
+                    s.State = SandboxSessionState.TimedOut;
+                    s.EndedUtc = whenUtc;
+                    timedOut = s;
+                }
+            }
+            if (timedOut != null) SessionTimedOut?.Invoke(timedOut);
+            return true;
+        }
+
+        /// <summary>Ends a session (idempotent; a timed-out session becomes terminated). Returns false for an unknown id.</summary>
         public bool Terminate(string sessionId, DateTime nowUtc)
         {
             SandboxSession? ended = null;
@@ -159,16 +191,25 @@ namespace BastionTools.Sandbox
             }
         }
 
-        /// <summary>Issues a new token for a session that is not terminated; the old token stops working.</summary>
-        internal bool TryResume(string sessionId, out SandboxSession session, out bool terminated)
+        /// <summary>
+        /// Issues a new token for a session that has not ended; the old token stops working. False for an unknown,
+        /// terminated (<paramref name="terminated"/>) or timed-out (<paramref name="timedOut"/>) session.
+        /// </summary>
+        internal bool TryResume(string sessionId, out SandboxSession session, out bool terminated, out bool timedOut)
         {
             lock (_gate)
             {
                 terminated = false;
+                timedOut = false;
                 if (!_sessions.TryGetValue(sessionId, out session!)) return false;
                 if (session.State == SandboxSessionState.Terminated)
                 {
                     terminated = true;
+                    return false;
+                }
+                if (session.State == SandboxSessionState.TimedOut)
+                {
+                    timedOut = true;
                     return false;
                 }
                 session.CurrentToken = NewToken();

@@ -71,8 +71,11 @@ namespace BastionTools.Sandbox
         private string ResumeSession(JsonObject input)
         {
             var sessionId = RequiredString(input, "SessionId", "sessionId");
-            if (!_host.Sessions.TryResume(sessionId, out var session, out var terminated))
+            if (!_host.Sessions.TryResume(sessionId, out var session, out var terminated, out var timedOut))
             {
+                // A session that timed out: 200 with the id and neither TokenValue nor StreamUrl (sessionhandler.go
+                // ResumeSessionHandler: an empty token means "Session: <id> timed out").
+                if (timedOut) return new JsonObject { ["SessionId"] = sessionId }.ToJsonString();
                 throw SandboxError.Ssm("DoesNotExistException", terminated
                     ? "Session " + sessionId + " has been terminated and cannot be resumed."
                     : "Session " + sessionId + " does not exist.");

@@ -35,7 +35,11 @@ namespace BastionTools.Aws
     {
         Task<StreamEndpoint> StartSessionAsync(string target, string? documentName, IDictionary<string, List<string>> parameters, string? reason, CancellationToken cancellationToken);
 
-        Task<StreamEndpoint> ResumeSessionAsync(string sessionId, CancellationToken cancellationToken);
+        /// <summary>
+        /// A new stream URL and token for a session whose connection was lost; null when the service answers without a
+        /// token (the session timed out: the official client then says "Session: id timed out" and exits).
+        /// </summary>
+        Task<StreamEndpoint?> ResumeSessionAsync(string sessionId, CancellationToken cancellationToken);
 
         Task TerminateSessionAsync(string sessionId, CancellationToken cancellationToken);
 
@@ -96,10 +100,16 @@ namespace BastionTools.Aws
             return new StreamEndpoint(response.SessionId, new Uri(response.StreamUrl), response.TokenValue);
         }
 
-        public async Task<StreamEndpoint> ResumeSessionAsync(string sessionId, CancellationToken cancellationToken)
+        public async Task<StreamEndpoint?> ResumeSessionAsync(string sessionId, CancellationToken cancellationToken)
         {
             var response = await Call(() => _ssm.ResumeSessionAsync(new ResumeSessionRequest { SessionId = sessionId }, cancellationToken), sessionId).ConfigureAwait(false);
-            return new StreamEndpoint(response.SessionId ?? sessionId, new Uri(response.StreamUrl), response.TokenValue);
+            if (string.IsNullOrEmpty(response.TokenValue)) return null;
+            if (string.IsNullOrEmpty(response.StreamUrl) || !Uri.TryCreate(response.StreamUrl, UriKind.Absolute, out var streamUrl))
+            {
+                throw new BastionToolsException(ErrorIds.AwsRequestFailed, ErrorCategory.ProtocolError,
+                    $"ResumeSession for {sessionId} answered without a usable StreamUrl.", sessionId);
+            }
+            return new StreamEndpoint(response.SessionId ?? sessionId, streamUrl, response.TokenValue);
         }
 
         public Task TerminateSessionAsync(string sessionId, CancellationToken cancellationToken)

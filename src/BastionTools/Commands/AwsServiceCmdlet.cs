@@ -41,6 +41,20 @@ namespace BastionTools.Commands
             return _api;
         }
 
+        /// <summary>
+        /// How long a session's lost connection is resumed for (tunnel-making cmdlets expose it as -ReconnectTimeoutSec);
+        /// null keeps the default of <see cref="DataChannelOptions.ReconnectTimeout"/>.
+        /// </summary>
+        internal virtual int? ReconnectTimeoutSeconds => null;
+
+        /// <summary>The data channel options of a session this command opens.</summary>
+        internal DataChannelOptions NewChannelOptions()
+        {
+            var options = new DataChannelOptions();
+            if (ReconnectTimeoutSeconds is int seconds) options.ReconnectTimeout = TimeSpan.FromSeconds(seconds);
+            return options;
+        }
+
         /// <summary>The clients are now owned by something that outlives the command (a running session).</summary>
         internal void KeepApiAlive() => _keepApi = true;
 
@@ -73,7 +87,7 @@ namespace BastionTools.Commands
             WriteVerboseSafe($"Bastion: {instance.InstanceId}{(instance.Name == null ? "" : " (" + instance.Name + ")")}, agent {instance.AgentVersion}, {instance.PingStatus}.");
             request.Target = instance.InstanceId;
 
-            var engine = new PortForwardingSession(api, request, new DataChannelOptions());
+            var engine = new PortForwardingSession(api, request, NewChannelOptions());
             void Narrate(string line) => Pump.Post(() => WriteVerboseSafe(line));
             engine.Events.Written += Narrate;
             void Stage(SessionStage stage)

@@ -68,6 +68,16 @@ namespace BastionTools.Commands
         [ValidateNotNullOrEmpty]
         public string? SslRootCertificate { get; set; }
 
+        /// <summary>
+        /// How long, in seconds, the tunnel this command opens resumes a lost connection before giving up (default 600).
+        /// Ignored with -Session (the session has its own).
+        /// </summary>
+        [Parameter]
+        [ValidateRange(0, 7 * 24 * 3600)]
+        public int ReconnectTimeoutSec { get; set; } = 600;
+
+        internal override int? ReconnectTimeoutSeconds => ReconnectTimeoutSec;
+
         /// <summary>The trust bundle: -SslRootCertificate or the shipped one; it must exist. Warns about weak modes.</summary>
         internal string ResolveTrust()
         {
@@ -114,7 +124,7 @@ namespace BastionTools.Commands
             {
                 return StartPortForwarding(Selector(), new PortForwardingRequest { RemoteHost = DbHost, RemotePort = DbPort }, activityName);
             }
-            if (Session.State != "Connected")
+            if (Session.State != "Connected" && Session.State != "Reconnecting")
             {
                 ThrowTerminatingError(new BastionToolsException(ErrorIds.BastionSessionFailed, ErrorCategory.ResourceUnavailable,
                     $"The session {Session.SessionId} is {Session.State}.", Session.SessionId, "Start a new session with Start-BastionSession.").ToErrorRecord());

@@ -109,6 +109,16 @@ namespace BastionTools.Commands
         [ValidateNotNullOrEmpty]
         public string? Reason { get; set; }
 
+        /// <summary>
+        /// How long, in seconds, a lost connection (network outage, sleep, Wi-Fi change, the service's hourly close) is
+        /// resumed for before the session is given up. Open connections wait meanwhile. Default 600; 0 gives up at once.
+        /// </summary>
+        [Parameter]
+        [ValidateRange(0, 7 * 24 * 3600)]
+        public int ReconnectTimeoutSec { get; set; } = 600;
+
+        internal override int? ReconnectTimeoutSeconds => ReconnectTimeoutSec;
+
         /// <summary>Block until Ctrl-C, then stop the session.</summary>
         [Parameter(ParameterSetName = ParameterSets.TargetRemoteHost)]
         [Parameter(ParameterSetName = ParameterSets.NameRemoteHost)]
@@ -203,7 +213,7 @@ namespace BastionTools.Commands
                     new RemoteStandardErrorException(line), ErrorIds.RemoteStandardError, ErrorCategory.NotSpecified, instance.InstanceId))));
                 terminal = lines;
             }
-            var shell = new ShellSession(api, instance.InstanceId, wrapped?.Wrapped, Reason, new DataChannelOptions(), terminal);
+            var shell = new ShellSession(api, instance.InstanceId, wrapped?.Wrapped, Reason, NewChannelOptions(), terminal);
             shell.Events.Written += line => Pump.Post(() => WriteDebugSafe(line));
             if (!TryRun(async ct =>
                 {
@@ -233,7 +243,9 @@ namespace BastionTools.Commands
             }
             if (closure?.Error != null)
             {
-                WriteError(new BastionToolsException(ErrorIds.BastionSessionFailed, ErrorCategory.ConnectionError,
+                var timedOut = closure.End == ChannelEnd.SessionExpired;
+                WriteError(new BastionToolsException(timedOut ? ErrorIds.BastionSessionTimedOut : ErrorIds.BastionSessionFailed,
+                    timedOut ? ErrorCategory.OperationTimeout : ErrorCategory.ConnectionError,
                     "The session failed: " + closure.Error.Message, shell.SessionId).ToErrorRecord());
             }
             if (interactive && !string.IsNullOrEmpty(closure?.Output)) Host.UI.WriteLine(closure!.Output!.Trim());
@@ -300,6 +312,18 @@ namespace BastionTools.Commands
                 }
                 SessionRegistry.Remove(session);
             }
+            WriteSessionEnd(session);
+        }
+
+        /// <summary>A session that ended on its own (not stopped by the user) says why, with its ErrorId.</summary>
+        private void WriteSessionEnd(BastionSession session)
+        {
+            var errorId = session.Engine.ClosedErrorId;
+            if (errorId == null) return;
+            WriteError(new BastionToolsException(errorId,
+                errorId == ErrorIds.BastionSessionTimedOut ? ErrorCategory.OperationTimeout : ErrorCategory.ConnectionError,
+                session.Engine.ClosedReason ?? "The session ended.", session.SessionId,
+                errorId == ErrorIds.BastionSessionTimedOut ? "Start a new session." : "Check the network path to Systems Manager, then start a new session.").ToErrorRecord());
         }
     }
 }

@@ -35,6 +35,7 @@ namespace BastionTools
         public const string BastionTargetOffline = "BastionTargetOffline";
         public const string BastionSessionNotFound = "BastionSessionNotFound";
         public const string BastionSessionFailed = "BastionSessionFailed";
+        public const string BastionSessionTimedOut = "BastionSessionTimedOut";
         public const string BastionHandshakeFailed = "BastionHandshakeFailed";
         public const string LocalPortUnavailable = "LocalPortUnavailable";
         public const string ShellNeedsTerminal = "ShellNeedsTerminal";

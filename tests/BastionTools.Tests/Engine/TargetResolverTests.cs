@@ -89,7 +89,8 @@ namespace BastionTools.Tests.Engine
             Assert.StartsWith("ws://127.0.0.1:", ep.StreamUrl.ToString());
             Assert.DoesNotContain(ep.TokenValue, ep.ToString());
             var resumed = await _api.ResumeSessionAsync(ep.SessionId, CancellationToken.None);
-            Assert.NotEqual(ep.TokenValue, resumed.TokenValue);
+            Assert.NotNull(resumed);
+            Assert.NotEqual(ep.TokenValue, resumed!.TokenValue);
             await _api.TerminateSessionAsync(ep.SessionId, CancellationToken.None);
             var ex = await Assert.ThrowsAsync<BastionToolsException>(() => _api.ResumeSessionAsync(ep.SessionId, CancellationToken.None));
             Assert.Equal(ErrorIds.BastionSessionNotFound, ex.ErrorId);

@@ -73,6 +73,18 @@ namespace BastionTools.Tests.Engine
             return session;
         }
 
+        private void Log(string line)
+        {
+            try
+            {
+                _output.WriteLine(line);
+            }
+            catch (InvalidOperationException)
+            {
+                // The test has ended.
+            }
+        }
+
         private string ConnectionString(int port, bool pooling = false) => new NpgsqlConnectionStringBuilder
         {
             Host = "127.0.0.1",
@@ -206,9 +218,11 @@ namespace BastionTools.Tests.Engine
                 if (faults != null)
                 {
                     // The agent resends lost messages at its own pace (one per 100 ms); what is tested here is that the
-                    // client loses and duplicates nothing, so the double resends all overdue messages at once
-                    // (SandboxAgentOptions.ResendAllDue).
+                    // client loses and duplicates nothing, so the double resends overdue messages in bursts
+                    // (SandboxAgentOptions.ResendAllDue, bounded by ResendAllDueBurst), and reads its destination without
+                    // the agent's 1 ms pause (OutputReadPause = 0): more pressure on the client, not less.
                     _f.Host.Agent.Options.ResendAllDue = true;
+                    _f.Host.Agent.Options.OutputReadPause = TimeSpan.Zero;
                     _f.Host.Agent.SetSessionFaults(session.SessionId!, faults);
                 }
                 using var client = new TcpClient();
@@ -218,6 +232,8 @@ namespace BastionTools.Tests.Engine
                 var clock = System.Diagnostics.Stopwatch.StartNew();
                 var upload = Task.Run(() => WriteRandomAsync(stream, size, seed: 22));
                 var download = Task.Run(() => ReadExactlyAsync(stream, size));
+                _ = upload.ContinueWith(t => Log($"upload {t.Status} after {clock.Elapsed.TotalSeconds:F1} s"), TaskScheduler.Default);
+                _ = download.ContinueWith(t => Log($"download {t.Status} after {clock.Elapsed.TotalSeconds:F1} s"), TaskScheduler.Default);
 
                 if (killHalfWay)
                 {
@@ -244,6 +260,7 @@ namespace BastionTools.Tests.Engine
             finally
             {
                 _f.Host.Agent.Options.ResendAllDue = false;
+                _f.Host.Agent.Options.OutputReadPause = TimeSpan.FromMilliseconds(1);
                 await session.StopAsync();
             }
         }
@@ -335,20 +352,19 @@ namespace BastionTools.Tests.Engine
         }
 
         [Fact(Timeout = 120_000)]
-        public async Task LostConnection_ThatCannotBeResumed_EndsWithAClearErrorAfterBoundedRetries()
+        public async Task LostConnection_ThatCannotBeResumed_EndsWithAClearErrorWhenTheBudgetIsSpent()
         {
             // The first WebSocket opens; every later one fails to connect (the service is unreachable from here on).
             var opened = 0;
             var options = new DataChannelOptions
             {
-                MaxReconnectAttempts = 3,
-                ReconnectBaseDelay = TimeSpan.FromMilliseconds(20),
-                WebSocketFactory = async (url, timeout, ct) =>
+                ReconnectTimeout = TimeSpan.FromSeconds(2),
+                ReconnectInitialDelay = TimeSpan.FromMilliseconds(20),
+                ReconnectMaxDelay = TimeSpan.FromMilliseconds(200),
+                TransportFactory = async (url, ct) =>
                 {
-                    if (Interlocked.Increment(ref opened) > 1) throw new System.Net.WebSockets.WebSocketException("Unable to connect to the remote server");
-                    var ws = new System.Net.WebSockets.ClientWebSocket();
-                    await ws.ConnectAsync(url, ct);
-                    return ws;
+                    if (Interlocked.Increment(ref opened) > 1) throw new System.IO.IOException("Unable to connect to the remote server");
+                    return await WebSocketTransport.ConnectAsync(url, new WebSocketTransportOptions(), ct);
                 },
             };
             var session = await StartAsync(_f.Postgres.Port, options: options);
@@ -358,8 +374,12 @@ namespace BastionTools.Tests.Engine
                 var done = await Task.WhenAny(session.Completion, Task.Delay(30_000));
                 Assert.Same(session.Completion, done);
                 Assert.Equal(SessionState.Failed, session.State);
-                Assert.Contains("could not be resumed after 3 attempts", session.ClosedReason);
-                Assert.Equal(4, opened);
+                Assert.Equal(ErrorIds.BastionSessionFailed, session.ClosedErrorId);
+                Assert.Contains("could not be resumed within 2 s", session.ClosedReason);
+                Assert.Contains("Unable to connect to the remote server", session.ClosedReason);
+                Assert.True(opened >= 3, $"only {opened} connection attempts");
+                using var probe = new TcpClient();
+                await Assert.ThrowsAnyAsync<SocketException>(() => probe.ConnectAsync(IPAddress.Loopback, session.LocalEndPoint!.Port));
             }
             finally
             {
@@ -418,10 +438,18 @@ namespace BastionTools.Tests.Engine
             var session = await StartAsync(_f.Postgres.Port, options: new DataChannelOptions { IdleKeepAlive = TimeSpan.FromMilliseconds(100) });
             try
             {
-                var before = _f.Host.Agent.Counters(session.SessionId!)!.StreamMessagesDelivered;
-                await Task.Delay(1000);
-                var after = _f.Host.Agent.Counters(session.SessionId!)!.StreamMessagesDelivered;
-                Assert.True(after - before >= 4, $"the agent saw {after - before} keepalive messages in a second");
+                // Nothing else is sent: every message the agent takes from now on is a keepalive NOP.
+                var counters = _f.Host.Agent.Counters(session.SessionId!)!;
+                var before = counters.StreamMessagesDelivered;
+                var forwarder = (MuxPortForwarder)session.Forwarder!;
+                var framesBefore = forwarder.FramesSent;
+                var clock = System.Diagnostics.Stopwatch.StartNew();
+                while (counters.StreamMessagesDelivered - before < 4)
+                {
+                    Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60), $"the agent took {counters.StreamMessagesDelivered - before} keepalive messages in a minute");
+                    await Task.Delay(20);
+                }
+                Assert.True(forwarder.FramesSent - framesBefore >= 4);
                 // The tunnel still works after (NOPs did not disturb the smux stream).
                 await using var conn = new NpgsqlConnection(ConnectionString(session.LocalEndPoint!.Port));
                 await conn.OpenAsync();

@@ -22,6 +22,9 @@ namespace BastionTools.Tests.Sandbox
         public static readonly TimeSpan Wait = TimeSpan.FromSeconds(20);
         private readonly object _gate = new();
         private readonly List<AgentMessage> _received = new();
+        private readonly List<byte[]> _rawFrames = new();
+        private readonly List<byte[]> _undecodable = new();
+        private long _partialBytes;
         private readonly List<AgentMessage> _delivered = new();
         private readonly Dictionary<long, AgentMessage> _early = new();
         private readonly Dictionary<long, (byte[] Frame, DateTime SentAt)> _unacked = new();
@@ -71,6 +74,24 @@ namespace BastionTools.Tests.Sandbox
 
         public WebSocketState State => _socket?.State ?? WebSocketState.None;
 
+        /// <summary>While true the client does not read its WebSocket (the server's writes back up).</summary>
+        public bool ReadPaused { get; set; }
+
+        /// <summary>Bytes of the binary message being received that has not ended yet (fragments so far).</summary>
+        public long PartialMessageBytes => Interlocked.Read(ref _partialBytes);
+
+        /// <summary>Every complete binary message as received, decodable or not.</summary>
+        public IReadOnlyList<byte[]> RawFrames
+        {
+            get { lock (_gate) return _rawFrames.ToList(); }
+        }
+
+        /// <summary>Complete binary messages the codec rejected (kept raw; the client goes on).</summary>
+        public IReadOnlyList<byte[]> Undecodable
+        {
+            get { lock (_gate) return _undecodable.ToList(); }
+        }
+
         private async Task ReadLoopAsync(ClientWebSocket socket)
         {
             var buffer = new byte[128 * 1024];
@@ -79,6 +100,7 @@ namespace BastionTools.Tests.Sandbox
             {
                 while (true)
                 {
+                    while (ReadPaused && !_life.IsCancellationRequested) await Task.Delay(10, _life.Token);
                     var r = await socket.ReceiveAsync(new ArraySegment<byte>(buffer), _life.Token);
                     if (r.MessageType == WebSocketMessageType.Close)
                     {
@@ -98,10 +120,22 @@ namespace BastionTools.Tests.Sandbox
                         return;
                     }
                     message.Write(buffer, 0, r.Count);
+                    Interlocked.Exchange(ref _partialBytes, r.EndOfMessage ? 0 : message.Length);
                     if (!r.EndOfMessage) continue;
                     var bytes = message.ToArray();
                     message.SetLength(0);
-                    await OnMessageAsync(AgentMessageCodec.Decode(bytes));
+                    AgentMessage decoded;
+                    lock (_gate) _rawFrames.Add(bytes);
+                    try
+                    {
+                        decoded = AgentMessageCodec.Decode(bytes);
+                    }
+                    catch (SsmProtocolException)
+                    {
+                        lock (_gate) _undecodable.Add(bytes);
+                        continue;
+                    }
+                    await OnMessageAsync(decoded);
                 }
             }
             catch (Exception ex) when (ex is WebSocketException || ex is OperationCanceledException || ex is IOException || ex is ObjectDisposedException)

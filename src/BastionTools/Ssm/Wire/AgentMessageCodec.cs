@@ -125,6 +125,17 @@ namespace BastionTools.Ssm
                 messageId, digest, payloadType, payload, digestValid);
         }
 
+        /// <summary>
+        /// The MessageType field of a binary message, read without checking anything else (null when the message is too
+        /// short to hold it). start_publication and pause_publication are acted on from this alone, as the official client
+        /// skips validation for them (its own tests build them without a header length or a date).
+        /// </summary>
+        public static string? PeekMessageType(ArraySegment<byte> frame)
+        {
+            if (frame.Array is null || frame.Count < MessageTypeOffset + MessageTypeLength) return null;
+            return ReadMessageType(frame.AsSpan().Slice(MessageTypeOffset, MessageTypeLength));
+        }
+
         /// <summary>Checks that a MessageType fits the 32-byte field as printable ASCII.</summary>
         internal static void ValidateMessageType(string messageType)
         {

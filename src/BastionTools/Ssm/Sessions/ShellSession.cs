@@ -55,7 +55,7 @@ namespace BastionTools.Ssm
         public string? ClosingOutput { get; private set; }
         public Exception? Failure { get; private set; }
 
-        public Task<DataChannelClosure> Completion => _channel?.Completion ?? Task.FromResult(new DataChannelClosure(false, null, null));
+        public Task<DataChannelClosure> Completion => _channel?.Completion ?? Task.FromResult(new DataChannelClosure(ChannelEnd.ClosedByClient, null, null));
 
         public async Task StartAsync(Action<SessionStage> progress, CancellationToken cancellationToken)
         {
@@ -71,13 +71,14 @@ namespace BastionTools.Ssm
             SessionId = endpoint.SessionId;
             Events.Write($"Session {SessionId} started on {_target} ({document ?? "shell"}).");
             progress(SessionStage.WebSocket);
-            _channel = new DataChannel(endpoint, _options, OnStreamMessageAsync, ct => _api.ResumeSessionAsync(SessionId!, ct), Events.Write);
+            _channel = new DataChannel(endpoint, _options, OnStreamMessage, ct => SessionResumer.ResumeAsync(_api, SessionId!, ct), Events.Write);
             await _channel.OpenAsync(cancellationToken).ConfigureAwait(false);
             await SendSizeIfChangedAsync(cancellationToken).ConfigureAwait(false);
             progress(SessionStage.Ready);
         }
 
-        private async Task OnStreamMessageAsync(AgentMessage message)
+        /// <summary>Runs on the data channel's receive loop: terminal writes only, replies go out from their own task.</summary>
+        private void OnStreamMessage(AgentMessage message)
         {
             switch (message.PayloadType)
             {
@@ -94,7 +95,7 @@ namespace BastionTools.Ssm
                     else if (message.Payload.Length == 4) ExitCode = BinaryPrimitives.ReadInt32BigEndian(message.Payload);
                     break;
                 case PayloadType.HandshakeRequest:
-                    await RespondToHandshakeAsync(message).ConfigureAwait(false);
+                    _ = Task.Run(() => RespondToHandshakeAsync(message));
                     break;
                 case PayloadType.Flag:
                     if (message.Payload.Length >= 4 && (PayloadTypeFlag)BinaryPrimitives.ReadUInt32BigEndian(message.Payload) == PayloadTypeFlag.TerminateSession)
@@ -108,7 +109,15 @@ namespace BastionTools.Ssm
         private async Task RespondToHandshakeAsync(AgentMessage message)
         {
             var answer = Handshake.Read(message, Events.Write);
-            if (answer != null) await Handshake.RespondAsync(_channel!, _options.ClientVersion, answer).ConfigureAwait(false);
+            if (answer == null) return;
+            try
+            {
+                await Handshake.RespondAsync(_channel!, _options.ClientVersion, answer).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is System.IO.IOException || ex is OperationCanceledException)
+            {
+                Events.Write("The handshake response could not be sent: " + ex.Message);
+            }
         }
 
         /// <summary>Sends keystrokes (raw bytes, as a terminal would send them).</summary>

@@ -129,7 +129,13 @@ namespace BastionTools.Ssm
         public PortForwardingMode Mode => _forwarder?.Mode ?? PortForwardingMode.Unknown;
         public SessionState State { get; private set; } = SessionState.Starting;
         public string? ClosedReason { get; private set; }
+
+        /// <summary>The ErrorId that says why the session ended, when it did not end because it was asked to.</summary>
+        public string? ClosedErrorId { get; private set; }
+
         public DataChannelStatistics? Channel => _channel?.Statistics;
+
+        internal DataChannel? DataChannel => _channel;
 
         internal IPortForwarder? Forwarder => _forwarder;
 
@@ -163,7 +169,8 @@ namespace BastionTools.Ssm
                 Events.Write($"Session {SessionId} started on {_request.Target} ({_request.DocumentName}).");
 
                 progress(SessionStage.WebSocket);
-                _channel = new DataChannel(endpoint, _channelOptions, OnStreamMessageAsync, ResumeAsync, Events.Write);
+                _channel = new DataChannel(endpoint, _channelOptions, OnStreamMessage, ct => SessionResumer.ResumeAsync(_api, SessionId!, ct), Events.Write);
+                _channel.StateChanged += OnChannelStateChanged;
                 await _channel.OpenAsync(cancellationToken).ConfigureAwait(false);
 
                 progress(SessionStage.Handshake);
@@ -196,25 +203,20 @@ namespace BastionTools.Ssm
             }
         }
 
-        private Task<StreamEndpoint> ResumeAsync(CancellationToken cancellationToken)
+        private void OnChannelStateChanged(ChannelState state)
         {
-            State = SessionState.Reconnecting;
-            return ResumeCoreAsync(cancellationToken);
+            if (State == SessionState.Starting || State == SessionState.Closed || State == SessionState.Failed) return;
+            if (state == ChannelState.Reconnecting) State = SessionState.Reconnecting;
+            else if (state == ChannelState.Connected) State = SessionState.Connected;
         }
 
-        private async Task<StreamEndpoint> ResumeCoreAsync(CancellationToken cancellationToken)
-        {
-            var endpoint = await _api.ResumeSessionAsync(SessionId!, cancellationToken).ConfigureAwait(false);
-            State = SessionState.Connected;
-            return endpoint;
-        }
-
-        private async Task OnStreamMessageAsync(AgentMessage message)
+        /// <summary>Runs on the data channel's receive loop: nothing here waits.</summary>
+        private void OnStreamMessage(AgentMessage message)
         {
             switch (message.PayloadType)
             {
                 case PayloadType.HandshakeRequest:
-                    await OnHandshakeRequestAsync(message).ConfigureAwait(false);
+                    OnHandshakeRequest(message);
                     break;
                 case PayloadType.HandshakeComplete:
                     if (_forwarder == null) CreateForwarder(null);
@@ -222,7 +224,7 @@ namespace BastionTools.Ssm
                     break;
                 case PayloadType.Output:
                     if (_forwarder == null) CreateForwarder(null);
-                    await _forwarder!.OnOutputAsync(message.Payload).ConfigureAwait(false);
+                    _forwarder!.OnOutput(message.Payload);
                     break;
                 case PayloadType.Flag:
                     if (message.Payload.Length >= 4)
@@ -246,15 +248,26 @@ namespace BastionTools.Ssm
             }
         }
 
-        private async Task OnHandshakeRequestAsync(AgentMessage message)
+        private void OnHandshakeRequest(AgentMessage message)
         {
             var answer = Handshake.Read(message, Events.Write);
             if (answer == null || _handshakeRequested.Task.IsCompleted) return;
             AgentVersion = answer.Request.AgentVersion;
             CreateForwarder(answer.PortType);
             _handshakeRequested.TrySetResult(answer.Request);
-            await Handshake.RespondAsync(_channel!, _channelOptions.ClientVersion, answer).ConfigureAwait(false);
-            Events.Write($"Handshake: agent {answer.Request.AgentVersion}, {answer.PortType ?? "port"} session.");
+            // The reply goes out from its own task: the receive loop never waits on the send window.
+            _ = Task.Run(async () =>
+            {
+                try
+                {
+                    await Handshake.RespondAsync(_channel!, _channelOptions.ClientVersion, answer).ConfigureAwait(false);
+                    Events.Write($"Handshake: agent {answer.Request.AgentVersion}, {answer.PortType ?? "port"} session.");
+                }
+                catch (Exception ex) when (ex is System.IO.IOException || ex is OperationCanceledException)
+                {
+                    Events.Write("The handshake response could not be sent: " + ex.Message);
+                }
+            });
         }
 
         private void CreateForwarder(string? portType)
@@ -264,8 +277,19 @@ namespace BastionTools.Ssm
                 && (portType == null || string.Equals(portType, "LocalPortForwarding", StringComparison.Ordinal));
             var sender = new DataChannelSender(_channel!);
             _forwarder = mux
-                ? new MuxPortForwarder(sender, Connections, Events.Write, _channelOptions.IdleKeepAlive)
-                : new BasicPortForwarder(sender, Connections, Events.Write);
+                ? new MuxPortForwarder(sender, Connections, Events.Write, _channelOptions.ConnectionQueueBytes, _channelOptions.IdleKeepAlive, OnForwarderBroken)
+                : new BasicPortForwarder(sender, Connections, Events.Write, _channelOptions.ConnectionQueueBytes);
+        }
+
+        /// <summary>The agent's multiplexed stream can no longer be read: the tunnel is unusable, so the session ends with the reason.</summary>
+        private void OnForwarderBroken(string reason)
+        {
+            if (Volatile.Read(ref _stopped) == 1) return;
+            ClosedReason = "The session was ended: " + reason + ".";
+            ClosedErrorId = ErrorIds.BastionSessionFailed;
+            State = SessionState.Failed;
+            Events.Write(ClosedReason);
+            _ = Task.Run(() => StopAsync(terminate: true));
         }
 
         private async Task AcceptLoopAsync()
@@ -294,8 +318,21 @@ namespace BastionTools.Ssm
         private void OnChannelClosed(DataChannelClosure closure)
         {
             if (Volatile.Read(ref _stopped) == 1) return;
-            ClosedReason = closure.Error?.Message ?? closure.Output ?? "The service closed the session.";
-            State = closure.Error != null ? SessionState.Failed : SessionState.Closed;
+            switch (closure.End)
+            {
+                case ChannelEnd.SessionExpired:
+                    ClosedErrorId = ErrorIds.BastionSessionTimedOut;
+                    State = SessionState.Failed;
+                    break;
+                case ChannelEnd.Failed:
+                    ClosedErrorId = ErrorIds.BastionSessionFailed;
+                    State = SessionState.Failed;
+                    break;
+                default:
+                    State = SessionState.Closed;
+                    break;
+            }
+            ClosedReason = closure.Error?.Message ?? closure.Output?.Trim() ?? "The service closed the session.";
             Events.Write("Session ended: " + ClosedReason);
             _ = Task.Run(() => StopAsync(terminate: false));
         }

@@ -1,0 +1,44 @@
+namespace BastionTools.Ssm
+{
+    /// <summary>
+    /// Every bound on memory the service side can make the client spend, in one place. Each is a default of an option
+    /// (<see cref="DataChannelOptions"/>, <see cref="WebSocketTransportOptions"/>); what happens at the bound is the
+    /// same everywhere: the excess is refused, never buffered, and either the peer resends it later (reliable channel)
+    /// or the one local connection concerned is reset (port forwarding).
+    /// <list type="table">
+    /// <item><term>WebSocket message</term><description><see cref="MaxServiceMessageBytes"/> (fragments joined). Beyond: the channel fails (the peer is not the service).</description></item>
+    /// <item><term>Reorder window</term><description><see cref="ReorderWindow"/> sequence numbers ahead of the next expected one. Beyond: ignored and not acknowledged, so the agent sends it again later. Worst case held: window × (1,024-byte payload + 120-byte header).</description></item>
+    /// <item><term>Pending acknowledgements</term><description><see cref="MaxPendingAcknowledgements"/> not yet written to the socket. Beyond: dropped; the agent resends the message and it is acknowledged then.</description></item>
+    /// <item><term>Send window</term><description><see cref="SendWindow"/> messages sent and not acknowledged; senders wait (local TCP back-pressure).</description></item>
+    /// <item><term>smux frame reassembly</term><description>65,535 bytes (the smux v1 length field is 16 bits): one partial frame at a time.</description></item>
+    /// <item><term>Per local connection</term><description><see cref="ConnectionQueueBytes"/> received for it and not yet taken by its client. Beyond: that connection is reset (smux FIN, local RST); the others go on.</description></item>
+    /// </list>
+    /// So one session holds at most about ReorderWindow × 1.1 KiB + SendWindow × 1.1 KiB + connections × ConnectionQueueBytes
+    /// (about 12 MiB + 1.1 MiB + 8 MiB per connection with the defaults), whatever the service sends.
+    /// </summary>
+    internal static class ChannelLimits
+    {
+        /// <summary>
+        /// The largest message accepted from the service. The agent's stream messages carry at most 1,024 bytes
+        /// (StreamDataPayloadSize in amazon-ssm-agent agent/session/config/config.go) plus a 120-byte header; channel_closed
+        /// and the handshake carry small JSON. 1 MiB leaves room for any legitimate message.
+        /// </summary>
+        public const int MaxServiceMessageBytes = 1024 * 1024;
+
+        /// <summary>
+        /// How far ahead of the next expected sequence number a stream message is kept. The official client keeps at most
+        /// 10,000 early messages (IncomingMessageBufferCapacity in session-manager-plugin src/config/config.go) and
+        /// ignores, without acknowledging, what does not fit.
+        /// </summary>
+        public const int ReorderWindow = 10000;
+
+        /// <summary>Acknowledgements queued for the socket at most.</summary>
+        public const int MaxPendingAcknowledgements = 10000;
+
+        /// <summary>Stream messages in flight (sent, not acknowledged) at most.</summary>
+        public const int SendWindow = 1024;
+
+        /// <summary>Bytes received for one local connection and not yet read by its client, at most.</summary>
+        public const int ConnectionQueueBytes = 8 * 1024 * 1024;
+    }
+}

@@ -1,0 +1,940 @@
+using System;
+using System.Collections.Generic;
+using System.Diagnostics;
+using System.IO;
+using System.Threading;
+using System.Threading.Channels;
+using System.Threading.Tasks;
+
+namespace BastionTools.Ssm
+{
+    /// <summary>
+    /// The reliable channel of a Session Manager session, above one WebSocket transport at a time: OpenDataChannel,
+    /// sequence numbers, per-message acknowledgement, in-order delivery through a bounded reorder window, duplicate
+    /// re-acknowledgement, paced retransmission (oldest first, a bounded burst per interval, exponential back-off per
+    /// message, the oldest alone once congested), pause/start publication as the agent treats them, detection of a
+    /// silently dead WebSocket (a ping that nothing answers), and resumption through ResumeSession with both directions'
+    /// sequence state kept, for as long as the service accepts it and <see cref="DataChannelOptions.ReconnectTimeout"/> allows.
+    /// <para>
+    /// Threads: one receive loop per transport (it never waits on anything but the socket: delivery to the
+    /// <c>onStreamMessage</c> handler is synchronous and the handler must not block), one writer loop that owns the
+    /// socket's send side and writes queued frames in batches, and one timer loop (resends, liveness). Senders wait only
+    /// for the send window.
+    /// </para>
+    /// </summary>
+    internal sealed class DataChannel : IDisposable
+    {
+        private sealed class Outgoing
+        {
+            public Outgoing(AgentMessage message, byte[] frame)
+            {
+                Message = message;
+                Frame = frame;
+            }
+
+            public AgentMessage Message { get; }
+            public byte[] Frame { get; }
+
+            /// <summary>Transmissions so far (0: held back by a pause or a lost connection).</summary>
+            public int Attempts { get; set; }
+
+            public long LastSentTicks { get; set; }
+
+            /// <summary>First transmission on the current connection.</summary>
+            public long FirstSentTicks { get; set; }
+
+            public LinkedListNode<Outgoing>? Node { get; set; }
+        }
+
+        private readonly struct OutFrame
+        {
+            public OutFrame(byte[] frame, bool isAcknowledgement)
+            {
+                Frame = frame;
+                IsAcknowledgement = isAcknowledgement;
+            }
+
+            public byte[] Frame { get; }
+            public bool IsAcknowledgement { get; }
+        }
+
+        private const int MaxBatchBytes = 64 * 1024;
+        private const int MaxBatchMessages = 256;
+
+        private readonly DataChannelOptions _options;
+        private readonly Action<AgentMessage> _onStreamMessage;
+        private readonly Func<CancellationToken, Task<StreamEndpoint?>> _resume;
+        private readonly Action<string> _log;
+        private readonly CancellationTokenSource _lifetime = new();
+        private readonly TaskCompletionSource<DataChannelClosure> _closed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private readonly SemaphoreSlim _window;
+        private readonly object _gate = new();
+        private readonly LinkedList<Outgoing> _unacked = new();
+        private readonly Dictionary<long, Outgoing> _unackedBySequence = new();
+        private readonly Dictionary<long, AgentMessage> _reorder = new();
+        private readonly Channel<OutFrame> _outbox = Channel.CreateUnbounded<OutFrame>(new UnboundedChannelOptions { SingleReader = true });
+        private readonly Guid _clientId = Guid.NewGuid();
+        private readonly double _ticksPerMs = Stopwatch.Frequency / 1000.0;
+
+        private StreamEndpoint _endpoint;
+        private IMessageTransport? _transport;
+        private int _generation;
+        private long _nextOutgoingSequence;
+        private long _expectedIncomingSequence;
+        private bool _paused;
+        private double _srttMs = -1;
+        private double _rttvarMs;
+        private double _rtoMs;
+        private long _pingSentTicks;
+        private long _lastAckTicks;
+        private long _pausedTicks;
+        private long _connectedTicks;
+        private int _pendingAcknowledgements;
+        private int _outboxCount;
+        private int _closing;
+        private ChannelState _state = ChannelState.Connecting;
+        private Task? _timerLoop;
+        private Task? _writerLoop;
+
+        public DataChannel(StreamEndpoint endpoint, DataChannelOptions options, Action<AgentMessage> onStreamMessage,
+            Func<CancellationToken, Task<StreamEndpoint?>> resume, Action<string>? log = null)
+        {
+            _endpoint = endpoint;
+            _options = options;
+            _onStreamMessage = onStreamMessage;
+            _resume = resume;
+            _log = log ?? (_ => { });
+            _window = new SemaphoreSlim(options.SendWindow, options.SendWindow);
+            _rtoMs = options.InitialRetransmitTimeout.TotalMilliseconds;
+        }
+
+        public string SessionId => _endpoint.SessionId;
+
+        public DataChannelStatistics Statistics { get; } = new();
+
+        /// <summary>Completes when the channel has ended, with the reason.</summary>
+        public Task<DataChannelClosure> Completion => _closed.Task;
+
+        public bool IsClosed => _closed.Task.IsCompleted;
+
+        /// <summary>Raised (on a pool thread) when the channel loses or regains its connection, or closes.</summary>
+        public event Action<ChannelState>? StateChanged;
+
+        public ChannelState State
+        {
+            get
+            {
+                lock (_gate) return _state;
+            }
+        }
+
+        /// <summary>The current retransmission timeout.</summary>
+        public TimeSpan RetransmitTimeout
+        {
+            get
+            {
+                lock (_gate) return TimeSpan.FromMilliseconds(_rtoMs);
+            }
+        }
+
+        /// <summary>Messages sent and not acknowledged yet.</summary>
+        public int UnacknowledgedCount
+        {
+            get
+            {
+                lock (_gate) return _unacked.Count;
+            }
+        }
+
+        /// <summary>Messages that arrived ahead of the expected one and wait in the reorder buffer.</summary>
+        public int ReorderBufferCount
+        {
+            get
+            {
+                lock (_gate) return _reorder.Count;
+            }
+        }
+
+        public bool IsPaused
+        {
+            get
+            {
+                lock (_gate) return _paused;
+            }
+        }
+
+        /// <summary>Opens the WebSocket, sends OpenDataChannel and starts receiving.</summary>
+        public async Task OpenAsync(CancellationToken cancellationToken)
+        {
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _lifetime.Token);
+            var transport = await ConnectTransportAsync(_endpoint, linked.Token).ConfigureAwait(false);
+            _writerLoop = Task.Run(WriterLoopAsync);
+            _timerLoop = Task.Run(TimerLoopAsync);
+            Install(transport, _endpoint, resumed: false);
+        }
+
+        private async Task<IMessageTransport> ConnectTransportAsync(StreamEndpoint endpoint, CancellationToken cancellationToken)
+        {
+            IMessageTransport transport;
+            if (_options.TransportFactory != null)
+            {
+                transport = await _options.TransportFactory(endpoint.StreamUrl, cancellationToken).ConfigureAwait(false);
+            }
+            else
+            {
+                transport = await WebSocketTransport.ConnectAsync(endpoint.StreamUrl, _options.Transport, cancellationToken).ConfigureAwait(false);
+            }
+            try
+            {
+                var open = ClientMessages.OpenDataChannel(endpoint.TokenValue, _options.ClientVersion, Guid.NewGuid(), _clientId);
+                await transport.SendTextAsync(open, cancellationToken).ConfigureAwait(false);
+            }
+            catch
+            {
+                transport.Abort();
+                throw;
+            }
+            return transport;
+        }
+
+        /// <summary>
+        /// Makes <paramref name="transport"/> the connection: pause cleared (as the agent does on a reconnect), and every
+        /// message still unacknowledged (or held) transmitted on it, in order.
+        /// </summary>
+        private void Install(IMessageTransport transport, StreamEndpoint endpoint, bool resumed)
+        {
+            int generation;
+            int resent = 0;
+            lock (_gate)
+            {
+                if (_closed.Task.IsCompleted)
+                {
+                    transport.Abort();
+                    return;
+                }
+                _endpoint = endpoint;
+                _transport = transport;
+                generation = ++_generation;
+                _paused = false;
+                _pingSentTicks = 0;
+                var now = Stopwatch.GetTimestamp();
+                _connectedTicks = now;
+                _lastAckTicks = now;
+                _state = ChannelState.Connected;
+                foreach (var o in _unacked)
+                {
+                    if (o.Attempts > 0) resent++;
+                    o.Attempts++;
+                    o.LastSentTicks = now;
+                    o.FirstSentTicks = now;
+                    EnqueueLocked(o.Frame, isAcknowledgement: false);
+                }
+            }
+            if (resent > 0) Statistics.Retransmitted(resent);
+            _log($"Data channel connected to {endpoint.StreamUrl.Scheme}://{endpoint.StreamUrl.Authority} (session {endpoint.SessionId}, connection {generation})" +
+                 (resumed ? $"; {resent} unacknowledged message(s) sent again." : "."));
+            _ = Task.Run(() => ReceiveLoopAsync(transport, generation));
+            StateChanged?.Invoke(ChannelState.Connected);
+        }
+
+        // ---- sending ------------------------------------------------------------------------------------------------
+
+        /// <summary>
+        /// Sends a payload as one or more input_stream_data messages (split at <see cref="DataChannelOptions.MaxPayloadSize"/>),
+        /// each numbered, kept until acknowledged and resent when needed. Waits only while the send window is full; while
+        /// publication is paused or the connection is being resumed, messages are numbered and held, and go out then.
+        /// </summary>
+        public async Task SendAsync(PayloadType payloadType, byte[] payload, int offset, int count, CancellationToken cancellationToken)
+        {
+            if (count == 0 && payloadType == PayloadType.Output) return;
+            var max = _options.MaxPayloadSize;
+            var position = offset;
+            var end = offset + count;
+            do
+            {
+                var size = Math.Min(max, end - position);
+                var chunk = new byte[size];
+                Buffer.BlockCopy(payload, position, chunk, 0, size);
+                await SendOneAsync(payloadType, chunk, cancellationToken).ConfigureAwait(false);
+                position += size;
+            }
+            while (position < end);
+        }
+
+        public Task SendAsync(PayloadType payloadType, byte[] payload, CancellationToken cancellationToken)
+            => SendAsync(payloadType, payload, 0, payload.Length, cancellationToken);
+
+        public Task SendFlagAsync(PayloadTypeFlag flag, CancellationToken cancellationToken)
+        {
+            var payload = new byte[4];
+            payload[3] = (byte)flag;
+            payload[2] = (byte)((uint)flag >> 8);
+            return SendOneAsync(PayloadType.Flag, payload, cancellationToken);
+        }
+
+        private async Task SendOneAsync(PayloadType payloadType, byte[] chunk, CancellationToken cancellationToken)
+        {
+            ThrowIfClosed();
+            using (var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _lifetime.Token))
+            {
+                try
+                {
+                    await _window.WaitAsync(linked.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+                {
+                    ThrowIfClosed();
+                    throw;
+                }
+            }
+
+            int unacked;
+            lock (_gate)
+            {
+                if (_closed.Task.IsCompleted)
+                {
+                    _window.Release();
+                    ThrowIfClosed();
+                }
+                var message = ClientMessages.InputStreamData(_nextOutgoingSequence++, payloadType, chunk);
+                var outgoing = new Outgoing(message, AgentMessageCodec.Encode(message));
+                outgoing.Node = _unacked.AddLast(outgoing);
+                _unackedBySequence.Add(message.SequenceNumber, outgoing);
+                unacked = _unacked.Count;
+                if (_transport != null && !_paused)
+                {
+                    var now = Stopwatch.GetTimestamp();
+                    outgoing.Attempts = 1;
+                    outgoing.LastSentTicks = now;
+                    outgoing.FirstSentTicks = now;
+                    EnqueueLocked(outgoing.Frame, isAcknowledgement: false);
+                }
+            }
+            Statistics.UnackedHeld(unacked);
+            Statistics.Sent(chunk.Length);
+        }
+
+        // Called with _gate held, so frames enter the outbox in sequence order.
+        private void EnqueueLocked(byte[] frame, bool isAcknowledgement)
+        {
+            Interlocked.Increment(ref _outboxCount);
+            if (!_outbox.Writer.TryWrite(new OutFrame(frame, isAcknowledgement))) Interlocked.Decrement(ref _outboxCount);
+        }
+
+        private void EnqueueAcknowledgement(AgentMessage received)
+        {
+            if (Interlocked.Increment(ref _pendingAcknowledgements) > _options.MaxPendingAcknowledgements)
+            {
+                // The socket is not keeping up (or is dead): the agent resends the message later and it is acknowledged then.
+                Interlocked.Decrement(ref _pendingAcknowledgements);
+                Statistics.AcknowledgementDropped();
+                return;
+            }
+            var frame = AgentMessageCodec.Encode(ClientMessages.Acknowledge(received));
+            Interlocked.Increment(ref _outboxCount);
+            if (!_outbox.Writer.TryWrite(new OutFrame(frame, isAcknowledgement: true)))
+            {
+                Interlocked.Decrement(ref _outboxCount);
+                Interlocked.Decrement(ref _pendingAcknowledgements);
+            }
+        }
+
+        private void ThrowIfClosed()
+        {
+            if (_closed.Task.IsCompleted)
+            {
+                var c = _closed.Task.Result;
+                throw new IOException(c.Error?.Message ?? ("The session's data channel is closed." + (string.IsNullOrEmpty(c.Output) ? "" : " " + c.Output)), c.Error);
+            }
+        }
+
+        /// <summary>
+        /// The only writer of the socket: takes queued frames (new messages, acknowledgements, resends) and writes them to
+        /// the current transport in batches. Frames taken while no transport is connected are dropped: messages stay in
+        /// the unacknowledged list and go out again when the connection is resumed; acknowledgements are asked for again
+        /// by the agent's resend.
+        /// </summary>
+        private async Task WriterLoopAsync()
+        {
+            var reader = _outbox.Reader;
+            var batch = new List<ArraySegment<byte>>(MaxBatchMessages);
+            try
+            {
+                while (await reader.WaitToReadAsync(_lifetime.Token).ConfigureAwait(false))
+                {
+                    batch.Clear();
+                    var bytes = 0;
+                    while (bytes < MaxBatchBytes && batch.Count < MaxBatchMessages && reader.TryRead(out var item))
+                    {
+                        Interlocked.Decrement(ref _outboxCount);
+                        if (item.IsAcknowledgement) Interlocked.Decrement(ref _pendingAcknowledgements);
+                        batch.Add(new ArraySegment<byte>(item.Frame));
+                        bytes += item.Frame.Length;
+                    }
+                    IMessageTransport? transport;
+                    lock (_gate) transport = _transport;
+                    if (transport == null || batch.Count == 0) continue;
+                    try
+                    {
+                        await transport.SendBinaryAsync(batch, _lifetime.Token).ConfigureAwait(false);
+                    }
+                    catch (OperationCanceledException) when (_lifetime.IsCancellationRequested)
+                    {
+                        return;
+                    }
+                    catch (Exception ex) when (ex is IOException || ex is ObjectDisposedException || ex is InvalidOperationException || ex is System.Net.Sockets.SocketException)
+                    {
+                        // The receive loop (or the liveness check) sees the broken connection and resumes it.
+                        transport.Abort();
+                    }
+                }
+            }
+            catch (OperationCanceledException)
+            {
+            }
+        }
+
+        // ---- receiving ----------------------------------------------------------------------------------------------
+
+        private async Task ReceiveLoopAsync(IMessageTransport transport, int generation)
+        {
+            Exception? failure = null;
+            try
+            {
+                while (!_lifetime.IsCancellationRequested)
+                {
+                    var message = await transport.ReceiveAsync(_lifetime.Token).ConfigureAwait(false);
+                    if (message.Kind == TransportMessageKind.Close)
+                    {
+                        _log($"The service closed the WebSocket ({message.CloseStatus} {message.CloseDescription}).");
+                        break;
+                    }
+                    if (message.Kind != TransportMessageKind.Binary) continue;
+                    Handle(message.Data);
+                    if (_closed.Task.IsCompleted) return;
+                }
+            }
+            catch (OperationCanceledException) when (_lifetime.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (TransportMessageTooLargeException ex)
+            {
+                Close(new DataChannelClosure(ChannelEnd.Failed, null, new IOException(
+                    $"The data channel of session {SessionId} was closed: the service side sent a message larger than the " +
+                    $"{_options.Transport.MaxMessageBytes / 1024} KiB any Session Manager message needs ({ex.Message}).", ex)));
+                transport.Abort();
+                return;
+            }
+            catch (Exception ex)
+            {
+                failure = ex;
+                _log("The WebSocket failed: " + Redactor.RedactPatterns(ex.Message));
+            }
+            OnTransportLost(transport, generation, failure);
+        }
+
+        private void Handle(ArraySegment<byte> data)
+        {
+            // pause/start publication are taken without validation, as the official client does (messageparser.go Validate).
+            var type = AgentMessageCodec.PeekMessageType(data);
+            if (type == MessageTypes.PausePublication)
+            {
+                Pause();
+                return;
+            }
+            if (type == MessageTypes.StartPublication)
+            {
+                Resume("start_publication");
+                return;
+            }
+
+            AgentMessage received;
+            try
+            {
+                received = AgentMessageCodec.Decode(data);
+            }
+            catch (SsmProtocolException ex)
+            {
+                Statistics.Malformed();
+                _log("Dropped a malformed frame: " + ex.Message);
+                return;
+            }
+            if (!received.IsDigestValid)
+            {
+                Statistics.Malformed();
+                _log($"Dropped {received.MessageType} #{received.SequenceNumber}: payload digest mismatch (it will be resent).");
+                return;
+            }
+            switch (received.MessageType)
+            {
+                case MessageTypes.Acknowledge:
+                    HandleAcknowledge(received);
+                    Resume(null);
+                    break;
+                case MessageTypes.OutputStreamData:
+                    Resume(null);
+                    HandleStreamMessage(received);
+                    break;
+                case MessageTypes.ChannelClosed:
+                    ChannelClosedPayload? closed = null;
+                    try
+                    {
+                        closed = SsmJson.Deserialize<ChannelClosedPayload>(received.Payload);
+                    }
+                    catch (SsmProtocolException)
+                    {
+                        // Close anyway, without the output.
+                    }
+                    _log("The service closed the channel" + (string.IsNullOrEmpty(closed?.Output) ? "." : ": " + closed!.Output!.Trim()));
+                    Close(new DataChannelClosure(ChannelEnd.ClosedByService, closed?.Output, null));
+                    break;
+                default:
+                    _log("Ignored a message of type " + received.MessageType + ".");
+                    break;
+            }
+        }
+
+        private void Pause()
+        {
+            lock (_gate)
+            {
+                if (_paused) return;
+                _paused = true;
+                _pausedTicks = Stopwatch.GetTimestamp();
+            }
+            Statistics.Paused();
+            _log("The service paused publication.");
+        }
+
+        /// <summary>
+        /// Ends a pause: on start_publication, and — as the agent's data channel does (datachannel.go handleStreamDataMessage,
+        /// handleAcknowledgeMessage) — on any acknowledgement or stream data. Messages held meanwhile go out in order.
+        /// </summary>
+        private void Resume(string? why)
+        {
+            var held = 0;
+            lock (_gate)
+            {
+                if (!_paused) return;
+                _paused = false;
+                if (_transport != null)
+                {
+                    var now = Stopwatch.GetTimestamp();
+                    foreach (var o in _unacked)
+                    {
+                        if (o.Attempts != 0) continue;
+                        o.Attempts = 1;
+                        o.LastSentTicks = now;
+                        o.FirstSentTicks = now;
+                        EnqueueLocked(o.Frame, isAcknowledgement: false);
+                        held++;
+                    }
+                }
+            }
+            _log("Publication resumed" + (why == null ? " (the service sent data)" : " (" + why + ")") + (held > 0 ? $"; {held} held message(s) sent." : "."));
+        }
+
+        private void HandleAcknowledge(AgentMessage received)
+        {
+            AcknowledgeContent ack;
+            try
+            {
+                ack = SsmJson.Deserialize<AcknowledgeContent>(received.Payload);
+            }
+            catch (SsmProtocolException ex)
+            {
+                _log("Ignored a malformed acknowledgement: " + ex.Message);
+                return;
+            }
+            var now = Stopwatch.GetTimestamp();
+            lock (_gate)
+            {
+                _lastAckTicks = now;
+                if (!_unackedBySequence.TryGetValue(ack.AcknowledgedMessageSequenceNumber, out var o)) return;
+                if (!string.Equals(o.Message.MessageId.ToString("D"), ack.AcknowledgedMessageId, StringComparison.OrdinalIgnoreCase)) return;
+                _unackedBySequence.Remove(ack.AcknowledgedMessageSequenceNumber);
+                _unacked.Remove(o.Node!);
+                o.Node = null;
+                // Karn: only a message sent once gives a round-trip sample.
+                if (o.Attempts == 1) UpdateRtt((now - o.LastSentTicks) / _ticksPerMs);
+            }
+            _window.Release();
+        }
+
+        /// <summary>RFC 6298: SRTT/RTTVAR smoothing, RTO = SRTT + max(4·RTTVAR, 10 ms), clamped.</summary>
+        private void UpdateRtt(double sampleMs)
+        {
+            if (_srttMs < 0)
+            {
+                _srttMs = sampleMs;
+                _rttvarMs = sampleMs / 2;
+            }
+            else
+            {
+                _rttvarMs = 0.75 * _rttvarMs + 0.25 * Math.Abs(_srttMs - sampleMs);
+                _srttMs = 0.875 * _srttMs + 0.125 * sampleMs;
+            }
+            var rto = _srttMs + Math.Max(4 * _rttvarMs, 10);
+            _rtoMs = Math.Min(_options.MaxRetransmitTimeout.TotalMilliseconds, Math.Max(_options.MinRetransmitTimeout.TotalMilliseconds, rto));
+        }
+
+        private void HandleStreamMessage(AgentMessage received)
+        {
+            List<AgentMessage>? ready = null;
+            AgentMessage? single = null;
+            bool acknowledge;
+            int held = 0;
+            lock (_gate)
+            {
+                var seq = received.SequenceNumber;
+                if (seq < _expectedIncomingSequence)
+                {
+                    // Its first acknowledgement may have been lost: acknowledge again.
+                    Statistics.Duplicate();
+                    acknowledge = true;
+                }
+                else if (seq == _expectedIncomingSequence)
+                {
+                    acknowledge = true;
+                    single = received;
+                    _expectedIncomingSequence++;
+                    while (_reorder.TryGetValue(_expectedIncomingSequence, out var next))
+                    {
+                        _reorder.Remove(_expectedIncomingSequence);
+                        ready ??= new List<AgentMessage> { received };
+                        ready.Add(next);
+                        _expectedIncomingSequence++;
+                    }
+                }
+                else if (seq - _expectedIncomingSequence < _options.ReorderWindow)
+                {
+                    acknowledge = true;
+                    if (_reorder.ContainsKey(seq))
+                    {
+                        Statistics.Duplicate();
+                    }
+                    else
+                    {
+                        Statistics.OutOfOrder();
+                        _reorder[seq] = received;
+                        held = _reorder.Count;
+                    }
+                }
+                else
+                {
+                    // Beyond the window: neither kept nor acknowledged, so the agent sends it again later.
+                    acknowledge = false;
+                    Statistics.IgnoredAhead();
+                }
+            }
+            if (held > 0) Statistics.ReorderHeld(held);
+            if (acknowledge) EnqueueAcknowledgement(received);
+            if (ready != null)
+            {
+                foreach (var m in ready) Deliver(m);
+            }
+            else if (single != null)
+            {
+                Deliver(single);
+            }
+        }
+
+        private void Deliver(AgentMessage message)
+        {
+            Statistics.Received(message.Payload.Length);
+            try
+            {
+                _onStreamMessage(message);
+            }
+            catch (Exception ex)
+            {
+                _log($"The handler of {message.PayloadType} #{message.SequenceNumber} failed: {Redactor.RedactPatterns(ex.Message)}");
+            }
+        }
+
+        // ---- resends and liveness -----------------------------------------------------------------------------------
+
+        private async Task TimerLoopAsync()
+        {
+            while (!_lifetime.IsCancellationRequested)
+            {
+                try
+                {
+                    await Task.Delay(_options.ResendInterval, _lifetime.Token).ConfigureAwait(false);
+                    Tick();
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
+                }
+                catch (Exception ex)
+                {
+                    _log("The channel's timer failed: " + ex.Message);
+                }
+            }
+        }
+
+        private void Tick()
+        {
+            var now = Stopwatch.GetTimestamp();
+            IMessageTransport? transport;
+            string? stuck = null;
+            var resent = 0;
+            var dead = false;
+            var ping = false;
+            var pauseExpired = false;
+            lock (_gate)
+            {
+                transport = _transport;
+                if (transport == null) return;
+                pauseExpired = _paused && now - _pausedTicks > _options.PauseTimeout.TotalMilliseconds * _ticksPerMs;
+
+                // Liveness: a ping when nothing has arrived for a while, and the connection is dead when nothing at all
+                // arrives within PongTimeout of it (unless bytes are already waiting to be read: after a freeze, say).
+                var lastReceived = Math.Max(transport.LastReceivedTimestamp, _connectedTicks);
+                if (_pingSentTicks != 0 && lastReceived >= _pingSentTicks) _pingSentTicks = 0;
+                var outstanding = _unacked.Count > 0 || Volatile.Read(ref _pendingAcknowledgements) > 0;
+                if (_pingSentTicks != 0)
+                {
+                    if (now - _pingSentTicks > _options.PongTimeout.TotalMilliseconds * _ticksPerMs && !transport.HasPendingInput) dead = true;
+                }
+                else
+                {
+                    var quiet = outstanding ? _options.ProbeInterval : _options.PingInterval;
+                    if (now - lastReceived > quiet.TotalMilliseconds * _ticksPerMs)
+                    {
+                        _pingSentTicks = now;
+                        ping = true;
+                    }
+                }
+
+                if (!dead && !_paused && Volatile.Read(ref _outboxCount) < 2 * _options.SendWindow)
+                {
+                    resent = ResendLocked(now, out stuck);
+                }
+            }
+
+            if (resent > 0) Statistics.Retransmitted(resent);
+            if (pauseExpired) Resume($"nothing ended the pause for {_options.PauseTimeout.TotalSeconds:0} s");
+            if (stuck != null)
+            {
+                Close(new DataChannelClosure(ChannelEnd.Failed, null, new IOException(stuck)));
+                return;
+            }
+            if (dead)
+            {
+                Statistics.DeadConnection();
+                _log($"Nothing arrived from the service for {_options.PongTimeout.TotalSeconds:0} s after a ping: the connection is dead; resuming.");
+                transport.Abort();
+                return;
+            }
+            if (ping)
+            {
+                Statistics.PingSent();
+                _ = PingAsync(transport);
+            }
+        }
+
+        private async Task PingAsync(IMessageTransport transport)
+        {
+            try
+            {
+                await transport.PingAsync(_lifetime.Token).ConfigureAwait(false);
+            }
+            catch (Exception)
+            {
+                // A ping that cannot be written is answered by the liveness check: nothing arrives, the connection is dropped.
+            }
+        }
+
+        /// <summary>
+        /// Oldest first: overdue messages (RTO × 2^(attempts−1), capped) are resent, at most <see cref="DataChannelOptions.ResendBurst"/>
+        /// per interval; once no acknowledgement has arrived for <see cref="DataChannelOptions.CongestionTimeout"/>, only the
+        /// oldest is resent, so a congested channel is probed, not flooded.
+        /// </summary>
+        private int ResendLocked(long now, out string? stuck)
+        {
+            stuck = null;
+            var first = _unacked.First;
+            if (first == null) return 0;
+            var oldest = first.Value;
+            if (oldest.Attempts > 0 && now - oldest.FirstSentTicks > _options.UnacknowledgedTimeout.TotalMilliseconds * _ticksPerMs)
+            {
+                stuck = $"The agent has not acknowledged message {oldest.Message.SequenceNumber} of session {SessionId} for " +
+                        $"{_options.UnacknowledgedTimeout.TotalMinutes:0.#} minute(s) although the connection is alive: the session is stuck.";
+                return 0;
+            }
+            var congested = now - Math.Max(_lastAckTicks, oldest.FirstSentTicks) > _options.CongestionTimeout.TotalMilliseconds * _ticksPerMs;
+            var budget = congested ? 1 : _options.ResendBurst;
+            var resent = 0;
+            for (var node = first; node != null && budget > 0; node = node.Next)
+            {
+                var o = node.Value;
+                if (o.Attempts == 0) break; // held (paused): goes out when the pause ends
+                var backoff = Math.Min(_options.MaxResendBackoff.TotalMilliseconds, _rtoMs * Math.Pow(2, Math.Min(o.Attempts - 1, 16)));
+                if (now - o.LastSentTicks < backoff * _ticksPerMs)
+                {
+                    if (congested) break;
+                    continue;
+                }
+                o.Attempts++;
+                o.LastSentTicks = now;
+                EnqueueLocked(o.Frame, isAcknowledgement: false);
+                resent++;
+                budget--;
+            }
+            return resent;
+        }
+
+        // ---- losing and resuming the connection ---------------------------------------------------------------------
+
+        private void OnTransportLost(IMessageTransport transport, int generation, Exception? cause)
+        {
+            lock (_gate)
+            {
+                if (generation != _generation || _closed.Task.IsCompleted) return;
+                _transport = null;
+                _state = ChannelState.Reconnecting;
+            }
+            transport.Abort();
+            transport.Dispose();
+            if (_lifetime.IsCancellationRequested) return;
+            StateChanged?.Invoke(ChannelState.Reconnecting);
+            _ = Task.Run(() => ReconnectLoopAsync(cause));
+        }
+
+        private async Task ReconnectLoopAsync(Exception? cause)
+        {
+            var lost = Stopwatch.StartNew();
+            var budget = _options.ReconnectTimeout;
+            var random = new Random();
+            var last = cause;
+            var attempt = 0;
+            while (!_lifetime.IsCancellationRequested)
+            {
+                attempt++;
+                if (attempt > 1)
+                {
+                    var baseMs = Math.Min(_options.ReconnectMaxDelay.TotalMilliseconds,
+                        _options.ReconnectInitialDelay.TotalMilliseconds * Math.Pow(2, Math.Min(attempt - 2, 20)));
+                    var delay = TimeSpan.FromMilliseconds(baseMs * (0.75 + 0.5 * random.NextDouble()));
+                    if (lost.Elapsed + delay >= budget) break;
+                    try
+                    {
+                        await Task.Delay(delay, _lifetime.Token).ConfigureAwait(false);
+                    }
+                    catch (OperationCanceledException)
+                    {
+                        return;
+                    }
+                }
+                var remaining = budget - lost.Elapsed;
+                if (remaining <= TimeSpan.Zero) break;
+                Statistics.ResumeAttempted();
+                using var attemptCts = CancellationTokenSource.CreateLinkedTokenSource(_lifetime.Token);
+                attemptCts.CancelAfter(remaining < _options.ResumeAttemptTimeout ? remaining : _options.ResumeAttemptTimeout);
+                try
+                {
+                    _log($"Resuming session {SessionId} (attempt {attempt}, {lost.Elapsed.TotalSeconds:0} s since the connection was lost).");
+                    var endpoint = await _resume(attemptCts.Token).ConfigureAwait(false);
+                    if (endpoint == null)
+                    {
+                        Close(new DataChannelClosure(ChannelEnd.SessionExpired, null, new IOException(
+                            $"Session {SessionId} timed out while its connection was lost: the service no longer resumes it.")));
+                        return;
+                    }
+                    var transport = await ConnectTransportAsync(endpoint, attemptCts.Token).ConfigureAwait(false);
+                    Statistics.Reconnected();
+                    Install(transport, endpoint, resumed: true);
+                    _log($"Session {SessionId} resumed after {lost.Elapsed.TotalSeconds:0.0} s ({attempt} attempt(s)).");
+                    return;
+                }
+                catch (OperationCanceledException) when (_lifetime.IsCancellationRequested)
+                {
+                    return;
+                }
+                catch (SessionResumeRefusedException ex)
+                {
+                    Close(new DataChannelClosure(ex.SessionGone ? ChannelEnd.SessionExpired : ChannelEnd.Failed, null, ex));
+                    return;
+                }
+                catch (OperationCanceledException ex)
+                {
+                    last = new TimeoutException($"the attempt took longer than {_options.ResumeAttemptTimeout.TotalSeconds:0} s", ex);
+                    _log($"Resume attempt {attempt} failed: {last.Message}.");
+                }
+                catch (Exception ex)
+                {
+                    last = ex;
+                    _log($"Resume attempt {attempt} failed: {Redactor.RedactPatterns(ex.Message)}");
+                }
+            }
+            if (_lifetime.IsCancellationRequested) return;
+            Close(new DataChannelClosure(ChannelEnd.Failed, null, new IOException(
+                $"The connection to session {SessionId} was lost and could not be resumed within {Describe(budget)} ({attempt} attempt(s)): " +
+                Redactor.RedactPatterns(last?.Message ?? "unknown error"), last)));
+        }
+
+        private static string Describe(TimeSpan span) =>
+            span.TotalMinutes >= 1 ? $"{span.TotalMinutes:0.#} minute(s)" : $"{span.TotalSeconds:0.#} s";
+
+        // ---- ending -------------------------------------------------------------------------------------------------
+
+        /// <summary>Waits until every message sent so far has been acknowledged, the channel closes, or the timeout passes.</summary>
+        public async Task FlushAsync(TimeSpan timeout, CancellationToken cancellationToken)
+        {
+            var deadline = Stopwatch.StartNew();
+            while (UnacknowledgedCount > 0 && !IsClosed && deadline.Elapsed < timeout)
+            {
+                await Task.Delay(10, cancellationToken).ConfigureAwait(false);
+            }
+        }
+
+        /// <summary>Ends the channel from this side: the WebSocket is closed politely and all waiters released.</summary>
+        public async Task CloseAsync()
+        {
+            if (Interlocked.Exchange(ref _closing, 1) == 1) return;
+            IMessageTransport? transport;
+            lock (_gate) transport = _transport;
+            Close(new DataChannelClosure(ChannelEnd.ClosedByClient, "Closed by the client.", null), abort: false);
+            if (transport != null)
+            {
+                try
+                {
+                    using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(2));
+                    await transport.CloseAsync(1000, "Bye", cts.Token).ConfigureAwait(false);
+                }
+                catch (Exception)
+                {
+                    // The socket is going away anyway.
+                }
+                transport.Abort();
+                transport.Dispose();
+            }
+        }
+
+        private void Close(DataChannelClosure closure, bool abort = true)
+        {
+            if (!_closed.TrySetResult(closure)) return;
+            IMessageTransport? transport;
+            lock (_gate)
+            {
+                transport = _transport;
+                _transport = null;
+                _state = ChannelState.Closed;
+                _reorder.Clear();
+            }
+            _outbox.Writer.TryComplete();
+            _lifetime.Cancel();
+            if (abort) transport?.Abort();
+            StateChanged?.Invoke(ChannelState.Closed);
+        }
+
+        public void Dispose()
+        {
+            // The lifetime source is not disposed: loops still finishing may read its token.
+            CloseAsync().GetAwaiter().GetResult();
+        }
+    }
+}

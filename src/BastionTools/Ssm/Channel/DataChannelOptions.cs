@@ -1,0 +1,137 @@
+using System;
+using System.Threading;
+using System.Threading.Tasks;
+
+namespace BastionTools.Ssm
+{
+    /// <summary>Where a data channel connects: the StreamUrl and TokenValue from StartSession or ResumeSession.</summary>
+    internal sealed class StreamEndpoint
+    {
+        public StreamEndpoint(string sessionId, Uri streamUrl, string tokenValue)
+        {
+            SessionId = sessionId;
+            StreamUrl = streamUrl;
+            TokenValue = tokenValue;
+        }
+
+        public string SessionId { get; }
+        public Uri StreamUrl { get; }
+
+        /// <summary>A secret: never logged.</summary>
+        public string TokenValue { get; }
+
+        public override string ToString() => $"StreamEndpoint({SessionId})";
+    }
+
+    /// <summary>
+    /// The service refused to resume the session for good (it no longer knows it, or the caller may not resume it):
+    /// thrown by the resume callback of a <see cref="DataChannel"/>, which then ends instead of retrying.
+    /// </summary>
+    internal sealed class SessionResumeRefusedException : Exception
+    {
+        public SessionResumeRefusedException(string message, bool sessionGone, Exception? inner = null)
+            : base(message, inner)
+        {
+            SessionGone = sessionGone;
+        }
+
+        /// <summary>The session timed out or was terminated (as opposed to: the caller is not allowed to resume it).</summary>
+        public bool SessionGone { get; }
+    }
+
+    /// <summary>Behaviour and bounds of a data channel. Defaults are what a user gets; tests shorten the timings.</summary>
+    internal sealed class DataChannelOptions
+    {
+        /// <summary>
+        /// The client version announced in OpenDataChannel and the handshake. The agent multiplexes port sessions with
+        /// smux only for clients ≥ 1.1.70 and turns smux keepalive off for clients &gt; 1.2.331.0.
+        /// </summary>
+        public string ClientVersion { get; set; } = "1.2.707.0";
+
+        /// <summary>Largest payload of one input_stream_data message (the official client and agent use 1024).</summary>
+        public int MaxPayloadSize { get; set; } = 1024;
+
+        /// <summary>Stream messages sent and not yet acknowledged before senders wait.</summary>
+        public int SendWindow { get; set; } = ChannelLimits.SendWindow;
+
+        /// <summary>How far ahead of the expected sequence number a message is kept (see <see cref="ChannelLimits.ReorderWindow"/>).</summary>
+        public int ReorderWindow { get; set; } = ChannelLimits.ReorderWindow;
+
+        /// <summary>Acknowledgements waiting for the socket at most; more are dropped (the agent resends).</summary>
+        public int MaxPendingAcknowledgements { get; set; } = ChannelLimits.MaxPendingAcknowledgements;
+
+        /// <summary>Bytes held for one local connection whose client does not read, before that connection is reset.</summary>
+        public int ConnectionQueueBytes { get; set; } = ChannelLimits.ConnectionQueueBytes;
+
+        public TimeSpan InitialRetransmitTimeout { get; set; } = TimeSpan.FromMilliseconds(200);
+        public TimeSpan MinRetransmitTimeout { get; set; } = TimeSpan.FromMilliseconds(200);
+        public TimeSpan MaxRetransmitTimeout { get; set; } = TimeSpan.FromSeconds(2);
+
+        /// <summary>How often overdue messages are considered for a resend (the agent and the official client: 100 ms).</summary>
+        public TimeSpan ResendInterval { get; set; } = TimeSpan.FromMilliseconds(100);
+
+        /// <summary>Overdue messages resent per interval at most, oldest first, while the oldest has been lost at most once.</summary>
+        public int ResendBurst { get; set; } = 32;
+
+        /// <summary>
+        /// When no acknowledgement at all has arrived for this long while messages are outstanding, the channel is
+        /// congested (the agent is not reading: its destination is slow, or a path drops everything): only the oldest
+        /// message is resent, once its back-off has passed, so a congested channel is probed, not flooded. Random loss,
+        /// where acknowledgements keep coming, keeps the burst.
+        /// </summary>
+        public TimeSpan CongestionTimeout { get; set; } = TimeSpan.FromSeconds(1);
+
+        /// <summary>
+        /// A pause_publication that nothing ends (no start_publication, no data, no acknowledgement) is ended after this
+        /// long: held messages go out, and what the service did not take is resent as usual. The agent never ends a pause
+        /// on its own; the official client ignores pauses altogether; this keeps the agent's rule without its risk of a
+        /// channel that waits for ever.
+        /// </summary>
+        public TimeSpan PauseTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+        /// <summary>The per-message back-off (RTO × 2^(attempts-1)) stops growing here.</summary>
+        public TimeSpan MaxResendBackoff { get; set; } = TimeSpan.FromSeconds(8);
+
+        /// <summary>
+        /// A message still unacknowledged this long after it was first sent on the current connection, while that connection
+        /// lives, ends the channel: the agent is stuck (the official client gives up after 3,000 resends, about 5 minutes).
+        /// </summary>
+        public TimeSpan UnacknowledgedTimeout { get; set; } = TimeSpan.FromMinutes(5);
+
+        /// <summary>
+        /// How long a lost connection is resumed for (ResumeSession + a new WebSocket, with capped exponential back-off)
+        /// before the session is given up. Open local connections wait meanwhile.
+        /// </summary>
+        public TimeSpan ReconnectTimeout { get; set; } = TimeSpan.FromMinutes(10);
+
+        /// <summary>First back-off between resume attempts (doubled each time, with ±25 % jitter).</summary>
+        public TimeSpan ReconnectInitialDelay { get; set; } = TimeSpan.FromMilliseconds(200);
+
+        /// <summary>Longest back-off between resume attempts (the official client's DataChannelRetryMaxIntervalMillis is 5 s).</summary>
+        public TimeSpan ReconnectMaxDelay { get; set; } = TimeSpan.FromSeconds(5);
+
+        /// <summary>One resume attempt (ResumeSession, then the WebSocket) is abandoned after this.</summary>
+        public TimeSpan ResumeAttemptTimeout { get; set; } = TimeSpan.FromSeconds(15);
+
+        /// <summary>With nothing outstanding, a WebSocket ping is sent when nothing has been received for this long.</summary>
+        public TimeSpan PingInterval { get; set; } = TimeSpan.FromSeconds(20);
+
+        /// <summary>With messages or acknowledgements outstanding, a ping is sent when nothing has been received for this long.</summary>
+        public TimeSpan ProbeInterval { get; set; } = TimeSpan.FromSeconds(5);
+
+        /// <summary>A connection on which nothing at all arrives within this time after a ping is dead: it is dropped and resumed.</summary>
+        public TimeSpan PongTimeout { get; set; } = TimeSpan.FromSeconds(10);
+
+        /// <summary>
+        /// Multiplexed port sessions send a smux NOP when they have sent nothing for this long, so that an idle tunnel is
+        /// not ended by the Session Manager idle timeout (20 minutes by default). Zero turns it off.
+        /// </summary>
+        public TimeSpan IdleKeepAlive { get; set; } = TimeSpan.FromMinutes(5);
+
+        /// <summary>How the WebSocket connects (timeout, proxy, message size bound).</summary>
+        public WebSocketTransportOptions Transport { get; set; } = new();
+
+        /// <summary>Opens the transport (tests may substitute their own; the default is <see cref="WebSocketTransport"/> with TLS verified).</summary>
+        public Func<Uri, CancellationToken, Task<IMessageTransport>>? TransportFactory { get; set; }
+    }
+}

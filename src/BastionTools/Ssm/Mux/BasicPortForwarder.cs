@@ -1,0 +1,191 @@
+using System;
+using System.Collections.Generic;
+using System.IO;
+using System.Net.Sockets;
+using System.Threading;
+using System.Threading.Tasks;
+
+namespace BastionTools.Ssm
+{
+    /// <summary>
+    /// Basic port forwarding for agents without smux: one local connection at a time carried as raw bytes; when it
+    /// ends the client sends DisconnectToPort and the next connection's first bytes make the agent dial again.
+    /// Further local connections wait their turn. What arrives for the current connection is queued for it up to the
+    /// same bound as a multiplexed stream; past it, that connection is reset (and DisconnectToPort sent): the data
+    /// channel's receive loop never waits on a local client.
+    /// </summary>
+    internal sealed class BasicPortForwarder : IPortForwarder
+    {
+        private const int WriteBatchBytes = 64 * 1024;
+
+        private sealed class Current
+        {
+            public Current(TcpClient client, ConnectionQueue queue)
+            {
+                Client = client;
+                Queue = queue;
+            }
+
+            public TcpClient Client { get; }
+            public ConnectionQueue Queue { get; }
+            public int Reset;
+        }
+
+        private readonly IStreamSender _sender;
+        private readonly ConnectionStatistics _stats;
+        private readonly Action<string> _log;
+        private readonly int _queueLimit;
+        private readonly SemaphoreSlim _turn = new(1, 1);
+        private readonly CancellationTokenSource _lifetime = new();
+        private volatile Current? _current;
+
+        public BasicPortForwarder(IStreamSender sender, ConnectionStatistics stats, Action<string> log, int queueLimit = ChannelLimits.ConnectionQueueBytes)
+        {
+            _sender = sender;
+            _stats = stats;
+            _log = log;
+            _queueLimit = queueLimit;
+        }
+
+        public PortForwardingMode Mode => PortForwardingMode.Basic;
+
+        public async Task HandleConnectionAsync(TcpClient client, CancellationToken cancellationToken)
+        {
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _lifetime.Token);
+            await _turn.WaitAsync(linked.Token).ConfigureAwait(false);
+            _stats.Open();
+            var current = new Current(client, new ConnectionQueue(_queueLimit, _stats));
+            Task? download = null;
+            try
+            {
+                client.NoDelay = true;
+                var network = client.GetStream();
+                _current = current;
+                download = PumpRemoteToLocalAsync(current, network, linked.Token);
+                var buffer = new byte[16 * 1024];
+                try
+                {
+                    while (true)
+                    {
+                        var n = await network.ReadAsync(buffer, 0, buffer.Length, linked.Token).ConfigureAwait(false);
+                        if (n == 0) break;
+                        _stats.Out(n);
+                        await _sender.SendAsync(PayloadType.Output, buffer, 0, n, linked.Token).ConfigureAwait(false);
+                    }
+                }
+                catch (Exception ex) when (ex is IOException || ex is SocketException || ex is ObjectDisposedException)
+                {
+                    _log("Local connection ended: " + ex.Message);
+                }
+                _current = null;
+                current.Queue.Complete();
+                if (!linked.IsCancellationRequested && Volatile.Read(ref current.Reset) == 0)
+                {
+                    await _sender.SendFlagAsync(PayloadTypeFlag.DisconnectToPort, linked.Token).ConfigureAwait(false);
+                }
+                await Task.WhenAny(download, Task.Delay(TimeSpan.FromSeconds(5), CancellationToken.None)).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is IOException || ex is OperationCanceledException || ex is ObjectDisposedException)
+            {
+                _log("Local connection ended: " + ex.Message);
+            }
+            finally
+            {
+                if (ReferenceEquals(_current, current)) _current = null;
+                current.Queue.Fail();
+                _stats.Close();
+                client.Dispose();
+                _turn.Release();
+            }
+        }
+
+        private async Task PumpRemoteToLocalAsync(Current current, NetworkStream network, CancellationToken cancellationToken)
+        {
+            var batch = new List<byte[]>();
+            try
+            {
+                while (await current.Queue.TakeAsync(batch, WriteBatchBytes, cancellationToken).ConfigureAwait(false))
+                {
+                    foreach (var b in batch)
+                    {
+                        await network.WriteAsync(b, 0, b.Length, cancellationToken).ConfigureAwait(false);
+                        _stats.In(b.Length);
+                    }
+                    batch.Clear();
+                }
+            }
+            catch (Exception ex) when (ex is IOException || ex is SocketException || ex is ObjectDisposedException || ex is OperationCanceledException)
+            {
+                _log("Could not write to the local connection: " + ex.Message);
+            }
+        }
+
+        public void OnOutput(byte[] payload)
+        {
+            var current = _current;
+            if (current == null)
+            {
+                _stats.Dropped(payload.Length);
+                return;
+            }
+            if (current.Queue.TryEnqueue(payload)) return;
+            ResetCurrent(current, $"its client did not read the {_queueLimit / 1024} KiB that arrived for it");
+        }
+
+        private void ResetCurrent(Current current, string reason)
+        {
+            if (Interlocked.Exchange(ref current.Reset, 1) != 0) return;
+            _stats.ResetOne();
+            _stats.Fail();
+            _log($"The local connection was reset: {reason}. The tunnel goes on.");
+            current.Queue.Fail();
+            Abort(current.Client);
+            if (!_lifetime.IsCancellationRequested) _ = DisconnectQuietlyAsync();
+        }
+
+        private async Task DisconnectQuietlyAsync()
+        {
+            try
+            {
+                await _sender.SendFlagAsync(PayloadTypeFlag.DisconnectToPort, _lifetime.Token).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is IOException || ex is OperationCanceledException || ex is ObjectDisposedException)
+            {
+            }
+        }
+
+        public void OnFlag(PayloadTypeFlag flag)
+        {
+            if (flag != PayloadTypeFlag.ConnectToPortError) return;
+            var current = _current;
+            if (current == null) return;
+            _stats.Fail();
+            _log("The bastion could not connect to the destination port.");
+            current.Queue.Fail();
+            Abort(current.Client);
+        }
+
+        private static void Abort(TcpClient client)
+        {
+            try
+            {
+                client.Client.LingerState = new LingerOption(true, 0);
+                client.Client.Close();
+            }
+            catch (Exception ex) when (ex is SocketException || ex is ObjectDisposedException)
+            {
+            }
+        }
+
+        public void Dispose()
+        {
+            _lifetime.Cancel();
+            var current = _current;
+            if (current != null)
+            {
+                current.Queue.Fail();
+                current.Client.Dispose();
+            }
+        }
+    }
+}

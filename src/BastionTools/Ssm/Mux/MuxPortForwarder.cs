@@ -1,0 +1,395 @@
+using System;
+using System.Collections.Concurrent;
+using System.Collections.Generic;
+using System.IO;
+using System.Net;
+using System.Net.Sockets;
+using System.Threading;
+using System.Threading.Tasks;
+
+namespace BastionTools.Ssm
+{
+    /// <summary>
+    /// Client side of smux v1 over the data channel: one stream per local TCP connection (odd ids from 3, as the
+    /// official client numbers them), frames written whole and in order, reassembled across messages on receipt, FIN in
+    /// both directions, NOP ignored, and a ConnectToPortError from the agent failing the stream still waiting for its
+    /// first byte — the tunnel stays up for the others.
+    /// <para>
+    /// smux v1 has no per-stream flow control, so what arrives for a connection whose client does not read is queued
+    /// for it up to a bound (<see cref="DataChannelOptions.ConnectionQueueBytes"/>); past the bound that connection alone
+    /// is reset (FIN to the agent, RST to the local client). Nothing here ever makes the data channel's receive loop
+    /// wait, so acknowledgements and every other connection go on.
+    /// </para>
+    /// </summary>
+    internal sealed class MuxPortForwarder : IPortForwarder
+    {
+        /// <summary>Largest smux payload written (the agent's smux reads frames up to 32 KiB by default).</summary>
+        public const int MaxFramePayload = 16 * 1024;
+
+        /// <summary>How long the destination must be quiet after the local client's EOF before the stream is closed.</summary>
+        internal static readonly TimeSpan HalfCloseQuietPeriod = TimeSpan.FromSeconds(2);
+
+        private const int WriteBatchBytes = 64 * 1024;
+
+        private sealed class MuxStream
+        {
+            public MuxStream(uint id, TcpClient client, ConnectionQueue queue)
+            {
+                Id = id;
+                Client = client;
+                Queue = queue;
+                try
+                {
+                    Peer = client.Client.RemoteEndPoint?.ToString() ?? "?";
+                }
+                catch (ObjectDisposedException)
+                {
+                    Peer = "?";
+                }
+            }
+
+            public uint Id { get; }
+            public TcpClient Client { get; }
+            public ConnectionQueue Queue { get; }
+            public string Peer { get; }
+            public volatile bool ReceivedData;
+            public volatile bool RemoteFinished;
+            public long LastRemoteDataTicks = DateTime.UtcNow.Ticks;
+            public volatile string? Failure;
+            public int Ended;
+            public int FinSent;
+        }
+
+        private readonly IStreamSender _sender;
+        private readonly Action<string> _log;
+        private readonly Action<string>? _fatal;
+        private readonly ConnectionStatistics _stats;
+        private readonly int _queueLimit;
+        private readonly SmuxDecoder _decoder = new();
+        private readonly ConcurrentDictionary<uint, MuxStream> _streams = new();
+        private readonly SemaphoreSlim _frameLock = new(1, 1);
+        private readonly CancellationTokenSource _lifetime = new();
+        private int _lastStreamId = 1;
+        private int _connectErrorsPending;
+        private long _lastSentTicks = DateTime.UtcNow.Ticks;
+        private long _framesSent;
+
+        /// <param name="sender">Where frames go (the data channel).</param>
+        /// <param name="stats">Connection counters of the session.</param>
+        /// <param name="log">Narration (Verbose).</param>
+        /// <param name="queueLimit">Bytes queued per connection before it is reset.</param>
+        /// <param name="keepAlive">Idle time after which a NOP is sent; zero for none.</param>
+        /// <param name="fatal">Called once if the agent's smux stream can no longer be framed (the tunnel is unusable).</param>
+        public MuxPortForwarder(IStreamSender sender, ConnectionStatistics stats, Action<string> log, int queueLimit = ChannelLimits.ConnectionQueueBytes,
+            TimeSpan keepAlive = default, Action<string>? fatal = null)
+        {
+            _sender = sender;
+            _stats = stats;
+            _log = log;
+            _queueLimit = queueLimit;
+            _fatal = fatal;
+            if (keepAlive > TimeSpan.Zero) _ = Task.Run(() => KeepAliveLoopAsync(keepAlive));
+        }
+
+        public PortForwardingMode Mode => PortForwardingMode.Multiplexed;
+
+        public int OpenStreams => _streams.Count;
+
+        /// <summary>Frames sent so far, NOPs included (for tests and statistics).</summary>
+        public long FramesSent => Interlocked.Read(ref _framesSent);
+
+        /// <summary>
+        /// A smux NOP frame whenever nothing has been sent for <paramref name="interval"/>: input the agent reads and
+        /// discards, which keeps an idle tunnel's data channel active (Session Manager ends idle sessions) without
+        /// touching any connection.
+        /// </summary>
+        private async Task KeepAliveLoopAsync(TimeSpan interval)
+        {
+            var tick = TimeSpan.FromTicks(Math.Max(interval.Ticks / 4, TimeSpan.FromMilliseconds(10).Ticks));
+            while (!_lifetime.IsCancellationRequested)
+            {
+                try
+                {
+                    await Task.Delay(tick, _lifetime.Token).ConfigureAwait(false);
+                    if (DateTime.UtcNow.Ticks - Interlocked.Read(ref _lastSentTicks) < interval.Ticks) continue;
+                    await SendFrameAsync(SmuxCommand.Nop, 0, null, 0, _lifetime.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
+                }
+                catch (Exception ex) when (ex is IOException || ex is ObjectDisposedException)
+                {
+                    return;
+                }
+            }
+        }
+
+        private async Task SendFrameAsync(SmuxCommand command, uint streamId, byte[]? data, int count, CancellationToken cancellationToken)
+        {
+            var frame = new byte[SmuxCodec.HeaderLength + count];
+            SmuxCodec.WriteHeader(frame, 0, command, streamId, count);
+            if (count > 0) Buffer.BlockCopy(data!, 0, frame, SmuxCodec.HeaderLength, count);
+            // A frame's messages must not interleave with another stream's frame.
+            await _frameLock.WaitAsync(cancellationToken).ConfigureAwait(false);
+            try
+            {
+                await _sender.SendAsync(PayloadType.Output, frame, 0, frame.Length, cancellationToken).ConfigureAwait(false);
+                Interlocked.Exchange(ref _lastSentTicks, DateTime.UtcNow.Ticks);
+                Interlocked.Increment(ref _framesSent);
+            }
+            finally
+            {
+                _frameLock.Release();
+            }
+        }
+
+        private async Task SendFinOnceAsync(MuxStream stream, CancellationToken cancellationToken)
+        {
+            if (Interlocked.Exchange(ref stream.FinSent, 1) != 0) return;
+            await SendFrameAsync(SmuxCommand.Fin, stream.Id, null, 0, cancellationToken).ConfigureAwait(false);
+        }
+
+        public async Task HandleConnectionAsync(TcpClient client, CancellationToken cancellationToken)
+        {
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _lifetime.Token);
+            var id = (uint)Interlocked.Add(ref _lastStreamId, 2);
+            var stream = new MuxStream(id, client, new ConnectionQueue(_queueLimit, _stats));
+            _streams[id] = stream;
+            _stats.Open();
+            client.NoDelay = true;
+            try
+            {
+                var network = client.GetStream();
+                await SendFrameAsync(SmuxCommand.Syn, id, null, 0, linked.Token).ConfigureAwait(false);
+                var upload = PumpLocalToRemoteAsync(stream, network, linked.Token);
+                var download = PumpRemoteToLocalAsync(stream, network, linked.Token);
+                var first = await Task.WhenAny(upload, download).ConfigureAwait(false);
+                if (first == download || first.IsFaulted)
+                {
+                    // The remote side is done (FIN, reset or failure), or the local socket broke: nothing more to send.
+                    await Task.WhenAny(upload, Task.Delay(TimeSpan.FromSeconds(5), CancellationToken.None)).ConfigureAwait(false);
+                }
+                else
+                {
+                    await download.ConfigureAwait(false);
+                }
+            }
+            catch (Exception ex) when (ex is IOException || ex is SocketException || ex is OperationCanceledException || ex is ObjectDisposedException || ex is InvalidOperationException)
+            {
+                _log($"Connection {id}: {ex.Message}");
+            }
+            finally
+            {
+                EndStream(stream);
+                if (stream.Failure != null) _stats.Fail();
+                _stats.Close();
+                client.Dispose();
+            }
+        }
+
+        private void EndStream(MuxStream stream)
+        {
+            if (Interlocked.Exchange(ref stream.Ended, 1) != 0) return;
+            if (_streams.TryGetValue(stream.Id, out var s) && ReferenceEquals(s, stream)) _streams.TryRemove(stream.Id, out _);
+            // Whatever was still queued for it is released now.
+            stream.Queue.Fail();
+        }
+
+        private async Task PumpLocalToRemoteAsync(MuxStream stream, NetworkStream network, CancellationToken cancellationToken)
+        {
+            var buffer = new byte[MaxFramePayload];
+            try
+            {
+                while (true)
+                {
+                    var n = await network.ReadAsync(buffer, 0, buffer.Length, cancellationToken).ConfigureAwait(false);
+                    if (n == 0) break;
+                    _stats.Out(n);
+                    await SendFrameAsync(SmuxCommand.Psh, stream.Id, buffer, n, cancellationToken).ConfigureAwait(false);
+                }
+            }
+            catch (Exception ex) when (ex is IOException || ex is SocketException || ex is ObjectDisposedException)
+            {
+                // The local client went away (or was reset): tell the agent below.
+            }
+            if (!cancellationToken.IsCancellationRequested && Volatile.Read(ref stream.FinSent) == 0)
+            {
+                // The agent has no half-close: a FIN makes it close the destination connection at once, losing any
+                // response still on its way. So after the local client's EOF, wait until the destination has finished
+                // or has been quiet for a moment before sending FIN.
+                // The quiet period counts from the EOF (or the last data after it), not from the stream's start.
+                var eofTicks = DateTime.UtcNow.Ticks;
+                while (!stream.RemoteFinished && stream.Failure == null && Volatile.Read(ref stream.Ended) == 0 &&
+                       DateTime.UtcNow.Ticks - Math.Max(eofTicks, Interlocked.Read(ref stream.LastRemoteDataTicks)) < HalfCloseQuietPeriod.Ticks)
+                {
+                    await Task.Delay(50, cancellationToken).ConfigureAwait(false);
+                }
+                await SendFinOnceAsync(stream, cancellationToken).ConfigureAwait(false);
+            }
+        }
+
+        private async Task PumpRemoteToLocalAsync(MuxStream stream, NetworkStream network, CancellationToken cancellationToken)
+        {
+            var batch = new List<byte[]>();
+            var joined = new byte[WriteBatchBytes];
+            while (await stream.Queue.TakeAsync(batch, WriteBatchBytes, cancellationToken).ConfigureAwait(false))
+            {
+                if (batch.Count == 1)
+                {
+                    await network.WriteAsync(batch[0], 0, batch[0].Length, cancellationToken).ConfigureAwait(false);
+                    _stats.In(batch[0].Length);
+                }
+                else
+                {
+                    var n = 0;
+                    foreach (var b in batch)
+                    {
+                        if (n + b.Length > joined.Length)
+                        {
+                            await network.WriteAsync(joined, 0, n, cancellationToken).ConfigureAwait(false);
+                            _stats.In(n);
+                            n = 0;
+                        }
+                        if (b.Length > joined.Length)
+                        {
+                            await network.WriteAsync(b, 0, b.Length, cancellationToken).ConfigureAwait(false);
+                            _stats.In(b.Length);
+                            continue;
+                        }
+                        Buffer.BlockCopy(b, 0, joined, n, b.Length);
+                        n += b.Length;
+                    }
+                    if (n > 0)
+                    {
+                        await network.WriteAsync(joined, 0, n, cancellationToken).ConfigureAwait(false);
+                        _stats.In(n);
+                    }
+                }
+                batch.Clear();
+            }
+            if (stream.Failure != null || stream.Queue.IsFailed)
+            {
+                if (stream.Failure != null) _log($"Connection {stream.Id} failed: {stream.Failure}");
+                return;
+            }
+            // The agent finished its side: finish ours towards the local client.
+            try
+            {
+                stream.Client.Client.Shutdown(SocketShutdown.Send);
+            }
+            catch (Exception ex) when (ex is SocketException || ex is ObjectDisposedException)
+            {
+            }
+        }
+
+        public void OnOutput(byte[] payload)
+        {
+            IReadOnlyList<SmuxFrame> frames;
+            try
+            {
+                frames = _decoder.Feed(payload);
+            }
+            catch (SsmProtocolException ex)
+            {
+                _log("The multiplexed stream from the agent is corrupt: " + ex.Message);
+                foreach (var s in _streams.Values) Fail(s, "the multiplexed stream from the agent is corrupt");
+                _fatal?.Invoke("the multiplexed stream from the agent is corrupt (" + ex.Message + ")");
+                return;
+            }
+            foreach (var frame in frames)
+            {
+                if (!_streams.TryGetValue(frame.StreamId, out var stream))
+                {
+                    // A stream that has ended (or never was ours): its data is released at once.
+                    if (frame.Payload.Length > 0) _stats.Dropped(frame.Payload.Length);
+                    continue;
+                }
+                switch (frame.Command)
+                {
+                    case SmuxCommand.Psh:
+                        if (frame.Payload.Length == 0) break;
+                        stream.ReceivedData = true;
+                        Interlocked.Exchange(ref stream.LastRemoteDataTicks, DateTime.UtcNow.Ticks);
+                        if (!stream.Queue.TryEnqueue(frame.Payload))
+                        {
+                            Reset(stream, $"its client did not read the {_queueLimit / 1024} KiB that arrived for it");
+                        }
+                        break;
+                    case SmuxCommand.Fin:
+                        if (!stream.ReceivedData && Interlocked.CompareExchange(ref _connectErrorsPending, 0, 0) > 0)
+                        {
+                            // The agent follows a ConnectToPortError flag with a FIN for the stream it could not dial.
+                            Interlocked.Decrement(ref _connectErrorsPending);
+                            Fail(stream, "the bastion could not connect to the destination port");
+                            break;
+                        }
+                        stream.RemoteFinished = true;
+                        stream.Queue.Complete();
+                        _log($"Connection {stream.Id}: the destination finished.");
+                        break;
+                }
+            }
+        }
+
+        public void OnFlag(PayloadTypeFlag flag)
+        {
+            if (flag != PayloadTypeFlag.ConnectToPortError) return;
+            // The flag names no stream; the agent sends a FIN for the stream it could not dial right after it. That FIN,
+            // on a stream that has had no data, fails the local connection (a reset, not a clean end); others go on.
+            Interlocked.Increment(ref _connectErrorsPending);
+            _log("The bastion could not connect to the destination port for a new connection.");
+        }
+
+        /// <summary>
+        /// Resets one connection whose client stopped reading: its queue is released, the local client gets an RST and
+        /// the agent a FIN (so it closes the destination). Runs on the receive loop: the FIN is sent in the background.
+        /// </summary>
+        private void Reset(MuxStream stream, string reason)
+        {
+            if (stream.Failure != null) return;
+            _stats.ResetOne();
+            _log($"Connection {stream.Id} (from {stream.Peer}) was reset: {reason}. The tunnel and the other connections go on.");
+            Fail(stream, "reset: " + reason);
+            EndStream(stream);
+            if (!_lifetime.IsCancellationRequested) _ = SendFinQuietlyAsync(stream);
+        }
+
+        private async Task SendFinQuietlyAsync(MuxStream stream)
+        {
+            try
+            {
+                await SendFinOnceAsync(stream, _lifetime.Token).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is IOException || ex is OperationCanceledException || ex is ObjectDisposedException)
+            {
+                // The channel is closing: the agent ends the stream with the session.
+            }
+        }
+
+        private static void Fail(MuxStream stream, string reason)
+        {
+            stream.Failure ??= reason;
+            stream.Queue.Fail();
+            try
+            {
+                // Reset rather than a clean FIN, so the local client sees a failed connection.
+                stream.Client.Client.LingerState = new LingerOption(true, 0);
+                stream.Client.Client.Close();
+            }
+            catch (Exception ex) when (ex is SocketException || ex is ObjectDisposedException)
+            {
+            }
+        }
+
+        public void Dispose()
+        {
+            _lifetime.Cancel();
+            foreach (var s in _streams.Values)
+            {
+                s.Queue.Fail();
+                s.Client.Dispose();
+            }
+        }
+    }
+}

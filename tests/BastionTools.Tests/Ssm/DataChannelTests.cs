@@ -1,0 +1,448 @@
+using System;
+using System.Collections.Concurrent;
+using System.Collections.Generic;
+using System.Diagnostics;
+using System.IO;
+using System.Linq;
+using System.Text;
+using System.Threading;
+using System.Threading.Tasks;
+using BastionTools.Ssm;
+using Xunit;
+
+namespace BastionTools.Tests.Ssm
+{
+    /// <summary>
+    /// The reliable channel's own rules, against a scripted service: resend pacing, the send window, the reorder window,
+    /// bounded acknowledgements, pause/start, dead-connection detection and resumption. No timing margins: every wait is
+    /// on a condition, and the pacing assertions count what the rules allow per interval actually elapsed.
+    /// </summary>
+    public sealed class DataChannelTests
+    {
+        private static AgentMessage Output(long sequence, string text) =>
+            AgentMessage.Create(MessageTypes.OutputStreamData, sequence, sequence == 0 ? MessageFlags.Syn : MessageFlags.Data, PayloadType.Output, Encoding.ASCII.GetBytes(text));
+
+        private static AgentMessage AckOf(AgentMessage sent) => ClientMessages.Acknowledge(sent);
+
+        private static async Task Until(Func<bool> condition, string what, int timeoutMs = 30_000)
+        {
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            while (!condition())
+            {
+                if (clock.ElapsedMilliseconds > timeoutMs) throw new TimeoutException("Timed out waiting for: " + what);
+                await Task.Delay(10);
+            }
+        }
+
+        private static List<AgentMessage> Data(ScriptedTransport t) =>
+            t.Written.Where(m => m.MessageType == MessageTypes.InputStreamData).ToList();
+
+        private static List<AgentMessage> Acks(ScriptedTransport t) =>
+            t.Written.Where(m => m.MessageType == MessageTypes.Acknowledge).ToList();
+
+        [Fact(Timeout = 60_000)]
+        public async Task Resends_AreOldestFirst_BoundedPerInterval_AndOnlyTheOldestOnceNothingIsAcknowledged()
+        {
+            var service = new ScriptedService();
+            var options = new DataChannelOptions
+            {
+                ResendInterval = TimeSpan.FromMilliseconds(50), ResendBurst = 8, CongestionTimeout = TimeSpan.FromMilliseconds(600),
+                MinRetransmitTimeout = TimeSpan.FromMilliseconds(50), InitialRetransmitTimeout = TimeSpan.FromMilliseconds(50), MaxResendBackoff = TimeSpan.FromMilliseconds(400),
+                PingInterval = TimeSpan.FromMinutes(5), ProbeInterval = TimeSpan.FromMinutes(5),
+            };
+            var channel = service.NewChannel(options);
+            await channel.OpenAsync(CancellationToken.None);
+            var t = service.Next();
+            // Every resend, with when it happened (ms since the 100 messages were sent).
+            var resends = new List<(long Seq, double AtMs)>();
+            var firstSends = new HashSet<long>();
+            var clock = Stopwatch.StartNew();
+            t.OnWritten += m =>
+            {
+                if (m.MessageType != MessageTypes.InputStreamData) return;
+                lock (resends)
+                {
+                    if (!firstSends.Add(m.SequenceNumber)) resends.Add((m.SequenceNumber, clock.Elapsed.TotalMilliseconds));
+                }
+            };
+            for (var i = 0; i < 100; i++) await channel.SendAsync(PayloadType.Output, new[] { (byte)i }, CancellationToken.None);
+            var sent = clock.Elapsed.TotalMilliseconds;
+            // No acknowledgement ever comes: the agent is not reading.
+            await Task.Delay(3000);
+            var elapsed = clock.Elapsed.TotalMilliseconds;
+            await channel.CloseAsync();
+
+            List<(long Seq, double AtMs)> all;
+            lock (resends) all = resends.ToList();
+            Assert.NotEmpty(all);
+            // Oldest first: the first resend is message 0, then the next ones in order.
+            Assert.Equal(0, all[0].Seq);
+            Assert.Equal(Enumerable.Range(0, 8).Select(i => (long)i), all.Take(8).Select(r => r.Seq));
+            // Never more than the burst per interval (allow two bursts in any window of one interval: they may straddle).
+            foreach (var r in all)
+            {
+                var inWindow = all.Count(x => x.AtMs >= r.AtMs && x.AtMs < r.AtMs + options.ResendInterval.TotalMilliseconds);
+                Assert.True(inWindow <= 2 * options.ResendBurst, $"{inWindow} resends within one interval from {r.AtMs:F0} ms");
+            }
+            Assert.True(all.Count <= (elapsed / options.ResendInterval.TotalMilliseconds + 2) * options.ResendBurst, $"{all.Count} resends in {elapsed:F0} ms");
+            // Once nothing has been acknowledged for the congestion timeout (plus an interval for the timer), only message 0 is
+            // resent, and with back-off: far fewer times than there were intervals.
+            var congestedFrom = sent + options.CongestionTimeout.TotalMilliseconds + 2 * options.ResendInterval.TotalMilliseconds;
+            var late = all.Where(r => r.AtMs > congestedFrom).ToList();
+            Assert.NotEmpty(late);
+            Assert.All(late, r => Assert.Equal(0, r.Seq));
+            var intervals = (elapsed - congestedFrom) / options.ResendInterval.TotalMilliseconds;
+            Assert.True(late.Count < intervals / 2, $"message 0 was resent {late.Count} times in {intervals:F0} intervals");
+        }
+
+        [Fact(Timeout = 60_000)]
+        public async Task UnderRandomLoss_WhileAcknowledgementsKeepComing_TheBurstIsKept()
+        {
+            var service = new ScriptedService();
+            var options = new DataChannelOptions
+            {
+                ResendInterval = TimeSpan.FromMilliseconds(50), ResendBurst = 8, CongestionTimeout = TimeSpan.FromMilliseconds(300),
+                MinRetransmitTimeout = TimeSpan.FromMilliseconds(50), InitialRetransmitTimeout = TimeSpan.FromMilliseconds(50),
+                PingInterval = TimeSpan.FromMinutes(5), ProbeInterval = TimeSpan.FromMinutes(5),
+            };
+            var channel = service.NewChannel(options);
+            await channel.OpenAsync(CancellationToken.None);
+            var t = service.Next();
+            // The "agent" acknowledges every message except the first ten, which stay lost (for a while).
+            var resent = new ConcurrentBag<long>();
+            var seen = new ConcurrentDictionary<long, int>();
+            t.OnWritten += m =>
+            {
+                if (m.MessageType != MessageTypes.InputStreamData) return;
+                if (seen.AddOrUpdate(m.SequenceNumber, 1, (_, n) => n + 1) > 1) resent.Add(m.SequenceNumber);
+                if (m.SequenceNumber >= 10) t.Deliver(AckOf(m));
+            };
+            for (var i = 0; i < 200; i++) await channel.SendAsync(PayloadType.Output, new[] { (byte)i }, CancellationToken.None);
+            // Keep acknowledgements coming (new messages, acknowledged) past the congestion timeout.
+            for (var i = 0; i < 20; i++)
+            {
+                await Task.Delay(50);
+                await channel.SendAsync(PayloadType.Output, new[] { (byte)i }, CancellationToken.None);
+            }
+            await Until(() => Enumerable.Range(0, 10).All(s => seen.TryGetValue(s, out var n) && n >= 3), "each lost message resent twice");
+            await channel.CloseAsync();
+            // All ten lost messages were resent (not just the oldest): acknowledgements kept coming, so no congestion.
+            Assert.Equal(Enumerable.Range(0, 10).Select(i => (long)i), resent.Distinct().OrderBy(x => x));
+        }
+
+        [Fact(Timeout = 60_000)]
+        public async Task SendersWaitForTheWindow_WhileTheReceiveLoopKeepsAcknowledging()
+        {
+            var service = new ScriptedService();
+            var channel = service.NewChannel(new DataChannelOptions { SendWindow = 4 });
+            var delivered = new List<string>();
+            await channel.OpenAsync(CancellationToken.None);
+            var t = service.Next();
+            for (var i = 0; i < 4; i++) await channel.SendAsync(PayloadType.Output, new[] { (byte)i }, CancellationToken.None);
+            var fifth = channel.SendAsync(PayloadType.Output, new byte[] { 4 }, CancellationToken.None);
+            // The window is full: the fifth waits...
+            await Task.Delay(200);
+            Assert.False(fifth.IsCompleted);
+            // ...while what the service sends is acknowledged all the same.
+            for (var s = 0; s < 20; s++) t.Deliver(Output(s, "x" + s));
+            await Until(() => Acks(t).Count >= 20, "20 acknowledgements");
+            Assert.False(fifth.IsCompleted);
+            // An acknowledgement opens the window.
+            t.Deliver(AckOf(Data(t).First(m => m.SequenceNumber == 0)));
+            await fifth;
+            await Until(() => Data(t).Any(m => m.SequenceNumber == 4), "message 4 sent");
+            await channel.CloseAsync();
+        }
+
+        [Fact(Timeout = 60_000)]
+        public async Task StreamMessagesAreDeliveredInOrder_FarAheadOnesAreIgnoredUnacknowledged()
+        {
+            var service = new ScriptedService();
+            var got = new List<string>();
+            var channel = service.NewChannel(new DataChannelOptions { ReorderWindow = 100 }, m => { lock (got) got.Add(Encoding.ASCII.GetString(m.Payload)); });
+            await channel.OpenAsync(CancellationToken.None);
+            var t = service.Next();
+
+            // Far ahead (a hostile or broken peer): 5,000 messages, none kept, none acknowledged.
+            for (var i = 0; i < 5000; i++) t.Deliver(Output(1_000_000 + i, "evil"));
+            // Within the window, out of order: kept and acknowledged, delivered when the gap fills.
+            t.Deliver(Output(2, "c"));
+            t.Deliver(Output(1, "b"));
+            t.Deliver(Output(1, "b"));
+            await Until(() => Acks(t).Count >= 3, "acks of 2, 1, 1");
+            Assert.Equal(2, channel.ReorderBufferCount);
+            lock (got) Assert.Empty(got);
+            t.Deliver(Output(0, "a"));
+            await Until(() => { lock (got) return got.Count == 3; }, "three delivered");
+            lock (got) Assert.Equal(new[] { "a", "b", "c" }, got);
+            Assert.Equal(0, channel.ReorderBufferCount);
+            Assert.Equal(5000, channel.Statistics.IgnoredBeyondWindow);
+            Assert.DoesNotContain(Acks(t), a => Encoding.ASCII.GetString(a.Payload).Contains("\"AcknowledgedMessageSequenceNumber\":100"));
+            Assert.True(channel.Statistics.ReorderBufferPeak <= 100);
+            // A duplicate of a delivered message is acknowledged again, not delivered again.
+            var before = Acks(t).Count;
+            t.Deliver(Output(0, "a"));
+            await Until(() => Acks(t).Count == before + 1, "the duplicate's acknowledgement");
+            lock (got) Assert.Equal(3, got.Count);
+            await channel.CloseAsync();
+        }
+
+        [Fact(Timeout = 60_000)]
+        public async Task AcknowledgementsWaitingForTheSocketAreBounded()
+        {
+            var service = new ScriptedService();
+            var channel = service.NewChannel(new DataChannelOptions { MaxPendingAcknowledgements = 50 });
+            await channel.OpenAsync(CancellationToken.None);
+            var t = service.Next();
+            t.BlockWrites();
+            t.Deliver(Output(0, "first"));
+            await Until(() => channel.Statistics.MessagesReceived == 1, "the first message");
+            for (var s = 1; s < 1000; s++) t.Deliver(Output(s, "m"));
+            await Until(() => channel.Statistics.MessagesReceived == 1000, "all messages delivered while the socket is stuck");
+            Assert.True(channel.Statistics.AcknowledgementsDropped >= 1000 - 50 - 2, $"{channel.Statistics.AcknowledgementsDropped} dropped");
+            t.UnblockWrites();
+            await Until(() => Acks(t).Count >= 1, "acknowledgements written once the socket moves");
+            Assert.True(Acks(t).Count <= 52);
+            await channel.CloseAsync();
+        }
+
+        [Fact(Timeout = 60_000)]
+        public async Task Pause_HoldsNewMessages_AndAnyDataAcknowledgementOrStartResumes()
+        {
+            var service = new ScriptedService();
+            var channel = service.NewChannel(new DataChannelOptions());
+            await channel.OpenAsync(CancellationToken.None);
+            var t = service.Next();
+
+            // 1. A stream message from the service ends a pause (the agent: handleStreamDataMessage sets Pause=false).
+            t.Deliver(AgentMessage.Create(MessageTypes.PausePublication, 0, MessageFlags.Ack, PayloadType.None, Array.Empty<byte>()));
+            await Until(() => channel.IsPaused, "paused");
+            await channel.SendAsync(PayloadType.Output, Encoding.ASCII.GetBytes("held-1"), CancellationToken.None);
+            await Task.Delay(150);
+            Assert.Empty(Data(t));
+            t.Deliver(Output(0, "hello"));
+            await Until(() => Data(t).Count == 1, "held-1 sent after data arrived");
+            Assert.False(channel.IsPaused);
+
+            // 2. An acknowledgement ends it too.
+            t.Deliver(AgentMessage.Create(MessageTypes.PausePublication, 0, MessageFlags.Ack, PayloadType.None, Array.Empty<byte>()));
+            await Until(() => channel.IsPaused, "paused again");
+            await channel.SendAsync(PayloadType.Output, Encoding.ASCII.GetBytes("held-2"), CancellationToken.None);
+            t.Deliver(AckOf(Data(t)[0]));
+            await Until(() => Data(t).Count == 2, "held-2 sent after an acknowledgement");
+
+            // 3. A start_publication as bare as the official client's own test builds it (no header length, no date,
+            //    no digest) is taken.
+            t.Deliver(AgentMessage.Create(MessageTypes.PausePublication, 0, MessageFlags.Ack, PayloadType.None, Array.Empty<byte>()));
+            await Until(() => channel.IsPaused, "paused a third time");
+            await channel.SendAsync(PayloadType.Output, Encoding.ASCII.GetBytes("held-3"), CancellationToken.None);
+            var bare = AgentMessageCodec.Encode(AgentMessage.Create(MessageTypes.StartPublication, 1, 2, PayloadType.Output, Encoding.ASCII.GetBytes("payload")));
+            Array.Clear(bare, 0, 4);                                       // HeaderLength 0
+            Array.Clear(bare, AgentMessageCodec.CreatedDateOffset, 8);     // CreatedDate 0
+            Array.Clear(bare, AgentMessageCodec.PayloadDigestOffset, 32);  // no digest
+            t.DeliverRaw(bare);
+            await Until(() => Data(t).Count == 3, "held-3 sent after a bare start_publication");
+            Assert.Equal("held-3", Encoding.ASCII.GetString(Data(t)[2].Payload));
+            await channel.CloseAsync();
+        }
+
+        [Fact(Timeout = 60_000)]
+        public async Task APauseThatNothingEnds_EndsAfterThePauseTimeout()
+        {
+            var service = new ScriptedService();
+            var channel = service.NewChannel(new DataChannelOptions { PauseTimeout = TimeSpan.FromMilliseconds(500), ResendInterval = TimeSpan.FromMilliseconds(20) });
+            await channel.OpenAsync(CancellationToken.None);
+            var t = service.Next();
+            t.Deliver(AgentMessage.Create(MessageTypes.PausePublication, 0, MessageFlags.Ack, PayloadType.None, Array.Empty<byte>()));
+            await Until(() => channel.IsPaused, "paused");
+            await channel.SendAsync(PayloadType.Output, Encoding.ASCII.GetBytes("held"), CancellationToken.None);
+            Assert.Empty(Data(t));
+            await Until(() => Data(t).Count == 1, "the held message sent once the pause timed out");
+            Assert.False(channel.IsPaused);
+            await channel.CloseAsync();
+        }
+
+        [Fact(Timeout = 60_000)]
+        public async Task AReconnectClearsAPause_AndSendsWhatIsUnacknowledged()
+        {
+            var service = new ScriptedService();
+            var channel = service.NewChannel(new DataChannelOptions { ReconnectInitialDelay = TimeSpan.FromMilliseconds(10) });
+            await channel.OpenAsync(CancellationToken.None);
+            var first = service.Next();
+            await channel.SendAsync(PayloadType.Output, Encoding.ASCII.GetBytes("one"), CancellationToken.None);
+            first.Deliver(AgentMessage.Create(MessageTypes.PausePublication, 0, MessageFlags.Ack, PayloadType.None, Array.Empty<byte>()));
+            await Until(() => channel.IsPaused, "paused");
+            await channel.SendAsync(PayloadType.Output, Encoding.ASCII.GetBytes("two"), CancellationToken.None);
+            first.DeliverClose(1000, "Bye");
+            var second = service.Next();
+            await Until(() => Data(second).Count == 2, "both messages on the new connection");
+            Assert.Equal(new[] { "one", "two" }, Data(second).Select(m => Encoding.ASCII.GetString(m.Payload)));
+            Assert.False(channel.IsPaused);
+            Assert.Single(second.TextWritten); // OpenDataChannel first
+            Assert.Equal(1, service.ResumeCalls);
+            Assert.Equal(ChannelState.Connected, channel.State);
+            await channel.CloseAsync();
+        }
+
+        [Fact(Timeout = 60_000)]
+        public async Task ASilentlyDeadConnection_IsFoundByAnUnansweredPing_AndResumed()
+        {
+            var service = new ScriptedService();
+            var channel = service.NewChannel(new DataChannelOptions
+            {
+                PingInterval = TimeSpan.FromMilliseconds(200), ProbeInterval = TimeSpan.FromMilliseconds(100), PongTimeout = TimeSpan.FromMilliseconds(300),
+                ResendInterval = TimeSpan.FromMilliseconds(20), ReconnectInitialDelay = TimeSpan.FromMilliseconds(10),
+            });
+            await channel.OpenAsync(CancellationToken.None);
+            var first = service.Next();
+            first.AnswerPings = false;  // a black hole: no FIN, no RST, nothing
+            await channel.SendAsync(PayloadType.Output, Encoding.ASCII.GetBytes("lost?"), CancellationToken.None);
+            var second = service.Next();
+            Assert.True(first.IsAborted);
+            Assert.True(first.Pings >= 1);
+            Assert.Equal(1, channel.Statistics.DeadConnectionsDetected);
+            await Until(() => Data(second).Any(m => Encoding.ASCII.GetString(m.Payload) == "lost?"), "the message again on the new connection");
+            await channel.CloseAsync();
+        }
+
+        [Fact(Timeout = 60_000)]
+        public async Task AConnectionWithInputWaiting_IsNotDeclaredDead()
+        {
+            // After a process freeze the timer may run before the receive loop: bytes waiting to be read mean alive.
+            var service = new ScriptedService();
+            var channel = service.NewChannel(new DataChannelOptions
+            {
+                PingInterval = TimeSpan.FromMilliseconds(100), ProbeInterval = TimeSpan.FromMilliseconds(100), PongTimeout = TimeSpan.FromMilliseconds(100),
+                ResendInterval = TimeSpan.FromMilliseconds(20),
+            });
+            await channel.OpenAsync(CancellationToken.None);
+            var t = service.Next();
+            t.AnswerPings = false;
+            t.PendingInput = true;
+            await Until(() => t.Pings >= 1, "a ping");
+            await Task.Delay(600);
+            Assert.False(t.IsAborted);
+            Assert.Equal(0, channel.Statistics.DeadConnectionsDetected);
+            // Once nothing is pending either, it is dead.
+            t.PendingInput = false;
+            await Until(() => t.IsAborted, "declared dead");
+            await channel.CloseAsync();
+        }
+
+        [Fact(Timeout = 60_000)]
+        public async Task ResumeWithoutAToken_EndsTheChannelAsExpired_WithoutRetrying()
+        {
+            var service = new ScriptedService { Resume = _ => Task.FromResult<StreamEndpoint?>(null) };
+            var channel = service.NewChannel(new DataChannelOptions { ReconnectInitialDelay = TimeSpan.FromMilliseconds(10) });
+            await channel.OpenAsync(CancellationToken.None);
+            service.Next().Fail(new IOException("connection reset"));
+            var closure = await channel.Completion;
+            Assert.Equal(ChannelEnd.SessionExpired, closure.End);
+            Assert.Contains("timed out", closure.Error!.Message);
+            Assert.Equal(1, service.ResumeCalls);
+        }
+
+        [Fact(Timeout = 60_000)]
+        public async Task ResumeRefused_EndsAtOnce()
+        {
+            var service = new ScriptedService { Resume = _ => throw new SessionResumeRefusedException("not allowed", sessionGone: false) };
+            var channel = service.NewChannel(new DataChannelOptions { ReconnectInitialDelay = TimeSpan.FromMilliseconds(10) });
+            await channel.OpenAsync(CancellationToken.None);
+            service.Next().Fail(new IOException("connection reset"));
+            var closure = await channel.Completion;
+            Assert.Equal(ChannelEnd.Failed, closure.End);
+            Assert.Equal("not allowed", closure.Error!.Message);
+            Assert.Equal(1, service.ResumeCalls);
+        }
+
+        [Fact(Timeout = 60_000)]
+        public async Task ResumeKeepsTrying_WithBackOff_UntilTheBudgetIsSpent()
+        {
+            var service = new ScriptedService { Resume = _ => throw new IOException("network unreachable") };
+            var channel = service.NewChannel(new DataChannelOptions
+            {
+                ReconnectTimeout = TimeSpan.FromSeconds(1.5), ReconnectInitialDelay = TimeSpan.FromMilliseconds(50), ReconnectMaxDelay = TimeSpan.FromMilliseconds(400),
+            });
+            await channel.OpenAsync(CancellationToken.None);
+            service.Next().Fail(new IOException("connection reset"));
+            var closure = await channel.Completion;
+            Assert.Equal(ChannelEnd.Failed, closure.End);
+            Assert.Contains("could not be resumed within 1.5 s", closure.Error!.Message);
+            Assert.Contains("network unreachable", closure.Error.Message);
+            // Several attempts, spaced: with 50 ms doubling to 400 ms, 1.5 s holds at most about eight.
+            Assert.InRange(service.ResumeCalls, 2, 12);
+        }
+
+        [Fact(Timeout = 60_000)]
+        public async Task ResumeSucceedsAfterAnOutage_AndNothingIsLost()
+        {
+            var outage = true;
+            var service = new ScriptedService();
+            service.Resume = _ => outage ? throw new IOException("network unreachable") : Task.FromResult<StreamEndpoint?>(ScriptedService.Endpoint());
+            var got = new List<string>();
+            var channel = service.NewChannel(new DataChannelOptions { ReconnectInitialDelay = TimeSpan.FromMilliseconds(20), ReconnectMaxDelay = TimeSpan.FromMilliseconds(100) },
+                m => { lock (got) got.Add(Encoding.ASCII.GetString(m.Payload)); });
+            await channel.OpenAsync(CancellationToken.None);
+            var first = service.Next();
+            first.Deliver(Output(0, "before"));
+            await channel.SendAsync(PayloadType.Output, Encoding.ASCII.GetBytes("sent-before"), CancellationToken.None);
+            first.Fail(new IOException("connection reset"));
+            await Until(() => service.ResumeCalls >= 3, "several failed attempts");
+            Assert.Equal(ChannelState.Reconnecting, channel.State);
+            // Sends during the outage are numbered and held.
+            await channel.SendAsync(PayloadType.Output, Encoding.ASCII.GetBytes("sent-during"), CancellationToken.None);
+            outage = false;
+            var second = service.Next();
+            await Until(() => Data(second).Count == 2, "both unacknowledged messages on the new connection");
+            Assert.Equal(new[] { "sent-before", "sent-during" }, Data(second).Select(m => Encoding.ASCII.GetString(m.Payload)));
+            Assert.Equal(new long[] { 0, 1 }, Data(second).Select(m => m.SequenceNumber));
+            second.Deliver(Output(0, "before"));  // the agent resends what it has no acknowledgement for
+            second.Deliver(Output(1, "after"));
+            await Until(() => { lock (got) return got.Count == 2; }, "delivery continues in sequence");
+            lock (got) Assert.Equal(new[] { "before", "after" }, got);
+            Assert.Equal(1, channel.Statistics.Reconnects);
+            await channel.CloseAsync();
+        }
+
+        [Fact(Timeout = 60_000)]
+        public async Task AnOversizedMessage_EndsTheChannelWithAClearError()
+        {
+            var service = new ScriptedService();
+            var channel = service.NewChannel(new DataChannelOptions());
+            await channel.OpenAsync(CancellationToken.None);
+            service.Next().Fail(new TransportMessageTooLargeException("a message of more than 1048576 bytes"));
+            var closure = await channel.Completion;
+            Assert.Equal(ChannelEnd.Failed, closure.End);
+            Assert.Contains("larger than the 1024 KiB", closure.Error!.Message);
+            Assert.Equal(0, service.ResumeCalls);
+        }
+
+        [Fact(Timeout = 60_000)]
+        public async Task AMessageNeverAcknowledgedOnALiveConnection_EndsTheChannel()
+        {
+            var service = new ScriptedService();
+            var channel = service.NewChannel(new DataChannelOptions { UnacknowledgedTimeout = TimeSpan.FromMilliseconds(500), ResendInterval = TimeSpan.FromMilliseconds(20),
+                PingInterval = TimeSpan.FromMilliseconds(100), ProbeInterval = TimeSpan.FromMilliseconds(100) });
+            await channel.OpenAsync(CancellationToken.None);
+            var t = service.Next();  // answers pings: alive, but its agent never acknowledges
+            await channel.SendAsync(PayloadType.Output, new byte[] { 1 }, CancellationToken.None);
+            var closure = await channel.Completion;
+            Assert.Equal(ChannelEnd.Failed, closure.End);
+            Assert.Contains("has not acknowledged message 0", closure.Error!.Message);
+            await Assert.ThrowsAsync<IOException>(() => channel.SendAsync(PayloadType.Output, new byte[] { 2 }, CancellationToken.None));
+        }
+
+        [Fact(Timeout = 60_000)]
+        public async Task ChannelClosed_EndsWithTheServiceOutput()
+        {
+            var service = new ScriptedService();
+            var channel = service.NewChannel(new DataChannelOptions());
+            await channel.OpenAsync(CancellationToken.None);
+            var payload = SsmJson.SerializeToUtf8(new ChannelClosedPayload { MessageId = Guid.NewGuid().ToString(), SessionId = "s-1", Output = "Exiting session" });
+            service.Next().Deliver(AgentMessage.Create(MessageTypes.ChannelClosed, 0, MessageFlags.Ack, PayloadType.None, payload));
+            var closure = await channel.Completion;
+            Assert.Equal(ChannelEnd.ClosedByService, closure.End);
+            Assert.Equal("Exiting session", closure.Output);
+        }
+    }
+}
