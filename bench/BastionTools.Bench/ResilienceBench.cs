@@ -204,7 +204,16 @@ namespace BastionTools.Bench
                 while (session.Connections.BytesIn + session.Connections.BytesOut < size && !down.IsCompleted) await Task.Delay(50).ConfigureAwait(false);
                 await Post(http, $"sessions/{session.SessionId}/kill", "").ConfigureAwait(false);
             }
-            await Task.WhenAll(up, down, destination).ConfigureAwait(false);
+            try
+            {
+                await Task.WhenAll(up, down, destination).ConfigureAwait(false);
+            }
+            catch (Exception)
+            {
+                foreach (var e in session.Events.Snapshot()) Console.Error.WriteLine("  event: " + e);
+                Console.Error.WriteLine($"  queued peak {session.Connections.QueuedBytesPeak}, resets {session.Connections.Reset}");
+                throw;
+            }
             var seconds = clock.Elapsed.TotalSeconds;
             sampling.Cancel();
             await sampler.ConfigureAwait(false);

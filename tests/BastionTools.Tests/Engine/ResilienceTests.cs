@@ -121,7 +121,7 @@ namespace BastionTools.Tests.Engine
         {
             // The faster agent: the stalled connection's queue fills sooner, which is the harder case for the client.
             _f.Host.Agent.Options.OutputReadPause = TimeSpan.Zero;
-            var options = new DataChannelOptions { ConnectionQueueBytes = 4 * 1024 * 1024 };
+            var options = new DataChannelOptions { ConnectionQueues = new ConnectionQueuePolicy { ConnectionBytes = 4 * 1024 * 1024, SessionBytes = 16 * 1024 * 1024 } };
             var session = await StartAsync(options);
             try
             {
@@ -149,10 +149,10 @@ namespace BastionTools.Tests.Engine
                 Assert.Equal(1, session.Connections.Reset);
                 Assert.True(latencies.Count >= 1);
                 Assert.All(latencies, ms => Assert.True(ms < 1000, $"a select 1 took {ms:F0} ms"));
-                // Bounded: what the tunnel held for its connections never passed the stalled connection's bound by more
-                // than one frame, plus the live connection's few bytes.
-                Assert.True(session.Connections.QueuedBytesPeak <= options.ConnectionQueueBytes + 64 * 1024, $"peak {session.Connections.QueuedBytesPeak}");
-                Assert.Contains(session.Events.Snapshot(), e => e.Contains("was reset: its client did not read"));
+                // Bounded: what the tunnel held for its connections never passed the session bound by more than one frame
+                // (the stalled connection may pass its own bound while its 2 s stall time runs, not more).
+                Assert.True(session.Connections.QueuedBytesPeak <= options.ConnectionQueues.SessionBytes + 64 * 1024, $"peak {session.Connections.QueuedBytesPeak}");
+                Assert.Contains(session.Events.Snapshot(), e => e.Contains(" was reset: "));
 
                 // The stalled client finds its connection reset...
                 await Assert.ThrowsAnyAsync<Exception>(async () =>
@@ -387,7 +387,7 @@ namespace BastionTools.Tests.Engine
         public async Task AHugeSmuxFrame_ForAConnection_IsHeldWithinItsBound_AndTheOthersGoOn()
         {
             _f.Host.Agent.Options.OutputReadPause = TimeSpan.Zero;
-            var session = await StartAsync(new DataChannelOptions { ConnectionQueueBytes = 256 * 1024 });
+            var session = await StartAsync(new DataChannelOptions { ConnectionQueues = new ConnectionQueuePolicy { ConnectionBytes = 256 * 1024, SessionBytes = 1024 * 1024 } });
             try
             {
                 var port = session.LocalEndPoint!.Port;
@@ -400,9 +400,11 @@ namespace BastionTools.Tests.Engine
                 await conn.OpenAsync();
                 // The "agent" sends 65,535-byte frames for stream 3 (and one for a stream that never existed).
                 await _f.Host.Agent.InjectSmuxPshAsync(session.SessionId!, 99, 65535);
-                for (var i = 0; i < 40; i++) await _f.Host.Agent.InjectSmuxPshAsync(session.SessionId!, 3, 65535);
+                // More than the kernel's socket buffers can absorb (loopback autotuning reaches several MiB): up to 32 MiB,
+                // until the victim is reset.
+                for (var i = 0; i < 512 && session.Connections.Reset == 0; i++) await _f.Host.Agent.InjectSmuxPshAsync(session.SessionId!, 3, 65535);
                 await Until(() => session.Connections.Reset >= 1, "the victim reset");
-                Assert.True(session.Connections.QueuedBytesPeak <= 256 * 1024 + 65535 + 64 * 1024, $"peak {session.Connections.QueuedBytesPeak}");
+                Assert.True(session.Connections.QueuedBytesPeak <= 1024 * 1024 + 65535 + 64 * 1024, $"peak {session.Connections.QueuedBytesPeak}");
                 Assert.True(session.Connections.BytesDropped >= 65535, "the frame for an unknown stream was not dropped");
                 Assert.Equal(9, await ScalarAsync(conn, "select 9"));
                 Assert.Equal(SessionState.Connected, session.State);

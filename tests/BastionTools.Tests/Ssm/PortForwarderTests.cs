@@ -96,7 +96,8 @@ namespace BastionTools.Tests.Ssm
             var stats = new ConnectionStatistics();
             var log = new ConcurrentQueue<string>();
             const int limit = 256 * 1024;
-            using var forwarder = new MuxPortForwarder(sender, stats, log.Enqueue, queueLimit: limit);
+            var policy = new ConnectionQueuePolicy { ConnectionBytes = limit, SessionBytes = 4 * limit, StallTime = TimeSpan.FromMilliseconds(200) };
+            using var forwarder = new MuxPortForwarder(sender, stats, log.Enqueue, policy);
 
             var (stalledApp, stalledServed) = await PairAsync(listener, tinyBuffers: true);
             var stalledTask = forwarder.HandleConnectionAsync(stalledServed, CancellationToken.None);
@@ -128,8 +129,9 @@ namespace BastionTools.Tests.Ssm
                 if (fed % (1024 * 1024) == 0) await Task.Delay(1); // let the live reader and the pumps run
             }
             var peak = stats.QueuedBytesPeak;
-            // What the forwarder held never passed the bound (plus the last refused frame's size at most, per connection).
-            Assert.True(peak <= 2L * limit + 2 * 16 * 1024, $"peak queued {peak} bytes");
+            // What the forwarder held never passed the session bound (the stalled connection may pass its own bound for the
+            // stall time, not more).
+            Assert.True(peak <= policy.SessionBytes + 2 * 16 * 1024, $"peak queued {peak} bytes");
             // The stalled connection was reset (RST), and the agent was told (FIN for its stream).
             await Until(() => sender.Frames.Any(f => f.Command == SmuxCommand.Fin && f.StreamId == stalled), "FIN for the reset stream");
             Assert.Contains(log, l => l.Contains($"Connection {stalled} (from ") && l.Contains("was reset"));
@@ -161,6 +163,41 @@ namespace BastionTools.Tests.Ssm
             await liveTask;
             Assert.Equal(0, stats.QueuedBytes);
             Assert.Equal(0, stats.Active);
+        }
+
+        [Fact(Timeout = 120_000)]
+        public async Task Mux_ASlowReaderThatKeepsReading_IsNotReset_PastTheConnectionBound()
+        {
+            using var listener = new TcpListener(IPAddress.Loopback, 0);
+            listener.Start();
+            var sender = new RecordingSender();
+            var stats = new ConnectionStatistics();
+            const int limit = 64 * 1024;
+            // The stall time is long enough for any scheduler: what is tested is that reading resets the clock.
+            var policy = new ConnectionQueuePolicy { ConnectionBytes = limit, SessionBytes = 64 * limit, StallTime = TimeSpan.FromSeconds(5) };
+            using var forwarder = new MuxPortForwarder(sender, stats, _ => { }, policy);
+            var (app, served) = await PairAsync(listener, tinyBuffers: true);
+            var task = forwarder.HandleConnectionAsync(served, CancellationToken.None);
+            await Until(() => sender.Frames.Any(f => f.Command == SmuxCommand.Syn), "SYN");
+            // 1 MiB arrives at once: 16 times the connection bound, within the session bound.
+            for (var i = 0; i < 64; i++) forwarder.OnOutput(Psh(3, 16 * 1024, (byte)i));
+            Assert.True(stats.QueuedBytesPeak > limit, "the queue never passed the connection bound");
+            // The client reads it all, slowly.
+            var received = 0L;
+            var buffer = new byte[4096];
+            var s = app.GetStream();
+            while (received < 64 * 16 * 1024)
+            {
+                var n = await s.ReadAsync(buffer);
+                Assert.True(n > 0, "the connection ended");
+                received += n;
+                if (received % (64 * 1024) < 4096) await Task.Delay(5);
+            }
+            Assert.Equal(0, stats.Reset);
+            forwarder.OnOutput(Fin(3));
+            Assert.Equal(0, await s.ReadAsync(buffer));
+            app.Dispose();
+            await task;
         }
 
         [Fact(Timeout = 60_000)]
@@ -217,7 +254,8 @@ namespace BastionTools.Tests.Ssm
             var sender = new RecordingSender { Mux = false };
             var stats = new ConnectionStatistics();
             const int limit = 128 * 1024;
-            using var forwarder = new BasicPortForwarder(sender, stats, _ => { }, queueLimit: limit);
+            var policy = new ConnectionQueuePolicy { ConnectionBytes = limit, SessionBytes = 4 * limit, StallTime = TimeSpan.FromMilliseconds(200) };
+            using var forwarder = new BasicPortForwarder(sender, stats, _ => { }, policy);
             var (app, served) = await PairAsync(listener, tinyBuffers: true);
             var task = forwarder.HandleConnectionAsync(served, CancellationToken.None);
             await Until(() => stats.Active == 1, "the connection's turn");
@@ -229,7 +267,7 @@ namespace BastionTools.Tests.Ssm
                 Assert.True(fed < 64L * 1024 * 1024, "never reset");
                 if (fed % (256 * 1024) == 0) await Task.Delay(1);
             }
-            Assert.True(stats.QueuedBytesPeak <= limit, $"peak {stats.QueuedBytesPeak}");
+            Assert.True(stats.QueuedBytesPeak <= policy.SessionBytes, $"peak {stats.QueuedBytesPeak}");
             await Until(() => sender.Flags.Contains(PayloadTypeFlag.DisconnectToPort), "DisconnectToPort");
             await task;
             Assert.Equal(0, stats.QueuedBytes);

@@ -11,10 +11,11 @@ namespace BastionTools.Ssm
     /// <item><term>Pending acknowledgements</term><description><see cref="MaxPendingAcknowledgements"/> not yet written to the socket. Beyond: dropped; the agent resends the message and it is acknowledged then.</description></item>
     /// <item><term>Send window</term><description><see cref="SendWindow"/> messages sent and not acknowledged; senders wait (local TCP back-pressure).</description></item>
     /// <item><term>smux frame reassembly</term><description>65,535 bytes (the smux v1 length field is 16 bits): one partial frame at a time.</description></item>
-    /// <item><term>Per local connection</term><description><see cref="ConnectionQueueBytes"/> received for it and not yet taken by its client. Beyond: that connection is reset (smux FIN, local RST); the others go on.</description></item>
+    /// <item><term>Per local connection</term><description><see cref="ConnectionQueueBytes"/> received for it and not yet taken by its client, once the client has taken nothing for <see cref="ConnectionStallTime"/>: that connection is reset (smux FIN, local RST); the others go on. A client that is slow but reading may hold more, within the session bound.</description></item>
+    /// <item><term>All local connections</term><description><see cref="SessionQueueBytes"/> together. Beyond: the connection holding most is reset.</description></item>
     /// </list>
-    /// So one session holds at most about ReorderWindow × 1.1 KiB + SendWindow × 1.1 KiB + connections × ConnectionQueueBytes
-    /// (about 12 MiB + 1.1 MiB + 8 MiB per connection with the defaults), whatever the service sends.
+    /// So one session holds at most about ReorderWindow × 1.1 KiB + SendWindow × 1.1 KiB + SessionQueueBytes
+    /// (about 12 MiB + 1.1 MiB + 64 MiB with the defaults), whatever the service sends and however many connections.
     /// </summary>
     internal static class ChannelLimits
     {
@@ -38,7 +39,17 @@ namespace BastionTools.Ssm
         /// <summary>Stream messages in flight (sent, not acknowledged) at most.</summary>
         public const int SendWindow = 1024;
 
-        /// <summary>Bytes received for one local connection and not yet read by its client, at most.</summary>
+        /// <summary>
+        /// Bytes received for one local connection and not yet read by its client, past which a client that reads nothing
+        /// is reset. smux v1 has no per-stream flow control; at the agent's pace (1 KiB per millisecond at most) this is
+        /// several seconds of data.
+        /// </summary>
         public const int ConnectionQueueBytes = 8 * 1024 * 1024;
+
+        /// <summary>Bytes all the local connections of one session hold together, at most.</summary>
+        public const int SessionQueueBytes = 64 * 1024 * 1024;
+
+        /// <summary>How long a client past <see cref="ConnectionQueueBytes"/> may take nothing before it is taken for stopped.</summary>
+        public static readonly System.TimeSpan ConnectionStallTime = System.TimeSpan.FromSeconds(2);
     }
 }

@@ -832,8 +832,9 @@ namespace BastionTools.Ssm
                 var remaining = budget - lost.Elapsed;
                 if (remaining <= TimeSpan.Zero) break;
                 Statistics.ResumeAttempted();
+                var limit = TimeSpan.FromTicks(Math.Min(_options.ResumeAttemptTimeout.Ticks, _options.FirstResumeAttemptTimeout.Ticks * attempt));
                 using var attemptCts = CancellationTokenSource.CreateLinkedTokenSource(_lifetime.Token);
-                attemptCts.CancelAfter(remaining < _options.ResumeAttemptTimeout ? remaining : _options.ResumeAttemptTimeout);
+                attemptCts.CancelAfter(remaining < limit ? remaining : limit);
                 try
                 {
                     _log($"Resuming session {SessionId} (attempt {attempt}, {lost.Elapsed.TotalSeconds:0} s since the connection was lost).");
@@ -861,7 +862,7 @@ namespace BastionTools.Ssm
                 }
                 catch (OperationCanceledException ex)
                 {
-                    last = new TimeoutException($"the attempt took longer than {_options.ResumeAttemptTimeout.TotalSeconds:0} s", ex);
+                    last = new TimeoutException($"the attempt took longer than {limit.TotalSeconds:0} s", ex);
                     _log($"Resume attempt {attempt} failed: {last.Message}.");
                 }
                 catch (Exception ex)

@@ -60,8 +60,8 @@ namespace BastionTools.Ssm
         /// <summary>Acknowledgements waiting for the socket at most; more are dropped (the agent resends).</summary>
         public int MaxPendingAcknowledgements { get; set; } = ChannelLimits.MaxPendingAcknowledgements;
 
-        /// <summary>Bytes held for one local connection whose client does not read, before that connection is reset.</summary>
-        public int ConnectionQueueBytes { get; set; } = ChannelLimits.ConnectionQueueBytes;
+        /// <summary>How much the local connections' queues may hold, and when a client is taken for stopped (then reset).</summary>
+        public ConnectionQueuePolicy ConnectionQueues { get; set; } = new();
 
         public TimeSpan InitialRetransmitTimeout { get; set; } = TimeSpan.FromMilliseconds(200);
         public TimeSpan MinRetransmitTimeout { get; set; } = TimeSpan.FromMilliseconds(200);
@@ -110,8 +110,15 @@ namespace BastionTools.Ssm
         /// <summary>Longest back-off between resume attempts (the official client's DataChannelRetryMaxIntervalMillis is 5 s).</summary>
         public TimeSpan ReconnectMaxDelay { get; set; } = TimeSpan.FromSeconds(5);
 
-        /// <summary>One resume attempt (ResumeSession, then the WebSocket) is abandoned after this.</summary>
+        /// <summary>
+        /// One resume attempt (ResumeSession, then the WebSocket) is abandoned after <see cref="FirstResumeAttemptTimeout"/>
+        /// times the attempt's number, at most this. The first attempts are short because after a sleep or a network change
+        /// the HTTP client's pooled connections are as dead as the WebSocket was, and a request sent on one hangs.
+        /// </summary>
         public TimeSpan ResumeAttemptTimeout { get; set; } = TimeSpan.FromSeconds(15);
+
+        /// <summary>The first resume attempt's time limit (see <see cref="ResumeAttemptTimeout"/>).</summary>
+        public TimeSpan FirstResumeAttemptTimeout { get; set; } = TimeSpan.FromSeconds(5);
 
         /// <summary>With nothing outstanding, a WebSocket ping is sent when nothing has been received for this long.</summary>
         public TimeSpan PingInterval { get; set; } = TimeSpan.FromSeconds(20);
@@ -120,7 +127,7 @@ namespace BastionTools.Ssm
         public TimeSpan ProbeInterval { get; set; } = TimeSpan.FromSeconds(5);
 
         /// <summary>A connection on which nothing at all arrives within this time after a ping is dead: it is dropped and resumed.</summary>
-        public TimeSpan PongTimeout { get; set; } = TimeSpan.FromSeconds(10);
+        public TimeSpan PongTimeout { get; set; } = TimeSpan.FromSeconds(5);
 
         /// <summary>
         /// Multiplexed port sessions send a smux NOP when they have sent nothing for this long, so that an idle tunnel is

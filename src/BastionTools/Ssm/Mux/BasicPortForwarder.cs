@@ -34,17 +34,17 @@ namespace BastionTools.Ssm
         private readonly IStreamSender _sender;
         private readonly ConnectionStatistics _stats;
         private readonly Action<string> _log;
-        private readonly int _queueLimit;
+        private readonly ConnectionQueuePolicy _queues;
         private readonly SemaphoreSlim _turn = new(1, 1);
         private readonly CancellationTokenSource _lifetime = new();
         private volatile Current? _current;
 
-        public BasicPortForwarder(IStreamSender sender, ConnectionStatistics stats, Action<string> log, int queueLimit = ChannelLimits.ConnectionQueueBytes)
+        public BasicPortForwarder(IStreamSender sender, ConnectionStatistics stats, Action<string> log, ConnectionQueuePolicy? queues = null)
         {
             _sender = sender;
             _stats = stats;
             _log = log;
-            _queueLimit = queueLimit;
+            _queues = queues ?? new ConnectionQueuePolicy();
         }
 
         public PortForwardingMode Mode => PortForwardingMode.Basic;
@@ -54,7 +54,7 @@ namespace BastionTools.Ssm
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _lifetime.Token);
             await _turn.WaitAsync(linked.Token).ConfigureAwait(false);
             _stats.Open();
-            var current = new Current(client, new ConnectionQueue(_queueLimit, _stats));
+            var current = new Current(client, new ConnectionQueue(_queues, _stats));
             Task? download = null;
             try
             {
@@ -109,6 +109,7 @@ namespace BastionTools.Ssm
                     foreach (var b in batch)
                     {
                         await network.WriteAsync(b, 0, b.Length, cancellationToken).ConfigureAwait(false);
+                        current.Queue.Progress();
                         _stats.In(b.Length);
                     }
                     batch.Clear();
@@ -128,8 +129,15 @@ namespace BastionTools.Ssm
                 _stats.Dropped(payload.Length);
                 return;
             }
-            if (current.Queue.TryEnqueue(payload)) return;
-            ResetCurrent(current, $"its client did not read the {_queueLimit / 1024} KiB that arrived for it");
+            switch (current.Queue.TryEnqueue(payload))
+            {
+                case EnqueueResult.Stalled:
+                    ResetCurrent(current, $"its client has read nothing for {_queues.StallTime.TotalSeconds:0.#} s while {current.Queue.Bytes / 1024} KiB waited for it");
+                    break;
+                case EnqueueResult.Full:
+                    ResetCurrent(current, $"its client did not keep up: {current.Queue.Bytes / 1024} KiB waited for it");
+                    break;
+            }
         }
 
         private void ResetCurrent(Current current, string reason)

@@ -5,28 +5,64 @@ using System.Threading.Tasks;
 
 namespace BastionTools.Ssm
 {
+    /// <summary>How much a port session lets its local connections' queues hold (see <see cref="ChannelLimits"/>).</summary>
+    internal sealed class ConnectionQueuePolicy
+    {
+        /// <summary>A connection past this, whose client has taken nothing for <see cref="StallTime"/>, has stopped reading: it is reset.</summary>
+        public long ConnectionBytes { get; set; } = ChannelLimits.ConnectionQueueBytes;
+
+        /// <summary>All of a session's connections together never hold more: past it, the connection holding most is reset.</summary>
+        public long SessionBytes { get; set; } = ChannelLimits.SessionQueueBytes;
+
+        /// <summary>How long a client may take nothing while its connection is past <see cref="ConnectionBytes"/>.</summary>
+        public TimeSpan StallTime { get; set; } = ChannelLimits.ConnectionStallTime;
+    }
+
+    /// <summary>What became of data offered to a <see cref="ConnectionQueue"/>.</summary>
+    internal enum EnqueueResult
+    {
+        /// <summary>Queued (or dropped because the connection has ended).</summary>
+        Accepted,
+
+        /// <summary>Refused: the queue is past the connection bound and its client has taken nothing for the stall time.</summary>
+        Stalled,
+
+        /// <summary>Refused: the queue alone would pass the session bound.</summary>
+        Full,
+    }
+
     /// <summary>
     /// Bytes received from the agent for one local connection, waiting for its client to read them. Bounded: the data
-    /// channel's receive loop puts data in without ever waiting, and a put that would pass the bound is refused (the
-    /// caller then resets that connection). One reader takes the data out in batches.
+    /// channel's receive loop puts data in without ever waiting. Past the connection bound, data is still taken while the
+    /// client keeps reading (a slow reader is not a stopped one), up to the session bound; a client that has taken nothing
+    /// for the stall time is refused (the caller then resets that connection). One reader takes the data out in batches
+    /// and reports each write it completed (<see cref="Progress"/>).
     /// </summary>
     internal sealed class ConnectionQueue
     {
         private readonly object _gate = new();
         private readonly Queue<byte[]> _items = new();
         private readonly long _limit;
+        private readonly long _hardLimit;
+        private readonly long _stallTicks;
         private readonly ConnectionStatistics? _stats;
         private long _bytes;
+        private long _progressTicks = System.Diagnostics.Stopwatch.GetTimestamp();
         private bool _completed;
         private bool _failed;
         private TaskCompletionSource<bool>? _waiter;
 
-        public ConnectionQueue(long limit, ConnectionStatistics? stats = null)
+        public ConnectionQueue(ConnectionQueuePolicy policy, ConnectionStatistics? stats = null)
         {
-            if (limit <= 0) throw new ArgumentOutOfRangeException(nameof(limit));
-            _limit = limit;
+            if (policy.ConnectionBytes <= 0 || policy.SessionBytes < policy.ConnectionBytes) throw new ArgumentOutOfRangeException(nameof(policy));
+            _limit = policy.ConnectionBytes;
+            _hardLimit = policy.SessionBytes;
+            _stallTicks = (long)(policy.StallTime.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
             _stats = stats;
         }
+
+        /// <summary>The reader wrote a batch to its client.</summary>
+        public void Progress() => Interlocked.Exchange(ref _progressTicks, System.Diagnostics.Stopwatch.GetTimestamp());
 
         /// <summary>Bytes queued now.</summary>
         public long Bytes
@@ -49,24 +85,30 @@ namespace BastionTools.Ssm
         }
 
         /// <summary>
-        /// Queues <paramref name="data"/> (kept, not copied). False when it would pass the bound: nothing is queued then.
-        /// After <see cref="Complete"/> or <see cref="Fail"/> data is discarded and true returned.
+        /// Queues <paramref name="data"/> (kept, not copied), unless the queue is past the connection bound and its client
+        /// has taken nothing for the stall time, or it would pass the session bound on its own. After <see cref="Complete"/>
+        /// or <see cref="Fail"/> data is discarded (Accepted).
         /// </summary>
-        public bool TryEnqueue(byte[] data)
+        public EnqueueResult TryEnqueue(byte[] data)
         {
             TaskCompletionSource<bool>? wake;
             lock (_gate)
             {
-                if (_completed || _failed) return true;
-                if (_bytes + data.Length > _limit) return false;
+                if (_completed || _failed) return EnqueueResult.Accepted;
+                var after = _bytes + data.Length;
+                if (after > _hardLimit) return EnqueueResult.Full;
+                var now = System.Diagnostics.Stopwatch.GetTimestamp();
+                // The stall clock starts when data starts waiting: an idle queue's client has had nothing to read.
+                if (_bytes == 0) Interlocked.Exchange(ref _progressTicks, now);
+                if (after > _limit && now - Interlocked.Read(ref _progressTicks) > _stallTicks) return EnqueueResult.Stalled;
                 _items.Enqueue(data);
-                _bytes += data.Length;
+                _bytes = after;
                 wake = _waiter;
                 _waiter = null;
             }
             _stats?.Queue(data.Length);
             wake?.TrySetResult(true);
-            return true;
+            return EnqueueResult.Accepted;
         }
 
         /// <summary>No more data will come (the agent finished): the reader gets what is queued, then the end.</summary>

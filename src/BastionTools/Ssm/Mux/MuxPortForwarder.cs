@@ -64,7 +64,7 @@ namespace BastionTools.Ssm
         private readonly Action<string> _log;
         private readonly Action<string>? _fatal;
         private readonly ConnectionStatistics _stats;
-        private readonly int _queueLimit;
+        private readonly ConnectionQueuePolicy _queues;
         private readonly SmuxDecoder _decoder = new();
         private readonly ConcurrentDictionary<uint, MuxStream> _streams = new();
         private readonly SemaphoreSlim _frameLock = new(1, 1);
@@ -77,16 +77,16 @@ namespace BastionTools.Ssm
         /// <param name="sender">Where frames go (the data channel).</param>
         /// <param name="stats">Connection counters of the session.</param>
         /// <param name="log">Narration (Verbose).</param>
-        /// <param name="queueLimit">Bytes queued per connection before it is reset.</param>
+        /// <param name="queues">How much connections may hold before a client that reads nothing is reset (null: the defaults).</param>
         /// <param name="keepAlive">Idle time after which a NOP is sent; zero for none.</param>
         /// <param name="fatal">Called once if the agent's smux stream can no longer be framed (the tunnel is unusable).</param>
-        public MuxPortForwarder(IStreamSender sender, ConnectionStatistics stats, Action<string> log, int queueLimit = ChannelLimits.ConnectionQueueBytes,
+        public MuxPortForwarder(IStreamSender sender, ConnectionStatistics stats, Action<string> log, ConnectionQueuePolicy? queues = null,
             TimeSpan keepAlive = default, Action<string>? fatal = null)
         {
             _sender = sender;
             _stats = stats;
             _log = log;
-            _queueLimit = queueLimit;
+            _queues = queues ?? new ConnectionQueuePolicy();
             _fatal = fatal;
             if (keepAlive > TimeSpan.Zero) _ = Task.Run(() => KeepAliveLoopAsync(keepAlive));
         }
@@ -154,7 +154,7 @@ namespace BastionTools.Ssm
         {
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _lifetime.Token);
             var id = (uint)Interlocked.Add(ref _lastStreamId, 2);
-            var stream = new MuxStream(id, client, new ConnectionQueue(_queueLimit, _stats));
+            var stream = new MuxStream(id, client, new ConnectionQueue(_queues, _stats));
             _streams[id] = stream;
             _stats.Open();
             client.NoDelay = true;
@@ -238,6 +238,7 @@ namespace BastionTools.Ssm
                 if (batch.Count == 1)
                 {
                     await network.WriteAsync(batch[0], 0, batch[0].Length, cancellationToken).ConfigureAwait(false);
+                    stream.Queue.Progress();
                     _stats.In(batch[0].Length);
                 }
                 else
@@ -248,12 +249,14 @@ namespace BastionTools.Ssm
                         if (n + b.Length > joined.Length)
                         {
                             await network.WriteAsync(joined, 0, n, cancellationToken).ConfigureAwait(false);
+                            stream.Queue.Progress();
                             _stats.In(n);
                             n = 0;
                         }
                         if (b.Length > joined.Length)
                         {
                             await network.WriteAsync(b, 0, b.Length, cancellationToken).ConfigureAwait(false);
+                            stream.Queue.Progress();
                             _stats.In(b.Length);
                             continue;
                         }
@@ -263,6 +266,7 @@ namespace BastionTools.Ssm
                     if (n > 0)
                     {
                         await network.WriteAsync(joined, 0, n, cancellationToken).ConfigureAwait(false);
+                        stream.Queue.Progress();
                         _stats.In(n);
                     }
                 }
@@ -311,9 +315,17 @@ namespace BastionTools.Ssm
                         if (frame.Payload.Length == 0) break;
                         stream.ReceivedData = true;
                         Interlocked.Exchange(ref stream.LastRemoteDataTicks, DateTime.UtcNow.Ticks);
-                        if (!stream.Queue.TryEnqueue(frame.Payload))
+                        switch (stream.Queue.TryEnqueue(frame.Payload))
                         {
-                            Reset(stream, $"its client did not read the {_queueLimit / 1024} KiB that arrived for it");
+                            case EnqueueResult.Stalled:
+                                Reset(stream, $"its client has read nothing for {_queues.StallTime.TotalSeconds:0.#} s while {stream.Queue.Bytes / 1024} KiB waited for it");
+                                break;
+                            case EnqueueResult.Full:
+                                Reset(stream, $"its client did not keep up: {stream.Queue.Bytes / 1024} KiB waited for it");
+                                break;
+                            default:
+                                if (_stats.QueuedBytes > _queues.SessionBytes) ResetLargest();
+                                break;
                         }
                         break;
                     case SmuxCommand.Fin:
@@ -353,6 +365,20 @@ namespace BastionTools.Ssm
             Fail(stream, "reset: " + reason);
             EndStream(stream);
             if (!_lifetime.IsCancellationRequested) _ = SendFinQuietlyAsync(stream);
+        }
+
+        /// <summary>All connections together hold more than the session bound: the one holding most is reset.</summary>
+        private void ResetLargest()
+        {
+            MuxStream? largest = null;
+            foreach (var s in _streams.Values)
+            {
+                if (largest == null || s.Queue.Bytes > largest.Queue.Bytes) largest = s;
+            }
+            if (largest != null)
+            {
+                Reset(largest, $"the tunnel's connections held more than {_queues.SessionBytes / 1048576} MiB their clients had not read, {largest.Queue.Bytes / 1024} KiB of it for this one");
+            }
         }
 
         private async Task SendFinQuietlyAsync(MuxStream stream)

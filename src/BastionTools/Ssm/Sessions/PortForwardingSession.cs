@@ -277,8 +277,8 @@ namespace BastionTools.Ssm
                 && (portType == null || string.Equals(portType, "LocalPortForwarding", StringComparison.Ordinal));
             var sender = new DataChannelSender(_channel!);
             _forwarder = mux
-                ? new MuxPortForwarder(sender, Connections, Events.Write, _channelOptions.ConnectionQueueBytes, _channelOptions.IdleKeepAlive, OnForwarderBroken)
-                : new BasicPortForwarder(sender, Connections, Events.Write, _channelOptions.ConnectionQueueBytes);
+                ? new MuxPortForwarder(sender, Connections, Events.Write, _channelOptions.ConnectionQueues, _channelOptions.IdleKeepAlive, OnForwarderBroken)
+                : new BasicPortForwarder(sender, Connections, Events.Write, _channelOptions.ConnectionQueues);
         }
 
         /// <summary>The agent's multiplexed stream can no longer be read: the tunnel is unusable, so the session ends with the reason.</summary>
