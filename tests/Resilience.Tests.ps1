@@ -187,10 +187,11 @@ Describe 'An outage longer than -ReconnectTimeoutSec' {
         $module = Get-TestModulePath
         $aws = $Sandbox.Aws
         $portFile = Join-Path ([IO.Path]::GetTempPath()) ("bt-port-" + [guid]::NewGuid().ToString('n'))
+        $verboseFile = Join-Path ([IO.Path]::GetTempPath()) ("bt-verbose-" + [guid]::NewGuid().ToString('n'))
         $script = @"
 Import-Module '$module'
 `$aws = @{ AccessKey = '$($aws.AccessKey)'; SecretKey = '$($aws.SecretKey)'; Region = '$($aws.Region)'; EndpointUrl = '$($aws.EndpointUrl)' }
-Start-BastionSession -Target i-0a1b2c3d4e5f60001 -RemoteHost '$Endpoint' -RemotePort $($Pg.port) @aws -ReconnectTimeoutSec 5 -Wait -ErrorVariable failures -ErrorAction SilentlyContinue 6>`$null |
+Start-BastionSession -Target i-0a1b2c3d4e5f60001 -RemoteHost '$Endpoint' -RemotePort $($Pg.port) @aws -ReconnectTimeoutSec 5 -Wait -Verbose -ErrorVariable failures -ErrorAction SilentlyContinue 6>`$null 4>'$verboseFile' |
     ForEach-Object { Set-Content -Path '$portFile' -Value `$_.LocalPort }
 'ERRORS=' + ((`$failures | ForEach-Object { `$_.FullyQualifiedErrorId + '|' + `$_.Exception.Message }) -join ';;')
 "@
@@ -208,11 +209,15 @@ Start-BastionSession -Target i-0a1b2c3d4e5f60001 -RemoteHost '$Endpoint' -Remote
             $probe = [System.Net.Sockets.TcpClient]::new()
             { $probe.Connect('127.0.0.1', $port) } | Should -Throw
             $probe.Dispose()
+            # While it waited, -Verbose narrated what happened.
+            $verbose = Get-Content -Raw $verboseFile
+            $verbose | Should -Match 'the connection is dead; resuming'
+            $verbose | Should -Match 'Resuming session'
         }
         finally {
             $null = Invoke-Control 'proxy/restore'
             $job | Remove-Job -Force -ErrorAction SilentlyContinue
-            Remove-Item $portFile -ErrorAction SilentlyContinue
+            Remove-Item $portFile, $verboseFile -ErrorAction SilentlyContinue
         }
     }
 }

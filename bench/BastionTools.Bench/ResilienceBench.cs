@@ -47,22 +47,10 @@ namespace BastionTools.Bench
 
             using var sandbox = Sandbox.Start(sandboxDll, "--postgres", "--fault-proxy");
             var info = sandbox.Info;
-            var pg = info.GetProperty("postgres");
-            var pgPort = pg.GetProperty("port").GetInt32();
+            var pgPort = info.GetProperty("postgres").GetProperty("port").GetInt32();
             var control = info.GetProperty("control").GetString()!.TrimEnd('/');
             using var http = new HttpClient { BaseAddress = new Uri(control + "/") };
-            string Conn(int port, int commandTimeout = 300) => new NpgsqlConnectionStringBuilder
-            {
-                Host = "127.0.0.1",
-                Port = port,
-                Username = pg.GetProperty("user").GetString(),
-                Password = pg.GetProperty("password").GetString(),
-                Database = pg.GetProperty("database").GetString(),
-                Pooling = false,
-                SslMode = SslMode.Disable,
-                Timeout = 120,
-                CommandTimeout = commandTimeout,
-            }.ConnectionString;
+            string Conn(int port, int commandTimeout = 300) => sandbox.PostgresConnectionString(port, commandTimeout);
             var creds = new ResolvedCredentials(new BasicAWSCredentials(info.GetProperty("accessKeyId").GetString(), info.GetProperty("secretAccessKey").GetString()), "sandbox", null);
             using var api = new AwsApi(creds, info.GetProperty("region").GetString()!, info.GetProperty("ssm").GetString());
 
@@ -104,21 +92,17 @@ namespace BastionTools.Bench
 
             // ---- 2. another connection's throughput while one client has stopped reading ----
             await Post(http, "agent", "{\"outputReadPauseMs\":0}").ConfigureAwait(false);
-            await using (var c = new NpgsqlConnection(Conn(pgPort)))
-            {
-                await c.OpenAsync().ConfigureAwait(false);
-                await Exec(c, "drop table if exists bench_rows; create table bench_rows as select g as id, md5(g::text) || repeat('x', 60) as payload from generate_series(1, 130000) g").ConfigureAwait(false);
-            }
+            await BenchDb.CreateRowsAsync(Conn(pgPort)).ConfigureAwait(false);
             {
                 var session = await Open(pgPort).ConfigureAwait(false);
                 var port = session.LocalEndPoint!.Port;
-                var alone = Best(await CopyOut(Conn(port)).ConfigureAwait(false), await CopyOut(Conn(port)).ConfigureAwait(false));
+                var alone = Throughput.Best(await BenchDb.CopyOutAsync(Conn(port)).ConfigureAwait(false), await BenchDb.CopyOutAsync(Conn(port)).ConfigureAwait(false));
                 // The stalled client: a COPY of ~1 GB that reads one line, then nothing.
                 var stalled = new NpgsqlConnection(Conn(port, 0));
                 await stalled.OpenAsync().ConfigureAwait(false);
                 var export = await stalled.BeginTextExportAsync("COPY (SELECT g, repeat('x', 200) FROM generate_series(1, 5000000) g) TO STDOUT").ConfigureAwait(false);
                 await export.ReadLineAsync().ConfigureAwait(false);
-                var withStalled = await CopyOut(Conn(port)).ConfigureAwait(false);
+                var withStalled = await BenchDb.CopyOutAsync(Conn(port)).ConfigureAwait(false);
                 var resetAfter = session.Connections.Reset;
                 Console.WriteLine($"COPY out of {alone.Bytes / 1e6:F1} MB through the tunnel: alone {alone.MBps,7:F1} MB/s; while another client has stopped reading {withStalled.MBps,7:F1} MB/s " +
                                   $"(ratio {withStalled.MBps / alone.MBps:P0}); the stalled connection was reset: {(resetAfter > 0 ? "yes" : "not yet")}, peak queued {session.Connections.QueuedBytesPeak / 1048576.0:F1} MiB");
@@ -272,77 +256,6 @@ namespace BastionTools.Bench
         {
             await using var cmd = new NpgsqlCommand(sql, c);
             return await cmd.ExecuteScalarAsync().ConfigureAwait(false);
-        }
-
-        private static async Task Exec(NpgsqlConnection c, string sql)
-        {
-            await using var cmd = new NpgsqlCommand(sql, c);
-            await cmd.ExecuteNonQueryAsync().ConfigureAwait(false);
-        }
-
-        private readonly struct Throughput
-        {
-            public Throughput(long bytes, TimeSpan elapsed)
-            {
-                Bytes = bytes;
-                Elapsed = elapsed;
-            }
-
-            public long Bytes { get; }
-            public TimeSpan Elapsed { get; }
-            public double MBps => Bytes / 1e6 / Elapsed.TotalSeconds;
-        }
-
-        private static Throughput Best(Throughput a, Throughput b) => a.MBps >= b.MBps ? a : b;
-
-        private static async Task<Throughput> CopyOut(string conn)
-        {
-            await using var c = new NpgsqlConnection(conn);
-            await c.OpenAsync().ConfigureAwait(false);
-            var sw = Stopwatch.StartNew();
-            long total = 0;
-            await using (var raw = await c.BeginRawBinaryCopyAsync("COPY bench_rows TO STDOUT (FORMAT binary)").ConfigureAwait(false))
-            {
-                var buffer = new byte[64 * 1024];
-                int n;
-                while ((n = await raw.ReadAsync(buffer, 0, buffer.Length).ConfigureAwait(false)) > 0) total += n;
-            }
-            return new Throughput(total, sw.Elapsed);
-        }
-    }
-
-    /// <summary>The sandbox in a process of its own (so the client's memory is the client's alone).</summary>
-    internal sealed class Sandbox : IDisposable
-    {
-        private Sandbox(Process process, JsonElement info)
-        {
-            Process = process;
-            Info = info;
-        }
-
-        public Process Process { get; }
-        public JsonElement Info { get; }
-
-        public static Sandbox Start(string dll, params string[] arguments)
-        {
-            var psi = new ProcessStartInfo("dotnet") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = false, UseShellExecute = false };
-            psi.ArgumentList.Add(dll);
-            foreach (var a in arguments) psi.ArgumentList.Add(a);
-            var p = Process.Start(psi)!;
-            var line = p.StandardOutput.ReadLine() ?? throw new InvalidOperationException("The sandbox printed nothing.");
-            return new Sandbox(p, JsonDocument.Parse(line).RootElement.Clone());
-        }
-
-        public void Dispose()
-        {
-            try
-            {
-                Process.StandardInput.Close();
-                if (!Process.WaitForExit(20000)) Process.Kill(true);
-            }
-            catch (InvalidOperationException)
-            {
-            }
         }
     }
 }

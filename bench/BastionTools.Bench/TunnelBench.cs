@@ -40,32 +40,18 @@ namespace BastionTools.Bench
                 return 2;
             }
 
-            using var sandbox = StartSandbox(sandboxDll);
+            // The agent without its 1 ms pause per 1 KiB read: the client is measured, not the agent's ~1 MB/s cap.
+            using var sandbox = Sandbox.Start(sandboxDll, "--postgres", "--output-read-pause-ms", "0");
             var info = sandbox.Info;
             var pg = info.GetProperty("postgres");
             var pgPort = pg.GetProperty("port").GetInt32();
-            string Conn(int port) => new NpgsqlConnectionStringBuilder
-            {
-                Host = "127.0.0.1",
-                Port = port,
-                Username = pg.GetProperty("user").GetString(),
-                Password = pg.GetProperty("password").GetString(),
-                Database = pg.GetProperty("database").GetString(),
-                Pooling = false,
-                SslMode = SslMode.Disable,
-                Timeout = 30,
-                CommandTimeout = 120,
-            }.ConnectionString;
+            string Conn(int port) => sandbox.PostgresConnectionString(port);
 
             var creds = new ResolvedCredentials(new BasicAWSCredentials(info.GetProperty("accessKeyId").GetString(), info.GetProperty("secretAccessKey").GetString()), "sandbox", null);
             using var api = new AwsApi(creds, info.GetProperty("region").GetString()!, info.GetProperty("ssm").GetString());
 
             // Setup data: about 12 MB of rows.
-            await using (var c = new NpgsqlConnection(Conn(pgPort)))
-            {
-                await c.OpenAsync().ConfigureAwait(false);
-                await Exec(c, "drop table if exists bench_rows; create table bench_rows as select g as id, md5(g::text) || repeat('x', 60) as payload from generate_series(1, 130000) g; create table if not exists bench_in (like bench_rows)").ConfigureAwait(false);
-            }
+            await BenchDb.CreateRowsAsync(Conn(pgPort)).ConfigureAwait(false);
 
             var memoryBefore = Snapshot();
             var sw = Stopwatch.StartNew();
@@ -85,11 +71,11 @@ namespace BastionTools.Bench
             Console.WriteLine($"start session -> first row of SELECT 1           {toFirstRow.TotalMilliseconds,10:F0} ms (StartSession, WebSocket, handshake, connect, query)");
 
             // COPY out and in, direct then tunnel (alternating twice, best of two).
-            var outDirect = Best(await CopyOutAsync(Conn(pgPort)).ConfigureAwait(false), await CopyOutAsync(Conn(pgPort)).ConfigureAwait(false));
-            var outTunnel = Best(await CopyOutAsync(Conn(tunnelPort)).ConfigureAwait(false), await CopyOutAsync(Conn(tunnelPort)).ConfigureAwait(false));
+            var outDirect = Throughput.Best(await BenchDb.CopyOutAsync(Conn(pgPort)).ConfigureAwait(false), await BenchDb.CopyOutAsync(Conn(pgPort)).ConfigureAwait(false));
+            var outTunnel = Throughput.Best(await BenchDb.CopyOutAsync(Conn(tunnelPort)).ConfigureAwait(false), await BenchDb.CopyOutAsync(Conn(tunnelPort)).ConfigureAwait(false));
             var data = await CopyOutDataAsync(Conn(pgPort)).ConfigureAwait(false);
-            var inDirect = Best(await CopyInAsync(Conn(pgPort), data).ConfigureAwait(false), await CopyInAsync(Conn(pgPort), data).ConfigureAwait(false));
-            var inTunnel = Best(await CopyInAsync(Conn(tunnelPort), data).ConfigureAwait(false), await CopyInAsync(Conn(tunnelPort), data).ConfigureAwait(false));
+            var inDirect = Throughput.Best(await CopyInAsync(Conn(pgPort), data).ConfigureAwait(false), await CopyInAsync(Conn(pgPort), data).ConfigureAwait(false));
+            var inTunnel = Throughput.Best(await CopyInAsync(Conn(tunnelPort), data).ConfigureAwait(false), await CopyInAsync(Conn(tunnelPort), data).ConfigureAwait(false));
             Console.WriteLine($"COPY out ({outDirect.Bytes / 1e6:F1} MB)  direct {outDirect.MBps,8:F1} MB/s   tunnel {outTunnel.MBps,8:F1} MB/s   ratio {outTunnel.MBps / outDirect.MBps:P0}");
             Console.WriteLine($"COPY in  ({inDirect.Bytes / 1e6:F1} MB)  direct {inDirect.MBps,8:F1} MB/s   tunnel {inTunnel.MBps,8:F1} MB/s   ratio {inTunnel.MBps / inDirect.MBps:P0}");
 
@@ -116,79 +102,6 @@ namespace BastionTools.Bench
             return 0;
         }
 
-        private sealed class SandboxProcess : IDisposable
-        {
-            public SandboxProcess(Process process, JsonElement info)
-            {
-                Process = process;
-                Info = info;
-            }
-
-            public Process Process { get; }
-            public JsonElement Info { get; }
-
-            public void Dispose()
-            {
-                try
-                {
-                    Process.StandardInput.Close();
-                    if (!Process.WaitForExit(20000)) Process.Kill(true);
-                }
-                catch (InvalidOperationException)
-                {
-                }
-            }
-        }
-
-        private static SandboxProcess StartSandbox(string dll)
-        {
-            var psi = new ProcessStartInfo("dotnet") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = false, UseShellExecute = false };
-            psi.ArgumentList.Add(dll);
-            psi.ArgumentList.Add("--postgres");
-            // The agent without its 1 ms pause per 1 KiB read: the client is measured, not the agent's ~1 MB/s cap.
-            psi.ArgumentList.Add("--output-read-pause-ms");
-            psi.ArgumentList.Add("0");
-            var p = Process.Start(psi)!;
-            var line = p.StandardOutput.ReadLine() ?? throw new InvalidOperationException("The sandbox printed nothing.");
-            return new SandboxProcess(p, JsonDocument.Parse(line).RootElement.Clone());
-        }
-
-        private static async Task Exec(NpgsqlConnection c, string sql)
-        {
-            await using var cmd = new NpgsqlCommand(sql, c);
-            await cmd.ExecuteNonQueryAsync().ConfigureAwait(false);
-        }
-
-        private readonly struct Throughput
-        {
-            public Throughput(long bytes, TimeSpan elapsed)
-            {
-                Bytes = bytes;
-                Elapsed = elapsed;
-            }
-
-            public long Bytes { get; }
-            public TimeSpan Elapsed { get; }
-            public double MBps => Bytes / 1e6 / Elapsed.TotalSeconds;
-        }
-
-        private static Throughput Best(Throughput a, Throughput b) => a.MBps >= b.MBps ? a : b;
-
-        private static async Task<Throughput> CopyOutAsync(string conn)
-        {
-            await using var c = new NpgsqlConnection(conn);
-            await c.OpenAsync().ConfigureAwait(false);
-            var sw = Stopwatch.StartNew();
-            long total = 0;
-            await using (var raw = await c.BeginRawBinaryCopyAsync("COPY bench_rows TO STDOUT (FORMAT binary)").ConfigureAwait(false))
-            {
-                var buffer = new byte[64 * 1024];
-                int n;
-                while ((n = await raw.ReadAsync(buffer, 0, buffer.Length).ConfigureAwait(false)) > 0) total += n;
-            }
-            return new Throughput(total, sw.Elapsed);
-        }
-
         private static async Task<byte[]> CopyOutDataAsync(string conn)
         {
             await using var c = new NpgsqlConnection(conn);
@@ -205,7 +118,7 @@ namespace BastionTools.Bench
         {
             await using var c = new NpgsqlConnection(conn);
             await c.OpenAsync().ConfigureAwait(false);
-            await Exec(c, "truncate bench_in").ConfigureAwait(false);
+            await BenchDb.ExecAsync(c, "truncate bench_in").ConfigureAwait(false);
             var sw = Stopwatch.StartNew();
             await using (var raw = await c.BeginRawBinaryCopyAsync("COPY bench_in FROM STDIN (FORMAT binary)").ConfigureAwait(false))
             {

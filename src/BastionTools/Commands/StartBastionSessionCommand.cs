@@ -292,6 +292,9 @@ namespace BastionTools.Commands
 
         private void WaitUntilStopped(BastionSession session)
         {
+            // While waiting, the session's events (reconnects, connections reset, the end) are narrated on Verbose.
+            void Narrate(string line) => Pump.Post(() => WriteVerboseSafe(line));
+            session.Engine.Events.Written += Narrate;
             try
             {
                 Pump.Run(async ct =>
@@ -306,11 +309,20 @@ namespace BastionTools.Commands
             }
             finally
             {
+                session.Engine.Events.Written -= Narrate;
                 if (!session.Engine.Completion.IsCompleted)
                 {
                     session.Engine.StopAsync().GetAwaiter().GetResult();
                 }
                 SessionRegistry.Remove(session);
+                try
+                {
+                    Pump.Drain();
+                }
+                catch (PipelineStoppedException)
+                {
+                    // Ctrl-C: nothing more is written.
+                }
             }
             WriteSessionEnd(session);
         }

@@ -67,6 +67,12 @@ namespace BastionTools
 
         public long FailedConnections => Engine.Connections.Failed;
 
+        /// <summary>Connections reset because their program stopped reading what arrived for them (counted in FailedConnections too).</summary>
+        public long ResetConnections => Engine.Connections.Reset;
+
+        /// <summary>Why the session ended on its own (BastionSessionFailed, BastionSessionTimedOut), when it did.</summary>
+        public string? ClosedErrorId => Engine.ClosedErrorId;
+
         public long Reconnects => Engine.Channel?.Reconnects ?? 0;
 
         public long Retransmissions => Engine.Channel?.Retransmissions ?? 0;

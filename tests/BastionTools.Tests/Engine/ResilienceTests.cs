@@ -18,30 +18,6 @@ using Xunit.Abstractions;
 
 namespace BastionTools.Tests.Engine
 {
-    /// <summary>A sandbox (agent + PostgreSQL) behind a TCP fault proxy: every byte a client exchanges with "AWS" crosses it.</summary>
-    public sealed class ResilienceFixture : IDisposable
-    {
-        public ResilienceFixture()
-        {
-            Environment.SetEnvironmentVariable("AWS_EC2_METADATA_DISABLED", "true");
-            Host = new SandboxHost(SandboxWorld.CreateDefault(), new SandboxHostOptions { StartPostgres = true, FaultProxy = true });
-            Host.Start();
-            var c = Host.World.Credentials[0];
-            Api = new AwsApi(new ResolvedCredentials(new BasicAWSCredentials(c.AccessKeyId, c.SecretAccessKey), "test", null), Host.World.Region, Host.SsmEndpoint.ToString());
-        }
-
-        public SandboxHost Host { get; }
-        internal AwsApi Api { get; }
-        public PostgresCluster Postgres => Host.Postgres!;
-        public FaultProxy Proxy => Host.Proxy!;
-
-        public void Dispose()
-        {
-            Api.Dispose();
-            Host.DisposeAsync().AsTask().GetAwaiter().GetResult();
-        }
-    }
-
     [CollectionDefinition("resilience")]
     public sealed class ResilienceCollection : ICollectionFixture<ResilienceFixture>
     {
@@ -86,19 +62,7 @@ namespace BastionTools.Tests.Engine
             return session;
         }
 
-        private string ConnectionString(int port, bool pooling = false, int commandTimeout = 30) => new NpgsqlConnectionStringBuilder
-        {
-            Host = "127.0.0.1",
-            Port = port,
-            Username = _f.Postgres.SuperUser,
-            Password = _f.Postgres.SuperPassword,
-            Database = _f.Postgres.Database,
-            Pooling = pooling,
-            MaxPoolSize = 8,
-            SslMode = SslMode.Disable,
-            Timeout = 60,
-            CommandTimeout = commandTimeout,
-        }.ConnectionString;
+        private string ConnectionString(int port, bool pooling = false, int commandTimeout = 30) => _f.ConnectionString(port, pooling, commandTimeout, maxPoolSize: 8);
 
         private static async Task<int> ScalarAsync(NpgsqlConnection conn, string sql)
         {

@@ -16,35 +16,6 @@ using Xunit.Abstractions;
 
 namespace BastionTools.Tests.Engine
 {
-    /// <summary>One sandbox (agent + PostgreSQL) shared by the tunnel tests.</summary>
-    public sealed class TunnelFixture : IDisposable
-    {
-        public TunnelFixture()
-        {
-            Environment.SetEnvironmentVariable("AWS_EC2_METADATA_DISABLED", "true");
-            Host = new SandboxHost(SandboxWorld.CreateDefault(), new SandboxHostOptions { StartPostgres = true, Log = DebugLog });
-            Host.Start();
-            var c = Host.World.Credentials[0];
-            Api = new AwsApi(new ResolvedCredentials(new BasicAWSCredentials(c.AccessKeyId, c.SecretAccessKey), "test", null), Host.World.Region, Host.SsmEndpoint.ToString());
-        }
-
-        private static void DebugLog(string line)
-        {
-            var path = Environment.GetEnvironmentVariable("BASTIONTOOLS_SANDBOX_LOG");
-            if (path != null) lock (typeof(TunnelFixture)) System.IO.File.AppendAllText(path, line + "\n");
-        }
-
-        public SandboxHost Host { get; }
-        internal AwsApi Api { get; }
-        public PostgresCluster Postgres => Host.Postgres!;
-
-        public void Dispose()
-        {
-            Api.Dispose();
-            Host.DisposeAsync().AsTask().GetAwaiter().GetResult();
-        }
-    }
-
     [CollectionDefinition("tunnel")]
     public sealed class TunnelCollection : ICollectionFixture<TunnelFixture>
     {
@@ -85,18 +56,7 @@ namespace BastionTools.Tests.Engine
             }
         }
 
-        private string ConnectionString(int port, bool pooling = false) => new NpgsqlConnectionStringBuilder
-        {
-            Host = "127.0.0.1",
-            Port = port,
-            Username = _f.Postgres.SuperUser,
-            Password = _f.Postgres.SuperPassword,
-            Database = _f.Postgres.Database,
-            Pooling = pooling,
-            MaxPoolSize = 32,
-            SslMode = SslMode.Disable,
-            Timeout = 30,
-        }.ConnectionString;
+        private string ConnectionString(int port, bool pooling = false) => _f.ConnectionString(port, pooling);
 
         [Fact(Timeout = 120_000)]
         public async Task Npgsql_QueriesThroughTheTunnel_ConcurrentlyAndPooled()
