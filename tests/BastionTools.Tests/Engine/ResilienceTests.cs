@@ -100,19 +100,24 @@ namespace BastionTools.Tests.Engine
                 var export = await stalled.BeginTextExportAsync("COPY (SELECT g, repeat('x', 200) FROM generate_series(1, 5000000) g) TO STDOUT");
                 Assert.StartsWith("1\t", await export.ReadLineAsync());
 
-                // Meanwhile the other connection keeps answering, each within 1 s, until the stalled one has been reset.
+                // Meanwhile the other connection keeps answering. Proof that nothing waits behind the stalled connection:
+                // queries that started and finished while it held more than its bound and had not been reset yet (a tunnel
+                // with head-of-line blocking completes none in that window, however fast the machine). Latencies are printed,
+                // not asserted: the benchmark measures them.
                 var latencies = new List<double>();
+                var duringStall = 0;
                 var clock = Stopwatch.StartNew();
                 while (session.Connections.Reset == 0 && clock.Elapsed < TimeSpan.FromSeconds(90))
                 {
+                    var stalledBefore = session.Connections.QueuedBytes >= options.ConnectionQueues.ConnectionBytes;
                     var q = Stopwatch.StartNew();
                     Assert.Equal(1, await ScalarAsync(other, "select 1"));
                     latencies.Add(q.Elapsed.TotalMilliseconds);
+                    if (stalledBefore && session.Connections.Reset == 0 && session.Connections.QueuedBytes >= options.ConnectionQueues.ConnectionBytes) duringStall++;
                 }
-                _output.WriteLine($"select 1 while a COPY was stalled: {latencies.Count} queries, max {latencies.Max():F1} ms, peak queued {session.Connections.QueuedBytesPeak} bytes");
+                _output.WriteLine($"select 1 while a COPY was stalled: {latencies.Count} queries ({duringStall} entirely while it was over its bound), max {latencies.Max():F1} ms, peak queued {session.Connections.QueuedBytesPeak} bytes");
                 Assert.Equal(1, session.Connections.Reset);
-                Assert.True(latencies.Count >= 1);
-                Assert.All(latencies, ms => Assert.True(ms < 1000, $"a select 1 took {ms:F0} ms"));
+                Assert.True(duringStall >= 1, $"no query completed while the stalled connection was over its bound ({latencies.Count} in all)");
                 // Bounded: what the tunnel held for its connections never passed the session bound by more than one frame
                 // (the stalled connection may pass its own bound while its 2 s stall time runs, not more).
                 Assert.True(session.Connections.QueuedBytesPeak <= options.ConnectionQueues.SessionBytes + 64 * 1024, $"peak {session.Connections.QueuedBytesPeak}");

@@ -225,6 +225,7 @@ namespace BastionTools.Ssm
                 {
                     if (o.Attempts > 0) resent++;
                     o.Attempts++;
+                    _options.TransmitObserver?.Invoke(o.Message.SequenceNumber, o.Attempts, now);
                     o.LastSentTicks = now;
                     o.FirstSentTicks = now;
                     EnqueueLocked(o.Frame, isAcknowledgement: false);
@@ -305,6 +306,7 @@ namespace BastionTools.Ssm
                 {
                     var now = Stopwatch.GetTimestamp();
                     outgoing.Attempts = 1;
+                    _options.TransmitObserver?.Invoke(outgoing.Message.SequenceNumber, outgoing.Attempts, now);
                     outgoing.LastSentTicks = now;
                     outgoing.FirstSentTicks = now;
                     EnqueueLocked(outgoing.Frame, isAcknowledgement: false);
@@ -525,6 +527,7 @@ namespace BastionTools.Ssm
                     {
                         if (o.Attempts != 0) continue;
                         o.Attempts = 1;
+                        _options.TransmitObserver?.Invoke(o.Message.SequenceNumber, o.Attempts, now);
                         o.LastSentTicks = now;
                         o.FirstSentTicks = now;
                         EnqueueLocked(o.Frame, isAcknowledgement: false);
@@ -779,6 +782,7 @@ namespace BastionTools.Ssm
                     continue;
                 }
                 o.Attempts++;
+                _options.TransmitObserver?.Invoke(o.Message.SequenceNumber, o.Attempts, now);
                 o.LastSentTicks = now;
                 EnqueueLocked(o.Frame, isAcknowledgement: false);
                 resent++;

@@ -82,6 +82,14 @@ namespace BastionTools.Ssm
         public TimeSpan CongestionTimeout { get; set; } = TimeSpan.FromSeconds(1);
 
         /// <summary>
+        /// Test observation only: called (under the channel's lock, keep it cheap) each time a stream message is put on
+        /// the wire, with its sequence number, the attempt (1 = first transmission) and the <see cref="System.Diagnostics.Stopwatch"/>
+        /// timestamp the channel used for its decision, so pacing can be checked on the channel's own clock rather than on
+        /// when a loaded machine got round to writing.
+        /// </summary>
+        internal Action<long, int, long>? TransmitObserver { get; set; }
+
+        /// <summary>
         /// A pause_publication that nothing ends (no start_publication, no data, no acknowledgement) is ended after this
         /// long: held messages go out, and what the service did not take is resent as usual. The agent never ends a pause
         /// on its own; the official client ignores pauses altogether; this keeps the agent's rule without its risk of a
