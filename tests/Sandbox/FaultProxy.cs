@@ -465,9 +465,13 @@ namespace BastionTools.Sandbox
         /// <summary>Writes all <paramref name="count"/> bytes; false when the relay in this direction must stop.</summary>
         private async ValueTask<bool> SendAsync(Connection c, Socket destination, byte[] buffer, int count, ProxyDirection direction)
         {
+            // Counted before the write (and taken back if it fails): whoever receives the bytes then reads a count that
+            // already includes them.
+            if (direction == ProxyDirection.ClientToServer) Interlocked.Add(ref _bytesClientToServer, count);
+            else Interlocked.Add(ref _bytesServerToClient, count);
+            var remaining = buffer.AsMemory(0, count);
             try
             {
-                var remaining = buffer.AsMemory(0, count);
                 while (remaining.Length > 0)
                 {
                     var sent = await destination.SendAsync(remaining, SocketFlags.None).ConfigureAwait(false);
@@ -476,14 +480,14 @@ namespace BastionTools.Sandbox
             }
             catch (Exception ex) when (IsSocketFailure(ex))
             {
+                if (direction == ProxyDirection.ClientToServer) Interlocked.Add(ref _bytesClientToServer, -remaining.Length);
+                else Interlocked.Add(ref _bytesServerToClient, -remaining.Length);
                 if (c.IsClosed) return false;
                 // Silenced meanwhile: keep reading and discarding, tell nobody.
                 if (c.IsSilenced(direction)) return true;
                 Abort(c, direction.ToString() + " write failed: " + ex.Message);
                 return false;
             }
-            if (direction == ProxyDirection.ClientToServer) Interlocked.Add(ref _bytesClientToServer, count);
-            else Interlocked.Add(ref _bytesServerToClient, count);
             return true;
         }
 

@@ -88,7 +88,7 @@ namespace BastionTools.Tests.Ssm
                 {
                     var (type, data) = await ReceiveWholeAsync(ws);
                     Assert.Equal(WebSocketMessageType.Binary, type);
-                    received.Add(data.ToArray());
+                    lock (received) received.Add(data.ToArray());
                 }
                 await ExpectCloseAsync(ws);
             });
@@ -99,6 +99,8 @@ namespace BastionTools.Tests.Ssm
             var copies = segments.Select(s => s.Array!.ToArray()).ToArray();
             await client.SendBinaryAsync(segments, CancellationToken.None);
             for (var i = 0; i < segments.Length; i++) Assert.Equal(copies[i], segments[i].Array);
+            // The close handshake waits about 2 s for the server's answer: let a slow (loaded) server read everything first.
+            await WaitUntilAsync(() => { lock (received) return received.Count == sizes.Length; });
 
             await client.CloseAsync(1000, "done", CancellationToken.None);
             await server.Task.WaitAsync(Guard);
@@ -112,11 +114,16 @@ namespace BastionTools.Tests.Ssm
             const int Senders = 4;
             const int Batches = 50;
             var received = new List<byte[]>();
+            var receivedCount = 0;
             using var server = new TestServer(async stream =>
             {
                 await AcceptUpgradeAsync(stream);
                 using var ws = ServerSocket(stream);
-                for (var i = 0; i < Senders * Batches * 3; i++) received.Add((await ReceiveWholeAsync(ws)).Data.ToArray());
+                for (var i = 0; i < Senders * Batches * 3; i++)
+                {
+                    received.Add((await ReceiveWholeAsync(ws)).Data.ToArray());
+                    Interlocked.Increment(ref receivedCount);
+                }
                 await ExpectCloseAsync(ws);
             });
             using var client = await ConnectAsync(server.Url());
@@ -140,6 +147,8 @@ namespace BastionTools.Tests.Ssm
                 }
             })).ToArray();
             await Task.WhenAll(senders).WaitAsync(Guard);
+            // The close handshake waits about 2 s for the server's answer: let a slow (loaded) server read everything first.
+            await WaitUntilAsync(() => Volatile.Read(ref receivedCount) == Senders * Batches * 3);
 
             await client.CloseAsync(1000, "done", CancellationToken.None);
             await server.Task.WaitAsync(Guard);
