@@ -202,6 +202,10 @@ namespace BastionTools.Commands
                 if (!ShouldProcess(c.ToString(), "Close the connection pool" + (c.OwnsSession ? " and its tunnel" : ""))) continue;
                 Close(c);
                 WriteVerbose($"Closed {c}.");
+                if (c.OwnsSession && c.Session.Engine.TerminateFailure is { } failure)
+                {
+                    WriteWarning($"The tunnel is closed, but TerminateSession failed, so Systems Manager keeps session {c.Session.SessionId} until its idle timeout: {failure.Message}");
+                }
             }
         }
 
