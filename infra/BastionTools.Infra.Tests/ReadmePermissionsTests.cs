@@ -34,7 +34,7 @@ namespace BastionTools.Infra.Tests
             var rows = new List<Row>();
             foreach (var line in table.Groups[1].Value.Split('\n'))
             {
-                var m = Regex.Match(line, @"^\|\s*`([^`]+)`\s*\|([^|]*)\|");
+                var m = Regex.Match(line, @"^\|\s*`([^`]+)`[^|]*\|([^|]*)\|");
                 if (!m.Success) continue;
                 var needs = m.Groups[2].Value.Trim();
                 var grants = new List<(string, string)>();
@@ -53,6 +53,8 @@ namespace BastionTools.Infra.Tests
                 }
                 rows.Add(new Row(m.Groups[1].Value, grants));
             }
+            // Every line of the table but the header and its separator is a row: none may be skipped unread.
+            Assert.Equal(table.Groups[1].Value.Split('\n').Count(l => l.TrimStart().StartsWith('|')) - 2, rows.Count);
             return rows;
         }
 
