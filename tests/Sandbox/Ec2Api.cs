@@ -22,12 +22,15 @@ namespace BastionTools.Sandbox
         private SandboxWorld World => _host.World;
 
         /// <summary>Runs the action in <paramref name="form"/>; returns the XML body or throws <see cref="SandboxError"/>.</summary>
-        public string Handle(IReadOnlyList<KeyValuePair<string, string>> form, string requestId)
+        public string Handle(IReadOnlyList<KeyValuePair<string, string>> form, string requestId, SandboxCredential caller)
         {
             var action = Get(form, "Action");
             switch (action)
             {
-                case "DescribeInstances": return DescribeInstances(form, requestId);
+                case "DescribeInstances":
+                    // No resource-level permissions for DescribeInstances: IAM evaluates it against "*".
+                    SandboxIamPolicy.Authorize(World, caller, "ec2:DescribeInstances", "*").ThrowIfDeniedEc2(World.Ec2DenialMessage);
+                    return DescribeInstances(form, requestId);
                 case null: throw SandboxError.Ec2(400, "MissingAction", "The request must contain the parameter Action");
                 default: throw SandboxError.Ec2(400, "InvalidAction", "The action " + action + " is not valid for this web service.");
             }

@@ -18,6 +18,8 @@ namespace BastionTools.Sandbox
     /// "streamUrlBase" (and the StreamUrl of sessions) go through it, "control" stays direct, and the JSON gets
     /// "proxy":{"port","control"}; POST /control/proxy/blackout[?seconds=N], /restore, /reset,
     /// /halfopen?direction=ClientToServer|ServerToClient and GET /control/proxy drive it.
+    /// IAM: each credential of the world file may carry an IAM "policy" (none: it may do everything); /control/iam
+    /// changes them at run time (see <see cref="SandboxIamPolicy"/> and AGENT.md).
     /// </summary>
     public static class Program
     {

@@ -33,6 +33,12 @@ namespace BastionTools.Sandbox
         public int AdvertisedPort { get; set; } = 5432;
         /// <summary>Where the proxy listens on 127.0.0.1; 0 picks a free port.</summary>
         public int ListenPort { get; set; }
+        /// <summary>
+        /// The instance's DbiResourceId, the resource part of rds-db:connect's ARN
+        /// (arn:aws:rds-db:&lt;region&gt;:&lt;account&gt;:dbuser:&lt;DbiResourceId&gt;/&lt;db user&gt;), which the token's access key must be allowed.
+        /// </summary>
+        public string DbiResourceId { get; set; } = DefaultDbiResourceId;
+        public const string DefaultDbiResourceId = "db-C0FFEESANDBOXEXAMPLE000001";
         /// <summary>The role whose members must authenticate with a token (created NOLOGIN at start when missing).</summary>
         public string IamRole { get; set; } = "rds_iam";
         /// <summary>The certificate served at start (switch later with <see cref="RdsIamProxy.Certificate"/>).</summary>
@@ -159,6 +165,7 @@ namespace BastionTools.Sandbox
         /// <summary>The port tokens are signed for (what clients think RDS listens on).</summary>
         public int AdvertisedPort => _options.AdvertisedPort;
         public string IamRole => _options.IamRole;
+        public string DbiResourceId => _options.DbiResourceId;
         /// <summary>The proxy's own port on 127.0.0.1.</summary>
         public int Port { get; private set; }
         public string Host => "127.0.0.1";
@@ -311,6 +318,7 @@ namespace BastionTools.Sandbox
             ["proxyPort"] = Port,
             ["caBundle"] = CaBundlePath,
             ["iamRole"] = IamRole,
+            ["dbiResourceId"] = DbiResourceId,
             ["startupMs"] = (int)StartupTime.TotalMilliseconds,
         };
 
@@ -545,7 +553,8 @@ namespace BastionTools.Sandbox
             {
                 var reason = membership switch
                 {
-                    Membership.Member => RdsIamToken.Validate(password, user, MeantHost(sni), AdvertisedPort, World, World.Clock.UtcNow),
+                    Membership.Member => RdsIamToken.Validate(password, user, MeantHost(sni), AdvertisedPort, World, World.Clock.UtcNow)
+                        ?? RdsIamToken.AuthorizeConnect(password, user, DbiResourceId, World),
                     Membership.NotMember => "the role is not a member of " + IamRole + " (a token was sent as its password)",
                     _ => "the role does not exist (a token was sent as its password)",
                 };

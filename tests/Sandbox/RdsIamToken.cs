@@ -26,6 +26,23 @@ namespace BastionTools.Sandbox
         public static bool LooksLikeToken(string password) =>
             password.Contains("X-Amz-Signature=", StringComparison.Ordinal) || password.Contains("X-Amz-Credential=", StringComparison.Ordinal);
 
+        /// <summary>
+        /// After <see cref="Validate"/>: null when the token's access key may rds-db:connect as <paramref name="user"/>
+        /// (<see cref="SandboxIamPolicy"/>, resource arn:aws:rds-db:&lt;region&gt;:&lt;account&gt;:dbuser:&lt;DbiResourceId&gt;/&lt;user&gt;);
+        /// otherwise IAM's message, for the log. RDS itself tells the client no more than "PAM authentication failed".
+        /// </summary>
+        public static string? AuthorizeConnect(string token, string user, string dbiResourceId, SandboxWorld world)
+        {
+            var q = token.IndexOf("/?", StringComparison.Ordinal);
+            var credential = q < 0 ? null : token.Substring(q + 2).Split('&')
+                .Where(p => p.StartsWith("X-Amz-Credential=", StringComparison.Ordinal))
+                .Select(p => SigV4.UriDecode(p.Substring("X-Amz-Credential=".Length)))
+                .FirstOrDefault();
+            if (credential == null) return "no X-Amz-Credential";
+            var authorization = world.Authorize(credential.Split('/')[0], "rds-db:connect", SandboxArns.DbUser(world, dbiResourceId, user));
+            return authorization.Allowed ? null : "IAM: " + authorization.Message;
+        }
+
         /// <summary>Null when <paramref name="token"/> is valid for <paramref name="user"/> at <paramref name="endpoint"/>:<paramref name="port"/>; otherwise why not.</summary>
         public static string? Validate(string token, string user, string endpoint, int port, SandboxWorld world, DateTime nowUtc)
         {

@@ -260,6 +260,12 @@ namespace BastionTools.Sandbox
                     return;
                 }
                 var body = context.Request.Body;
+                if (IsIamControl(path))
+                {
+                    var (iamStatus, iamJson) = HandleIamControl(context.Request.HttpMethod, path, Encoding.UTF8.GetString(body));
+                    await WriteAsync(context.Response, iamStatus, "application/json", iamJson, null).ConfigureAwait(false);
+                    return;
+                }
                 if (IsProxyControl(path))
                 {
                     var (proxyStatus, proxyJson) = HandleProxyControl(context.Request.HttpMethod, path, context.Request.Query);
@@ -375,7 +381,7 @@ namespace BastionTools.Sandbox
             try
             {
                 caller = SigV4Verifier.Verify(request, SandboxProtocol.Ec2Query, "ec2", World);
-                var output = _ec2.Handle(form, requestId);
+                var output = _ec2.Handle(form, requestId, caller);
                 Record("ec2", operation, caller.AccessKeyId, 200, null);
                 await WriteAsync(context.Response, 200, "text/xml;charset=UTF-8", output, null).ConfigureAwait(false);
             }

@@ -58,6 +58,14 @@ namespace BastionTools.Sandbox
         /// <summary>When set, requests signed with this key must carry exactly this X-Amz-Security-Token.</summary>
         public string? SessionToken { get; set; }
         public string UserName { get; set; } = "sandbox-user";
+        /// <summary>The identity's ARN in IAM messages; null: arn:aws:iam::&lt;account&gt;:user/&lt;UserName&gt;.</summary>
+        public string? Arn { get; set; }
+        /// <summary>
+        /// What this access key may do (<see cref="SandboxIamPolicy"/>); null: everything, as an administrator. Every
+        /// sandbox service asks <see cref="SandboxIamPolicy.Authorize(SandboxWorld, SandboxCredential, string, string)"/>.
+        /// Replaced whole (never changed in place), so a request sees one policy or the other.
+        /// </summary>
+        public SandboxIamPolicy? Policy { get; set; }
     }
 
     /// <summary>A managed EC2 instance as both EC2 (DescribeInstances) and SSM (DescribeInstanceInformation, StartSession) see it. Mutable at run time.</summary>
@@ -118,6 +126,9 @@ namespace BastionTools.Sandbox
         public string AccountId { get; set; } = "123456789012";
         public SandboxClock Clock { get; } = new();
 
+        /// <summary>How EC2's UnauthorizedOperation is worded (<see cref="SandboxEc2DenialMessage"/>; default Encoded).</summary>
+        public SandboxEc2DenialMessage Ec2DenialMessage { get; set; } = SandboxEc2DenialMessage.Encoded;
+
         /// <summary>Accepted credentials; the first is the one printed as the sandbox's own.</summary>
         public IReadOnlyList<SandboxCredential> Credentials
         {
@@ -137,6 +148,33 @@ namespace BastionTools.Sandbox
             lock (_gate) _credentials.Add(credential);
             return this;
         }
+
+        /// <summary>Adds the credential, or replaces the one with the same access key id (keeping its place in the list).</summary>
+        public SandboxWorld SetCredential(SandboxCredential credential)
+        {
+            if (string.IsNullOrWhiteSpace(credential.AccessKeyId) || string.IsNullOrWhiteSpace(credential.SecretAccessKey))
+                throw new ArgumentException("A sandbox credential needs an access key id and a secret access key.", nameof(credential));
+            lock (_gate)
+            {
+                var i = _credentials.FindIndex(c => string.Equals(c.AccessKeyId, credential.AccessKeyId, StringComparison.Ordinal));
+                if (i < 0) _credentials.Add(credential);
+                else _credentials[i] = credential;
+            }
+            return this;
+        }
+
+        /// <summary>Removes a credential (never the last one: the sandbox prints the first as its own).</summary>
+        public bool RemoveCredential(string accessKeyId)
+        {
+            lock (_gate)
+            {
+                if (_credentials.Count <= 1) return false;
+                return _credentials.RemoveAll(c => string.Equals(c.AccessKeyId, accessKeyId, StringComparison.Ordinal)) > 0;
+            }
+        }
+
+        /// <summary>May access key <paramref name="accessKeyId"/> do <paramref name="action"/> on <paramref name="resource"/>? (<see cref="SandboxIamPolicy.Authorize(SandboxWorld, string, string, string)"/>)</summary>
+        public SandboxAuthorization Authorize(string accessKeyId, string action, string resource) => SandboxIamPolicy.Authorize(this, accessKeyId, action, resource);
 
         public SandboxWorld AddInstance(SandboxInstance instance)
         {
@@ -292,7 +330,8 @@ namespace BastionTools.Sandbox
         }
 
         /// <summary>
-        /// Reads a world from JSON: {"region","accountId","clockOffsetSeconds","credentials":[{accessKeyId,secretAccessKey,sessionToken,userName}],
+        /// Reads a world from JSON: {"region","accountId","clockOffsetSeconds","ec2DenialMessage":"Encoded|Detailed|Bare",
+        /// "credentials":[{accessKeyId,secretAccessKey,sessionToken,userName,arn,policy:{"Statement":[...]}}],
         /// "instances":[{instanceId,name,tags{},pingStatus,agentVersion,platformType,platformName,platformVersion,platformDetails,privateIpAddress,state,...}],
         /// "hostMap":{"db.example.internal":"127.0.0.1","db2.example.internal:5432":"127.0.0.1:15432"}}.
         /// Missing credentials or instances fall back to those of <see cref="CreateDefault"/>.
@@ -308,6 +347,12 @@ namespace BastionTools.Sandbox
                 AccountId = string.IsNullOrWhiteSpace(file.AccountId) ? defaults.AccountId : file.AccountId!,
             };
             world.Clock.Offset = TimeSpan.FromSeconds(file.ClockOffsetSeconds);
+            if (!string.IsNullOrEmpty(file.Ec2DenialMessage))
+            {
+                if (!Enum.TryParse<SandboxEc2DenialMessage>(file.Ec2DenialMessage, ignoreCase: true, out var style) || !Enum.IsDefined(style))
+                    throw new InvalidDataException("ec2DenialMessage must be Encoded, Detailed or Bare.");
+                world.Ec2DenialMessage = style;
+            }
             foreach (var c in file.Credentials is { Count: > 0 } ? file.Credentials : defaults.Credentials.ToList()) world.AddCredential(c);
             foreach (var i in file.Instances ?? defaults.Instances.ToList()) world.AddInstance(i);
             if (file.HostMap != null)
@@ -336,6 +381,7 @@ namespace BastionTools.Sandbox
             public string? Region { get; set; }
             public string? AccountId { get; set; }
             public double ClockOffsetSeconds { get; set; }
+            public string? Ec2DenialMessage { get; set; }
             public List<SandboxCredential>? Credentials { get; set; }
             public List<SandboxInstance>? Instances { get; set; }
             public Dictionary<string, string>? HostMap { get; set; }

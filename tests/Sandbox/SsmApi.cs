@@ -24,12 +24,19 @@ namespace BastionTools.Sandbox
             switch (operation)
             {
                 case "StartSession": return StartSession(input, caller);
-                case "ResumeSession": return ResumeSession(input);
-                case "TerminateSession": return TerminateSession(input);
-                case "DescribeInstanceInformation": return DescribeInstanceInformation(input);
+                case "ResumeSession": return ResumeSession(input, caller);
+                case "TerminateSession": return TerminateSession(input, caller);
+                case "DescribeInstanceInformation": return DescribeInstanceInformation(input, caller);
                 default: throw SandboxError.Coral("UnknownOperationException", null);
             }
         }
+
+        /// <summary>
+        /// IAM, after the input is read and before anything else (an unknown document or an offline target is not revealed
+        /// to a caller who may not start sessions): AccessDeniedException as SSM answers it.
+        /// </summary>
+        private void Authorize(SandboxCredential caller, string action, string resource) =>
+            SandboxIamPolicy.Authorize(World, caller, action, resource).ThrowIfDeniedJson11();
 
         private string StartSession(JsonObject input, SandboxCredential caller)
         {
@@ -37,6 +44,12 @@ namespace BastionTools.Sandbox
             var documentName = OptionalString(input, "DocumentName");
             var reason = OptionalString(input, "Reason");
             var parameters = ReadParameters(input["Parameters"]);
+
+            // ssm:StartSession on the target, and on the document when one is named. Without DocumentName the default
+            // document (SSM-SessionManagerRunShell) is not checked: AWS checks it only under the policy condition
+            // ssm:SessionDocumentAccessCheck, which the sandbox does not model (see AGENT.md).
+            Authorize(caller, "ssm:StartSession", SandboxArns.Instance(World, target));
+            if (documentName != null) Authorize(caller, "ssm:StartSession", SandboxArns.Document(World, documentName));
 
             var effectiveDocument = documentName ?? SsmDocuments.Shell;
             if (!SsmDocuments.All.Contains(effectiveDocument, StringComparer.Ordinal))
@@ -68,9 +81,10 @@ namespace BastionTools.Sandbox
             return SessionResponse(session);
         }
 
-        private string ResumeSession(JsonObject input)
+        private string ResumeSession(JsonObject input, SandboxCredential caller)
         {
             var sessionId = RequiredString(input, "SessionId", "sessionId");
+            Authorize(caller, "ssm:ResumeSession", SandboxArns.Session(World, sessionId));
             if (!_host.Sessions.TryResume(sessionId, out var session, out var terminated, out var timedOut))
             {
                 // A session that timed out: 200 with the id and neither TokenValue nor StreamUrl (sessionhandler.go
@@ -83,9 +97,10 @@ namespace BastionTools.Sandbox
             return SessionResponse(session);
         }
 
-        private string TerminateSession(JsonObject input)
+        private string TerminateSession(JsonObject input, SandboxCredential caller)
         {
             var sessionId = RequiredString(input, "SessionId", "sessionId");
+            Authorize(caller, "ssm:TerminateSession", SandboxArns.Session(World, sessionId));
             // TerminateSession models no DoesNotExistException (the SDK has no mapping for it there): like the
             // service, it answers with the id whether or not the session exists or has already ended.
             _host.Sessions.Terminate(sessionId, World.Clock.UtcNow);
@@ -105,8 +120,10 @@ namespace BastionTools.Sandbox
         private static readonly string[] PingStatuses = { "Online", "ConnectionLost", "Inactive" };
         private static readonly string[] PlatformTypes = { "Windows", "Linux", "MacOS" };
 
-        private string DescribeInstanceInformation(JsonObject input)
+        private string DescribeInstanceInformation(JsonObject input, SandboxCredential caller)
         {
+            // No resource-level permissions: SSM names the account ("arn:aws:ssm:<region>:<account>:*") in its message.
+            Authorize(caller, "ssm:DescribeInstanceInformation", SandboxArns.SsmAccount(World));
             var maxResults = 50;
             if (input["MaxResults"] is JsonNode m)
             {

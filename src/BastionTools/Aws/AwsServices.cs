@@ -45,6 +45,23 @@ namespace BastionTools.Aws
 
         /// <summary>EC2 instances matching ids, a Name tag or tags, joined with SSM's instance information.</summary>
         Task<IReadOnlyList<InstanceRecord>> FindInstancesAsync(IReadOnlyCollection<string>? instanceIds, string? name, IDictionary<string, string>? tags, CancellationToken cancellationToken);
+
+        /// <summary>EC2's view only (ec2:DescribeInstances): instances matching ids, a Name tag or tags, not terminated.</summary>
+        Task<IReadOnlyList<InstanceRecord>> DescribeInstancesAsync(IReadOnlyCollection<string>? instanceIds, string? name, IDictionary<string, string>? tags, CancellationToken cancellationToken);
+
+        /// <summary>Fills in SSM's view (ssm:DescribeInstanceInformation: ping status, agent version, platform) of <paramref name="records"/>.</summary>
+        Task JoinInstanceInformationAsync(IReadOnlyList<InstanceRecord> records, CancellationToken cancellationToken);
+    }
+
+    /// <summary>The IAM actions behind the module's AWS calls, as errors name them.</summary>
+    internal static class IamActions
+    {
+        public const string StartSession = "ssm:StartSession";
+        public const string ResumeSession = "ssm:ResumeSession";
+        public const string TerminateSession = "ssm:TerminateSession";
+        public const string DescribeInstanceInformation = "ssm:DescribeInstanceInformation";
+        public const string DescribeInstances = "ec2:DescribeInstances";
+        public const string RdsConnect = "rds-db:connect";
     }
 
     /// <summary>The IAwsApi over AWSSDK clients, with -EndpointUrl honoured for every call.</summary>
@@ -96,13 +113,14 @@ namespace BastionTools.Aws
             if (!string.IsNullOrEmpty(documentName)) request.DocumentName = documentName;
             if (parameters.Count > 0) request.Parameters = new Dictionary<string, List<string>>(parameters);
             if (!string.IsNullOrEmpty(reason)) request.Reason = reason;
-            var response = await Call(() => _ssm.StartSessionAsync(request, cancellationToken), target).ConfigureAwait(false);
+            var response = await Call(() => _ssm.StartSessionAsync(request, cancellationToken), target, IamActions.StartSession,
+                $"on the instance {target} and the document {documentName ?? "SSM-SessionManagerRunShell (checked when the policy sets ssm:SessionDocumentAccessCheck)"}").ConfigureAwait(false);
             return new StreamEndpoint(response.SessionId, new Uri(response.StreamUrl), response.TokenValue);
         }
 
         public async Task<StreamEndpoint?> ResumeSessionAsync(string sessionId, CancellationToken cancellationToken)
         {
-            var response = await Call(() => _ssm.ResumeSessionAsync(new ResumeSessionRequest { SessionId = sessionId }, cancellationToken), sessionId).ConfigureAwait(false);
+            var response = await Call(() => _ssm.ResumeSessionAsync(new ResumeSessionRequest { SessionId = sessionId }, cancellationToken), sessionId, IamActions.ResumeSession, "on the session " + sessionId).ConfigureAwait(false);
             if (string.IsNullOrEmpty(response.TokenValue)) return null;
             if (string.IsNullOrEmpty(response.StreamUrl) || !Uri.TryCreate(response.StreamUrl, UriKind.Absolute, out var streamUrl))
             {
@@ -113,9 +131,16 @@ namespace BastionTools.Aws
         }
 
         public Task TerminateSessionAsync(string sessionId, CancellationToken cancellationToken)
-            => Call(() => _ssm.TerminateSessionAsync(new TerminateSessionRequest { SessionId = sessionId }, cancellationToken), sessionId);
+            => Call(() => _ssm.TerminateSessionAsync(new TerminateSessionRequest { SessionId = sessionId }, cancellationToken), sessionId, IamActions.TerminateSession, "on the session " + sessionId);
 
         public async Task<IReadOnlyList<InstanceRecord>> FindInstancesAsync(IReadOnlyCollection<string>? instanceIds, string? name, IDictionary<string, string>? tags, CancellationToken cancellationToken)
+        {
+            var records = await DescribeInstancesAsync(instanceIds, name, tags, cancellationToken).ConfigureAwait(false);
+            await JoinInstanceInformationAsync(records, cancellationToken).ConfigureAwait(false);
+            return records;
+        }
+
+        public async Task<IReadOnlyList<InstanceRecord>> DescribeInstancesAsync(IReadOnlyCollection<string>? instanceIds, string? name, IDictionary<string, string>? tags, CancellationToken cancellationToken)
         {
             var request = new DescribeInstancesRequest { Filters = new List<Filter>() };
             if (instanceIds != null && instanceIds.Count > 0) request.InstanceIds = instanceIds.ToList();
@@ -131,7 +156,8 @@ namespace BastionTools.Aws
             do
             {
                 request.NextToken = next;
-                var page = await Call(() => _ec2.DescribeInstancesAsync(request, cancellationToken), name ?? string.Join(",", instanceIds ?? Array.Empty<string>())).ConfigureAwait(false);
+                var page = await Call(() => _ec2.DescribeInstancesAsync(request, cancellationToken), name ?? string.Join(",", instanceIds ?? Array.Empty<string>()),
+                    IamActions.DescribeInstances, "(Resource \"*\": it has no resource-level permissions)").ConfigureAwait(false);
                 foreach (var reservation in page.Reservations ?? new List<Reservation>())
                 {
                     foreach (var i in reservation.Instances ?? new List<Instance>())
@@ -151,8 +177,12 @@ namespace BastionTools.Aws
                 next = page.NextToken;
             }
             while (!string.IsNullOrEmpty(next));
+            return records;
+        }
 
-            if (records.Count == 0) return records;
+        public async Task JoinInstanceInformationAsync(IReadOnlyList<InstanceRecord> records, CancellationToken cancellationToken)
+        {
+            if (records.Count == 0) return;
 
             // Join SSM's view: ping status, agent version, platform.
             var byId = records.ToDictionary(r => r.InstanceId, StringComparer.Ordinal);
@@ -167,7 +197,8 @@ namespace BastionTools.Aws
                 do
                 {
                     infoRequest.NextToken = infoNext;
-                    var info = await Call(() => _ssm.DescribeInstanceInformationAsync(infoRequest, cancellationToken), string.Join(",", batch)).ConfigureAwait(false);
+                    var info = await Call(() => _ssm.DescribeInstanceInformationAsync(infoRequest, cancellationToken), string.Join(",", batch),
+                        IamActions.DescribeInstanceInformation, "(Resource \"*\": it has no resource-level permissions)").ConfigureAwait(false);
                     foreach (var ii in info.InstanceInformationList ?? new List<InstanceInformation>())
                     {
                         if (!byId.TryGetValue(ii.InstanceId, out var r)) continue;
@@ -181,7 +212,6 @@ namespace BastionTools.Aws
                 }
                 while (!string.IsNullOrEmpty(infoNext));
             }
-            return records;
         }
 
         private static IEnumerable<List<string>> Batch(List<string> items, int size)
@@ -189,8 +219,13 @@ namespace BastionTools.Aws
             for (var i = 0; i < items.Count; i += size) yield return items.GetRange(i, Math.Min(size, items.Count - i));
         }
 
-        /// <summary>Runs an AWS call and turns the SDK's exceptions into BastionToolsExceptions with stable ErrorIds.</summary>
-        private static async Task<T> Call<T>(Func<Task<T>> call, object? target)
+        /// <summary>
+        /// Runs an AWS call and turns the SDK's exceptions into BastionToolsExceptions with stable ErrorIds. A denial
+        /// names <paramref name="action"/> (the IAM action behind the call) and <paramref name="resources"/> itself: AWS's own
+        /// text does not always say which action it refused (EC2's may be only "You are not authorized to perform this
+        /// operation." with an encoded message).
+        /// </summary>
+        private static async Task<T> Call<T>(Func<Task<T>> call, object? target, string action, string resources)
         {
             try
             {
@@ -198,7 +233,7 @@ namespace BastionTools.Aws
             }
             catch (AmazonServiceException ex)
             {
-                throw AwsErrors.Map(ex, target);
+                throw AwsErrors.Map(ex, target, action, resources);
             }
             catch (AmazonClientException ex)
             {
@@ -217,7 +252,12 @@ namespace BastionTools.Aws
     /// <summary>AWS error codes → ErrorIds, categories and messages that say what to do.</summary>
     internal static class AwsErrors
     {
-        public static BastionToolsException Map(AmazonServiceException ex, object? target)
+        /// <summary>
+        /// The README's "Permissions" section lists, per cmdlet, the actions and resources it needs; denials point there.
+        /// </summary>
+        public const string PermissionsHelp = "The README's \"Permissions\" table (and about_BastionTools) lists what each cmdlet needs.";
+
+        public static BastionToolsException Map(AmazonServiceException ex, object? target, string? action = null, string? resources = null)
         {
             var code = ex.ErrorCode ?? "";
             var message = Redactor.RedactPatterns(ex.Message ?? code);
@@ -234,9 +274,12 @@ namespace BastionTools.Aws
                 case "AccessDeniedException":
                 case "AccessDenied":
                 case "UnauthorizedOperation":
-                    return new BastionToolsException(ErrorIds.AwsAccessDenied, ErrorCategory.PermissionDenied,
-                        $"AWS denied the request: {message}", target,
-                        "Ask for ssm:StartSession on the bastion and the port-forwarding documents, and the describe permissions the module needs.", ex);
+                    return action == null
+                        ? new BastionToolsException(ErrorIds.AwsAccessDenied, ErrorCategory.PermissionDenied,
+                            $"AWS denied the request: {message}", target, PermissionsHelp, ex)
+                        : new BastionToolsException(ErrorIds.AwsAccessDenied, ErrorCategory.PermissionDenied,
+                            $"AWS denied {action} {resources}: {message}", target,
+                            $"Ask for an IAM policy that allows {action} {resources}. {PermissionsHelp}", ex);
                 case "UnrecognizedClientException":
                 case "InvalidClientTokenId":
                 case "AuthFailure":

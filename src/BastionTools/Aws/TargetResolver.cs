@@ -30,26 +30,51 @@ namespace BastionTools.Aws
         }
     }
 
-    /// <summary>Finds the one bastion a selector names, and checks that its agent is online before any session is started.</summary>
+    /// <summary>
+    /// Finds the one bastion a selector names, and checks that its agent is online before any session is started.
+    /// With an instance id the look-ups (ec2:DescribeInstances, ssm:DescribeInstanceInformation) only improve the error
+    /// messages, so a least-privilege operator who may only ssm:StartSession is not stopped by them: AccessDenied there
+    /// is narrated and the session goes ahead unchecked. A Name tag or tags can only be resolved by them: a denial is an
+    /// error that names both actions and the -Target alternative.
+    /// </summary>
     internal static class TargetResolver
     {
-        public static async Task<InstanceRecord> ResolveAsync(IAwsApi api, TargetSelector selector, CancellationToken cancellationToken)
+        public static async Task<InstanceRecord> ResolveAsync(IAwsApi api, TargetSelector selector, CancellationToken cancellationToken, Action<string>? narrate = null)
         {
-            var ids = selector.InstanceId != null ? new[] { selector.InstanceId } : null;
+            var byId = selector.InstanceId != null;
+            var ids = byId ? new[] { selector.InstanceId! } : null;
             IReadOnlyList<InstanceRecord> found;
             try
             {
-                found = await api.FindInstancesAsync(ids, selector.Name, selector.Tags, cancellationToken).ConfigureAwait(false);
+                found = await api.DescribeInstancesAsync(ids, selector.Name, selector.Tags, cancellationToken).ConfigureAwait(false);
             }
             catch (BastionToolsException ex) when (ex.InnerException is Amazon.Runtime.AmazonServiceException sx && (sx.ErrorCode?.StartsWith("InvalidInstanceID", StringComparison.Ordinal) ?? false))
             {
                 found = Array.Empty<InstanceRecord>();
+            }
+            catch (BastionToolsException ex) when (ex.ErrorId == ErrorIds.AwsAccessDenied)
+            {
+                if (!byId) throw LookupDenied(selector, ex);
+                narrate?.Invoke($"AWS denied {IamActions.DescribeInstances}, which -Target does not need: {selector.InstanceId} is not looked up in EC2.");
+                found = new[] { new InstanceRecord { InstanceId = selector.InstanceId! } };
+                if (!await TryJoinAsync(api, found, selector, narrate, cancellationToken).ConfigureAwait(false) || found[0].PingStatus == null)
+                {
+                    // Nothing says whether it exists or is online: StartSession will (TargetNotConnected).
+                    narrate?.Invoke($"Starting the session on {selector.InstanceId} without checking its agent first.");
+                    return found[0];
+                }
+                return CheckOnline(found[0]);
             }
             if (found.Count == 0)
             {
                 throw new BastionToolsException(ErrorIds.BastionTargetNotFound, ErrorCategory.ObjectNotFound,
                     $"No instance matches {selector}.", selector.ToString(),
                     "List candidates with Get-BastionInstance, and check the region (-Region).");
+            }
+            if (!await TryJoinAsync(api, found, selector, narrate, cancellationToken).ConfigureAwait(false))
+            {
+                narrate?.Invoke($"Starting the session on {found[0].InstanceId} without checking its agent first.");
+                return found[0];
             }
             var online = found.Where(f => string.Equals(f.PingStatus, "Online", StringComparison.Ordinal)).ToList();
             if (found.Count > 1 && online.Count != 1)
@@ -58,7 +83,31 @@ namespace BastionTools.Aws
                     $"{found.Count} instances match {selector} ({string.Join(", ", found.Select(f => f.InstanceId + " " + (f.PingStatus ?? "unmanaged")))}), and {(online.Count == 0 ? "none" : online.Count.ToString(System.Globalization.CultureInfo.InvariantCulture))} of them is online.",
                     selector.ToString(), "Name one with -Target <instance id>.");
             }
-            var chosen = found.Count == 1 ? found[0] : online[0];
+            return CheckOnline(found.Count == 1 ? found[0] : online[0]);
+        }
+
+        /// <summary>
+        /// SSM's view of <paramref name="found"/>. False when it was denied and the selector is an instance id (narrated;
+        /// the online check is skipped). For a Name tag or tags a denial is the error (several matches can only be told
+        /// apart by their ping status).
+        /// </summary>
+        private static async Task<bool> TryJoinAsync(IAwsApi api, IReadOnlyList<InstanceRecord> found, TargetSelector selector, Action<string>? narrate, CancellationToken cancellationToken)
+        {
+            try
+            {
+                await api.JoinInstanceInformationAsync(found, cancellationToken).ConfigureAwait(false);
+                return true;
+            }
+            catch (BastionToolsException ex) when (ex.ErrorId == ErrorIds.AwsAccessDenied)
+            {
+                if (selector.InstanceId == null) throw LookupDenied(selector, ex);
+                narrate?.Invoke($"AWS denied {IamActions.DescribeInstanceInformation}, which -Target does not need: the agent of {selector.InstanceId} is not checked first.");
+                return false;
+            }
+        }
+
+        private static InstanceRecord CheckOnline(InstanceRecord chosen)
+        {
             if (!string.Equals(chosen.PingStatus, "Online", StringComparison.Ordinal))
             {
                 throw new BastionToolsException(ErrorIds.BastionTargetOffline, ErrorCategory.ResourceUnavailable,
@@ -67,5 +116,13 @@ namespace BastionTools.Aws
             }
             return chosen;
         }
+
+        /// <summary>-Name and -Tag need both look-ups: the error names the denied one, both, and the way around them.</summary>
+        private static BastionToolsException LookupDenied(TargetSelector selector, BastionToolsException denial) =>
+            new(ErrorIds.AwsAccessDenied, ErrorCategory.PermissionDenied,
+                $"Finding the bastion by {(selector.Name != null ? "-Name" : "-Tag")} needs {IamActions.DescribeInstances} and {IamActions.DescribeInstanceInformation}, and {denial.Message}",
+                selector.ToString(),
+                $"Ask for {IamActions.DescribeInstances} and {IamActions.DescribeInstanceInformation} (Resource \"*\"), or name the bastion with -Target <instance id>, which needs only ssm:StartSession. {AwsErrors.PermissionsHelp}",
+                denial.InnerException ?? denial);
     }
 }

@@ -78,13 +78,14 @@ namespace BastionTools.Commands
             void Complete(string status) => Pump.Post(() => WriteProgress(new ProgressRecord(activity, activityName, status) { RecordType = ProgressRecordType.Completed }));
 
             Progress("Finding the bastion", 5);
-            if (!TryRun(ct => TargetResolver.ResolveAsync(api, selector, ct), out var instance))
+            if (!TryRun(ct => TargetResolver.ResolveAsync(api, selector, ct, NarrateLookup), out var instance))
             {
                 Complete("Failed");
                 Pump.Drain();
                 return null;
             }
-            WriteVerboseSafe($"Bastion: {instance.InstanceId}{(instance.Name == null ? "" : " (" + instance.Name + ")")}, agent {instance.AgentVersion}, {instance.PingStatus}.");
+            Pump.Drain();
+            WriteVerboseSafe($"Bastion: {instance.InstanceId}{(instance.Name == null ? "" : " (" + instance.Name + ")")}, agent {instance.AgentVersion ?? "not looked up"}, {instance.PingStatus ?? "status not looked up"}.");
             request.Target = instance.InstanceId;
 
             var engine = new PortForwardingSession(api, request, NewChannelOptions());
@@ -117,6 +118,20 @@ namespace BastionTools.Commands
             var session = new BastionSession(engine, BastionInstance.From(instance));
             SessionRegistry.Add(session);
             return session;
+        }
+
+        /// <summary>What the target look-up skipped (a denied describe call with -Target), on Verbose.</summary>
+        internal void NarrateLookup(string line) => Pump.Post(() => WriteVerboseSafe(line));
+
+        /// <summary>
+        /// After stopping a session this command (or an earlier one) started: a TerminateSession that failed (denied, for
+        /// one) leaves the session open in Systems Manager until its idle timeout. The tunnel itself is closed either way.
+        /// </summary>
+        internal void WarnIfNotTerminated(BastionSession session)
+        {
+            var failure = session.Engine.TerminateFailure;
+            if (failure == null) return;
+            WriteWarningSafe($"The tunnel is closed, but TerminateSession failed, so Systems Manager keeps session {session.SessionId} until its idle timeout: {failure.Message}");
         }
 
         /// <summary>Runs engine work through the pump, turning engine failures into this cmdlet's errors.</summary>

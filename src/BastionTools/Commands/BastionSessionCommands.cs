@@ -82,6 +82,14 @@ namespace BastionTools.Commands
                 WriteVerbose($"Stopping session {s.SessionId}: closing {s.LocalEndpoint} and {s.ActiveConnections} connection(s), terminating the session.");
                 s.Engine.StopAsync().GetAwaiter().GetResult();
                 SessionRegistry.Remove(s);
+                if (s.Engine.TerminateFailure is { } failure)
+                {
+                    // The listener and the data channel are closed; Systems Manager keeps the session until its idle timeout.
+                    var known = failure as BastionToolsException;
+                    WriteError(new BastionToolsException(known?.ErrorId ?? ErrorIds.AwsRequestFailed, known?.Category ?? ErrorCategory.NotSpecified,
+                        $"The tunnel {s.LocalEndpoint} is closed, but TerminateSession failed, so Systems Manager keeps session {s.SessionId} until its idle timeout: {failure.Message}",
+                        s.SessionId, known?.RecommendedAction, failure).ToErrorRecord());
+                }
                 if (PassThru) WriteObject(s);
             }
         }

@@ -78,7 +78,15 @@ namespace BastionTools.Commands
                 var region = resolver.ResolveRegion(p, creds);
                 using var api = new AwsApi(creds, region.Name, fakeBoundParameters?["EndpointUrl"] as string);
                 using var cts = new System.Threading.CancellationTokenSource(TimeSpan.FromSeconds(5));
-                var found = api.FindInstancesAsync(null, null, null, cts.Token).GetAwaiter().GetResult();
+                var found = api.DescribeInstancesAsync(null, null, null, cts.Token).GetAwaiter().GetResult();
+                try
+                {
+                    api.JoinInstanceInformationAsync(found, cts.Token).GetAwaiter().GetResult();
+                }
+                catch (BastionToolsException)
+                {
+                    // ssm:DescribeInstanceInformation denied (or failing): the ids and names are still worth offering.
+                }
                 var word = wordToComplete.Trim('\'', '"');
                 return found
                     .Where(i => i.InstanceId.StartsWith(word, StringComparison.OrdinalIgnoreCase) || (i.Name ?? "").StartsWith(word, StringComparison.OrdinalIgnoreCase))

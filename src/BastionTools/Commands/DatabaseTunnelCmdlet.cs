@@ -136,11 +136,12 @@ namespace BastionTools.Commands
             return Session;
         }
 
-        internal static void CloseTunnel(BastionSession? session, bool owns)
+        internal void CloseTunnel(BastionSession? session, bool owns)
         {
             if (!owns || session == null) return;
             session.Engine.StopAsync().GetAwaiter().GetResult();
             SessionRegistry.Remove(session);
+            WarnIfNotTerminated(session);
         }
 
         /// <summary>The options of a data source to DbHost through <paramref name="session"/>.</summary>

@@ -93,16 +93,26 @@ namespace BastionTools.Commands
             }
 
             WriteVerboseSafe($"Connecting to {DbHost}:{DbPort}/{Database} as {UserName} through 127.0.0.1:{session.LocalPort} (TLS {SslMode}).");
-            if (!TryRun(async ct =>
+            var opened = false;
+            var version = "";
+            try
+            {
+                opened = TryRun(async ct =>
                 {
                     using var conn = await source.OpenAsync(ct).ConfigureAwait(false);
                     return conn.PostgreSqlVersion.ToString();
-                }, out var version))
-            {
-                source.Dispose();
-                CloseTunnel(session, owns);
-                return;
+                }, out version);
             }
+            finally
+            {
+                // Also when the error stops the pipeline (-ErrorAction Stop throws out of WriteError): no tunnel is left behind.
+                if (!opened)
+                {
+                    source.Dispose();
+                    CloseTunnel(session, owns);
+                }
+            }
+            if (!opened) return;
             var connection = new IamPostgresConnection(source, session, owns, version);
             ConnectionRegistry.Add(connection);
             WriteObject(connection);
@@ -202,6 +212,10 @@ namespace BastionTools.Commands
                 if (!ShouldProcess(c.ToString(), "Close the connection pool" + (c.OwnsSession ? " and its tunnel" : ""))) continue;
                 Close(c);
                 WriteVerbose($"Closed {c}.");
+                if (c.OwnsSession && c.Session.Engine.TerminateFailure is { } failure)
+                {
+                    WriteWarning($"The tunnel is closed, but TerminateSession failed, so Systems Manager keeps session {c.Session.SessionId} until its idle timeout: {failure.Message}");
+                }
             }
         }
 

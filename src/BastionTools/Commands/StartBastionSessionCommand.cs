@@ -181,8 +181,9 @@ namespace BastionTools.Commands
                     selector.ToString(), "Pass -Command to run a command without a terminal, or -RemoteHost/-PortNumber for a tunnel.").ToErrorRecord());
             }
             var api = GetApi();
-            if (!TryRun(ct => TargetResolver.ResolveAsync(api, selector, ct), out var instance)) return;
-            WriteVerboseSafe($"Bastion: {instance.InstanceId}{(instance.Name == null ? "" : " (" + instance.Name + ")")}, agent {instance.AgentVersion}.");
+            if (!TryRun(ct => TargetResolver.ResolveAsync(api, selector, ct, NarrateLookup), out var instance)) return;
+            Pump.Drain();
+            WriteVerboseSafe($"Bastion: {instance.InstanceId}{(instance.Name == null ? "" : " (" + instance.Name + ")")}, agent {instance.AgentVersion ?? "not looked up"}.");
 
             IShellTerminal terminal;
             LineTerminal? lines = null;
@@ -333,9 +334,12 @@ namespace BastionTools.Commands
             var errorId = session.Engine.ClosedErrorId;
             if (errorId == null) return;
             WriteError(new BastionToolsException(errorId,
-                errorId == ErrorIds.BastionSessionTimedOut ? ErrorCategory.OperationTimeout : ErrorCategory.ConnectionError,
+                errorId == ErrorIds.BastionSessionTimedOut ? ErrorCategory.OperationTimeout
+                    : errorId == ErrorIds.AwsAccessDenied ? ErrorCategory.PermissionDenied : ErrorCategory.ConnectionError,
                 session.Engine.ClosedReason ?? "The session ended.", session.SessionId,
-                errorId == ErrorIds.BastionSessionTimedOut ? "Start a new session." : "Check the network path to Systems Manager, then start a new session.").ToErrorRecord());
+                errorId == ErrorIds.BastionSessionTimedOut ? "Start a new session."
+                    : errorId == ErrorIds.AwsAccessDenied ? "Ask for ssm:ResumeSession on your own sessions (arn:aws:ssm:<region>:<account>:session/<user name>-*), then start a new session."
+                    : "Check the network path to Systems Manager, then start a new session.").ToErrorRecord());
         }
     }
 }

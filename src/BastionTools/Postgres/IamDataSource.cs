@@ -128,8 +128,12 @@ namespace BastionTools.Postgres
             }
             if (ex is PostgresException pg && pg.SqlState == "28P01")
             {
+                // RDS answers every refused IAM login with the same text; say what it can mean (the missing rds-db:connect
+                // permission among it), since the server will not.
                 return new BastionToolsException(ErrorIds.DatabaseLoginFailed, ErrorCategory.AuthenticationError,
-                    _redactor.Redact(pg.MessageText) + " (SQLSTATE 28P01).", Options.UserName,
+                    _redactor.Redact(pg.MessageText) + " (SQLSTATE 28P01)." + (Options.StaticPassword != null ? "" :
+                        $" RDS gives no reason for a refused IAM login: either the credentials' IAM policy does not allow rds-db:connect on arn:aws:rds-db:{Options.Region}:<account>:dbuser:<DbiResourceId>/{Options.UserName}, or {Options.UserName} is not a member of rds_iam, or the token was signed for another endpoint, port or region."),
+                    Options.UserName,
                     Options.StaticPassword != null
                         ? "Check the user name and password (-Credential)."
                         : "Check that the user exists, is a member of rds_iam (Grant-RdsIamUser), that the IAM policy allows rds-db:connect for it, and that -DbHost/-DbPort/-Region are the database's.");

@@ -133,6 +133,9 @@ namespace BastionTools.Ssm
         /// <summary>The ErrorId that says why the session ended, when it did not end because it was asked to.</summary>
         public string? ClosedErrorId { get; private set; }
 
+        /// <summary>Why TerminateSession failed when the session was stopped (null when it succeeded or was not called).</summary>
+        public Exception? TerminateFailure { get; private set; }
+
         public DataChannelStatistics? Channel => _channel?.Statistics;
 
         internal DataChannel? DataChannel => _channel;
@@ -325,7 +328,10 @@ namespace BastionTools.Ssm
                     State = SessionState.Failed;
                     break;
                 case ChannelEnd.Failed:
-                    ClosedErrorId = ErrorIds.BastionSessionFailed;
+                    // A resume the caller may not make (ssm:ResumeSession denied) says so with its own ErrorId.
+                    ClosedErrorId = closure.Error is SessionResumeRefusedException { InnerException: BastionToolsException { ErrorId: ErrorIds.AwsAccessDenied } }
+                        ? ErrorIds.AwsAccessDenied
+                        : ErrorIds.BastionSessionFailed;
                     State = SessionState.Failed;
                     break;
                 default:
@@ -370,6 +376,7 @@ namespace BastionTools.Ssm
                     }
                     catch (Exception ex)
                     {
+                        TerminateFailure = ex;
                         Events.Write("TerminateSession failed: " + ex.Message);
                     }
                 }
