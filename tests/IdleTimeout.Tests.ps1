@@ -45,7 +45,6 @@ BeforeAll {
 }
 
 AfterAll {
-    Get-Variable -Scope Script -Name Conn* -ValueOnly -ErrorAction SilentlyContinue | Where-Object { $_ -is [BastionTools.IamPostgresConnection] } | Disconnect-IamPostgres -ErrorAction SilentlyContinue
     Get-BastionSession | Stop-BastionSession -ErrorAction SilentlyContinue
     Stop-TestSandbox $Sandbox
 }
@@ -63,6 +62,7 @@ Describe 'A Connect-IamPostgres connection whose tunnel ended' {
             $ended.State | Should -Be 'Closed'
             $ended.ClosedErrorId | Should -Be 'BastionSessionTimedOut'
             $ended.ClosedReason | Should -Match 'timed out due to inactivity'
+            $c.State | Should -Be 'Open'   # usable: the next query reopens the tunnel
 
             $out = Invoke-IamPostgresQuery -Connection $c -Query 'select 40 + 2 as n, current_user as who' -Verbose 4>&1
             $rows = @($out | Where-Object { $_ -isnot [System.Management.Automation.VerboseRecord] })
@@ -122,6 +122,7 @@ Describe 'A Connect-IamPostgres connection whose tunnel ended' {
             $errs[0].FullyQualifiedErrorId | Should -BeLike 'DatabaseConnectionClosed,*'
             "$($errs[0])" | Should -Match 'BastionSessionTerminated'
             $c.TunnelReopens | Should -Be 0
+            $c.State | Should -Be 'Closed'   # the -Session tunnel's state: nothing reopens it
             $c | Disconnect-IamPostgres
         }
         finally { $s | Stop-BastionSession -ErrorAction SilentlyContinue }

@@ -43,7 +43,12 @@ namespace BastionTools
         public RdsSslMode SslMode => Source.Options.SslMode;
         public DateTime OpenedTime { get; }
         public bool IsOpen { get; internal set; } = true;
-        public string State => IsOpen && Session.State == "Connected" ? "Open" : IsOpen ? Session.State : "Closed";
+        /// <summary>
+        /// Open (usable: also when its own tunnel ended on its own, since the next use reopens it), Closed
+        /// (Disconnect-IamPostgres), or the tunnel's state when that is the connection's limit (Reconnecting, or an ended
+        /// -Session tunnel).
+        /// </summary>
+        public string State => !IsOpen ? "Closed" : Session.State == "Connected" || Engine.WillReopen ? "Open" : Session.State;
         public int TokensIssued => Engine.TokensIssued;
 
         /// <summary>How many times the tunnel was replaced by a new session because the previous one ended on its own.</summary>

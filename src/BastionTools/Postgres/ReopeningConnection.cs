@@ -71,6 +71,9 @@ namespace BastionTools.Postgres
             return await Source.OpenAsync(cancellationToken).ConfigureAwait(false);
         }
 
+        /// <summary>True when the tunnel ended on its own and is the connection's own: the next use opens a new session.</summary>
+        public bool WillReopen => OwnsSession && Session.Engine.ClosedErrorId != null && Volatile.Read(ref _disposed) == 0;
+
         /// <summary>True when the session has ended or is ending (closed, failed, stopped).</summary>
         internal static bool HasEnded(BastionSession session) =>
             session.Engine.Completion.IsCompleted || session.Engine.ClosedErrorId != null;

@@ -110,6 +110,7 @@ namespace BastionTools.Tests.Postgres
                 {
                     await WaitEndedAsync(first);
                     Assert.Equal(ErrorIds.BastionSessionTimedOut, first.ClosedErrorId);
+                    Assert.True(connection.WillReopen);
 
                     Assert.Equal("iam_app:3", await WhoAsync(connection, log));
                 }
@@ -120,6 +121,7 @@ namespace BastionTools.Tests.Postgres
                 var second = connection.Session;
                 Assert.NotEqual(first.SessionId, second.SessionId);
                 Assert.Equal("Connected", second.State);
+                Assert.False(connection.WillReopen);
                 Assert.Equal(1, connection.Reopens);
                 Assert.Equal(ErrorIds.BastionSessionTimedOut, connection.LastEndErrorId);
                 Assert.Contains("timed out due to inactivity", connection.LastEndReason);
@@ -191,6 +193,7 @@ namespace BastionTools.Tests.Postgres
                 Assert.Equal(0, connection.Reopens);
                 Assert.Empty(replaced);
                 Assert.Equal(sessionsBefore, _f.Host.Sessions.Snapshot().Count);
+                Assert.False(connection.WillReopen);
             }
             finally
             {
@@ -212,6 +215,7 @@ namespace BastionTools.Tests.Postgres
                 Assert.Equal(ErrorIds.DatabaseConnectionClosed, ex.ErrorId);
                 Assert.Contains("stopped", ex.Message);
                 Assert.Same(first, connection.Session);
+                Assert.False(connection.WillReopen);
             }
             finally
             {
