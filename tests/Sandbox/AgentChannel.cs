@@ -54,6 +54,8 @@ namespace BastionTools.Sandbox
         // datachannel.go Pause (IsActive() == !Pause): set by pause_publication from MGS to the agent.
         private bool _paused;
         private TaskCompletionSource? _resumed;
+        // The idle session timeout's clock: the last stream data either way (ticks of _clock).
+        private long _lastActivityTicks;
 
         public AgentChannel(SandboxAgent agent, SandboxSession session)
         {
@@ -77,6 +79,16 @@ namespace BastionTools.Sandbox
         public SandboxWorld World => _agent.Host.World;
         public SandboxInstance? Instance => World.FindInstance(Session.Target);
         public string AgentVersion => Instance?.AgentVersion ?? "3.3.2299.0";
+        /// <summary>Whether the mux plugin runs smux keepalive; null when the session is not (yet) a mux session.</summary>
+        public bool? SmuxKeepAlive
+        {
+            get
+            {
+                AgentPlugin? plugin;
+                lock (_gate) plugin = _plugin;
+                return ((plugin as PortPlugin)?.Mode as MuxPortSession)?.KeepAliveEnabled;
+            }
+        }
         /// <summary>A short description of the running plugin ("mux", "basic", "shell", "command"), null before it starts.</summary>
         public string? PluginKind => _plugin?.Kind;
         public int UnackedCount
@@ -157,6 +169,8 @@ namespace BastionTools.Sandbox
                 {
                     error = ex.Message;
                 }
+                MarkActivity();
+                _ = Task.Run(IdleWatchAsync);
                 _ = Task.Run(() => plugin == null ? EndAsync(error, drain: false) : RunSessionAsync(plugin));
             }
 
@@ -379,6 +393,7 @@ namespace BastionTools.Sandbox
                     HandleAcknowledge(message);
                     return;
                 case MessageTypes.InputStreamData:
+                    MarkActivity();
                     await _inputLock.WaitAsync().ConfigureAwait(false);
                     try
                     {
@@ -560,6 +575,7 @@ namespace BastionTools.Sandbox
                 }
                 Interlocked.Increment(ref Counters._dataSent);
                 Interlocked.Add(ref Counters._streamBytesCreated, payload.Length);
+                MarkActivity();
                 if (!paused) await TransmitAsync(frame, faultable: true).ConfigureAwait(false);
                 if (pending != null)
                 {
@@ -818,6 +834,66 @@ namespace BastionTools.Sandbox
             return connection != null && connection.EnqueueNow(AgentMessageCodec.Encode(message));
         }
 
+        // ---- the idle session timeout (the service's) ---------------------------------------------------------------
+
+        private void MarkActivity() => Interlocked.Exchange(ref _lastActivityTicks, Now.Ticks);
+
+        /// <summary>How long the session has had no stream data either way.</summary>
+        public TimeSpan IdleTime => Now - TimeSpan.FromTicks(Interlocked.Read(ref _lastActivityTicks));
+
+        /// <summary>
+        /// Session Manager's idle session timeout (<see cref="SandboxAgentOptions.IdleSessionTimeout"/>, read live): once the
+        /// session has had no stream data either way for that long, the service ends it (<see cref="IdleTimeOut"/>).
+        /// </summary>
+        private async Task IdleWatchAsync()
+        {
+            var token = _life.Token;
+            while (!token.IsCancellationRequested)
+            {
+                var timeout = Options.IdleSessionTimeout;
+                var tick = timeout <= TimeSpan.Zero ? TimeSpan.FromSeconds(1)
+                    : TimeSpan.FromTicks(Math.Min(TimeSpan.FromSeconds(1).Ticks, Math.Max(TimeSpan.FromMilliseconds(10).Ticks, timeout.Ticks / 10)));
+                try
+                {
+                    await Task.Delay(tick, token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
+                }
+                timeout = Options.IdleSessionTimeout;
+                if (timeout > TimeSpan.Zero && IdleTime >= timeout)
+                {
+                    IdleTimeOut(timeout);
+                    return;
+                }
+            }
+        }
+
+        /// <summary>
+        /// The idle session timeout ends the session: the client (when connected) gets channel_closed with
+        /// <see cref="SandboxAgentOptions.IdleTimeoutOutput"/> and a close 1000, the plugin stops, and the session is TimedOut
+        /// in the registry (its token stops working; ResumeSession answers without a token).
+        /// </summary>
+        private void IdleTimeOut(TimeSpan timeout)
+        {
+            if (Interlocked.Exchange(ref _ended, 1) != 0) return;
+            Interlocked.Exchange(ref Counters._idleTimeouts, 1);
+            _agent.Log("session " + Session.SessionId + ": idle session timeout (" + timeout.TotalMilliseconds.ToString(CultureInfo.InvariantCulture) + " ms without stream data)");
+            var connection = _connectionSnapshot();
+            if (connection != null)
+            {
+                connection.EnqueueNow(AgentMessageCodec.Encode(BuildChannelClosed(SandboxAgentOptions.IdleTimeoutOutput)));
+                connection.CloseAfterQueued("Bye", CloseAbortAfter);
+            }
+            _life.Cancel();
+            AgentPlugin? plugin;
+            lock (_gate) plugin = _plugin;
+            plugin?.Stop();
+            // The registry's TimedOut event finds this channel already ended.
+            _agent.Host.Sessions.TimeOut(Session.SessionId, World.Clock.UtcNow);
+        }
+
         /// <summary>
         /// The session timed out (idle timeout): the agent ends the channel without channel_closed (the client is probably
         /// not connected); a current connection is dropped without a close frame. The registry already says TimedOut.
@@ -928,6 +1004,8 @@ namespace BastionTools.Sandbox
             o["documentName"] = Session.DocumentName;
             o["state"] = Session.State.ToString();
             o["plugin"] = PluginKind;
+            o["smuxKeepAlive"] = SmuxKeepAlive;
+            o["idleMs"] = Math.Round(IdleTime.TotalMilliseconds);
             o["nextSequenceNumber"] = NextSequenceNumber;
             o["expectedSequenceNumber"] = ExpectedSequenceNumber;
             o["unacked"] = UnackedCount;

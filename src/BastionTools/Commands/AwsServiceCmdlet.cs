@@ -47,11 +47,18 @@ namespace BastionTools.Commands
         /// </summary>
         internal virtual int? ReconnectTimeoutSeconds => null;
 
+        /// <summary>
+        /// -KeepAlive on the tunnel-making cmdlets: an idle tunnel sends a smux NOP every
+        /// <see cref="DataChannelOptions.RequestedKeepAliveInterval"/>, overriding the administrator's idle session timeout.
+        /// </summary>
+        internal virtual bool KeepAliveRequested => false;
+
         /// <summary>The data channel options of a session this command opens.</summary>
         internal DataChannelOptions NewChannelOptions()
         {
             var options = new DataChannelOptions();
             if (ReconnectTimeoutSeconds is int seconds) options.ReconnectTimeout = TimeSpan.FromSeconds(seconds);
+            if (KeepAliveRequested) options.IdleKeepAlive = DataChannelOptions.RequestedKeepAliveInterval;
             return options;
         }
 
@@ -112,6 +119,11 @@ namespace BastionTools.Commands
             Complete(started ? "Ready" : "Failed");
             Pump.Drain();
             if (!started) return null;
+
+            if (KeepAliveRequested && engine.Mode == PortForwardingMode.Basic)
+            {
+                WriteWarningSafe($"-KeepAlive has no effect: the bastion's agent ({engine.AgentVersion}) only forwards in basic mode, which has no no-op message; the idle session timeout applies.");
+            }
 
             // The session outlives this command: keep the AWS clients for ResumeSession/TerminateSession.
             KeepApiAlive();

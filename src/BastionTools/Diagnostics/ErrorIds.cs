@@ -36,6 +36,7 @@ namespace BastionTools
         public const string BastionSessionNotFound = "BastionSessionNotFound";
         public const string BastionSessionFailed = "BastionSessionFailed";
         public const string BastionSessionTimedOut = "BastionSessionTimedOut";
+        public const string BastionSessionTerminated = "BastionSessionTerminated";
         public const string BastionHandshakeFailed = "BastionHandshakeFailed";
         public const string LocalPortUnavailable = "LocalPortUnavailable";
         public const string ShellNeedsTerminal = "ShellNeedsTerminal";

@@ -358,6 +358,8 @@ namespace BastionTools.Tests.Engine
                 Assert.Same(session.Completion, done);
                 Assert.Equal(SessionState.Closed, session.State);
                 Assert.Contains("Exiting session with sessionId: " + session.SessionId, session.ClosedReason);
+                Assert.Equal(ErrorIds.BastionSessionTerminated, session.ClosedErrorId);
+                Assert.True(session.EndedOnItsOwn);
                 using var probe = new TcpClient();
                 await Assert.ThrowsAnyAsync<SocketException>(() => probe.ConnectAsync(IPAddress.Loopback, session.LocalEndPoint!.Port));
             }
