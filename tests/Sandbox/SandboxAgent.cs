@@ -84,6 +84,13 @@ namespace BastionTools.Sandbox
         public string ShellPath { get; set; } = "sh";
         /// <summary>PS1 for the shell.</summary>
         public string ShellPrompt { get; set; } = "$ ";
+        /// <summary>
+        /// appconfig Kms.RequireKMSChallengeResponse (default false): refuse a client whose KMSEncryption result does not
+        /// acknowledge the random challenge (the challenge then must be in the data key's encryption context).
+        /// </summary>
+        public bool RequireKmsChallengeResponse { get; set; }
+        /// <summary>Not the agent's behaviour: a fault in its session encryption, for the client's rejection tests.</summary>
+        public SandboxEncryptionFault EncryptionFault { get; set; }
         /// <summary>The Output of channel_closed when the session ends normally or by TerminateSession.</summary>
         public Func<SandboxSession, string> ChannelClosedOutput { get; set; } =
             s => "\n\nExiting session with sessionId: " + s.SessionId + ".\n\n";
@@ -336,6 +343,32 @@ namespace BastionTools.Sandbox
                     else if (method != "GET") return (405, Error("Method not allowed."));
                     return (200, DescribeOptions().ToJsonString());
                 }
+                if (parts.Length == 2 && parts[1] == "preferences")
+                {
+                    // The Session Manager preferences (SSM-SessionManagerRunShell inputs) for sessions started from now on.
+                    if (method == "POST" || method == "PUT")
+                    {
+                        var input = ParseObject(body);
+                        foreach (var kv in input)
+                        {
+                            if (kv.Key != "kmsKeyId") throw new ArgumentException("Unknown preference " + kv.Key + ".");
+                        }
+                        Host.World.Preferences.KmsKeyId = input["kmsKeyId"] is JsonValue k && k.TryGetValue<string>(out var keyId) ? keyId : null;
+                    }
+                    else if (method != "GET") return (405, Error("Method not allowed."));
+                    return (200, new JsonObject { ["kmsKeyId"] = Host.World.Preferences.KmsKeyId }.ToJsonString());
+                }
+                if (parts.Length == 2 && parts[1] == "kms" && method == "GET") return (200, Host.World.Kms.Describe().ToJsonString());
+                if (parts.Length == 3 && parts[1] == "kms" && parts[2] == "issued-data-keys" && method == "GET")
+                {
+                    // For leak checks only: what GenerateDataKey handed out.
+                    var issued = new JsonArray();
+                    foreach (var (plaintext, blob) in Host.World.Kms.IssuedDataKeys)
+                    {
+                        issued.Add(new JsonObject { ["plaintext"] = Convert.ToBase64String(plaintext), ["ciphertextBlob"] = Convert.ToBase64String(blob) });
+                    }
+                    return (200, issued.ToJsonString());
+                }
                 if (parts.Length == 2 && parts[1] == "faults")
                 {
                     if (method == "POST" || method == "PUT") Faults = SandboxFaultOptions.FromJson(body);
@@ -521,6 +554,8 @@ namespace BastionTools.Sandbox
             ["incomingMessageBufferCapacity"] = Options.IncomingMessageBufferCapacity,
             ["connectionQueueBytes"] = Options.ConnectionQueueBytes,
             ["smuxMaxReceiveBuffer"] = Options.SmuxMaxReceiveBuffer,
+            ["requireKmsChallengeResponse"] = Options.RequireKmsChallengeResponse,
+            ["encryptionFault"] = Options.EncryptionFault.ToString(),
         };
 
         /// <summary>Applies the fields present in a /control/agent body (all are checked before any is applied).</summary>
@@ -540,6 +575,12 @@ namespace BastionTools.Sandbox
             var incoming = ReadLong(input, "incomingMessageBufferCapacity", Options.IncomingMessageBufferCapacity, 0, int.MaxValue);
             var queue = ReadLong(input, "connectionQueueBytes", Options.ConnectionQueueBytes, 1, int.MaxValue);
             var smux = ReadLong(input, "smuxMaxReceiveBuffer", Options.SmuxMaxReceiveBuffer, 1, int.MaxValue);
+            var requireChallenge = ReadBool(input, "requireKmsChallengeResponse", Options.RequireKmsChallengeResponse);
+            var fault = Options.EncryptionFault;
+            if (input["encryptionFault"] is JsonNode f && (f is not JsonValue fv || !fv.TryGetValue<string>(out var fs) || !Enum.TryParse(fs, ignoreCase: true, out fault)))
+            {
+                throw new ArgumentException("encryptionFault is one of " + string.Join(", ", Enum.GetNames<SandboxEncryptionFault>()) + ".");
+            }
             if (input.ContainsKey("outputReadPauseMs")) Options.OutputReadPause = TimeSpan.FromMilliseconds(pause);
             Options.ResendAllDue = resendAllDue;
             Options.ResendAllDueBurst = (int)burst;
@@ -548,6 +589,8 @@ namespace BastionTools.Sandbox
             Options.IncomingMessageBufferCapacity = (int)incoming;
             Options.ConnectionQueueBytes = (int)queue;
             Options.SmuxMaxReceiveBuffer = (int)smux;
+            Options.RequireKmsChallengeResponse = requireChallenge;
+            Options.EncryptionFault = fault;
         }
 
         private static string Error(string message) => new JsonObject { ["error"] = message }.ToJsonString();
