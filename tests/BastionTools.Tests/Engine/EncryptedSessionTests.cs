@@ -183,7 +183,7 @@ namespace BastionTools.Tests.Engine
             await typed;
             Assert.True(shell.Encrypted);
             // The size sent before the handshake was dropped by the agent; the one sent after it reached the PTY.
-            Assert.Matches(@"(?m)^30 100\s*$", text);
+            Assert.Matches(@"(?m)(^|\$ )30 100\r?$", text);
             await shell.SendInputAsync(Encoding.ASCII.GetBytes("exit\r"), CancellationToken.None);
             var closure = await shell.WaitAsync(CancellationToken.None);
             Assert.Null(closure.Error);
@@ -239,7 +239,8 @@ namespace BastionTools.Tests.Engine
             var generate = Assert.Single(_host.World.Kms.Calls);
             Assert.Equal(("GenerateDataKey", "AccessDeniedException"), (generate.Operation, generate.ErrorCode));
             Assert.Empty(_host.World.Kms.IssuedDataKeys);
-            // The agent was told (ActionStatus Failed) and ended the session.
+            // The agent was told (the HandshakeResponse with ActionStatus Failed reached it) and the session ended.
+            Assert.Equal(1, _host.Agent.Counters(shell.SessionId!)!.StreamMessagesDelivered);
             await WaitUntil(() => _host.Sessions.TryGet(shell.SessionId!, out var s) && s.State == SandboxSessionState.Terminated);
 
             var secret = _host.World.Credentials[0].SecretAccessKey;

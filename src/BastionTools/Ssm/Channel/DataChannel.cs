@@ -309,6 +309,16 @@ namespace BastionTools.Ssm
         public Task SendAsync(PayloadType payloadType, byte[] payload, CancellationToken cancellationToken)
             => SendAsync(payloadType, payload, 0, payload.Length, cancellationToken);
 
+        /// <summary>
+        /// Sends a control payload (HandshakeResponse, EncChallengeResponse) as one message whatever its size: the agent
+        /// parses each message's payload as a whole JSON document (the official client sends these unsplit too).
+        /// </summary>
+        public Task SendWholeAsync(PayloadType payloadType, byte[] payload, CancellationToken cancellationToken)
+        {
+            if (payloadType == PayloadType.Output) throw new ArgumentException("Output is a byte stream: use SendAsync.", nameof(payloadType));
+            return SendOneAsync(payloadType, payload, cancellationToken);
+        }
+
         public Task SendFlagAsync(PayloadTypeFlag flag, CancellationToken cancellationToken)
         {
             var payload = new byte[4];

@@ -113,10 +113,11 @@ namespace BastionTools.Ssm
 
         /// <summary>
         /// Completes the answer (KMS encryption when asked: the data key, the cipher handed to the channel before the
-        /// response goes out) and sends the HandshakeResponse. Returns the failure that must end the session, or null.
+        /// response goes out) and sends the HandshakeResponse. Returns the failure that must end the session, or null;
+        /// <paramref name="failing"/> hears of it before the response goes out.
         /// </summary>
         public static async Task<Exception?> RespondAsync(DataChannel channel, string clientVersion, Answer answer, IAwsApi api, string targetId,
-            Action<string> log, CancellationToken cancellationToken = default)
+            Action<string> log, Action<Exception>? failing = null, CancellationToken cancellationToken = default)
         {
             Exception? failure = null;
             if (answer.Kms != null)
@@ -145,9 +146,11 @@ namespace BastionTools.Ssm
             {
                 if (a.ActionStatus != ActionStatus.Success && !string.IsNullOrEmpty(a.Error)) errors.Add(a.Error);
             }
+            // The session knows why it will end before the agent can react to the answer (it closes the channel at once).
+            if (failure != null) failing?.Invoke(failure);
             // Errors lists what failed or is unsupported, as the official client does (null when nothing did).
             var message = ClientMessages.HandshakeResponse(0, clientVersion, answer.Actions, errors);
-            await channel.SendAsync(PayloadType.HandshakeResponse, message.Payload, CancellationToken.None).ConfigureAwait(false);
+            await channel.SendWholeAsync(PayloadType.HandshakeResponse, message.Payload, CancellationToken.None).ConfigureAwait(false);
             return failure;
         }
 
@@ -223,7 +226,7 @@ namespace BastionTools.Ssm
             }
             var response = new EncryptionChallengePayload { Challenge = cipher.Encrypt(plain) };
             Array.Clear(plain, 0, plain.Length);
-            await channel.SendAsync(PayloadType.EncChallengeResponse, SsmJson.SerializeToUtf8(response), CancellationToken.None).ConfigureAwait(false);
+            await channel.SendWholeAsync(PayloadType.EncChallengeResponse, SsmJson.SerializeToUtf8(response), CancellationToken.None).ConfigureAwait(false);
             log("Encryption challenge answered.");
             return null;
         }

@@ -275,7 +275,8 @@ namespace BastionTools.Ssm
                     var failure = await Handshake.RespondAsync(_channel!, _channelOptions.ClientVersion, answer, _api, _request.Target, Events.Write).ConfigureAwait(false);
                     if (failure != null)
                     {
-                        await _channel!.FailAsync(failure).ConfigureAwait(false);
+                        await _channel!.FlushAsync(TimeSpan.FromSeconds(2), CancellationToken.None).ConfigureAwait(false);
+                        await _channel.FailAsync(failure).ConfigureAwait(false);
                         return;
                     }
                     Events.Write($"Handshake: agent {answer.Request.AgentVersion}, {answer.PortType ?? "port"} session.");

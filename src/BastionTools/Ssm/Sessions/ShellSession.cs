@@ -145,7 +145,7 @@ namespace BastionTools.Ssm
             _handshake = answer;
             try
             {
-                var failure = await Handshake.RespondAsync(_channel!, _options.ClientVersion, answer, _api, _target, Events.Write).ConfigureAwait(false);
+                var failure = await Handshake.RespondAsync(_channel!, _options.ClientVersion, answer, _api, _target, Events.Write, MarkFailed).ConfigureAwait(false);
                 if (failure != null) await FailAsync(failure).ConfigureAwait(false);
             }
             catch (Exception ex) when (ex is System.IO.IOException || ex is OperationCanceledException)
@@ -186,11 +186,18 @@ namespace BastionTools.Ssm
         }
 
         /// <summary>The session must end because of <paramref name="failure"/>: it is what WaitAsync reports.</summary>
-        private Task FailAsync(Exception failure)
+        private void MarkFailed(Exception failure)
         {
             Interlocked.CompareExchange(ref _failure, failure, null);
             _inputReady.TrySetResult(false);
-            return _channel!.FailAsync(failure);
+        }
+
+        private async Task FailAsync(Exception failure)
+        {
+            MarkFailed(failure);
+            // Let what was sent (the HandshakeResponse that tells the agent why) reach it first, briefly.
+            await _channel!.FlushAsync(TimeSpan.FromSeconds(2), CancellationToken.None).ConfigureAwait(false);
+            await _channel.FailAsync(failure).ConfigureAwait(false);
         }
 
         /// <summary>Sends keystrokes (raw bytes, as a terminal would send them).</summary>
