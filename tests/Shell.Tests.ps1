@@ -112,6 +112,8 @@ Describe 'KMS-encrypted sessions (the Session Manager preferences name a key)' {
         function script:Set-AgentFault([string] $Fault) {
             Invoke-RestMethod -Method Put -Uri ($Kms.control + 'agent') -ContentType 'application/json' -Body (@{ encryptionFault = $Fault } | ConvertTo-Json) | Out-Null
         }
+        # The sandbox's control answers as PowerShell arrays (an empty JSON array stays an empty array).
+        function script:Get-Control([string] $Path) { , ((Invoke-WebRequest -Uri ($Kms.control + $Path)).Content | ConvertFrom-Json -NoEnumerate) }
         # Everything a user could see: output, errors, warnings, verbose, debug, information, as text.
         function script:Get-AllText($Records) { ($Records | ForEach-Object { "$_"; if ($_ -is [System.Management.Automation.ErrorRecord]) { $_.Exception.ToString() } }) -join "`n" }
     }
@@ -125,8 +127,8 @@ Describe 'KMS-encrypted sessions (the Session Manager preferences name a key)' {
 
     It '-Command runs encrypted: output, exit code, Verbose says so, and no key material or secret in any stream' {
         $global:LASTEXITCODE = 0
-        $callsBefore = @((Invoke-RestMethod -Uri ($Kms.control + 'kms')).calls).Count
-        $issuedBefore = @(Invoke-RestMethod -Uri ($Kms.control + 'kms/issued-data-keys')).Count
+        $callsBefore = (Get-Control 'kms').calls.Count
+        $issuedBefore = (Get-Control 'kms/issued-data-keys').Count
         $all = @(Start-BastionSession -Target i-0a1b2c3d4e5f60001 -Command 'echo enc-$((6*7)); exit 4' @KmsAws -Verbose -Debug -ErrorAction Continue *>&1)
         $out = @($all | Where-Object { $_ -is [string] })
         $out | Should -Be @('enc-42')
@@ -134,8 +136,7 @@ Describe 'KMS-encrypted sessions (the Session Manager preferences name a key)' {
         ($all | Where-Object { $_ -is [System.Management.Automation.ErrorRecord] }).FullyQualifiedErrorId | Should -Be 'RemoteCommandFailed,BastionTools.Commands.StartBastionSessionCommand'
         ($all | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] }).Message -join "`n" | Should -Match 'encrypted with AWS KMS \(alias/bastion-session-data\)'
 
-        $kms = Invoke-RestMethod -Uri ($Kms.control + 'kms')
-        $calls = @($kms.calls | Select-Object -Skip $callsBefore)
+        $calls = @((Get-Control 'kms').calls | Select-Object -Skip $callsBefore)
         $calls.Count | Should -Be 2
         $calls[0].operation | Should -Be 'GenerateDataKey'
         $calls[0].principal | Should -Be 'arn:aws:iam::123456789012:user/sandbox-user'
@@ -147,7 +148,7 @@ Describe 'KMS-encrypted sessions (the Session Manager preferences name a key)' {
         $calls[1].errorCode | Should -BeNullOrEmpty
 
         $text = Get-AllText $all
-        $issued = @(Invoke-RestMethod -Uri ($Kms.control + 'kms/issued-data-keys') | Select-Object -Skip $issuedBefore)
+        $issued = @(Get-Control 'kms/issued-data-keys' | ForEach-Object { $_ } | Select-Object -Skip $issuedBefore)
         $issued.Count | Should -Be 1
         $text | Should -Not -Match ([regex]::Escape($issued[0].plaintext))
         $text | Should -Not -Match ([regex]::Escape($issued[0].ciphertextBlob))
@@ -161,7 +162,7 @@ Describe 'KMS-encrypted sessions (the Session Manager preferences name a key)' {
     It 'a denied kms:GenerateDataKey ends with SessionEncryptionDenied (PermissionDenied), runs nothing and leaks nothing' {
         # This key's policy lets no operator generate data keys.
         Set-Preference 'alias/bastion-session-data-locked'
-        $issuedBefore = @(Invoke-RestMethod -Uri ($Kms.control + 'kms/issued-data-keys')).Count
+        $issuedBefore = (Get-Control 'kms/issued-data-keys').Count
         $all = @(Start-BastionSession -Target i-0a1b2c3d4e5f60001 -Command 'echo must-not-run-$((1+1))' @KmsAws -Verbose -Debug -ErrorAction Continue *>&1)
         $errors = @($all | Where-Object { $_ -is [System.Management.Automation.ErrorRecord] })
         $errors.Count | Should -Be 1
@@ -173,8 +174,8 @@ Describe 'KMS-encrypted sessions (the Session Manager preferences name a key)' {
         $text = Get-AllText $all
         $text | Should -Not -Match 'must-not-run-2'
         $text | Should -Not -Match ([regex]::Escape($KmsAws.SecretKey))
-        @(Invoke-RestMethod -Uri ($Kms.control + 'kms/issued-data-keys')).Count | Should -Be $issuedBefore
-        $denied = @((Invoke-RestMethod -Uri ($Kms.control + 'kms')).calls)[-1]
+        (Get-Control 'kms/issued-data-keys').Count | Should -Be $issuedBefore
+        $denied = (Get-Control 'kms').calls[-1]
         $denied.operation | Should -Be 'GenerateDataKey'
         $denied.errorCode | Should -Be 'AccessDeniedException'
     }
@@ -217,8 +218,7 @@ Start-Sleep -Seconds 30
             $s | Should -Match '(?m)^35 110\s*$'
             & $tmux send-keys -t $name 'exit' Enter
             WaitFor 'PWSH-BACK' | Should -Match 'encrypted with AWS KMS'
-            $sessions = Invoke-RestMethod -Uri ($Kms.control + 'sessions')
-            $shell = @($sessions | ForEach-Object { $_ } | Where-Object { $_.documentName -eq 'SSM-SessionManagerRunShell' })[-1]
+            $shell = @(Get-Control 'sessions' | ForEach-Object { $_ } | Where-Object { $_.documentName -eq 'SSM-SessionManagerRunShell' })[-1]
             $shell.encrypted | Should -BeTrue
             $shell.kmsKeyId | Should -Be 'alias/bastion-session-data'
             $shell.decryptionFailures | Should -Be 0
