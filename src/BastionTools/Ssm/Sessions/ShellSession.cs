@@ -188,8 +188,8 @@ namespace BastionTools.Ssm
         /// <summary>The session must end because of <paramref name="failure"/>: it is what WaitAsync reports.</summary>
         private void MarkFailed(Exception failure)
         {
+            // Input stays held (AcceptsInput false): the session is ending.
             Interlocked.CompareExchange(ref _failure, failure, null);
-            _inputReady.TrySetResult(false);
         }
 
         private async Task FailAsync(Exception failure)
