@@ -102,7 +102,7 @@ namespace BastionTools.Infra.Tests
             var st = Assert.Single(unscoped);
             Assert.Equal(new[] { "ec2:DescribeInstances", "ssm:DescribeInstanceInformation" },
                 Synthesized.Many(st.GetProperty("Action")).Select(a => a.GetString()).OrderBy(a => a).ToArray());
-            Assert.Equal(5, Statements(s).Length);
+            Assert.Equal(6, Statements(s).Length);
             Assert.All(Statements(s), x => Assert.Equal("Allow", x.GetProperty("Effect").GetString()));
         }
 
@@ -112,8 +112,14 @@ namespace BastionTools.Infra.Tests
             var s = _stacks.Shell;
             var st = Statement(s, "EncryptSessionData");
             Assert.Equal("kms:GenerateDataKey", st.GetProperty("Action").GetString());
-            Assert.Equal(new[] { "{" + s.Id(s.Stack.Logging.Key) + ".Arn}" }, Resources(st));
-            Assert.DoesNotContain(Statements(_stacks.Default), x => x.GetProperty("Sid").GetString() == "EncryptSessionData");
+            // That key only (not the logs key), and only for data keys of sessions on this bastion.
+            Assert.Equal(new[] { "{" + s.Id(s.Stack.Logging.SessionDataKey!) + ".Arn}" }, Resources(st));
+            Assert.Equal("{" + s.Id(s.Stack.Bastion.Instance) + "}",
+                Synthesized.Render(st.GetProperty("Condition").GetProperty("StringEquals").GetProperty("kms:EncryptionContext:aws:ssm:TargetId")));
+            Assert.Single(Statements(_stacks.Default), x => x.GetProperty("Sid").GetString() == "EncryptSessionData");
+            Assert.DoesNotContain(Statements(_stacks.Github), x => x.GetProperty("Sid").GetString() == "EncryptSessionData");
+            Assert.DoesNotContain(Statements(s), x => Synthesized.Many(x.GetProperty("Action")).Any(a => a.GetString()!.StartsWith("kms:", System.StringComparison.Ordinal)
+                && x.GetProperty("Sid").GetString() != "EncryptSessionData"));
         }
 
         [Fact]

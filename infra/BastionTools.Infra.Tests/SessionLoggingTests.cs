@@ -67,8 +67,28 @@ namespace BastionTools.Infra.Tests
             Assert.Equal("20", inputs.GetProperty("idleSessionTimeout").GetString());
             Assert.Equal("cd ~", inputs.GetProperty("shellProfile").GetProperty("linux").GetString());
             Assert.False(inputs.GetProperty("runAsEnabled").GetBoolean());
-            // The module declines the KMSEncryption handshake, so session data KMS is off unless asked for.
-            Assert.Equal("", inputs.GetProperty("kmsKeyId").GetString());
+            // Session data is KMS-encrypted by default, with its own key (the module speaks KMSEncryption).
+            Assert.Equal("{" + s.Id(s.Stack.Logging.SessionDataKey!) + ".Arn}", Synthesized.Render(inputs.GetProperty("kmsKeyId")));
+        }
+
+        [Fact]
+        public void Session_data_key_rotates_is_retained_and_is_not_the_logs_key()
+        {
+            var s = _stacks.Default;
+            var id = s.Id(s.Stack.Logging.SessionDataKey!);
+            Assert.NotEqual(s.Id(s.Stack.Logging.Key), id);
+            Assert.True(s.Properties(id).GetProperty("EnableKeyRotation").GetBoolean());
+            Assert.Equal(2, s.Resources("AWS::KMS::Key").Count());
+            Assert.Single(s.Resources("AWS::KMS::Key"), r => r.Id == id && r.Resource.GetProperty("DeletionPolicy").GetString() == "Retain");
+        }
+
+        [Fact]
+        public void Session_data_kms_can_be_turned_off()
+        {
+            var s = _stacks.Github;
+            Assert.Null(s.Stack.Logging.SessionDataKey);
+            Assert.Equal("", PreferencesInputs(s).GetProperty("kmsKeyId").GetString());
+            Assert.Single(s.Resources("AWS::KMS::Key"));
         }
 
         [Fact]
@@ -76,7 +96,7 @@ namespace BastionTools.Infra.Tests
         {
             var s = _stacks.Shell;
             var inputs = PreferencesInputs(s);
-            Assert.Equal("{" + s.Id(s.Stack.Logging.Key) + ".Arn}", Synthesized.Render(inputs.GetProperty("kmsKeyId")));
+            Assert.Equal("{" + s.Id(s.Stack.Logging.SessionDataKey!) + ".Arn}", Synthesized.Render(inputs.GetProperty("kmsKeyId")));
             Assert.Equal("10", inputs.GetProperty("idleSessionTimeout").GetString());
         }
 

@@ -71,13 +71,22 @@ namespace BastionTools.Infra
                     Resources = new[] { "*" },
                 }),
             };
-            if (settings.SessionDataKms)
+            if (logging.SessionDataKey != null)
             {
+                // Shell and command sessions are KMS-encrypted: the client asks for each session's data key, with the
+                // encryption context aws:ssm:TargetId = the instance, so only for sessions on this bastion.
                 statements.Add(new PolicyStatement(new PolicyStatementProps
                 {
                     Sid = "EncryptSessionData",
                     Actions = new[] { "kms:GenerateDataKey" },
-                    Resources = new[] { logging.Key.KeyArn },
+                    Resources = new[] { logging.SessionDataKey.KeyArn },
+                    Conditions = new Dictionary<string, object>
+                    {
+                        ["StringEquals"] = new Dictionary<string, object>
+                        {
+                            ["kms:EncryptionContext:aws:ssm:TargetId"] = bastion.Instance.InstanceId,
+                        },
+                    },
                 }));
             }
 

@@ -88,7 +88,7 @@ namespace BastionTools.Sandbox
     public sealed class SandboxChannelCounters
     {
         internal long _connections, _messagesSent, _messagesReceived, _dataSent, _dataReceived, _acksSent, _acksReceived,
-            _dropped, _duplicated, _reordered, _retransmitted, _duplicatesReceived, _outOfOrderReceived, _digestFailures,
+            _dropped, _duplicated, _reordered, _retransmitted, _duplicatesReceived, _outOfOrderReceived, _digestFailures, _decryptionFailures,
             _bytesSent, _bytesReceived, _kills, _byes, _unbuffered, _streamBytesCreated, _queuedBytes, _queuedBytesPeak,
             _sendWaiters, _sendWaits, _discardedAfterStall, _maxResendBurst, _smuxBufferedBytes, _smuxReceiveStalls, _smuxReceiveWaiting,
             _injected, _smuxNopsSent, _smuxNopsReceived, _smuxKeepAliveChecks, _smuxKeepAliveCloses, _idleTimeouts;
@@ -119,6 +119,8 @@ namespace BastionTools.Sandbox
         public long OutOfOrderReceived => Interlocked.Read(ref _outOfOrderReceived);
         /// <summary>Received messages whose SHA-256 digest did not match (discarded without acknowledgement).</summary>
         public long DigestFailures => Interlocked.Read(ref _digestFailures);
+        /// <summary>Client payloads (Output, the challenge response) that did not decrypt with the session's key.</summary>
+        public long DecryptionFailures => Interlocked.Read(ref _decryptionFailures);
         public long BytesSent => Interlocked.Read(ref _bytesSent);
         public long BytesReceived => Interlocked.Read(ref _bytesReceived);
         /// <summary>Connections aborted (KillAfterBytes or a kill request).</summary>
@@ -188,6 +190,7 @@ namespace BastionTools.Sandbox
             ["duplicatesReceived"] = DuplicatesReceived,
             ["outOfOrderReceived"] = OutOfOrderReceived,
             ["digestFailures"] = DigestFailures,
+            ["decryptionFailures"] = DecryptionFailures,
             ["bytesSent"] = BytesSent,
             ["bytesReceived"] = BytesReceived,
             ["kills"] = Kills,

@@ -31,7 +31,7 @@ namespace BastionTools.Sandbox
         /// <summary>The SessionType of the handshake (the agent's plugin name).</summary>
         public abstract string SessionType { get; }
         public abstract bool RequiresHandshake { get; }
-        public virtual JsonNode HandshakeProperties() => new JsonObject();
+        public virtual JsonNode? HandshakeProperties() => new JsonObject();
         public virtual string HandshakeCustomerMessage() => "";
         public virtual void OnHandshakeResponse(HandshakeResponsePayload response)
         {

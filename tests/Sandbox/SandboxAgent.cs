@@ -97,6 +97,13 @@ namespace BastionTools.Sandbox
         public string ShellPrompt { get; set; } = "$ ";
         /// <summary>The Output of channel_closed when the idle session timeout ends a session (what the official client prints after "SessionId: &lt;id&gt; : ").</summary>
         public const string IdleTimeoutOutput = "Your session timed out due to inactivity and has been terminated.";
+        /// <summary>
+        /// appconfig Kms.RequireKMSChallengeResponse (default false): refuse a client whose KMSEncryption result does not
+        /// acknowledge the random challenge (the challenge then must be in the data key's encryption context).
+        /// </summary>
+        public bool RequireKmsChallengeResponse { get; set; }
+        /// <summary>Not the agent's behaviour: a fault in its session encryption, for the client's rejection tests.</summary>
+        public SandboxEncryptionFault EncryptionFault { get; set; }
         /// <summary>The Output of channel_closed when the session ends normally or by TerminateSession.</summary>
         public Func<SandboxSession, string> ChannelClosedOutput { get; set; } =
             s => "\n\nExiting session with sessionId: " + s.SessionId + ".\n\n";
@@ -371,6 +378,32 @@ namespace BastionTools.Sandbox
                     else if (method != "GET") return (405, Error("Method not allowed."));
                     return (200, DescribeOptions().ToJsonString());
                 }
+                if (parts.Length == 2 && parts[1] == "preferences")
+                {
+                    // The Session Manager preferences (SSM-SessionManagerRunShell inputs) for sessions started from now on.
+                    if (method == "POST" || method == "PUT")
+                    {
+                        var input = ParseObject(body);
+                        foreach (var kv in input)
+                        {
+                            if (kv.Key != "kmsKeyId") throw new ArgumentException("Unknown preference " + kv.Key + ".");
+                        }
+                        Host.World.Preferences.KmsKeyId = input["kmsKeyId"] is JsonValue k && k.TryGetValue<string>(out var keyId) ? keyId : null;
+                    }
+                    else if (method != "GET") return (405, Error("Method not allowed."));
+                    return (200, new JsonObject { ["kmsKeyId"] = Host.World.Preferences.KmsKeyId }.ToJsonString());
+                }
+                if (parts.Length == 2 && parts[1] == "kms" && method == "GET") return (200, Host.World.Kms.Describe().ToJsonString());
+                if (parts.Length == 3 && parts[1] == "kms" && parts[2] == "issued-data-keys" && method == "GET")
+                {
+                    // For leak checks only: what GenerateDataKey handed out.
+                    var issued = new JsonArray();
+                    foreach (var (plaintext, blob) in Host.World.Kms.IssuedDataKeys)
+                    {
+                        issued.Add(new JsonObject { ["plaintext"] = Convert.ToBase64String(plaintext), ["ciphertextBlob"] = Convert.ToBase64String(blob) });
+                    }
+                    return (200, issued.ToJsonString());
+                }
                 if (parts.Length == 2 && parts[1] == "faults")
                 {
                     if (method == "POST" || method == "PUT") Faults = SandboxFaultOptions.FromJson(body);
@@ -570,6 +603,8 @@ namespace BastionTools.Sandbox
             ["smuxKeepAliveIntervalMs"] = Options.SmuxKeepAliveInterval.TotalMilliseconds,
             ["smuxKeepAliveTimeoutMs"] = Options.SmuxKeepAliveTimeout.TotalMilliseconds,
             ["idleSessionTimeoutMs"] = Options.IdleSessionTimeout.TotalMilliseconds,
+            ["requireKmsChallengeResponse"] = Options.RequireKmsChallengeResponse,
+            ["encryptionFault"] = Options.EncryptionFault.ToString(),
         };
 
         /// <summary>Applies the fields present in a /control/agent body (all are checked before any is applied).</summary>
@@ -593,6 +628,12 @@ namespace BastionTools.Sandbox
             var keepAliveTimeout = ReadLong(input, "smuxKeepAliveTimeoutMs", (long)Options.SmuxKeepAliveTimeout.TotalMilliseconds, 1, 3_600_000);
             var idle = ReadLong(input, "idleSessionTimeoutMs", (long)Options.IdleSessionTimeout.TotalMilliseconds, 0, 24L * 3_600_000);
             if (keepAliveTimeout < keepAliveInterval) throw new ArgumentException("smuxKeepAliveTimeoutMs must not be less than smuxKeepAliveIntervalMs (smux VerifyConfig).");
+            var requireChallenge = ReadBool(input, "requireKmsChallengeResponse", Options.RequireKmsChallengeResponse);
+            var fault = Options.EncryptionFault;
+            if (input["encryptionFault"] is JsonNode f && (f is not JsonValue fv || !fv.TryGetValue<string>(out var fs) || !Enum.TryParse(fs, ignoreCase: true, out fault)))
+            {
+                throw new ArgumentException("encryptionFault is one of " + string.Join(", ", Enum.GetNames<SandboxEncryptionFault>()) + ".");
+            }
             if (input.ContainsKey("outputReadPauseMs")) Options.OutputReadPause = TimeSpan.FromMilliseconds(pause);
             Options.ResendAllDue = resendAllDue;
             Options.ResendAllDueBurst = (int)burst;
@@ -604,6 +645,8 @@ namespace BastionTools.Sandbox
             if (input.ContainsKey("smuxKeepAliveIntervalMs")) Options.SmuxKeepAliveInterval = TimeSpan.FromMilliseconds(keepAliveInterval);
             if (input.ContainsKey("smuxKeepAliveTimeoutMs")) Options.SmuxKeepAliveTimeout = TimeSpan.FromMilliseconds(keepAliveTimeout);
             if (input.ContainsKey("idleSessionTimeoutMs")) Options.IdleSessionTimeout = TimeSpan.FromMilliseconds(idle);
+            Options.RequireKmsChallengeResponse = requireChallenge;
+            Options.EncryptionFault = fault;
         }
 
         private static string Error(string message) => new JsonObject { ["error"] = message }.ToJsonString();

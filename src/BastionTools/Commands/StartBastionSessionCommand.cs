@@ -257,7 +257,13 @@ namespace BastionTools.Commands
             {
                 shell.StopAsync(terminate: closure == null || !closure.ByRemote).GetAwaiter().GetResult();
             }
-            if (closure?.Error != null)
+            if (shell.Encrypted) WriteVerboseSafe($"Session data was encrypted with AWS KMS ({shell.KmsKeyId}) as the account's Session Manager preferences ask.");
+            if (closure?.Error is BastionToolsException known)
+            {
+                // Session encryption refused or broken, and other failures that know their ErrorId.
+                WriteError(known.ToErrorRecord());
+            }
+            else if (closure?.Error != null)
             {
                 var timedOut = closure.End == ChannelEnd.SessionExpired;
                 WriteError(new BastionToolsException(timedOut ? ErrorIds.BastionSessionTimedOut : ErrorIds.BastionSessionFailed,
@@ -288,7 +294,8 @@ namespace BastionTools.Commands
                 while (!completion.IsCompleted)
                 {
                     batch.Clear();
-                    while (Console.KeyAvailable && batch.Count < 4096) batch.AddRange(KeyMapper.Map(Console.ReadKey(intercept: true)));
+                    // Keys wait in the console until the agent takes input (after the handshake of an encrypted session).
+                    while (shell.AcceptsInput && Console.KeyAvailable && batch.Count < 4096) batch.AddRange(KeyMapper.Map(Console.ReadKey(intercept: true)));
                     if (batch.Count > 0) shell.SendInputAsync(batch.ToArray(), CancellationToken.None).GetAwaiter().GetResult();
                     if (DateTime.UtcNow - lastSizeCheck > TimeSpan.FromMilliseconds(250))
                     {

@@ -42,6 +42,9 @@ namespace BastionTools
         public const string ShellNeedsTerminal = "ShellNeedsTerminal";
         public const string RemoteStandardError = "RemoteStandardError";
         public const string RemoteCommandFailed = "RemoteCommandFailed";
+        public const string SessionEncryptionDenied = "SessionEncryptionDenied";
+        public const string SessionEncryptionFailed = "SessionEncryptionFailed";
+        public const string SessionDecryptionFailed = "SessionDecryptionFailed";
 
         // PostgreSQL
         public const string DatabaseTlsFailed = "DatabaseTlsFailed";

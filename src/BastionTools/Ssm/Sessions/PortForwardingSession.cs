@@ -109,6 +109,7 @@ namespace BastionTools.Ssm
         private IPortForwarder? _forwarder;
         private Task? _acceptLoop;
         private int _stopped;
+        private Handshake.Answer? _handshake;
 
         public PortForwardingSession(IAwsApi api, PortForwardingRequest request, DataChannelOptions channelOptions)
         {
@@ -221,6 +222,14 @@ namespace BastionTools.Ssm
                 case PayloadType.HandshakeRequest:
                     OnHandshakeRequest(message);
                     break;
+                case PayloadType.EncChallengeRequest:
+                    var answer = _handshake;
+                    _ = Task.Run(async () =>
+                    {
+                        var failure = await Handshake.AnswerChallengeAsync(_channel!, answer?.Cipher, message, Events.Write).ConfigureAwait(false);
+                        if (failure != null) await _channel!.FailAsync(failure).ConfigureAwait(false);
+                    });
+                    break;
                 case PayloadType.HandshakeComplete:
                     if (_forwarder == null) CreateForwarder(null);
                     _handshakeCompleted.TrySetResult(true);
@@ -269,7 +278,16 @@ namespace BastionTools.Ssm
             {
                 try
                 {
-                    await Handshake.RespondAsync(_channel!, _channelOptions.ClientVersion, answer).ConfigureAwait(false);
+                    // The agent never asks for KMS on port sessions (sessionplugin.go isEncryptionEnabled), but if one did,
+                    // it is answered as for a shell, and a refusal ends the session.
+                    _handshake = answer;
+                    var failure = await Handshake.RespondAsync(_channel!, _channelOptions.ClientVersion, answer, _api, _request.Target, Events.Write).ConfigureAwait(false);
+                    if (failure != null)
+                    {
+                        await _channel!.FlushAsync(TimeSpan.FromSeconds(2), CancellationToken.None).ConfigureAwait(false);
+                        await _channel.FailAsync(failure).ConfigureAwait(false);
+                        return;
+                    }
                     Events.Write($"Handshake: agent {answer.Request.AgentVersion}, {answer.PortType ?? "port"} session.");
                 }
                 catch (Exception ex) when (ex is System.IO.IOException || ex is OperationCanceledException)

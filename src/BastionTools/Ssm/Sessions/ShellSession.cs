@@ -36,8 +36,13 @@ namespace BastionTools.Ssm
         private readonly string? _reason;
         private readonly DataChannelOptions _options;
         private readonly IShellTerminal _terminal;
+        private readonly TaskCompletionSource<bool> _inputReady = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private DataChannel? _channel;
         private (int Cols, int Rows)? _lastSize;
+        private Handshake.Answer? _handshake;
+        private volatile bool _handshakeStarted;
+        private volatile bool _handshakeCompleted;
+        private Exception? _failure;
 
         public ShellSession(IAwsApi api, string target, string? command, string? reason, DataChannelOptions options, IShellTerminal terminal)
         {
@@ -54,6 +59,19 @@ namespace BastionTools.Ssm
         public int? ExitCode { get; private set; }
         public string? ClosingOutput { get; private set; }
         public Exception? Failure { get; private set; }
+
+        /// <summary>True when the agent encrypts the session's data with KMS (known once the handshake completed).</summary>
+        public bool Encrypted { get; private set; }
+
+        /// <summary>The key the agent named for encryption, when it asked for it.</summary>
+        public string? KmsKeyId => _handshake?.Kms?.KmsKeyId;
+
+        /// <summary>
+        /// True once keystrokes can go out: the agent has sent its first output (a shell without a handshake) or
+        /// completed the handshake (a command, or an encrypted shell: the agent ignores input until then, and input
+        /// must be encrypted, so none is sent before).
+        /// </summary>
+        public bool AcceptsInput => _inputReady.Task.IsCompleted;
 
         public Task<DataChannelClosure> Completion => _channel?.Completion ?? Task.FromResult(new DataChannelClosure(ChannelEnd.ClosedByClient, null, null));
 
@@ -80,6 +98,7 @@ namespace BastionTools.Ssm
         /// <summary>Runs on the data channel's receive loop: terminal writes only, replies go out from their own task.</summary>
         private void OnStreamMessage(AgentMessage message)
         {
+            if (!_handshakeStarted && message.PayloadType != PayloadType.HandshakeRequest) _inputReady.TrySetResult(true);
             switch (message.PayloadType)
             {
                 case PayloadType.Output:
@@ -95,7 +114,20 @@ namespace BastionTools.Ssm
                     else if (message.Payload.Length == 4) ExitCode = BinaryPrimitives.ReadInt32BigEndian(message.Payload);
                     break;
                 case PayloadType.HandshakeRequest:
+                    if (_handshakeStarted) break;
+                    _handshakeStarted = true;
                     _ = Task.Run(() => RespondToHandshakeAsync(message));
+                    break;
+                case PayloadType.EncChallengeRequest:
+                    var answer = _handshake;
+                    _ = Task.Run(async () =>
+                    {
+                        var failure = await Handshake.AnswerChallengeAsync(_channel!, answer?.Cipher, message, Events.Write).ConfigureAwait(false);
+                        if (failure != null) await FailAsync(failure).ConfigureAwait(false);
+                    });
+                    break;
+                case PayloadType.HandshakeComplete:
+                    OnHandshakeComplete(message);
                     break;
                 case PayloadType.Flag:
                     if (message.Payload.Length >= 4 && (PayloadTypeFlag)BinaryPrimitives.ReadUInt32BigEndian(message.Payload) == PayloadTypeFlag.TerminateSession)
@@ -110,9 +142,11 @@ namespace BastionTools.Ssm
         {
             var answer = Handshake.Read(message, Events.Write);
             if (answer == null) return;
+            _handshake = answer;
             try
             {
-                await Handshake.RespondAsync(_channel!, _options.ClientVersion, answer).ConfigureAwait(false);
+                var failure = await Handshake.RespondAsync(_channel!, _options.ClientVersion, answer, _api, _target, Events.Write, MarkFailed).ConfigureAwait(false);
+                if (failure != null) await FailAsync(failure).ConfigureAwait(false);
             }
             catch (Exception ex) when (ex is System.IO.IOException || ex is OperationCanceledException)
             {
@@ -120,15 +154,70 @@ namespace BastionTools.Ssm
             }
         }
 
+        private void OnHandshakeComplete(AgentMessage message)
+        {
+            try
+            {
+                var complete = SsmJson.Deserialize<HandshakeCompletePayload>(message.Payload);
+                if (!string.IsNullOrWhiteSpace(complete.CustomerMessage)) Events.Write("Agent: " + complete.CustomerMessage.Trim());
+            }
+            catch (SsmProtocolException ex)
+            {
+                Events.Write("Unreadable HandshakeComplete: " + ex.Message);
+            }
+            Encrypted = _channel!.IsEncrypted;
+            Events.Write(Encrypted ? $"Handshake complete: the session is encrypted with AWS KMS ({KmsKeyId})." : "Handshake complete.");
+            _handshakeCompleted = true;
+            // The agent ignored what came before the handshake completed (datachannel.go processStreamDataMessage):
+            // the terminal size goes again.
+            _lastSize = null;
+            _inputReady.TrySetResult(true);
+            _ = Task.Run(async () =>
+            {
+                try
+                {
+                    await SendSizeIfChangedAsync(CancellationToken.None).ConfigureAwait(false);
+                }
+                catch (Exception ex) when (ex is System.IO.IOException || ex is OperationCanceledException)
+                {
+                    Events.Write("The terminal size could not be sent: " + ex.Message);
+                }
+            });
+        }
+
+        /// <summary>The session must end because of <paramref name="failure"/>: it is what WaitAsync reports.</summary>
+        private void MarkFailed(Exception failure)
+        {
+            // Input stays held (AcceptsInput false): the session is ending.
+            Interlocked.CompareExchange(ref _failure, failure, null);
+        }
+
+        private async Task FailAsync(Exception failure)
+        {
+            MarkFailed(failure);
+            // Let what was sent (the HandshakeResponse that tells the agent why) reach it first, briefly.
+            await _channel!.FlushAsync(TimeSpan.FromSeconds(2), CancellationToken.None).ConfigureAwait(false);
+            await _channel.FailAsync(failure).ConfigureAwait(false);
+        }
+
         /// <summary>Sends keystrokes (raw bytes, as a terminal would send them).</summary>
-        public Task SendInputAsync(byte[] data, CancellationToken cancellationToken)
-            => _channel!.SendAsync(PayloadType.Output, data, 0, data.Length, cancellationToken);
+        public async Task SendInputAsync(byte[] data, CancellationToken cancellationToken)
+        {
+            if (!_inputReady.Task.IsCompleted)
+            {
+                await Task.WhenAny(_inputReady.Task, _channel!.Completion, Task.Delay(Timeout.Infinite, cancellationToken)).ConfigureAwait(false);
+                cancellationToken.ThrowIfCancellationRequested();
+            }
+            await _channel!.SendAsync(PayloadType.Output, data, 0, data.Length, cancellationToken).ConfigureAwait(false);
+        }
 
         /// <summary>Sends the terminal size when it differs from the last one sent.</summary>
         public async Task SendSizeIfChangedAsync(CancellationToken cancellationToken)
         {
             var size = _terminal.Size;
             if (size == null || size == _lastSize) return;
+            // During a handshake the agent drops it; it goes when the handshake completes.
+            if (_handshakeStarted && !_handshakeCompleted) return;
             _lastSize = size;
             var payload = SsmJson.SerializeToUtf8(new SizeData { Cols = (uint)size.Value.Cols, Rows = (uint)size.Value.Rows });
             await _channel!.SendAsync(PayloadType.Size, payload, 0, payload.Length, cancellationToken).ConfigureAwait(false);
@@ -142,6 +231,12 @@ namespace BastionTools.Ssm
             {
                 var done = await Task.WhenAny(_channel!.Completion, cancelled.Task).ConfigureAwait(false);
                 var closure = await done.ConfigureAwait(false);
+                var failure = Volatile.Read(ref _failure);
+                if (failure != null && !ReferenceEquals(closure.Error, failure))
+                {
+                    // The agent may have closed the channel first (it cancels a session whose handshake failed).
+                    closure = new DataChannelClosure(ChannelEnd.Failed, closure.Output, failure);
+                }
                 ClosingOutput = closure.Output;
                 Failure = closure.Error;
                 return closure;
