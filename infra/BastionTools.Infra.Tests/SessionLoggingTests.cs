@@ -83,6 +83,21 @@ namespace BastionTools.Infra.Tests
         }
 
         [Fact]
+        public void Session_data_key_policy_is_the_default_one_so_iam_policies_decide()
+        {
+            // The account root with kms:* and nothing else ("Enable IAM User Permissions"): the operators'
+            // kms:GenerateDataKey and the bastion's kms:Decrypt come from their IAM policies. The module's sandbox models
+            // this key as alias/bastion-session-data-iam (tests/Sandbox/SandboxKms.cs).
+            var s = _stacks.Shell;
+            var st = Assert.Single(Synthesized.Many(s.Properties(s.Id(s.Stack.Logging.SessionDataKey!)).GetProperty("KeyPolicy").GetProperty("Statement")));
+            Assert.Equal("Allow", st.GetProperty("Effect").GetString());
+            Assert.Equal("kms:*", st.GetProperty("Action").GetString());
+            Assert.Equal("*", st.GetProperty("Resource").GetString());
+            // The synthesis environment is account 123456789012.
+            Assert.Equal("arn:{AWS::Partition}:iam::123456789012:root", Synthesized.Render(st.GetProperty("Principal").GetProperty("AWS")));
+        }
+
+        [Fact]
         public void Session_data_kms_can_be_turned_off()
         {
             var s = _stacks.Github;

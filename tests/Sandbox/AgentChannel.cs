@@ -911,7 +911,7 @@ namespace BastionTools.Sandbox
             byte[] dataKey;
             try
             {
-                (dataKey, _) = World.Kms.Decrypt(World.Kms.InstanceRoleArn(instance), result.KmsCipherTextKey, context, Session.KmsKeyId);
+                (dataKey, _) = World.Kms.Decrypt(instance, result.KmsCipherTextKey, context, Session.KmsKeyId);
             }
             catch (SandboxError error)
             {

@@ -6,8 +6,9 @@ namespace BastionTools.Sandbox
 {
     /// <summary>
     /// The KMS operations of the sandbox (AWS JSON 1.1, X-Amz-Target: TrentService.&lt;Op&gt;, SigV4 service "kms"):
-    /// GenerateDataKey and Decrypt over <see cref="SandboxKms"/>. Errors are KMS's JSON: HTTP 400,
-    /// {"__type":"AccessDeniedException","message":"..."}.
+    /// GenerateDataKey and Decrypt over <see cref="SandboxKms"/>, as the SigV4-verified caller: the key policy and that
+    /// caller's identity policy (the sandbox IAM engine) both take part, once the KeyId is resolved to the key ARN IAM
+    /// authorizes on. Errors are KMS's JSON: HTTP 400, {"__type":"AccessDeniedException","message":"..."}.
     /// </summary>
     internal sealed class KmsApi
     {
@@ -20,7 +21,6 @@ namespace BastionTools.Sandbox
 
         public string Handle(string operation, JsonObject input, SandboxCredential caller)
         {
-            var principal = Kms.UserArn(caller);
             switch (operation)
             {
                 case "GenerateDataKey":
@@ -28,7 +28,7 @@ namespace BastionTools.Sandbox
                     var keyId = RequiredString(input, "KeyId", "keyId");
                     var bytes = NumberOfBytes(input);
                     var context = ReadContext(input["EncryptionContext"]);
-                    var (blob, plaintext, arn) = Kms.GenerateDataKey(principal, keyId, bytes, context);
+                    var (blob, plaintext, arn) = Kms.GenerateDataKey(caller, keyId, bytes, context);
                     return new JsonObject
                     {
                         ["CiphertextBlob"] = Convert.ToBase64String(blob),
@@ -49,7 +49,7 @@ namespace BastionTools.Sandbox
                         throw SandboxError.Coral("SerializationException", "Could not read the ciphertextBlob as base64.");
                     }
                     var keyId = input["KeyId"]?.GetValue<string>();
-                    var (plaintext, arn) = Kms.Decrypt(principal, blob, ReadContext(input["EncryptionContext"]), keyId);
+                    var (plaintext, arn) = Kms.Decrypt(caller, blob, ReadContext(input["EncryptionContext"]), keyId);
                     return new JsonObject
                     {
                         ["EncryptionAlgorithm"] = "SYMMETRIC_DEFAULT",

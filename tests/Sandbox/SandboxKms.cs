@@ -11,7 +11,10 @@ namespace BastionTools.Sandbox
     /// <summary>
     /// One statement of a sandbox key policy: Effect Allow or Deny, principals (ARNs, or "*" for anyone in the account)
     /// and actions ("kms:GenerateDataKey", "kms:Decrypt", "kms:*"). A role ARN (arn:aws:iam::acct:role/Name) also matches
-    /// that role's sessions (arn:aws:sts::acct:assumed-role/Name/...), as in a real key policy.
+    /// that role's sessions (arn:aws:sts::acct:assumed-role/Name/...), as in a real key policy. The account principal
+    /// (arn:aws:iam::acct:root, or the bare account id) grants no one by itself: an Allow with it lets the account's IAM
+    /// policies decide ("Enable IAM User Permissions", the default key policy of KMS and of the CDK); a Deny with it
+    /// applies to every principal of the account.
     /// </summary>
     public sealed class SandboxKmsPolicyStatement
     {
@@ -19,11 +22,18 @@ namespace BastionTools.Sandbox
         public List<string> Principals { get; set; } = new();
         public List<string> Actions { get; set; } = new();
 
-        internal bool Matches(string principalArn, string action)
-        {
-            if (!Actions.Any(a => a == "kms:*" || a == "*" || string.Equals(a, action, StringComparison.OrdinalIgnoreCase))) return false;
-            return Principals.Any(p => p == "*" || string.Equals(p, principalArn, StringComparison.Ordinal) || RoleMatches(p, principalArn));
-        }
+        internal bool IsAllow => string.Equals(Effect, "Allow", StringComparison.OrdinalIgnoreCase);
+        internal bool IsDeny => string.Equals(Effect, "Deny", StringComparison.OrdinalIgnoreCase);
+
+        private bool NamesAction(string action) => Actions.Any(a => a == "kms:*" || a == "*" || string.Equals(a, action, StringComparison.OrdinalIgnoreCase));
+
+        /// <summary>The statement names <paramref name="principalArn"/> itself (or "*", or its role).</summary>
+        internal bool Matches(string principalArn, string action) =>
+            NamesAction(action) && Principals.Any(p => p == "*" || string.Equals(p, principalArn, StringComparison.Ordinal) || RoleMatches(p, principalArn));
+
+        /// <summary>The statement names the account <paramref name="accountId"/> (arn:aws:iam::&lt;account&gt;:root or the bare id).</summary>
+        internal bool NamesAccount(string accountId, string action) =>
+            NamesAction(action) && Principals.Any(p => p == accountId || p == "arn:aws:iam::" + accountId + ":root");
 
         // arn:aws:iam::123:role/Name matches arn:aws:sts::123:assumed-role/Name/session.
         private static bool RoleMatches(string policyPrincipal, string principalArn)
@@ -58,12 +68,15 @@ namespace BastionTools.Sandbox
 
         public string Arn(string region, string accountId) => "arn:aws:kms:" + region + ":" + accountId + ":key/" + KeyId;
 
-        /// <summary>Evaluated like a key policy alone: an explicit Deny wins, otherwise an Allow is needed.</summary>
-        internal bool Allows(string principalArn, string action)
-        {
-            if (Policy.Any(s => string.Equals(s.Effect, "Deny", StringComparison.OrdinalIgnoreCase) && s.Matches(principalArn, action))) return false;
-            return Policy.Any(s => string.Equals(s.Effect, "Allow", StringComparison.OrdinalIgnoreCase) && s.Matches(principalArn, action));
-        }
+        /// <summary>A Deny statement names the principal (itself, its role, "*", or its account).</summary>
+        internal bool Denies(string principalArn, string accountId, string action) =>
+            Policy.Any(s => s.IsDeny && (s.Matches(principalArn, action) || s.NamesAccount(accountId, action)));
+
+        /// <summary>An Allow statement names the principal itself (its role, or "*"): no IAM policy is needed in the key's account.</summary>
+        internal bool AllowsDirectly(string principalArn, string action) => Policy.Any(s => s.IsAllow && s.Matches(principalArn, action));
+
+        /// <summary>An Allow statement names the account: the account's IAM identity policies decide.</summary>
+        internal bool DelegatesToIam(string accountId, string action) => Policy.Any(s => s.IsAllow && s.NamesAccount(accountId, action));
     }
 
     /// <summary>One KMS call the sandbox answered (the client's over HTTP, the agent's in process).</summary>
@@ -92,9 +105,14 @@ namespace BastionTools.Sandbox
     /// The sandbox's AWS KMS: symmetric keys with aliases and key policies, GenerateDataKey and Decrypt. A ciphertext
     /// blob is the key id and the data key sealed with AES-256-GCM under the key's material, the encryption context
     /// (sorted, as JSON) being the associated data: Decrypt with another context, another key or an altered blob fails
-    /// with InvalidCiphertextException / IncorrectKeyException, as KMS does. The key policy is the only policy the
-    /// double evaluates (IAM identity policies are not modelled here): a principal it does not allow gets
-    /// AccessDeniedException in KMS's wording.
+    /// with InvalidCiphertextException / IncorrectKeyException, as KMS does.
+    /// Authorization (<see cref="Authorize"/>) as KMS does it for a principal of the key's account (AWS KMS developer
+    /// guide, "Key policies": "Unless the key policy explicitly allows it, you cannot use IAM policies to allow access to
+    /// a KMS key ... You can use an IAM policy to deny a permission to a KMS key without permission from a key policy";
+    /// "KMS key access and permissions": in one account the key policy alone can control access): an explicit Deny in the
+    /// key policy or the caller's identity policy refuses; an Allow in the key policy naming the caller allows; an Allow
+    /// naming the account lets the caller's identity policy (the sandbox IAM engine, <see cref="SandboxIamPolicy"/>, with
+    /// the kms:EncryptionContext:&lt;key&gt; condition keys) decide; otherwise "no resource-based policy allows".
     /// </summary>
     public sealed class SandboxKms
     {
@@ -143,8 +161,8 @@ namespace BastionTools.Sandbox
 
         public string Arn(SandboxKmsKey key) => key.Arn(_world.Region, _world.AccountId);
 
-        /// <summary>The ARN a caller with these credentials has (an IAM user of the sandbox account).</summary>
-        public string UserArn(SandboxCredential credential) => "arn:aws:iam::" + _world.AccountId + ":user/" + credential.UserName;
+        /// <summary>The ARN a caller with these credentials has (<see cref="SandboxIamPolicy.CallerArn"/>: its Arn, else an IAM user of the sandbox account).</summary>
+        public string UserArn(SandboxCredential credential) => SandboxIamPolicy.CallerArn(_world, credential);
 
         /// <summary>The ARN of an instance's role session, as the agent calls KMS with it.</summary>
         public string InstanceRoleArn(SandboxInstance instance) =>
@@ -174,9 +192,39 @@ namespace BastionTools.Sandbox
             }
         }
 
-        /// <summary>GenerateDataKey: a random data key, returned in plaintext and sealed under the key with the context.</summary>
-        public (byte[] CiphertextBlob, byte[] Plaintext, string KeyArn) GenerateDataKey(string principalArn, string keyId, int numberOfBytes, IReadOnlyDictionary<string, string> context)
+        /// <summary>GenerateDataKey by a caller with sandbox credentials (its identity policy is <see cref="SandboxCredential.Policy"/>).</summary>
+        public (byte[] CiphertextBlob, byte[] Plaintext, string KeyArn) GenerateDataKey(SandboxCredential caller, string keyId, int numberOfBytes, IReadOnlyDictionary<string, string> context) =>
+            GenerateDataKey(Caller.Of(_world, caller), keyId, numberOfBytes, context);
+
+        /// <summary>Decrypt by a caller with sandbox credentials.</summary>
+        public (byte[] Plaintext, string KeyArn) Decrypt(SandboxCredential caller, byte[] blob, IReadOnlyDictionary<string, string> context, string? keyId) =>
+            Decrypt(Caller.Of(_world, caller), blob, context, keyId);
+
+        /// <summary>Decrypt by an instance's role session (the agent's call; its identity policy is <see cref="SandboxInstance.RolePolicy"/>).</summary>
+        public (byte[] Plaintext, string KeyArn) Decrypt(SandboxInstance instance, byte[] blob, IReadOnlyDictionary<string, string> context, string? keyId) =>
+            Decrypt(new Caller(InstanceRoleArn(instance), instance.RolePolicy, null), blob, context, keyId);
+
+        /// <summary>Who calls: the ARN KMS names, the identity policy IAM evaluates (null: unrestricted), the credential (for ${aws:username}).</summary>
+        private sealed class Caller
         {
+            public Caller(string arn, SandboxIamPolicy? policy, SandboxCredential? credential)
+            {
+                Arn = arn;
+                Policy = policy;
+                Credential = credential;
+            }
+
+            public string Arn { get; }
+            public SandboxIamPolicy? Policy { get; }
+            public SandboxCredential? Credential { get; }
+
+            public static Caller Of(SandboxWorld world, SandboxCredential credential) => new(SandboxIamPolicy.CallerArn(world, credential), credential.Policy, credential);
+        }
+
+        /// <summary>GenerateDataKey: a random data key, returned in plaintext and sealed under the key with the context.</summary>
+        private (byte[] CiphertextBlob, byte[] Plaintext, string KeyArn) GenerateDataKey(Caller caller, string keyId, int numberOfBytes, IReadOnlyDictionary<string, string> context)
+        {
+            var principalArn = caller.Arn;
             SandboxKmsKey? key = null;
             try
             {
@@ -185,7 +233,7 @@ namespace BastionTools.Sandbox
                     throw Kms("ValidationException", "1 validation error detected: Value '" + numberOfBytes + "' at 'numberOfBytes' failed to satisfy constraint: Member must have value less than or equal to 1024");
                 }
                 key = Resolve(keyId);
-                Authorize(key, principalArn, "kms:GenerateDataKey");
+                Authorize(key, caller, "kms:GenerateDataKey", context);
                 var plaintext = RandomNumberGenerator.GetBytes(numberOfBytes);
                 var blob = Seal(key, plaintext, context);
                 lock (_gate) _issued.Add(((byte[])plaintext.Clone(), (byte[])blob.Clone()));
@@ -200,8 +248,9 @@ namespace BastionTools.Sandbox
         }
 
         /// <summary>Decrypt: opens a blob with the context it was sealed with; <paramref name="keyId"/>, when given, must name the blob's key.</summary>
-        public (byte[] Plaintext, string KeyArn) Decrypt(string principalArn, byte[] blob, IReadOnlyDictionary<string, string> context, string? keyId)
+        private (byte[] Plaintext, string KeyArn) Decrypt(Caller caller, byte[] blob, IReadOnlyDictionary<string, string> context, string? keyId)
         {
+            var principalArn = caller.Arn;
             SandboxKmsKey? key = null;
             try
             {
@@ -211,7 +260,7 @@ namespace BastionTools.Sandbox
                     var named = Resolve(keyId!);
                     if (!ReferenceEquals(named, key)) throw Kms("IncorrectKeyException", "The key ID in the request does not identify a CMK that can perform this operation.");
                 }
-                Authorize(key, principalArn, "kms:Decrypt");
+                Authorize(key, caller, "kms:Decrypt", context);
                 var plaintext = Open(key, blob, context) ?? throw Kms("InvalidCiphertextException", null);
                 Log("Decrypt", principalArn, key, null, context);
                 return (plaintext, Arn(key));
@@ -223,15 +272,26 @@ namespace BastionTools.Sandbox
             }
         }
 
-        private void Authorize(SandboxKmsKey key, string principalArn, string action)
+        /// <summary>
+        /// The key policy and the caller's identity policy together (see the class summary), then the key's state. The
+        /// identity policy is asked on the key ARN with the request's kms:EncryptionContext:&lt;key&gt; condition keys.
+        /// Denials in KMS's wording: "User: &lt;arn&gt; is not authorized to perform: &lt;action&gt; on resource: &lt;key arn&gt;"
+        /// + " because no resource-based policy allows the &lt;action&gt; action" (the key policy neither names the caller nor
+        /// lets IAM decide), " because no identity-based policy allows …" (it lets IAM decide, and IAM does not allow), or
+        /// " with an explicit deny in a resource-based / an identity-based policy".
+        /// </summary>
+        private void Authorize(SandboxKmsKey key, Caller caller, string action, IReadOnlyDictionary<string, string> context)
         {
-            if (!key.Allows(principalArn, action))
-            {
-                var kind = principalArn.Contains(":assumed-role/", StringComparison.Ordinal) ? "identity-based" : "resource-based";
-                throw Kms("AccessDeniedException", "User: " + principalArn + " is not authorized to perform: " + action + " on resource: " + Arn(key)
-                    + " because no " + kind + " policy allows the " + action + " action");
-            }
-            if (!key.Enabled) throw Kms("DisabledException", Arn(key) + " is disabled.");
+            var keyArn = Arn(key);
+            var identity = caller.Policy?.Evaluate(action, keyArn, caller.Credential, SandboxIamPolicy.EncryptionContextConditions(context)) ?? SandboxIamDecision.Allowed;
+            string? why = null;
+            if (key.Denies(caller.Arn, _world.AccountId, action)) why = " with an explicit deny in a resource-based policy";
+            else if (identity == SandboxIamDecision.ExplicitDeny) why = " with an explicit deny in an identity-based policy";
+            else if (key.AllowsDirectly(caller.Arn, action)) why = null;
+            else if (key.DelegatesToIam(_world.AccountId, action)) why = identity == SandboxIamDecision.Allowed ? null : " because no identity-based policy allows the " + action + " action";
+            else why = " because no resource-based policy allows the " + action + " action";
+            if (why != null) throw Kms("AccessDeniedException", "User: " + caller.Arn + " is not authorized to perform: " + action + " on resource: " + keyArn + why);
+            if (!key.Enabled) throw Kms("DisabledException", keyArn + " is disabled.");
         }
 
         private void Log(string operation, string principal, SandboxKmsKey? key, string? errorCode, IReadOnlyDictionary<string, string> context)
@@ -287,7 +347,12 @@ namespace BastionTools.Sandbox
 
         // ---- configuration ----
 
-        /// <summary>The demo keys: the session-data key (the sandbox user may ask for data keys, instance roles may decrypt them) and a locked one (no GenerateDataKey for anyone).</summary>
+        /// <summary>
+        /// The demo keys: the session-data key (its key policy lets the sandbox user ask for data keys and instance roles
+        /// decrypt them, whatever their IAM policies), the IAM-decided one (the default key policy: "Enable IAM User
+        /// Permissions", the account root with kms:*, as <c>new Key(...)</c> in the CDK synthesizes it, so each caller's
+        /// identity policy decides) and a locked one (no GenerateDataKey for anyone).
+        /// </summary>
         internal void AddDefaults()
         {
             var user = "arn:aws:iam::" + _world.AccountId + ":user/sandbox-user";
@@ -305,6 +370,13 @@ namespace BastionTools.Sandbox
             });
             AddKey(new SandboxKmsKey
             {
+                KeyId = IamKeyId,
+                Description = "The default key policy of KMS and the CDK (infra/'s session-data key): the account's IAM policies decide",
+                Aliases = { IamAlias },
+                Policy = { new SandboxKmsPolicyStatement { Principals = { "arn:aws:iam::" + _world.AccountId + ":root" }, Actions = { "kms:*" } } },
+            });
+            AddKey(new SandboxKmsKey
+            {
                 KeyId = LockedKeyId,
                 Description = "A key whose policy lets no operator generate data keys",
                 Aliases = { LockedAlias },
@@ -315,6 +387,8 @@ namespace BastionTools.Sandbox
         public const string DefaultKeyId = "0b5e55a0-0000-4000-8000-00000000d47a";
         public const string DefaultAlias = "alias/bastion-session-data";
         public const string LockedKeyId = "0b5e55a0-0000-4000-8000-0000000010cc";
+        public const string IamKeyId = "0b5e55a0-0000-4000-8000-000000000da1";
+        public const string IamAlias = "alias/bastion-session-data-iam";
         public const string LockedAlias = "alias/bastion-session-data-locked";
 
         internal sealed class KeyFile

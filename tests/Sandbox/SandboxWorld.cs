@@ -63,7 +63,7 @@ namespace BastionTools.Sandbox
         public string? Arn { get; set; }
         /// <summary>
         /// What this access key may do (<see cref="SandboxIamPolicy"/>); null: everything, as an administrator. Every
-        /// sandbox service asks <see cref="SandboxIamPolicy.Authorize(SandboxWorld, SandboxCredential, string, string)"/>.
+        /// sandbox service asks <see cref="SandboxIamPolicy.Authorize(SandboxWorld, SandboxCredential, string, string, IReadOnlyDictionary{string, string})"/>.
         /// Replaced whole (never changed in place), so a request sees one policy or the other.
         /// </summary>
         public SandboxIamPolicy? Policy { get; set; }
@@ -123,6 +123,12 @@ namespace BastionTools.Sandbox
         public string IamRole { get; set; } = DefaultIamRole;
 
         public const string DefaultIamRole = "BastionInstanceRole";
+
+        /// <summary>
+        /// The identity policy of the instance's role (what IAM lets the agent's own calls do, e.g. kms:Decrypt on a key
+        /// whose key policy lets IAM decide). Null: the role may do everything IAM decides, as a credential without a policy.
+        /// </summary>
+        public SandboxIamPolicy? RolePolicy { get; set; }
 
         public string PrivateDnsName(string region) =>
             "ip-" + PrivateIpAddress.Replace('.', '-') + "." + (region == "us-east-1" ? "ec2.internal" : region + ".compute.internal");
@@ -207,8 +213,12 @@ namespace BastionTools.Sandbox
             }
         }
 
-        /// <summary>May access key <paramref name="accessKeyId"/> do <paramref name="action"/> on <paramref name="resource"/>? (<see cref="SandboxIamPolicy.Authorize(SandboxWorld, string, string, string)"/>)</summary>
-        public SandboxAuthorization Authorize(string accessKeyId, string action, string resource) => SandboxIamPolicy.Authorize(this, accessKeyId, action, resource);
+        /// <summary>
+        /// May access key <paramref name="accessKeyId"/> do <paramref name="action"/> on <paramref name="resource"/>, given the
+        /// request's condition keys? (<see cref="SandboxIamPolicy.Authorize(SandboxWorld, string, string, string, IReadOnlyDictionary{string, string})"/>)
+        /// </summary>
+        public SandboxAuthorization Authorize(string accessKeyId, string action, string resource, IReadOnlyDictionary<string, string>? conditionValues = null) =>
+            SandboxIamPolicy.Authorize(this, accessKeyId, action, resource, conditionValues);
 
         public SandboxWorld AddInstance(SandboxInstance instance)
         {
