@@ -42,6 +42,33 @@ namespace BastionTools.Tests.Sandbox
 
         private static string Instance(int index) => "i-0c" + (index + 1).ToString("D15", CultureInfo.InvariantCulture);
 
+        /// <summary>
+        /// A smux NOP every 50 ms until <paramref name="stop"/>, from a thread of its own: a busy test run starves the
+        /// thread pool first, and a NOP held back past the agent's timeout would fail the test for the wrong reason.
+        /// </summary>
+        private static Task SendNops(AgentTestClient client, CancellationToken stop)
+        {
+            var done = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+            var sender = new Thread(() =>
+            {
+                try
+                {
+                    while (!stop.IsCancellationRequested)
+                    {
+                        client.SmuxAsync(SmuxCommand.Nop, 0).GetAwaiter().GetResult();
+                        Thread.Sleep(50);
+                    }
+                    done.TrySetResult(true);
+                }
+                catch (Exception ex)
+                {
+                    done.TrySetException(ex);
+                }
+            }) { IsBackground = true, Name = "keepalive NOPs" };
+            sender.Start();
+            return done.Task;
+        }
+
         private static SandboxHost StartWithShortKeepAlive(SandboxWorld world)
         {
             var host = Start(world);
@@ -138,19 +165,15 @@ namespace BastionTools.Tests.Sandbox
         public async Task AnOldAgent_KeepsAnIdleSessionWhileTheClientSendsNops_AndClosesItOnceTheyStop()
         {
             await using var host = StartWithShortKeepAlive(World("3.1.1374.0"));
+            // A longer timeout than the other tests' (still 20 NOP periods short of the real 30 s): the NOPs come from a
+            // test thread, which a loaded machine may hold back for a while; the agent's rule is what is under test.
+            host.Agent.Options.SmuxKeepAliveTimeout = TimeSpan.FromSeconds(2);
             using var echo = new EchoServer();
             var (c, session) = await ConnectAsync(host, echo.Port, Ours, Instance(0));
             await using var _ = c;
             var counters = host.Agent.Counters(session.SessionId)!;
             using var stop = new CancellationTokenSource();
-            var nops = Task.Run(async () =>
-            {
-                while (!stop.IsCancellationRequested)
-                {
-                    await c.SmuxAsync(SmuxCommand.Nop, 0);
-                    await Task.Delay(100);
-                }
-            });
+            var nops = SendNops(c, stop.Token);
             // Three timeout checks passed with a NOP in each period: the session is kept.
             await c.WaitUntilAsync(_ => counters.SmuxKeepAliveChecks >= 3, "three keepalive checks");
             Assert.Null(ChannelClosed(c));
@@ -188,7 +211,7 @@ namespace BastionTools.Tests.Sandbox
         [Fact(Timeout = TestTimeoutMs)]
         public async Task IdleSessionTimeout_CountsStreamDataBothWays_NotAcknowledgements()
         {
-            // Client input: a NOP every 100 ms keeps a session with a 2 s idle timeout for three times that long.
+            // Client input: a NOP every 50 ms keeps a session with a 2 s idle timeout for three times that long.
             await using var host = Start(World("3.1.1374.0"));
             host.Agent.Options.IdleSessionTimeout = TimeSpan.FromSeconds(2);
             // The old agent's own keepalive NOPs (agent output), with a keepalive timeout that never fires here.
@@ -201,14 +224,7 @@ namespace BastionTools.Tests.Sandbox
             var (output, outputSession) = await ConnectAsync(host, echo.Port, Ours, Instance(0));
             await using var __ = output;
             using var stop = new CancellationTokenSource();
-            var nops = Task.Run(async () =>
-            {
-                while (!stop.IsCancellationRequested)
-                {
-                    await input.SmuxAsync(SmuxCommand.Nop, 0);
-                    await Task.Delay(100);
-                }
-            });
+            var nops = SendNops(input, stop.Token);
             var clock = System.Diagnostics.Stopwatch.StartNew();
             // The idle one (no keepalive, its client only acknowledges) is the control: it times out.
             var (idle, idleSession) = await ConnectAsync(host, echo.Port, Ours, SandboxAgentTests.Bastion);
