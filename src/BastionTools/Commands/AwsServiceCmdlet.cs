@@ -120,6 +120,14 @@ namespace BastionTools.Commands
             return session;
         }
 
+        /// <summary>
+        /// The agent's HandshakeComplete CustomerMessage ("This session is encrypted using AWS KMS.", …), shown on the host
+        /// as the official client prints it to the terminal: the Information stream, tagged PSHOST and
+        /// BastionTools.CustomerMessage. Known secret shapes were masked when it was read.
+        /// </summary>
+        internal void WriteCustomerMessage(string text) =>
+            WriteInformation(new HostInformationMessage { Message = text, NoNewLine = false }, new[] { "PSHOST", "BastionTools.CustomerMessage" });
+
         /// <summary>What the target look-up skipped (a denied describe call with -Target), on Verbose.</summary>
         internal void NarrateLookup(string line) => Pump.Post(() => WriteVerboseSafe(line));
 

@@ -38,6 +38,10 @@ namespace BastionTools.Ssm
         private readonly IShellTerminal _terminal;
         private DataChannel? _channel;
         private (int Cols, int Rows)? _lastSize;
+        // The session type is known (HandshakeComplete, or the first Output of a shell without handshake): only then is
+        // the terminal size sent, as the official client does — the agent ignores stream data before its handshake ends.
+        private readonly TaskCompletionSource<bool> _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private readonly SemaphoreSlim _sizeLock = new(1, 1);
 
         public ShellSession(IAwsApi api, string target, string? command, string? reason, DataChannelOptions options, IShellTerminal terminal)
         {
@@ -54,6 +58,12 @@ namespace BastionTools.Ssm
         public int? ExitCode { get; private set; }
         public string? ClosingOutput { get; private set; }
         public Exception? Failure { get; private set; }
+
+        /// <summary>The agent's HandshakeComplete CustomerMessage, when it sent one (the official client prints it).</summary>
+        public string? CustomerMessage { get; private set; }
+
+        /// <summary>Raised (on the receive loop) with a non-empty HandshakeComplete CustomerMessage.</summary>
+        public event Action<string>? CustomerMessageReceived;
 
         public Task<DataChannelClosure> Completion => _channel?.Completion ?? Task.FromResult(new DataChannelClosure(ChannelEnd.ClosedByClient, null, null));
 
@@ -73,7 +83,7 @@ namespace BastionTools.Ssm
             progress(SessionStage.WebSocket);
             _channel = new DataChannel(endpoint, _options, OnStreamMessage, ct => SessionResumer.ResumeAsync(_api, SessionId!, ct), Events.Write);
             await _channel.OpenAsync(cancellationToken).ConfigureAwait(false);
-            await SendSizeIfChangedAsync(cancellationToken).ConfigureAwait(false);
+            _ = SendInitialSizeAsync();
             progress(SessionStage.Ready);
         }
 
@@ -83,16 +93,21 @@ namespace BastionTools.Ssm
             switch (message.PayloadType)
             {
                 case PayloadType.Output:
+                    // A shell without handshake: the first output says the session runs (ProcessFirstMessage).
+                    _ready.TrySetResult(true);
                     _terminal.Output(message.Payload);
+                    break;
+                case PayloadType.HandshakeComplete:
+                    OnHandshakeComplete(message);
+                    _ready.TrySetResult(true);
                     break;
                 case PayloadType.StdErr:
                 case PayloadType.Error:
                     _terminal.Error(message.Payload);
                     break;
                 case PayloadType.ExitCode:
-                    var text = System.Text.Encoding.UTF8.GetString(message.Payload).Trim();
-                    if (int.TryParse(text, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out var code)) ExitCode = code;
-                    else if (message.Payload.Length == 4) ExitCode = BinaryPrimitives.ReadInt32BigEndian(message.Payload);
+                    if (ParseExitCode(message.Payload) is int code) ExitCode = code;
+                    else Events.Write("Unreadable exit code payload from the agent (" + message.Payload.Length + " bytes).");
                     break;
                 case PayloadType.HandshakeRequest:
                     _ = Task.Run(() => RespondToHandshakeAsync(message));
@@ -103,6 +118,40 @@ namespace BastionTools.Ssm
                         _ = _channel!.CloseAsync();
                     }
                     break;
+            }
+        }
+
+        /// <summary>
+        /// The exit code in an ExitCode payload (PayloadType 12): the agent sends the text "EXIT_CODE: n"
+        /// (shell.go sendExitCode); a bare number is read too. Null when it is neither.
+        /// </summary>
+        internal static int? ParseExitCode(byte[] payload)
+        {
+            var text = System.Text.Encoding.UTF8.GetString(payload).Trim();
+            const string prefix = "EXIT_CODE:";
+            if (text.StartsWith(prefix, StringComparison.Ordinal)) text = text.Substring(prefix.Length).Trim();
+            return int.TryParse(text, System.Globalization.NumberStyles.AllowLeadingSign, System.Globalization.CultureInfo.InvariantCulture, out var code) ? code : null;
+        }
+
+        private void OnHandshakeComplete(AgentMessage message)
+        {
+            var text = Handshake.ReadCustomerMessage(message, Events.Write);
+            if (text == null) return;
+            CustomerMessage = text;
+            CustomerMessageReceived?.Invoke(text);
+        }
+
+        /// <summary>The first size goes out once the session type is known (never before the agent's handshake is over).</summary>
+        private async Task SendInitialSizeAsync()
+        {
+            try
+            {
+                await Task.WhenAny(_ready.Task, _channel!.Completion).ConfigureAwait(false);
+                if (_ready.Task.IsCompleted) await SendSizeIfChangedAsync(CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is System.IO.IOException || ex is OperationCanceledException || ex is ObjectDisposedException)
+            {
+                Events.Write("The terminal size could not be sent: " + ex.Message);
             }
         }
 
@@ -124,14 +173,23 @@ namespace BastionTools.Ssm
         public Task SendInputAsync(byte[] data, CancellationToken cancellationToken)
             => _channel!.SendAsync(PayloadType.Output, data, 0, data.Length, cancellationToken);
 
-        /// <summary>Sends the terminal size when it differs from the last one sent.</summary>
+        /// <summary>Sends the terminal size when it differs from the last one sent (nothing before the session type is known).</summary>
         public async Task SendSizeIfChangedAsync(CancellationToken cancellationToken)
         {
-            var size = _terminal.Size;
-            if (size == null || size == _lastSize) return;
-            _lastSize = size;
-            var payload = SsmJson.SerializeToUtf8(new SizeData { Cols = (uint)size.Value.Cols, Rows = (uint)size.Value.Rows });
-            await _channel!.SendAsync(PayloadType.Size, payload, 0, payload.Length, cancellationToken).ConfigureAwait(false);
+            if (!_ready.Task.IsCompleted) return;
+            await _sizeLock.WaitAsync(cancellationToken).ConfigureAwait(false);
+            try
+            {
+                var size = _terminal.Size;
+                if (size == null || size == _lastSize) return;
+                _lastSize = size;
+                var payload = SsmJson.SerializeToUtf8(new SizeData { Cols = (uint)size.Value.Cols, Rows = (uint)size.Value.Rows });
+                await _channel!.SendAsync(PayloadType.Size, payload, 0, payload.Length, cancellationToken).ConfigureAwait(false);
+            }
+            finally
+            {
+                _sizeLock.Release();
+            }
         }
 
         /// <summary>Waits for the session to end and records why.</summary>
