@@ -113,6 +113,8 @@ namespace BastionTools.Commands
             Pump.Drain();
             if (!started) return null;
 
+            if (engine.CustomerMessage is { } message) WriteCustomerMessage(message);
+
             // The session outlives this command: keep the AWS clients for ResumeSession/TerminateSession.
             KeepApiAlive();
             var session = new BastionSession(engine, BastionInstance.From(instance));
