@@ -36,6 +36,56 @@ catch { `$_.FullyQualifiedErrorId }
     }
 }
 
+Describe 'Start-BastionSession -Command on a Windows bastion' {
+    # The agent on Windows runs the command's words as arguments of powershell.exe; the sandbox plays it with this
+    # PowerShell (7.x, reading the words as 5.1 does), so the module must send PowerShell, not sh.
+    BeforeAll {
+        $script:WinId = 'i-0a1b2c3d4e5f60010'
+        $script:Win = Start-TestSandbox -World @{ instances = @(
+                @{ instanceId = $WinId; name = 'bastion-windows'; platformType = 'Windows'; platformName = 'Microsoft Windows Server 2022 Datacenter'; platformVersion = '10.0.20348'; platformDetails = 'Windows' }
+            ) }
+        $script:WinAws = $Win.Aws
+        # A key that may only start, resume and end sessions: the platform cannot be looked up with it.
+        $script:StartOnly = @{ AccessKey = 'AKIASTARTONLY0000001'; SecretKey = 'start/only/secret'; Region = $Win.region; EndpointUrl = $Win.ssm }
+        $policy = @{ Version = '2012-10-17'; Statement = @(@{ Effect = 'Allow'; Action = @('ssm:StartSession', 'ssm:TerminateSession', 'ssm:ResumeSession'); Resource = @('*') }) }
+        $body = @{ secretAccessKey = $StartOnly.SecretKey; userName = 'startonly'; policy = $policy } | ConvertTo-Json -Depth 10
+        $null = Invoke-RestMethod -Method Put -Uri "$($Win.control)iam/credentials/$($StartOnly.AccessKey)" -Body $body -ContentType 'application/json'
+    }
+    AfterAll { Stop-TestSandbox $Win }
+
+    It 'runs the command in PowerShell (platform from ssm:DescribeInstanceInformation): output lines and $LASTEXITCODE' {
+        $global:LASTEXITCODE = 0
+        $command = '$n = "wörld"; Write-Output "hello $n" ''it''''s''; Write-Error oops; exit 3'
+        $out = @(Start-BastionSession -Target $WinId -Command $command @WinAws -ErrorVariable errs -ErrorAction SilentlyContinue -Verbose 4>&1)
+        $verbose = @($out | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] } | ForEach-Object Message)
+        $lines = @($out | Where-Object { $_ -is [string] })
+        $lines[0..1] | Should -Be @('hello wörld', "it's")
+        ($lines -join "`n") | Should -Match 'oops'
+        $global:LASTEXITCODE | Should -Be 3
+        ($errs | Where-Object { $_.FullyQualifiedErrorId -like 'RemoteCommandFailed,*' }) | Should -Not -BeNullOrEmpty
+        ($verbose -join "`n") | Should -Match 'Windows PowerShell \(PlatformType Windows \(ssm:DescribeInstanceInformation\)\)'
+    }
+
+    It 'succeeds with exit code 0 and no error' {
+        $out = @(Start-BastionSession -Target $WinId -Command 'Get-Date -Year 2024 -Month 5 -Day 6 -Format yyyy-MM-dd' @WinAws -ErrorVariable errs)
+        $out | Should -Be @('2024-05-06')
+        $errs | Should -BeNullOrEmpty
+        $global:LASTEXITCODE | Should -Be 0
+    }
+
+    It 'when the platform cannot be looked up: -Platform Windows, and a warning that says so without it' {
+        $global:LASTEXITCODE = 0
+        $out = @(Start-BastionSession -Target $WinId -Command 'Write-Output fine' -Platform Windows @StartOnly -ErrorVariable errs)
+        $out | Should -Be @('fine')
+        $errs | Should -BeNullOrEmpty
+        $global:LASTEXITCODE | Should -Be 0
+
+        # Without it Linux is assumed: PowerShell gets "sh -c ..." and no exit status comes back, which says what to do.
+        $null = Start-BastionSession -Target $WinId -Command 'Write-Output fine' @StartOnly -WarningVariable warns -ErrorAction SilentlyContinue 3>$null
+        "$warns" | Should -Match '-Platform Windows'
+    }
+}
+
 Describe 'Interactive shell, driven as a person would in a terminal (tmux)' {
     BeforeAll {
         $script:Tmux = (Get-Command tmux -ErrorAction SilentlyContinue).Source

@@ -410,8 +410,9 @@ namespace BastionTools.Ssm
         /// Ends the session as the official client does on Ctrl-C (muxportforwarding.go, basicportforwarding.go
         /// handleControlSignals): Flag TerminateSession (PayloadType 10, uint32 2) to an agent newer than 2.3.722.0, which
         /// ends its plugin on it (port_mux.go / port_basic.go HandleStreamMessage) — no ssm:TerminateSession needed. True
-        /// once the agent acknowledged it (it acknowledges after handling) or closed the channel; false (the caller then
-        /// calls TerminateSession) for an older agent, a channel that is not connected, or no answer within 5 s.
+        /// once the agent acknowledged it (it acknowledges after handling) or closed the channel, after waiting up to 5 s
+        /// for the channel_closed that follows; false (the caller then calls TerminateSession) for an older agent, a
+        /// channel that is not connected, or no acknowledgement within 5 s.
         /// </summary>
         private async Task<bool> TryTerminateByFlagAsync()
         {
@@ -423,7 +424,11 @@ namespace BastionTools.Ssm
                 using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(5));
                 await channel.SendFlagAsync(PayloadTypeFlag.TerminateSession, cts.Token).ConfigureAwait(false);
                 await channel.FlushAsync(TimeSpan.FromSeconds(5), cts.Token).ConfigureAwait(false);
-                return channel.UnacknowledgedCount == 0 || channel.IsClosed;
+                if (channel.UnacknowledgedCount != 0 && !channel.IsClosed) return false;
+                // Acknowledged, so handled: the agent ends its plugin and the service closes the channel (channel_closed).
+                // Wait briefly for that, so the session is over on the service's side too when Stop returns.
+                await Task.WhenAny(channel.Completion, Task.Delay(TimeSpan.FromSeconds(5))).ConfigureAwait(false);
+                return true;
             }
             catch (Exception ex) when (ex is OperationCanceledException || ex is System.IO.IOException || ex is ObjectDisposedException || ex is InvalidOperationException)
             {
