@@ -42,6 +42,26 @@ Import-Module '$ModulePath'
         ($sdks | Where-Object Location -ne $other).Context | Should -Be 'BastionTools'
     }
 
+    It 'loads the session-encryption dependencies (KMS client, BouncyCastle) into the module''s own context' {
+        $sandbox = Start-TestSandbox -World @{ sessionManagerPreferences = @{ kmsKeyId = 'alias/bastion-session-data' } }
+        try {
+            $a = $sandbox.Aws
+            $r = Invoke-ChildPwsh -RemoveEnvironment $AwsVars -Environment @{ AWS_EC2_METADATA_DISABLED = 'true' } -Script @"
+Import-Module '$ModulePath'
+Start-BastionSession -Target i-0a1b2c3d4e5f60001 -Command 'echo encrypted-ok' -AccessKey '$($a.AccessKey)' -SecretKey '$($a.SecretKey)' -Region '$($a.Region)' -EndpointUrl '$($a.EndpointUrl)' -Verbose 4>&1
+[AppDomain]::CurrentDomain.GetAssemblies() | Where-Object { `$_.GetName().Name -in 'BouncyCastle.Cryptography', 'AWSSDK.KeyManagementService' } | ForEach-Object {
+    'ASM=' + `$_.GetName().Name + '|' + [System.Runtime.Loader.AssemblyLoadContext]::GetLoadContext(`$_).Name
+}
+"@
+            $r.Error | Should -BeNullOrEmpty
+            $r.Output | Should -Match '(?m)^encrypted-ok'
+            $r.Output | Should -Match 'encrypted with AWS KMS'
+            $r.Output | Should -Match 'ASM=BouncyCastle.Cryptography\|BastionTools'
+            $r.Output | Should -Match 'ASM=AWSSDK.KeyManagementService\|BastionTools'
+        }
+        finally { Stop-TestSandbox $sandbox }
+    }
+
     It 'would fail without the load context (the test above can tell isolation from luck)' {
         $other = Join-Path $Tools 'awssdk.core/3.7.402/lib/net8.0/AWSSDK.Core.dll'
         $dll = Join-Path (Split-Path $ModulePath) 'bin/lib/BastionTools.dll'

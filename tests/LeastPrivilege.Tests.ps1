@@ -62,7 +62,10 @@ GRANT SELECT, USAGE ON ALL SEQUENCES IN SCHEMA public TO iam_admin WITH GRANT OP
         '<dbi-resource-id>' = $Rds.dbiResourceId
         '<db-user>'         = 'app_iam'
         '<admin-user>'      = 'iam_admin'
+        # The key whose policy lets IAM decide (the default key policy, as infra/'s session-data key has).
+        '<key-id>'          = (Invoke-RestMethod "$($Sandbox.control)kms").keys.Where({ $_.aliases -contains 'alias/bastion-session-data-iam' }, 'First')[0].keyId
     }
+    if (-not $Placeholders['<key-id>']) { throw 'The sandbox has no alias/bastion-session-data-iam key.' }
 
     # The IAM policy of the README rows, minus -Without actions or -WithoutResource resources.
     function New-ReadmePolicy([string[]] $Rows, [string[]] $Without = @(), [string[]] $WithoutResource = @()) {
@@ -226,6 +229,86 @@ Describe 'Start-BastionSession -Target needs only ssm:StartSession (and its own 
         $failure = Get-Failure { Start-BastionSession -Target $Bastion -RemoteHost $Rds.endpoint @op -ErrorAction Stop 6>$null }
         Assert-Denied $failure 'ssm:StartSession' 'StartBastionSessionCommand'
         "$failure" | Should -Match 'on resource: arn:aws:ssm:us-west-2::document/AWS-StartPortForwardingSessionToRemoteHost'
+    }
+}
+
+Describe 'Shell and -Command sessions when the Session Manager preferences name a KMS key' {
+    BeforeAll {
+        # Session data encryption with the key whose policy lets IAM decide (KMS's and the CDK's default key policy):
+        # the operator's identity policy is what allows kms:GenerateDataKey, as with infra/'s operator policy.
+        function Set-SessionDataKey([string] $KeyId) {
+            $null = Invoke-RestMethod -Method Put -Uri "$($Sandbox.control)preferences" -ContentType 'application/json' -Body (@{ kmsKeyId = $KeyId } | ConvertTo-Json)
+        }
+        Set-SessionDataKey 'alias/bastion-session-data-iam'
+        $script:KeyArn = "arn:aws:kms:$($Sandbox.region):$($Sandbox.accountId):key/$($Placeholders['<key-id>'])"
+        function Get-KmsCalls { @((Invoke-WebRequest "$($Sandbox.control)kms").Content | ConvertFrom-Json -NoEnumerate | ForEach-Object { $_.calls } | ForEach-Object { $_ }) }
+    }
+    AfterAll { Set-SessionDataKey $null }
+
+    It 'the README rows carry kms:GenerateDataKey on the key for the shell and -Command, and no other row does' {
+        foreach ($row in 'Start-BastionSession -Target -Command', 'Start-BastionSession -Target') {
+            $kms = @($Table[$row] | Where-Object { $_.Actions -contains 'kms:GenerateDataKey' })
+            $kms.Count | Should -Be 1 -Because $row
+            $kms[0].Resources | Should -Be @('arn:aws:kms:<region>:<account>:key/<key-id>')
+        }
+        @($Table.Keys | Where-Object { $Table[$_].Actions -like 'kms:*' }).Count | Should -Be 2
+    }
+
+    It 'a -Command runs encrypted with exactly its row' {
+        $op = New-Operator 'Start-BastionSession -Target -Command'
+        $before = (Get-KmsCalls).Count
+        $all = @(Start-BastionSession -Target $Bastion -Command 'echo encrypted $((20+22))' @op -Verbose -ErrorAction Stop 4>&1 6>$null)
+        @($all | Where-Object { $_ -is [string] }) | Should -Be @('encrypted 42')
+        ($all | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] }).Message -join "`n" | Should -Match 'encrypted with AWS KMS \(alias/bastion-session-data-iam\)'
+        $calls = @(Get-KmsCalls | Select-Object -Skip $before)
+        $calls.operation | Should -Be @('GenerateDataKey', 'Decrypt')
+        $calls[0].principal | Should -Be "arn:aws:iam::$($Sandbox.accountId):user/op$OperatorCount"
+        $calls[0].keyArn | Should -Be $KeyArn
+        $calls[0].errorCode | Should -BeNullOrEmpty
+        $calls[0].encryptionContext.'aws:ssm:TargetId' | Should -Be $Bastion
+        $calls[1].errorCode | Should -BeNullOrEmpty
+    }
+
+    It 'a -Command runs encrypted with the infra/ policy''s condition binding data keys to the bastion' {
+        $op = New-Operator 'Start-BastionSession -Target -Command'
+        $policy = New-ReadmePolicy 'Start-BastionSession -Target -Command'
+        foreach ($st in $policy.Statement | Where-Object { $_.Action -contains 'kms:GenerateDataKey' }) {
+            $st.Condition = @{ StringEquals = @{ 'kms:EncryptionContext:aws:ssm:TargetId' = $Bastion } }
+        }
+        $null = Invoke-RestMethod -Method Put -Uri "$($Sandbox.control)iam/credentials/$($op.AccessKey)/policy" -Body ($policy | ConvertTo-Json -Depth 10) -ContentType 'application/json'
+        @(Start-BastionSession -Target $Bastion -Command 'echo bound' @op -ErrorAction Stop 6>$null) | Should -Be @('bound')
+
+        # Bound to another instance: KMS refuses, as IAM's condition does not hold for this session.
+        foreach ($st in $policy.Statement | Where-Object { $_.Action -contains 'kms:GenerateDataKey' }) {
+            $st.Condition.StringEquals['kms:EncryptionContext:aws:ssm:TargetId'] = 'i-0a1b2c3d4e5f60002'
+        }
+        $null = Invoke-RestMethod -Method Put -Uri "$($Sandbox.control)iam/credentials/$($op.AccessKey)/policy" -Body ($policy | ConvertTo-Json -Depth 10) -ContentType 'application/json'
+        $failure = Get-Failure { Start-BastionSession -Target $Bastion -Command 'echo never' @op -ErrorAction Stop 6>$null }
+        $failure.FullyQualifiedErrorId | Should -BeLike 'SessionEncryptionDenied,*'
+    }
+
+    It 'without kms:GenerateDataKey: SessionEncryptionDenied (PermissionDenied) naming the action and the key, and nothing runs' {
+        $op = New-Operator 'Start-BastionSession -Target -Command' -Without 'kms:GenerateDataKey'
+        $failure = Get-Failure { Start-BastionSession -Target $Bastion -Command 'echo must-not-run-$((1+1))' @op -ErrorAction Stop 6>$null }
+        $failure | Should -Not -BeNullOrEmpty
+        $failure.FullyQualifiedErrorId | Should -Be 'SessionEncryptionDenied,BastionTools.Commands.StartBastionSessionCommand'
+        $failure.CategoryInfo.Category | Should -Be 'PermissionDenied'
+        "$failure" | Should -Match 'kms:GenerateDataKey'
+        "$failure" | Should -Match 'alias/bastion-session-data-iam'
+        "$failure" | Should -Match ([regex]::Escape("on resource: $KeyArn because no identity-based policy allows the kms:GenerateDataKey action"))
+        $failure.ErrorDetails.RecommendedAction | Should -Match 'kms:GenerateDataKey'
+        "$failure" | Should -Not -Match 'must-not-run-2'
+        $denied = (Get-KmsCalls)[-1]
+        $denied.operation | Should -Be 'GenerateDataKey'
+        $denied.errorCode | Should -Be 'AccessDeniedException'
+        $denied.principal | Should -Be "arn:aws:iam::$($Sandbox.accountId):user/op$OperatorCount"
+    }
+
+    It 'port forwarding is never encrypted: the -RemoteHost row has no kms action and still works' {
+        $op = New-Operator 'Start-BastionSession -Target -RemoteHost'
+        $s = Start-BastionSession -Target $Bastion -RemoteHost $Rds.endpoint -RemotePort $Rds.port @op -ErrorAction Stop 6>$null
+        try { Test-PostgresThrough $s.LocalPort | Should -Be 'S' }
+        finally { $s | Stop-BastionSession -ErrorAction Stop }
     }
 }
 

@@ -20,9 +20,11 @@ Describe 'Start-BastionSession -Command (non-interactive, for scripts)' {
     }
 
     It 'succeeds quietly with exit code 0' {
-        $out = @(Start-BastionSession -Target i-0a1b2c3d4e5f60001 -Command 'uname -s' @Aws -ErrorVariable errs)
+        $out = @(Start-BastionSession -Target i-0a1b2c3d4e5f60001 -Command 'uname -s' @Aws -ErrorVariable errs -InformationVariable info)
         $out | Should -Be @((& uname -s))
         $errs | Should -BeNullOrEmpty
+        # Without encryption the agent has nothing to say at the end of the handshake.
+        @($info | Where-Object { $_.Tags -contains 'BastionTools.CustomerMessage' }) | Should -BeNullOrEmpty
         $global:LASTEXITCODE | Should -Be 0
     }
 
@@ -147,5 +149,140 @@ Start-Sleep -Seconds 30
         $s = WaitFor 'PWSH-BACK-' 20
         $s | Should -Match 'Exiting session'
         $s | Should -Match 'PWSH-BACK-False'
+    }
+}
+
+Describe 'KMS-encrypted sessions (the Session Manager preferences name a key)' {
+    BeforeAll {
+        # A sandbox whose account preferences encrypt session data with the default key (alias/bastion-session-data:
+        # the sandbox user may generate data keys, the instances' role may decrypt them).
+        $script:Kms = Start-TestSandbox -World @{ sessionManagerPreferences = @{ kmsKeyId = 'alias/bastion-session-data' } }
+        $script:KmsAws = $Kms.Aws
+        function script:Set-Preference([string] $KeyId) {
+            Invoke-RestMethod -Method Put -Uri ($Kms.control + 'preferences') -ContentType 'application/json' -Body (@{ kmsKeyId = $KeyId } | ConvertTo-Json) | Out-Null
+        }
+        function script:Set-AgentFault([string] $Fault) {
+            Invoke-RestMethod -Method Put -Uri ($Kms.control + 'agent') -ContentType 'application/json' -Body (@{ encryptionFault = $Fault } | ConvertTo-Json) | Out-Null
+        }
+        # The sandbox's control answers as PowerShell arrays (an empty JSON array stays an empty array).
+        function script:Get-Control([string] $Path) { , ((Invoke-WebRequest -Uri ($Kms.control + $Path)).Content | ConvertFrom-Json -NoEnumerate) }
+        # Everything a user could see: output, errors, warnings, verbose, debug, information, as text.
+        function script:Get-AllText($Records) { ($Records | ForEach-Object { "$_"; if ($_ -is [System.Management.Automation.ErrorRecord]) { $_.Exception.ToString() } }) -join "`n" }
+    }
+
+    AfterAll { Stop-TestSandbox $Kms }
+
+    AfterEach {
+        Set-Preference 'alias/bastion-session-data'
+        Set-AgentFault 'None'
+    }
+
+    It '-Command runs encrypted: output, exit code, Verbose says so, and no key material or secret in any stream' {
+        $global:LASTEXITCODE = 0
+        $callsBefore = (Get-Control 'kms').calls.Count
+        $issuedBefore = (Get-Control 'kms/issued-data-keys').Count
+        $all = @(Start-BastionSession -Target i-0a1b2c3d4e5f60001 -Command 'echo enc-$((6*7)); exit 4' @KmsAws -Verbose -Debug -ErrorAction Continue *>&1)
+        $out = @($all | Where-Object { $_ -is [string] })
+        $out | Should -Be @('enc-42')
+        $global:LASTEXITCODE | Should -Be 4
+        ($all | Where-Object { $_ -is [System.Management.Automation.ErrorRecord] }).FullyQualifiedErrorId | Should -Be 'RemoteCommandFailed,BastionTools.Commands.StartBastionSessionCommand'
+        ($all | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] }).Message -join "`n" | Should -Match 'encrypted with AWS KMS \(alias/bastion-session-data\)'
+        # The agent's HandshakeComplete CustomerMessage, shown once on the Information stream as the official client prints it.
+        $customer = @($all | Where-Object { $_ -is [System.Management.Automation.InformationRecord] -and $_.Tags -contains 'BastionTools.CustomerMessage' })
+        $customer.Count | Should -Be 1
+        "$($customer[0].MessageData)" | Should -Be 'This session is encrypted using AWS KMS.'
+        $customer[0].Tags | Should -Contain 'PSHOST'
+
+        $calls = @((Get-Control 'kms').calls | Select-Object -Skip $callsBefore)
+        $calls.Count | Should -Be 2
+        $calls[0].operation | Should -Be 'GenerateDataKey'
+        $calls[0].principal | Should -Be 'arn:aws:iam::123456789012:user/sandbox-user'
+        $calls[0].errorCode | Should -BeNullOrEmpty
+        $calls[0].encryptionContext.'aws:ssm:TargetId' | Should -Be 'i-0a1b2c3d4e5f60001'
+        $calls[0].encryptionContext.'aws:ssm:RandomChallenge' | Should -Not -BeNullOrEmpty
+        $calls[1].operation | Should -Be 'Decrypt'
+        $calls[1].principal | Should -Match '^arn:aws:sts::123456789012:assumed-role/BastionInstanceRole/i-0a1b2c3d4e5f60001$'
+        $calls[1].errorCode | Should -BeNullOrEmpty
+
+        $text = Get-AllText $all
+        $issued = @(Get-Control 'kms/issued-data-keys' | ForEach-Object { $_ } | Select-Object -Skip $issuedBefore)
+        $issued.Count | Should -Be 1
+        $text | Should -Not -Match ([regex]::Escape($issued[0].plaintext))
+        $text | Should -Not -Match ([regex]::Escape($issued[0].ciphertextBlob))
+        # Nor a recognisable part of the data key, in any encoding a message could use.
+        $keyBytes = [Convert]::FromBase64String($issued[0].plaintext)
+        $text | Should -Not -Match ([Convert]::ToHexString($keyBytes, 0, 16))
+        $text | Should -Not -Match ([regex]::Escape([Convert]::ToBase64String($keyBytes, 0, 32)))
+        $text | Should -Not -Match ([regex]::Escape($KmsAws.SecretKey))
+    }
+
+    It 'a denied kms:GenerateDataKey ends with SessionEncryptionDenied (PermissionDenied), runs nothing and leaks nothing' {
+        # This key's policy lets no operator generate data keys.
+        Set-Preference 'alias/bastion-session-data-locked'
+        $issuedBefore = (Get-Control 'kms/issued-data-keys').Count
+        $all = @(Start-BastionSession -Target i-0a1b2c3d4e5f60001 -Command 'echo must-not-run-$((1+1))' @KmsAws -Verbose -Debug -ErrorAction Continue *>&1)
+        $errors = @($all | Where-Object { $_ -is [System.Management.Automation.ErrorRecord] })
+        $errors.Count | Should -Be 1
+        $errors[0].FullyQualifiedErrorId | Should -Be 'SessionEncryptionDenied,BastionTools.Commands.StartBastionSessionCommand'
+        $errors[0].CategoryInfo.Category | Should -Be 'PermissionDenied'
+        $errors[0].Exception.Message | Should -Match 'kms:GenerateDataKey'
+        $errors[0].ErrorDetails.RecommendedAction | Should -Match 'kms:GenerateDataKey'
+        @($all | Where-Object { $_ -is [string] }) | Should -BeNullOrEmpty
+        $text = Get-AllText $all
+        $text | Should -Not -Match 'must-not-run-2'
+        $text | Should -Not -Match ([regex]::Escape($KmsAws.SecretKey))
+        (Get-Control 'kms/issued-data-keys').Count | Should -Be $issuedBefore
+        $denied = (Get-Control 'kms').calls[-1]
+        $denied.operation | Should -Be 'GenerateDataKey'
+        $denied.errorCode | Should -Be 'AccessDeniedException'
+    }
+
+    It 'an altered payload from the agent ends with SessionDecryptionFailed (SecurityError)' {
+        Set-AgentFault 'TamperOutput'
+        $all = @(Start-BastionSession -Target i-0a1b2c3d4e5f60001 -Command 'echo tampered-$((2*2))' @KmsAws -ErrorAction Continue *>&1)
+        $errors = @($all | Where-Object { $_ -is [System.Management.Automation.ErrorRecord] })
+        $errors.Count | Should -Be 1
+        $errors[0].FullyQualifiedErrorId | Should -Be 'SessionDecryptionFailed,BastionTools.Commands.StartBastionSessionCommand'
+        $errors[0].CategoryInfo.Category | Should -Be 'SecurityError'
+        (Get-AllText $all) | Should -Not -Match 'tampered-4'
+    }
+
+    It 'an interactive shell is encrypted too (driven in tmux)' {
+        $tmux = (Get-Command tmux -ErrorAction Stop).Source
+        $name = 'bt-kms-' + [guid]::NewGuid().ToString('n').Substring(0, 8)
+        $pwsh = [Environment]::ProcessPath
+        $prefix = if ([IO.Path]::GetFileNameWithoutExtension($pwsh) -eq 'dotnet') { "'$pwsh' '$(Join-Path $PSHOME 'pwsh.dll')'" } else { "'$pwsh'" }
+        $file = Join-Path ([IO.Path]::GetTempPath()) "$name.ps1"
+        Set-Content -Path $file -Value @"
+`$env:AWS_EC2_METADATA_DISABLED = 'true'
+Import-Module '$(Get-TestModulePath)'
+Start-BastionSession -Target i-0a1b2c3d4e5f60001 -AccessKey '$($KmsAws.AccessKey)' -SecretKey '$($KmsAws.SecretKey)' -Region '$($KmsAws.Region)' -EndpointUrl '$($KmsAws.EndpointUrl)' -Verbose
+Write-Host 'PWSH-BACK'
+Start-Sleep -Seconds 30
+"@
+        function Screen { (& $tmux capture-pane -p -t $name -S -200) -join "`n" }
+        function WaitFor([string] $Pattern, [int] $Seconds = 20) {
+            $deadline = [DateTime]::UtcNow.AddSeconds($Seconds)
+            while ([DateTime]::UtcNow -lt $deadline) { $s = Screen; if ($s -match $Pattern) { return $s }; Start-Sleep -Milliseconds 200 }
+            throw "Timed out waiting for /$Pattern/ on the screen:`n$(Screen)"
+        }
+        try {
+            & $tmux new-session -d -s $name -x 110 -y 35 "$prefix -NoProfile -File '$file'"
+            WaitFor '(?m)[\$#]\s*$' | Out-Null
+            & $tmux send-keys -t $name 'stty size; echo secret-$((7*6))' Enter
+            $s = WaitFor '(?m)^secret-42\s*$'
+            # The size went once the handshake completed (the agent drops what comes before it).
+            $s | Should -Match '(?m)^35 110\s*$'
+            & $tmux send-keys -t $name 'exit' Enter
+            WaitFor 'PWSH-BACK' | Should -Match 'encrypted with AWS KMS'
+            $shell = @(Get-Control 'sessions' | ForEach-Object { $_ } | Where-Object { $_.documentName -eq 'SSM-SessionManagerRunShell' })[-1]
+            $shell.encrypted | Should -BeTrue
+            $shell.kmsKeyId | Should -Be 'alias/bastion-session-data'
+            $shell.decryptionFailures | Should -Be 0
+        }
+        finally {
+            & $tmux kill-session -t $name 2>$null
+            Remove-Item $file -ErrorAction SilentlyContinue
+        }
     }
 }

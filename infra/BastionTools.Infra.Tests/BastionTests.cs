@@ -127,7 +127,9 @@ namespace BastionTools.Infra.Tests
             Assert.Equal("{" + s.Id(s.Stack.Logging.LogGroup) + ".Arn}", Synthesized.Render(write.GetProperty("Resource")));
             var describe = Assert.Single(statements, st => st.GetProperty("Sid").GetString() == "CheckSessionLogGroupEncryption");
             Assert.Equal("logs:DescribeLogGroups", describe.GetProperty("Action").GetString());
-            Assert.Equal(2, statements.Length);
+            // And kms:Decrypt on the session-data key (on by default; see Session_data_kms_lets_the_bastion_decrypt_with_the_key).
+            Assert.Single(statements, st => st.GetProperty("Sid").GetString() == "DecryptSessionData");
+            Assert.Equal(3, statements.Length);
             // No other policy is attached to the role anywhere in the template.
             s.Template.ResourceCountIs("AWS::IAM::Policy", 1); // the flow log role's
             Assert.DoesNotContain(s.Resources("AWS::IAM::Policy"),
@@ -159,7 +161,11 @@ namespace BastionTools.Infra.Tests
                 .SelectMany(p => Synthesized.Many(p.GetProperty("PolicyDocument").GetProperty("Statement")))
                 .Single(x => x.GetProperty("Sid").GetString() == "DecryptSessionData");
             Assert.Equal("kms:Decrypt", st.GetProperty("Action").GetString());
-            Assert.Equal("{" + s.Id(s.Stack.Logging.Key) + ".Arn}", Synthesized.Render(st.GetProperty("Resource")));
+            Assert.Equal("{" + s.Id(s.Stack.Logging.SessionDataKey!) + ".Arn}", Synthesized.Render(st.GetProperty("Resource")));
+            // Off: no such permission.
+            var off = _stacks.Github;
+            Assert.DoesNotContain(off.Properties(off.Id(off.Stack.Bastion.Role)).GetProperty("Policies").EnumerateArray(),
+                p => Synthesized.Many(p.GetProperty("PolicyDocument").GetProperty("Statement")).Any(x => x.GetProperty("Sid").GetString() == "DecryptSessionData"));
         }
     }
 }

@@ -58,7 +58,8 @@ namespace BastionTools.Infra.Tests
             var s = _stacks.Default;
             var endpoints = s.Resources("AWS::EC2::VPCEndpoint").Select(e => e.Resource.GetProperty("Properties")).ToArray();
             var services = endpoints.Select(p => Synthesized.Render(p.GetProperty("ServiceName"))).OrderBy(x => x).ToArray();
-            Assert.Equal(new[] { "com.amazonaws.eu-west-1.ec2messages", "com.amazonaws.eu-west-1.logs", "com.amazonaws.eu-west-1.ssm", "com.amazonaws.eu-west-1.ssmmessages" }, services);
+            // kms: the agent decrypts each encrypted session's data key (session data encryption is on by default).
+            Assert.Equal(new[] { "com.amazonaws.eu-west-1.ec2messages", "com.amazonaws.eu-west-1.kms", "com.amazonaws.eu-west-1.logs", "com.amazonaws.eu-west-1.ssm", "com.amazonaws.eu-west-1.ssmmessages" }, services);
 
             var endpointSg = s.Id(s.Stack.Network.EndpointSecurityGroup!);
             var bastionSubnet = s.Id(s.Stack.Network.Vpc.SelectSubnets(s.Stack.Network.BastionSubnets).Subnets[0].Node.DefaultChild!);
@@ -132,7 +133,9 @@ namespace BastionTools.Infra.Tests
             var services = _stacks.Shell.Resources("AWS::EC2::VPCEndpoint")
                 .Select(e => Synthesized.Render(e.Resource.GetProperty("Properties").GetProperty("ServiceName"))).ToArray();
             Assert.Contains("com.amazonaws.eu-west-1.kms", services);
-            Assert.DoesNotContain(_stacks.Default.Resources("AWS::EC2::VPCEndpoint"),
+            Assert.Contains(_stacks.Default.Resources("AWS::EC2::VPCEndpoint"),
+                e => Synthesized.Render(e.Resource.GetProperty("Properties").GetProperty("ServiceName")).EndsWith(".kms", System.StringComparison.Ordinal));
+            Assert.DoesNotContain(_stacks.Github.Resources("AWS::EC2::VPCEndpoint"),
                 e => Synthesized.Render(e.Resource.GetProperty("Properties").GetProperty("ServiceName")).EndsWith(".kms", System.StringComparison.Ordinal));
         }
     }

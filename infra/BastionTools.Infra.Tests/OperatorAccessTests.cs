@@ -112,8 +112,16 @@ namespace BastionTools.Infra.Tests
             var s = _stacks.Shell;
             var st = Statement(s, "EncryptSessionData");
             Assert.Equal("kms:GenerateDataKey", st.GetProperty("Action").GetString());
-            Assert.Equal(new[] { "{" + s.Id(s.Stack.Logging.Key) + ".Arn}" }, Resources(st));
+            // That key only (not the logs key), and only for data keys of sessions on this bastion.
+            Assert.Equal(new[] { "{" + s.Id(s.Stack.Logging.SessionDataKey!) + ".Arn}" }, Resources(st));
+            Assert.Equal("{" + s.Id(s.Stack.Bastion.Instance) + "}",
+                Synthesized.Render(st.GetProperty("Condition").GetProperty("StringEquals").GetProperty("kms:EncryptionContext:aws:ssm:TargetId")));
+            // Only with the shell: the default stack (session data KMS on, no shell) allows no session that is encrypted.
+            Assert.NotNull(_stacks.Default.Stack.Logging.SessionDataKey);
             Assert.DoesNotContain(Statements(_stacks.Default), x => x.GetProperty("Sid").GetString() == "EncryptSessionData");
+            Assert.DoesNotContain(Statements(_stacks.Github), x => x.GetProperty("Sid").GetString() == "EncryptSessionData");
+            Assert.DoesNotContain(Statements(s), x => Synthesized.Many(x.GetProperty("Action")).Any(a => a.GetString()!.StartsWith("kms:", System.StringComparison.Ordinal)
+                && x.GetProperty("Sid").GetString() != "EncryptSessionData"));
         }
 
         [Fact]

@@ -71,8 +71,10 @@ namespace BastionTools.Infra.Tests
         private static string NormalizeReadme(string resource) => resource.Replace("<admin-user>", "<db-user>", StringComparison.Ordinal);
 
         /// <summary>The template's pseudo parameters and references, written as the README's placeholders.</summary>
-        private static string NormalizeTemplate(string resource)
+        private static string NormalizeTemplate(string resource, Synthesized? s = null)
         {
+            var sessionDataKey = s?.Stack.Logging.SessionDataKey;
+            if (sessionDataKey != null && resource == "{" + s!.Id(sessionDataKey) + ".Arn}") return "arn:aws:kms:<region>:<account>:key/<key-id>";
             var r = resource
                 .Replace("{AWS::Partition}", "aws", StringComparison.Ordinal)
                 .Replace("{AWS::Region}", "<region>", StringComparison.Ordinal)
@@ -93,7 +95,7 @@ namespace BastionTools.Infra.Tests
                 if (exceptSids.Contains(st.GetProperty("Sid").GetString())) continue;
                 foreach (var action in Synthesized.Many(st.GetProperty("Action")).Select(a => a.GetString()!))
                 {
-                    foreach (var resource in Synthesized.Many(st.GetProperty("Resource")).Select(Synthesized.Render)) set.Add((action, NormalizeTemplate(resource)));
+                    foreach (var resource in Synthesized.Many(st.GetProperty("Resource")).Select(Synthesized.Render)) set.Add((action, NormalizeTemplate(resource, s)));
                 }
             }
             return set;
@@ -131,14 +133,39 @@ namespace BastionTools.Infra.Tests
         public void With_the_shell_the_shell_rows_join_and_the_default_document_is_checked_as_the_notes_say()
         {
             var s = _stacks.Shell;
-            // EncryptSessionData (kms:GenerateDataKey, with sessionDataKms) joins the table with the module's KMS support.
-            var granted = Granted(s, "OwnSessionsAssumedRoles", "EncryptSessionData");
+            // EncryptSessionData (kms:GenerateDataKey on the session-data key, with sessionDataKms) is the shell rows'
+            // kms:GenerateDataKey on arn:aws:kms:<region>:<account>:key/<key-id>.
+            Assert.NotNull(s.Stack.Logging.SessionDataKey);
+            var granted = Granted(s, "OwnSessionsAssumedRoles");
+            Assert.Contains(("kms:GenerateDataKey", "arn:aws:kms:<region>:<account>:key/<key-id>"), granted);
             var documented = Documented(shell: true);
             // The interactive shell's row names no document; its note says ssm:SessionDocumentAccessCheck (which the
             // policy sets) makes Session Manager check SSM-SessionManagerRunShell, so the policy allows that document too.
             documented.Add(("ssm:StartSession", "arn:aws:ssm:<region>:<account>:document/SSM-SessionManagerRunShell"));
             Assert.Contains("`ssm:SessionDocumentAccessCheck`", string.Join("\n", File.ReadAllLines(Path.Combine(RepositoryRoot(), "README.md"))), StringComparison.Ordinal);
             Assert.Equal(documented.OrderBy(x => x).ToArray(), granted.OrderBy(x => x).ToArray());
+
+            // The condition the notes describe: data keys only for sessions on the bastion.
+            var readme = File.ReadAllText(Path.Combine(RepositoryRoot(), "README.md"));
+            Assert.Contains("`StringEquals` `kms:EncryptionContext:aws:ssm:TargetId` = `<instance-id>`", Regex.Replace(readme, @"\s+", " "), StringComparison.Ordinal);
+            var st = Assert.Single(Synthesized.Many(s.Properties(s.Id(s.Stack.Access.Policy)).GetProperty("PolicyDocument").GetProperty("Statement")),
+                x => x.GetProperty("Sid").GetString() == "EncryptSessionData");
+            var condition = Assert.Single(st.GetProperty("Condition").EnumerateObject());
+            Assert.Equal("StringEquals", condition.Name);
+            var key = Assert.Single(condition.Value.EnumerateObject());
+            Assert.Equal("kms:EncryptionContext:aws:ssm:TargetId", key.Name);
+            Assert.Equal("{" + s.Id(s.Stack.Bastion.Instance) + "}", Synthesized.Render(key.Value));
+        }
+
+        [Fact]
+        public void Without_the_shell_no_kms_permission_is_granted_though_session_data_is_encrypted()
+        {
+            // Only shell and command sessions are encrypted: the default stack encrypts them (sessionDataKms) but lets
+            // operators start neither, so its policy grants no kms action (the rows that need one are the shell rows).
+            var s = _stacks.Default;
+            Assert.NotNull(s.Stack.Logging.SessionDataKey);
+            Assert.DoesNotContain(Granted(s), g => g.Item1.StartsWith("kms:", StringComparison.Ordinal));
+            Assert.All(ReadTable().Where(r => r.Grants.Any(g => g.Action.StartsWith("kms:", StringComparison.Ordinal))), r => Assert.True(IsShellRow(r), r.Command));
         }
 
         [Fact]

@@ -67,8 +67,43 @@ namespace BastionTools.Infra.Tests
             Assert.Equal("20", inputs.GetProperty("idleSessionTimeout").GetString());
             Assert.Equal("cd ~", inputs.GetProperty("shellProfile").GetProperty("linux").GetString());
             Assert.False(inputs.GetProperty("runAsEnabled").GetBoolean());
-            // The module declines the KMSEncryption handshake, so session data KMS is off unless asked for.
-            Assert.Equal("", inputs.GetProperty("kmsKeyId").GetString());
+            // Session data is KMS-encrypted by default, with its own key (the module speaks KMSEncryption).
+            Assert.Equal("{" + s.Id(s.Stack.Logging.SessionDataKey!) + ".Arn}", Synthesized.Render(inputs.GetProperty("kmsKeyId")));
+        }
+
+        [Fact]
+        public void Session_data_key_rotates_is_retained_and_is_not_the_logs_key()
+        {
+            var s = _stacks.Default;
+            var id = s.Id(s.Stack.Logging.SessionDataKey!);
+            Assert.NotEqual(s.Id(s.Stack.Logging.Key), id);
+            Assert.True(s.Properties(id).GetProperty("EnableKeyRotation").GetBoolean());
+            Assert.Equal(2, s.Resources("AWS::KMS::Key").Count());
+            Assert.Single(s.Resources("AWS::KMS::Key"), r => r.Id == id && r.Resource.GetProperty("DeletionPolicy").GetString() == "Retain");
+        }
+
+        [Fact]
+        public void Session_data_key_policy_is_the_default_one_so_iam_policies_decide()
+        {
+            // The account root with kms:* and nothing else ("Enable IAM User Permissions"): the operators'
+            // kms:GenerateDataKey and the bastion's kms:Decrypt come from their IAM policies. The module's sandbox models
+            // this key as alias/bastion-session-data-iam (tests/Sandbox/SandboxKms.cs).
+            var s = _stacks.Shell;
+            var st = Assert.Single(Synthesized.Many(s.Properties(s.Id(s.Stack.Logging.SessionDataKey!)).GetProperty("KeyPolicy").GetProperty("Statement")));
+            Assert.Equal("Allow", st.GetProperty("Effect").GetString());
+            Assert.Equal("kms:*", st.GetProperty("Action").GetString());
+            Assert.Equal("*", st.GetProperty("Resource").GetString());
+            // The synthesis environment is account 123456789012.
+            Assert.Equal("arn:{AWS::Partition}:iam::123456789012:root", Synthesized.Render(st.GetProperty("Principal").GetProperty("AWS")));
+        }
+
+        [Fact]
+        public void Session_data_kms_can_be_turned_off()
+        {
+            var s = _stacks.Github;
+            Assert.Null(s.Stack.Logging.SessionDataKey);
+            Assert.Equal("", PreferencesInputs(s).GetProperty("kmsKeyId").GetString());
+            Assert.Single(s.Resources("AWS::KMS::Key"));
         }
 
         [Fact]
@@ -76,7 +111,7 @@ namespace BastionTools.Infra.Tests
         {
             var s = _stacks.Shell;
             var inputs = PreferencesInputs(s);
-            Assert.Equal("{" + s.Id(s.Stack.Logging.Key) + ".Arn}", Synthesized.Render(inputs.GetProperty("kmsKeyId")));
+            Assert.Equal("{" + s.Id(s.Stack.Logging.SessionDataKey!) + ".Arn}", Synthesized.Render(inputs.GetProperty("kmsKeyId")));
             Assert.Equal("10", inputs.GetProperty("idleSessionTimeout").GetString());
         }
 

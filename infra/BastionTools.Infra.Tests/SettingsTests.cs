@@ -21,6 +21,8 @@ namespace BastionTools.Infra.Tests
             Assert.Equal("/ssm/ec2/session", s.LogGroupName);
             Assert.Equal(365, s.LogRetentionDays);
             Assert.Null(s.GithubRepo);
+            Assert.True(s.SessionDataKms);
+            Assert.False(From(new Dictionary<string, object?> { ["sessionDataKms"] = "false" }).SessionDataKms);
         }
 
         [Fact]

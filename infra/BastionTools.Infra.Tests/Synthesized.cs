@@ -135,8 +135,10 @@ namespace BastionTools.Infra.Tests
             IdleTimeoutMinutes = 10,
         };
 
+        // Also the configuration with session data encryption turned off.
         public static readonly BastionSettings GithubSettings = new()
         {
+            SessionDataKms = false,
             GithubRepo = "octo-org/octo-repo",
             AllowedOperatorPrincipals = new[] { "arn:aws:iam::123456789012:role/ops-admins" },
         };

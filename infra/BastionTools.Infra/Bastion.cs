@@ -51,8 +51,9 @@ namespace BastionTools.Infra
                 },
             });
             var inline = new Dictionary<string, PolicyDocument> { ["SessionLogs"] = sessionLogsPolicy };
-            if (settings.SessionDataKms)
+            if (logging.SessionDataKey != null)
             {
+                // The agent decrypts each session's data key (blockcipher.go UpdateEncryptionKey → kms:Decrypt).
                 inline["SessionDataEncryption"] = new PolicyDocument(new PolicyDocumentProps
                 {
                     Statements = new[]
@@ -61,7 +62,7 @@ namespace BastionTools.Infra
                         {
                             Sid = "DecryptSessionData",
                             Actions = new[] { "kms:Decrypt" },
-                            Resources = new[] { logging.Key.KeyArn },
+                            Resources = new[] { logging.SessionDataKey.KeyArn },
                         }),
                     },
                 });

@@ -48,10 +48,12 @@ namespace BastionTools.Infra
         public bool ManageSessionPreferences { get; init; } = true;
 
         /// <summary>
-        /// KMS encryption of the session data stream itself (the preferences' kmsKeyId). Off by default: the BastionTools
-        /// module declines the KMSEncryption handshake, so with this on only the session-manager-plugin can connect.
+        /// KMS encryption of the session data stream itself (the preferences' kmsKeyId), on by default: a key with
+        /// rotation, kms:GenerateDataKey for operators, kms:Decrypt for the bastion. The BastionTools module and the
+        /// session-manager-plugin both speak the KMSEncryption handshake. Shell and command sessions are encrypted;
+        /// Session Manager never encrypts port-forwarding sessions this way.
         /// </summary>
-        public bool SessionDataKms { get; init; }
+        public bool SessionDataKms { get; init; } = true;
 
         public string DbInstanceIdentifier { get; init; } = "bastiontools-db";
         public string DbInstanceClass { get; init; } = "db.t4g.micro";

@@ -71,13 +71,24 @@ namespace BastionTools.Infra
                     Resources = new[] { "*" },
                 }),
             };
-            if (settings.SessionDataKms)
+            if (logging.SessionDataKey != null && settings.EnableShell)
             {
+                // Shell and command sessions are KMS-encrypted: the client asks for each session's data key, with the
+                // encryption context aws:ssm:TargetId = the instance, so only for sessions on this bastion. Only with
+                // the shell: port-forwarding sessions are never encrypted this way, so without it nothing needs it
+                // (the README's Permissions table has it on the shell and -Command rows only).
                 statements.Add(new PolicyStatement(new PolicyStatementProps
                 {
                     Sid = "EncryptSessionData",
                     Actions = new[] { "kms:GenerateDataKey" },
-                    Resources = new[] { logging.Key.KeyArn },
+                    Resources = new[] { logging.SessionDataKey.KeyArn },
+                    Conditions = new Dictionary<string, object>
+                    {
+                        ["StringEquals"] = new Dictionary<string, object>
+                        {
+                            ["kms:EncryptionContext:aws:ssm:TargetId"] = bastion.Instance.InstanceId,
+                        },
+                    },
                 }));
             }
 

@@ -9,8 +9,9 @@ using Constructs;
 namespace BastionTools.Infra
 {
     /// <summary>
-    /// The KMS key for every log group here, the session log group, and the Session Manager preferences
-    /// (the SSM-SessionManagerRunShell document) that send session output to it: the console step, in code.
+    /// The KMS key for every log group here, the session log group, the key that encrypts session data (with
+    /// <see cref="BastionSettings.SessionDataKms"/>), and the Session Manager preferences (the SSM-SessionManagerRunShell
+    /// document) that send session output to the group and name the session-data key: the console step, in code.
     /// </summary>
     public sealed class SessionLogging : Construct
     {
@@ -40,6 +41,20 @@ namespace BastionTools.Infra
                 },
             }));
 
+            if (settings.SessionDataKms)
+            {
+                // Session data encryption (the preferences' kmsKeyId): operators' clients ask it for data keys
+                // (kms:GenerateDataKey), the bastion's agent decrypts them (kms:Decrypt). Its own key, so that the
+                // operators' permission reaches nothing else (not the logs key). The default key policy leaves the
+                // decisions to IAM policies of this account, which grant exactly those two actions.
+                SessionDataKey = new Key(this, "SessionDataKey", new KeyProps
+                {
+                    Description = "BastionTools: Session Manager session data encryption (KMSEncryption)",
+                    EnableKeyRotation = true,
+                    RemovalPolicy = RemovalPolicy.RETAIN,
+                });
+            }
+
             LogGroup = new LogGroup(this, "SessionLogGroup", new LogGroupProps
             {
                 LogGroupName = settings.LogGroupName,
@@ -59,7 +74,9 @@ namespace BastionTools.Infra
                     // Session Manager refuses to log to this group unless it is encrypted (it is, with the key above).
                     ["cloudWatchEncryptionEnabled"] = true,
                     ["cloudWatchStreamingEnabled"] = true,
-                    ["kmsKeyId"] = settings.SessionDataKms ? Key.KeyArn : "",
+                    // Shell and command sessions are then encrypted end to end with a data key per session (the agent
+                    // never asks for it on port sessions); the BastionTools module speaks KMSEncryption.
+                    ["kmsKeyId"] = SessionDataKey?.KeyArn ?? "",
                     ["runAsEnabled"] = false,
                     ["runAsDefaultUser"] = "",
                     ["idleSessionTimeout"] = settings.IdleTimeoutMinutes.ToString(System.Globalization.CultureInfo.InvariantCulture),
@@ -83,6 +100,10 @@ namespace BastionTools.Infra
         }
 
         public Key Key { get; }
+
+        /// <summary>The session-data key; null when <see cref="BastionSettings.SessionDataKms"/> is off.</summary>
+        public Key? SessionDataKey { get; }
+
         public LogGroup LogGroup { get; }
         public CfnDocument? Preferences { get; }
     }

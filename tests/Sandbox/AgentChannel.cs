@@ -35,6 +35,13 @@ namespace BastionTools.Sandbox
         private readonly Dictionary<long, AgentMessage> _early = new();
         private readonly CancellationTokenSource _life = new();
         private readonly TaskCompletionSource<HandshakeResponsePayload> _handshakeResponse = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private readonly TaskCompletionSource<bool> _challengeConfirmed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        // datachannel.go encryptionEnabled / blockCipher: set when the handshake asks for KMSEncryption; the cipher once
+        // the client's data key was decrypted.
+        private bool _encryptionRequested;
+        private AgentBlockCipher? _cipher;
+        private byte[]? _challenge;
+        private int _tampered;
         private readonly Stopwatch _clock = Stopwatch.StartNew();
         private long _nextSequence;
         private long _expectedSequence;
@@ -54,6 +61,8 @@ namespace BastionTools.Sandbox
         // datachannel.go Pause (IsActive() == !Pause): set by pause_publication from MGS to the agent.
         private bool _paused;
         private TaskCompletionSource? _resumed;
+        // The idle session timeout's clock: the last stream data either way (ticks of _clock).
+        private long _lastActivityTicks;
 
         public AgentChannel(SandboxAgent agent, SandboxSession session)
         {
@@ -79,6 +88,16 @@ namespace BastionTools.Sandbox
         public string AgentVersion => Instance?.AgentVersion ?? "3.3.2299.0";
         /// <summary>The agent runs on Windows (the instance's PlatformType): commands go to powershell.exe.</summary>
         public bool IsWindows => string.Equals(Instance?.PlatformType, "Windows", StringComparison.OrdinalIgnoreCase);
+        /// <summary>Whether the mux plugin runs smux keepalive; null when the session is not (yet) a mux session.</summary>
+        public bool? SmuxKeepAlive
+        {
+            get
+            {
+                AgentPlugin? plugin;
+                lock (_gate) plugin = _plugin;
+                return ((plugin as PortPlugin)?.Mode as MuxPortSession)?.KeepAliveEnabled;
+            }
+        }
         /// <summary>A short description of the running plugin ("mux", "basic", "shell", "command"), null before it starts.</summary>
         public string? PluginKind => _plugin?.Kind;
         public int UnackedCount
@@ -150,7 +169,7 @@ namespace BastionTools.Sandbox
                 try
                 {
                     plugin = AgentPlugin.Create(this);
-                    if (!plugin.RequiresHandshake)
+                    if (!NeedsHandshake(plugin))
                     {
                         lock (_gate) _handshakeSkipped = true;
                     }
@@ -159,6 +178,8 @@ namespace BastionTools.Sandbox
                 {
                     error = ex.Message;
                 }
+                MarkActivity();
+                _ = Task.Run(IdleWatchAsync);
                 _ = Task.Run(() => plugin == null ? EndAsync(error, drain: false) : RunSessionAsync(plugin));
             }
 
@@ -381,6 +402,7 @@ namespace BastionTools.Sandbox
                     HandleAcknowledge(message);
                     return;
                 case MessageTypes.InputStreamData:
+                    MarkActivity();
                     await _inputLock.WaitAsync().ConfigureAwait(false);
                     try
                     {
@@ -510,10 +532,32 @@ namespace BastionTools.Sandbox
                     }
                     return true;
                 case PayloadType.EncChallengeResponse:
-                    return true;
+                    return HandleChallengeResponse(message);
             }
             bool ready;
             AgentPlugin? plugin;
+            AgentBlockCipher? cipher;
+            bool encrypted;
+            lock (_gate)
+            {
+                cipher = _cipher;
+                encrypted = _encryptionRequested;
+            }
+            // processStreamDataMessage: with encryption on, Output from the client is decrypted first; one that does not
+            // decrypt is an error, so it is not acknowledged (the client resends it). Output before the key exists is
+            // taken as stream data during the handshake (acknowledged and ignored; the real agent has no key to use).
+            if (encrypted && message.PayloadType == PayloadType.Output)
+            {
+                if (cipher == null) return true;
+                var plain = cipher.Decrypt(message.Payload);
+                if (plain == null)
+                {
+                    Interlocked.Increment(ref Counters._decryptionFailures);
+                    Log("Error decrypting stream data message sequence " + message.SequenceNumber.ToString(CultureInfo.InvariantCulture));
+                    return false;
+                }
+                message = message.WithPayload(plain);
+            }
             lock (_gate)
             {
                 // datachannel.go: stream data that arrives while the handshake is neither complete nor skipped is
@@ -537,6 +581,17 @@ namespace BastionTools.Sandbox
         public async Task SendStreamDataAsync(PayloadType payloadType, byte[] payload)
         {
             if (payload.Length == 0 || IsEnded) return;
+            AgentBlockCipher? cipher;
+            lock (_gate) cipher = _cipher;
+            // SendStreamDataMessage: with encryption on, Output, StdErr and ExitCode are encrypted; nothing else is.
+            if (cipher != null && (payloadType == PayloadType.Output || payloadType == PayloadType.StdErr || payloadType == PayloadType.ExitCode))
+            {
+                payload = cipher.Encrypt(payload);
+                if (payloadType == PayloadType.Output && Options.EncryptionFault == SandboxEncryptionFault.TamperOutput && Interlocked.Exchange(ref _tampered, 1) == 0)
+                {
+                    payload[AgentBlockCipher.NonceSize] ^= 0x01;
+                }
+            }
             await _streamSendLock.WaitAsync().ConfigureAwait(false);
             try
             {
@@ -562,6 +617,7 @@ namespace BastionTools.Sandbox
                 }
                 Interlocked.Increment(ref Counters._dataSent);
                 Interlocked.Add(ref Counters._streamBytesCreated, payload.Length);
+                MarkActivity();
                 if (!paused) await TransmitAsync(frame, faultable: true).ConfigureAwait(false);
                 if (pending != null)
                 {
@@ -692,7 +748,7 @@ namespace BastionTools.Sandbox
             string? closedOutput = null;
             try
             {
-                if (plugin.RequiresHandshake)
+                if (NeedsHandshake(plugin))
                 {
                     var error = await HandshakeAsync(plugin).ConfigureAwait(false);
                     if (error != null)
@@ -721,10 +777,41 @@ namespace BastionTools.Sandbox
             await EndAsync(closedOutput, drain: true).ConfigureAwait(false);
         }
 
-        /// <summary>PerformHandshake: HandshakeRequest, wait (15 s) for the HandshakeResponse, HandshakeComplete. Returns an error text or null.</summary>
+        /// <summary>
+        /// sessionplugin.go isEncryptionEnabled: the session's document names a KMS key and the plugin is not Port.
+        /// </summary>
+        private bool EncryptionRequestedFor(AgentPlugin plugin) => !string.IsNullOrEmpty(Session.KmsKeyId) && plugin is not PortPlugin;
+
+        /// <summary>sessionplugin.go Execute: a handshake when the plugin requires one or encryption is enabled.</summary>
+        private bool NeedsHandshake(AgentPlugin plugin) => plugin.RequiresHandshake || EncryptionRequestedFor(plugin);
+
+        /// <summary>Agents since 3.3.808.0 send a random challenge with KMSEncryption (blockcipher.go NewBlockCipherKMS).</summary>
+        private static readonly Version ChallengeAgentVersion = new(3, 3, 808, 0);
+
+        /// <summary>True once the session's data is encrypted (the client's data key was decrypted).</summary>
+        public bool IsEncrypted
+        {
+            get { lock (_gate) return _cipher != null; }
+        }
+
+        /// <summary>
+        /// PerformHandshake: HandshakeRequest (with KMSEncryption when the session's document names a key), wait (15 s)
+        /// for the HandshakeResponse, set up encryption from it (kms:Decrypt of the client's data key with the instance
+        /// role), the encryption challenge (15 s), HandshakeComplete. Returns an error text or null.
+        /// </summary>
         private async Task<string?> HandshakeAsync(AgentPlugin plugin)
         {
             var started = Stopwatch.StartNew();
+            var encryption = EncryptionRequestedFor(plugin);
+            string? randomChallenge = null;
+            if (encryption && Version.TryParse(AgentVersion, out var agentVersion) && agentVersion >= ChallengeAgentVersion)
+            {
+                randomChallenge = Convert.ToBase64String(System.Security.Cryptography.RandomNumberGenerator.GetBytes(16));
+            }
+            if (encryption)
+            {
+                lock (_gate) _encryptionRequested = true;
+            }
             var request = new JsonObject
             {
                 ["AgentVersion"] = AgentVersion,
@@ -741,6 +828,16 @@ namespace BastionTools.Sandbox
                     },
                 },
             };
+            if (encryption)
+            {
+                var parameters = new JsonObject { ["KMSKeyId"] = Session.KmsKeyId };
+                if (randomChallenge != null) parameters["Challenge"] = randomChallenge;
+                request["RequestedClientActions"]!.AsArray().Add(new JsonObject
+                {
+                    ["ActionType"] = HandshakeActionTypes.KmsEncryption,
+                    ["ActionParameters"] = parameters,
+                });
+            }
             await SendJsonAsync(PayloadType.HandshakeRequest, request).ConfigureAwait(false);
             var timeout = Task.Delay(Options.HandshakeTimeout, _life.Token);
             var done = await Task.WhenAny(_handshakeResponse.Task, timeout).ConfigureAwait(false);
@@ -758,15 +855,138 @@ namespace BastionTools.Sandbox
                     return action.ActionType + " failed on client with status " + ((int)action.ActionStatus).ToString(CultureInfo.InvariantCulture) + " error: " + action.Error;
                 }
             }
+            if (encryption)
+            {
+                var kmsAction = (response.ProcessedClientActions ?? new List<ProcessedClientAction>()).Find(a => a.ActionType == HandshakeActionTypes.KmsEncryption);
+                if (kmsAction == null) return "KMSEncryption was not processed by the client.";
+                var kmsError = FinalizeKmsEncryption(kmsAction.ActionResult, randomChallenge);
+                if (kmsError != null) return kmsError;
+            }
             plugin.OnHandshakeResponse(response);
+            if (encryption)
+            {
+                var challengeError = await EncryptionChallengeAsync().ConfigureAwait(false);
+                if (challengeError != null) return challengeError;
+            }
             var complete = new JsonObject
             {
                 ["HandshakeTimeToComplete"] = started.Elapsed.Ticks * 100,
-                ["CustomerMessage"] = plugin.HandshakeCustomerMessage(),
+                ["CustomerMessage"] = plugin.HandshakeCustomerMessage() + (encryption ? "This session is encrypted using AWS KMS." : ""),
             };
             await SendJsonAsync(PayloadType.HandshakeComplete, complete).ConfigureAwait(false);
             lock (_gate) _handshakeComplete = true;
             return null;
+        }
+
+        /// <summary>
+        /// finalizeKMSEncryption + BlockCipher.UpdateEncryptionKey: kms:Decrypt of the client's ciphertext blob with the
+        /// instance role, KeyId = the session's kmsKeyId, encryption context aws:ssm:SessionId / aws:ssm:TargetId (and
+        /// aws:ssm:RandomChallenge when the client acknowledged the challenge); RequireKMSChallengeResponse refuses a
+        /// client that did not. Returns the handshake error text or null.
+        /// </summary>
+        private string? FinalizeKmsEncryption(JsonElement? actionResult, string? randomChallenge)
+        {
+            KmsEncryptionResponse result;
+            try
+            {
+                result = actionResult is { ValueKind: JsonValueKind.Object } r
+                    ? r.Deserialize<KmsEncryptionResponse>(SsmJson.Options) ?? new KmsEncryptionResponse()
+                    : throw new JsonException("ActionResult is not an object");
+            }
+            catch (JsonException ex)
+            {
+                return ex.Message;
+            }
+            var acknowledged = result.ChallengeAcknowledgement && randomChallenge != null;
+            if (Options.RequireKmsChallengeResponse && !acknowledged)
+            {
+                return "client does not support required encryption context random challenge";
+            }
+            var context = new Dictionary<string, string>(StringComparer.Ordinal)
+            {
+                ["aws:ssm:SessionId"] = Session.SessionId,
+                ["aws:ssm:TargetId"] = Session.Target,
+            };
+            if (acknowledged) context["aws:ssm:RandomChallenge"] = randomChallenge!;
+            var instance = Instance;
+            if (instance == null) return "Fetching data key failed: the instance is gone";
+            byte[] dataKey;
+            try
+            {
+                (dataKey, _) = World.Kms.Decrypt(instance, result.KmsCipherTextKey, context, Session.KmsKeyId);
+            }
+            catch (SandboxError error)
+            {
+                return "Fetching data key failed: Unable to retrieve data key, Error when decrypting data key " + error.Code + (error.ErrorMessage == null ? "" : ": " + error.ErrorMessage);
+            }
+            if (dataKey.Length != 64)
+            {
+                Array.Clear(dataKey);
+                return "Fetching data key failed: the data key has " + dataKey.Length.ToString(CultureInfo.InvariantCulture) + " bytes, not 64";
+            }
+            var cipher = new AgentBlockCipher(dataKey);
+            Array.Clear(dataKey);
+            lock (_gate) _cipher = cipher;
+            Log("KMS encryption on (" + Session.KmsKeyId + (acknowledged ? ", with the random challenge" : "") + ")");
+            return null;
+        }
+
+        /// <summary>
+        /// sendEncryptionChallenge: 64 random bytes encrypted with the agent's key as EncChallengeRequest; wait (15 s) for
+        /// an EncChallengeResponse that decrypts, with the client's key, to the same bytes. A response that does not is
+        /// not acknowledged and does not confirm (handleEncryptionChallengeResponse), so the wait ends in the timeout.
+        /// </summary>
+        private async Task<string?> EncryptionChallengeAsync()
+        {
+            var challenge = System.Security.Cryptography.RandomNumberGenerator.GetBytes(64);
+            AgentBlockCipher cipher;
+            lock (_gate)
+            {
+                _challenge = challenge;
+                cipher = _cipher!;
+            }
+            var encrypted = Options.EncryptionFault == SandboxEncryptionFault.WrongKeyChallenge
+                ? AgentBlockCipher.EncryptWithRandomKey(challenge)
+                : cipher.Encrypt(challenge);
+            await SendJsonAsync(PayloadType.EncChallengeRequest, new JsonObject { ["Challenge"] = Convert.ToBase64String(encrypted) }).ConfigureAwait(false);
+            var timeout = Task.Delay(Options.HandshakeTimeout, _life.Token);
+            if (await Task.WhenAny(_challengeConfirmed.Task, timeout).ConfigureAwait(false) != _challengeConfirmed.Task)
+            {
+                _life.Token.ThrowIfCancellationRequested();
+                return "Timed out waiting for encryption challenge.";
+            }
+            Log("Encryption challenge confirmed.");
+            return null;
+        }
+
+        /// <summary>handleEncryptionChallengeResponse; false (not acknowledged) when it does not verify.</summary>
+        private bool HandleChallengeResponse(AgentMessage message)
+        {
+            AgentBlockCipher? cipher;
+            byte[]? expected;
+            lock (_gate)
+            {
+                cipher = _cipher;
+                expected = _challenge;
+            }
+            if (cipher == null || expected == null) return true;
+            byte[]? answer = null;
+            try
+            {
+                var response = SsmJson.Deserialize<EncryptionChallengePayload>(message.Payload);
+                answer = cipher.Decrypt(response.Challenge);
+            }
+            catch (SsmProtocolException)
+            {
+            }
+            if (answer == null || !answer.AsSpan().SequenceEqual(expected))
+            {
+                Interlocked.Increment(ref Counters._decryptionFailures);
+                Log(answer == null ? "encryption challenge response: Error decrypting encrypted text" : "Encryption challenge does not match!");
+                return false;
+            }
+            _challengeConfirmed.TrySetResult(true);
+            return true;
         }
 
         /// <summary>TerminateSession from the API: channel_closed, close, stop the plugin.</summary>
@@ -818,6 +1038,66 @@ namespace BastionTools.Sandbox
             var message = AgentMessage.Create(pause ? MessageTypes.PausePublication : MessageTypes.StartPublication, 0, MessageFlags.Ack, PayloadType.None, Array.Empty<byte>());
             var connection = _connectionSnapshot();
             return connection != null && connection.EnqueueNow(AgentMessageCodec.Encode(message));
+        }
+
+        // ---- the idle session timeout (the service's) ---------------------------------------------------------------
+
+        private void MarkActivity() => Interlocked.Exchange(ref _lastActivityTicks, Now.Ticks);
+
+        /// <summary>How long the session has had no stream data either way.</summary>
+        public TimeSpan IdleTime => Now - TimeSpan.FromTicks(Interlocked.Read(ref _lastActivityTicks));
+
+        /// <summary>
+        /// Session Manager's idle session timeout (<see cref="SandboxAgentOptions.IdleSessionTimeout"/>, read live): once the
+        /// session has had no stream data either way for that long, the service ends it (<see cref="IdleTimeOut"/>).
+        /// </summary>
+        private async Task IdleWatchAsync()
+        {
+            var token = _life.Token;
+            while (!token.IsCancellationRequested)
+            {
+                var timeout = Options.IdleSessionTimeout;
+                var tick = timeout <= TimeSpan.Zero ? TimeSpan.FromSeconds(1)
+                    : TimeSpan.FromTicks(Math.Min(TimeSpan.FromSeconds(1).Ticks, Math.Max(TimeSpan.FromMilliseconds(10).Ticks, timeout.Ticks / 10)));
+                try
+                {
+                    await Task.Delay(tick, token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
+                }
+                timeout = Options.IdleSessionTimeout;
+                if (timeout > TimeSpan.Zero && IdleTime >= timeout)
+                {
+                    IdleTimeOut(timeout);
+                    return;
+                }
+            }
+        }
+
+        /// <summary>
+        /// The idle session timeout ends the session: the client (when connected) gets channel_closed with
+        /// <see cref="SandboxAgentOptions.IdleTimeoutOutput"/> and a close 1000, the plugin stops, and the session is TimedOut
+        /// in the registry (its token stops working; ResumeSession answers without a token).
+        /// </summary>
+        private void IdleTimeOut(TimeSpan timeout)
+        {
+            if (Interlocked.Exchange(ref _ended, 1) != 0) return;
+            Interlocked.Exchange(ref Counters._idleTimeouts, 1);
+            _agent.Log("session " + Session.SessionId + ": idle session timeout (" + timeout.TotalMilliseconds.ToString(CultureInfo.InvariantCulture) + " ms without stream data)");
+            var connection = _connectionSnapshot();
+            if (connection != null)
+            {
+                connection.EnqueueNow(AgentMessageCodec.Encode(BuildChannelClosed(SandboxAgentOptions.IdleTimeoutOutput)));
+                connection.CloseAfterQueued("Bye", CloseAbortAfter);
+            }
+            _life.Cancel();
+            AgentPlugin? plugin;
+            lock (_gate) plugin = _plugin;
+            plugin?.Stop();
+            // The registry's TimedOut event finds this channel already ended.
+            _agent.Host.Sessions.TimeOut(Session.SessionId, World.Clock.UtcNow);
         }
 
         /// <summary>
@@ -930,6 +1210,8 @@ namespace BastionTools.Sandbox
             o["documentName"] = Session.DocumentName;
             o["state"] = Session.State.ToString();
             o["plugin"] = PluginKind;
+            o["smuxKeepAlive"] = SmuxKeepAlive;
+            o["idleMs"] = Math.Round(IdleTime.TotalMilliseconds);
             o["nextSequenceNumber"] = NextSequenceNumber;
             o["expectedSequenceNumber"] = ExpectedSequenceNumber;
             o["unacked"] = UnackedCount;
@@ -937,6 +1219,8 @@ namespace BastionTools.Sandbox
             o["paused"] = IsPaused;
             o["connectionQueuedBytes"] = ConnectionQueue.QueuedBytes;
             o["clientVersion"] = HandshakeClientVersion ?? OpenDataChannelClientVersion;
+            o["kmsKeyId"] = Session.KmsKeyId;
+            o["encrypted"] = IsEncrypted;
             o["faults"] = SessionFaults == null ? null : JsonNode.Parse(SessionFaults.ToJson());
             return o;
         }

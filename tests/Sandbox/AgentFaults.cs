@@ -88,10 +88,10 @@ namespace BastionTools.Sandbox
     public sealed class SandboxChannelCounters
     {
         internal long _connections, _messagesSent, _messagesReceived, _dataSent, _dataReceived, _acksSent, _acksReceived,
-            _dropped, _duplicated, _reordered, _retransmitted, _duplicatesReceived, _outOfOrderReceived, _digestFailures,
+            _dropped, _duplicated, _reordered, _retransmitted, _duplicatesReceived, _outOfOrderReceived, _digestFailures, _decryptionFailures,
             _bytesSent, _bytesReceived, _kills, _byes, _unbuffered, _streamBytesCreated, _queuedBytes, _queuedBytesPeak,
             _sendWaiters, _sendWaits, _discardedAfterStall, _maxResendBurst, _smuxBufferedBytes, _smuxReceiveStalls, _smuxReceiveWaiting,
-            _injected;
+            _injected, _smuxNopsSent, _smuxNopsReceived, _smuxKeepAliveChecks, _smuxKeepAliveCloses, _idleTimeouts;
 
         /// <summary>WebSocket connections accepted with a valid token.</summary>
         public long Connections => Interlocked.Read(ref _connections);
@@ -119,6 +119,8 @@ namespace BastionTools.Sandbox
         public long OutOfOrderReceived => Interlocked.Read(ref _outOfOrderReceived);
         /// <summary>Received messages whose SHA-256 digest did not match (discarded without acknowledgement).</summary>
         public long DigestFailures => Interlocked.Read(ref _digestFailures);
+        /// <summary>Client payloads (Output, the challenge response) that did not decrypt with the session's key.</summary>
+        public long DecryptionFailures => Interlocked.Read(ref _decryptionFailures);
         public long BytesSent => Interlocked.Read(ref _bytesSent);
         public long BytesReceived => Interlocked.Read(ref _bytesReceived);
         /// <summary>Connections aborted (KillAfterBytes or a kill request).</summary>
@@ -152,6 +154,16 @@ namespace BastionTools.Sandbox
         public long SmuxReceiveWaiting => Interlocked.Read(ref _smuxReceiveWaiting);
         /// <summary>Messages (or fragments) sent by hostile injections.</summary>
         public long Injected => Interlocked.Read(ref _injected);
+        /// <summary>Mux with smux keepalive: NOP frames the agent's keepalive wrote.</summary>
+        public long SmuxNopsSent => Interlocked.Read(ref _smuxNopsSent);
+        /// <summary>Mux: NOP frames received from the client.</summary>
+        public long SmuxNopsReceived => Interlocked.Read(ref _smuxNopsReceived);
+        /// <summary>Mux with smux keepalive: timeout checks (one per KeepAliveTimeout) that found a frame from the client and kept the session.</summary>
+        public long SmuxKeepAliveChecks => Interlocked.Read(ref _smuxKeepAliveChecks);
+        /// <summary>Mux with smux keepalive: 1 once the agent closed the mux session because nothing had arrived for KeepAliveTimeout.</summary>
+        public long SmuxKeepAliveCloses => Interlocked.Read(ref _smuxKeepAliveCloses);
+        /// <summary>1 once the idle session timeout ended the session.</summary>
+        public long IdleTimeouts => Interlocked.Read(ref _idleTimeouts);
 
         internal void ObserveResendBurst(long count)
         {
@@ -178,6 +190,7 @@ namespace BastionTools.Sandbox
             ["duplicatesReceived"] = DuplicatesReceived,
             ["outOfOrderReceived"] = OutOfOrderReceived,
             ["digestFailures"] = DigestFailures,
+            ["decryptionFailures"] = DecryptionFailures,
             ["bytesSent"] = BytesSent,
             ["bytesReceived"] = BytesReceived,
             ["kills"] = Kills,
@@ -194,6 +207,11 @@ namespace BastionTools.Sandbox
             ["smuxReceiveStalls"] = SmuxReceiveStalls,
             ["smuxReceiveWaiting"] = SmuxReceiveWaiting,
             ["injected"] = Injected,
+            ["smuxNopsSent"] = SmuxNopsSent,
+            ["smuxNopsReceived"] = SmuxNopsReceived,
+            ["smuxKeepAliveChecks"] = SmuxKeepAliveChecks,
+            ["smuxKeepAliveCloses"] = SmuxKeepAliveCloses,
+            ["idleTimeouts"] = IdleTimeouts,
         };
     }
 }

@@ -31,7 +31,7 @@ namespace BastionTools.Sandbox
         /// <summary>The SessionType of the handshake (the agent's plugin name).</summary>
         public abstract string SessionType { get; }
         public abstract bool RequiresHandshake { get; }
-        public virtual JsonNode HandshakeProperties() => new JsonObject();
+        public virtual JsonNode? HandshakeProperties() => new JsonObject();
         public virtual string HandshakeCustomerMessage() => "";
         public virtual void OnHandshakeResponse(HandshakeResponsePayload response)
         {
@@ -102,6 +102,21 @@ namespace BastionTools.Sandbox
         public const string MuxSupportedClientVersion = "1.1.70";
         public const string KeepAliveDisabledAfterClientVersion = "1.2.331.0";
         public const string TerminateSessionFlagSupportedAfterAgentVersion = "2.3.722.0";
+        /// <summary>
+        /// The first release of commit 5bdad830 (port_mux.go: <c>config.KeepAliveDisabled = true</c> for every client). Before
+        /// it (3.0.222.0 to 3.1.1374.0) the smux server was <c>smux.Server(conn, nil)</c>: DefaultConfig, keepalive on.
+        /// </summary>
+        public const string KeepAliveOffFromAgentVersion = "3.1.1446.0";
+        /// <summary>The first release of commit 4426b37d: keepalive off only for clients above 1.2.331.0 (port.go muxKeepAliveDisabledAfterThisClientVersion).</summary>
+        public const string KeepAliveByClientVersionFromAgentVersion = "3.1.1575.0";
+
+        /// <summary>Whether an agent of <paramref name="agentVersion"/> runs smux keepalive for a client of <paramref name="clientVersion"/>.</summary>
+        public static bool AgentRunsKeepAlive(string agentVersion, string clientVersion)
+        {
+            if (SandboxVersion.Compare(agentVersion, KeepAliveOffFromAgentVersion) < 0) return true;
+            if (SandboxVersion.Compare(agentVersion, KeepAliveByClientVersionFromAgentVersion) < 0) return false;
+            return SandboxVersion.Compare(clientVersion, KeepAliveDisabledAfterClientVersion) <= 0;
+        }
 
         private AgentPlugin? _mode;
 
@@ -139,8 +154,7 @@ namespace BastionTools.Sandbox
             var localPortForwarding = string.Equals(Channel.Options.PortDocumentType, "LocalPortForwarding", StringComparison.Ordinal);
             if (agentHasMux && localPortForwarding && SandboxVersion.Compare(clientVersion, MuxSupportedClientVersion) >= 0)
             {
-                var keepAlive = SandboxVersion.Compare(clientVersion, KeepAliveDisabledAfterClientVersion) <= 0;
-                _mode = new MuxPortSession(Channel, Host, PortNumber, keepAlive);
+                _mode = new MuxPortSession(Channel, Host, PortNumber, AgentRunsKeepAlive(Channel.AgentVersion, clientVersion));
             }
             else
             {
@@ -322,7 +336,7 @@ namespace BastionTools.Sandbox
 
     /// <summary>
     /// Mux port mode (port_mux.go with xtaci/smux v1.5.15 DefaultConfig: version 1, MaxFrameSize 32768, MaxReceiveBuffer
-    /// 4194304, keepalive NOP every 10 s and a 30 s receive timeout unless the client is newer than 1.2.331.0). The smux
+    /// 4194304, keepalive NOP every 10 s and a 30 s receive timeout where <see cref="PortPlugin.AgentRunsKeepAlive"/>). The smux
     /// server's output is read in pieces of at most 1024 bytes, one output_stream_data each, so frames span messages.
     /// <para>
     /// Flow control as smux v1: data delivered to streams and not yet read by their destination writers takes tokens
@@ -429,7 +443,7 @@ namespace BastionTools.Sandbox
                     if (wait > TimeSpan.Zero) await Task.Delay(wait, cancellation).ConfigureAwait(false);
                     if (clock.Elapsed >= nextPing)
                     {
-                        await WriteFrameAsync(SmuxCommand.Nop, 0, null, 0, 0).ConfigureAwait(false);
+                        if (await WriteFrameAsync(SmuxCommand.Nop, 0, null, 0, 0).ConfigureAwait(false)) Interlocked.Increment(ref Channel.Counters._smuxNopsSent);
                         nextPing += interval;
                     }
                     if (clock.Elapsed >= nextCheck)
@@ -439,9 +453,11 @@ namespace BastionTools.Sandbox
                         if (Interlocked.Exchange(ref _dataReady, 0) == 0 && BucketTokens > 0)
                         {
                             Channel.Log("smux keepalive timeout: nothing received for " + timeout.TotalSeconds.ToString(CultureInfo.InvariantCulture) + " s, closing the mux session");
+                            Interlocked.Exchange(ref Channel.Counters._smuxKeepAliveCloses, 1);
                             _done.TrySetResult(null);
                             return;
                         }
+                        Interlocked.Increment(ref Channel.Counters._smuxKeepAliveChecks);
                     }
                 }
             }
@@ -594,6 +610,7 @@ namespace BastionTools.Sandbox
             switch (frame.Command)
             {
                 case SmuxCommand.Nop:
+                    Interlocked.Increment(ref Channel.Counters._smuxNopsReceived);
                     return;
                 case SmuxCommand.Syn:
                     lock (_gate)

@@ -172,7 +172,8 @@ namespace BastionTools.Sandbox
     }
 
     /// <summary>
-    /// Standard_Stream (SSM-SessionManagerRunShell): "sh" on a real pseudo-terminal, no handshake (no KMS in the sandbox).
+    /// Standard_Stream (SSM-SessionManagerRunShell): "sh" on a real pseudo-terminal, no handshake unless the session is
+    /// encrypted (the Session Manager preferences name a KMS key).
     /// The first output is read 1 s after the start (writePump's initial wait); each read of at most 1024 bytes is one
     /// output_stream_data (PayloadType 1). Size payloads resize the terminal. When the shell exits the session ends.
     /// </summary>
@@ -190,7 +191,10 @@ namespace BastionTools.Sandbox
 
         public override string Kind => "shell";
         public override string SessionType => "Standard_Stream";
+        // standardstream.go: no handshake of its own; one happens only when the session is encrypted (KMS), and then
+        // GetPluginParameters gives no properties.
         public override bool RequiresHandshake => false;
+        public override JsonNode? HandshakeProperties() => null;
 
         public override async Task<string?> RunAsync(CancellationToken cancellation)
         {

@@ -72,10 +72,21 @@ namespace BastionTools.Sandbox
         public TimeSpan InitialRoundTripTime { get; set; } = TimeSpan.FromMilliseconds(100);
         /// <summary>MaxTransmissionTimeout.</summary>
         public TimeSpan MaxRetransmissionTimeout { get; set; } = TimeSpan.FromSeconds(1);
-        /// <summary>smux KeepAliveInterval (NOP frames) when keepalive is on (client version &lt;= 1.2.331.0).</summary>
+        /// <summary>
+        /// smux KeepAliveInterval (NOP frames) where the agent runs keepalive (<see cref="PortPlugin.AgentRunsKeepAlive"/>:
+        /// agents 3.0.222.0 to 3.1.1374.0 for every client, 3.1.1575.0 on for clients up to 1.2.331.0). Read when a mux session starts.
+        /// </summary>
         public TimeSpan SmuxKeepAliveInterval { get; set; } = TimeSpan.FromSeconds(10);
-        /// <summary>smux KeepAliveTimeout: the mux session closes when nothing arrived for this long.</summary>
+        /// <summary>smux KeepAliveTimeout: the mux session closes when nothing arrived for this long (checked once per timeout). Read when a mux session starts.</summary>
         public TimeSpan SmuxKeepAliveTimeout { get; set; } = TimeSpan.FromSeconds(30);
+        /// <summary>
+        /// Session Manager's idle session timeout (the preferences document's idleSessionTimeout, 1 to 60 minutes, default 20):
+        /// a session with no stream data either way (input_stream_data from the client, new output_stream_data from the
+        /// agent; acknowledgements, pings and publication messages do not count) for this long is ended by the service:
+        /// channel_closed with <see cref="IdleTimeoutOutput"/>, close 1000, state TimedOut. Zero turns it off (not real).
+        /// Read live.
+        /// </summary>
+        public TimeSpan IdleSessionTimeout { get; set; } = TimeSpan.FromMinutes(20);
         /// <summary>The shell writePump waits this long before its first read (initialWaitSecond = 1).</summary>
         public TimeSpan ShellInitialOutputDelay { get; set; } = TimeSpan.FromSeconds(1);
         /// <summary>PrepareToCloseChannel: how long the end of a session waits for outstanding acknowledgements.</summary>
@@ -97,6 +108,15 @@ namespace BastionTools.Sandbox
         public string? PortDocumentType { get; set; } = "LocalPortForwarding";
         /// <summary>PS1 for the shell.</summary>
         public string ShellPrompt { get; set; } = "$ ";
+        /// <summary>The Output of channel_closed when the idle session timeout ends a session (what the official client prints after "SessionId: &lt;id&gt; : ").</summary>
+        public const string IdleTimeoutOutput = "Your session timed out due to inactivity and has been terminated.";
+        /// <summary>
+        /// appconfig Kms.RequireKMSChallengeResponse (default false): refuse a client whose KMSEncryption result does not
+        /// acknowledge the random challenge (the challenge then must be in the data key's encryption context).
+        /// </summary>
+        public bool RequireKmsChallengeResponse { get; set; }
+        /// <summary>Not the agent's behaviour: a fault in its session encryption, for the client's rejection tests.</summary>
+        public SandboxEncryptionFault EncryptionFault { get; set; }
         /// <summary>The Output of channel_closed when the session ends normally or by TerminateSession.</summary>
         public Func<SandboxSession, string> ChannelClosedOutput { get; set; } =
             s => "\n\nExiting session with sessionId: " + s.SessionId + ".\n\n";
@@ -154,6 +174,9 @@ namespace BastionTools.Sandbox
         /// <summary>"mux", "basic", "shell", "command" once the session's plugin runs; null before.</summary>
         public string? PluginKind(string sessionId) => _channels.TryGetValue(sessionId, out var c) ? c.PluginKind : null;
 
+        /// <summary>Whether the session's mux plugin runs smux keepalive; null when it is not a mux session (yet).</summary>
+        public bool? SmuxKeepAlive(string sessionId) => _channels.TryGetValue(sessionId, out var c) ? c.SmuxKeepAlive : null;
+
         /// <summary>Aborts the session's current WebSocket without a close frame. False when none is open.</summary>
         public bool Kill(string sessionId) => _channels.TryGetValue(sessionId, out var c) && c.Kill();
 
@@ -181,6 +204,24 @@ namespace BastionTools.Sandbox
         /// False for an unknown session.
         /// </summary>
         public bool TimeOut(string sessionId) => Host.Sessions.TimeOut(sessionId, Host.World.Clock.UtcNow);
+
+        /// <summary>
+        /// The agent on <paramref name="instanceId"/> restarts: every session on it that has not ended is ended by the agent
+        /// (its plugins are cancelled, the data channel drains and closes, the service sends channel_closed and the session
+        /// is Terminated), as when the agent stops (sessionplugin.go: PrepareToCloseChannel and Close after the plugin).
+        /// Returns how many sessions ended.
+        /// </summary>
+        public int RestartAgent(string instanceId)
+        {
+            var ended = 0;
+            foreach (var c in _channels.Values)
+            {
+                if (c.IsEnded || !string.Equals(c.Session.Target, instanceId, StringComparison.Ordinal)) continue;
+                ended++;
+                _ = c.EndAsync(null, drain: true);
+            }
+            return ended;
+        }
 
         /// <summary>Bytes queued for the session's current WebSocket and the producers waiting for room.</summary>
         public (long QueuedBytes, int Waiters) ConnectionQueue(string sessionId) =>
@@ -334,7 +375,8 @@ namespace BastionTools.Sandbox
         /// <summary>
         /// GET|POST /control/faults; GET|PUT|POST /control/agent (options: outputReadPauseMs, resendAllDue, ...);
         /// GET /control/sessions; GET /control/sessions/&lt;id&gt;; GET|POST|DELETE /control/sessions/&lt;id&gt;/faults;
-        /// POST /control/sessions/&lt;id&gt;/kill | bye | pause | start | agent-pause | agent-start | timeout;
+        /// POST /control/sessions/&lt;id&gt;/kill | bye | pause | start | agent-pause | agent-start | timeout | terminate;
+        /// POST /control/instances/&lt;id&gt;/restart-agent;
         /// POST /control/sessions/&lt;id&gt;/inject/far-ahead | endless-fragments | smux | start-publication-bare | pause-publication-bare.
         /// Returns (status, JSON body).
         /// </summary>
@@ -349,12 +391,44 @@ namespace BastionTools.Sandbox
                     else if (method != "GET") return (405, Error("Method not allowed."));
                     return (200, DescribeOptions().ToJsonString());
                 }
+                if (parts.Length == 2 && parts[1] == "preferences")
+                {
+                    // The Session Manager preferences (SSM-SessionManagerRunShell inputs) for sessions started from now on.
+                    if (method == "POST" || method == "PUT")
+                    {
+                        var input = ParseObject(body);
+                        foreach (var kv in input)
+                        {
+                            if (kv.Key != "kmsKeyId") throw new ArgumentException("Unknown preference " + kv.Key + ".");
+                        }
+                        Host.World.Preferences.KmsKeyId = input["kmsKeyId"] is JsonValue k && k.TryGetValue<string>(out var keyId) ? keyId : null;
+                    }
+                    else if (method != "GET") return (405, Error("Method not allowed."));
+                    return (200, new JsonObject { ["kmsKeyId"] = Host.World.Preferences.KmsKeyId }.ToJsonString());
+                }
+                if (parts.Length == 2 && parts[1] == "kms" && method == "GET") return (200, Host.World.Kms.Describe().ToJsonString());
+                if (parts.Length == 3 && parts[1] == "kms" && parts[2] == "issued-data-keys" && method == "GET")
+                {
+                    // For leak checks only: what GenerateDataKey handed out.
+                    var issued = new JsonArray();
+                    foreach (var (plaintext, blob) in Host.World.Kms.IssuedDataKeys)
+                    {
+                        issued.Add(new JsonObject { ["plaintext"] = Convert.ToBase64String(plaintext), ["ciphertextBlob"] = Convert.ToBase64String(blob) });
+                    }
+                    return (200, issued.ToJsonString());
+                }
                 if (parts.Length == 2 && parts[1] == "faults")
                 {
                     if (method == "POST" || method == "PUT") Faults = SandboxFaultOptions.FromJson(body);
                     else if (method == "DELETE") Faults = new SandboxFaultOptions();
                     else if (method != "GET") return (405, Error("Method not allowed."));
                     return (200, Faults.ToJson());
+                }
+                if (parts.Length == 4 && parts[1] == "instances" && parts[3] == "restart-agent" && method == "POST")
+                {
+                    var instanceId = Uri.UnescapeDataString(parts[2]);
+                    if (Host.World.FindInstance(instanceId) == null) return (404, Error("No instance " + instanceId + "."));
+                    return (200, new JsonObject { ["endedSessions"] = RestartAgent(instanceId) }.ToJsonString());
                 }
                 if (parts.Length == 2 && parts[1] == "sessions" && method == "GET")
                 {
@@ -391,6 +465,11 @@ namespace BastionTools.Sandbox
                             case "agent-start" when method == "POST":
                                 channel.SetPaused(false);
                                 return (200, new JsonObject { ["paused"] = false }.ToJsonString());
+                            case "terminate" when method == "POST":
+                                // What an administrator's TerminateSession API call does (SsmApi TerminateSession).
+                                Host.Sessions.Terminate(id, Host.World.Clock.UtcNow);
+                                Host.Sessions.TryGet(id, out var terminated);
+                                return (200, new JsonObject { ["state"] = terminated?.State.ToString() }.ToJsonString());
                             case "timeout" when method == "POST":
                                 TimeOut(id);
                                 Host.Sessions.TryGet(id, out var timedOut);
@@ -534,6 +613,11 @@ namespace BastionTools.Sandbox
             ["incomingMessageBufferCapacity"] = Options.IncomingMessageBufferCapacity,
             ["connectionQueueBytes"] = Options.ConnectionQueueBytes,
             ["smuxMaxReceiveBuffer"] = Options.SmuxMaxReceiveBuffer,
+            ["smuxKeepAliveIntervalMs"] = Options.SmuxKeepAliveInterval.TotalMilliseconds,
+            ["smuxKeepAliveTimeoutMs"] = Options.SmuxKeepAliveTimeout.TotalMilliseconds,
+            ["idleSessionTimeoutMs"] = Options.IdleSessionTimeout.TotalMilliseconds,
+            ["requireKmsChallengeResponse"] = Options.RequireKmsChallengeResponse,
+            ["encryptionFault"] = Options.EncryptionFault.ToString(),
         };
 
         /// <summary>Applies the fields present in a /control/agent body (all are checked before any is applied).</summary>
@@ -553,6 +637,16 @@ namespace BastionTools.Sandbox
             var incoming = ReadLong(input, "incomingMessageBufferCapacity", Options.IncomingMessageBufferCapacity, 0, int.MaxValue);
             var queue = ReadLong(input, "connectionQueueBytes", Options.ConnectionQueueBytes, 1, int.MaxValue);
             var smux = ReadLong(input, "smuxMaxReceiveBuffer", Options.SmuxMaxReceiveBuffer, 1, int.MaxValue);
+            var keepAliveInterval = ReadLong(input, "smuxKeepAliveIntervalMs", (long)Options.SmuxKeepAliveInterval.TotalMilliseconds, 1, 3_600_000);
+            var keepAliveTimeout = ReadLong(input, "smuxKeepAliveTimeoutMs", (long)Options.SmuxKeepAliveTimeout.TotalMilliseconds, 1, 3_600_000);
+            var idle = ReadLong(input, "idleSessionTimeoutMs", (long)Options.IdleSessionTimeout.TotalMilliseconds, 0, 24L * 3_600_000);
+            if (keepAliveTimeout < keepAliveInterval) throw new ArgumentException("smuxKeepAliveTimeoutMs must not be less than smuxKeepAliveIntervalMs (smux VerifyConfig).");
+            var requireChallenge = ReadBool(input, "requireKmsChallengeResponse", Options.RequireKmsChallengeResponse);
+            var fault = Options.EncryptionFault;
+            if (input["encryptionFault"] is JsonNode f && (f is not JsonValue fv || !fv.TryGetValue<string>(out var fs) || !Enum.TryParse(fs, ignoreCase: true, out fault)))
+            {
+                throw new ArgumentException("encryptionFault is one of " + string.Join(", ", Enum.GetNames<SandboxEncryptionFault>()) + ".");
+            }
             if (input.ContainsKey("outputReadPauseMs")) Options.OutputReadPause = TimeSpan.FromMilliseconds(pause);
             Options.ResendAllDue = resendAllDue;
             Options.ResendAllDueBurst = (int)burst;
@@ -561,6 +655,11 @@ namespace BastionTools.Sandbox
             Options.IncomingMessageBufferCapacity = (int)incoming;
             Options.ConnectionQueueBytes = (int)queue;
             Options.SmuxMaxReceiveBuffer = (int)smux;
+            if (input.ContainsKey("smuxKeepAliveIntervalMs")) Options.SmuxKeepAliveInterval = TimeSpan.FromMilliseconds(keepAliveInterval);
+            if (input.ContainsKey("smuxKeepAliveTimeoutMs")) Options.SmuxKeepAliveTimeout = TimeSpan.FromMilliseconds(keepAliveTimeout);
+            if (input.ContainsKey("idleSessionTimeoutMs")) Options.IdleSessionTimeout = TimeSpan.FromMilliseconds(idle);
+            Options.RequireKmsChallengeResponse = requireChallenge;
+            Options.EncryptionFault = fault;
         }
 
         private static string Error(string message) => new JsonObject { ["error"] = message }.ToJsonString();

@@ -35,7 +35,7 @@ namespace BastionTools.Sandbox
             AtUtc = atUtc;
         }
 
-        /// <summary>"ssm" or "ec2".</summary>
+        /// <summary>"ssm", "ec2" or "kms".</summary>
         public string Service { get; }
         public string Operation { get; }
         /// <summary>The access key id of a verified caller; null when verification failed.</summary>
@@ -78,6 +78,7 @@ namespace BastionTools.Sandbox
         private readonly SandboxHostOptions _options;
         private readonly SsmApi _ssm;
         private readonly Ec2Api _ec2;
+        private readonly KmsApi _kms;
         private readonly CancellationTokenSource _stopping = new();
         private readonly ConcurrentDictionary<Task, byte> _inFlight = new();
         private readonly ConcurrentDictionary<SandboxHttpConnection, byte> _connections = new();
@@ -94,6 +95,7 @@ namespace BastionTools.Sandbox
             if (World.Credentials.Count == 0) throw new ArgumentException("The sandbox world has no credentials.", nameof(world));
             _ssm = new SsmApi(this);
             _ec2 = new Ec2Api(this);
+            _kms = new KmsApi(this);
             Agent = new SandboxAgent(this, _options.Log);
             StreamHandler = Agent.HandleStreamAsync;
         }
@@ -113,6 +115,8 @@ namespace BastionTools.Sandbox
         /// <summary>Through the fault proxy when it runs (<see cref="ClientPort"/>), like <see cref="Ec2Endpoint"/> and <see cref="StreamUrlBase"/>.</summary>
         public Uri SsmEndpoint => new(ClientBaseUri, "ssm");
         public Uri Ec2Endpoint => new(ClientBaseUri, "ec2");
+        /// <summary>KMS (JSON 1.1, TrentService.*); the module derives it from -EndpointUrl .../ssm.</summary>
+        public Uri KmsEndpoint => new(ClientBaseUri, "kms");
         public string StreamUrlBase => "ws://127.0.0.1:" + ClientPort.ToString(CultureInfo.InvariantCulture) + "/streams";
         /// <summary>The fault-injection and counters endpoint (see <see cref="SandboxAgent"/>); always direct, never through the fault proxy.</summary>
         public Uri ControlEndpoint => new(BaseUri, "control/");
@@ -184,6 +188,7 @@ namespace BastionTools.Sandbox
             {
                 ["ssm"] = SsmEndpoint.ToString(),
                 ["ec2"] = Ec2Endpoint.ToString(),
+                ["kms"] = KmsEndpoint.ToString(),
                 ["streamUrlBase"] = StreamUrlBase,
                 ["control"] = ControlEndpoint.ToString(),
                 ["port"] = Port,
@@ -279,7 +284,11 @@ namespace BastionTools.Sandbox
                     return;
                 }
                 var request = SandboxRequest.From(context.Request);
-                if (request.Header("X-Amz-Target") != null)
+                if (request.Header("X-Amz-Target") is string amzTarget && amzTarget.StartsWith(KmsApi.TargetPrefix, StringComparison.Ordinal))
+                {
+                    await HandleKmsAsync(context, request).ConfigureAwait(false);
+                }
+                else if (request.Header("X-Amz-Target") != null)
                 {
                     await HandleSsmAsync(context, request).ConfigureAwait(false);
                 }
@@ -364,6 +373,33 @@ namespace BastionTools.Sandbox
                 {
                     new KeyValuePair<string, string>("x-amzn-RequestId", requestId),
                     new KeyValuePair<string, string>("x-amzn-ErrorType", errorType),
+                }).ConfigureAwait(false);
+            }
+        }
+
+        private async Task HandleKmsAsync(SandboxHttpContext context, SandboxRequest request)
+        {
+            var requestId = Guid.NewGuid().ToString();
+            var target = request.Header("X-Amz-Target") ?? "";
+            var operation = target.Substring(KmsApi.TargetPrefix.Length);
+            SandboxCredential? caller = null;
+            try
+            {
+                if (!string.Equals(request.Method, "POST", StringComparison.Ordinal)) throw SandboxError.Coral("UnknownOperationException", null);
+                caller = SigV4Verifier.Verify(request, SandboxProtocol.Json11, "kms", World);
+                var input = SsmApi.ParseBody(request.BodyText);
+                var output = _kms.Handle(operation, input, caller);
+                Record("kms", operation, caller.AccessKeyId, 200, null);
+                await WriteAsync(context.Response, 200, "application/x-amz-json-1.1", output, new[] { new KeyValuePair<string, string>("x-amzn-RequestId", requestId) }).ConfigureAwait(false);
+            }
+            catch (SandboxError error)
+            {
+                Record("kms", operation, caller?.AccessKeyId, error.Status, error.Code);
+                var body = new JsonObject { ["__type"] = error.TypePrefix == null ? error.Code : error.TypePrefix + "#" + error.Code };
+                if (error.ErrorMessage != null) body[error.LowerCaseMessageField ? "message" : "Message"] = error.ErrorMessage;
+                await WriteAsync(context.Response, error.Status, "application/x-amz-json-1.1", body.ToJsonString(), new[]
+                {
+                    new KeyValuePair<string, string>("x-amzn-RequestId", requestId),
                 }).ConfigureAwait(false);
             }
         }

@@ -33,16 +33,61 @@ namespace BastionTools.Sandbox
         Bare,
     }
 
-    /// <summary>One statement of a sandbox identity policy: Effect, Action patterns, Resource patterns. Nothing else is modelled.</summary>
+    /// <summary>
+    /// One condition of a statement: <c>StringEquals</c> or <c>StringLike</c> on <c>kms:EncryptionContext:&lt;key&gt;</c>, the
+    /// only condition keys the sandbox models (KMS evaluates them against the request's encryption context; the infra/
+    /// operator policy binds kms:GenerateDataKey to the bastion with <c>kms:EncryptionContext:aws:ssm:TargetId</c>).
+    /// True when the request has the key and its value equals (StringEquals, case-sensitive) or matches (StringLike, *
+    /// and ? wildcards, case-sensitive) one of <see cref="Values"/>; a request without the key does not match.
+    /// </summary>
+    public sealed class SandboxIamCondition
+    {
+        public const string EncryptionContextPrefix = "kms:EncryptionContext:";
+
+        public SandboxIamCondition(string @operator, string key, IEnumerable<string> values)
+        {
+            if (@operator != "StringEquals" && @operator != "StringLike")
+            {
+                throw new ArgumentException("Condition operator '" + @operator + "' is not modelled by the sandbox (only StringEquals and StringLike on " + EncryptionContextPrefix + "<key> are).", nameof(@operator));
+            }
+            if (!key.StartsWith(EncryptionContextPrefix, StringComparison.OrdinalIgnoreCase) || key.Length == EncryptionContextPrefix.Length)
+            {
+                throw new ArgumentException("Condition key '" + key + "' is not modelled by the sandbox (only " + EncryptionContextPrefix + "<key> is).", nameof(key));
+            }
+            Operator = @operator;
+            Key = key;
+            Values = values.ToList();
+            if (Values.Count == 0) throw new ArgumentException("Condition " + @operator + " " + key + " needs at least one value.", nameof(values));
+        }
+
+        public string Operator { get; }
+        /// <summary>The condition key, e.g. kms:EncryptionContext:aws:ssm:TargetId; looked up without regard to case, as IAM does.</summary>
+        public string Key { get; }
+        public IReadOnlyList<string> Values { get; }
+
+        internal bool Matches(IReadOnlyDictionary<string, string>? request)
+        {
+            if (request == null || !request.TryGetValue(Key, out var actual)) return false;
+            return Operator == "StringEquals"
+                ? Values.Any(v => string.Equals(v, actual, StringComparison.Ordinal))
+                : Values.Any(v => SandboxIamPolicy.Glob(v, ignoreCase: false).IsMatch(actual));
+        }
+    }
+
+    /// <summary>
+    /// One statement of a sandbox identity policy: Effect, Action patterns, Resource patterns, and optionally
+    /// <see cref="SandboxIamCondition"/>s (all must hold). Nothing else is modelled.
+    /// </summary>
     public sealed class SandboxIamStatement
     {
-        public SandboxIamStatement(string effect, IEnumerable<string> actions, IEnumerable<string> resources, string? sid = null)
+        public SandboxIamStatement(string effect, IEnumerable<string> actions, IEnumerable<string> resources, string? sid = null, IEnumerable<SandboxIamCondition>? conditions = null)
         {
             if (effect != "Allow" && effect != "Deny") throw new ArgumentException("Effect must be Allow or Deny, not '" + effect + "'.", nameof(effect));
             Effect = effect;
             Actions = actions.ToList();
             Resources = resources.ToList();
             Sid = sid;
+            Conditions = conditions?.ToList() ?? new List<SandboxIamCondition>();
             if (Actions.Count == 0) throw new ArgumentException("A statement needs at least one action.", nameof(actions));
             if (Resources.Count == 0) throw new ArgumentException("A statement needs at least one resource.", nameof(resources));
             foreach (var a in Actions)
@@ -57,10 +102,13 @@ namespace BastionTools.Sandbox
         /// <summary>ARN patterns (or *); * and ? are wildcards; case-sensitive; <c>${aws:username}</c> is the caller's user name.</summary>
         public IReadOnlyList<string> Resources { get; }
         public string? Sid { get; }
+        /// <summary>Conditions that must all hold for the statement to apply (empty: none).</summary>
+        public IReadOnlyList<SandboxIamCondition> Conditions { get; }
 
-        internal bool Matches(string action, string resource, SandboxCredential caller) =>
+        internal bool Matches(string action, string resource, SandboxCredential? caller, IReadOnlyDictionary<string, string>? conditionValues) =>
             Actions.Any(p => SandboxIamPolicy.Glob(p, ignoreCase: true).IsMatch(action))
-            && Resources.Any(p => SandboxIamPolicy.Glob(SandboxIamPolicy.Substitute(p, caller), ignoreCase: false).IsMatch(resource));
+            && Resources.Any(p => SandboxIamPolicy.Substitute(p, caller) is string pattern && SandboxIamPolicy.Glob(pattern, ignoreCase: false).IsMatch(resource))
+            && Conditions.All(c => c.Matches(conditionValues));
 
         internal JsonObject ToJson()
         {
@@ -69,6 +117,17 @@ namespace BastionTools.Sandbox
             o["Effect"] = Effect;
             o["Action"] = new JsonArray(Actions.Select(a => (JsonNode)JsonValue.Create(a)!).ToArray());
             o["Resource"] = new JsonArray(Resources.Select(r => (JsonNode)JsonValue.Create(r)!).ToArray());
+            if (Conditions.Count > 0)
+            {
+                var condition = new JsonObject();
+                foreach (var byOperator in Conditions.GroupBy(c => c.Operator))
+                {
+                    var block = new JsonObject();
+                    foreach (var c in byOperator) block[c.Key] = new JsonArray(c.Values.Select(v => (JsonNode)JsonValue.Create(v)!).ToArray());
+                    condition[byOperator.Key] = block;
+                }
+                o["Condition"] = condition;
+            }
             return o;
         }
     }
@@ -78,8 +137,10 @@ namespace BastionTools.Sandbox
     /// question every sandbox service asks, <see cref="Authorize"/>: may access key K do action A on resource R?
     /// A credential without a policy may do everything (as an administrator); one with a policy may do only what an Allow
     /// statement names and no Deny statement names. Only Effect, Action and Resource are modelled (with * and ?
-    /// wildcards and the <c>${aws:username}</c> variable): a policy with Condition, NotAction, NotResource or Principal is
-    /// refused when it is read, so nothing is silently allowed that AWS would not allow.
+    /// wildcards and the <c>${aws:username}</c> variable), and one kind of Condition: StringEquals / StringLike on
+    /// <c>kms:EncryptionContext:&lt;key&gt;</c> (<see cref="SandboxIamCondition"/>), which the KMS double supplies. A policy
+    /// with any other Condition, NotAction, NotResource or Principal is refused when it is read, so nothing is silently
+    /// allowed that AWS would not allow.
     /// The JSON form is IAM's: <c>{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["ssm:StartSession"],"Resource":["arn:…"]}]}</c>
     /// (Action and Resource may be a string or a list; Statement an object or a list).
     /// </summary>
@@ -97,30 +158,48 @@ namespace BastionTools.Sandbox
         public static SandboxIamPolicy Allow(IEnumerable<string> actions, params string[] resources) =>
             new(new[] { new SandboxIamStatement("Allow", actions, resources.Length == 0 ? new[] { "*" } : resources) });
 
-        /// <summary>Implicit deny unless an Allow statement matches; an explicit Deny always wins.</summary>
-        public SandboxIamDecision Evaluate(string action, string resource, SandboxCredential caller)
+        /// <summary>
+        /// Implicit deny unless an Allow statement matches; an explicit Deny always wins. <paramref name="conditionValues"/>:
+        /// the request's condition keys (e.g. kms:EncryptionContext:aws:ssm:TargetId → i-…), looked up without regard to
+        /// case; null or missing keys make statements with conditions on them not apply. <paramref name="caller"/> null:
+        /// an identity without a user name (an instance role), for which <c>${aws:username}</c> matches nothing.
+        /// </summary>
+        public SandboxIamDecision Evaluate(string action, string resource, SandboxCredential? caller, IReadOnlyDictionary<string, string>? conditionValues = null)
         {
-            if (Statements.Any(s => s.Effect == "Deny" && s.Matches(action, resource, caller))) return SandboxIamDecision.ExplicitDeny;
-            return Statements.Any(s => s.Effect == "Allow" && s.Matches(action, resource, caller)) ? SandboxIamDecision.Allowed : SandboxIamDecision.ImplicitDeny;
+            var values = conditionValues == null ? null : new Dictionary<string, string>(conditionValues, StringComparer.OrdinalIgnoreCase);
+            if (Statements.Any(s => s.Effect == "Deny" && s.Matches(action, resource, caller, values))) return SandboxIamDecision.ExplicitDeny;
+            return Statements.Any(s => s.Effect == "Allow" && s.Matches(action, resource, caller, values)) ? SandboxIamDecision.Allowed : SandboxIamDecision.ImplicitDeny;
         }
 
         /// <summary>
         /// May <paramref name="caller"/> do <paramref name="action"/> (e.g. "ssm:StartSession") on <paramref name="resource"/>
         /// (an ARN, or "*" for actions without resource-level permissions)? The answer carries the message AWS writes.
         /// </summary>
-        public static SandboxAuthorization Authorize(SandboxWorld world, SandboxCredential caller, string action, string resource)
+        /// <remarks><paramref name="conditionValues"/>: the request's condition keys (see <see cref="Evaluate"/>).</remarks>
+        public static SandboxAuthorization Authorize(SandboxWorld world, SandboxCredential caller, string action, string resource, IReadOnlyDictionary<string, string>? conditionValues = null)
         {
             var policy = caller.Policy;
-            var decision = policy == null ? SandboxIamDecision.Allowed : policy.Evaluate(action, resource, caller);
+            var decision = policy == null ? SandboxIamDecision.Allowed : policy.Evaluate(action, resource, caller, conditionValues);
             return new SandboxAuthorization(decision, caller.AccessKeyId, CallerArn(world, caller), action, resource);
         }
 
         /// <summary>The same, for an access key id (an unknown key is denied: it has no identity).</summary>
-        public static SandboxAuthorization Authorize(SandboxWorld world, string accessKeyId, string action, string resource)
+        public static SandboxAuthorization Authorize(SandboxWorld world, string accessKeyId, string action, string resource, IReadOnlyDictionary<string, string>? conditionValues = null)
         {
             var caller = world.FindCredential(accessKeyId);
             if (caller == null) return new SandboxAuthorization(SandboxIamDecision.ImplicitDeny, accessKeyId, "arn:aws:iam::" + world.AccountId + ":unknown/" + accessKeyId, action, resource);
-            return Authorize(world, caller, action, resource);
+            return Authorize(world, caller, action, resource, conditionValues);
+        }
+
+        /// <summary>
+        /// The condition keys KMS supplies for a request with this encryption context: kms:EncryptionContext:&lt;key&gt; → value
+        /// for each pair (AWS KMS developer guide, "kms:EncryptionContext:context-key").
+        /// </summary>
+        public static IReadOnlyDictionary<string, string> EncryptionContextConditions(IReadOnlyDictionary<string, string> encryptionContext)
+        {
+            var values = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
+            foreach (var kv in encryptionContext) values.TryAdd(SandboxIamCondition.EncryptionContextPrefix + kv.Key, kv.Value);
+            return values;
         }
 
         /// <summary>The caller's ARN as IAM names it in messages: <see cref="SandboxCredential.Arn"/>, else arn:aws:iam::&lt;account&gt;:user/&lt;UserName&gt;.</summary>
@@ -163,20 +242,34 @@ namespace BastionTools.Sandbox
             if (node is not JsonObject s) throw new InvalidDataException("A statement is a JSON object.");
             foreach (var key in s.Select(p => p.Key))
             {
-                if (key != "Sid" && key != "Effect" && key != "Action" && key != "Resource")
+                if (key != "Sid" && key != "Effect" && key != "Action" && key != "Resource" && key != "Condition")
                 {
-                    throw new InvalidDataException("Statement element '" + key + "' is not modelled by the sandbox (only Sid, Effect, Action and Resource are).");
+                    throw new InvalidDataException("Statement element '" + key + "' is not modelled by the sandbox (only Sid, Effect, Action, Resource and Condition on kms:EncryptionContext are).");
                 }
             }
             var effect = s["Effect"]?.GetValue<string>() ?? throw new InvalidDataException("A statement needs an Effect.");
             try
             {
-                return new SandboxIamStatement(effect, Strings(s["Action"], "Action"), Strings(s["Resource"], "Resource"), s["Sid"]?.GetValue<string>());
+                return new SandboxIamStatement(effect, Strings(s["Action"], "Action"), Strings(s["Resource"], "Resource"), s["Sid"]?.GetValue<string>(), ReadConditions(s["Condition"]));
             }
             catch (ArgumentException ex)
             {
                 throw new InvalidDataException(ex.Message, ex);
             }
+        }
+
+        /// <summary>{"StringEquals":{"kms:EncryptionContext:k":"v"|["v",…]},"StringLike":{…}}; anything else is refused.</summary>
+        private static List<SandboxIamCondition> ReadConditions(JsonNode? node)
+        {
+            var conditions = new List<SandboxIamCondition>();
+            if (node == null) return conditions;
+            if (node is not JsonObject blocks || blocks.Count == 0) throw new InvalidDataException("A Condition is an object of operators (the sandbox models StringEquals and StringLike on kms:EncryptionContext:<key>).");
+            foreach (var block in blocks)
+            {
+                if (block.Value is not JsonObject keys || keys.Count == 0) throw new InvalidDataException("Condition operator '" + block.Key + "' needs an object of condition keys.");
+                foreach (var key in keys) conditions.Add(new SandboxIamCondition(block.Key, key.Key, Strings(key.Value, "Condition " + block.Key + " " + key.Key)));
+            }
+            return conditions;
         }
 
         private static List<string> Strings(JsonNode? node, string name) => node switch
@@ -194,9 +287,17 @@ namespace BastionTools.Sandbox
 
         public override string ToString() => ToJson().ToJsonString();
 
-        /// <summary>The policy variables the sandbox knows: ${aws:username} (the credential's UserName).</summary>
-        internal static string Substitute(string pattern, SandboxCredential caller) =>
-            pattern.Replace("${aws:username}", caller.UserName, StringComparison.Ordinal);
+        /// <summary>
+        /// The policy variables the sandbox knows: ${aws:username} (the credential's UserName). Without a user (an
+        /// instance role) a pattern that uses it matches nothing (null), as IAM treats a resource with a variable that has
+        /// no value.
+        /// </summary>
+        internal static string? Substitute(string pattern, SandboxCredential? caller)
+        {
+            const string variable = "${aws:username}";
+            if (pattern.IndexOf(variable, StringComparison.Ordinal) < 0) return pattern;
+            return caller == null ? null : pattern.Replace(variable, caller.UserName, StringComparison.Ordinal);
+        }
 
         internal static Regex Glob(string pattern, bool ignoreCase)
         {

@@ -4,6 +4,7 @@ using System.IO;
 using System.Linq;
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using System.Threading;
 
 namespace BastionTools.Sandbox
 {
@@ -62,10 +63,23 @@ namespace BastionTools.Sandbox
         public string? Arn { get; set; }
         /// <summary>
         /// What this access key may do (<see cref="SandboxIamPolicy"/>); null: everything, as an administrator. Every
-        /// sandbox service asks <see cref="SandboxIamPolicy.Authorize(SandboxWorld, SandboxCredential, string, string)"/>.
+        /// sandbox service asks <see cref="SandboxIamPolicy.Authorize(SandboxWorld, SandboxCredential, string, string, IReadOnlyDictionary{string, string})"/>.
         /// Replaced whole (never changed in place), so a request sees one policy or the other.
         /// </summary>
         public SandboxIamPolicy? Policy { get; set; }
+    }
+
+    /// <summary>The inputs of the Session Manager preferences document the sandbox models.</summary>
+    public sealed class SessionManagerPreferences
+    {
+        private string? _kmsKeyId;
+
+        /// <summary>inputs.kmsKeyId: when set, the agent encrypts shell and command sessions with this key (not port sessions).</summary>
+        public string? KmsKeyId
+        {
+            get => Volatile.Read(ref _kmsKeyId);
+            set => Volatile.Write(ref _kmsKeyId, string.IsNullOrWhiteSpace(value) ? null : value);
+        }
     }
 
     /// <summary>A managed EC2 instance as both EC2 (DescribeInstances) and SSM (DescribeInstanceInformation, StartSession) see it. Mutable at run time.</summary>
@@ -105,6 +119,17 @@ namespace BastionTools.Sandbox
             }
         }
 
+        /// <summary>The instance profile's role name: the principal of the agent's own AWS calls (kms:Decrypt).</summary>
+        public string IamRole { get; set; } = DefaultIamRole;
+
+        public const string DefaultIamRole = "BastionInstanceRole";
+
+        /// <summary>
+        /// The identity policy of the instance's role (what IAM lets the agent's own calls do, e.g. kms:Decrypt on a key
+        /// whose key policy lets IAM decide). Null: the role may do everything IAM decides, as a credential without a policy.
+        /// </summary>
+        public SandboxIamPolicy? RolePolicy { get; set; }
+
         public string PrivateDnsName(string region) =>
             "ip-" + PrivateIpAddress.Replace('.', '-') + "." + (region == "us-east-1" ? "ec2.internal" : region + ".compute.internal");
     }
@@ -122,12 +147,27 @@ namespace BastionTools.Sandbox
         private readonly Dictionary<string, string> _hostMap = new(StringComparer.OrdinalIgnoreCase);
         private readonly Dictionary<string, (string Address, int Port)> _portMap = new(StringComparer.OrdinalIgnoreCase);
 
+        public SandboxWorld()
+        {
+            Kms = new SandboxKms(this);
+        }
+
         public string Region { get; set; } = "us-west-2";
         public string AccountId { get; set; } = "123456789012";
         public SandboxClock Clock { get; } = new();
 
         /// <summary>How EC2's UnauthorizedOperation is worded (<see cref="SandboxEc2DenialMessage"/>; default Encoded).</summary>
         public SandboxEc2DenialMessage Ec2DenialMessage { get; set; } = SandboxEc2DenialMessage.Encoded;
+
+        /// <summary>The account's KMS keys (see <see cref="SandboxKms"/>).</summary>
+        public SandboxKms Kms { get; }
+
+        /// <summary>
+        /// The account's Session Manager preferences (the SSM-SessionManagerRunShell document's inputs): the service puts
+        /// them into every session's document, and the agent reads kmsKeyId from there (docparser.go
+        /// parsePluginStateForStartSession → Configuration.KmsKeyId). Changes apply to sessions started afterwards.
+        /// </summary>
+        public SessionManagerPreferences Preferences { get; } = new();
 
         /// <summary>Accepted credentials; the first is the one printed as the sandbox's own.</summary>
         public IReadOnlyList<SandboxCredential> Credentials
@@ -173,8 +213,12 @@ namespace BastionTools.Sandbox
             }
         }
 
-        /// <summary>May access key <paramref name="accessKeyId"/> do <paramref name="action"/> on <paramref name="resource"/>? (<see cref="SandboxIamPolicy.Authorize(SandboxWorld, string, string, string)"/>)</summary>
-        public SandboxAuthorization Authorize(string accessKeyId, string action, string resource) => SandboxIamPolicy.Authorize(this, accessKeyId, action, resource);
+        /// <summary>
+        /// May access key <paramref name="accessKeyId"/> do <paramref name="action"/> on <paramref name="resource"/>, given the
+        /// request's condition keys? (<see cref="SandboxIamPolicy.Authorize(SandboxWorld, string, string, string, IReadOnlyDictionary{string, string})"/>)
+        /// </summary>
+        public SandboxAuthorization Authorize(string accessKeyId, string action, string resource, IReadOnlyDictionary<string, string>? conditionValues = null) =>
+            SandboxIamPolicy.Authorize(this, accessKeyId, action, resource, conditionValues);
 
         public SandboxWorld AddInstance(SandboxInstance instance)
         {
@@ -310,6 +354,7 @@ namespace BastionTools.Sandbox
         public static SandboxWorld CreateDefault()
         {
             var world = new SandboxWorld();
+            world.Kms.AddDefaults();
             world.AddCredential(new SandboxCredential { AccessKeyId = DefaultAccessKeyId, SecretAccessKey = DefaultSecretAccessKey, UserName = "sandbox-user" });
             world.AddInstance(new SandboxInstance
             {
@@ -333,8 +378,10 @@ namespace BastionTools.Sandbox
         /// Reads a world from JSON: {"region","accountId","clockOffsetSeconds","ec2DenialMessage":"Encoded|Detailed|Bare",
         /// "credentials":[{accessKeyId,secretAccessKey,sessionToken,userName,arn,policy:{"Statement":[...]}}],
         /// "instances":[{instanceId,name,tags{},pingStatus,agentVersion,platformType,platformName,platformVersion,platformDetails,privateIpAddress,state,...}],
-        /// "hostMap":{"db.example.internal":"127.0.0.1","db2.example.internal:5432":"127.0.0.1:15432"}}.
-        /// Missing credentials or instances fall back to those of <see cref="CreateDefault"/>.
+        /// "hostMap":{"db.example.internal":"127.0.0.1","db2.example.internal:5432":"127.0.0.1:15432"},
+        /// "kms":{"keys":[{keyId,description,aliases:["alias/x"],enabled,policy:[{effect,principals:[arn|"*"],actions:["kms:GenerateDataKey"]}]}]},
+        /// "sessionManagerPreferences":{"kmsKeyId":"alias/x"}}.
+        /// Missing credentials, instances or KMS keys fall back to those of <see cref="CreateDefault"/>; no preferences by default.
         /// </summary>
         public static SandboxWorld Load(string json)
         {
@@ -355,6 +402,9 @@ namespace BastionTools.Sandbox
             }
             foreach (var c in file.Credentials is { Count: > 0 } ? file.Credentials : defaults.Credentials.ToList()) world.AddCredential(c);
             foreach (var i in file.Instances ?? defaults.Instances.ToList()) world.AddInstance(i);
+            if (file.Kms?.Keys != null) world.Kms.Load(file.Kms.Keys);
+            else world.Kms.AddDefaults();
+            world.Preferences.KmsKeyId = file.SessionManagerPreferences?.KmsKeyId;
             if (file.HostMap != null)
             {
                 foreach (var h in file.HostMap)
@@ -385,6 +435,18 @@ namespace BastionTools.Sandbox
             public List<SandboxCredential>? Credentials { get; set; }
             public List<SandboxInstance>? Instances { get; set; }
             public Dictionary<string, string>? HostMap { get; set; }
+            public KmsFile? Kms { get; set; }
+            public PreferencesFile? SessionManagerPreferences { get; set; }
+        }
+
+        private sealed class KmsFile
+        {
+            public List<SandboxKms.KeyFile>? Keys { get; set; }
+        }
+
+        private sealed class PreferencesFile
+        {
+            public string? KmsKeyId { get; set; }
         }
     }
 }

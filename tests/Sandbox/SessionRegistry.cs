@@ -59,6 +59,11 @@ namespace BastionTools.Sandbox
         public int TokenCount { get; internal set; } = 1;
         public SandboxSessionState State { get; internal set; } = SandboxSessionState.Connecting;
         public DateTime? EndedUtc { get; internal set; }
+        /// <summary>
+        /// inputs.kmsKeyId of the session's document: the Session Manager preferences when the session started (the
+        /// service merges them into the document the agent receives); null for no session encryption.
+        /// </summary>
+        public string? KmsKeyId { get; internal set; }
 
         public bool IsPortForwarding => DocumentName == SsmDocuments.PortForwarding || DocumentName == SsmDocuments.PortForwardingToRemoteHost;
         public bool IsShell => DocumentName == SsmDocuments.Shell;

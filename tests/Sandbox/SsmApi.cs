@@ -78,6 +78,7 @@ namespace BastionTools.Sandbox
             }
 
             var session = _host.Sessions.Add(caller.UserName, target, effectiveDocument, documentName != null, parameters, reason, caller.AccessKeyId, World.Clock.UtcNow);
+            session.KmsKeyId = World.Preferences.KmsKeyId;
             return SessionResponse(session);
         }
 

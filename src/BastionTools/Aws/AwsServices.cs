@@ -7,6 +7,8 @@ using System.Threading.Tasks;
 using Amazon;
 using Amazon.EC2;
 using Amazon.EC2.Model;
+using Amazon.KeyManagementService;
+using Amazon.KeyManagementService.Model;
 using Amazon.Runtime;
 using Amazon.SimpleSystemsManagement;
 using Amazon.SimpleSystemsManagement.Model;
@@ -30,7 +32,29 @@ namespace BastionTools.Aws
         public DateTime? LastPingDateTime { get; set; }
     }
 
-    /// <summary>The AWS calls the engine makes (SSM and EC2), behind an interface so engine tests can count them.</summary>
+    /// <summary>
+    /// A KMS data key: the plaintext (secret: never logged, cleared on Dispose) and the ciphertext blob the agent
+    /// decrypts with kms:Decrypt.
+    /// </summary>
+    internal sealed class DataKey : IDisposable
+    {
+        public DataKey(byte[] plaintext, byte[] ciphertextBlob, string? keyArn)
+        {
+            Plaintext = plaintext;
+            CiphertextBlob = ciphertextBlob;
+            KeyArn = keyArn;
+        }
+
+        public byte[] Plaintext { get; }
+        public byte[] CiphertextBlob { get; }
+        public string? KeyArn { get; }
+
+        public void Dispose() => Array.Clear(Plaintext, 0, Plaintext.Length);
+
+        public override string ToString() => "DataKey(" + (KeyArn ?? "?") + ")";
+    }
+
+    /// <summary>The AWS calls the engine makes (SSM, EC2, KMS), behind an interface so engine tests can count them.</summary>
     internal interface IAwsApi
     {
         Task<StreamEndpoint> StartSessionAsync(string target, string? documentName, IDictionary<string, List<string>> parameters, string? reason, CancellationToken cancellationToken);
@@ -45,6 +69,12 @@ namespace BastionTools.Aws
 
         /// <summary>EC2 instances matching ids, a Name tag or tags, joined with SSM's instance information.</summary>
         Task<IReadOnlyList<InstanceRecord>> FindInstancesAsync(IReadOnlyCollection<string>? instanceIds, string? name, IDictionary<string, string>? tags, CancellationToken cancellationToken);
+
+        /// <summary>
+        /// kms:GenerateDataKey for session encryption. Failures are BastionToolsExceptions with the session-encryption
+        /// ErrorIds (SessionEncryptionDenied for AccessDenied, SessionEncryptionFailed for the rest).
+        /// </summary>
+        Task<DataKey> GenerateDataKeyAsync(string keyId, IDictionary<string, string> encryptionContext, int numberOfBytes, CancellationToken cancellationToken);
 
         /// <summary>EC2's view only (ec2:DescribeInstances): instances matching ids, a Name tag or tags, not terminated.</summary>
         Task<IReadOnlyList<InstanceRecord>> DescribeInstancesAsync(IReadOnlyCollection<string>? instanceIds, string? name, IDictionary<string, string>? tags, CancellationToken cancellationToken);
@@ -69,6 +99,7 @@ namespace BastionTools.Aws
     {
         private readonly AmazonSimpleSystemsManagementClient _ssm;
         private readonly AmazonEC2Client _ec2;
+        private readonly Lazy<AmazonKeyManagementServiceClient> _kms;
 
         public AwsApi(ResolvedCredentials credentials, string region, string? endpointUrl, string? ec2EndpointUrl = null)
         {
@@ -88,16 +119,31 @@ namespace BastionTools.Aws
             }
             _ssm = new AmazonSimpleSystemsManagementClient(credentials.SdkCredentials, ssmConfig);
             _ec2 = new AmazonEC2Client(credentials.SdkCredentials, ec2Config);
+            // KMS is needed only by sessions the agent encrypts: the client is made on first use.
+            _kms = new Lazy<AmazonKeyManagementServiceClient>(() =>
+            {
+                var kmsConfig = new AmazonKeyManagementServiceConfig { MaxErrorRetry = 4, Timeout = TimeSpan.FromSeconds(30) };
+                if (!string.IsNullOrEmpty(endpointUrl))
+                {
+                    kmsConfig.ServiceURL = ServiceUrl(endpointUrl!, "kms");
+                    kmsConfig.AuthenticationRegion = region;
+                }
+                else
+                {
+                    kmsConfig.RegionEndpoint = RegionEndpoint.GetBySystemName(region);
+                }
+                return new AmazonKeyManagementServiceClient(credentials.SdkCredentials, kmsConfig);
+            }, LazyThreadSafetyMode.ExecutionAndPublication);
         }
 
         /// <summary>
-        /// -EndpointUrl names one URL for the module's service calls. A URL that ends in /ssm or /ec2 (as the
-        /// sandbox prints them) is taken for that service and its sibling derived; any other URL is used as it is.
+        /// -EndpointUrl names one URL for the module's service calls. A URL that ends in /ssm, /ec2 or /kms (as the
+        /// sandbox prints them) is taken for that service and its siblings derived; any other URL is used as it is.
         /// </summary>
         internal static string ServiceUrl(string endpointUrl, string service)
         {
             var url = endpointUrl.TrimEnd('/');
-            foreach (var known in new[] { "/ssm", "/ec2" })
+            foreach (var known in new[] { "/ssm", "/ec2", "/kms" })
             {
                 if (url.EndsWith(known, StringComparison.OrdinalIgnoreCase))
                 {
@@ -214,6 +260,41 @@ namespace BastionTools.Aws
             }
         }
 
+        public async Task<DataKey> GenerateDataKeyAsync(string keyId, IDictionary<string, string> encryptionContext, int numberOfBytes, CancellationToken cancellationToken)
+        {
+            var request = new GenerateDataKeyRequest
+            {
+                KeyId = keyId,
+                NumberOfBytes = numberOfBytes,
+                EncryptionContext = new Dictionary<string, string>(encryptionContext, StringComparer.Ordinal),
+            };
+            GenerateDataKeyResponse response;
+            try
+            {
+                response = await _kms.Value.GenerateDataKeyAsync(request, cancellationToken).ConfigureAwait(false);
+            }
+            catch (AmazonServiceException ex)
+            {
+                throw AwsErrors.MapKms(ex, keyId);
+            }
+            catch (AmazonClientException ex)
+            {
+                throw new BastionToolsException(ErrorIds.AwsServiceUnreachable, ErrorCategory.ConnectionError,
+                    "AWS KMS could not be reached: " + Redactor.RedactPatterns(ex.Message), keyId, inner: ex);
+            }
+            var plaintext = response.Plaintext.ToArray();
+            var blob = response.CiphertextBlob.ToArray();
+            response.Plaintext.Position = 0;
+            if (response.Plaintext.TryGetBuffer(out var buffer) && buffer.Array != null) Array.Clear(buffer.Array, buffer.Offset, buffer.Count);
+            if (plaintext.Length != numberOfBytes)
+            {
+                Array.Clear(plaintext, 0, plaintext.Length);
+                throw new BastionToolsException(ErrorIds.SessionEncryptionFailed, ErrorCategory.ProtocolError,
+                    $"AWS KMS returned a data key of {plaintext.Length} bytes for {numberOfBytes} requested.", keyId);
+            }
+            return new DataKey(plaintext, blob, response.KeyId);
+        }
+
         private static IEnumerable<List<string>> Batch(List<string> items, int size)
         {
             for (var i = 0; i < items.Count; i += size) yield return items.GetRange(i, Math.Min(size, items.Count - i));
@@ -246,12 +327,49 @@ namespace BastionTools.Aws
         {
             _ssm.Dispose();
             _ec2.Dispose();
+            if (_kms.IsValueCreated) _kms.Value.Dispose();
         }
     }
 
     /// <summary>AWS error codes → ErrorIds, categories and messages that say what to do.</summary>
     internal static class AwsErrors
     {
+        /// <summary>
+        /// KMS errors of kms:GenerateDataKey for session encryption: AccessDenied (the key policy or IAM policy does not
+        /// allow it) is SessionEncryptionDenied; a missing, disabled or unusable key is SessionEncryptionFailed;
+        /// credential, signature and throttling errors keep their general ErrorIds.
+        /// </summary>
+        public static BastionToolsException MapKms(AmazonServiceException ex, string keyId)
+        {
+            var code = ex.ErrorCode ?? "";
+            var message = Redactor.RedactPatterns(ex.Message ?? code);
+            switch (code)
+            {
+                case "AccessDeniedException":
+                case "AccessDenied":
+                    return new BastionToolsException(ErrorIds.SessionEncryptionDenied, ErrorCategory.PermissionDenied,
+                        $"The agent asked for a KMS-encrypted session, and AWS KMS denied kms:GenerateDataKey on {keyId}: {message}", keyId,
+                        "Ask for kms:GenerateDataKey on the Session Manager key (the kmsKeyId of the Session Manager preferences) in your IAM policy and the key policy.", ex);
+                case "NotFoundException":
+                    return new BastionToolsException(ErrorIds.SessionEncryptionFailed, ErrorCategory.ObjectNotFound,
+                        $"The KMS key the Session Manager preferences name ({keyId}) was not found: {message}", keyId,
+                        "Check kmsKeyId in the Session Manager preferences (SSM-SessionManagerRunShell) and the region.", ex);
+                case "DisabledException":
+                case "KMSInvalidStateException":
+                case "KeyUnavailableException":
+                    return new BastionToolsException(ErrorIds.SessionEncryptionFailed, ErrorCategory.ResourceUnavailable,
+                        $"The KMS key {keyId} cannot be used now: {message}", keyId, "Enable the key, or point the Session Manager preferences at a usable key.", ex);
+                case "UnrecognizedClientException":
+                case "InvalidSignatureException":
+                case "ExpiredTokenException":
+                case "ThrottlingException":
+                    return Map(ex, keyId);
+                default:
+                    return new BastionToolsException(ErrorIds.SessionEncryptionFailed, ErrorCategory.NotSpecified,
+                        $"AWS KMS refused the session's data key ({code}): {message}", keyId, null, ex);
+            }
+        }
+
         /// <summary>
         /// The README's "Permissions" section lists, per cmdlet, the actions and resources it needs; denials point there.
         /// </summary>

@@ -47,11 +47,18 @@ namespace BastionTools.Commands
         /// </summary>
         internal virtual int? ReconnectTimeoutSeconds => null;
 
+        /// <summary>
+        /// -KeepAlive on the tunnel-making cmdlets: an idle tunnel sends a smux NOP every
+        /// <see cref="DataChannelOptions.RequestedKeepAliveInterval"/>, overriding the administrator's idle session timeout.
+        /// </summary>
+        internal virtual bool KeepAliveRequested => false;
+
         /// <summary>The data channel options of a session this command opens.</summary>
         internal DataChannelOptions NewChannelOptions()
         {
             var options = new DataChannelOptions();
             if (ReconnectTimeoutSeconds is int seconds) options.ReconnectTimeout = TimeSpan.FromSeconds(seconds);
+            if (KeepAliveRequested) options.IdleKeepAlive = DataChannelOptions.RequestedKeepAliveInterval;
             return options;
         }
 
@@ -114,6 +121,10 @@ namespace BastionTools.Commands
             if (!started) return null;
 
             if (engine.CustomerMessage is { } message) WriteCustomerMessage(message);
+            if (KeepAliveRequested && engine.Mode == PortForwardingMode.Basic)
+            {
+                WriteWarningSafe($"-KeepAlive has no effect: this session forwards in basic mode (agent {engine.AgentVersion}: up to 3.0.196.0, or a session document whose type is not LocalPortForwarding), which has no no-op message; the idle session timeout applies.");
+            }
 
             // The session outlives this command: keep the AWS clients for ResumeSession/TerminateSession.
             KeepApiAlive();

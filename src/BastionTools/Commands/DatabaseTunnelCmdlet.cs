@@ -78,6 +78,17 @@ namespace BastionTools.Commands
 
         internal override int? ReconnectTimeoutSeconds => ReconnectTimeoutSec;
 
+        /// <summary>
+        /// Keep the tunnel this command opens open while idle by sending a no-op every 30 s of silence. This overrides the
+        /// idle session timeout your administrator set in Session Manager (a security control): use it only where that is
+        /// allowed. Without it an idle tunnel ends at the timeout and Connect-IamPostgres reopens it on next use.
+        /// Ignored with -Session (the session has its own).
+        /// </summary>
+        [Parameter]
+        public SwitchParameter KeepAlive { get; set; }
+
+        internal override bool KeepAliveRequested => KeepAlive.IsPresent;
+
         /// <summary>The trust bundle: -SslRootCertificate or the shipped one; it must exist. Warns about weak modes.</summary>
         internal string ResolveTrust()
         {
@@ -124,6 +135,7 @@ namespace BastionTools.Commands
             {
                 return StartPortForwarding(Selector(), new PortForwardingRequest { RemoteHost = DbHost, RemotePort = DbPort }, activityName);
             }
+            if (KeepAlive) WriteWarningSafe("-KeepAlive is ignored with -Session: the session keeps the setting it was started with.");
             if (Session.State != "Connected" && Session.State != "Reconnecting")
             {
                 ThrowTerminatingError(new BastionToolsException(ErrorIds.BastionSessionFailed, ErrorCategory.ResourceUnavailable,

@@ -71,12 +71,28 @@ namespace BastionTools.Commands
             var session = OpenTunnel("Connect-IamPostgres", out var owns);
             if (session == null) return;
 
-            var options = DataSourceOptions(session, bundle, UserName);
-            options.CommandTimeoutSeconds = CommandTimeout;
-            IamDataSource source;
+            var keys = KeySource();
+            var redactor = Redactor;
+            IamDataSource NewSource(int port)
+            {
+                var options = DataSourceOptions(session, bundle, UserName);
+                options.ConnectPort = port;
+                options.CommandTimeoutSeconds = CommandTimeout;
+                return new IamDataSource(options, keys, redactor);
+            }
+
+            // A tunnel this command opens is reopened when it ends on its own (idle timeout, TerminateSession, agent
+            // restart): the same bastion selector, destination and options, a new session.
+            ReopeningConnection.Reopen? reopen = null;
+            if (owns)
+            {
+                var opener = new TunnelOpener(GetApi(), Selector(), new PortForwardingRequest { RemoteHost = DbHost, RemotePort = DbPort }, NewChannelOptions());
+                reopen = opener.OpenAsync;
+            }
+            ReopeningConnection engine;
             try
             {
-                source = new IamDataSource(options, KeySource(), Redactor);
+                engine = new ReopeningConnection(session, NewSource, reopen);
             }
             catch (Exception ex) when (ex is InvalidDataException || ex is System.Security.Cryptography.CryptographicException || ex is FormatException)
             {
@@ -88,7 +104,7 @@ namespace BastionTools.Commands
 
             if (Interactive)
             {
-                RunPsql(source, session, owns);
+                RunPsql(engine.Source, session, owns);
                 return;
             }
 
@@ -99,7 +115,7 @@ namespace BastionTools.Commands
             {
                 opened = TryRun(async ct =>
                 {
-                    using var conn = await source.OpenAsync(ct).ConfigureAwait(false);
+                    using var conn = await engine.Source.OpenAsync(ct).ConfigureAwait(false);
                     return conn.PostgreSqlVersion.ToString();
                 }, out version);
             }
@@ -108,12 +124,20 @@ namespace BastionTools.Commands
                 // Also when the error stops the pipeline (-ErrorAction Stop throws out of WriteError): no tunnel is left behind.
                 if (!opened)
                 {
-                    source.Dispose();
+                    engine.Source.Dispose();
                     CloseTunnel(session, owns);
                 }
             }
             if (!opened) return;
-            var connection = new IamPostgresConnection(source, session, owns, version);
+            if (owns)
+            {
+                engine.SessionReplaced += (old, fresh) =>
+                {
+                    SessionRegistry.Remove(old);
+                    SessionRegistry.Add(fresh);
+                };
+            }
+            var connection = new IamPostgresConnection(engine, version);
             ConnectionRegistry.Add(connection);
             WriteObject(connection);
         }
@@ -223,12 +247,8 @@ namespace BastionTools.Commands
         {
             if (!c.IsOpen) return;
             c.IsOpen = false;
-            c.Source.Dispose();
-            if (c.OwnsSession)
-            {
-                c.Session.Engine.StopAsync().GetAwaiter().GetResult();
-                SessionRegistry.Remove(c.Session);
-            }
+            c.Engine.Dispose();
+            if (c.OwnsSession) SessionRegistry.Remove(c.Session);
             ConnectionRegistry.Remove(c);
         }
     }

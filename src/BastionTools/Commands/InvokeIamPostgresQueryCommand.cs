@@ -19,6 +19,7 @@ namespace BastionTools.Commands
     public sealed class InvokeIamPostgresQueryCommand : PSCmdlet
     {
         private NpgsqlCommand? _running;
+        private CmdletPump? _pump;
 
         [Parameter(Mandatory = true, ValueFromPipelineByPropertyName = true)]
         [ValidateNotNull]
@@ -85,12 +86,24 @@ namespace BastionTools.Commands
             {
                 try
                 {
-                    conn = connection.Source.OpenAsync(default).GetAwaiter().GetResult();
+                    // A tunnel that ended on its own is replaced first (narrated on Verbose); then a pooled connection.
+                    using var pump = new CmdletPump();
+                    _pump = pump;
+                    conn = pump.Run(ct => connection.Engine.OpenAsync(line => pump.Post(() => WriteVerbose(Redactor.RedactPatterns(line))), ct));
                 }
                 catch (BastionToolsException ex)
                 {
                     WriteError(ex.ToErrorRecord());
                     return;
+                }
+                catch (OperationCanceledException)
+                {
+                    // Ctrl-C while the tunnel was being reopened: PowerShell stops the pipeline.
+                    return;
+                }
+                finally
+                {
+                    _pump = null;
                 }
                 if (Transaction) tx = conn.BeginTransaction();
                 using var cmd = new NpgsqlCommand(sql, conn, tx);
@@ -157,6 +170,7 @@ namespace BastionTools.Commands
         {
             try
             {
+                _pump?.Cancel();
                 _running?.Cancel();
             }
             catch (Exception)

@@ -130,6 +130,21 @@ namespace BastionTools.Commands
 
         internal override int? ReconnectTimeoutSeconds => ReconnectTimeoutSec;
 
+        /// <summary>
+        /// Keep the tunnel open while idle by sending a no-op every 30 s of silence. This overrides the idle session
+        /// timeout your administrator set in Session Manager (a security control): use it only where that is allowed.
+        /// Without it, an idle tunnel ends at that timeout (State Closed, ClosedErrorId BastionSessionTimedOut).
+        /// </summary>
+        [Parameter(ParameterSetName = ParameterSets.TargetRemoteHost)]
+        [Parameter(ParameterSetName = ParameterSets.NameRemoteHost)]
+        [Parameter(ParameterSetName = ParameterSets.TagRemoteHost)]
+        [Parameter(ParameterSetName = ParameterSets.TargetPort)]
+        [Parameter(ParameterSetName = ParameterSets.NamePort)]
+        [Parameter(ParameterSetName = ParameterSets.TagPort)]
+        public SwitchParameter KeepAlive { get; set; }
+
+        internal override bool KeepAliveRequested => KeepAlive.IsPresent;
+
         /// <summary>Block until Ctrl-C, then stop the session.</summary>
         [Parameter(ParameterSetName = ParameterSets.TargetRemoteHost)]
         [Parameter(ParameterSetName = ParameterSets.NameRemoteHost)]
@@ -245,7 +260,13 @@ namespace BastionTools.Commands
             {
                 shell.StopAsync(terminate: closure == null || !closure.ByRemote).GetAwaiter().GetResult();
             }
-            if (closure?.Error != null)
+            if (shell.Encrypted) WriteVerboseSafe($"Session data was encrypted with AWS KMS ({shell.KmsKeyId}) as the account's Session Manager preferences ask.");
+            if (closure?.Error is BastionToolsException known)
+            {
+                // Session encryption refused or broken, and other failures that know their ErrorId.
+                WriteError(known.ToErrorRecord());
+            }
+            else if (closure?.Error != null)
             {
                 var timedOut = closure.End == ChannelEnd.SessionExpired;
                 WriteError(new BastionToolsException(timedOut ? ErrorIds.BastionSessionTimedOut : ErrorIds.BastionSessionFailed,
@@ -286,7 +307,8 @@ namespace BastionTools.Commands
                 while (!completion.IsCompleted)
                 {
                     batch.Clear();
-                    while (Console.KeyAvailable && batch.Count < 4096) batch.AddRange(KeyMapper.Map(Console.ReadKey(intercept: true)));
+                    // Keys wait in the console until the agent takes input (after the handshake of an encrypted session).
+                    while (shell.AcceptsInput && Console.KeyAvailable && batch.Count < 4096) batch.AddRange(KeyMapper.Map(Console.ReadKey(intercept: true)));
                     if (batch.Count > 0) shell.SendInputAsync(batch.ToArray(), CancellationToken.None).GetAwaiter().GetResult();
                     if (DateTime.UtcNow - lastSizeCheck > TimeSpan.FromMilliseconds(250))
                     {
@@ -346,13 +368,17 @@ namespace BastionTools.Commands
         {
             var errorId = session.Engine.ClosedErrorId;
             if (errorId == null) return;
-            WriteError(new BastionToolsException(errorId,
-                errorId == ErrorIds.BastionSessionTimedOut ? ErrorCategory.OperationTimeout
-                    : errorId == ErrorIds.AwsAccessDenied ? ErrorCategory.PermissionDenied : ErrorCategory.ConnectionError,
-                session.Engine.ClosedReason ?? "The session ended.", session.SessionId,
-                errorId == ErrorIds.BastionSessionTimedOut ? "Start a new session."
-                    : errorId == ErrorIds.AwsAccessDenied ? "Ask for ssm:ResumeSession on your own sessions (arn:aws:ssm:<region>:<account>:session/<user name>-*), then start a new session."
-                    : "Check the network path to Systems Manager, then start a new session.").ToErrorRecord());
+            var (category, action) = errorId switch
+            {
+                ErrorIds.BastionSessionTimedOut => (ErrorCategory.OperationTimeout,
+                    "Session Manager's idle session timeout ended it. Start a new session; -KeepAlive keeps an idle tunnel open where your administrator allows it, and Connect-IamPostgres connections reopen their tunnel on their own."),
+                ErrorIds.BastionSessionTerminated => (ErrorCategory.OperationStopped,
+                    "The session was terminated (TerminateSession by an administrator, or the bastion's agent stopped or restarted). Start a new session."),
+                ErrorIds.AwsAccessDenied => (ErrorCategory.PermissionDenied,
+                    "Ask for ssm:ResumeSession on your own sessions (arn:aws:ssm:<region>:<account>:session/<user name>-*), then start a new session."),
+                _ => (ErrorCategory.ConnectionError, "Check the network path to Systems Manager, then start a new session."),
+            };
+            WriteError(new BastionToolsException(errorId, category, session.Engine.ClosedReason ?? "The session ended.", session.SessionId, action).ToErrorRecord());
         }
     }
 }

@@ -36,11 +36,15 @@ namespace BastionTools
         public const string BastionSessionNotFound = "BastionSessionNotFound";
         public const string BastionSessionFailed = "BastionSessionFailed";
         public const string BastionSessionTimedOut = "BastionSessionTimedOut";
+        public const string BastionSessionTerminated = "BastionSessionTerminated";
         public const string BastionHandshakeFailed = "BastionHandshakeFailed";
         public const string LocalPortUnavailable = "LocalPortUnavailable";
         public const string ShellNeedsTerminal = "ShellNeedsTerminal";
         public const string RemoteStandardError = "RemoteStandardError";
         public const string RemoteCommandFailed = "RemoteCommandFailed";
+        public const string SessionEncryptionDenied = "SessionEncryptionDenied";
+        public const string SessionEncryptionFailed = "SessionEncryptionFailed";
+        public const string SessionDecryptionFailed = "SessionDecryptionFailed";
 
         // PostgreSQL
         public const string DatabaseTlsFailed = "DatabaseTlsFailed";

@@ -79,6 +79,21 @@ namespace BastionTools
 
         public string? ClosedReason => Engine.ClosedReason;
 
+        /// <summary>
+        /// How many sessions this tunnel had before this one: a Connect-IamPostgres connection opens a new session in
+        /// place of one that ended on its own (idle timeout, TerminateSession, agent restart). 0 for a first session.
+        /// </summary>
+        public int Reopens { get; internal set; }
+
+        /// <summary>The session this one replaced, when it replaced one.</summary>
+        public string? PreviousSessionId { get; internal set; }
+
+        /// <summary>Why the replaced session ended: its ErrorId (BastionSessionTimedOut, BastionSessionTerminated, BastionSessionFailed).</summary>
+        public string? PreviousEndErrorId { get; internal set; }
+
+        /// <summary>Why the replaced session ended, in words.</summary>
+        public string? PreviousEndReason { get; internal set; }
+
         /// <summary>The session's recent events (no secrets).</summary>
         public string[] Events => Engine.Events.Snapshot();
 

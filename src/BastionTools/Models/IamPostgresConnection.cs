@@ -5,21 +5,23 @@ namespace BastionTools
 {
     /// <summary>
     /// A pooled connection to an RDS PostgreSQL database through a bastion, logging in with IAM tokens
-    /// (Connect-IamPostgres). Usable for hours: every new physical connection gets a fresh token.
+    /// (Connect-IamPostgres). Usable for hours: every new physical connection gets a fresh token, and a tunnel that
+    /// Session Manager ended (idle timeout, TerminateSession, agent restart) is replaced by a new session on next use.
     /// </summary>
     public sealed class IamPostgresConnection
     {
-        internal IamPostgresConnection(IamDataSource dataSource, BastionSession session, bool ownsSession, string serverVersion)
+        internal IamPostgresConnection(ReopeningConnection engine, string serverVersion)
         {
-            Source = dataSource;
-            Session = session;
-            OwnsSession = ownsSession;
+            Engine = engine;
             ServerVersion = serverVersion;
             OpenedTime = DateTime.Now;
         }
 
-        internal IamDataSource Source { get; }
-        internal bool OwnsSession { get; }
+        internal ReopeningConnection Engine { get; }
+
+        internal IamDataSource Source => Engine.Source;
+
+        internal bool OwnsSession => Engine.OwnsSession;
 
         /// <summary>The RDS endpoint (what the token is signed for and the certificate names).</summary>
         public string Endpoint => Source.Options.Endpoint;
@@ -31,17 +33,35 @@ namespace BastionTools
         /// <summary>The local end of the tunnel the connections go through.</summary>
         public int LocalPort => Source.Options.ConnectPort;
 
+        /// <summary>The session of the tunnel in use now.</summary>
         public string SessionId => Session.SessionId;
 
-        /// <summary>The tunnel (a BastionSession, also listed by Get-BastionSession).</summary>
-        public BastionSession Session { get; }
+        /// <summary>The tunnel in use now (a BastionSession, also listed by Get-BastionSession).</summary>
+        public BastionSession Session => Engine.Session;
 
         public string ServerVersion { get; }
         public RdsSslMode SslMode => Source.Options.SslMode;
         public DateTime OpenedTime { get; }
         public bool IsOpen { get; internal set; } = true;
-        public string State => IsOpen && Session.State == "Connected" ? "Open" : IsOpen ? Session.State : "Closed";
-        public int TokensIssued => Source.TokensIssued;
+        /// <summary>
+        /// Open (usable: also when its own tunnel ended on its own, since the next use reopens it), Closed
+        /// (Disconnect-IamPostgres), or the tunnel's state when that is the connection's limit (Reconnecting, or an ended
+        /// -Session tunnel).
+        /// </summary>
+        public string State => !IsOpen ? "Closed" : Session.State == "Connected" || Engine.WillReopen ? "Open" : Session.State;
+        public int TokensIssued => Engine.TokensIssued;
+
+        /// <summary>How many times the tunnel was replaced by a new session because the previous one ended on its own.</summary>
+        public int TunnelReopens => Engine.Reopens;
+
+        /// <summary>The ErrorId of the last tunnel that ended on its own (BastionSessionTimedOut, BastionSessionTerminated, BastionSessionFailed).</summary>
+        public string? LastTunnelEndErrorId => Engine.LastEndErrorId;
+
+        /// <summary>Why the last tunnel that ended on its own did.</summary>
+        public string? LastTunnelEndReason => Engine.LastEndReason;
+
+        /// <summary>When the tunnel was last replaced.</summary>
+        public DateTime? LastTunnelReopenTime => Engine.LastReopenUtc?.ToLocalTime();
 
         public override string ToString() => $"{UserName}@{Endpoint}:{Port}/{Database} via {Session.Target} (127.0.0.1:{LocalPort})";
     }

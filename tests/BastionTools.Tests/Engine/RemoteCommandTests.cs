@@ -137,6 +137,7 @@ namespace BastionTools.Tests.Engine
             public Task<IReadOnlyList<InstanceRecord>> FindInstancesAsync(IReadOnlyCollection<string>? instanceIds, string? name, IDictionary<string, string>? tags, CancellationToken cancellationToken) => _inner.FindInstancesAsync(instanceIds, name, tags, cancellationToken);
             public Task<IReadOnlyList<InstanceRecord>> DescribeInstancesAsync(IReadOnlyCollection<string>? instanceIds, string? name, IDictionary<string, string>? tags, CancellationToken cancellationToken) => _inner.DescribeInstancesAsync(instanceIds, name, tags, cancellationToken);
             public Task JoinInstanceInformationAsync(IReadOnlyList<InstanceRecord> records, CancellationToken cancellationToken) => _inner.JoinInstanceInformationAsync(records, cancellationToken);
+            public Task<DataKey> GenerateDataKeyAsync(string keyId, IDictionary<string, string> encryptionContext, int numberOfBytes, CancellationToken cancellationToken) => _inner.GenerateDataKeyAsync(keyId, encryptionContext, numberOfBytes, cancellationToken);
         }
 
         [Theory(Timeout = 120_000)]

@@ -302,6 +302,11 @@ namespace BastionTools.Tests.Engine
                 Assert.Equal(sent, serverReceived);
                 Assert.Equal(serverSent, received);
                 Assert.True(session.Channel!.Reconnects >= 2, $"expected several resumed connections, saw {session.Channel.Reconnects}");
+                // Byes keep coming every 400 ms until the fault is lifted: at any instant the session may be between two
+                // connections. Once lifted, it settles on a connection and stays there.
+                _f.Host.Agent.Faults = new SandboxFaultOptions();
+                var settle = System.Diagnostics.Stopwatch.StartNew();
+                while (session.State != SessionState.Connected && settle.Elapsed < TimeSpan.FromSeconds(60)) await Task.Delay(20);
                 Assert.Equal(SessionState.Connected, session.State);
             }
             finally
@@ -358,6 +363,8 @@ namespace BastionTools.Tests.Engine
                 Assert.Same(session.Completion, done);
                 Assert.Equal(SessionState.Closed, session.State);
                 Assert.Contains("Exiting session with sessionId: " + session.SessionId, session.ClosedReason);
+                Assert.Equal(ErrorIds.BastionSessionTerminated, session.ClosedErrorId);
+                Assert.True(session.EndedOnItsOwn);
                 using var probe = new TcpClient();
                 await Assert.ThrowsAnyAsync<SocketException>(() => probe.ConnectAsync(IPAddress.Loopback, session.LocalEndPoint!.Port));
             }

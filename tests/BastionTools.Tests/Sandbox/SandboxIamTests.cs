@@ -89,6 +89,10 @@ namespace BastionTools.Tests.Sandbox
 
         [Theory]
         [InlineData("""{"Statement":[{"Effect":"Allow","Action":"ssm:StartSession","Resource":"*","Condition":{"Bool":{"ssm:SessionDocumentAccessCheck":"true"}}}]}""", "Condition")]
+        [InlineData("""{"Statement":[{"Effect":"Allow","Action":"ssm:ResumeSession","Resource":"*","Condition":{"StringLike":{"ssm:resourceTag/aws:ssmmessages:session-id":"${aws:userid}"}}}]}""", "ssm:resourceTag")]
+        [InlineData("""{"Statement":[{"Effect":"Allow","Action":"kms:GenerateDataKey","Resource":"*","Condition":{"StringEqualsIfExists":{"kms:EncryptionContext:aws:ssm:TargetId":"i-1"}}}]}""", "StringEqualsIfExists")]
+        [InlineData("""{"Statement":[{"Effect":"Allow","Action":"kms:GenerateDataKey","Resource":"*","Condition":{"StringEquals":{"kms:EncryptionContext:":"i-1"}}}]}""", "kms:EncryptionContext:")]
+        [InlineData("""{"Statement":[{"Effect":"Allow","Action":"kms:GenerateDataKey","Resource":"*","Condition":{}}]}""", "Condition")]
         [InlineData("""{"Statement":[{"Effect":"Allow","NotAction":"ssm:StartSession","Resource":"*"}]}""", "NotAction")]
         [InlineData("""{"Statement":[{"Effect":"Allow","Action":"ssm:StartSession"}]}""", "Resource")]
         [InlineData("""{"Statement":[{"Effect":"Maybe","Action":"ssm:StartSession","Resource":"*"}]}""", "Effect")]
@@ -97,6 +101,35 @@ namespace BastionTools.Tests.Sandbox
         {
             var ex = Assert.Throws<InvalidDataException>(() => SandboxIamPolicy.Parse(json));
             Assert.Contains(named, ex.Message);
+        }
+
+        [Fact]
+        public void EncryptionContextConditions_AreEvaluated_AndWrittenBackInIamsForm()
+        {
+            var world = SandboxWorld.CreateDefault();
+            var policy = SandboxIamPolicy.Parse("""
+                {"Version":"2012-10-17","Statement":[
+                  {"Sid":"EncryptSessionData","Effect":"Allow","Action":"kms:GenerateDataKey","Resource":"arn:aws:kms:us-west-2:123456789012:key/k1",
+                   "Condition":{"StringEquals":{"kms:EncryptionContext:aws:ssm:TargetId":["i-0a1b2c3d4e5f60001","i-0a1b2c3d4e5f60002"]}}},
+                  {"Effect":"Deny","Action":"kms:*","Resource":"*","Condition":{"StringLike":{"kms:EncryptionContext:aws:ssm:SessionId":"blocked-*"}}}
+                ]}
+                """);
+            var alice = Operator(policy);
+            world.AddCredential(alice);
+            IReadOnlyDictionary<string, string> Context(string target, string session = "alice-1") =>
+                SandboxIamPolicy.EncryptionContextConditions(new Dictionary<string, string> { ["aws:ssm:TargetId"] = target, ["aws:ssm:SessionId"] = session });
+            const string key = "arn:aws:kms:us-west-2:123456789012:key/k1";
+
+            Assert.True(world.Authorize(alice.AccessKeyId, "kms:GenerateDataKey", key, Context("i-0a1b2c3d4e5f60002")).Allowed);
+            Assert.Equal(SandboxIamDecision.ImplicitDeny, world.Authorize(alice.AccessKeyId, "kms:GenerateDataKey", key, Context("i-0a1b2c3d4e5f60003")).Decision);
+            Assert.Equal(SandboxIamDecision.ImplicitDeny, world.Authorize(alice.AccessKeyId, "kms:GenerateDataKey", key).Decision);
+            Assert.Equal(SandboxIamDecision.ExplicitDeny, world.Authorize(alice.AccessKeyId, "kms:GenerateDataKey", key, Context("i-0a1b2c3d4e5f60001", "blocked-7")).Decision);
+
+            var written = policy.ToJson();
+            var condition = written["Statement"]![0]!["Condition"]!["StringEquals"]!["kms:EncryptionContext:aws:ssm:TargetId"]!.AsArray();
+            Assert.Equal(new[] { "i-0a1b2c3d4e5f60001", "i-0a1b2c3d4e5f60002" }, condition.Select(v => v!.GetValue<string>()));
+            Assert.Null(written["Statement"]![0]!["Condition"]!["StringLike"]);
+            Assert.Equal(written.ToJsonString(), SandboxIamPolicy.FromJson(written).ToJson().ToJsonString());
         }
 
         [Fact]

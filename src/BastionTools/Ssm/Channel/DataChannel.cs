@@ -95,6 +95,7 @@ namespace BastionTools.Ssm
         private ChannelState _state = ChannelState.Connecting;
         private Task? _timerLoop;
         private Task? _writerLoop;
+        private SessionCipher? _cipher;
 
         public DataChannel(StreamEndpoint endpoint, DataChannelOptions options, Action<AgentMessage> onStreamMessage,
             Func<CancellationToken, Task<StreamEndpoint?>> resume, Action<string>? log = null)
@@ -116,6 +117,49 @@ namespace BastionTools.Ssm
         public Task<DataChannelClosure> Completion => _closed.Task;
 
         public bool IsClosed => _closed.Task.IsCompleted;
+
+        /// <summary>True once <see cref="EnableEncryption"/> was called: Output is encrypted, Output/StdErr/ExitCode decrypted.</summary>
+        public bool IsEncrypted => Volatile.Read(ref _cipher) != null;
+
+        /// <summary>
+        /// Turns on session data encryption (KMSEncryption accepted in the handshake). From now on the Output payloads
+        /// this side sends are encrypted (session-manager-plugin streaming.go SendInputDataMessage encrypts PayloadType
+        /// Output only), and the Output, StdErr and ExitCode payloads the agent sends are decrypted (streaming.go
+        /// HandleOutputMessage; the agent's SendStreamDataMessage encrypts exactly those three). Handshake, challenge,
+        /// Size and Flag payloads stay clear in both directions. Call it before the HandshakeResponse goes out: the
+        /// agent encrypts only after it has read that response. A payload that does not decrypt ends the channel with
+        /// SessionDecryptionFailed. The channel owns the cipher from then on.
+        /// </summary>
+        public void EnableEncryption(SessionCipher cipher)
+        {
+            if (cipher == null) throw new ArgumentNullException(nameof(cipher));
+            if (Interlocked.CompareExchange(ref _cipher, cipher, null) != null) throw new InvalidOperationException("Encryption is already on for this channel.");
+        }
+
+        /// <summary>Ends the channel from this side because of <paramref name="error"/> (it becomes the closure's Error).</summary>
+        public async Task FailAsync(Exception error)
+        {
+            IMessageTransport? transport;
+            lock (_gate) transport = _transport;
+            Close(new DataChannelClosure(ChannelEnd.Failed, null, error), abort: false);
+            if (transport != null && Interlocked.Exchange(ref _closing, 1) == 0)
+            {
+                try
+                {
+                    using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(2));
+                    await transport.CloseAsync(1000, "Bye", cts.Token).ConfigureAwait(false);
+                }
+                catch (Exception)
+                {
+                    // The socket is going away anyway.
+                }
+                transport.Abort();
+                transport.Dispose();
+            }
+        }
+
+        private static bool IsEncryptedFromAgent(PayloadType type) =>
+            type == PayloadType.Output || type == PayloadType.StdErr || type == PayloadType.ExitCode;
 
         /// <summary>Raised (on a pool thread) when the channel loses or regains its connection, or closes.</summary>
         public event Action<ChannelState>? StateChanged;
@@ -265,6 +309,16 @@ namespace BastionTools.Ssm
         public Task SendAsync(PayloadType payloadType, byte[] payload, CancellationToken cancellationToken)
             => SendAsync(payloadType, payload, 0, payload.Length, cancellationToken);
 
+        /// <summary>
+        /// Sends a control payload (HandshakeResponse, EncChallengeResponse) as one message whatever its size: the agent
+        /// parses each message's payload as a whole JSON document (the official client sends these unsplit too).
+        /// </summary>
+        public Task SendWholeAsync(PayloadType payloadType, byte[] payload, CancellationToken cancellationToken)
+        {
+            if (payloadType == PayloadType.Output) throw new ArgumentException("Output is a byte stream: use SendAsync.", nameof(payloadType));
+            return SendOneAsync(payloadType, payload, cancellationToken);
+        }
+
         public Task SendFlagAsync(PayloadTypeFlag flag, CancellationToken cancellationToken)
         {
             var payload = new byte[4];
@@ -297,7 +351,9 @@ namespace BastionTools.Ssm
                     _window.Release();
                     ThrowIfClosed();
                 }
-                var message = ClientMessages.InputStreamData(_nextOutgoingSequence++, payloadType, chunk);
+                var cipher = _cipher;
+                var payload = cipher != null && payloadType == PayloadType.Output ? cipher.Encrypt(chunk) : chunk;
+                var message = ClientMessages.InputStreamData(_nextOutgoingSequence++, payloadType, payload);
                 var outgoing = new Outgoing(message, AgentMessageCodec.Encode(message));
                 outgoing.Node = _unacked.AddLast(outgoing);
                 _unackedBySequence.Add(message.SequenceNumber, outgoing);
@@ -646,6 +702,24 @@ namespace BastionTools.Ssm
         private void Deliver(AgentMessage message)
         {
             Statistics.Received(message.Payload.Length);
+            var cipher = Volatile.Read(ref _cipher);
+            if (cipher != null && IsEncryptedFromAgent(message.PayloadType))
+            {
+                try
+                {
+                    message = message.WithPayload(cipher.Decrypt(message.Payload));
+                }
+                catch (Exception ex) when (ex is SessionDecryptionException || ex is ObjectDisposedException)
+                {
+                    if (IsClosed) return;
+                    _log($"{message.PayloadType} #{message.SequenceNumber} did not decrypt: the session is closed.");
+                    Close(new DataChannelClosure(ChannelEnd.Failed, null, new BastionToolsException(ErrorIds.SessionDecryptionFailed,
+                        System.Management.Automation.ErrorCategory.SecurityError,
+                        $"An encrypted {message.PayloadType} message (#{message.SequenceNumber}) of session {SessionId} failed AES-GCM authentication: it was altered on the way, or encrypted with another key. The session was closed.",
+                        SessionId, "Start a new session; if it happens again, report it: the session data did not come from the agent unchanged.")));
+                    return;
+                }
+            }
             try
             {
                 _onStreamMessage(message);
@@ -929,6 +1003,8 @@ namespace BastionTools.Ssm
                 _transport = null;
                 _state = ChannelState.Closed;
                 _reorder.Clear();
+                // Senders encrypt under this lock after checking the channel is open: the keys go only after them.
+                Interlocked.Exchange(ref _cipher, null)?.Dispose();
             }
             _outbox.Writer.TryComplete();
             _lifetime.Cancel();

@@ -138,10 +138,26 @@ namespace BastionTools.Ssm
         public TimeSpan PongTimeout { get; set; } = TimeSpan.FromSeconds(5);
 
         /// <summary>
-        /// Multiplexed port sessions send a smux NOP when they have sent nothing for this long, so that an idle tunnel is
-        /// not ended by the Session Manager idle timeout (20 minutes by default). Zero turns it off.
+        /// With -KeepAlive: multiplexed port sessions send a smux NOP when they have sent nothing for this long, so that
+        /// an idle tunnel is not ended by Session Manager's idle session timeout (1 to 60 minutes, set by the account's
+        /// administrator; 20 by default). That timeout is a security control, so this is off (zero) unless asked for.
         /// </summary>
-        public TimeSpan IdleKeepAlive { get; set; } = TimeSpan.FromMinutes(5);
+        public TimeSpan IdleKeepAlive { get; set; } = TimeSpan.Zero;
+
+        /// <summary>
+        /// <see cref="IdleKeepAlive"/> with -KeepAlive: 30 s, half the shortest idle session timeout an administrator can
+        /// set (1 minute), so a NOP always falls within it.
+        /// </summary>
+        public static readonly TimeSpan RequestedKeepAliveInterval = TimeSpan.FromSeconds(30);
+
+        /// <summary>
+        /// For agents that run smux keepalive (<see cref="SmuxKeepAlive.AgentRequiresKeepAlive"/>: 3.0.222.0 to 3.1.1374.0,
+        /// and later ones for clients up to 1.2.331.0), which close the mux session after 30 s without a frame from the
+        /// client: a NOP is sent when nothing has been sent for this long (smux's KeepAliveInterval, 10 s), as the official
+        /// client does. Such an agent sends its own NOP every 10 s too (AWS turned its keepalive off in 3.1.1446.0 because
+        /// it "breaks idle session timeout"), so the client's NOPs take nothing from the administrator there.
+        /// </summary>
+        public TimeSpan AgentKeepAliveInterval { get; set; } = SmuxKeepAlive.Interval;
 
         /// <summary>How the WebSocket connects (timeout, proxy, message size bound).</summary>
         public WebSocketTransportOptions Transport { get; set; } = new();

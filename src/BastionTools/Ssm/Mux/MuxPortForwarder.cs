@@ -73,12 +73,13 @@ namespace BastionTools.Ssm
         private int _connectErrorsPending;
         private long _lastSentTicks = DateTime.UtcNow.Ticks;
         private long _framesSent;
+        private long _nopsSent;
 
         /// <param name="sender">Where frames go (the data channel).</param>
         /// <param name="stats">Connection counters of the session.</param>
         /// <param name="log">Narration (Verbose).</param>
         /// <param name="queues">How much connections may hold before a client that reads nothing is reset (null: the defaults).</param>
-        /// <param name="keepAlive">Idle time after which a NOP is sent; zero for none.</param>
+        /// <param name="keepAlive">Time without anything sent after which a NOP is sent; zero for none.</param>
         /// <param name="fatal">Called once if the agent's smux stream can no longer be framed (the tunnel is unusable).</param>
         public MuxPortForwarder(IStreamSender sender, ConnectionStatistics stats, Action<string> log, ConnectionQueuePolicy? queues = null,
             TimeSpan keepAlive = default, Action<string>? fatal = null)
@@ -88,6 +89,7 @@ namespace BastionTools.Ssm
             _log = log;
             _queues = queues ?? new ConnectionQueuePolicy();
             _fatal = fatal;
+            KeepAliveInterval = keepAlive > TimeSpan.Zero ? keepAlive : TimeSpan.Zero;
             if (keepAlive > TimeSpan.Zero) _ = Task.Run(() => KeepAliveLoopAsync(keepAlive));
         }
 
@@ -98,10 +100,16 @@ namespace BastionTools.Ssm
         /// <summary>Frames sent so far, NOPs included (for tests and statistics).</summary>
         public long FramesSent => Interlocked.Read(ref _framesSent);
 
+        /// <summary>Keepalive NOP frames sent so far.</summary>
+        public long NopsSent => Interlocked.Read(ref _nopsSent);
+
+        /// <summary>The keepalive: a NOP after this long without anything sent; zero when none is sent.</summary>
+        public TimeSpan KeepAliveInterval { get; private set; }
+
         /// <summary>
         /// A smux NOP frame whenever nothing has been sent for <paramref name="interval"/>: input the agent reads and
-        /// discards, which keeps an idle tunnel's data channel active (Session Manager ends idle sessions) without
-        /// touching any connection.
+        /// discards, without touching any connection. It keeps an agent that runs smux keepalive from closing an idle
+        /// tunnel, and (with -KeepAlive) keeps the data channel active against the idle session timeout.
         /// </summary>
         private async Task KeepAliveLoopAsync(TimeSpan interval)
         {
@@ -113,6 +121,7 @@ namespace BastionTools.Ssm
                     await Task.Delay(tick, _lifetime.Token).ConfigureAwait(false);
                     if (DateTime.UtcNow.Ticks - Interlocked.Read(ref _lastSentTicks) < interval.Ticks) continue;
                     await SendFrameAsync(SmuxCommand.Nop, 0, null, 0, _lifetime.Token).ConfigureAwait(false);
+                    Interlocked.Increment(ref _nopsSent);
                 }
                 catch (OperationCanceledException)
                 {

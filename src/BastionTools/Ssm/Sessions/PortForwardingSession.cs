@@ -111,6 +111,7 @@ namespace BastionTools.Ssm
         private IPortForwarder? _forwarder;
         private Task? _acceptLoop;
         private int _stopped;
+        private Handshake.Answer? _handshake;
 
         public PortForwardingSession(IAwsApi api, PortForwardingRequest request, DataChannelOptions channelOptions)
         {
@@ -229,6 +230,14 @@ namespace BastionTools.Ssm
                 case PayloadType.HandshakeRequest:
                     OnHandshakeRequest(message);
                     break;
+                case PayloadType.EncChallengeRequest:
+                    var answer = _handshake;
+                    _ = Task.Run(async () =>
+                    {
+                        var failure = await Handshake.AnswerChallengeAsync(_channel!, answer?.Cipher, message, Events.Write).ConfigureAwait(false);
+                        if (failure != null) await _channel!.FailAsync(failure).ConfigureAwait(false);
+                    });
+                    break;
                 case PayloadType.HandshakeComplete:
                     CustomerMessage = Handshake.ReadCustomerMessage(message, Events.Write);
                     if (_forwarder == null) CreateForwarder(null);
@@ -245,6 +254,12 @@ namespace BastionTools.Ssm
                         Events.Write("Flag from the agent: " + flag + ".");
                         if (flag == PayloadTypeFlag.TerminateSession)
                         {
+                            if (Volatile.Read(ref _stopped) == 0 && ClosedErrorId == null)
+                            {
+                                ClosedReason = "The bastion's agent ended the session (TerminateSession).";
+                                ClosedErrorId = ErrorIds.BastionSessionTerminated;
+                                Events.Write("Session ended: " + ClosedReason);
+                            }
                             _ = Task.Run(() => StopAsync(terminate: false));
                         }
                         else
@@ -272,7 +287,16 @@ namespace BastionTools.Ssm
             {
                 try
                 {
-                    await Handshake.RespondAsync(_channel!, _channelOptions.ClientVersion, answer).ConfigureAwait(false);
+                    // The agent never asks for KMS on port sessions (sessionplugin.go isEncryptionEnabled), but if one did,
+                    // it is answered as for a shell, and a refusal ends the session.
+                    _handshake = answer;
+                    var failure = await Handshake.RespondAsync(_channel!, _channelOptions.ClientVersion, answer, _api, _request.Target, Events.Write).ConfigureAwait(false);
+                    if (failure != null)
+                    {
+                        await _channel!.FlushAsync(TimeSpan.FromSeconds(2), CancellationToken.None).ConfigureAwait(false);
+                        await _channel.FailAsync(failure).ConfigureAwait(false);
+                        return;
+                    }
                     Events.Write($"Handshake: agent {answer.Request.AgentVersion}, {answer.PortType ?? "port"} session.");
                 }
                 catch (Exception ex) when (ex is System.IO.IOException || ex is OperationCanceledException)
@@ -291,8 +315,34 @@ namespace BastionTools.Ssm
                 && string.Equals(portType, LocalPortForwardingType, StringComparison.Ordinal);
             var sender = new DataChannelSender(_channel!);
             _forwarder = mux
-                ? new MuxPortForwarder(sender, Connections, Events.Write, _channelOptions.ConnectionQueues, _channelOptions.IdleKeepAlive, OnForwarderBroken)
+                ? new MuxPortForwarder(sender, Connections, Events.Write, _channelOptions.ConnectionQueues, MuxKeepAlive(), OnForwarderBroken)
                 : new BasicPortForwarder(sender, Connections, Events.Write, _channelOptions.ConnectionQueues);
+            if (!mux && _channelOptions.IdleKeepAlive > TimeSpan.Zero)
+            {
+                Events.Write($"Keepalive: agent {AgentVersion ?? "?"} forwards in basic mode, which has no frame that reaches the agent without reaching the destination: nothing is sent, and the idle session timeout applies.");
+            }
+        }
+
+        /// <summary>
+        /// How often the multiplexed session sends a NOP when idle: every <see cref="DataChannelOptions.AgentKeepAliveInterval"/>
+        /// for an agent that closes idle mux sessions (smux keepalive), every <see cref="DataChannelOptions.IdleKeepAlive"/>
+        /// with -KeepAlive, the shorter of the two when both apply; otherwise never, so the administrator's idle session
+        /// timeout ends an idle tunnel.
+        /// </summary>
+        private TimeSpan MuxKeepAlive()
+        {
+            var interval = TimeSpan.Zero;
+            if (SmuxKeepAlive.AgentRequiresKeepAlive(AgentVersion, _channelOptions.ClientVersion) && _channelOptions.AgentKeepAliveInterval > TimeSpan.Zero)
+            {
+                interval = _channelOptions.AgentKeepAliveInterval;
+                Events.Write($"Keepalive: agent {AgentVersion} runs smux keepalive, which closes a multiplexed session after {SmuxKeepAlive.AgentTimeout.TotalSeconds:0} s without a frame from the client: a NOP goes out after {interval.TotalSeconds:0.#} s without traffic.");
+            }
+            if (_channelOptions.IdleKeepAlive > TimeSpan.Zero)
+            {
+                if (interval == TimeSpan.Zero || _channelOptions.IdleKeepAlive < interval) interval = _channelOptions.IdleKeepAlive;
+                Events.Write($"Keepalive (-KeepAlive): a NOP goes out after {_channelOptions.IdleKeepAlive.TotalSeconds:0.#} s without traffic, so the idle session timeout does not end this tunnel.");
+            }
+            return interval;
         }
 
         /// <summary>The agent's multiplexed stream can no longer be read: the tunnel is unusable, so the session ends with the reason.</summary>
@@ -332,6 +382,7 @@ namespace BastionTools.Ssm
         private void OnChannelClosed(DataChannelClosure closure)
         {
             if (Volatile.Read(ref _stopped) == 1) return;
+            var output = closure.Output?.Trim();
             switch (closure.End)
             {
                 case ChannelEnd.SessionExpired:
@@ -345,14 +396,29 @@ namespace BastionTools.Ssm
                         : ErrorIds.BastionSessionFailed;
                     State = SessionState.Failed;
                     break;
+                case ChannelEnd.ClosedByService:
+                    // channel_closed: the service ended the session. Its Output says why; the idle session timeout's is
+                    // "Your session timed out due to inactivity and has been terminated." (what the official client prints
+                    // after "SessionId: <id> : "), a TerminateSession or the agent ending the session says "Exiting session".
+                    ClosedErrorId = IsIdleTimeout(output) ? ErrorIds.BastionSessionTimedOut : ErrorIds.BastionSessionTerminated;
+                    State = SessionState.Closed;
+                    break;
                 default:
                     State = SessionState.Closed;
                     break;
             }
-            ClosedReason = closure.Error?.Message ?? closure.Output?.Trim() ?? "The service closed the session.";
+            ClosedReason = closure.Error?.Message
+                ?? (string.IsNullOrEmpty(output) ? "The service closed the session." : "The service closed the session: " + output);
             Events.Write("Session ended: " + ClosedReason);
             _ = Task.Run(() => StopAsync(terminate: false));
         }
+
+        /// <summary>The channel_closed Output of Session Manager's idle session timeout.</summary>
+        internal static bool IsIdleTimeout(string? output) =>
+            output != null && output.IndexOf("timed out due to inactivity", StringComparison.OrdinalIgnoreCase) >= 0;
+
+        /// <summary>True when the session ended on its own (timed out, terminated by the service or the agent, failed), not because it was stopped here.</summary>
+        public bool EndedOnItsOwn => Completion.IsCompleted && ClosedErrorId != null;
 
         /// <summary>Stops accepting, ends every connection, terminates the session with the service and closes the channel.</summary>
         public async Task StopAsync(bool terminate = true)

@@ -22,9 +22,9 @@ namespace BastionTools.Ssm
 
     /// <summary>
     /// A shell session (interactive, on a terminal) or a non-interactive command (AWS-StartNonInteractiveCommand):
-    /// keystrokes go out as input_stream_data PayloadType 1, the terminal size as PayloadType 3 at start and on
-    /// change, output comes back as PayloadType 1 (and 11 for stderr, 12 for the exit code), and the session ends
-    /// with channel_closed, whose Output is shown.
+    /// keystrokes go out as input_stream_data PayloadType 1, the terminal size as PayloadType 3 once the session type
+    /// is known and on change (both wait for the agent's handshake to complete), output comes back as PayloadType 1
+    /// (and 11 for stderr, 12 for the exit code), and the session ends with channel_closed, whose Output is shown.
     /// </summary>
     internal sealed class ShellSession : IDisposable
     {
@@ -36,12 +36,17 @@ namespace BastionTools.Ssm
         private readonly string? _reason;
         private readonly DataChannelOptions _options;
         private readonly IShellTerminal _terminal;
-        private DataChannel? _channel;
-        private (int Cols, int Rows)? _lastSize;
-        // The session type is known (HandshakeComplete, or the first Output of a shell without handshake): only then is
-        // the terminal size sent, as the official client does — the agent ignores stream data before its handshake ends.
+        // The session type is known: the agent completed its handshake (HandshakeComplete), or a session without handshake
+        // sent its first message (ProcessFirstMessage). Only then do keystrokes and the terminal size go out, as the
+        // official client does: the agent ignores stream data before its handshake ends (datachannel.go
+        // processStreamDataMessage), and in an encrypted session input must be encrypted with the handshake's key.
         private readonly TaskCompletionSource<bool> _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private readonly SemaphoreSlim _sizeLock = new(1, 1);
+        private DataChannel? _channel;
+        private (int Cols, int Rows)? _lastSize;
+        private Handshake.Answer? _handshake;
+        private volatile bool _handshakeStarted;
+        private Exception? _failure;
 
         public ShellSession(IAwsApi api, string target, string? command, string? reason, DataChannelOptions options, IShellTerminal terminal)
         {
@@ -64,6 +69,19 @@ namespace BastionTools.Ssm
 
         /// <summary>Raised (on the receive loop) with a non-empty HandshakeComplete CustomerMessage.</summary>
         public event Action<string>? CustomerMessageReceived;
+
+        /// <summary>True when the agent encrypts the session's data with KMS (known once the handshake completed).</summary>
+        public bool Encrypted { get; private set; }
+
+        /// <summary>The key the agent named for encryption, when it asked for it.</summary>
+        public string? KmsKeyId => _handshake?.Kms?.KmsKeyId;
+
+        /// <summary>
+        /// True once keystrokes can go out: the agent has sent its first output (a shell without a handshake) or
+        /// completed the handshake (a command, or an encrypted shell: the agent ignores input until then, and input
+        /// must be encrypted, so none is sent before).
+        /// </summary>
+        public bool AcceptsInput => _ready.Task.IsCompleted;
 
         public Task<DataChannelClosure> Completion => _channel?.Completion ?? Task.FromResult(new DataChannelClosure(ChannelEnd.ClosedByClient, null, null));
 
@@ -90,16 +108,12 @@ namespace BastionTools.Ssm
         /// <summary>Runs on the data channel's receive loop: terminal writes only, replies go out from their own task.</summary>
         private void OnStreamMessage(AgentMessage message)
         {
+            // A session without handshake: its first message (a shell's prompt) says it runs (ProcessFirstMessage).
+            if (!_handshakeStarted && message.PayloadType != PayloadType.HandshakeRequest) _ready.TrySetResult(true);
             switch (message.PayloadType)
             {
                 case PayloadType.Output:
-                    // A shell without handshake: the first output says the session runs (ProcessFirstMessage).
-                    _ready.TrySetResult(true);
                     _terminal.Output(message.Payload);
-                    break;
-                case PayloadType.HandshakeComplete:
-                    OnHandshakeComplete(message);
-                    _ready.TrySetResult(true);
                     break;
                 case PayloadType.StdErr:
                 case PayloadType.Error:
@@ -110,7 +124,20 @@ namespace BastionTools.Ssm
                     else Events.Write("Unreadable exit code payload from the agent (" + message.Payload.Length + " bytes).");
                     break;
                 case PayloadType.HandshakeRequest:
+                    if (_handshakeStarted) break;
+                    _handshakeStarted = true;
                     _ = Task.Run(() => RespondToHandshakeAsync(message));
+                    break;
+                case PayloadType.EncChallengeRequest:
+                    var answer = _handshake;
+                    _ = Task.Run(async () =>
+                    {
+                        var failure = await Handshake.AnswerChallengeAsync(_channel!, answer?.Cipher, message, Events.Write).ConfigureAwait(false);
+                        if (failure != null) await FailAsync(failure).ConfigureAwait(false);
+                    });
+                    break;
+                case PayloadType.HandshakeComplete:
+                    OnHandshakeComplete(message);
                     break;
                 case PayloadType.Flag:
                     if (message.Payload.Length >= 4 && (PayloadTypeFlag)BinaryPrimitives.ReadUInt32BigEndian(message.Payload) == PayloadTypeFlag.TerminateSession)
@@ -133,14 +160,6 @@ namespace BastionTools.Ssm
             return int.TryParse(text, System.Globalization.NumberStyles.AllowLeadingSign, System.Globalization.CultureInfo.InvariantCulture, out var code) ? code : null;
         }
 
-        private void OnHandshakeComplete(AgentMessage message)
-        {
-            var text = Handshake.ReadCustomerMessage(message, Events.Write);
-            if (text == null) return;
-            CustomerMessage = text;
-            CustomerMessageReceived?.Invoke(text);
-        }
-
         /// <summary>The first size goes out once the session type is known (never before the agent's handshake is over).</summary>
         private async Task SendInitialSizeAsync()
         {
@@ -159,9 +178,11 @@ namespace BastionTools.Ssm
         {
             var answer = Handshake.Read(message, Events.Write);
             if (answer == null) return;
+            _handshake = answer;
             try
             {
-                await Handshake.RespondAsync(_channel!, _options.ClientVersion, answer).ConfigureAwait(false);
+                var failure = await Handshake.RespondAsync(_channel!, _options.ClientVersion, answer, _api, _target, Events.Write, MarkFailed).ConfigureAwait(false);
+                if (failure != null) await FailAsync(failure).ConfigureAwait(false);
             }
             catch (Exception ex) when (ex is System.IO.IOException || ex is OperationCanceledException)
             {
@@ -169,9 +190,49 @@ namespace BastionTools.Ssm
             }
         }
 
+        /// <summary>
+        /// HandshakeComplete: the session type is known, keystrokes and the first terminal size may go (nothing was sent
+        /// before, so the size goes once). Its CustomerMessage ("This session is encrypted using AWS KMS.", a request to
+        /// update the client) is kept and raised for the cmdlet to show.
+        /// </summary>
+        private void OnHandshakeComplete(AgentMessage message)
+        {
+            var text = Handshake.ReadCustomerMessage(message, Events.Write);
+            Encrypted = _channel!.IsEncrypted;
+            Events.Write(Encrypted ? $"Handshake complete: the session is encrypted with AWS KMS ({KmsKeyId})." : "Handshake complete.");
+            if (text != null)
+            {
+                CustomerMessage = text;
+                CustomerMessageReceived?.Invoke(text);
+            }
+            _ready.TrySetResult(true);
+        }
+
+        /// <summary>The session must end because of <paramref name="failure"/>: it is what WaitAsync reports.</summary>
+        private void MarkFailed(Exception failure)
+        {
+            // Input stays held (AcceptsInput false): the session is ending.
+            Interlocked.CompareExchange(ref _failure, failure, null);
+        }
+
+        private async Task FailAsync(Exception failure)
+        {
+            MarkFailed(failure);
+            // Let what was sent (the HandshakeResponse that tells the agent why) reach it first, briefly.
+            await _channel!.FlushAsync(TimeSpan.FromSeconds(2), CancellationToken.None).ConfigureAwait(false);
+            await _channel.FailAsync(failure).ConfigureAwait(false);
+        }
+
         /// <summary>Sends keystrokes (raw bytes, as a terminal would send them).</summary>
-        public Task SendInputAsync(byte[] data, CancellationToken cancellationToken)
-            => _channel!.SendAsync(PayloadType.Output, data, 0, data.Length, cancellationToken);
+        public async Task SendInputAsync(byte[] data, CancellationToken cancellationToken)
+        {
+            if (!_ready.Task.IsCompleted)
+            {
+                await Task.WhenAny(_ready.Task, _channel!.Completion, Task.Delay(Timeout.Infinite, cancellationToken)).ConfigureAwait(false);
+                cancellationToken.ThrowIfCancellationRequested();
+            }
+            await _channel!.SendAsync(PayloadType.Output, data, 0, data.Length, cancellationToken).ConfigureAwait(false);
+        }
 
         /// <summary>Sends the terminal size when it differs from the last one sent (nothing before the session type is known).</summary>
         public async Task SendSizeIfChangedAsync(CancellationToken cancellationToken)
@@ -200,6 +261,12 @@ namespace BastionTools.Ssm
             {
                 var done = await Task.WhenAny(_channel!.Completion, cancelled.Task).ConfigureAwait(false);
                 var closure = await done.ConfigureAwait(false);
+                var failure = Volatile.Read(ref _failure);
+                if (failure != null && !ReferenceEquals(closure.Error, failure))
+                {
+                    // The agent may have closed the channel first (it cancels a session whose handshake failed).
+                    closure = new DataChannelClosure(ChannelEnd.Failed, closure.Output, failure);
+                }
                 ClosingOutput = closure.Output;
                 Failure = closure.Error;
                 return closure;

@@ -106,6 +106,10 @@ namespace BastionTools.Ssm
                 isDigestValid: true);
         }
 
+        /// <summary>The same message with another payload (a decrypted one): header fields kept, digest as received.</summary>
+        public AgentMessage WithPayload(byte[] payload) =>
+            new(HeaderLength, MessageType, SchemaVersion, CreatedDate, SequenceNumber, Flags, MessageId, PayloadDigest, PayloadType, payload, IsDigestValid);
+
         [ThreadStatic]
         private static SHA256? t_sha;
 

@@ -193,6 +193,47 @@ namespace BastionTools.Ssm
         public string Error { get; set; } = "";
     }
 
+    /// <summary>
+    /// ActionParameters of a KMSEncryption action (agent session/contracts/model.go KMSEncryptionRequest): the key to
+    /// ask for a data key, and (agents since 3.3.808.0) a random challenge, base64 text of 16 bytes, that joins the
+    /// encryption context as aws:ssm:RandomChallenge when the client acknowledges it.
+    /// </summary>
+    internal sealed class KmsEncryptionRequest
+    {
+        [JsonPropertyName("KMSKeyId"), JsonPropertyOrder(0)]
+        public string KmsKeyId { get; set; } = "";
+
+        [JsonPropertyName("Challenge"), JsonPropertyOrder(1)]
+        public string? Challenge { get; set; }
+    }
+
+    /// <summary>
+    /// ActionResult of an accepted KMSEncryption action (KMSEncryptionResponse): the data key's ciphertext blob (Go
+    /// []byte, so base64), the unused hash (null, as the official client leaves it), and whether the random challenge
+    /// is in the encryption context.
+    /// </summary>
+    internal sealed class KmsEncryptionResponse
+    {
+        [JsonPropertyName("KMSCipherTextKey"), JsonPropertyOrder(0)]
+        public byte[] KmsCipherTextKey { get; set; } = System.Array.Empty<byte>();
+
+        [JsonPropertyName("KMSCipherTextHash"), JsonPropertyOrder(1)]
+        public byte[]? KmsCipherTextHash { get; set; }
+
+        [JsonPropertyName("ChallengeAcknowledgement"), JsonPropertyOrder(2)]
+        public bool ChallengeAcknowledgement { get; set; }
+    }
+
+    /// <summary>
+    /// EncChallengeRequest (8, agent to client) and EncChallengeResponse (9, client to agent): 64 random bytes the
+    /// agent encrypted with its key; the client decrypts them and sends them back encrypted with its own (base64).
+    /// </summary>
+    internal sealed class EncryptionChallengePayload
+    {
+        [JsonPropertyName("Challenge"), JsonPropertyOrder(0)]
+        public byte[] Challenge { get; set; } = System.Array.Empty<byte>();
+    }
+
     /// <summary>Agent to client, PayloadType 7.</summary>
     internal sealed class HandshakeCompletePayload
     {
