@@ -150,6 +150,10 @@ function Invoke-XunitProject([string] $Project, [string] $Name) {
 }
 
 function Invoke-Xunit {
+    # The sandbox's stand-in for a Windows agent's powershell.exe (tests/Sandbox/WindowsPowerShell.cs): this pwsh.
+    if (-not $env:BASTIONTOOLS_SANDBOX_POWERSHELL) {
+        $env:BASTIONTOOLS_SANDBOX_POWERSHELL = if ([System.IO.Path]::GetFileNameWithoutExtension([Environment]::ProcessPath) -eq 'dotnet') { Join-Path $PSHOME 'pwsh.dll' } else { [Environment]::ProcessPath }
+    }
     Invoke-XunitProject (Join-Path $Root 'tests/BastionTools.Tests/BastionTools.Tests.csproj') 'xunit'
 }
 

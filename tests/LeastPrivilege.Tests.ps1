@@ -341,16 +341,45 @@ Describe 'Stop-BastionSession and ResumeSession' {
         (Get-SandboxSession $s.SessionId).state | Should -Be 'Terminated'
     }
 
-    It 'closes the tunnel without ssm:TerminateSession, and says the session stays until the idle timeout' {
+    It 'ends the session without ssm:TerminateSession: the agent ends it on the TerminateSession flag, as with the official client' {
         $op = New-Operator 'Start-BastionSession -Target -RemoteHost' -Without 'ssm:TerminateSession'
         $s = Start-BastionSession -Target $Bastion -RemoteHost $Rds.endpoint -RemotePort $Rds.port @op -ErrorAction Stop 6>$null
         $port = $s.LocalPort
-        $failure = Get-Failure { $s | Stop-BastionSession -ErrorAction Stop }
-        Assert-Denied $failure 'ssm:TerminateSession' 'StopBastionSessionCommand'
-        "$failure" | Should -Match 'idle timeout'
-        (Get-SandboxSession $s.SessionId).state | Should -Not -Be 'Terminated'
+        $s | Stop-BastionSession -ErrorAction Stop
+        (Get-SandboxSession $s.SessionId).state | Should -Be 'Terminated'
         @(Get-BastionSession | Where-Object SessionId -eq $s.SessionId).Count | Should -Be 0
         { [System.Net.Sockets.TcpClient]::new('127.0.0.1', $port) } | Should -Throw
+    }
+
+    Context 'an agent from before the TerminateSession flag (2.3.722.0 or older)' {
+        BeforeAll {
+            # A sandbox of its own whose only bastion runs agent 2.3.672.0 (basic port mode, no flag): only the
+            # TerminateSession call can end its sessions. The destination is the other sandbox's PostgreSQL port.
+            $script:MainSandbox = $Sandbox
+            $script:MainInstance = $Placeholders['<instance-id>']
+            $script:Ancient = 'i-0a1b2c3d4e5f60004'
+            $script:Sandbox = Start-TestSandbox -World @{ instances = @(@{ instanceId = $Ancient; name = 'bastion-ancient'; agentVersion = '2.3.672.0' }) }
+            $Placeholders['<instance-id>'] = $Ancient
+        }
+        AfterAll {
+            $Placeholders['<instance-id>'] = $MainInstance
+            $old = $Sandbox
+            $script:Sandbox = $MainSandbox
+            Stop-TestSandbox $old
+        }
+
+        It 'closes the tunnel without ssm:TerminateSession, and says the session stays until the idle timeout' {
+            $op = New-Operator 'Start-BastionSession -Target -PortNumber' -Without 'ssm:TerminateSession'
+            $s = Start-BastionSession -Target $Ancient -PortNumber $Pg.port @op -ErrorAction Stop 6>$null
+            $s.Mode | Should -Be 'Basic'
+            $port = $s.LocalPort
+            $failure = Get-Failure { $s | Stop-BastionSession -ErrorAction Stop }
+            Assert-Denied $failure 'ssm:TerminateSession' 'StopBastionSessionCommand'
+            "$failure" | Should -Match 'idle timeout'
+            (Get-SandboxSession $s.SessionId).state | Should -Not -Be 'Terminated'
+            @(Get-BastionSession | Where-Object SessionId -eq $s.SessionId).Count | Should -Be 0
+            { [System.Net.Sockets.TcpClient]::new('127.0.0.1', $port) } | Should -Throw
+        }
     }
 
     It 'resumes a lost connection with its row' {
@@ -460,12 +489,12 @@ Describe 'Connect-IamPostgres, Invoke-IamPostgresQuery, Disconnect-IamPostgres' 
             "$failure" | Should -Match 'rds-db:connect'
         }
         finally {
-            # Disconnect-IamPostgres with no ssm:TerminateSession left: the pool closes, the tunnel too, with a warning.
+            # Disconnect-IamPostgres with no ssm:TerminateSession left: the pool closes, the tunnel too, and the agent
+            # ends the session on the TerminateSession flag (no call, no warning).
             $c | Disconnect-IamPostgres -WarningVariable warns 3>$null
         }
-        "$warns" | Should -Match 'TerminateSession failed'
-        "$warns" | Should -Match 'ssm:TerminateSession'
-        (Get-SandboxSession $c.SessionId).state | Should -Not -Be 'Terminated'
+        $warns | Should -BeNullOrEmpty
+        (Get-SandboxSession $c.SessionId).state | Should -Be 'Terminated'
     }
 
     It 'Disconnect-IamPostgres terminates the tunnel it owns with only its row' {

@@ -20,9 +20,11 @@ Describe 'Start-BastionSession -Command (non-interactive, for scripts)' {
     }
 
     It 'succeeds quietly with exit code 0' {
-        $out = @(Start-BastionSession -Target i-0a1b2c3d4e5f60001 -Command 'uname -s' @Aws -ErrorVariable errs)
+        $out = @(Start-BastionSession -Target i-0a1b2c3d4e5f60001 -Command 'uname -s' @Aws -ErrorVariable errs -InformationVariable info)
         $out | Should -Be @((& uname -s))
         $errs | Should -BeNullOrEmpty
+        # Without encryption the agent has nothing to say at the end of the handshake.
+        @($info | Where-Object { $_.Tags -contains 'BastionTools.CustomerMessage' }) | Should -BeNullOrEmpty
         $global:LASTEXITCODE | Should -Be 0
     }
 
@@ -33,6 +35,56 @@ try { Start-BastionSession -Target i-0a1b2c3d4e5f60001 -AccessKey '$($Aws.Access
 catch { `$_.FullyQualifiedErrorId }
 "@
         $r.Output | Should -Match 'ShellNeedsTerminal,BastionTools.Commands.StartBastionSessionCommand'
+    }
+}
+
+Describe 'Start-BastionSession -Command on a Windows bastion' {
+    # The agent on Windows runs the command's words as arguments of powershell.exe; the sandbox plays it with this
+    # PowerShell (7.x, reading the words as 5.1 does), so the module must send PowerShell, not sh.
+    BeforeAll {
+        $script:WinId = 'i-0a1b2c3d4e5f60010'
+        $script:Win = Start-TestSandbox -World @{ instances = @(
+                @{ instanceId = $WinId; name = 'bastion-windows'; platformType = 'Windows'; platformName = 'Microsoft Windows Server 2022 Datacenter'; platformVersion = '10.0.20348'; platformDetails = 'Windows' }
+            ) }
+        $script:WinAws = $Win.Aws
+        # A key that may only start, resume and end sessions: the platform cannot be looked up with it.
+        $script:StartOnly = @{ AccessKey = 'AKIASTARTONLY0000001'; SecretKey = 'start/only/secret'; Region = $Win.region; EndpointUrl = $Win.ssm }
+        $policy = @{ Version = '2012-10-17'; Statement = @(@{ Effect = 'Allow'; Action = @('ssm:StartSession', 'ssm:TerminateSession', 'ssm:ResumeSession'); Resource = @('*') }) }
+        $body = @{ secretAccessKey = $StartOnly.SecretKey; userName = 'startonly'; policy = $policy } | ConvertTo-Json -Depth 10
+        $null = Invoke-RestMethod -Method Put -Uri "$($Win.control)iam/credentials/$($StartOnly.AccessKey)" -Body $body -ContentType 'application/json'
+    }
+    AfterAll { Stop-TestSandbox $Win }
+
+    It 'runs the command in PowerShell (platform from ssm:DescribeInstanceInformation): output lines and $LASTEXITCODE' {
+        $global:LASTEXITCODE = 0
+        $command = '$n = "wörld"; Write-Output "hello $n" ''it''''s''; Write-Error oops; exit 3'
+        $out = @(Start-BastionSession -Target $WinId -Command $command @WinAws -ErrorVariable errs -ErrorAction SilentlyContinue -Verbose 4>&1)
+        $verbose = @($out | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] } | ForEach-Object Message)
+        $lines = @($out | Where-Object { $_ -is [string] })
+        $lines[0..1] | Should -Be @('hello wörld', "it's")
+        ($lines -join "`n") | Should -Match 'oops'
+        $global:LASTEXITCODE | Should -Be 3
+        ($errs | Where-Object { $_.FullyQualifiedErrorId -like 'RemoteCommandFailed,*' }) | Should -Not -BeNullOrEmpty
+        ($verbose -join "`n") | Should -Match 'Windows PowerShell \(PlatformType Windows \(ssm:DescribeInstanceInformation\)\)'
+    }
+
+    It 'succeeds with exit code 0 and no error' {
+        $out = @(Start-BastionSession -Target $WinId -Command 'Get-Date -Year 2024 -Month 5 -Day 6 -Format yyyy-MM-dd' @WinAws -ErrorVariable errs)
+        $out | Should -Be @('2024-05-06')
+        $errs | Should -BeNullOrEmpty
+        $global:LASTEXITCODE | Should -Be 0
+    }
+
+    It 'when the platform cannot be looked up: -Platform Windows, and a warning that says so without it' {
+        $global:LASTEXITCODE = 0
+        $out = @(Start-BastionSession -Target $WinId -Command 'Write-Output fine' -Platform Windows @StartOnly -ErrorVariable errs)
+        $out | Should -Be @('fine')
+        $errs | Should -BeNullOrEmpty
+        $global:LASTEXITCODE | Should -Be 0
+
+        # Without it Linux is assumed: PowerShell gets "sh -c ..." and no exit status comes back, which says what to do.
+        $null = Start-BastionSession -Target $WinId -Command 'Write-Output fine' @StartOnly -WarningVariable warns -ErrorAction SilentlyContinue 3>$null
+        "$warns" | Should -Match '-Platform Windows'
     }
 }
 
@@ -135,6 +187,11 @@ Describe 'KMS-encrypted sessions (the Session Manager preferences name a key)' {
         $global:LASTEXITCODE | Should -Be 4
         ($all | Where-Object { $_ -is [System.Management.Automation.ErrorRecord] }).FullyQualifiedErrorId | Should -Be 'RemoteCommandFailed,BastionTools.Commands.StartBastionSessionCommand'
         ($all | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] }).Message -join "`n" | Should -Match 'encrypted with AWS KMS \(alias/bastion-session-data\)'
+        # The agent's HandshakeComplete CustomerMessage, shown once on the Information stream as the official client prints it.
+        $customer = @($all | Where-Object { $_ -is [System.Management.Automation.InformationRecord] -and $_.Tags -contains 'BastionTools.CustomerMessage' })
+        $customer.Count | Should -Be 1
+        "$($customer[0].MessageData)" | Should -Be 'This session is encrypted using AWS KMS.'
+        $customer[0].Tags | Should -Contain 'PSHOST'
 
         $calls = @((Get-Control 'kms').calls | Select-Object -Skip $callsBefore)
         $calls.Count | Should -Be 2
@@ -214,7 +271,7 @@ Start-Sleep -Seconds 30
             WaitFor '(?m)[\$#]\s*$' | Out-Null
             & $tmux send-keys -t $name 'stty size; echo secret-$((7*6))' Enter
             $s = WaitFor '(?m)^secret-42\s*$'
-            # The size went again after the handshake (the agent drops what comes before it).
+            # The size went once the handshake completed (the agent drops what comes before it).
             $s | Should -Match '(?m)^35 110\s*$'
             & $tmux send-keys -t $name 'exit' Enter
             WaitFor 'PWSH-BACK' | Should -Match 'encrypted with AWS KMS'

@@ -58,6 +58,9 @@ function Start-TestSandbox {
         $psi.ArgumentList.Add('--config'); $psi.ArgumentList.Add($config)
     }
     foreach ($a in $ExtraArguments) { $psi.ArgumentList.Add($a) }
+    # Windows instances run -Command in "powershell.exe": this same PowerShell plays it (see tests/Sandbox/WindowsPowerShell.cs).
+    $psi.ArgumentList.Add('--windows-powershell')
+    $psi.ArgumentList.Add($(if ([System.IO.Path]::GetFileNameWithoutExtension([Environment]::ProcessPath) -eq 'dotnet') { Join-Path $PSHOME 'pwsh.dll' } else { [Environment]::ProcessPath }))
     $psi.RedirectStandardInput = $true
     $psi.RedirectStandardOutput = $true
     $psi.RedirectStandardError = $true

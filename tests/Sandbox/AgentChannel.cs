@@ -86,6 +86,8 @@ namespace BastionTools.Sandbox
         public SandboxWorld World => _agent.Host.World;
         public SandboxInstance? Instance => World.FindInstance(Session.Target);
         public string AgentVersion => Instance?.AgentVersion ?? "3.3.2299.0";
+        /// <summary>The agent runs on Windows (the instance's PlatformType): commands go to powershell.exe.</summary>
+        public bool IsWindows => string.Equals(Instance?.PlatformType, "Windows", StringComparison.OrdinalIgnoreCase);
         /// <summary>Whether the mux plugin runs smux keepalive; null when the session is not (yet) a mux session.</summary>
         public bool? SmuxKeepAlive
         {

@@ -101,6 +101,7 @@ namespace BastionTools.Sandbox
         public const string MuxSupportedAfterAgentVersion = "3.0.196.0";
         public const string MuxSupportedClientVersion = "1.1.70";
         public const string KeepAliveDisabledAfterClientVersion = "1.2.331.0";
+        public const string TerminateSessionFlagSupportedAfterAgentVersion = "2.3.722.0";
         /// <summary>
         /// The first release of commit 5bdad830 (port_mux.go: <c>config.KeepAliveDisabled = true</c> for every client). Before
         /// it (3.0.222.0 to 3.1.1374.0) the smux server was <c>smux.Server(conn, nil)</c>: DefaultConfig, keepalive on.
@@ -139,8 +140,8 @@ namespace BastionTools.Sandbox
             {
                 ["portNumber"] = PortNumber,
                 ["localPortNumber"] = Channel.Session.Parameter("localPortNumber") ?? "0",
-                ["type"] = "LocalPortForwarding",
             };
+            if (Channel.Options.PortDocumentType is { } type) properties["type"] = type;
             if (Host != null) properties["host"] = Host;
             return properties;
         }
@@ -149,7 +150,9 @@ namespace BastionTools.Sandbox
         {
             var agentHasMux = SandboxVersion.Compare(Channel.AgentVersion, MuxSupportedAfterAgentVersion) > 0;
             var clientVersion = response.ClientVersion ?? "";
-            if (agentHasMux && SandboxVersion.Compare(clientVersion, MuxSupportedClientVersion) >= 0)
+            // port.go GetSession: mux only for type LocalPortForwarding and a client of at least 1.1.70; basic otherwise.
+            var localPortForwarding = string.Equals(Channel.Options.PortDocumentType, "LocalPortForwarding", StringComparison.Ordinal);
+            if (agentHasMux && localPortForwarding && SandboxVersion.Compare(clientVersion, MuxSupportedClientVersion) >= 0)
             {
                 _mode = new MuxPortSession(Channel, Host, PortNumber, AgentRunsKeepAlive(Channel.AgentVersion, clientVersion));
             }
@@ -295,7 +298,10 @@ namespace BastionTools.Sandbox
                             if (current != null) Disconnect(current);
                             break;
                         case PayloadTypeFlag.TerminateSession:
-                            _done.TrySetResult(null);
+                            // Handled by agents after 2.3.722.0 (session-manager-plugin config.go
+                            // TerminateSessionFlagSupportedAfterThisAgentVersion); older ones ignore the flag.
+                            if (SandboxVersion.Compare(Channel.AgentVersion, PortPlugin.TerminateSessionFlagSupportedAfterAgentVersion) > 0) _done.TrySetResult(null);
+                            else Channel.Log("TerminateSession flag ignored (agent " + Channel.AgentVersion + ")");
                             break;
                     }
                     return true;
@@ -853,6 +859,23 @@ namespace BastionTools.Sandbox
                 if (x != y) return x < y ? -1 : 1;
             }
             return 0;
+        }
+
+        /// <summary>
+        /// versionutil.Compare(a, b, strictSort: true) for numeric versions: component by component, then the one with
+        /// fewer components is the lesser ("1.2.295" &lt; "1.2.295.0").
+        /// </summary>
+        public static int CompareStrict(string? a, string? b)
+        {
+            var left = (a ?? "").Split('.');
+            var right = (b ?? "").Split('.');
+            for (var i = 0; i < left.Length && i < right.Length; i++)
+            {
+                var x = long.TryParse(left[i], NumberStyles.None, CultureInfo.InvariantCulture, out var lx) ? lx : 0;
+                var y = long.TryParse(right[i], NumberStyles.None, CultureInfo.InvariantCulture, out var ly) ? ly : 0;
+                if (x != y) return x < y ? -1 : 1;
+            }
+            return left.Length.CompareTo(right.Length);
         }
     }
 }

@@ -3,6 +3,7 @@ using System.Collections.Generic;
 using System.ComponentModel;
 using System.Diagnostics;
 using System.IO;
+using System.Linq;
 using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Json.Nodes;
@@ -385,6 +386,13 @@ namespace BastionTools.Sandbox
             return new JsonObject { ["linux"] = Platform(), ["macos"] = Platform(), ["windows"] = Platform() };
         }
 
+        // datachannel.go buildHandshakeCompletePayload: separate output streams and a client of 1.2.295 or older (strict
+        // order) get a request to update the client.
+        public override string HandshakeCustomerMessage() =>
+            Separate && SandboxVersion.CompareStrict(Channel.HandshakeClientVersion, "1.2.295") <= 0
+                ? "Please update session manager plugin version (minimum required version 1.2.312.0) for fully support of separate StdOut/StdErr output.\r\n"
+                : "";
+
         public override async Task<string?> RunAsync(CancellationToken cancellation)
         {
             List<string> argv;
@@ -398,6 +406,19 @@ namespace BastionTools.Sandbox
                 await SendErrorAsync("Unable to start command: Failed to parse commands input: " + ex.Message + "\n\n", cancellation).ConfigureAwait(false);
                 return null;
             }
+            var windows = Channel.IsWindows;
+            if (windows)
+            {
+                // shell_windows.go startExecCmd: exec.Command(powershell.exe, words...) — the words are PowerShell's arguments.
+                var powershell = Channel.Options.WindowsPowerShell;
+                if (powershell == null || powershell.Count == 0)
+                {
+                    await SendErrorAsync("Error occurred starting the command: exec: \"" + WindowsPowerShell.AgentProgram + "\": file does not exist\n", cancellation).ConfigureAwait(false);
+                    return null;
+                }
+                var arguments = WindowsPowerShell.ToPowerShell7Arguments(argv);
+                argv = powershell.Concat(arguments).ToList();
+            }
             if (!Separate)
             {
                 // The agent points stdout and stderr at one file: join them in the child, then exec the command itself.
@@ -408,15 +429,28 @@ namespace BastionTools.Sandbox
                 UseShellExecute = false,
                 RedirectStandardOutput = true,
                 RedirectStandardError = true,
-                RedirectStandardInput = false,
+                // exec.Cmd with a nil Stdin reads the null device: the command sees end of input at once.
+                RedirectStandardInput = true,
                 WorkingDirectory = Path.GetTempPath(),
             };
             for (var i = 1; i < argv.Count; i++) start.ArgumentList.Add(argv[i]);
-            start.Environment["TERM"] = "xterm-256color";
+            if (windows)
+            {
+                // Windows PowerShell 5.1 writes no ANSI colour codes; PowerShell 7 honours NO_COLOR. No network checks.
+                start.Environment["NO_COLOR"] = "1";
+                start.Environment["POWERSHELL_UPDATECHECK"] = "Off";
+                start.Environment["POWERSHELL_TELEMETRY_OPTOUT"] = "1";
+                start.Environment.Remove("TERM");
+            }
+            else
+            {
+                start.Environment["TERM"] = "xterm-256color";
+            }
             if (string.IsNullOrEmpty(Environment.GetEnvironmentVariable("LANG"))) start.Environment["LANG"] = "C.UTF-8";
             try
             {
                 _process = Process.Start(start) ?? throw new InvalidOperationException("no process");
+                _process.StandardInput.Close();
             }
             catch (Exception ex) when (ex is Win32Exception || ex is InvalidOperationException)
             {
@@ -488,7 +522,9 @@ namespace BastionTools.Sandbox
             {
                 foreach (var b in message.Payload)
                 {
+                    // appconfig.ByteControlSignalsLinux; on Windows (ByteControlSignalsWindows) both bytes mean SIGKILL.
                     var signal = b == 0x03 ? Posix.SIGINT : b == 0x1c ? Posix.SIGQUIT : 0;
+                    if (signal != 0 && Channel.IsWindows) signal = Posix.SIGKILL;
                     if (signal == 0) continue;
                     try
                     {
@@ -515,65 +551,105 @@ namespace BastionTools.Sandbox
         }
     }
 
-    /// <summary>Splits a command line like google/shlex (POSIX-style words, quotes, backslash escapes, # comments).</summary>
+    /// <summary>
+    /// Splits a command line as the agent's vendored github.com/google/shlex (v0.0.0-20191202100458-e7afc7fbc510,
+    /// vendor/github.com/google/shlex/shlex.go) does: words separated by space, tab, CR or LF only; '...' is literal;
+    /// in "..." a backslash takes ANY next character literally (not only the POSIX four); outside quotes a backslash
+    /// escapes the next character; '#' starts a comment only where a word would start, and the comment ends at the next
+    /// LF (words after it are read); a '#' inside a word is kept.
+    /// </summary>
     public static class ShellWords
     {
-        /// <exception cref="FormatException">An unterminated quote or escape.</exception>
+        private enum State
+        {
+            Start,
+            Word,
+            Escaping,
+            EscapingQuoted,
+            QuotingEscaping,
+            Quoting,
+            Comment,
+        }
+
+        private static bool IsSpace(char c) => c == ' ' || c == '\t' || c == '\r' || c == '\n';
+
+        /// <exception cref="FormatException">An unterminated quote or escape (the agent: "Failed to parse commands input: …").</exception>
         public static List<string> Split(string text)
         {
             var words = new List<string>();
             var current = new StringBuilder();
-            var inWord = false;
-            for (var i = 0; i < text.Length; i++)
+            var state = State.Start;
+            var isComment = false;
+            void Emit()
             {
-                var c = text[i];
-                if (char.IsWhiteSpace(c))
+                if (!isComment) words.Add(current.ToString());
+                current.Clear();
+                isComment = false;
+                state = State.Start;
+            }
+            foreach (var c in text)
+            {
+                switch (state)
                 {
-                    if (inWord) words.Add(current.ToString());
-                    current.Clear();
-                    inWord = false;
-                }
-                else if (c == '#' && !inWord)
-                {
-                    break;
-                }
-                else if (c == '\\')
-                {
-                    if (++i >= text.Length) throw new FormatException("EOF found after escape character");
-                    current.Append(text[i]);
-                    inWord = true;
-                }
-                else if (c == '\'')
-                {
-                    var end = text.IndexOf('\'', i + 1);
-                    if (end < 0) throw new FormatException("EOF found when expecting closing quote");
-                    current.Append(text, i + 1, end - i - 1);
-                    i = end;
-                    inWord = true;
-                }
-                else if (c == '"')
-                {
-                    i++;
-                    while (true)
-                    {
-                        if (i >= text.Length) throw new FormatException("EOF found when expecting closing quote");
-                        if (text[i] == '"') break;
-                        if (text[i] == '\\' && i + 1 < text.Length && (text[i + 1] == '"' || text[i + 1] == '\\' || text[i + 1] == '$' || text[i + 1] == '`'))
+                    case State.Start:
+                        if (IsSpace(c)) break;
+                        if (c == '"') state = State.QuotingEscaping;
+                        else if (c == '\'') state = State.Quoting;
+                        else if (c == '\\') state = State.Escaping;
+                        else if (c == '#')
                         {
-                            i++;
+                            isComment = true;
+                            state = State.Comment;
                         }
-                        current.Append(text[i]);
-                        i++;
-                    }
-                    inWord = true;
-                }
-                else
-                {
-                    current.Append(c);
-                    inWord = true;
+                        else
+                        {
+                            current.Append(c);
+                            state = State.Word;
+                        }
+                        break;
+                    case State.Word:
+                        if (IsSpace(c)) Emit();
+                        else if (c == '"') state = State.QuotingEscaping;
+                        else if (c == '\'') state = State.Quoting;
+                        else if (c == '\\') state = State.Escaping;
+                        else current.Append(c);
+                        break;
+                    case State.Escaping:
+                        current.Append(c);
+                        state = State.Word;
+                        break;
+                    case State.EscapingQuoted:
+                        current.Append(c);
+                        state = State.QuotingEscaping;
+                        break;
+                    case State.QuotingEscaping:
+                        if (c == '"') state = State.Word;
+                        else if (c == '\\') state = State.EscapingQuoted;
+                        else current.Append(c);
+                        break;
+                    case State.Quoting:
+                        if (c == '\'') state = State.Word;
+                        else current.Append(c);
+                        break;
+                    case State.Comment:
+                        if (c == '\n') Emit();
+                        else current.Append(c);
+                        break;
                 }
             }
-            if (inWord) words.Add(current.ToString());
+            switch (state)
+            {
+                case State.Escaping:
+                case State.EscapingQuoted:
+                    throw new FormatException("EOF found after escape character");
+                case State.QuotingEscaping:
+                case State.Quoting:
+                    throw new FormatException("EOF found when expecting closing quote");
+                case State.Word:
+                case State.Comment:
+                    Emit();
+                    break;
+            }
             return words;
         }
     }

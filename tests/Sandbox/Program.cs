@@ -7,7 +7,7 @@ using System.Threading.Tasks;
 namespace BastionTools.Sandbox
 {
     /// <summary>
-    /// dotnet run --project tests/Sandbox -- [--port N] [--config world.json] [--faults '{"dropRate":0.1,...}'] [--verbose] [--no-stdin] [--postgres] [--rds] [--fault-proxy]
+    /// dotnet run --project tests/Sandbox -- [--port N] [--config world.json] [--faults '{"dropRate":0.1,...}'] [--verbose] [--no-stdin] [--postgres] [--rds] [--fault-proxy] [--windows-powershell PATH]
     /// Prints one line of JSON (endpoints, region, fake credentials, instances) on stdout, then serves until stdin
     /// closes (unless --no-stdin), or SIGINT/SIGTERM. Logs go to stderr. --postgres also starts a throwaway local
     /// PostgreSQL cluster (see <see cref="PostgresCluster"/>), adds "postgres":{...} to the JSON and stops it on exit.
@@ -18,6 +18,8 @@ namespace BastionTools.Sandbox
     /// "streamUrlBase" (and the StreamUrl of sessions) go through it, "control" stays direct, and the JSON gets
     /// "proxy":{"port","control"}; POST /control/proxy/blackout[?seconds=N], /restore, /reset,
     /// /halfopen?direction=ClientToServer|ServerToClient and GET /control/proxy drive it.
+    /// --windows-powershell PATH (a pwsh executable or pwsh.dll) is what instances whose PlatformType is Windows run as
+    /// powershell.exe for AWS-StartNonInteractiveCommand (see <see cref="WindowsPowerShell"/>); without it one is looked up.
     /// IAM: each credential of the world file may carry an IAM "policy" (none: it may do everything); /control/iam
     /// changes them at run time (see <see cref="SandboxIamPolicy"/> and AGENT.md).
     /// </summary>
@@ -34,6 +36,7 @@ namespace BastionTools.Sandbox
             var rds = false;
             var faultProxy = false;
             TimeSpan? outputReadPause = null;
+            string? windowsPowerShell = null;
             for (var i = 0; i < args.Length; i++)
             {
                 switch (args[i])
@@ -69,9 +72,13 @@ namespace BastionTools.Sandbox
                         outputReadPause = TimeSpan.FromMilliseconds(pauseMs);
                         i++;
                         break;
+                    case "--windows-powershell" when i + 1 < args.Length:
+                        // SandboxAgentOptions.WindowsPowerShell: the PowerShell that Windows instances run as powershell.exe.
+                        windowsPowerShell = args[++i];
+                        break;
                     case "--help":
                     case "-h":
-                        Console.Out.WriteLine("usage: BastionTools.Sandbox [--port N] [--config world.json] [--faults JSON] [--verbose] [--no-stdin] [--postgres] [--rds] [--fault-proxy] [--output-read-pause-ms N]");
+                        Console.Out.WriteLine("usage: BastionTools.Sandbox [--port N] [--config world.json] [--faults JSON] [--verbose] [--no-stdin] [--postgres] [--rds] [--fault-proxy] [--output-read-pause-ms N] [--windows-powershell PATH]");
                         return 0;
                     default:
                         Console.Error.WriteLine("sandbox: unknown or incomplete argument '" + args[i] + "' (see --help)");
@@ -94,6 +101,7 @@ namespace BastionTools.Sandbox
             if (verbose) options.Log = line => Console.Error.WriteLine("sandbox: " + line);
             await using var host = new SandboxHost(world, options);
             if (outputReadPause is { } readPause) host.Agent.Options.OutputReadPause = readPause;
+            if (windowsPowerShell != null) host.Agent.Options.WindowsPowerShell = WindowsPowerShell.FromPath(windowsPowerShell);
             if (faults != null)
             {
                 try

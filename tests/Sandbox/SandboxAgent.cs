@@ -93,6 +93,19 @@ namespace BastionTools.Sandbox
         public TimeSpan CloseDrainTimeout { get; set; } = TimeSpan.FromSeconds(2);
         /// <summary>The shell the shell plugin runs (the agent runs "sh").</summary>
         public string ShellPath { get; set; } = "sh";
+        /// <summary>
+        /// What a Windows instance (PlatformType "Windows") runs as powershell.exe for AWS-StartNonInteractiveCommand: a
+        /// program and its leading arguments (a real PowerShell 7, see <see cref="WindowsPowerShell"/>). Defaults to
+        /// <see cref="WindowsPowerShell.Locate"/> (looked up once per process); null when none is found (the command then fails to start, as the agent's
+        /// exec would). Command line: --windows-powershell PATH.
+        /// </summary>
+        public IReadOnlyList<string>? WindowsPowerShell { get; set; } = BastionTools.Sandbox.WindowsPowerShell.Located;
+        /// <summary>
+        /// The "type" property of port sessions' handshake (the document's properties): "LocalPortForwarding" as in
+        /// AWS-StartPortForwardingSession[ToRemoteHost]. Null omits it, as a custom Session document of sessionType Port may
+        /// (the session-document schema makes it optional): the agent then runs a basic session (port.go GetSession).
+        /// </summary>
+        public string? PortDocumentType { get; set; } = "LocalPortForwarding";
         /// <summary>PS1 for the shell.</summary>
         public string ShellPrompt { get; set; } = "$ ";
         /// <summary>The Output of channel_closed when the idle session timeout ends a session (what the official client prints after "SessionId: &lt;id&gt; : ").</summary>

@@ -120,9 +120,10 @@ namespace BastionTools.Commands
             Pump.Drain();
             if (!started) return null;
 
+            if (engine.CustomerMessage is { } message) WriteCustomerMessage(message);
             if (KeepAliveRequested && engine.Mode == PortForwardingMode.Basic)
             {
-                WriteWarningSafe($"-KeepAlive has no effect: the bastion's agent ({engine.AgentVersion}) only forwards in basic mode, which has no no-op message; the idle session timeout applies.");
+                WriteWarningSafe($"-KeepAlive has no effect: this session forwards in basic mode (agent {engine.AgentVersion}: up to 3.0.196.0, or a session document whose type is not LocalPortForwarding), which has no no-op message; the idle session timeout applies.");
             }
 
             // The session outlives this command: keep the AWS clients for ResumeSession/TerminateSession.
@@ -131,6 +132,14 @@ namespace BastionTools.Commands
             SessionRegistry.Add(session);
             return session;
         }
+
+        /// <summary>
+        /// The agent's HandshakeComplete CustomerMessage ("This session is encrypted using AWS KMS.", …), shown on the host
+        /// as the official client prints it to the terminal: the Information stream, tagged PSHOST and
+        /// BastionTools.CustomerMessage. Known secret shapes were masked when it was read.
+        /// </summary>
+        internal void WriteCustomerMessage(string text) =>
+            WriteInformation(new HostInformationMessage { Message = text, NoNewLine = false }, new[] { "PSHOST", "BastionTools.CustomerMessage" });
 
         /// <summary>What the target look-up skipped (a denied describe call with -Target), on Verbose.</summary>
         internal void NarrateLookup(string line) => Pump.Post(() => WriteVerboseSafe(line));

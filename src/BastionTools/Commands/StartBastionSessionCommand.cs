@@ -84,6 +84,17 @@ namespace BastionTools.Commands
         [ValidateNotNullOrEmpty]
         public string? Command { get; set; }
 
+        /// <summary>
+        /// The bastion's operating system, which decides how -Command is run: Linux (in sh) or Windows (in Windows
+        /// PowerShell). By default it comes from Systems Manager (ssm:DescribeInstanceInformation) or EC2
+        /// (ec2:DescribeInstances); when neither may be read, Linux is assumed.
+        /// </summary>
+        [Parameter(ParameterSetName = ParameterSets.TargetShell)]
+        [Parameter(ParameterSetName = ParameterSets.NameShell)]
+        [Parameter(ParameterSetName = ParameterSets.TagShell)]
+        [ValidateSet("Linux", "Windows")]
+        public string? Platform { get; set; }
+
         /// <summary>The local port to listen on; 0 (the default) picks a free one.</summary>
         [Parameter(ParameterSetName = ParameterSets.TargetRemoteHost)]
         [Parameter(ParameterSetName = ParameterSets.NameRemoteHost)]
@@ -203,34 +214,25 @@ namespace BastionTools.Commands
             IShellTerminal terminal;
             LineTerminal? lines = null;
             NonInteractiveCommand? wrapped = null;
-            int? markedExitCode = null;
+            var platformAssumed = false;
             if (interactive)
             {
                 terminal = new ConsoleTerminal();
             }
             else
             {
-                wrapped = new NonInteractiveCommand(Command!, instance.PlatformType);
-                // The marker is printed after a newline of its own: hold back one empty line until we know it isn't that one.
-                var heldEmpty = false;
-                void OnLine(string line)
-                {
-                    if (wrapped.TryReadExitCode(line, out var code))
-                    {
-                        markedExitCode = code;
-                        heldEmpty = false;
-                        return;
-                    }
-                    if (heldEmpty) Pump.Post(() => WriteObject(string.Empty));
-                    heldEmpty = line.Length == 0;
-                    if (!heldEmpty) Pump.Post(() => WriteObject(line));
-                }
-                lines = new LineTerminal(OnLine, line => Pump.Post(() => WriteError(new ErrorRecord(
+                var platform = NonInteractiveCommand.Resolve(Platform, instance, out var platformSource, out platformAssumed);
+                WriteVerboseSafe($"Running the command in {(platform == CommandPlatform.Windows ? "Windows PowerShell" : "sh")} ({platformSource}).");
+                wrapped = new NonInteractiveCommand(Command!, platform);
+                void Emit(string line) => Pump.Post(() => WriteObject(line));
+                lines = new LineTerminal(line => wrapped.ReadLine(line, Emit), line => Pump.Post(() => WriteError(new ErrorRecord(
                     new RemoteStandardErrorException(line), ErrorIds.RemoteStandardError, ErrorCategory.NotSpecified, instance.InstanceId))));
                 terminal = lines;
             }
             var shell = new ShellSession(api, instance.InstanceId, wrapped?.Wrapped, Reason, NewChannelOptions(), terminal);
             shell.Events.Written += line => Pump.Post(() => WriteDebugSafe(line));
+            // The agent's words for the user (HandshakeComplete CustomerMessage), shown as the official client prints them.
+            shell.CustomerMessageReceived += text => Pump.Post(() => WriteCustomerMessage(text));
             if (!TryRun(async ct =>
                 {
                     await shell.StartAsync(_ => { }, ct).ConfigureAwait(false);
@@ -250,6 +252,7 @@ namespace BastionTools.Commands
                 {
                     TryRun(ct => shell.WaitAsync(ct), out closure);
                     lines!.Flush();
+                    wrapped!.Finish(line => Pump.Post(() => WriteObject(line)));
                     Pump.Drain();
                 }
             }
@@ -271,7 +274,17 @@ namespace BastionTools.Commands
                     "The session failed: " + closure.Error.Message, shell.SessionId).ToErrorRecord());
             }
             if (interactive && !string.IsNullOrEmpty(closure?.Output)) Host.UI.WriteLine(closure!.Output!.Trim());
-            if ((shell.ExitCode ?? markedExitCode) is int code)
+            var markedExitCode = wrapped?.MarkedExitCode;
+            if (wrapped != null && markedExitCode == null && shell.ExitCode == null && closure?.Error == null)
+            {
+                var hint = platformAssumed
+                    ? $"No exit status came back from {instance.InstanceId}, whose platform could not be looked up: if it runs Windows, pass -Platform Windows."
+                    : $"No exit status came back from {instance.InstanceId}: the command's output was cut short.";
+                if (platformAssumed) WriteWarningSafe(hint);
+                else WriteVerboseSafe(hint);
+            }
+            // The wrapper's marker is the command's own status; an ExitCode payload (separate output streams) is the wrapper's.
+            if ((markedExitCode ?? shell.ExitCode) is int code)
             {
                 SessionState.PSVariable.Set(new PSVariable("global:LASTEXITCODE", code));
                 if (code != 0)

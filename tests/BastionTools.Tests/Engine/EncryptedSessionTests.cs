@@ -171,19 +171,29 @@ namespace BastionTools.Tests.Engine
         }
 
         [Fact]
-        public async Task AnInteractiveShell_IsEncrypted_TakesInputAfterTheHandshake_AndGetsItsSizeAgain()
+        public async Task AnInteractiveShell_IsEncrypted_TakesInputAndItsSizeAfterTheHandshake()
         {
             _host.World.Preferences.KmsKeyId = "arn:aws:kms:us-west-2:123456789012:key/" + SandboxKms.DefaultKeyId;
             var terminal = new CapturingTerminal((100, 30));
-            using var shell = new ShellSession(_api, Bastion, null, null, new DataChannelOptions(), terminal);
+            var transports = new List<RecordingTransport>();
+            using var shell = new ShellSession(_api, Bastion, null, null, Recording(transports), terminal);
             await shell.StartAsync(_ => { }, CancellationToken.None);
             // Typed at once: held until the agent takes input (after the handshake), then encrypted.
             var typed = shell.SendInputAsync(Encoding.ASCII.GetBytes("stty size; echo typed-$((2+3))\r"), CancellationToken.None);
             var text = await terminal.WaitForAsync("typed-5", shell.Completion);
             await typed;
             Assert.True(shell.Encrypted);
-            // The size sent before the handshake was dropped by the agent; the one sent after it reached the PTY.
+            // The size went once the handshake completed (the agent would drop one sent before) and reached the PTY.
             Assert.Matches(@"(?m)(^|\$ )30 100\r?$", text);
+            Assert.Equal("This session is encrypted using AWS KMS.", shell.CustomerMessage);
+            // One size, once: sent after the agent's HandshakeComplete arrived (the frames are recorded in causal order:
+            // a received frame before what its handling sends), never before it and never again.
+            var messages = transports.SelectMany(t => t.Frames).Select(AgentMessageCodec.Decode).ToList();
+            var complete = messages.FindIndex(m => m.MessageType == MessageTypes.OutputStreamData && m.PayloadType == PayloadType.HandshakeComplete);
+            var sizes = messages.Select((m, i) => (m, i)).Where(x => x.m.MessageType == MessageTypes.InputStreamData && x.m.PayloadType == PayloadType.Size).ToList();
+            Assert.True(complete >= 0, "no HandshakeComplete");
+            Assert.Single(sizes.Select(x => x.m.SequenceNumber).Distinct());
+            Assert.True(sizes[0].i > complete, "the size went before the handshake completed");
             await shell.SendInputAsync(Encoding.ASCII.GetBytes("exit\r"), CancellationToken.None);
             var closure = await shell.WaitAsync(CancellationToken.None);
             Assert.Null(closure.Error);

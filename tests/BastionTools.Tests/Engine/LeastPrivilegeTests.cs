@@ -23,6 +23,8 @@ namespace BastionTools.Tests.Engine
     {
         private const string Bastion = "i-0a1b2c3d4e5f60001";
         private const string Offline = "i-0a1b2c3d4e5f60003";
+        // An agent from before the TerminateSession flag (handled after 2.3.722.0): only the TerminateSession call ends it.
+        private const string Ancient = "i-0a1b2c3d4e5f60004";
         private const string OperatorKey = "AKIALEASTPRIVILEGE01";
         private readonly SandboxHost _host;
         private readonly SandboxCredential _operator;
@@ -34,6 +36,7 @@ namespace BastionTools.Tests.Engine
             var world = SandboxWorld.CreateDefault();
             _operator = new SandboxCredential { AccessKeyId = OperatorKey, SecretAccessKey = "least/privilege/secret", UserName = "operator" };
             world.AddCredential(_operator);
+            world.AddInstance(new SandboxInstance { InstanceId = Ancient, Name = "bastion-ancient", AgentVersion = "2.3.672.0", PrivateIpAddress = "10.0.1.13" });
             _host = SandboxTestSupport.Start(world);
             _api = new AwsApi(new ResolvedCredentials(new BasicAWSCredentials(_operator.AccessKeyId, _operator.SecretAccessKey), "test", null), world.Region, _host.SsmEndpoint.ToString());
         }
@@ -152,9 +155,9 @@ namespace BastionTools.Tests.Engine
             Assert.Contains("ssm:TerminateSession", terminate.RecommendedAction, StringComparison.Ordinal);
         }
 
-        private async Task<PortForwardingSession> StartTunnel(TcpListener destination)
+        private async Task<PortForwardingSession> StartTunnel(TcpListener destination, string target = Bastion)
         {
-            var request = new PortForwardingRequest { Target = Bastion, RemotePort = ((IPEndPoint)destination.LocalEndpoint).Port, BindAddress = IPAddress.Loopback };
+            var request = new PortForwardingRequest { Target = target, RemotePort = ((IPEndPoint)destination.LocalEndpoint).Port, BindAddress = IPAddress.Loopback };
             var session = new PortForwardingSession(_api, request, new DataChannelOptions { ReconnectTimeout = TimeSpan.FromSeconds(60) });
             await session.StartAsync(_ => { }, TimeSpan.FromSeconds(30), CancellationToken.None);
             Assert.Equal(SessionState.Connected, session.State);
@@ -184,14 +187,14 @@ namespace BastionTools.Tests.Engine
         }
 
         [Fact(Timeout = SandboxTestSupport.TestTimeoutMs)]
-        public async Task TerminateDenied_TheTunnelStillCloses_AndTheFailureIsKept()
+        public async Task TerminateDenied_WithAnAgentWithoutTheFlag_TheTunnelStillCloses_AndTheFailureIsKept()
         {
-            Allow(("ssm:StartSession", Arn("instance", Bastion)), ("ssm:StartSession", Arn("document", "AWS-StartPortForwardingSession")));
+            Allow(("ssm:StartSession", Arn("instance", Ancient)), ("ssm:StartSession", Arn("document", "AWS-StartPortForwardingSession")));
             var destination = new TcpListener(IPAddress.Loopback, 0);
             destination.Start();
             try
             {
-                var session = await StartTunnel(destination);
+                var session = await StartTunnel(destination, Ancient);
                 var local = session.LocalEndPoint!;
                 await session.StopAsync();
                 Assert.Equal(SessionState.Closed, session.State);
@@ -201,8 +204,39 @@ namespace BastionTools.Tests.Engine
                 Assert.StartsWith("AWS denied ssm:TerminateSession on the session " + session.SessionId, failure.Message, StringComparison.Ordinal);
                 Assert.True(_host.Sessions.TryGet(session.SessionId!, out var remote));
                 Assert.NotEqual(SandboxSessionState.Terminated, remote.State);
+                Assert.False(session.TerminatedByFlag);
                 using var probe = new TcpClient();
                 await Assert.ThrowsAnyAsync<SocketException>(() => probe.ConnectAsync(local.Address, local.Port));
+            }
+            finally
+            {
+                destination.Stop();
+            }
+        }
+
+        [Theory(Timeout = SandboxTestSupport.TestTimeoutMs)]
+        [InlineData(Bastion)]
+        [InlineData("i-0a1b2c3d4e5f60002")]
+        public async Task WithoutTerminateSession_ACurrentAgentIsEndedByTheTerminateSessionFlag(string target)
+        {
+            // As the official client on Ctrl-C (mux, and basic for agents after 2.3.722.0): Flag TerminateSession ends the
+            // agent's plugin, and the session with it, without the TerminateSession call (and its IAM action).
+            Allow(("ssm:StartSession", Arn("instance", target)), ("ssm:StartSession", Arn("document", "AWS-StartPortForwardingSession")));
+            var destination = new TcpListener(IPAddress.Loopback, 0);
+            destination.Start();
+            try
+            {
+                var session = await StartTunnel(destination, target);
+                await session.StopAsync();
+                Assert.True(session.TerminatedByFlag);
+                Assert.Null(session.TerminateFailure);
+                Assert.Equal(SessionState.Closed, session.State);
+                // The agent ends its side once it has handled the flag (it acknowledged it after handling it).
+                Assert.True(_host.Sessions.TryGet(session.SessionId!, out var remote));
+                var deadline = DateTime.UtcNow.AddSeconds(30);
+                while (remote.State != SandboxSessionState.Terminated && DateTime.UtcNow < deadline) await Task.Delay(20);
+                Assert.Equal(SandboxSessionState.Terminated, remote.State);
+                Assert.DoesNotContain(_host.Calls, c => c.Operation == "TerminateSession");
             }
             finally
             {

@@ -22,6 +22,35 @@ namespace BastionTools.Tests.Ssm
                 Encoding.UTF8.GetString(ack.Payload));
         }
 
+        [Theory]
+        [InlineData("{\"AgentVersion\":\"3.3.2299.0\",\"RequestedClientActions\":null}")]
+        [InlineData("{\"AgentVersion\":\"3.3.2299.0\",\"RequestedClientActions\":[null]}")]
+        [InlineData("{\"AgentVersion\":\"3.3.2299.0\"}")]
+        public void HandshakeRequestWithoutActions_IsAnsweredWithNone(string text)
+        {
+            // The official client ranges over a nil slice (no actions, no error); so does Handshake.Read.
+            var message = AgentMessage.Create(MessageTypes.OutputStreamData, 0, MessageFlags.Syn, PayloadType.HandshakeRequest, Encoding.UTF8.GetBytes(text));
+            var log = new System.Collections.Generic.List<string>();
+            var answer = Handshake.Read(message, log.Add);
+            Assert.NotNull(answer);
+            Assert.Empty(answer!.Actions);
+            Assert.Null(answer.PortType);
+            Assert.Equal("3.3.2299.0", answer.Request.AgentVersion);
+            var response = ClientMessages.HandshakeResponse(0, "1.2.707.0", answer.Actions);
+            Assert.Equal("{\"ClientVersion\":\"1.2.707.0\",\"ProcessedClientActions\":[],\"Errors\":null}", Encoding.UTF8.GetString(response.Payload));
+        }
+
+        [Theory]
+        [InlineData("{\"HandshakeTimeToComplete\":1000,\"CustomerMessage\":\"This session is encrypted using AWS KMS.\"}", "This session is encrypted using AWS KMS.")]
+        [InlineData("{\"HandshakeTimeToComplete\":1000,\"CustomerMessage\":\"  \\r\\n\"}", null)]
+        [InlineData("{\"HandshakeTimeToComplete\":1000}", null)]
+        [InlineData("{\"HandshakeTimeToComplete\":1000,\"CustomerMessage\":\"use password=hunter2 now\"}", "use password=**** now")]
+        public void HandshakeCompleteCustomerMessage_IsTrimmed_AndSecretShapesMasked(string text, string? expected)
+        {
+            var message = AgentMessage.Create(MessageTypes.OutputStreamData, 1, MessageFlags.Data, PayloadType.HandshakeComplete, Encoding.UTF8.GetBytes(text));
+            Assert.Equal(expected, Handshake.ReadCustomerMessage(message, _ => { }));
+        }
+
         [Fact]
         public void SizeMessage()
         {

@@ -67,8 +67,10 @@ namespace BastionTools.Ssm
             var actions = new List<ProcessedClientAction>();
             string? portType = null;
             KmsEncryptionRequest? kms = null;
-            foreach (var action in request.RequestedClientActions)
+            // "RequestedClientActions":null reads as no action (the official client ranges over a nil slice the same way).
+            foreach (var action in request.RequestedClientActions ?? new List<RequestedClientAction>())
             {
+                if (action == null) continue;
                 if (action.ActionType == HandshakeActionTypes.SessionType)
                 {
                     portType = action.GetSessionTypeRequest().GetStringProperty("type");
@@ -91,6 +93,31 @@ namespace BastionTools.Ssm
                 }
             }
             return new Answer(request, actions, portType, kms);
+        }
+
+        /// <summary>
+        /// The CustomerMessage of a HandshakeComplete (PayloadType 7), trimmed, or null when empty or unreadable. The agent
+        /// puts text for the user there (datachannel.go buildHandshakeCompletePayload: "This session is encrypted using AWS
+        /// KMS.", or a request to update the client); the official client prints it (streaming.go handleHandshakeComplete).
+        /// Known secret shapes are masked all the same: the text comes from the far side.
+        /// </summary>
+        public static string? ReadCustomerMessage(AgentMessage message, Action<string> log)
+        {
+            HandshakeCompletePayload complete;
+            try
+            {
+                complete = SsmJson.Deserialize<HandshakeCompletePayload>(message.Payload);
+            }
+            catch (SsmProtocolException ex)
+            {
+                log("Unreadable handshake complete: " + ex.Message);
+                return null;
+            }
+            var text = complete.CustomerMessage?.Trim();
+            if (string.IsNullOrEmpty(text)) return null;
+            text = Redactor.RedactPatterns(text!);
+            log("Message from the agent: " + text);
+            return text;
         }
 
         private static bool TryReadKms(RequestedClientAction action, Action<string> log, out KmsEncryptionRequest parameters)

@@ -96,6 +96,8 @@ namespace BastionTools.Ssm
     internal sealed class PortForwardingSession : IDisposable
     {
         private static readonly Version MuxMinimumAgent = new(3, 0, 196, 0);
+        private static readonly Version TerminateFlagMinimumAgent = new(2, 3, 722, 0);
+        private const string LocalPortForwardingType = "LocalPortForwarding";
 
         private readonly IAwsApi _api;
         private readonly PortForwardingRequest _request;
@@ -138,6 +140,12 @@ namespace BastionTools.Ssm
         public Exception? TerminateFailure { get; private set; }
 
         public DataChannelStatistics? Channel => _channel?.Statistics;
+
+        /// <summary>The agent's HandshakeComplete CustomerMessage, when it sent one (the official client prints it).</summary>
+        public string? CustomerMessage { get; private set; }
+
+        /// <summary>True when the session was ended by the TerminateSession flag the agent acknowledged (no TerminateSession call needed).</summary>
+        public bool TerminatedByFlag { get; private set; }
 
         internal DataChannel? DataChannel => _channel;
 
@@ -231,6 +239,7 @@ namespace BastionTools.Ssm
                     });
                     break;
                 case PayloadType.HandshakeComplete:
+                    CustomerMessage = Handshake.ReadCustomerMessage(message, Events.Write);
                     if (_forwarder == null) CreateForwarder(null);
                     _handshakeCompleted.TrySetResult(true);
                     break;
@@ -300,8 +309,10 @@ namespace BastionTools.Ssm
         private void CreateForwarder(string? portType)
         {
             if (_forwarder != null) return;
+            // The agent multiplexes only a LocalPortForwarding session (port.go GetSession); any other type (none, as in
+            // documents without it) is a basic session there, and must be here.
             var mux = Version.TryParse(AgentVersion ?? "", out var v) && v > MuxMinimumAgent
-                && (portType == null || string.Equals(portType, "LocalPortForwarding", StringComparison.Ordinal));
+                && string.Equals(portType, LocalPortForwardingType, StringComparison.Ordinal);
             var sender = new DataChannelSender(_channel!);
             _forwarder = mux
                 ? new MuxPortForwarder(sender, Connections, Events.Write, _channelOptions.ConnectionQueues, MuxKeepAlive(), OnForwarderBroken)
@@ -432,7 +443,12 @@ namespace BastionTools.Ssm
                 lock (_connections) pending = _connections.ToArray();
                 await Task.WhenAny(Task.WhenAll(pending), Task.Delay(TimeSpan.FromSeconds(5))).ConfigureAwait(false);
                 if (_acceptLoop != null) await Task.WhenAny(_acceptLoop, Task.Delay(TimeSpan.FromSeconds(5))).ConfigureAwait(false);
-                if (terminate && SessionId != null)
+                if (terminate && SessionId != null && await TryTerminateByFlagAsync().ConfigureAwait(false))
+                {
+                    TerminatedByFlag = true;
+                    Events.Write($"Session {SessionId} ended by the TerminateSession flag.");
+                }
+                else if (terminate && SessionId != null)
                 {
                     try
                     {
@@ -453,6 +469,37 @@ namespace BastionTools.Ssm
             finally
             {
                 _completion.TrySetResult(true);
+            }
+        }
+
+        /// <summary>
+        /// Ends the session as the official client does on Ctrl-C (muxportforwarding.go, basicportforwarding.go
+        /// handleControlSignals): Flag TerminateSession (PayloadType 10, uint32 2) to an agent newer than 2.3.722.0, which
+        /// ends its plugin on it (port_mux.go / port_basic.go HandleStreamMessage) — no ssm:TerminateSession needed. True
+        /// once the agent acknowledged it (it acknowledges after handling) or closed the channel, after waiting up to 5 s
+        /// for the channel_closed that follows; false (the caller then calls TerminateSession) for an older agent, a
+        /// channel that is not connected, or no acknowledgement within 5 s.
+        /// </summary>
+        private async Task<bool> TryTerminateByFlagAsync()
+        {
+            var channel = _channel;
+            if (channel == null || channel.IsClosed || channel.State != ChannelState.Connected) return false;
+            if (!Version.TryParse(AgentVersion ?? "", out var agent) || agent <= TerminateFlagMinimumAgent) return false;
+            try
+            {
+                using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+                await channel.SendFlagAsync(PayloadTypeFlag.TerminateSession, cts.Token).ConfigureAwait(false);
+                await channel.FlushAsync(TimeSpan.FromSeconds(5), cts.Token).ConfigureAwait(false);
+                if (channel.UnacknowledgedCount != 0 && !channel.IsClosed) return false;
+                // Acknowledged, so handled: the agent ends its plugin and the service closes the channel (channel_closed).
+                // Wait briefly for that, so the session is over on the service's side too when Stop returns.
+                await Task.WhenAny(channel.Completion, Task.Delay(TimeSpan.FromSeconds(5))).ConfigureAwait(false);
+                return true;
+            }
+            catch (Exception ex) when (ex is OperationCanceledException || ex is System.IO.IOException || ex is ObjectDisposedException || ex is InvalidOperationException)
+            {
+                Events.Write("The TerminateSession flag could not be delivered: " + ex.Message);
+                return false;
             }
         }
 

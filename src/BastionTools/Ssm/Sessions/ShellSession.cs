@@ -22,9 +22,9 @@ namespace BastionTools.Ssm
 
     /// <summary>
     /// A shell session (interactive, on a terminal) or a non-interactive command (AWS-StartNonInteractiveCommand):
-    /// keystrokes go out as input_stream_data PayloadType 1, the terminal size as PayloadType 3 at start and on
-    /// change, output comes back as PayloadType 1 (and 11 for stderr, 12 for the exit code), and the session ends
-    /// with channel_closed, whose Output is shown.
+    /// keystrokes go out as input_stream_data PayloadType 1, the terminal size as PayloadType 3 once the session type
+    /// is known and on change (both wait for the agent's handshake to complete), output comes back as PayloadType 1
+    /// (and 11 for stderr, 12 for the exit code), and the session ends with channel_closed, whose Output is shown.
     /// </summary>
     internal sealed class ShellSession : IDisposable
     {
@@ -36,12 +36,16 @@ namespace BastionTools.Ssm
         private readonly string? _reason;
         private readonly DataChannelOptions _options;
         private readonly IShellTerminal _terminal;
-        private readonly TaskCompletionSource<bool> _inputReady = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        // The session type is known: the agent completed its handshake (HandshakeComplete), or a session without handshake
+        // sent its first message (ProcessFirstMessage). Only then do keystrokes and the terminal size go out, as the
+        // official client does: the agent ignores stream data before its handshake ends (datachannel.go
+        // processStreamDataMessage), and in an encrypted session input must be encrypted with the handshake's key.
+        private readonly TaskCompletionSource<bool> _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private readonly SemaphoreSlim _sizeLock = new(1, 1);
         private DataChannel? _channel;
         private (int Cols, int Rows)? _lastSize;
         private Handshake.Answer? _handshake;
         private volatile bool _handshakeStarted;
-        private volatile bool _handshakeCompleted;
         private Exception? _failure;
 
         public ShellSession(IAwsApi api, string target, string? command, string? reason, DataChannelOptions options, IShellTerminal terminal)
@@ -60,6 +64,12 @@ namespace BastionTools.Ssm
         public string? ClosingOutput { get; private set; }
         public Exception? Failure { get; private set; }
 
+        /// <summary>The agent's HandshakeComplete CustomerMessage, when it sent one (the official client prints it).</summary>
+        public string? CustomerMessage { get; private set; }
+
+        /// <summary>Raised (on the receive loop) with a non-empty HandshakeComplete CustomerMessage.</summary>
+        public event Action<string>? CustomerMessageReceived;
+
         /// <summary>True when the agent encrypts the session's data with KMS (known once the handshake completed).</summary>
         public bool Encrypted { get; private set; }
 
@@ -71,7 +81,7 @@ namespace BastionTools.Ssm
         /// completed the handshake (a command, or an encrypted shell: the agent ignores input until then, and input
         /// must be encrypted, so none is sent before).
         /// </summary>
-        public bool AcceptsInput => _inputReady.Task.IsCompleted;
+        public bool AcceptsInput => _ready.Task.IsCompleted;
 
         public Task<DataChannelClosure> Completion => _channel?.Completion ?? Task.FromResult(new DataChannelClosure(ChannelEnd.ClosedByClient, null, null));
 
@@ -91,14 +101,15 @@ namespace BastionTools.Ssm
             progress(SessionStage.WebSocket);
             _channel = new DataChannel(endpoint, _options, OnStreamMessage, ct => SessionResumer.ResumeAsync(_api, SessionId!, ct), Events.Write);
             await _channel.OpenAsync(cancellationToken).ConfigureAwait(false);
-            await SendSizeIfChangedAsync(cancellationToken).ConfigureAwait(false);
+            _ = SendInitialSizeAsync();
             progress(SessionStage.Ready);
         }
 
         /// <summary>Runs on the data channel's receive loop: terminal writes only, replies go out from their own task.</summary>
         private void OnStreamMessage(AgentMessage message)
         {
-            if (!_handshakeStarted && message.PayloadType != PayloadType.HandshakeRequest) _inputReady.TrySetResult(true);
+            // A session without handshake: its first message (a shell's prompt) says it runs (ProcessFirstMessage).
+            if (!_handshakeStarted && message.PayloadType != PayloadType.HandshakeRequest) _ready.TrySetResult(true);
             switch (message.PayloadType)
             {
                 case PayloadType.Output:
@@ -109,9 +120,8 @@ namespace BastionTools.Ssm
                     _terminal.Error(message.Payload);
                     break;
                 case PayloadType.ExitCode:
-                    var text = System.Text.Encoding.UTF8.GetString(message.Payload).Trim();
-                    if (int.TryParse(text, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out var code)) ExitCode = code;
-                    else if (message.Payload.Length == 4) ExitCode = BinaryPrimitives.ReadInt32BigEndian(message.Payload);
+                    if (ParseExitCode(message.Payload) is int code) ExitCode = code;
+                    else Events.Write("Unreadable exit code payload from the agent (" + message.Payload.Length + " bytes).");
                     break;
                 case PayloadType.HandshakeRequest:
                     if (_handshakeStarted) break;
@@ -138,6 +148,32 @@ namespace BastionTools.Ssm
             }
         }
 
+        /// <summary>
+        /// The exit code in an ExitCode payload (PayloadType 12): the agent sends the text "EXIT_CODE: n"
+        /// (shell.go sendExitCode); a bare number is read too. Null when it is neither.
+        /// </summary>
+        internal static int? ParseExitCode(byte[] payload)
+        {
+            var text = System.Text.Encoding.UTF8.GetString(payload).Trim();
+            const string prefix = "EXIT_CODE:";
+            if (text.StartsWith(prefix, StringComparison.Ordinal)) text = text.Substring(prefix.Length).Trim();
+            return int.TryParse(text, System.Globalization.NumberStyles.AllowLeadingSign, System.Globalization.CultureInfo.InvariantCulture, out var code) ? code : null;
+        }
+
+        /// <summary>The first size goes out once the session type is known (never before the agent's handshake is over).</summary>
+        private async Task SendInitialSizeAsync()
+        {
+            try
+            {
+                await Task.WhenAny(_ready.Task, _channel!.Completion).ConfigureAwait(false);
+                if (_ready.Task.IsCompleted) await SendSizeIfChangedAsync(CancellationToken.None).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is System.IO.IOException || ex is OperationCanceledException || ex is ObjectDisposedException)
+            {
+                Events.Write("The terminal size could not be sent: " + ex.Message);
+            }
+        }
+
         private async Task RespondToHandshakeAsync(AgentMessage message)
         {
             var answer = Handshake.Read(message, Events.Write);
@@ -154,35 +190,22 @@ namespace BastionTools.Ssm
             }
         }
 
+        /// <summary>
+        /// HandshakeComplete: the session type is known, keystrokes and the first terminal size may go (nothing was sent
+        /// before, so the size goes once). Its CustomerMessage ("This session is encrypted using AWS KMS.", a request to
+        /// update the client) is kept and raised for the cmdlet to show.
+        /// </summary>
         private void OnHandshakeComplete(AgentMessage message)
         {
-            try
-            {
-                var complete = SsmJson.Deserialize<HandshakeCompletePayload>(message.Payload);
-                if (!string.IsNullOrWhiteSpace(complete.CustomerMessage)) Events.Write("Agent: " + complete.CustomerMessage.Trim());
-            }
-            catch (SsmProtocolException ex)
-            {
-                Events.Write("Unreadable HandshakeComplete: " + ex.Message);
-            }
+            var text = Handshake.ReadCustomerMessage(message, Events.Write);
             Encrypted = _channel!.IsEncrypted;
             Events.Write(Encrypted ? $"Handshake complete: the session is encrypted with AWS KMS ({KmsKeyId})." : "Handshake complete.");
-            _handshakeCompleted = true;
-            // The agent ignored what came before the handshake completed (datachannel.go processStreamDataMessage):
-            // the terminal size goes again.
-            _lastSize = null;
-            _inputReady.TrySetResult(true);
-            _ = Task.Run(async () =>
+            if (text != null)
             {
-                try
-                {
-                    await SendSizeIfChangedAsync(CancellationToken.None).ConfigureAwait(false);
-                }
-                catch (Exception ex) when (ex is System.IO.IOException || ex is OperationCanceledException)
-                {
-                    Events.Write("The terminal size could not be sent: " + ex.Message);
-                }
-            });
+                CustomerMessage = text;
+                CustomerMessageReceived?.Invoke(text);
+            }
+            _ready.TrySetResult(true);
         }
 
         /// <summary>The session must end because of <paramref name="failure"/>: it is what WaitAsync reports.</summary>
@@ -203,24 +226,31 @@ namespace BastionTools.Ssm
         /// <summary>Sends keystrokes (raw bytes, as a terminal would send them).</summary>
         public async Task SendInputAsync(byte[] data, CancellationToken cancellationToken)
         {
-            if (!_inputReady.Task.IsCompleted)
+            if (!_ready.Task.IsCompleted)
             {
-                await Task.WhenAny(_inputReady.Task, _channel!.Completion, Task.Delay(Timeout.Infinite, cancellationToken)).ConfigureAwait(false);
+                await Task.WhenAny(_ready.Task, _channel!.Completion, Task.Delay(Timeout.Infinite, cancellationToken)).ConfigureAwait(false);
                 cancellationToken.ThrowIfCancellationRequested();
             }
             await _channel!.SendAsync(PayloadType.Output, data, 0, data.Length, cancellationToken).ConfigureAwait(false);
         }
 
-        /// <summary>Sends the terminal size when it differs from the last one sent.</summary>
+        /// <summary>Sends the terminal size when it differs from the last one sent (nothing before the session type is known).</summary>
         public async Task SendSizeIfChangedAsync(CancellationToken cancellationToken)
         {
-            var size = _terminal.Size;
-            if (size == null || size == _lastSize) return;
-            // During a handshake the agent drops it; it goes when the handshake completes.
-            if (_handshakeStarted && !_handshakeCompleted) return;
-            _lastSize = size;
-            var payload = SsmJson.SerializeToUtf8(new SizeData { Cols = (uint)size.Value.Cols, Rows = (uint)size.Value.Rows });
-            await _channel!.SendAsync(PayloadType.Size, payload, 0, payload.Length, cancellationToken).ConfigureAwait(false);
+            if (!_ready.Task.IsCompleted) return;
+            await _sizeLock.WaitAsync(cancellationToken).ConfigureAwait(false);
+            try
+            {
+                var size = _terminal.Size;
+                if (size == null || size == _lastSize) return;
+                _lastSize = size;
+                var payload = SsmJson.SerializeToUtf8(new SizeData { Cols = (uint)size.Value.Cols, Rows = (uint)size.Value.Rows });
+                await _channel!.SendAsync(PayloadType.Size, payload, 0, payload.Length, cancellationToken).ConfigureAwait(false);
+            }
+            finally
+            {
+                _sizeLock.Release();
+            }
         }
 
         /// <summary>Waits for the session to end and records why.</summary>
