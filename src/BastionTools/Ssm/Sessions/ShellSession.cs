@@ -42,6 +42,9 @@ namespace BastionTools.Ssm
         // processStreamDataMessage), and in an encrypted session input must be encrypted with the handshake's key.
         private readonly TaskCompletionSource<bool> _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private readonly SemaphoreSlim _sizeLock = new(1, 1);
+        // The first size has been numbered (or there is none, or the session ended first): keystrokes wait for it, so the
+        // agent applies the size before it runs what was typed ahead (messages are taken in sequence order).
+        private readonly TaskCompletionSource<bool> _inputOpen = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private DataChannel? _channel;
         private (int Cols, int Rows)? _lastSize;
         private Handshake.Answer? _handshake;
@@ -81,7 +84,7 @@ namespace BastionTools.Ssm
         /// completed the handshake (a command, or an encrypted shell: the agent ignores input until then, and input
         /// must be encrypted, so none is sent before).
         /// </summary>
-        public bool AcceptsInput => _ready.Task.IsCompleted;
+        public bool AcceptsInput => _inputOpen.Task.IsCompleted;
 
         public Task<DataChannelClosure> Completion => _channel?.Completion ?? Task.FromResult(new DataChannelClosure(ChannelEnd.ClosedByClient, null, null));
 
@@ -172,6 +175,10 @@ namespace BastionTools.Ssm
             {
                 Events.Write("The terminal size could not be sent: " + ex.Message);
             }
+            finally
+            {
+                _inputOpen.TrySetResult(true);
+            }
         }
 
         private async Task RespondToHandshakeAsync(AgentMessage message)
@@ -226,9 +233,9 @@ namespace BastionTools.Ssm
         /// <summary>Sends keystrokes (raw bytes, as a terminal would send them).</summary>
         public async Task SendInputAsync(byte[] data, CancellationToken cancellationToken)
         {
-            if (!_ready.Task.IsCompleted)
+            if (!_inputOpen.Task.IsCompleted)
             {
-                await Task.WhenAny(_ready.Task, _channel!.Completion, Task.Delay(Timeout.Infinite, cancellationToken)).ConfigureAwait(false);
+                await Task.WhenAny(_inputOpen.Task, _channel!.Completion, Task.Delay(Timeout.Infinite, cancellationToken)).ConfigureAwait(false);
                 cancellationToken.ThrowIfCancellationRequested();
             }
             await _channel!.SendAsync(PayloadType.Output, data, 0, data.Length, cancellationToken).ConfigureAwait(false);
