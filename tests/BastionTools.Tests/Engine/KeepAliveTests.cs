@@ -67,24 +67,7 @@ namespace BastionTools.Tests.Engine
         }
 
         /// <summary>One round trip through the tunnel to the echo server.</summary>
-        private static async Task EchoAsync(PortForwardingSession session, string text)
-        {
-            using var client = new TcpClient();
-            await client.ConnectAsync(IPAddress.Loopback, session.LocalEndPoint!.Port);
-            var stream = client.GetStream();
-            var bytes = Encoding.UTF8.GetBytes(text);
-            await stream.WriteAsync(bytes);
-            var back = new byte[bytes.Length];
-            var read = 0;
-            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
-            while (read < back.Length)
-            {
-                var n = await stream.ReadAsync(back.AsMemory(read), timeout.Token);
-                if (n == 0) break;
-                read += n;
-            }
-            Assert.Equal(text, Encoding.UTF8.GetString(back, 0, read));
-        }
+        private static async Task EchoAsync(PortForwardingSession session, string text) => Assert.Equal(text, await TunnelEcho.RoundTripAsync(session, text));
 
         private static async Task WaitUntilAsync(Func<bool> condition, string what, TimeSpan? limit = null)
         {

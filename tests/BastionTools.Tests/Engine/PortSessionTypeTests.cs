@@ -39,24 +39,7 @@ namespace BastionTools.Tests.Engine
             _host.DisposeAsync().AsTask().GetAwaiter().GetResult();
         }
 
-        private async Task<string> EchoThroughAsync(PortForwardingSession session, string text)
-        {
-            using var client = new TcpClient();
-            await client.ConnectAsync(IPAddress.Loopback, session.LocalEndPoint!.Port);
-            var stream = client.GetStream();
-            var bytes = Encoding.ASCII.GetBytes(text);
-            await stream.WriteAsync(bytes);
-            var buffer = new byte[bytes.Length];
-            var read = 0;
-            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
-            while (read < buffer.Length)
-            {
-                var n = await stream.ReadAsync(buffer.AsMemory(read), timeout.Token);
-                if (n == 0) break;
-                read += n;
-            }
-            return Encoding.ASCII.GetString(buffer, 0, read);
-        }
+        private static Task<string> EchoThroughAsync(PortForwardingSession session, string text) => TunnelEcho.RoundTripAsync(session, text);
 
         [Theory(Timeout = SandboxTestSupport.TestTimeoutMs)]
         [InlineData("LocalPortForwarding", PortForwardingMode.Multiplexed)]
