@@ -55,7 +55,8 @@ namespace BastionTools.Sandbox
         private int _ended;
         private bool _handshakeComplete;
         private bool _handshakeSkipped;
-        private Random? _random;
+        private int? _faultSeed;
+        private readonly Dictionary<ulong, int> _faultOccurrences = new Dictionary<ulong, int>();
         private (AgentMessage Message, long Token)? _heldIncoming;
         private long _holdToken;
         // datachannel.go Pause (IsActive() == !Pause): set by pause_publication from MGS to the agent.
@@ -297,37 +298,78 @@ namespace BastionTools.Sandbox
 
         // ---- fault injection ---------------------------------------------------------------------------------------
 
-        private double NextRandom()
+        // Fault draws are keyed by the message, not by arrival order: a draw is a hash of (seed, direction, message
+        // type, sequence number, how many times this message was seen before, which fault). The same seed then gives
+        // the same faults to the same messages however acknowledgements, handshake replies and resends interleave
+        // with them (an RNG drawn in arrival order did not: "same seed" runs dropped different data messages).
+        private int FaultSeed()
         {
             lock (_gate)
             {
-                _random ??= Faults.Seed is int seed ? new Random(seed) : new Random();
-                return _random.NextDouble();
+                _faultSeed ??= Faults.Seed ?? System.Security.Cryptography.RandomNumberGenerator.GetInt32(int.MaxValue);
+                return _faultSeed.Value;
             }
         }
 
-        /// <summary>Forgets the RNG so the next draw starts from the (new) seed.</summary>
+        /// <summary>Forgets the seed and the per-message counts so the next draw starts from the (new) seed.</summary>
         public void ResetRandom()
         {
-            lock (_gate) _random = null;
+            lock (_gate)
+            {
+                _faultSeed = null;
+                _faultOccurrences.Clear();
+            }
         }
 
-        private (bool Drop, bool Duplicate, bool Hold) Draw(bool outbound)
+        private static ulong Mix(ulong x)
+        {
+            // SplitMix64 finaliser.
+            x += 0x9E3779B97F4A7C15UL;
+            x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9UL;
+            x = (x ^ (x >> 27)) * 0x94D049BB133111EBUL;
+            return x ^ (x >> 31);
+        }
+
+        private static double Unit(ulong key, ulong salt) => (Mix(key ^ Mix(salt)) >> 11) * (1.0 / (1UL << 53));
+
+        private (bool Drop, bool Duplicate, bool Hold) Draw(bool outbound, string messageType, long sequenceNumber)
         {
             var f = Faults;
             if (!f.IsMessageFaulting || !f.Applies(outbound)) return (false, false, false);
-            if (f.DropRate > 0 && NextRandom() < f.DropRate) return (true, false, false);
-            var duplicate = f.DuplicateRate > 0 && NextRandom() < f.DuplicateRate;
-            var hold = f.ReorderRate > 0 && NextRandom() < f.ReorderRate;
+            var key = Mix((ulong)(uint)FaultSeed());
+            key = Mix(key ^ (outbound ? 1UL : 2UL));
+            foreach (var c in messageType) key = Mix(key ^ c);
+            key = Mix(key ^ (ulong)sequenceNumber);
+            int occurrence;
+            lock (_gate)
+            {
+                _faultOccurrences.TryGetValue(key, out occurrence);
+                _faultOccurrences[key] = occurrence + 1;
+            }
+            key = Mix(key ^ (ulong)occurrence);
+            if (f.DropRate > 0 && Unit(key, 1) < f.DropRate) return (true, false, false);
+            var duplicate = f.DuplicateRate > 0 && Unit(key, 2) < f.DuplicateRate;
+            var hold = f.ReorderRate > 0 && Unit(key, 3) < f.ReorderRate;
             return (false, duplicate, hold);
         }
 
+        private static string FrameMessageType(byte[] frame) =>
+            frame.Length >= AgentMessageCodec.MessageTypeOffset + AgentMessageCodec.MessageTypeLength
+                ? Encoding.ASCII.GetString(frame, AgentMessageCodec.MessageTypeOffset, AgentMessageCodec.MessageTypeLength).TrimEnd(' ', '\0')
+                : string.Empty;
+
+        private static long FrameSequenceNumber(byte[] frame) =>
+            frame.Length >= AgentMessageCodec.SequenceNumberOffset + 8
+                ? System.Buffers.Binary.BinaryPrimitives.ReadInt64BigEndian(frame.AsSpan(AgentMessageCodec.SequenceNumberOffset, 8))
+                : -1;
+
         private async Task ReceiveWithFaultsAsync(AgentMessage message)
         {
-            var (drop, duplicate, hold) = Draw(outbound: false);
+            var (drop, duplicate, hold) = Draw(outbound: false, message.MessageType, message.SequenceNumber);
             if (drop)
             {
                 Interlocked.Increment(ref Counters._dropped);
+                if (message.MessageType == MessageTypes.InputStreamData) Counters.RecordDroppedInput(message.SequenceNumber);
                 return;
             }
             if (duplicate) Interlocked.Increment(ref Counters._duplicated);
@@ -374,7 +416,7 @@ namespace BastionTools.Sandbox
         {
             var connection = _connectionSnapshot();
             if (connection == null || connection.IsAborted || connection.IsClosing) return false;
-            var (drop, duplicate, hold) = faultable ? Draw(outbound: true) : (false, false, false);
+            var (drop, duplicate, hold) = faultable ? Draw(outbound: true, FrameMessageType(frame), FrameSequenceNumber(frame)) : (false, false, false);
             if (drop)
             {
                 Interlocked.Increment(ref Counters._dropped);

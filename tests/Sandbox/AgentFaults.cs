@@ -106,6 +106,22 @@ namespace BastionTools.Sandbox
         public long AcksSent => Interlocked.Read(ref _acksSent);
         public long AcksReceived => Interlocked.Read(ref _acksReceived);
         /// <summary>Messages dropped by fault injection (both directions).</summary>
+        private readonly System.Collections.Generic.List<long> _droppedInput = new System.Collections.Generic.List<long>();
+
+        internal void RecordDroppedInput(long sequenceNumber)
+        {
+            lock (_droppedInput) _droppedInput.Add(sequenceNumber);
+        }
+
+        /// <summary>Sequence numbers of the client's input_stream_data messages the faults dropped (each time one was dropped).</summary>
+        public long[] DroppedInputSequenceNumbers
+        {
+            get
+            {
+                lock (_droppedInput) return _droppedInput.ToArray();
+            }
+        }
+
         public long Dropped => Interlocked.Read(ref _dropped);
         /// <summary>Messages duplicated by fault injection (both directions).</summary>
         public long Duplicated => Interlocked.Read(ref _duplicated);

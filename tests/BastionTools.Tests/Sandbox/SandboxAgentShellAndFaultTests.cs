@@ -232,11 +232,17 @@ namespace BastionTools.Tests.Sandbox
                 client.ResendAfter = null;
                 var sent = new List<long>();
                 for (var i = 0; i < 20; i++) sent.Add((await client.SendInputAsync(PayloadType.Output, SmuxCodec.Encode(new SmuxFrame(SmuxCommand.Nop, 0)))).SequenceNumber);
-                await Task.Delay(500);
-                var acked = client.Received.Where(m => m.MessageType == MessageTypes.Acknowledge)
-                    .Select(m => SsmJson.Deserialize<AcknowledgeContent>(m.Payload).AcknowledgedMessageSequenceNumber).OrderBy(x => x);
-                results.Add(string.Join(",", acked));
-                Assert.True(host.Agent.Counters(id)!.Dropped > 0);
+                // No resends: each of the 20 is either acknowledged or dropped. Wait for that, not for a time.
+                IEnumerable<long> Acked() => client.Received.Where(m => m.MessageType == MessageTypes.Acknowledge)
+                    .Select(m => SsmJson.Deserialize<AcknowledgeContent>(m.Payload).AcknowledgedMessageSequenceNumber);
+                await client.WaitUntilAsync(
+                    _ => sent.All(n => Acked().Contains(n) || host.Agent.Counters(id)!.DroppedInputSequenceNumbers.Contains(n)),
+                    "every message acknowledged or dropped");
+                var dropped = host.Agent.Counters(id)!.DroppedInputSequenceNumbers.Where(sent.Contains).OrderBy(x => x).ToList();
+                var acked = Acked().Where(sent.Contains).OrderBy(x => x).ToList();
+                Assert.NotEmpty(dropped);
+                Assert.Empty(acked.Intersect(dropped));
+                results.Add(string.Join(",", acked) + " | dropped " + string.Join(",", dropped));
             }
             Assert.Equal(results[0], results[1]);
         }
