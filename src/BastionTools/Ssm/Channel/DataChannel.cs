@@ -72,7 +72,7 @@ namespace BastionTools.Ssm
         private readonly LinkedList<Outgoing> _unacked = new();
         private readonly Dictionary<long, Outgoing> _unackedBySequence = new();
         private readonly Dictionary<long, AgentMessage> _reorder = new();
-        private readonly Channel<OutFrame> _outbox = Channel.CreateUnbounded<OutFrame>(new UnboundedChannelOptions { SingleReader = true });
+        private readonly Channel<OutFrame> _outbox = Channel.CreateUnbounded<OutFrame>(new UnboundedChannelOptions { SingleReader = false });
         private readonly Guid _clientId = Guid.NewGuid();
         private readonly double _ticksPerMs = Stopwatch.Frequency / 1000.0;
 
@@ -95,6 +95,9 @@ namespace BastionTools.Ssm
         private ChannelState _state = ChannelState.Connecting;
         private Task? _timerLoop;
         private Task? _writerLoop;
+        // One writer of the socket at a time: the writer loop, or a sender writing what it has just queued.
+        private readonly SemaphoreSlim _writeLock = new(1, 1);
+        private List<ArraySegment<byte>>? _inlineBatch;
         private SessionCipher? _cipher;
 
         public DataChannel(StreamEndpoint endpoint, DataChannelOptions options, Action<AgentMessage> onStreamMessage,
@@ -304,6 +307,7 @@ namespace BastionTools.Ssm
                 position += size;
             }
             while (position < end);
+            await WriteInlineAsync().ConfigureAwait(false);
         }
 
         public Task SendAsync(PayloadType payloadType, byte[] payload, CancellationToken cancellationToken)
@@ -330,8 +334,11 @@ namespace BastionTools.Ssm
         private async Task SendOneAsync(PayloadType payloadType, byte[] chunk, CancellationToken cancellationToken)
         {
             ThrowIfClosed();
-            using (var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _lifetime.Token))
+            // The window is almost always open: take it without a linked token source (an allocation and two
+            // registrations per message otherwise).
+            if (!_window.Wait(0))
             {
+                using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _lifetime.Token);
                 try
                 {
                     await _window.WaitAsync(linked.Token).ConfigureAwait(false);
@@ -420,35 +427,75 @@ namespace BastionTools.Ssm
             {
                 while (await reader.WaitToReadAsync(_lifetime.Token).ConfigureAwait(false))
                 {
-                    batch.Clear();
-                    var bytes = 0;
-                    while (bytes < MaxBatchBytes && batch.Count < MaxBatchMessages && reader.TryRead(out var item))
-                    {
-                        Interlocked.Decrement(ref _outboxCount);
-                        if (item.IsAcknowledgement) Interlocked.Decrement(ref _pendingAcknowledgements);
-                        batch.Add(new ArraySegment<byte>(item.Frame));
-                        bytes += item.Frame.Length;
-                    }
-                    IMessageTransport? transport;
-                    lock (_gate) transport = _transport;
-                    if (transport == null || batch.Count == 0) continue;
+                    await _writeLock.WaitAsync(_lifetime.Token).ConfigureAwait(false);
                     try
                     {
-                        await transport.SendBinaryAsync(batch, _lifetime.Token).ConfigureAwait(false);
+                        if (!await WriteQueuedAsync(batch).ConfigureAwait(false)) return;
                     }
-                    catch (OperationCanceledException) when (_lifetime.IsCancellationRequested)
+                    finally
                     {
-                        return;
-                    }
-                    catch (Exception ex) when (ex is IOException || ex is ObjectDisposedException || ex is InvalidOperationException || ex is System.Net.Sockets.SocketException)
-                    {
-                        // The receive loop (or the liveness check) sees the broken connection and resumes it.
-                        transport.Abort();
+                        _writeLock.Release();
                     }
                 }
             }
             catch (OperationCanceledException)
             {
+            }
+        }
+
+        /// <summary>
+        /// Writes what is queued on the caller's thread when no write is under way (a sender that has just queued its
+        /// messages saves the hop to the writer loop); otherwise leaves it to the writer that is busy.
+        /// </summary>
+        private async Task WriteInlineAsync()
+        {
+            if (Volatile.Read(ref _outboxCount) == 0 || !_writeLock.Wait(0)) return;
+            try
+            {
+                var batch = _inlineBatch ??= new List<ArraySegment<byte>>(MaxBatchMessages);
+                await WriteQueuedAsync(batch).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (_lifetime.IsCancellationRequested)
+            {
+            }
+            finally
+            {
+                _writeLock.Release();
+            }
+        }
+
+        /// <summary>Takes queued frames and writes them in batches until none is left; false once the channel is ending. Holds <see cref="_writeLock"/>.</summary>
+        private async Task<bool> WriteQueuedAsync(List<ArraySegment<byte>> batch)
+        {
+            var reader = _outbox.Reader;
+            while (true)
+            {
+                batch.Clear();
+                var bytes = 0;
+                while (bytes < MaxBatchBytes && batch.Count < MaxBatchMessages && reader.TryRead(out var item))
+                {
+                    Interlocked.Decrement(ref _outboxCount);
+                    if (item.IsAcknowledgement) Interlocked.Decrement(ref _pendingAcknowledgements);
+                    batch.Add(new ArraySegment<byte>(item.Frame));
+                    bytes += item.Frame.Length;
+                }
+                if (batch.Count == 0) return true;
+                IMessageTransport? transport;
+                lock (_gate) transport = _transport;
+                if (transport == null) continue;
+                try
+                {
+                    await transport.SendBinaryAsync(batch, _lifetime.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException) when (_lifetime.IsCancellationRequested)
+                {
+                    return false;
+                }
+                catch (Exception ex) when (ex is IOException || ex is ObjectDisposedException || ex is InvalidOperationException || ex is System.Net.Sockets.SocketException)
+                {
+                    // The receive loop (or the liveness check) sees the broken connection and resumes it.
+                    transport.Abort();
+                }
             }
         }
 

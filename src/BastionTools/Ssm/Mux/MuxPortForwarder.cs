@@ -1,6 +1,7 @@
 using System;
 using System.Collections.Concurrent;
 using System.Collections.Generic;
+using System.Diagnostics;
 using System.IO;
 using System.Net;
 using System.Net.Sockets;
@@ -30,6 +31,13 @@ namespace BastionTools.Ssm
         internal static readonly TimeSpan HalfCloseQuietPeriod = TimeSpan.FromSeconds(2);
 
         private const int WriteBatchBytes = 64 * 1024;
+
+        /// <summary>Frames queued for the data channel beyond which a connection waits before queueing more.</summary>
+        internal const int OutputBufferBytes = 64 * 1024;
+
+        // Connections are "sending together" (see SendFrameAsync) for 50 ms after two of them queued frames less than 5 ms apart.
+        private static readonly long ConcurrentWindowTicks = Stopwatch.Frequency / 200;
+        private static readonly long ConcurrentHoldTicks = Stopwatch.Frequency / 20;
 
         private sealed class MuxStream
         {
@@ -67,7 +75,17 @@ namespace BastionTools.Ssm
         private readonly ConnectionQueuePolicy _queues;
         private readonly SmuxDecoder _decoder = new();
         private readonly ConcurrentDictionary<uint, MuxStream> _streams = new();
-        private readonly SemaphoreSlim _frameLock = new(1, 1);
+        // The outgoing smux byte stream (see SendFrameAsync): frames queued and not yet handed to the data channel.
+        private readonly object _outGate = new();
+        private byte[] _outBuffer = new byte[OutputBufferBytes];
+        private byte[] _outSpare = new byte[OutputBufferBytes];
+        private int _outCount;
+        private uint _lastFrameStream;
+        private long _lastFrameTicks;
+        private long _concurrentUntil;
+        private bool _flushing;
+        private TaskCompletionSource<bool>? _roomWaiter;
+        private Exception? _outFailure;
         private readonly CancellationTokenSource _lifetime = new();
         private int _lastStreamId = 1;
         private int _connectErrorsPending;
@@ -134,22 +152,126 @@ namespace BastionTools.Ssm
             }
         }
 
+        /// <summary>
+        /// Queues one smux frame on the session's outgoing byte stream and returns once it is queued (waiting only while
+        /// the stream holds <see cref="OutputBufferBytes"/> not yet handed to the data channel). Frames of all connections
+        /// share that stream in the order they were queued, and whatever is queued when the data channel can take more goes
+        /// out together, cut into messages of the largest payload the agent takes: under load, many small frames (a pool of
+        /// connections each sending a short query) travel in one message and one acknowledgement instead of one each. The
+        /// smux stream is a byte stream to the agent (it reassembles frames across messages), so nothing else changes on
+        /// the wire. A frame is never held back on a timer to wait for company: when nothing is being sent, it goes out at
+        /// once — on the caller's thread while one connection sends alone (a single client waiting for each answer), and
+        /// while several connections are sending together (two queued frames less than 5 ms apart in the last 50 ms) through
+        /// a flush queued to the thread pool behind whatever work was already waiting there (the reads that completed at
+        /// the same moment), so that they share messages.
+        /// </summary>
         private async Task SendFrameAsync(SmuxCommand command, uint streamId, byte[]? data, int count, CancellationToken cancellationToken)
         {
-            var frame = new byte[SmuxCodec.HeaderLength + count];
-            SmuxCodec.WriteHeader(frame, 0, command, streamId, count);
-            if (count > 0) Buffer.BlockCopy(data!, 0, frame, SmuxCodec.HeaderLength, count);
-            // A frame's messages must not interleave with another stream's frame.
-            await _frameLock.WaitAsync(cancellationToken).ConfigureAwait(false);
+            var length = SmuxCodec.HeaderLength + count;
+            bool queue;
+            while (true)
+            {
+                Task room;
+                lock (_outGate)
+                {
+                    if (_outFailure != null) throw new IOException(_outFailure.Message, _outFailure);
+                    if (_outCount == 0 || _outCount + length <= _outBuffer.Length)
+                    {
+                        if (_outCount + length > _outBuffer.Length) Array.Resize(ref _outBuffer, _outCount + length);
+                        SmuxCodec.WriteHeader(_outBuffer, _outCount, command, streamId, count);
+                        if (count > 0) Buffer.BlockCopy(data!, 0, _outBuffer, _outCount + SmuxCodec.HeaderLength, count);
+                        _outCount += length;
+                        var now = Stopwatch.GetTimestamp();
+                        if (streamId != _lastFrameStream && now - _lastFrameTicks < ConcurrentWindowTicks) _concurrentUntil = now + ConcurrentHoldTicks;
+                        _lastFrameStream = streamId;
+                        _lastFrameTicks = now;
+                        Interlocked.Increment(ref _framesSent);
+                        if (_flushing) return;
+                        _flushing = true;
+                        queue = Stopwatch.GetTimestamp() < _concurrentUntil;
+                        break;
+                    }
+                    _roomWaiter ??= new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+                    room = _roomWaiter.Task;
+                }
+                var cancelled = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+                using (cancellationToken.Register(() => cancelled.TrySetCanceled()))
+                {
+                    await (await Task.WhenAny(room, cancelled.Task).ConfigureAwait(false)).ConfigureAwait(false);
+                }
+            }
+            if (queue)
+            {
+                // Connections are sending together: the flush is queued behind the work already waiting for the thread
+                // pool (typically other connections' reads that completed at the same moment), so their frames join this
+                // one's message.
+                ThreadPool.UnsafeQueueUserWorkItem(FlushCallback, this);
+                return;
+            }
+            // One connection sending alone: no hop, it goes out now.
+            await FlushOutputAsync().ConfigureAwait(false);
+        }
+
+        private static readonly WaitCallback FlushCallback = state => _ = ((MuxPortForwarder)state!).FlushQuietlyAsync();
+
+        private async Task FlushQuietlyAsync()
+        {
             try
             {
-                await _sender.SendAsync(PayloadType.Output, frame, 0, frame.Length, cancellationToken).ConfigureAwait(false);
-                Interlocked.Exchange(ref _lastSentTicks, DateTime.UtcNow.Ticks);
-                Interlocked.Increment(ref _framesSent);
+                await FlushOutputAsync().ConfigureAwait(false);
             }
-            finally
+            catch (Exception ex) when (ex is IOException || ex is ObjectDisposedException || ex is OperationCanceledException || ex is InvalidOperationException)
             {
-                _frameLock.Release();
+                // Recorded in _outFailure: the next frame queued gets it.
+                if (!_lifetime.IsCancellationRequested) _log("The tunnel could not send: " + ex.Message);
+            }
+        }
+
+        /// <summary>
+        /// Hands everything queued to the data channel, one batch after another, until nothing is left. Only one runs at a
+        /// time (<see cref="_flushing"/>); it uses the forwarder's lifetime, not the token of the connection that started
+        /// it, so a connection that ends does not cancel the others' frames.
+        /// </summary>
+        private async Task FlushOutputAsync()
+        {
+            while (true)
+            {
+                byte[] batch;
+                int count;
+                TaskCompletionSource<bool>? room;
+                lock (_outGate)
+                {
+                    if (_outCount == 0 || _outFailure != null)
+                    {
+                        _flushing = false;
+                        return;
+                    }
+                    batch = _outBuffer;
+                    count = _outCount;
+                    _outBuffer = _outSpare.Length >= OutputBufferBytes ? _outSpare : new byte[OutputBufferBytes];
+                    _outSpare = batch;
+                    _outCount = 0;
+                    room = _roomWaiter;
+                    _roomWaiter = null;
+                }
+                room?.TrySetResult(true);
+                try
+                {
+                    await _sender.SendAsync(PayloadType.Output, batch, 0, count, _lifetime.Token).ConfigureAwait(false);
+                    Interlocked.Exchange(ref _lastSentTicks, DateTime.UtcNow.Ticks);
+                }
+                catch (Exception ex)
+                {
+                    lock (_outGate)
+                    {
+                        _outFailure = ex is IOException ? ex : new IOException("The data channel no longer takes data: " + ex.Message, ex);
+                        _flushing = false;
+                        room = _roomWaiter;
+                        _roomWaiter = null;
+                    }
+                    room?.TrySetResult(true);
+                    throw;
+                }
             }
         }
 
@@ -373,7 +495,7 @@ namespace BastionTools.Ssm
             _log($"Connection {stream.Id} (from {stream.Peer}) was reset: {reason}. The tunnel and the other connections go on.");
             Fail(stream, "reset: " + reason);
             EndStream(stream);
-            if (!_lifetime.IsCancellationRequested) _ = SendFinQuietlyAsync(stream);
+            if (!_lifetime.IsCancellationRequested) _ = Task.Run(() => SendFinQuietlyAsync(stream));
         }
 
         /// <summary>All connections together hold more than the session bound: the one holding most is reset.</summary>
