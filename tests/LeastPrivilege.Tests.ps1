@@ -159,6 +159,16 @@ Describe 'The README table' {
     }
 }
 
+Describe 'Get-BastionSession -History' {
+    It 'lists the recorded sessions with exactly its row, and names ssm:DescribeSessions when it is missing' {
+        $op = New-Operator 'Get-BastionSession -History'
+        { Get-BastionSession -History @op -ErrorAction Stop } | Should -Not -Throw
+        $op = New-Operator 'Get-BastionSession -History' -Without 'ssm:DescribeSessions'
+        $failure = Get-Failure { Get-BastionSession -History @op -ErrorAction Stop }
+        Assert-Denied $failure 'ssm:DescribeSessions' 'GetBastionSessionCommand'
+    }
+}
+
 Describe 'Get-BastionInstance' {
     It 'lists the instances with exactly its row' {
         $op = New-Operator 'Get-BastionInstance'

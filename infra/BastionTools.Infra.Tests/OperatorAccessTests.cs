@@ -100,7 +100,7 @@ namespace BastionTools.Infra.Tests
             var s = _stacks.Default;
             var unscoped = Statements(s).Where(st => Resources(st).Contains("*")).ToArray();
             var st = Assert.Single(unscoped);
-            Assert.Equal(new[] { "ec2:DescribeInstances", "ssm:DescribeInstanceInformation" },
+            Assert.Equal(new[] { "ec2:DescribeInstances", "ssm:DescribeInstanceInformation", "ssm:DescribeSessions" },
                 Synthesized.Many(st.GetProperty("Action")).Select(a => a.GetString()).OrderBy(a => a).ToArray());
             Assert.Equal(5, Statements(s).Length);
             Assert.All(Statements(s), x => Assert.Equal("Allow", x.GetProperty("Effect").GetString()));

@@ -9,7 +9,7 @@ namespace BastionTools.Infra
     /// <summary>
     /// What an operator needs for the BastionTools cmdlets, and nothing else: StartSession on this bastion with the
     /// port-forwarding documents (and the shell documents when enabled), Resume/TerminateSession on their own sessions,
-    /// rds-db:connect as the listed database users, and the describe calls Get-BastionInstance makes. Optionally a
+    /// rds-db:connect as the listed database users, and the describe calls Get-BastionInstance and Get-BastionSession -History make. Optionally a
     /// role for listed principals and one for GitHub Actions through OIDC.
     /// </summary>
     public sealed class OperatorAccess : Construct
@@ -67,7 +67,8 @@ namespace BastionTools.Infra
                 new PolicyStatement(new PolicyStatementProps
                 {
                     Sid = "FindTheBastion",
-                    Actions = new[] { "ec2:DescribeInstances", "ssm:DescribeInstanceInformation" },
+                    // ssm:DescribeSessions: Get-BastionSession -History, the sessions' audit trail.
+                    Actions = new[] { "ec2:DescribeInstances", "ssm:DescribeInstanceInformation", "ssm:DescribeSessions" },
                     Resources = new[] { "*" },
                 }),
             };
@@ -98,7 +99,7 @@ namespace BastionTools.Infra
                 Statements = statements.ToArray(),
             });
             NagAcknowledgements.Acknowledge(Policy, "AwsSolutions-IAM5",
-                "ec2:DescribeInstances and ssm:DescribeInstanceInformation support no resource-level permissions; they are read-only and Get-BastionInstance needs them.",
+                "ec2:DescribeInstances, ssm:DescribeInstanceInformation and ssm:DescribeSessions support no resource-level permissions; they are read-only and Get-BastionInstance and Get-BastionSession -History need them.",
                 "Resource::*");
             NagAcknowledgements.Acknowledge(Policy, "AwsSolutions-IAM5",
                 "Session ids are only known once started: the wildcard is bounded to the caller's own sessions by the ${aws:username}- prefix (IAM users) or the session-id tag condition on ${aws:userid} (roles).",

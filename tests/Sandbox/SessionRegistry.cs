@@ -64,6 +64,8 @@ namespace BastionTools.Sandbox
         /// service merges them into the document the agent receives); null for no session encryption.
         /// </summary>
         public string? KmsKeyId { get; internal set; }
+        /// <summary>The ARN of the identity that started the session (DescribeSessions' Owner).</summary>
+        public string? OwnerArn { get; internal set; }
 
         public bool IsPortForwarding => DocumentName == SsmDocuments.PortForwarding || DocumentName == SsmDocuments.PortForwardingToRemoteHost;
         public bool IsShell => DocumentName == SsmDocuments.Shell;

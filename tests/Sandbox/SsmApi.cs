@@ -27,6 +27,7 @@ namespace BastionTools.Sandbox
                 case "ResumeSession": return ResumeSession(input, caller);
                 case "TerminateSession": return TerminateSession(input, caller);
                 case "DescribeInstanceInformation": return DescribeInstanceInformation(input, caller);
+                case "DescribeSessions": return DescribeSessions(input, caller);
                 default: throw SandboxError.Coral("UnknownOperationException", null);
             }
         }
@@ -79,6 +80,7 @@ namespace BastionTools.Sandbox
 
             var session = _host.Sessions.Add(caller.UserName, target, effectiveDocument, documentName != null, parameters, reason, caller.AccessKeyId, World.Clock.UtcNow);
             session.KmsKeyId = World.Preferences.KmsKeyId;
+            session.OwnerArn = SandboxIamPolicy.CallerArn(World, caller);
             return SessionResponse(session);
         }
 
@@ -114,6 +116,128 @@ namespace BastionTools.Sandbox
             ["StreamUrl"] = _host.StreamUrlFor(session),
             ["TokenValue"] = session.CurrentToken,
         }.ToJsonString();
+
+        // ---- DescribeSessions ----
+
+        private static readonly string[] SessionStates = { "Active", "History" };
+        private static readonly string[] SessionFilterKeys = { "InvokedAfter", "InvokedBefore", "Target", "Owner", "Status", "SessionId", "AccessType" };
+        private static readonly string[] SessionStatuses = { "Connected", "Connecting", "Disconnected", "Terminated", "Terminating", "Failed" };
+
+        /// <summary>
+        /// DescribeSessions (ssm-2014-11-06): State Active (not ended) or History (ended), Filters of {key, value}
+        /// (1 to 6; keys InvokedAfter/InvokedBefore take an ISO-8601 timestamp and compare with the start date),
+        /// MaxResults 1..200, NextToken. Newest first. No resource-level permissions (the account is named).
+        /// </summary>
+        private string DescribeSessions(JsonObject input, SandboxCredential caller)
+        {
+            Authorize(caller, "ssm:DescribeSessions", SandboxArns.SsmAccount(World));
+            var state = RequiredString(input, "State", "state");
+            if (!SessionStates.Contains(state, StringComparer.Ordinal))
+            {
+                throw SandboxError.Validation("1 validation error detected: Value '" + state + "' at 'state' failed to satisfy constraint: Member must satisfy enum value set: [" + string.Join(", ", SessionStates) + "]");
+            }
+            var maxResults = 20;
+            if (input["MaxResults"] is JsonNode m)
+            {
+                maxResults = ReadInt(m, "maxResults");
+                if (maxResults < 1) throw SandboxError.Validation("1 validation error detected: Value '" + maxResults.ToString(CultureInfo.InvariantCulture) + "' at 'maxResults' failed to satisfy constraint: Member must have value greater than or equal to 1");
+                if (maxResults > 200) throw SandboxError.Validation("1 validation error detected: Value '" + maxResults.ToString(CultureInfo.InvariantCulture) + "' at 'maxResults' failed to satisfy constraint: Member must have value less than or equal to 200");
+            }
+            var predicates = new List<Func<SandboxSession, bool>>();
+            if (input["Filters"] is JsonNode filtersNode)
+            {
+                if (filtersNode is not JsonArray filters) throw SandboxError.Coral("SerializationException", "Expected a list for filters.");
+                if (filters.Count < 1 || filters.Count > 6)
+                {
+                    throw SandboxError.Validation("1 validation error detected: Value '" + filters.ToJsonString() + "' at 'filters' failed to satisfy constraint: Member must have length " + (filters.Count < 1 ? "greater than or equal to 1" : "less than or equal to 6"));
+                }
+                var n = 0;
+                foreach (var node in filters)
+                {
+                    n++;
+                    if (node is not JsonObject f) throw SandboxError.Coral("SerializationException", "Expected a structure for filters member.");
+                    var key = f["key"] is JsonNode k ? ReadString(k, "key") : throw SandboxError.Validation("1 validation error detected: Value null at 'filters." + n.ToString(CultureInfo.InvariantCulture) + ".member.key' failed to satisfy constraint: Member must not be null");
+                    var value = f["value"] is JsonNode v ? ReadString(v, "value") : throw SandboxError.Validation("1 validation error detected: Value null at 'filters." + n.ToString(CultureInfo.InvariantCulture) + ".member.value' failed to satisfy constraint: Member must not be null");
+                    if (!SessionFilterKeys.Contains(key, StringComparer.Ordinal))
+                    {
+                        throw SandboxError.Validation("1 validation error detected: Value '" + key + "' at 'filters." + n.ToString(CultureInfo.InvariantCulture) + ".member.key' failed to satisfy constraint: Member must satisfy enum value set: [" + string.Join(", ", SessionFilterKeys) + "]");
+                    }
+                    if (value.Length < 1 || value.Length > 400)
+                    {
+                        throw SandboxError.Validation("1 validation error detected: Value '" + value + "' at 'filters." + n.ToString(CultureInfo.InvariantCulture) + ".member.value' failed to satisfy constraint: Member must have length " + (value.Length < 1 ? "greater than or equal to 1" : "less than or equal to 400"));
+                    }
+                    predicates.Add(SessionFilterPredicate(key, value));
+                }
+            }
+            var history = state == "History";
+            var matches = _host.Sessions.Snapshot()
+                .Where(s => IsEndedState(s.State) == history && predicates.All(p => p(s)))
+                .OrderByDescending(s => s.StartedUtc)
+                .ToList();
+            var start = DecodeNextToken(input["NextToken"]?.GetValue<string>(), matches.Count);
+            var page = matches.Skip(start).Take(maxResults).ToList();
+            var items = new JsonArray();
+            foreach (var s in page)
+            {
+                var item = new JsonObject
+                {
+                    ["SessionId"] = s.SessionId,
+                    ["Target"] = s.Target,
+                    ["Status"] = SessionStatus(s.State),
+                    ["StartDate"] = EpochSeconds(s.StartedUtc),
+                    ["DocumentName"] = s.DocumentName,
+                    ["Owner"] = s.OwnerArn,
+                    ["AccessType"] = "Standard",
+                };
+                if (s.EndedUtc is DateTime ended) item["EndDate"] = EpochSeconds(ended);
+                if (s.Reason != null) item["Reason"] = s.Reason;
+                items.Add(item);
+            }
+            var result = new JsonObject { ["Sessions"] = items };
+            if (start + page.Count < matches.Count) result["NextToken"] = EncodeNextToken(start + page.Count);
+            return result.ToJsonString();
+        }
+
+        private static bool IsEndedState(SandboxSessionState state) => state == SandboxSessionState.Terminated || state == SandboxSessionState.TimedOut;
+
+        /// <summary>SSM's SessionStatus of a sandbox session: a session that timed out is Terminated, as the service shows it.</summary>
+        private static string SessionStatus(SandboxSessionState state) => state switch
+        {
+            SandboxSessionState.Connecting => "Connecting",
+            SandboxSessionState.Connected => "Connected",
+            SandboxSessionState.Disconnected => "Disconnected",
+            _ => "Terminated",
+        };
+
+        private static Func<SandboxSession, bool> SessionFilterPredicate(string key, string value)
+        {
+            switch (key)
+            {
+                case "InvokedAfter":
+                case "InvokedBefore":
+                    if (!DateTime.TryParse(value, CultureInfo.InvariantCulture, DateTimeStyles.AdjustToUniversal | DateTimeStyles.AssumeUniversal, out var when))
+                    {
+                        throw SandboxError.Validation("1 validation error detected: Value '" + value + "' at 'filters.member.value' for " + key + " is not a valid timestamp (use the ISO-8601 format, e.g. 2024-08-29T00:00:00Z)");
+                    }
+                    return key == "InvokedAfter" ? s => s.StartedUtc >= when : s => s.StartedUtc < when;
+                case "Target":
+                    return s => string.Equals(s.Target, value, StringComparison.Ordinal);
+                case "Owner":
+                    return s => string.Equals(s.OwnerArn, value, StringComparison.Ordinal);
+                case "SessionId":
+                    return s => string.Equals(s.SessionId, value, StringComparison.Ordinal);
+                case "Status":
+                    if (!SessionStatuses.Contains(value, StringComparer.Ordinal))
+                    {
+                        throw SandboxError.Validation("1 validation error detected: Value '" + value + "' for the Status filter failed to satisfy constraint: Member must satisfy enum value set: [" + string.Join(", ", SessionStatuses) + "]");
+                    }
+                    return s => SessionStatus(s.State) == value;
+                case "AccessType":
+                    return _ => value == "Standard";
+                default:
+                    throw SandboxError.Ssm("InvalidFilterKey", "The filter key " + key + " is not valid.");
+            }
+        }
 
         // ---- DescribeInstanceInformation ----
 

@@ -32,6 +32,62 @@ namespace BastionTools.Aws
         public DateTime? LastPingDateTime { get; set; }
     }
 
+    /// <summary>A Session Manager session as ssm:DescribeSessions lists it (no AWSSDK type leaves the engine).</summary>
+    internal sealed class SessionRecord
+    {
+        public string SessionId { get; set; } = "";
+        public string? Target { get; set; }
+        public string? Owner { get; set; }
+        public string? DocumentName { get; set; }
+        public string? Reason { get; set; }
+        public string? Status { get; set; }
+        public DateTime? StartDate { get; set; }
+        public DateTime? EndDate { get; set; }
+    }
+
+    /// <summary>
+    /// What to ask ssm:DescribeSessions for: State History (ended sessions, the last 30 days) or Active, with the service's
+    /// filters (each at most once: the service takes one value per key) and an optional limit on the number returned.
+    /// </summary>
+    internal sealed class SessionQuery
+    {
+        public const int MaxPageSize = 200;
+
+        public bool History { get; set; } = true;
+        public string? Target { get; set; }
+        public string? Owner { get; set; }
+        public string? Status { get; set; }
+        public string? SessionId { get; set; }
+        /// <summary>Sessions started at or after this time (filter InvokedAfter).</summary>
+        public DateTime? After { get; set; }
+        /// <summary>Sessions started before this time (filter InvokedBefore).</summary>
+        public DateTime? Before { get; set; }
+        /// <summary>At most this many sessions (pages are fetched until then); null: all.</summary>
+        public int? Limit { get; set; }
+
+        /// <summary>The request's filters as (key, value): timestamps in UTC ISO-8601 (2024-08-29T00:00:00Z), as the API documents them.</summary>
+        public List<KeyValuePair<string, string>> Filters()
+        {
+            var filters = new List<KeyValuePair<string, string>>();
+            if (After is DateTime after) filters.Add(new KeyValuePair<string, string>("InvokedAfter", Timestamp(after)));
+            if (Before is DateTime before) filters.Add(new KeyValuePair<string, string>("InvokedBefore", Timestamp(before)));
+            if (!string.IsNullOrEmpty(Target)) filters.Add(new KeyValuePair<string, string>("Target", Target!));
+            if (!string.IsNullOrEmpty(Owner)) filters.Add(new KeyValuePair<string, string>("Owner", Owner!));
+            if (!string.IsNullOrEmpty(Status)) filters.Add(new KeyValuePair<string, string>("Status", Status!));
+            if (!string.IsNullOrEmpty(SessionId)) filters.Add(new KeyValuePair<string, string>("SessionId", SessionId!));
+            return filters;
+        }
+
+        /// <summary>The page size of the next request: what is still wanted, at most the service's 200.</summary>
+        public int PageSize(int returned) => Limit is int limit ? Math.Max(1, Math.Min(MaxPageSize, limit - returned)) : MaxPageSize;
+
+        private static string Timestamp(DateTime t)
+        {
+            var utc = t.Kind == DateTimeKind.Utc ? t : t.ToUniversalTime();
+            return utc.ToString("yyyy-MM-dd'T'HH:mm:ss'Z'", System.Globalization.CultureInfo.InvariantCulture);
+        }
+    }
+
     /// <summary>
     /// A KMS data key: the plaintext (secret: never logged, cleared on Dispose) and the ciphertext blob the agent
     /// decrypts with kms:Decrypt.
@@ -81,6 +137,9 @@ namespace BastionTools.Aws
 
         /// <summary>Fills in SSM's view (ssm:DescribeInstanceInformation: ping status, agent version, platform) of <paramref name="records"/>.</summary>
         Task JoinInstanceInformationAsync(IReadOnlyList<InstanceRecord> records, CancellationToken cancellationToken);
+
+        /// <summary>ssm:DescribeSessions, every page (up to <see cref="SessionQuery.Limit"/>), in the service's order.</summary>
+        Task<IReadOnlyList<SessionRecord>> DescribeSessionsAsync(SessionQuery query, CancellationToken cancellationToken);
     }
 
     /// <summary>The IAM actions behind the module's AWS calls, as errors name them.</summary>
@@ -91,6 +150,7 @@ namespace BastionTools.Aws
         public const string TerminateSession = "ssm:TerminateSession";
         public const string DescribeInstanceInformation = "ssm:DescribeInstanceInformation";
         public const string DescribeInstances = "ec2:DescribeInstances";
+        public const string DescribeSessions = "ssm:DescribeSessions";
         public const string RdsConnect = "rds-db:connect";
     }
 
@@ -306,6 +366,40 @@ namespace BastionTools.Aws
         /// text does not always say which action it refused (EC2's may be only "You are not authorized to perform this
         /// operation." with an encoded message).
         /// </summary>
+        public async Task<IReadOnlyList<SessionRecord>> DescribeSessionsAsync(SessionQuery query, CancellationToken cancellationToken)
+        {
+            var request = new DescribeSessionsRequest { State = query.History ? Amazon.SimpleSystemsManagement.SessionState.History : Amazon.SimpleSystemsManagement.SessionState.Active };
+            var filters = query.Filters();
+            if (filters.Count > 0) request.Filters = filters.Select(f => new SessionFilter { Key = new SessionFilterKey(f.Key), Value = f.Value }).ToList();
+            var records = new List<SessionRecord>();
+            string? next = null;
+            do
+            {
+                request.NextToken = next;
+                request.MaxResults = query.PageSize(records.Count);
+                var page = await Call(() => _ssm.DescribeSessionsAsync(request, cancellationToken), query.Target ?? query.Owner,
+                    IamActions.DescribeSessions, "(Resource \"*\": it has no resource-level permissions)").ConfigureAwait(false);
+                foreach (var s in page.Sessions ?? new List<Session>())
+                {
+                    if (query.Limit is int limit && records.Count >= limit) break;
+                    records.Add(new SessionRecord
+                    {
+                        SessionId = s.SessionId ?? "",
+                        Target = s.Target,
+                        Owner = s.Owner,
+                        DocumentName = s.DocumentName,
+                        Reason = s.Reason,
+                        Status = s.Status?.Value,
+                        StartDate = s.StartDate,
+                        EndDate = s.EndDate,
+                    });
+                }
+                next = page.NextToken;
+            }
+            while (!string.IsNullOrEmpty(next) && (query.Limit is not int max || records.Count < max));
+            return records;
+        }
+
         private static async Task<T> Call<T>(Func<Task<T>> call, object? target, string action, string resources)
         {
             try

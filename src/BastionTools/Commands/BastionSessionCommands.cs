@@ -1,23 +1,79 @@
 using System;
 using System.Linq;
 using System.Management.Automation;
+using BastionTools.Aws;
 using BastionTools.Ssm;
 
 namespace BastionTools.Commands
 {
-    /// <summary>Get-BastionSession: the sessions this PowerShell session opened, live.</summary>
-    [Cmdlet(VerbsCommon.Get, "BastionSession")]
-    [OutputType(typeof(BastionSession))]
-    public sealed class GetBastionSessionCommand : PSCmdlet
+    /// <summary>
+    /// Get-BastionSession: the sessions this PowerShell session opened, live; with -History, the sessions Systems Manager
+    /// recorded (ssm:DescribeSessions, state History: the ended sessions of the last 30 days, or -Active ones), whoever
+    /// started them: the audit trail, filtered by target, owner, status and start time.
+    /// </summary>
+    [Cmdlet(VerbsCommon.Get, "BastionSession", DefaultParameterSetName = ParameterSets.Local)]
+    [OutputType(typeof(BastionSession), ParameterSetName = new[] { ParameterSets.Local })]
+    [OutputType(typeof(BastionSessionHistory), ParameterSetName = new[] { ParameterSets.History })]
+    public sealed class GetBastionSessionCommand : AwsServiceCmdlet
     {
-        [Parameter(Position = 0, ValueFromPipelineByPropertyName = true)]
+        internal static class ParameterSets
+        {
+            public const string Local = "Local";
+            public const string History = "History";
+        }
+
+        [Parameter(Position = 0, ParameterSetName = ParameterSets.Local, ValueFromPipelineByPropertyName = true)]
+        [Parameter(ParameterSetName = ParameterSets.History)]
         [ValidateNotNullOrEmpty]
         [SupportsWildcards]
         [ArgumentCompleter(typeof(BastionSessionCompleter))]
         public string[]? SessionId { get; set; }
 
+        /// <summary>The sessions Systems Manager recorded (ssm:DescribeSessions) rather than this PowerShell session's.</summary>
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.History)]
+        public SwitchParameter History { get; set; }
+
+        /// <summary>With -History: the sessions still active (Connected, Connecting, Disconnected, Terminating) instead of the ended ones.</summary>
+        [Parameter(ParameterSetName = ParameterSets.History)]
+        public SwitchParameter Active { get; set; }
+
+        /// <summary>Only sessions to this instance.</summary>
+        [Parameter(ParameterSetName = ParameterSets.History, ValueFromPipelineByPropertyName = true)]
+        [Alias("InstanceId")]
+        [ValidateNotNullOrEmpty]
+        [ArgumentCompleter(typeof(BastionTargetCompleter))]
+        public string? Target { get; set; }
+
+        /// <summary>Only sessions started by this identity (its ARN, as the Owner property shows it).</summary>
+        [Parameter(ParameterSetName = ParameterSets.History)]
+        [ValidateNotNullOrEmpty]
+        public string? Owner { get; set; }
+
+        /// <summary>Only sessions with this status.</summary>
+        [Parameter(ParameterSetName = ParameterSets.History)]
+        [ValidateSet("Connected", "Connecting", "Disconnected", "Terminated", "Terminating", "Failed")]
+        public string? Status { get; set; }
+
+        /// <summary>Only sessions started at or after this time.</summary>
+        [Parameter(ParameterSetName = ParameterSets.History)]
+        public DateTime? After { get; set; }
+
+        /// <summary>Only sessions started before this time.</summary>
+        [Parameter(ParameterSetName = ParameterSets.History)]
+        public DateTime? Before { get; set; }
+
+        /// <summary>At most this many sessions (the newest first, as Systems Manager lists them).</summary>
+        [Parameter(ParameterSetName = ParameterSets.History)]
+        [ValidateRange(1, int.MaxValue)]
+        public int? First { get; set; }
+
         protected override void ProcessRecord()
         {
+            if (ParameterSetName == ParameterSets.History)
+            {
+                WriteHistory();
+                return;
+            }
             var all = SessionRegistry.All();
             if (SessionId == null)
             {
@@ -34,6 +90,47 @@ namespace BastionTools.Commands
                         $"No session '{id}' is open in this PowerShell session.", id, "List sessions with Get-BastionSession.").ToErrorRecord());
                 }
                 WriteObject(matches, enumerateCollection: true);
+            }
+        }
+
+        private void WriteHistory()
+        {
+            if (After is DateTime a && Before is DateTime b && a >= b)
+            {
+                WriteError(new BastionToolsException(ErrorIds.SessionHistoryFilterInvalid, ErrorCategory.InvalidArgument,
+                    $"-After ({a:o}) must be earlier than -Before ({b:o}).", After).ToErrorRecord());
+                return;
+            }
+            var api = GetApi();
+            // The service takes one SessionId per request; wildcards are matched here, on the listed sessions.
+            var ids = SessionId ?? new[] { "*" };
+            foreach (var id in ids)
+            {
+                var exact = !WildcardPattern.ContainsWildcardCharacters(id);
+                var query = new SessionQuery
+                {
+                    History = !Active,
+                    Target = Target,
+                    Owner = Owner,
+                    Status = Status,
+                    After = After,
+                    Before = Before,
+                    SessionId = exact ? id : null,
+                    Limit = exact || id == "*" ? First : null,
+                };
+                WriteVerboseSafe($"DescribeSessions, state {(Active ? "Active" : "History")}" + string.Concat(query.Filters().Select(f => $", {f.Key} {f.Value}")) + (First is int n ? $", at most {n}" : "") + ".");
+                if (!TryRun(ct => api.DescribeSessionsAsync(query, ct), out var found)) return;
+                var pattern = new WildcardPattern(id, WildcardOptions.IgnoreCase);
+                var matches = found.Where(r => pattern.IsMatch(r.SessionId)).Select(BastionSessionHistory.From);
+                if (First is int first) matches = matches.Take(first);
+                var list = matches.ToList();
+                if (list.Count == 0 && exact)
+                {
+                    WriteError(new BastionToolsException(ErrorIds.BastionSessionNotFound, ErrorCategory.ObjectNotFound,
+                        $"Systems Manager lists no {(Active ? "active" : "ended")} session '{id}' that matches the filters.", id,
+                        Active ? "Ended sessions are listed without -Active." : "Active sessions are listed with -Active; the history keeps 30 days.").ToErrorRecord());
+                }
+                WriteObject(list, enumerateCollection: true);
             }
         }
     }

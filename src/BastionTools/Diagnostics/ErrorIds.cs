@@ -37,6 +37,8 @@ namespace BastionTools
         public const string BastionSessionFailed = "BastionSessionFailed";
         public const string BastionSessionTimedOut = "BastionSessionTimedOut";
         public const string BastionSessionTerminated = "BastionSessionTerminated";
+        /// <summary>Get-BastionSession -History: the filters cannot match (-After not earlier than -Before).</summary>
+        public const string SessionHistoryFilterInvalid = "SessionHistoryFilterInvalid";
         public const string BastionHandshakeFailed = "BastionHandshakeFailed";
         public const string LocalPortUnavailable = "LocalPortUnavailable";
         public const string ShellNeedsTerminal = "ShellNeedsTerminal";

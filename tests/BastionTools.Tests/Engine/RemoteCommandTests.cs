@@ -138,6 +138,7 @@ namespace BastionTools.Tests.Engine
             public Task<IReadOnlyList<InstanceRecord>> DescribeInstancesAsync(IReadOnlyCollection<string>? instanceIds, string? name, IDictionary<string, string>? tags, CancellationToken cancellationToken) => _inner.DescribeInstancesAsync(instanceIds, name, tags, cancellationToken);
             public Task JoinInstanceInformationAsync(IReadOnlyList<InstanceRecord> records, CancellationToken cancellationToken) => _inner.JoinInstanceInformationAsync(records, cancellationToken);
             public Task<DataKey> GenerateDataKeyAsync(string keyId, IDictionary<string, string> encryptionContext, int numberOfBytes, CancellationToken cancellationToken) => _inner.GenerateDataKeyAsync(keyId, encryptionContext, numberOfBytes, cancellationToken);
+            public Task<IReadOnlyList<SessionRecord>> DescribeSessionsAsync(SessionQuery query, CancellationToken cancellationToken) => _inner.DescribeSessionsAsync(query, cancellationToken);
         }
 
         [Theory(Timeout = 120_000)]

@@ -1,0 +1,522 @@
+using System;
+using System.Collections.Generic;
+using System.Diagnostics;
+using System.Globalization;
+using System.IO;
+using System.Linq;
+using System.Threading;
+using System.Threading.Tasks;
+using Amazon.Runtime;
+using BastionTools.Aws;
+using BastionTools.Ssm;
+using Npgsql;
+
+namespace BastionTools.Bench
+{
+    /// <summary>
+    /// Concurrency benchmark (issue 11): the real pgbench (a <c>select 1;</c> script) with 1, 8, 32 and 64 clients
+    /// against PostgreSQL directly on loopback and through one BastionTools tunnel (the sandbox agent in a process of
+    /// its own), alternating direct/tunnel per client count in the same run; psql COPY of 300,000 rows out and in
+    /// (median of 3, direct and tunnel alternating); and the cost of the tunnel from this process's own counters: CPU
+    /// per MB and per data-channel message, allocated bytes per message, memory per open connection, and the sandbox
+    /// agent's CPU per transaction. Figures are printed, never asserted.
+    /// </summary>
+    internal static class ConcurrencyBench
+    {
+        private const string Endpoint = "demo.c0ffee123456.us-west-2.rds.amazonaws.com";
+
+        public static async Task<int> RunAsync(string[] args)
+        {
+            string? sandboxDll = null;
+            var clientCounts = new[] { 1, 8, 32, 64 };
+            var seconds = 10;
+            var protocol = "simple";
+            var copyRows = 300_000;
+            var copyRuns = 3;
+            var idleConnections = 64;
+            for (var i = 0; i < args.Length; i++)
+            {
+                if (args[i] == "--sandbox" && i + 1 < args.Length) sandboxDll = args[++i];
+                else if (args[i] == "--clients" && i + 1 < args.Length) clientCounts = args[++i].Split(',', StringSplitOptions.RemoveEmptyEntries).Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray();
+                else if (args[i] == "--seconds" && i + 1 < args.Length) seconds = int.Parse(args[++i], CultureInfo.InvariantCulture);
+                else if (args[i] == "--protocol" && i + 1 < args.Length) protocol = args[++i];
+                else if (args[i] == "--copy-rows" && i + 1 < args.Length) copyRows = int.Parse(args[++i], CultureInfo.InvariantCulture);
+                else if (args[i] == "--copy-runs" && i + 1 < args.Length) copyRuns = int.Parse(args[++i], CultureInfo.InvariantCulture);
+                else if (args[i] == "--idle-connections" && i + 1 < args.Length) idleConnections = int.Parse(args[++i], CultureInfo.InvariantCulture);
+                else
+                {
+                    Console.Error.WriteLine("concurrency: unknown argument '" + args[i] + "'");
+                    return 2;
+                }
+            }
+            if (sandboxDll == null || !File.Exists(sandboxDll))
+            {
+                Console.Error.WriteLine("concurrency: --sandbox <path to BastionTools.Sandbox.dll> is required");
+                return 2;
+            }
+            if (protocol != "simple" && protocol != "extended" && protocol != "prepared")
+            {
+                Console.Error.WriteLine("concurrency: --protocol must be simple, extended or prepared");
+                return 2;
+            }
+            if (clientCounts.Length == 0 || clientCounts.Any(c => c < 1 || c > 128) || seconds < 1 || copyRuns < 1 || copyRows < 1 || idleConnections < 1)
+            {
+                Console.Error.WriteLine("concurrency: --clients (1-128: the sandbox's PostgreSQL allows 150 connections), --seconds, --copy-rows, --copy-runs and --idle-connections must be positive");
+                return 2;
+            }
+            var tools = PgTools.Find();
+            if (tools == null)
+            {
+                Console.Error.WriteLine("concurrency: pgbench and psql were not found ($BASTIONTOOLS_PG_BIN, /usr/lib/postgresql/*/bin, PATH): install the postgresql package.");
+                return 2;
+            }
+
+            var work = Directory.CreateTempSubdirectory("bastiontools-bench-");
+            try
+            {
+                return await RunCoreAsync(sandboxDll, tools, work.FullName, clientCounts, seconds, protocol, copyRows, copyRuns, idleConnections).ConfigureAwait(false);
+            }
+            finally
+            {
+                try
+                {
+                    work.Delete(true);
+                }
+                catch (IOException)
+                {
+                }
+            }
+        }
+
+        private static async Task<int> RunCoreAsync(string sandboxDll, PgTools tools, string work, int[] clientCounts, int seconds, string protocol, int copyRows, int copyRuns, int idleConnections)
+        {
+            var loadStart = LoadAverage();
+            // Fast mode: the agent without its real 1 ms pause per 1 KiB read, so the module is measured, not the agent's cap.
+            using var sandbox = Sandbox.Start(sandboxDll, "--postgres", "--output-read-pause-ms", "0");
+            var info = sandbox.Info;
+            var pg = info.GetProperty("postgres");
+            var pgPort = pg.GetProperty("port").GetInt32();
+            var db = new PgTarget(pg.GetProperty("user").GetString()!, pg.GetProperty("password").GetString()!, pg.GetProperty("database").GetString()!);
+            var creds = new ResolvedCredentials(new BasicAWSCredentials(info.GetProperty("accessKeyId").GetString(), info.GetProperty("secretAccessKey").GetString()), "sandbox", null);
+            using var api = new AwsApi(creds, info.GetProperty("region").GetString()!, info.GetProperty("ssm").GetString());
+
+            Console.WriteLine($"machine: {Environment.ProcessorCount} cores, load average at start {loadStart}; PostgreSQL {pg.GetProperty("serverVersion").GetString()}, pgbench {tools.Version}");
+            Console.WriteLine("sandbox agent in FAST MODE (--output-read-pause-ms 0: no 1 ms pause per 1 KiB read, unlike the real agent): the module is measured, not the agent's pace");
+            Console.WriteLine($"pgbench: script 'select 1;', -n -M {protocol}, -T {seconds}, -j min(clients, 2), latency = time between a client's consecutive completions in pgbench's per-transaction log (-l); tunnel = one BastionTools port session hosted by this process");
+
+            var memoryBefore = MemorySnapshot.Take();
+            var session = new PortForwardingSession(api, new PortForwardingRequest { Target = "i-0a1b2c3d4e5f60001", RemoteHost = Endpoint, RemotePort = pgPort }, new DataChannelOptions());
+            await session.StartAsync(_ => { }, TimeSpan.FromSeconds(30), CancellationToken.None).ConfigureAwait(false);
+            var tunnelPort = session.LocalEndPoint!.Port;
+            Console.WriteLine($"tunnel: 127.0.0.1:{tunnelPort} -> {pgPort}, mode {session.Mode}, agent {session.AgentVersion}");
+
+            var script = Path.Combine(work, "select1.sql");
+            File.WriteAllText(script, "select 1;\n");
+            var runs = 0;
+            async Task<PgbenchResult> Pgbench(int port, int clients, int secs)
+            {
+                var prefix = Path.Combine(work, "run" + (++runs).ToString(CultureInfo.InvariantCulture));
+                return await PgbenchResult.RunAsync(tools, db, port, script, protocol, clients, secs, prefix).ConfigureAwait(false);
+            }
+
+            // Warm-up (JIT, connection paths), not reported.
+            await Pgbench(pgPort, 1, 2).ConfigureAwait(false);
+            await Pgbench(tunnelPort, 1, 2).ConfigureAwait(false);
+
+            // ---- memory per open connection: idle connections held by pgbench (another process), before the heavy runs ----
+            var idle = MemorySnapshot.Take();
+            var held = await HoldIdleConnectionsAsync(tools, db, tunnelPort, work, idleConnections, session).ConfigureAwait(false);
+            if (held.Snapshot is { } with)
+            {
+                Console.WriteLine($"memory (this process): before the session {memoryBefore.WorkingSetMB:F1} MB; session idle {idle.WorkingSetMB:F1} MB (managed {idle.ManagedMB:F1} MB); " +
+                                  $"{idleConnections} idle connections open {with.WorkingSetMB:F1} MB (managed {with.ManagedMB:F1} MB): " +
+                                  $"{(with.WorkingSetMB - idle.WorkingSetMB) / idleConnections * 1024:+0;-0} KB working set, {(with.ManagedMB - idle.ManagedMB) / idleConnections * 1024:+0;-0} KB managed per connection");
+            }
+            else
+            {
+                Console.WriteLine($"memory per open connection: not measured ({held.Failure})");
+            }
+
+            // ---- select 1 at 1, 8, 32, 64 clients, direct and tunnel alternating ----
+            Console.WriteLine();
+            Console.WriteLine("clients |      direct: tps    p50 ms   p99 ms |      tunnel: tps    p50 ms   p99 ms | tunnel % of direct | added p50 ms | tunnel cost: client CPU us/tx  us/msg  alloc B/msg  agent CPU us/tx");
+            var rows = new List<(int Clients, PgbenchResult Direct, PgbenchResult Tunnel)>();
+            foreach (var clients in clientCounts)
+            {
+                var direct = await Pgbench(pgPort, clients, seconds).ConfigureAwait(false);
+                var before = Counters.Take(session, sandbox);
+                var tunnel = await Pgbench(tunnelPort, clients, seconds).ConfigureAwait(false);
+                var cost = Counters.Take(session, sandbox) - before;
+                rows.Add((clients, direct, tunnel));
+                var tx = Math.Max(1, tunnel.Transactions);
+                var messages = Math.Max(1, cost.Messages);
+                Console.WriteLine($"{clients,7} | {direct.Tps,17:F0} {direct.P50Ms,9:F3} {direct.P99Ms,8:F3} | {tunnel.Tps,17:F0} {tunnel.P50Ms,9:F3} {tunnel.P99Ms,8:F3} | {tunnel.Tps / direct.Tps,18:P0} | {tunnel.P50Ms - direct.P50Ms,12:F3} | " +
+                                  $"{cost.ClientCpu.TotalMilliseconds * 1000 / tx,28:F1} {cost.ClientCpu.TotalMilliseconds * 1000 / messages,7:F1} {(double)cost.Allocated / messages,12:F0} {cost.AgentCpu.TotalMilliseconds * 1000 / tx,16:F1}");
+            }
+            Console.WriteLine("(tps: pgbench's, without initial connection time; p50/p99: time between a client's consecutive completions in pgbench's log (its own latency column reads 0 when the answer was already there); tunnel cost: this process's CPU time and");
+            Console.WriteLine(" allocated bytes over the tunnel run, per pgbench transaction and per data-channel message sent or received; agent CPU: the sandbox process's CPU time)");
+
+            // ---- psql COPY out and in, median of 3, direct and tunnel alternating ----
+            Console.WriteLine();
+            await using (var c = new NpgsqlConnection(sandbox.PostgresConnectionString(pgPort)))
+            {
+                await c.OpenAsync().ConfigureAwait(false);
+                await BenchDb.ExecAsync(c, $"drop table if exists bench_copy; create table bench_copy as select g as id, md5(g::text) as payload from generate_series(1, {copyRows}) g; " +
+                                           "drop table if exists bench_copy_in; create table bench_copy_in (like bench_copy)").ConfigureAwait(false);
+            }
+            var outFile = Path.Combine(work, "copy-out.tsv");
+            var outDirect = new List<TimeSpan>();
+            var outTunnel = new List<TimeSpan>();
+            var outCost = default(Counters);
+            for (var r = 0; r < copyRuns; r++)
+            {
+                outDirect.Add(await Psql(tools, db, pgPort, $"\\copy bench_copy to '{outFile}'").ConfigureAwait(false));
+                var before = Counters.Take(session, sandbox);
+                outTunnel.Add(await Psql(tools, db, tunnelPort, $"\\copy bench_copy to '{outFile}'").ConfigureAwait(false));
+                outCost += Counters.Take(session, sandbox) - before;
+            }
+            var fileBytes = new FileInfo(outFile).Length;
+            var inDirect = new List<TimeSpan>();
+            var inTunnel = new List<TimeSpan>();
+            var inCost = default(Counters);
+            for (var r = 0; r < copyRuns; r++)
+            {
+                await TruncateAsync(sandbox, pgPort).ConfigureAwait(false);
+                inDirect.Add(await Psql(tools, db, pgPort, $"\\copy bench_copy_in from '{outFile}'").ConfigureAwait(false));
+                await TruncateAsync(sandbox, pgPort).ConfigureAwait(false);
+                var before = Counters.Take(session, sandbox);
+                inTunnel.Add(await Psql(tools, db, tunnelPort, $"\\copy bench_copy_in from '{outFile}'").ConfigureAwait(false));
+                inCost += Counters.Take(session, sandbox) - before;
+            }
+            Console.WriteLine($"psql \\copy of {copyRows:N0} rows ({fileBytes / 1e6:F1} MB of text), median of {copyRuns} (psql start and connect included in both):");
+            PrintCopy("COPY out", outDirect, outTunnel, outCost);
+            PrintCopy("COPY in ", inDirect, inTunnel, inCost);
+
+            Console.WriteLine();
+            Console.WriteLine($"data channel totals: {session.Channel!.MessagesSent:N0} messages sent, {session.Channel.MessagesReceived:N0} received, {session.Channel.Retransmissions} retransmissions; connections opened {session.Connections.Opened}, failed {session.Connections.Failed}, reset {session.Connections.Reset}");
+            PrintGoals(rows, outDirect, outTunnel, inDirect, inTunnel);
+            await session.StopAsync().ConfigureAwait(false);
+            Console.WriteLine($"machine: load average at end {LoadAverage()}");
+            return 0;
+        }
+
+        private static void PrintCopy(string what, List<TimeSpan> direct, List<TimeSpan> tunnel, Counters cost)
+        {
+            var d = Median(direct);
+            var t = Median(tunnel);
+            var mb = Math.Max(1, cost.Bytes) / 1e6;
+            var messages = Math.Max(1, cost.Messages);
+            Console.WriteLine($"  {what}: direct {d.TotalMilliseconds,8:F0} ms   tunnel {t.TotalMilliseconds,8:F0} ms   ratio {t.TotalMilliseconds / d.TotalMilliseconds,5:F2}x   " +
+                              $"tunnel cost: client CPU {cost.ClientCpu.TotalMilliseconds / mb,6:F1} ms/MB, {cost.ClientCpu.TotalMilliseconds * 1000 / messages,5:F1} us/msg, {(double)cost.Allocated / messages,6:F0} B allocated/msg; " +
+                              $"agent CPU {cost.AgentCpu.TotalMilliseconds / mb,6:F1} ms/MB ({cost.Messages:N0} messages, {cost.Bytes / 1e6:F1} MB through the tunnel in {direct.Count} runs)");
+        }
+
+        private static void PrintGoals(List<(int Clients, PgbenchResult Direct, PgbenchResult Tunnel)> rows, List<TimeSpan> outDirect, List<TimeSpan> outTunnel, List<TimeSpan> inDirect, List<TimeSpan> inTunnel)
+        {
+            Console.WriteLine("issue 11 goals, measured (printed, not asserted):");
+            var one = rows.FirstOrDefault(r => r.Clients == 1);
+            var many = rows.FirstOrDefault(r => r.Clients == 32);
+            if (many.Tunnel != null)
+            {
+                Console.WriteLine($"  32 clients through one tunnel: {many.Tunnel.Tps / many.Direct.Tps:P0} of direct tps (goal >= 35 %)");
+                if (one.Tunnel != null)
+                {
+                    Console.WriteLine($"  32 clients tunnel p50 {many.Tunnel.P50Ms:F3} ms vs 1 client tunnel p50 {one.Tunnel.P50Ms:F3} ms: {many.Tunnel.P50Ms - one.Tunnel.P50Ms:+0.000;-0.000} ms (goal <= +0.3 ms); direct: {many.Direct.P50Ms - one.Direct.P50Ms:+0.000;-0.000} ms");
+                }
+            }
+            if (one.Tunnel != null) Console.WriteLine($"  select 1, one client: tunnel p50 {one.Tunnel.P50Ms - one.Direct.P50Ms:+0.000;-0.000} ms over direct (goal <= 0.3 ms)");
+            Console.WriteLine($"  COPY out {Median(outTunnel).TotalMilliseconds / Median(outDirect).TotalMilliseconds:F2}x direct time (goal <= 1.5x); COPY in {Median(inTunnel).TotalMilliseconds / Median(inDirect).TotalMilliseconds:F2}x (goal <= 2x)");
+        }
+
+        private static async Task TruncateAsync(Sandbox sandbox, int pgPort)
+        {
+            await using var c = new NpgsqlConnection(sandbox.PostgresConnectionString(pgPort));
+            await c.OpenAsync().ConfigureAwait(false);
+            await BenchDb.ExecAsync(c, "truncate bench_copy_in").ConfigureAwait(false);
+        }
+
+        /// <summary>psql running one command (a \copy), timed from start to exit.</summary>
+        private static async Task<TimeSpan> Psql(PgTools tools, PgTarget db, int port, string command)
+        {
+            var psi = db.StartInfo(tools.Psql, port);
+            foreach (var a in new[] { "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", command }) psi.ArgumentList.Add(a);
+            var sw = Stopwatch.StartNew();
+            var (exit, _, stderr) = await RunAsync(psi).ConfigureAwait(false);
+            var elapsed = sw.Elapsed;
+            if (exit != 0) throw new InvalidOperationException($"psql failed (exit {exit}): {stderr.Trim()}");
+            return elapsed;
+        }
+
+        /// <summary>
+        /// pgbench with <paramref name="count"/> clients that connect and then sleep client-side: idle connections held
+        /// by another process, so this process's memory is the tunnel's. Snapshot once all are open (the tunnel's own
+        /// count of active connections), then pgbench is stopped.
+        /// </summary>
+        private static async Task<(MemorySnapshot? Snapshot, string? Failure)> HoldIdleConnectionsAsync(PgTools tools, PgTarget db, int port, string work, int count, PortForwardingSession session)
+        {
+            var script = Path.Combine(work, "sleep.sql");
+            File.WriteAllText(script, "\\sleep 600 s\n");
+            var psi = db.StartInfo(tools.Pgbench, port);
+            foreach (var a in new[] { "-n", "-f", script, "-c", count.ToString(CultureInfo.InvariantCulture), "-j", Math.Min(count, 2).ToString(CultureInfo.InvariantCulture), "-t", "1" }) psi.ArgumentList.Add(a);
+            var openedBefore = session.Connections.Opened;
+            using var p = Process.Start(psi)!;
+            var drain = Task.WhenAll(p.StandardOutput.ReadToEndAsync(), p.StandardError.ReadToEndAsync());
+            try
+            {
+                var deadline = Stopwatch.StartNew();
+                // All of pgbench's connections accepted by the tunnel (opened since it started) and open at once.
+                while (session.Connections.Opened - openedBefore < count || session.Connections.Active < count)
+                {
+                    if (p.HasExited) return (null, $"pgbench exited ({p.ExitCode}) with {session.Connections.Opened - openedBefore} of {count} connections opened: {(await drain.ConfigureAwait(false))[1].Trim()}");
+                    if (deadline.Elapsed > TimeSpan.FromSeconds(120)) return (null, $"only {session.Connections.Opened - openedBefore} of {count} connections opened ({session.Connections.Active} active) after 120 s");
+                    await Task.Delay(50).ConfigureAwait(false);
+                }
+                // Connected is not yet quiet: wait until nothing moves through the tunnel for a while.
+                var last = -1L;
+                while (true)
+                {
+                    var now = session.Connections.BytesIn + session.Connections.BytesOut;
+                    if (now == last) break;
+                    last = now;
+                    await Task.Delay(500).ConfigureAwait(false);
+                }
+                return (MemorySnapshot.Take(), null);
+            }
+            finally
+            {
+                if (!p.HasExited) p.Kill();
+                await p.WaitForExitAsync().ConfigureAwait(false);
+                await drain.ConfigureAwait(false);
+            }
+        }
+
+        internal static async Task<(int Exit, string Stdout, string Stderr)> RunAsync(ProcessStartInfo psi)
+        {
+            using var p = Process.Start(psi)!;
+            var stdout = p.StandardOutput.ReadToEndAsync();
+            var stderr = p.StandardError.ReadToEndAsync();
+            await p.WaitForExitAsync().ConfigureAwait(false);
+            return (p.ExitCode, await stdout.ConfigureAwait(false), await stderr.ConfigureAwait(false));
+        }
+
+        private static TimeSpan Median(List<TimeSpan> values)
+        {
+            var sorted = values.OrderBy(v => v).ToList();
+            return sorted.Count % 2 == 1 ? sorted[sorted.Count / 2] : (sorted[sorted.Count / 2 - 1] + sorted[sorted.Count / 2]) / 2;
+        }
+
+        private static string LoadAverage()
+        {
+            try
+            {
+                var parts = File.ReadAllText("/proc/loadavg").Split(' ');
+                return $"{parts[0]} {parts[1]} {parts[2]} (1/5/15 min)";
+            }
+            catch (IOException)
+            {
+                return "unknown (no /proc/loadavg)";
+            }
+            catch (UnauthorizedAccessException)
+            {
+                return "unknown (no /proc/loadavg)";
+            }
+        }
+
+        /// <summary>Where the PostgreSQL client tools are: $BASTIONTOOLS_PG_BIN, the newest /usr/lib/postgresql/*/bin, else PATH.</summary>
+        internal sealed class PgTools
+        {
+            private PgTools(string pgbench, string psql, string version)
+            {
+                Pgbench = pgbench;
+                Psql = psql;
+                Version = version;
+            }
+
+            public string Pgbench { get; }
+            public string Psql { get; }
+            public string Version { get; }
+
+            public static PgTools? Find()
+            {
+                var dirs = new List<string>();
+                var fromEnv = Environment.GetEnvironmentVariable("BASTIONTOOLS_PG_BIN");
+                if (!string.IsNullOrEmpty(fromEnv)) dirs.Add(fromEnv);
+                if (Directory.Exists("/usr/lib/postgresql"))
+                {
+                    dirs.AddRange(Directory.GetDirectories("/usr/lib/postgresql")
+                        .OrderByDescending(d => int.TryParse(Path.GetFileName(d).Split('.')[0], NumberStyles.None, CultureInfo.InvariantCulture, out var v) ? v : 0)
+                        .Select(d => Path.Combine(d, "bin")));
+                }
+                dirs.AddRange((Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries));
+                foreach (var dir in dirs)
+                {
+                    var pgbench = Path.Combine(dir, OperatingSystem.IsWindows() ? "pgbench.exe" : "pgbench");
+                    var psql = Path.Combine(dir, OperatingSystem.IsWindows() ? "psql.exe" : "psql");
+                    if (File.Exists(pgbench) && File.Exists(psql))
+                    {
+                        var psi = new ProcessStartInfo(pgbench) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+                        psi.ArgumentList.Add("--version");
+                        using var p = Process.Start(psi)!;
+                        var version = p.StandardOutput.ReadToEnd().Trim();
+                        p.WaitForExit();
+                        return new PgTools(pgbench, psql, version.Replace("pgbench (PostgreSQL) ", "", StringComparison.Ordinal));
+                    }
+                }
+                return null;
+            }
+        }
+
+        /// <summary>The sandbox's throwaway superuser; its password goes into the child's environment only.</summary>
+        internal sealed class PgTarget
+        {
+            private readonly string _password;
+
+            public PgTarget(string user, string password, string database)
+            {
+                User = user;
+                _password = password;
+                Database = database;
+            }
+
+            public string User { get; }
+            public string Database { get; }
+
+            public ProcessStartInfo StartInfo(string tool, int port)
+            {
+                var psi = new ProcessStartInfo(tool) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+                // Where to connect through libpq's variables (pgbench's -d is --debug, not the database).
+                psi.Environment["PGHOST"] = "127.0.0.1";
+                psi.Environment["PGPORT"] = port.ToString(CultureInfo.InvariantCulture);
+                psi.Environment["PGUSER"] = User;
+                psi.Environment["PGDATABASE"] = Database;
+                // The child's environment only (a copy of this process's), never this process's own.
+                psi.Environment["PGPASSWORD"] = _password;
+                psi.Environment["PGSSLMODE"] = "disable";
+                psi.Environment["PGCONNECT_TIMEOUT"] = "60";
+                return psi;
+            }
+        }
+
+        internal sealed class PgbenchResult
+        {
+            public double Tps { get; private set; }
+            public long Transactions { get; private set; }
+            public double P50Ms { get; private set; }
+            public double P99Ms { get; private set; }
+
+            public static async Task<PgbenchResult> RunAsync(PgTools tools, PgTarget db, int port, string script, string protocol, int clients, int seconds, string logPrefix)
+            {
+                var psi = db.StartInfo(tools.Pgbench, port);
+                foreach (var a in new[]
+                {
+                    "-n", "-f", script, "-M", protocol, "-c", clients.ToString(CultureInfo.InvariantCulture),
+                    "-j", Math.Min(clients, 2).ToString(CultureInfo.InvariantCulture), "-T", seconds.ToString(CultureInfo.InvariantCulture),
+                    "-l", "--log-prefix=" + logPrefix,
+                })
+                {
+                    psi.ArgumentList.Add(a);
+                }
+                psi.WorkingDirectory = Path.GetDirectoryName(logPrefix);
+                var (exit, stdout, stderr) = await ConcurrencyBench.RunAsync(psi).ConfigureAwait(false);
+                if (exit != 0) throw new InvalidOperationException($"pgbench failed (exit {exit}): {stderr.Trim()}");
+
+                // "tps = 12345.678901 (without initial connection time)"
+                var tpsLine = stdout.Split('\n').FirstOrDefault(l => l.StartsWith("tps = ", StringComparison.Ordinal))
+                              ?? throw new InvalidOperationException("pgbench printed no tps line: " + stdout + stderr);
+                var tps = double.Parse(tpsLine.Substring(6).Split(' ')[0], CultureInfo.InvariantCulture);
+
+                // Per-transaction log lines: client_id transaction_no time script_no time_epoch time_us. pgbench's own
+                // "time" column reads 0 us whenever the answer was already there when it looked (it reuses the clock
+                // reading it took when it sent the query), which biases fast direct loopback figures low; so each
+                // transaction's latency here is the time between two consecutive completions of the same client (the
+                // time_epoch/time_us stamps): what a closed-loop client sees, pgbench's own turn-around included.
+                var byClient = new Dictionary<int, List<(long Tx, long EndUs)>>();
+                var dir = Path.GetDirectoryName(logPrefix)!;
+                var name = Path.GetFileName(logPrefix);
+                foreach (var file in Directory.GetFiles(dir, name + ".*"))
+                {
+                    foreach (var line in File.ReadLines(file))
+                    {
+                        var f = line.Split(' ');
+                        if (f.Length >= 6 && int.TryParse(f[0], NumberStyles.None, CultureInfo.InvariantCulture, out var client)
+                            && long.TryParse(f[1], NumberStyles.None, CultureInfo.InvariantCulture, out var tx)
+                            && long.TryParse(f[4], NumberStyles.None, CultureInfo.InvariantCulture, out var epoch)
+                            && long.TryParse(f[5], NumberStyles.None, CultureInfo.InvariantCulture, out var us))
+                        {
+                            if (!byClient.TryGetValue(client, out var list)) byClient[client] = list = new List<(long, long)>();
+                            list.Add((tx, epoch * 1_000_000 + us));
+                        }
+                    }
+                    File.Delete(file);
+                }
+                var latencies = new List<double>();
+                long transactions = 0;
+                foreach (var list in byClient.Values)
+                {
+                    transactions += list.Count;
+                    list.Sort((a, b) => a.Tx.CompareTo(b.Tx));
+                    for (var i = 1; i < list.Count; i++) latencies.Add((list[i].EndUs - list[i - 1].EndUs) / 1000.0);
+                }
+                if (latencies.Count == 0) throw new InvalidOperationException("pgbench wrote no per-transaction log under " + logPrefix);
+                latencies.Sort();
+                return new PgbenchResult { Tps = tps, Transactions = transactions, P50Ms = Pct(latencies, 50), P99Ms = Pct(latencies, 99) };
+            }
+
+            private static double Pct(List<double> sorted, int p) => sorted[Math.Min(sorted.Count - 1, Math.Max(0, (int)Math.Ceiling(p / 100.0 * sorted.Count) - 1))];
+        }
+
+        /// <summary>This process's own counters (it hosts the tunnel) and the sandbox agent's CPU time.</summary>
+        private readonly struct Counters
+        {
+            private Counters(TimeSpan clientCpu, TimeSpan agentCpu, long allocated, long messages, long bytes)
+            {
+                ClientCpu = clientCpu;
+                AgentCpu = agentCpu;
+                Allocated = allocated;
+                Messages = messages;
+                Bytes = bytes;
+            }
+
+            public TimeSpan ClientCpu { get; }
+            public TimeSpan AgentCpu { get; }
+            public long Allocated { get; }
+            public long Messages { get; }
+            public long Bytes { get; }
+
+            public static Counters Take(PortForwardingSession session, Sandbox sandbox)
+            {
+                using var self = Process.GetCurrentProcess();
+                sandbox.Process.Refresh();
+                return new Counters(self.TotalProcessorTime, sandbox.Process.TotalProcessorTime, GC.GetTotalAllocatedBytes(false),
+                    session.Channel!.MessagesSent + session.Channel.MessagesReceived, session.Connections.BytesIn + session.Connections.BytesOut);
+            }
+
+            public static Counters operator -(Counters a, Counters b) =>
+                new(a.ClientCpu - b.ClientCpu, a.AgentCpu - b.AgentCpu, a.Allocated - b.Allocated, a.Messages - b.Messages, a.Bytes - b.Bytes);
+
+            public static Counters operator +(Counters a, Counters b) =>
+                new(a.ClientCpu + b.ClientCpu, a.AgentCpu + b.AgentCpu, a.Allocated + b.Allocated, a.Messages + b.Messages, a.Bytes + b.Bytes);
+        }
+
+        private readonly struct MemorySnapshot
+        {
+            private MemorySnapshot(double ws, double managed)
+            {
+                WorkingSetMB = ws;
+                ManagedMB = managed;
+            }
+
+            public double WorkingSetMB { get; }
+            public double ManagedMB { get; }
+
+            public static MemorySnapshot Take()
+            {
+                GC.Collect();
+                GC.WaitForPendingFinalizers();
+                GC.Collect();
+                using var p = Process.GetCurrentProcess();
+                return new MemorySnapshot(p.WorkingSet64 / 1048576.0, GC.GetTotalMemory(false) / 1048576.0);
+            }
+        }
+    }
+}
