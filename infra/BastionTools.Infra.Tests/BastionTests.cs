@@ -119,8 +119,11 @@ namespace BastionTools.Infra.Tests
             Assert.Equal(new[] { "arn:{AWS::Partition}:iam::aws:policy/AmazonSSMManagedInstanceCore" }, managed);
             Assert.Equal("ec2.amazonaws.com", role.GetProperty("AssumeRolePolicyDocument").GetProperty("Statement")[0].GetProperty("Principal").GetProperty("Service").GetString());
 
-            var statements = role.GetProperty("Policies").EnumerateArray()
-                .SelectMany(p => Synthesized.Many(p.GetProperty("PolicyDocument").GetProperty("Statement"))).ToArray();
+            // The bastion's own permissions are a customer-managed policy attached to the role, not inline ones.
+            Assert.False(role.TryGetProperty("Policies", out _));
+            var policy = s.Properties(s.Id(s.Stack.Bastion.Policy));
+            Assert.Equal(new[] { "{" + s.Id(s.Stack.Bastion.Role) + "}" }, policy.GetProperty("Roles").EnumerateArray().Select(Synthesized.Render).ToArray());
+            var statements = Synthesized.Many(policy.GetProperty("PolicyDocument").GetProperty("Statement")).ToArray();
             var write = Assert.Single(statements, st => st.GetProperty("Sid").GetString() == "WriteOwnSessionLogs");
             Assert.Equal(new[] { "logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents" },
                 Synthesized.Many(write.GetProperty("Action")).Select(a => a.GetString()!).OrderBy(a => a).ToArray());
@@ -131,9 +134,21 @@ namespace BastionTools.Infra.Tests
             Assert.Single(statements, st => st.GetProperty("Sid").GetString() == "DecryptSessionData");
             Assert.Equal(3, statements.Length);
             // No other policy is attached to the role anywhere in the template.
-            s.Template.ResourceCountIs("AWS::IAM::Policy", 1); // the flow log role's
-            Assert.DoesNotContain(s.Resources("AWS::IAM::Policy"),
-                p => p.Resource.GetProperty("Properties").GetProperty("Roles").EnumerateArray().Any(r => Synthesized.Render(r) == "{" + s.Id(s.Stack.Bastion.Role) + "}"));
+            var roleRef = "{" + s.Id(s.Stack.Bastion.Role) + "}";
+            Assert.Equal(new[] { s.Id(s.Stack.Bastion.Policy) }, s.Resources("AWS::IAM::ManagedPolicy")
+                .Where(p => p.Resource.GetProperty("Properties").TryGetProperty("Roles", out var roles) && roles.EnumerateArray().Any(r => Synthesized.Render(r) == roleRef))
+                .Select(p => p.Id).ToArray());
+        }
+
+        [Theory]
+        [MemberData(nameof(Stacks.Names), MemberType = typeof(Stacks))]
+        public void No_role_has_an_inline_policy(string config)
+        {
+            // NIST 800-53 rev 5 IAMNoInlinePolicy: neither AWS::IAM::Policy resources nor a role's Policies property.
+            var s = _stacks[config];
+            s.Template.ResourceCountIs("AWS::IAM::Policy", 0);
+            Assert.All(s.Resources("AWS::IAM::Role"), r => Assert.False(r.Resource.GetProperty("Properties").TryGetProperty("Policies", out _), r.Id + " has inline policies"));
+            Assert.NotEmpty(s.Resources("AWS::IAM::Role"));
         }
 
         [Theory]
@@ -156,16 +171,14 @@ namespace BastionTools.Infra.Tests
         public void Session_data_kms_lets_the_bastion_decrypt_with_the_key()
         {
             var s = _stacks.Shell;
-            var role = s.Properties(s.Id(s.Stack.Bastion.Role));
-            var st = role.GetProperty("Policies").EnumerateArray()
-                .SelectMany(p => Synthesized.Many(p.GetProperty("PolicyDocument").GetProperty("Statement")))
+            var st = Synthesized.Many(s.Properties(s.Id(s.Stack.Bastion.Policy)).GetProperty("PolicyDocument").GetProperty("Statement"))
                 .Single(x => x.GetProperty("Sid").GetString() == "DecryptSessionData");
             Assert.Equal("kms:Decrypt", st.GetProperty("Action").GetString());
             Assert.Equal("{" + s.Id(s.Stack.Logging.SessionDataKey!) + ".Arn}", Synthesized.Render(st.GetProperty("Resource")));
             // Off: no such permission.
             var off = _stacks.Github;
-            Assert.DoesNotContain(off.Properties(off.Id(off.Stack.Bastion.Role)).GetProperty("Policies").EnumerateArray(),
-                p => Synthesized.Many(p.GetProperty("PolicyDocument").GetProperty("Statement")).Any(x => x.GetProperty("Sid").GetString() == "DecryptSessionData"));
+            Assert.DoesNotContain(Synthesized.Many(off.Properties(off.Id(off.Stack.Bastion.Policy)).GetProperty("PolicyDocument").GetProperty("Statement")),
+                x => x.GetProperty("Sid").GetString() == "DecryptSessionData");
         }
     }
 }

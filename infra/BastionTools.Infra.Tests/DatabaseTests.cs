@@ -126,5 +126,35 @@ namespace BastionTools.Infra.Tests
                 p => Synthesized.Render(p.GetProperty("GroupId")) == "{" + dbSg + ".GroupId}");
             Assert.Equal(6543, rule.GetProperty("FromPort").GetInt32());
         }
+
+        [Fact]
+        public void Default_profile_has_no_enhanced_monitoring()
+        {
+            var s = _stacks.Default;
+            Assert.Equal(0, Db(s).GetProperty("MonitoringInterval").GetInt32());
+            Assert.False(Db(s).TryGetProperty("MonitoringRoleArn", out _));
+            Assert.Null(s.Stack.Database.MonitoringRole);
+            Assert.DoesNotContain("AmazonRDSEnhancedMonitoringRole", s.Json.GetRawText());
+        }
+
+        [Fact]
+        public void Production_profile_is_multi_az_with_enhanced_monitoring_through_a_role_only_rds_of_this_account_assumes()
+        {
+            var s = _stacks.Production;
+            var db = Db(s);
+            Assert.True(db.GetProperty("MultiAZ").GetBoolean());
+            Assert.Equal(60, db.GetProperty("MonitoringInterval").GetInt32());
+            Assert.Equal(14, db.GetProperty("BackupRetentionPeriod").GetInt32());
+            Assert.True(db.GetProperty("DeletionProtection").GetBoolean());
+            var roleId = s.Id(s.Stack.Database.MonitoringRole!);
+            Assert.Equal("{" + roleId + ".Arn}", Synthesized.Render(db.GetProperty("MonitoringRoleArn")));
+            var role = s.Properties(roleId);
+            var trust = Assert.Single(Synthesized.Many(role.GetProperty("AssumeRolePolicyDocument").GetProperty("Statement")));
+            Assert.Equal("monitoring.rds.amazonaws.com", trust.GetProperty("Principal").GetProperty("Service").GetString());
+            Assert.Equal("{AWS::AccountId}", Synthesized.Render(trust.GetProperty("Condition").GetProperty("StringEquals").GetProperty("aws:SourceAccount")));
+            Assert.Equal(new[] { "arn:{AWS::Partition}:iam::aws:policy/service-role/AmazonRDSEnhancedMonitoringRole" },
+                role.GetProperty("ManagedPolicyArns").EnumerateArray().Select(Synthesized.Render).ToArray());
+            Assert.False(role.TryGetProperty("Policies", out _));
+        }
     }
 }

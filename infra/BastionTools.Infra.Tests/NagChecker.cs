@@ -7,7 +7,7 @@ using System.Text.Json;
 namespace BastionTools.Infra.Tests
 {
     /// <summary>
-    /// Runs infra/nag/check.mjs (cdk-nag's AwsSolutions pack through CfnInclude) with Node. When infra/nag/node_modules
+    /// Runs infra/nag/check.mjs (cdk-nag's AwsSolutions and NIST 800-53 rev 5 packs through CfnInclude) with Node. When infra/nag/node_modules
     /// is missing it runs 'npm ci' there first (from package-lock.json; npm's cache may serve it offline); when Node or
     /// npm is missing, or npm ci fails, the tests that need it fail with that message: nothing is skipped.
     /// </summary>
@@ -23,11 +23,18 @@ namespace BastionTools.Infra.Tests
 
         public string NagDirectory { get; }
 
-        public NagResult Check(string templatePath)
+        public const string AwsSolutions = "AwsSolutions";
+        public const string Nist80053R5 = "NIST.800.53.R5";
+
+        /// <summary>Checks <paramref name="templatePath"/> with <paramref name="packs"/> (none given: check.mjs's default, both).</summary>
+        public NagResult Check(string templatePath, params string[] packs)
         {
             var error = _setupError.Value;
             if (error != null) throw new InvalidOperationException(error);
-            var (code, output) = Run("node", NagDirectory, "check.mjs", templatePath);
+            var args = new System.Collections.Generic.List<string> { "check.mjs" };
+            if (packs.Length > 0) args.AddRange(new[] { "--packs", string.Join(",", packs) });
+            args.Add(templatePath);
+            var (code, output) = Run("node", NagDirectory, args.ToArray());
             var line = output.Split('\n').Select(l => l.TrimEnd('\r')).LastOrDefault(l => l.StartsWith("NAG-RESULT ", StringComparison.Ordinal));
             if (line == null) throw new InvalidOperationException($"check.mjs printed no NAG-RESULT line (exit code {code}):\n{output}");
             return new NagResult(code, output, JsonDocument.Parse(line["NAG-RESULT ".Length..]).RootElement.Clone());
@@ -94,6 +101,17 @@ namespace BastionTools.Infra.Tests
         public JsonElement Json { get; }
 
         public string[] FindingRuleIds => Json.GetProperty("findings").EnumerateArray().Select(f => f.GetProperty("ruleId").GetString()!).ToArray();
+
+        /// <summary>"ruleId on logicalId" of the unacknowledged findings, sorted.</summary>
+        public string[] Findings => Json.GetProperty("findings").EnumerateArray()
+            .Select(f => f.GetProperty("ruleId").GetString() + " on " + f.GetProperty("logicalId").GetString())
+            .OrderBy(s => s, StringComparer.Ordinal).ToArray();
+
+        public string[] Packs => Json.GetProperty("packs").EnumerateArray().Select(p => p.GetString()!).ToArray();
+
+        /// <summary>How many checks of <paramref name="pack"/> passed.</summary>
+        public int CompliantChecks(string pack) =>
+            Json.GetProperty("compliantByPack").TryGetProperty(pack, out var n) ? n.GetInt32() : 0;
 
         public string[] Problems => Json.GetProperty("problems").EnumerateArray().Select(p => p.GetString()!).ToArray();
 

@@ -102,11 +102,40 @@ namespace BastionTools.Infra.Tests
         }
 
         [Fact]
+        public void Flow_log_role_writes_only_to_the_flow_log_group_through_a_customer_managed_policy()
+        {
+            var s = _stacks.Default;
+            var network = s.Stack.Network;
+            var roleId = s.Id(network.FlowLogRole);
+            var flowLog = s.Resource(s.Id(network.FlowLog));
+            Assert.Equal("{" + roleId + ".Arn}", Synthesized.Render(flowLog.GetProperty("Properties").GetProperty("DeliverLogsPermissionArn")));
+            // Created after its permissions.
+            Assert.Contains(s.Id(network.FlowLogPolicy), flowLog.GetProperty("DependsOn").EnumerateArray().Select(d => d.GetString()));
+
+            var role = s.Properties(roleId);
+            Assert.False(role.TryGetProperty("Policies", out _));
+            var trust = Assert.Single(Synthesized.Many(role.GetProperty("AssumeRolePolicyDocument").GetProperty("Statement")));
+            Assert.Equal("vpc-flow-logs.amazonaws.com", trust.GetProperty("Principal").GetProperty("Service").GetString());
+            Assert.Equal("{AWS::AccountId}", Synthesized.Render(trust.GetProperty("Condition").GetProperty("StringEquals").GetProperty("aws:SourceAccount")));
+
+            var policy = s.Properties(s.Id(network.FlowLogPolicy));
+            Assert.Equal(new[] { "{" + roleId + "}" }, policy.GetProperty("Roles").EnumerateArray().Select(Synthesized.Render).ToArray());
+            var st = Assert.Single(Synthesized.Many(policy.GetProperty("PolicyDocument").GetProperty("Statement")));
+            Assert.Equal(new[] { "logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents" },
+                Synthesized.Many(st.GetProperty("Action")).Select(a => a.GetString()!).OrderBy(a => a).ToArray());
+            Assert.Equal("{" + s.Id(network.FlowLogGroup) + ".Arn}", Synthesized.Render(st.GetProperty("Resource")));
+        }
+
+        [Fact]
         public void Nat_variant_has_one_nat_gateway_no_endpoints_and_keeps_the_database_isolated()
         {
             var s = _stacks.Nat;
             s.Template.ResourceCountIs("AWS::EC2::NatGateway", 1);
             s.Template.ResourceCountIs("AWS::EC2::VPCEndpoint", 0);
+            // The public subnets hold the NAT gateway (with its Elastic IP) only: nothing there gets a public address on launch.
+            var publicSubnets = s.Stack.Network.Vpc.PublicSubnets.Select(sub => s.Id(sub.Node.DefaultChild!)).ToArray();
+            Assert.Equal(2, publicSubnets.Length);
+            Assert.All(publicSubnets, id => Assert.False(s.Properties(id).GetProperty("MapPublicIpOnLaunch").GetBoolean()));
 
             // The bastion's subnet routes to the NAT gateway; the database's subnets have no route at all.
             var routes = s.Resources("AWS::EC2::Route").Select(r => r.Resource.GetProperty("Properties")).ToArray();

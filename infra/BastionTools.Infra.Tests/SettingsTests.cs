@@ -1,5 +1,6 @@
 using System;
 using System.Collections.Generic;
+using System.Linq;
 using Xunit;
 
 namespace BastionTools.Infra.Tests
@@ -58,10 +59,94 @@ namespace BastionTools.Infra.Tests
         [InlineData("useNat", "maybe", "useNat")]
         [InlineData("dbInstanceIdentifier", "Upper_Case", "dbInstanceIdentifier")]
         [InlineData("allowedOperatorPrincipals", "ops-admins", "allowedOperatorPrincipals")]
+        [InlineData("profile", "prod", "profile")]
+        [InlineData("profile", "", "profile")]
+        [InlineData("monitoringInterval", "7", "monitoringInterval")]
+        [InlineData("backupPlan", "daily", "backupPlan")]
+        [InlineData("backupPlanRetentionDays", "0", "backupPlanRetentionDays")]
         public void Bad_values_are_refused_naming_the_key(string key, string value, string named)
         {
             var ex = Assert.Throws<ArgumentException>(() => From(new Dictionary<string, object?> { [key] = value }));
             Assert.StartsWith(named + ":", ex.Message);
+        }
+
+        [Fact]
+        public void Default_profile_is_cheap_and_dev_is_its_alias()
+        {
+            foreach (var context in new[] { new Dictionary<string, object?>(), new Dictionary<string, object?> { ["profile"] = "dev" }, new Dictionary<string, object?> { ["profile"] = "default" } })
+            {
+                var s = From(context);
+                Assert.False(s.MultiAz);
+                Assert.Equal(0, s.MonitoringIntervalSeconds);
+                Assert.False(s.BackupPlan);
+                Assert.Equal(7, s.BackupRetentionDays);
+            }
+            Assert.Equal("dev", From(new Dictionary<string, object?> { ["profile"] = "dev" }).Profile);
+            Assert.Equal("default", From(new Dictionary<string, object?>()).Profile);
+        }
+
+        [Fact]
+        public void Production_profile_turns_on_multi_az_enhanced_monitoring_and_an_aws_backup_plan()
+        {
+            var s = From(new Dictionary<string, object?> { ["profile"] = "Production" });
+            Assert.Equal("production", s.Profile);
+            Assert.True(s.MultiAz);
+            Assert.Equal(60, s.MonitoringIntervalSeconds);
+            Assert.True(s.BackupPlan);
+            Assert.Equal(35, s.BackupPlanRetentionDays);
+            Assert.Equal(14, s.BackupRetentionDays);
+            // What the profile does not touch keeps its default.
+            Assert.Equal(new BastionSettings().DbInstanceClass, s.DbInstanceClass);
+            Assert.Equal(BastionSettings.ForProfile("production") with { DbUsers = s.DbUsers }, s);
+        }
+
+        [Fact]
+        public void Explicit_settings_override_the_profile_defaults()
+        {
+            var s = From(new Dictionary<string, object?>
+            {
+                ["profile"] = "production", ["multiAz"] = "false", ["monitoringInterval"] = 15d, ["backupPlan"] = false, ["backupPlanRetentionDays"] = "90",
+            });
+            Assert.False(s.MultiAz);
+            Assert.Equal(15, s.MonitoringIntervalSeconds);
+            Assert.False(s.BackupPlan);
+            Assert.Equal(90, s.BackupPlanRetentionDays);
+            Assert.Equal(14, s.BackupRetentionDays);
+
+            var cheap = From(new Dictionary<string, object?> { ["multiAz"] = true, ["backupPlan"] = "true" });
+            Assert.True(cheap.MultiAz);
+            Assert.True(cheap.BackupPlan);
+            Assert.Equal(0, cheap.MonitoringIntervalSeconds);
+        }
+
+        [Fact]
+        public void Cdk_json_context_leaves_the_profile_in_charge()
+        {
+            // cdk.json's context reaches the app as explicit settings; one the production profile changes would win over it.
+            string? dir = AppContext.BaseDirectory;
+            while (dir != null && !System.IO.File.Exists(System.IO.Path.Combine(dir, "infra", "cdk.json"))) dir = System.IO.Path.GetDirectoryName(dir);
+            Assert.NotNull(dir);
+            using var json = System.Text.Json.JsonDocument.Parse(System.IO.File.ReadAllText(System.IO.Path.Combine(dir!, "infra", "cdk.json")));
+            var context = new Dictionary<string, object?>();
+            foreach (var p in json.RootElement.GetProperty("context").EnumerateObject())
+            {
+                context[p.Name] = p.Value.ValueKind switch
+                {
+                    System.Text.Json.JsonValueKind.True => true,
+                    System.Text.Json.JsonValueKind.False => false,
+                    System.Text.Json.JsonValueKind.Number => p.Value.GetDouble(),
+                    System.Text.Json.JsonValueKind.Array => p.Value.EnumerateArray().Select(e => (object)e.ToString()).ToArray(),
+                    _ => p.Value.ToString(),
+                };
+            }
+            Assert.NotEmpty(context);
+            context["profile"] = "production";
+            var production = From(context);
+            Assert.Equal(new[] { "app_reader" }, production.DbUsers);
+            Assert.Equal(BastionSettings.ForProfile("production") with { DbUsers = production.DbUsers }, production);
+            context.Remove("profile");
+            var cheap = From(context);
+            Assert.Equal(new BastionSettings() with { DbUsers = cheap.DbUsers }, cheap);
         }
 
         [Fact]

@@ -153,6 +153,7 @@ namespace BastionTools.Infra.Tests
                 ["nat"] = Lazy("nat", new BastionSettings { UseNat = true }),
                 ["shell"] = Lazy("shell", ShellSettings),
                 ["github"] = Lazy("github", GithubSettings),
+                ["production"] = Lazy("production", BastionSettings.ForProfile("production")),
                 ["github-existing-provider"] = Lazy("github-existing-provider", GithubSettings with
                 {
                     GithubOidcProviderArn = "arn:aws:iam::123456789012:oidc-provider/token.actions.githubusercontent.com",
@@ -161,12 +162,15 @@ namespace BastionTools.Infra.Tests
             };
         }
 
-        public static IEnumerable<object[]> Names => new[] { "default", "nat", "shell", "github", "github-existing-provider" }.Select(n => new object[] { n });
+        public static IEnumerable<object[]> Names => new[] { "default", "nat", "shell", "github", "github-existing-provider", "production" }.Select(n => new object[] { n });
 
         public Synthesized Default => this["default"];
         public Synthesized Nat => this["nat"];
         public Synthesized Shell => this["shell"];
         public Synthesized Github => this["github"];
+
+        /// <summary>The production profile (-c profile=production) with nothing else set.</summary>
+        public Synthesized Production => this["production"];
 
         public Synthesized this[string name] => _stacks[name].Value;
 

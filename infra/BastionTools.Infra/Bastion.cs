@@ -31,54 +31,51 @@ namespace BastionTools.Infra
                 SecurityGroup.AddEgressRule(Peer.AnyIpv4(), Port.Tcp(443), "HTTPS to the AWS endpoints through the NAT gateway");
             }
 
-            var sessionLogsPolicy = new PolicyDocument(new PolicyDocumentProps
-            {
-                Statements = new[]
-                {
-                    new PolicyStatement(new PolicyStatementProps
-                    {
-                        Sid = "WriteOwnSessionLogs",
-                        Actions = new[] { "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams" },
-                        Resources = new[] { logging.LogGroup.LogGroupArn },
-                    }),
-                    new PolicyStatement(new PolicyStatementProps
-                    {
-                        // The agent checks the log group's encryption before it streams (cloudWatchEncryptionEnabled).
-                        Sid = "CheckSessionLogGroupEncryption",
-                        Actions = new[] { "logs:DescribeLogGroups" },
-                        Resources = new[] { Arns.Regional("logs", "log-group:*") },
-                    }),
-                },
-            });
-            var inline = new Dictionary<string, PolicyDocument> { ["SessionLogs"] = sessionLogsPolicy };
-            if (logging.SessionDataKey != null)
-            {
-                // The agent decrypts each session's data key (blockcipher.go UpdateEncryptionKey → kms:Decrypt).
-                inline["SessionDataEncryption"] = new PolicyDocument(new PolicyDocumentProps
-                {
-                    Statements = new[]
-                    {
-                        new PolicyStatement(new PolicyStatementProps
-                        {
-                            Sid = "DecryptSessionData",
-                            Actions = new[] { "kms:Decrypt" },
-                            Resources = new[] { logging.SessionDataKey.KeyArn },
-                        }),
-                    },
-                });
-            }
-
             Role = new Role(this, "Role", new RoleProps
             {
                 AssumedBy = new ServicePrincipal("ec2.amazonaws.com"),
                 Description = "BastionTools bastion: Session Manager node, writes its own session logs",
                 ManagedPolicies = new[] { ManagedPolicy.FromAwsManagedPolicyName("AmazonSSMManagedInstanceCore") },
-                InlinePolicies = inline,
             });
             NagAcknowledgements.Acknowledge(Role, "AwsSolutions-IAM4",
                 "AmazonSSMManagedInstanceCore is the AWS-maintained minimum for a Session Manager node (ssm/ssmmessages/ec2messages); a copy would drift from what the agent needs.",
                 "Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore");
-            NagAcknowledgements.Acknowledge(Role, "AwsSolutions-IAM5",
+
+            var statements = new List<PolicyStatement>
+            {
+                new PolicyStatement(new PolicyStatementProps
+                {
+                    Sid = "WriteOwnSessionLogs",
+                    Actions = new[] { "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams" },
+                    Resources = new[] { logging.LogGroup.LogGroupArn },
+                }),
+                new PolicyStatement(new PolicyStatementProps
+                {
+                    // The agent checks the log group's encryption before it streams (cloudWatchEncryptionEnabled).
+                    Sid = "CheckSessionLogGroupEncryption",
+                    Actions = new[] { "logs:DescribeLogGroups" },
+                    Resources = new[] { Arns.Regional("logs", "log-group:*") },
+                }),
+            };
+            if (logging.SessionDataKey != null)
+            {
+                // The agent decrypts each session's data key (blockcipher.go UpdateEncryptionKey → kms:Decrypt).
+                statements.Add(new PolicyStatement(new PolicyStatementProps
+                {
+                    Sid = "DecryptSessionData",
+                    Actions = new[] { "kms:Decrypt" },
+                    Resources = new[] { logging.SessionDataKey.KeyArn },
+                }));
+            }
+            // A customer-managed policy rather than an inline one (NIST 800-53 rev 5 IAMNoInlinePolicy: a managed
+            // policy is a resource of its own, versioned, and visible to IAM Access Analyzer and policy reviews).
+            Policy = new ManagedPolicy(this, "Policy", new ManagedPolicyProps
+            {
+                Description = "BastionTools bastion: write its own session logs" + (logging.SessionDataKey != null ? ", decrypt session data keys" : ""),
+                Statements = statements.ToArray(),
+                Roles = new IRole[] { Role },
+            });
+            NagAcknowledgements.Acknowledge(Policy, "AwsSolutions-IAM5",
                 "logs:DescribeLogGroups has no resource narrower than log-group:* in this account and region; it is read-only and the agent needs it to verify the session log group is encrypted.",
                 "Resource::" + Arns.NagRegional("logs", "log-group:*"));
 
@@ -135,6 +132,9 @@ namespace BastionTools.Infra
 
         public SecurityGroup SecurityGroup { get; }
         public Role Role { get; }
+
+        /// <summary>The bastion's own permissions (customer-managed, attached to <see cref="Role"/>).</summary>
+        public ManagedPolicy Policy { get; }
         public Instance_ Instance { get; }
         public CfnLaunchTemplate LaunchTemplate { get; }
     }

@@ -23,6 +23,19 @@ namespace BastionTools.Infra
             1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653,
         };
 
+        /// <summary>The profiles <c>-c profile=...</c> accepts: <c>default</c> (alias <c>dev</c>) and <c>production</c>.</summary>
+        public static readonly IReadOnlyList<string> Profiles = new[] { "default", "dev", "production" };
+
+        /// <summary>Enhanced monitoring intervals RDS accepts (seconds; 0 = off).</summary>
+        public static readonly IReadOnlyList<int> AllowedMonitoringIntervals = new[] { 0, 1, 5, 10, 15, 30, 60 };
+
+        /// <summary>
+        /// The profile whose defaults the other settings start from: <c>default</c> (cheap: single-AZ, no enhanced
+        /// monitoring, no AWS Backup plan) or <c>production</c> (see <see cref="ForProfile"/>). Informational here: the
+        /// settings themselves decide what is built.
+        /// </summary>
+        public string Profile { get; init; } = "default";
+
         /// <summary>NAT gateway (and a public subnet) instead of interface endpoints for the bastion's AWS calls.</summary>
         public bool UseNat { get; init; }
 
@@ -65,6 +78,15 @@ namespace BastionTools.Infra
         public bool MultiAz { get; init; }
         public int BackupRetentionDays { get; init; } = 7;
 
+        /// <summary>RDS enhanced monitoring interval in seconds (0: off; then no monitoring role either).</summary>
+        public int MonitoringIntervalSeconds { get; init; }
+
+        /// <summary>An AWS Backup plan (daily, KMS-encrypted vault of its own) that selects the database.</summary>
+        public bool BackupPlan { get; init; }
+
+        /// <summary>How long the AWS Backup plan keeps each daily recovery point (days).</summary>
+        public int BackupPlanRetentionDays { get; init; } = 35;
+
         /// <summary>Database users operators may log in as with IAM (rds-db:connect).</summary>
         public IReadOnlyList<string> DbUsers { get; init; } = new[] { "app_reader" };
 
@@ -77,11 +99,38 @@ namespace BastionTools.Infra
         /// <summary>An existing token.actions.githubusercontent.com provider (one per account); empty: the stack creates one.</summary>
         public string? GithubOidcProviderArn { get; init; }
 
+        /// <summary>
+        /// The defaults of a profile. <c>production</c>: Multi-AZ, enhanced monitoring every 60 s, an AWS Backup plan
+        /// (35 days), automated backups kept 14 days: what the NIST 800-53 rev 5 pack asks of the database.
+        /// </summary>
+        public static BastionSettings ForProfile(string profile)
+        {
+            switch (profile.Trim().ToLowerInvariant())
+            {
+                case "default":
+                case "dev":
+                    return new BastionSettings { Profile = profile.Trim().ToLowerInvariant() };
+                case "production":
+                    return new BastionSettings
+                    {
+                        Profile = "production",
+                        MultiAz = true,
+                        MonitoringIntervalSeconds = 60,
+                        BackupPlan = true,
+                        BackupRetentionDays = 14,
+                    };
+                default:
+                    throw new ArgumentException($"profile: '{profile}' is not a profile ({string.Join(", ", Profiles)}).");
+            }
+        }
+
         public static BastionSettings FromContext(Func<string, object?> context)
         {
-            var d = new BastionSettings();
+            // The profile gives the defaults; each setting given in the context still overrides its profile default.
+            var d = ForProfile(Str(context, "profile", "default"));
             var s = new BastionSettings
             {
+                Profile = d.Profile,
                 UseNat = Bool(context, "useNat", d.UseNat),
                 VpcCidr = Str(context, "vpcCidr", d.VpcCidr),
                 FlowLogRetentionDays = Int(context, "flowLogRetentionDays", d.FlowLogRetentionDays),
@@ -103,6 +152,9 @@ namespace BastionTools.Infra
                 AllocatedStorageGiB = Int(context, "allocatedStorageGiB", d.AllocatedStorageGiB),
                 MultiAz = Bool(context, "multiAz", d.MultiAz),
                 BackupRetentionDays = Int(context, "backupRetentionDays", d.BackupRetentionDays),
+                MonitoringIntervalSeconds = Int(context, "monitoringInterval", d.MonitoringIntervalSeconds),
+                BackupPlan = Bool(context, "backupPlan", d.BackupPlan),
+                BackupPlanRetentionDays = Int(context, "backupPlanRetentionDays", d.BackupPlanRetentionDays),
                 DbUsers = List(context, "dbUsers") ?? d.DbUsers,
                 AllowedOperatorPrincipals = List(context, "allowedOperatorPrincipals") ?? d.AllowedOperatorPrincipals,
                 GithubRepo = NullIfEmpty(Str(context, "githubRepo", "")),
@@ -140,6 +192,12 @@ namespace BastionTools.Infra
                 throw new ArgumentException("dbPort: RDS accepts 1150 to 65535.");
             if (BackupRetentionDays < 1 || BackupRetentionDays > 35)
                 throw new ArgumentException("backupRetentionDays: 1 to 35 (automated backups stay on).");
+            if (!Profiles.Contains(Profile))
+                throw new ArgumentException($"profile: '{Profile}' is not a profile ({string.Join(", ", Profiles)}).");
+            if (!AllowedMonitoringIntervals.Contains(MonitoringIntervalSeconds))
+                throw new ArgumentException($"monitoringInterval: {MonitoringIntervalSeconds} is not an RDS enhanced monitoring interval ({string.Join(", ", AllowedMonitoringIntervals)}).");
+            if (BackupPlanRetentionDays < 1 || BackupPlanRetentionDays > 36500)
+                throw new ArgumentException("backupPlanRetentionDays: 1 to 36500.");
             if (AllocatedStorageGiB < 20)
                 throw new ArgumentException("allocatedStorageGiB: at least 20.");
             if (GithubRepo != null && !Regex.IsMatch(GithubRepo, @"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"))

@@ -24,6 +24,7 @@ namespace BastionTools.Infra
             Bastion = new Bastion(this, "Bastion", settings, Network, Logging);
             Database = new Database(this, "Postgres", settings, Network, Bastion, Logging.Key);
             Access = new OperatorAccess(this, "OperatorAccess", settings, Bastion, Database, Logging);
+            if (settings.BackupPlan) Backup = new Backup(this, "Backup", settings, Database);
 
             Output("Target", Bastion.Instance.InstanceId, "Bastion instance id: -Target of Start-BastionSession, Grant-RdsIamUser, Connect-IamPostgres");
             Output("BastionTag", $"{BastionSettings.RoleTagKey}={BastionSettings.RoleTagValue}", "The tag Get-BastionInstance finds by default (-Tag @{ 'bastiontools:role' = 'bastion' })");
@@ -38,6 +39,7 @@ namespace BastionTools.Infra
             Output("SessionLogGroup", Logging.LogGroup.LogGroupName, "CloudWatch log group of Session Manager sessions");
             Output("OperatorPolicyArn", Access.Policy.ManagedPolicyArn, "Managed policy to attach to operators");
             if (Access.OperatorRole != null) Output("OperatorRoleArn", Access.OperatorRole.RoleArn, "Role for the principals in allowedOperatorPrincipals");
+            if (Backup != null) Output("BackupVaultName", Backup.Vault.AttrBackupVaultName, "AWS Backup vault with the database's recovery points");
             if (Access.GithubRole != null) Output("GithubRoleArn", Access.GithubRole.RoleArn, "Role for GitHub Actions (aws-actions/configure-aws-credentials role-to-assume)");
         }
 
@@ -47,6 +49,9 @@ namespace BastionTools.Infra
         public Bastion Bastion { get; }
         public Database Database { get; }
         public OperatorAccess Access { get; }
+
+        /// <summary>The AWS Backup plan for the database; null unless <see cref="BastionSettings.BackupPlan"/>.</summary>
+        public Backup? Backup { get; }
 
         private void Output(string id, string value, string description)
         {

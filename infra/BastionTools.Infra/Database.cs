@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Linq;
 using Amazon.CDK;
 using Amazon.CDK.AWS.EC2;
+using Amazon.CDK.AWS.IAM;
 using Amazon.CDK.AWS.KMS;
 using Amazon.CDK.AWS.Logs;
 using Amazon.CDK.AWS.RDS;
@@ -49,6 +50,24 @@ namespace BastionTools.Infra
                 },
             });
 
+            if (settings.MonitoringIntervalSeconds > 0)
+            {
+                // Enhanced monitoring: RDS's agent publishes OS metrics to CloudWatch Logs (RDSOSMetrics) with this role.
+                MonitoringRole = new Role(this, "MonitoringRole", new RoleProps
+                {
+                    Description = "BastionTools database: RDS enhanced monitoring publishes OS metrics to CloudWatch Logs",
+                    // Only RDS acting for this account may assume it (confused-deputy protection).
+                    AssumedBy = new ServicePrincipal("monitoring.rds.amazonaws.com").WithConditions(new Dictionary<string, object>
+                    {
+                        ["StringEquals"] = new Dictionary<string, object> { ["aws:SourceAccount"] = Aws.ACCOUNT_ID },
+                    }),
+                    ManagedPolicies = new[] { ManagedPolicy.FromAwsManagedPolicyName("service-role/AmazonRDSEnhancedMonitoringRole") },
+                });
+                NagAcknowledgements.Acknowledge(MonitoringRole, "AwsSolutions-IAM4",
+                    "AmazonRDSEnhancedMonitoringRole is the AWS-maintained policy RDS documents for enhanced monitoring (the RDSOSMetrics log group RDS creates and writes); the role is assumable only by monitoring.rds.amazonaws.com for this account, and a copy would drift from what the RDS agent needs.",
+                    "Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonRDSEnhancedMonitoringRole");
+            }
+
             Instance = new CfnDBInstance(this, "Instance", new CfnDBInstanceProps
             {
                 DbInstanceIdentifier = settings.DbInstanceIdentifier,
@@ -73,6 +92,8 @@ namespace BastionTools.Infra
                 BackupRetentionPeriod = settings.BackupRetentionDays,
                 CopyTagsToSnapshot = true,
                 EnableCloudwatchLogsExports = LogExports,
+                MonitoringInterval = settings.MonitoringIntervalSeconds,
+                MonitoringRoleArn = MonitoringRole?.RoleArn,
             });
             Instance.ApplyRemovalPolicy(RemovalPolicy.SNAPSHOT);
 
@@ -95,6 +116,21 @@ namespace BastionTools.Infra
                 NagAcknowledgements.Acknowledge(Instance, "AwsSolutions-RDS3",
                     "Single-AZ by the multiAz=false setting (the default, for cost); automated backups and a final snapshot protect the data. Deploy with -c multiAz=true where a standby is required.");
             }
+            if (!settings.MultiAz)
+            {
+                NagAcknowledgements.Acknowledge(Instance, "NIST.800.53.R5-RDSMultiAZSupport",
+                    "Single-AZ by the multiAz=false setting (the default profile, for cost: a standby doubles the instance price); automated backups and a final snapshot protect the data. profile=production (or -c multiAz=true) deploys a Multi-AZ standby.");
+            }
+            if (settings.MonitoringIntervalSeconds == 0)
+            {
+                NagAcknowledgements.Acknowledge(Instance, "NIST.800.53.R5-RDSEnhancedMonitoringEnabled",
+                    "Enhanced monitoring is off in the default profile (monitoringInterval=0: no RDSOSMetrics ingestion cost); basic CloudWatch metrics and the exported postgresql logs remain. profile=production (or -c monitoringInterval=60) turns it on.");
+            }
+            if (!settings.BackupPlan)
+            {
+                NagAcknowledgements.Acknowledge(Instance, "NIST.800.53.R5-RDSInBackupPlan",
+                    "No AWS Backup plan in the default profile (backupPlan=false, for cost): RDS automated backups (backupRetentionDays) with point-in-time recovery and a final snapshot on delete protect the data. profile=production (or -c backupPlan=true) adds a plan with its own encrypted vault.");
+            }
             if (settings.DbPort == 5432)
             {
                 NagAcknowledgements.Acknowledge(Instance, "AwsSolutions-RDS11",
@@ -106,6 +142,9 @@ namespace BastionTools.Infra
         public CfnDBSubnetGroup SubnetGroup { get; }
         public CfnDBParameterGroup ParameterGroup { get; }
         public CfnDBInstance Instance { get; }
+
+        /// <summary>The enhanced monitoring role; null when <see cref="BastionSettings.MonitoringIntervalSeconds"/> is 0.</summary>
+        public Role? MonitoringRole { get; }
         public LogGroup[] LogGroups { get; }
     }
 }

@@ -1,7 +1,12 @@
 #!/usr/bin/env node
-// cdk-nag's AwsSolutions pack over a synthesized CloudFormation template.
+// cdk-nag's rule packs (AwsSolutions and NIST 800-53 rev 5 by default) over a synthesized CloudFormation template.
 //
-//   node check.mjs <template.json>...
+//   node check.mjs [--packs AwsSolutions,NIST.800.53.R5] <template.json>...
+//
+// Both packs run on the same included stack in one synthesis. Findings, acknowledgements and the summary are reported
+// per pack (a rule id starts with its pack's name: AwsSolutions-IAM5, NIST.800.53.R5-IAMNoInlinePolicy). An
+// acknowledgement for a pack that was not selected is neither applied nor checked for staleness; one whose rule id
+// names no known pack is a problem.
 //
 // The template is loaded into a Stack with CfnInclude (logical ids and resource Metadata preserved), so cdk-nag's
 // rules see the same L1 resources the C# app synthesized, and cdk-nag honours the acknowledgements the app wrote as
@@ -21,15 +26,28 @@ import path from 'node:path';
 const require = createRequire(import.meta.url);
 const { App, Aspects, LegacyStackSynthesizer, Stack } = require('aws-cdk-lib');
 const { CfnInclude } = require('aws-cdk-lib/cloudformation-include');
-const { AwsSolutionsChecks } = require('cdk-nag');
+const { AwsSolutionsChecks, NIST80053R5Checks } = require('cdk-nag');
 
 export const MIN_REASON = 40;
 
-const templatePaths = process.argv.slice(2);
-if (templatePaths.length === 0 || templatePaths.some((p) => !fs.existsSync(p))) {
-  console.error('usage: node check.mjs <template.json>...');
+/** The packs this check knows, by the prefix of their rule ids. */
+const PACKS = { AwsSolutions: AwsSolutionsChecks, 'NIST.800.53.R5': NIST80053R5Checks };
+const packOf = (ruleId) => Object.keys(PACKS).find((p) => ruleId.startsWith(p + '-'));
+
+const usage = () => {
+  console.error(`usage: node check.mjs [--packs ${Object.keys(PACKS).join(',')}] <template.json>...`);
   process.exit(2);
+};
+const args = process.argv.slice(2);
+let packs = Object.keys(PACKS);
+const packsAt = args.indexOf('--packs');
+if (packsAt >= 0) {
+  packs = (args[packsAt + 1] ?? '').split(',').map((p) => p.trim()).filter((p) => p.length > 0);
+  if (packs.length === 0 || packs.some((p) => !(p in PACKS))) usage();
+  args.splice(packsAt, 2);
 }
+const templatePaths = args;
+if (templatePaths.length === 0 || templatePaths.some((p) => !fs.existsSync(p))) usage();
 
 let allOk = true;
 for (const templatePath of templatePaths) {
@@ -57,7 +75,8 @@ function checkTemplate(templatePath) {
       const id = typeof rule?.id === 'string' ? rule.id : '';
       let reason = typeof rule?.reason === 'string' ? rule.reason : '';
       if (rule?.is_reason_encoded) reason = Buffer.from(reason, 'base64').toString();
-      if (!/^[A-Za-z0-9]+-[A-Za-z0-9]+$/.test(id)) problems.push(`${logicalId}: acknowledgement with a bad rule id '${id}'`);
+      if (!/^[A-Za-z0-9.]+-[A-Za-z0-9]+$/.test(id)) problems.push(`${logicalId}: acknowledgement with a bad rule id '${id}'`);
+      else if (packOf(id) === undefined) problems.push(`${logicalId}: acknowledgement of ${id} names no known pack (${Object.keys(PACKS).join(', ')})`);
       if (reason.trim().length < MIN_REASON) {
         problems.push(`${logicalId}: acknowledgement of ${id || '?'} has no reason of at least ${MIN_REASON} characters ('${reason.trim()}')`);
       }
@@ -70,15 +89,15 @@ function checkTemplate(templatePath) {
   }
 
   // 2. cdk-nag over the included template, collecting every outcome.
-  const outcomes = { compliant: 0, notApplicable: 0, findings: [], suppressed: [], errors: [], schema: [], schemaNotes: [] };
+  const outcomes = { compliant: {}, notApplicable: 0, findings: [], suppressed: [], errors: [], schema: [], schemaNotes: [] };
   const logicalIdOf = (resource) => resource.node.id;
   const logger = {
-    onCompliance: () => { outcomes.compliant++; },
+    onCompliance: (d) => { const p = packOf(d.ruleId); outcomes.compliant[p] = (outcomes.compliant[p] ?? 0) + 1; },
     onNotApplicable: () => { outcomes.notApplicable++; },
-    onNonCompliance: (d) => outcomes.findings.push({ logicalId: logicalIdOf(d.resource), type: d.resource.cfnResourceType, ruleId: d.ruleId, findingId: d.findingId, level: d.ruleLevel, info: d.ruleInfo }),
-    onSuppressed: (d) => outcomes.suppressed.push({ logicalId: logicalIdOf(d.resource), ruleId: d.ruleId, findingId: d.findingId, reason: d.suppressionReason }),
-    onError: (d) => outcomes.errors.push({ logicalId: logicalIdOf(d.resource), type: d.resource.cfnResourceType, ruleId: d.ruleId, message: d.errorMessage }),
-    onSuppressedError: (d) => outcomes.suppressed.push({ logicalId: logicalIdOf(d.resource), ruleId: d.ruleId, findingId: '', reason: d.errorSuppressionReason }),
+    onNonCompliance: (d) => outcomes.findings.push({ pack: packOf(d.ruleId), logicalId: logicalIdOf(d.resource), type: d.resource.cfnResourceType, ruleId: d.ruleId, findingId: d.findingId, level: d.ruleLevel, info: d.ruleInfo }),
+    onSuppressed: (d) => outcomes.suppressed.push({ pack: packOf(d.ruleId), logicalId: logicalIdOf(d.resource), ruleId: d.ruleId, findingId: d.findingId, reason: d.suppressionReason }),
+    onError: (d) => outcomes.errors.push({ pack: packOf(d.ruleId), logicalId: logicalIdOf(d.resource), type: d.resource.cfnResourceType, ruleId: d.ruleId, message: d.errorMessage }),
+    onSuppressedError: (d) => outcomes.suppressed.push({ pack: packOf(d.ruleId), logicalId: logicalIdOf(d.resource), ruleId: d.ruleId, findingId: '', reason: d.errorSuppressionReason }),
   };
 
   const outdir = fs.mkdtempSync(path.join(os.tmpdir(), 'bastiontools-nag-'));
@@ -87,7 +106,7 @@ function checkTemplate(templatePath) {
     // The legacy synthesizer adds no BootstrapVersion parameter of its own (the included template has one).
     const stack = new Stack(app, 'Checked', { synthesizer: new LegacyStackSynthesizer() });
     new CfnInclude(stack, 'Template', { templateFile: templatePath, preserveLogicalIds: true });
-    Aspects.of(app).add(new AwsSolutionsChecks({ verbose: true, reports: false, additionalLoggers: [logger] }));
+    for (const pack of packs) Aspects.of(app).add(new PACKS[pack]({ verbose: true, reports: false, additionalLoggers: [logger] }));
     app.synth();
     // aws-cdk-lib also checks the template against the CloudFormation schema (cfn-lint rules); its findings count too.
     const reportPath = path.join(outdir, 'validation-report.json');
@@ -115,6 +134,7 @@ function checkTemplate(templatePath) {
     ? entry === findingId
     : (() => { const m = /\/(.*)\/(.*)?/.exec(entry?.regex ?? ''); return !!m && new RegExp(m[1], m[2] || '').test(findingId); })());
   for (const ack of acknowledgements) {
+    if (!packs.includes(packOf(ack.id))) continue;
     const used = outcomes.suppressed.filter((s) => s.logicalId === ack.logicalId && s.ruleId === ack.id);
     if (used.length === 0) {
       problems.push(`${ack.logicalId}: acknowledgement of ${ack.id} matches no finding (stale)`);
@@ -128,8 +148,9 @@ function checkTemplate(templatePath) {
   }
 
   const checkedResources = Object.keys(resources).length;
-  if (outcomes.compliant + outcomes.findings.length + outcomes.suppressed.length === 0) {
-    problems.push('no cdk-nag rule evaluated any resource: the check did not run');
+  for (const pack of packs) {
+    const evaluated = (outcomes.compliant[pack] ?? 0) + [...outcomes.findings, ...outcomes.suppressed].filter((o) => o.pack === pack).length;
+    if (evaluated === 0) problems.push(`no ${pack} rule evaluated any resource: the check did not run`);
   }
 
   for (const f of outcomes.findings) {
@@ -145,18 +166,25 @@ function checkTemplate(templatePath) {
     console.log(`acknowledged ${s.ruleId}${s.findingId ? `[${s.findingId}]` : ''} on ${s.logicalId}: ${s.reason}`);
   }
   const ok = outcomes.findings.length === 0 && outcomes.errors.length === 0 && outcomes.schema.length === 0 && problems.length === 0;
-  console.log(`cdk-nag AwsSolutions on ${path.basename(templatePath)}: ${checkedResources} resources, ${outcomes.compliant} compliant checks, `
+  const ofPack = (list, pack) => list.filter((o) => o.pack === pack).length;
+  for (const pack of packs) {
+    console.log(`cdk-nag ${pack} on ${path.basename(templatePath)}: ${outcomes.compliant[pack] ?? 0} compliant checks, `
+      + `${ofPack(outcomes.findings, pack)} unacknowledged findings, ${ofPack(outcomes.errors, pack)} rule errors, ${ofPack(outcomes.suppressed, pack)} acknowledged`);
+  }
+  console.log(`cdk-nag ${packs.join(' + ')} on ${path.basename(templatePath)}: ${checkedResources} resources, `
     + `${outcomes.findings.length} unacknowledged findings, ${outcomes.errors.length} rule errors, ${outcomes.schema.length} schema findings, ${outcomes.suppressed.length} acknowledged, `
     + `${problems.length} acknowledgement problems: ${ok ? 'PASS' : 'FAIL'}`);
   console.log('NAG-RESULT ' + JSON.stringify({
     ok,
     template: templatePath,
+    packs,
     resources: checkedResources,
-    compliant: outcomes.compliant,
-    findings: outcomes.findings.map((f) => ({ ruleId: f.ruleId, findingId: f.findingId, logicalId: f.logicalId, level: f.level })),
-    errors: outcomes.errors.map((e) => ({ ruleId: e.ruleId, logicalId: e.logicalId })),
+    compliant: Object.values(outcomes.compliant).reduce((a, b) => a + b, 0),
+    compliantByPack: outcomes.compliant,
+    findings: outcomes.findings.map((f) => ({ pack: f.pack, ruleId: f.ruleId, findingId: f.findingId, logicalId: f.logicalId, level: f.level })),
+    errors: outcomes.errors.map((e) => ({ pack: e.pack, ruleId: e.ruleId, logicalId: e.logicalId })),
     schema: outcomes.schema.map((v) => ({ ruleId: v.ruleId, logicalId: v.logicalId })),
-    acknowledged: outcomes.suppressed.map((s) => ({ ruleId: s.ruleId, findingId: s.findingId, logicalId: s.logicalId })),
+    acknowledged: outcomes.suppressed.map((s) => ({ pack: s.pack, ruleId: s.ruleId, findingId: s.findingId, logicalId: s.logicalId })),
     problems,
   }));
   return ok;
