@@ -179,8 +179,38 @@ namespace BastionTools.Postgres
         public static IReadOnlyList<string> ValidateSchemas(IReadOnlyList<string>? schemas)
         {
             if (schemas == null || schemas.Count == 0) throw new ArgumentException("At least one schema is required.", nameof(schemas));
-            foreach (var schema in schemas) PgIdentifier.Validate(schema, "schema name");
+            foreach (var schema in schemas)
+            {
+                PgIdentifier.Validate(schema, "schema name");
+                if (IsSystemSchema(schema))
+                {
+                    throw new SystemSchemaException(schema);
+                }
+            }
+
             return schemas;
         }
+
+        /// <summary>
+        /// pg_catalog, information_schema, pg_toast and the per-session pg_temp_N / pg_toast_temp_N (and the pg_temp
+        /// alias): every schema whose name starts with pg_ is reserved for the system (CREATE SCHEMA refuses such
+        /// names), and information_schema is created by initdb. Names are case-sensitive: "PG_CATALOG" is an
+        /// ordinary schema.
+        /// </summary>
+        public static bool IsSystemSchema(string schema) =>
+            schema.StartsWith("pg_", StringComparison.Ordinal) || string.Equals(schema, "information_schema", StringComparison.Ordinal);
+    }
+
+    /// <summary>A system schema named in -Schema: granting (or revoking) there would change what every role can see of the catalog.</summary>
+    internal sealed class SystemSchemaException : ArgumentException
+    {
+        public SystemSchemaException(string schema)
+            : base("The schema " + PgIdentifier.Quote(schema) + " is a system schema (pg_catalog, information_schema, pg_toast, pg_temp_*, or another pg_* schema); "
+                + "Grant-RdsIamUser and Revoke-RdsIamUser only change privileges in application schemas. Name the schemas that hold your tables.", "schema")
+        {
+            Schema = schema;
+        }
+
+        public string Schema { get; }
     }
 }
