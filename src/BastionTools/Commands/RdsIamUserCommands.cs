@@ -147,7 +147,7 @@ namespace BastionTools.Commands
                 }
 
                 var where = PgIdentifier.Printable(DbHost) + "/" + PgIdentifier.Printable(Database);
-                var action = $"{ActionName} ({plan.Steps.Count} statement{(plan.Steps.Count == 1 ? "" : "s")} in one transaction, the script shown)";
+                var action = $"{ActionName}: run the script above ({plan.Steps.Count} statement{(plan.Steps.Count == 1 ? "" : "s")} in one transaction)";
                 if (!ShouldProcess($"{qUser} in {where}", action)) return;
 
                 Pump.Post(() => WriteProgress(new ProgressRecord(activity, ActionName + "-RdsIamUser", $"Running {plan.Steps.Count} statement(s)") { PercentComplete = 70 }));
