@@ -424,6 +424,32 @@ namespace BastionTools.Tests.Postgres
             Assert.Equal("", await CatalogFootprintAsync(admin, user));
         }
 
+        [Fact]
+        public async Task ServerMessages_AndForceReasons_ShowUnusualNamesEscaped()
+        {
+            await using var admin = await _fixture.OpenAdminAsync();
+
+            // PostgreSQL's own message quotes the missing schema raw; the error shows it escaped.
+            var missing = "gone\u202E\n" + NewName("s");
+            var plan = await GrantPlanner.PlanAsync(admin, new GrantRequest(NewName("printable")) { Schemas = new[] { missing } });
+            Assert.Equal(new[] { missing }, plan.MissingSchemas);
+            var ex = await Assert.ThrowsAsync<GrantException>(() => plan.ExecuteAsync(admin));
+            Assert.Equal("3F000", ex.SqlState);
+            Assert.DoesNotContain("\n", ex.Message);
+            AssertPrintable(ex.Message);
+            Assert.Contains("gone\\u202E\\u000A", ex.Message);
+
+            // A member role with an ANSI escape in its name: the -Force reason names it as SQL would, U&"...".
+            var group = NewName("grp");
+            var member = "m\u001B[2J" + NewName("");
+            await ExecAsync(admin, "CREATE ROLE " + group + " NOLOGIN");
+            await ExecAsync(admin, "CREATE ROLE " + PgIdentifier.Quote(member) + " IN ROLE " + group);
+            var groupPlan = await GrantPlanner.PlanAsync(admin, new GrantRequest(group));
+            Assert.True(groupPlan.RequiresForce);
+            AssertPrintable(groupPlan.ForceReason!);
+            Assert.Contains("its 1 member role (U&\"m\\001B[2J", groupPlan.ForceReason);
+        }
+
         /// <summary>No control character other than the line feeds that end statements, no format (bidi, zero-width) or separator characters.</summary>
         private static void AssertPrintable(string text)
         {

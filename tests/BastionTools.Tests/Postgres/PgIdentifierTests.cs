@@ -104,6 +104,8 @@ namespace BastionTools.Tests.Postgres
             Assert.Equal(expected, PgIdentifier.Quote(name));
             await using var admin = await _fixture.OpenAdminAsync();
             await using var tx = await admin.BeginTransactionAsync();
+            // Unicode-escaped identifiers do not depend on standard_conforming_strings (only U&'' strings do).
+            await using (var scs = new NpgsqlCommand("SET LOCAL standard_conforming_strings = off", admin, tx)) await scs.ExecuteNonQueryAsync();
             await using (var create = new NpgsqlCommand("CREATE TABLE public." + expected + " (); CREATE ROLE " + expected, admin, tx)) await create.ExecuteNonQueryAsync();
             await using (var read = new NpgsqlCommand("select count(*) from pg_class c join pg_roles r on r.rolname = c.relname where c.relname = $1", admin, tx))
             {
@@ -201,6 +203,17 @@ namespace BastionTools.Tests.Postgres
             Assert.Contains(name, ex.Message);
             Assert.Throws<ArgumentException>(() => new RevokeRequest(name).Validate());
             Assert.Throws<ArgumentException>(() => new GrantRequest("ok_user") { ForRoles = new[] { "public" } }.Validate());
+        }
+
+        [Theory]
+        [InlineData("plain text", "plain text")]
+        [InlineData("schema \"a\u202Eb\"\n", "schema \"a\\u202Eb\"\\u000A")]
+        [InlineData("\u001B[31mred\u001B[0m", "\\u001B[31mred\\u001B[0m")]
+        [InlineData("tag\U000E0001 😀 é", "tag\\U000E0001 😀 é")]
+        [InlineData("e\u0301 \u0301x", "e\u0301 \\u0301x")]
+        public void Printable_EscapesWhatDoesNotShowAsItself(string text, string expected)
+        {
+            Assert.Equal(expected, PgIdentifier.Printable(text));
         }
 
         [Theory]
