@@ -139,7 +139,7 @@ namespace BastionTools.Postgres
                 var p = (raw ?? "").Trim().ToUpperInvariant();
                 if (!AllTablePrivileges.Contains(p))
                 {
-                    throw new ArgumentException("'" + raw + "' is not a PostgreSQL table privilege; use any of " + string.Join(", ", AllTablePrivileges) + ".", nameof(privileges));
+                    throw new ArgumentException("'" + PgIdentifier.Printable(raw) + "' is not a PostgreSQL table privilege; use any of " + string.Join(", ", AllTablePrivileges) + ".", nameof(privileges));
                 }
 
                 wanted.Add(p);
@@ -159,7 +159,7 @@ namespace BastionTools.Postgres
             ValidateRole(name, what);
             if (name.StartsWith("pg_", StringComparison.Ordinal))
             {
-                throw new ArgumentException("The " + what + " '" + name + "' starts with pg_, which PostgreSQL reserves for system roles.", what);
+                throw new ArgumentException("The " + what + " '" + PgIdentifier.Printable(name) + "' starts with pg_, which PostgreSQL reserves for system roles.", what);
             }
         }
 

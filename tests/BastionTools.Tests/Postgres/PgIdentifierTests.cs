@@ -205,6 +205,17 @@ namespace BastionTools.Tests.Postgres
             Assert.Throws<ArgumentException>(() => new GrantRequest("ok_user") { ForRoles = new[] { "public" } }.Validate());
         }
 
+        [Fact]
+        public void RefusalMessages_ShowTheNameEscaped()
+        {
+            var ex = Assert.Throws<ArgumentException>(() => new GrantRequest("pg_\u202Eevil\n").Validate());
+            Assert.Contains("'pg_\\u202Eevil\\u000A' starts with pg_", ex.Message);
+            Assert.DoesNotContain("\u202E", ex.Message, StringComparison.Ordinal);
+            var schema = Assert.ThrowsAny<ArgumentException>(() => new GrantRequest("ok_user") { Schemas = new[] { "pg_\u001B[31m" } }.Validate());
+            Assert.Contains("U&\"pg_\\001B[31m\"", schema.Message);
+            Assert.DoesNotContain("\u001B", schema.Message, StringComparison.Ordinal);
+        }
+
         [Theory]
         [InlineData("plain text", "plain text")]
         [InlineData("schema \"a\u202Eb\"\n", "schema \"a\\u202Eb\"\\u000A")]
