@@ -226,6 +226,10 @@ Grant-RdsIamUser -UserName whatif_user -Access ReadWrite -Name bastion -DbHost '
 "@
         $r.Output | Should -Match 'What if:'
         $r.Output | Should -Match 'CREATE ROLE whatif_user LOGIN'
+        # The script is printed on its own, not inside the ShouldProcess text.
+        ($r.Output -split "`n" | Where-Object { $_ -match 'What if:' }) -join "`n" | Should -Not -Match 'CREATE ROLE'
+        $r.Output | Should -Match '(?m)^BEGIN;\r?$'
+        $r.Output | Should -Match '(?m)^COMMIT;\r?$'
         $r.Output | Should -Match 'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO whatif_user'
         $r.Output | Should -Not -Match ([regex]::Escape($Pg.password))
         Invoke-AdminSql "select count(*) from pg_roles where rolname = 'whatif_user'" | Should -Be '0'
@@ -244,6 +248,100 @@ Grant-RdsIamUser -UserName whatif_user -Access ReadWrite -Name bastion -DbHost '
     It 'needs -Force to put the master user under IAM, with a warning' {
         { Grant-RdsIamUser -UserName $Pg.user @Grant @Aws -ErrorAction Stop -WarningVariable w 3>$null } | Should -Throw -ErrorId 'RdsIamGrantNeedsForce,*'
         Invoke-AdminSql "select count(*) from pg_auth_members m join pg_roles r on r.oid = m.member where r.rolname = '$($Pg.user)'" | Should -Be '0'
+    }
+
+    It 'needs -Force for an existing role with a password, saying that password login stops, and changes nothing without it' {
+        Invoke-AdminSql "CREATE ROLE app_pw LOGIN PASSWORD 'app-pw-secret-1'" | Out-Null
+        $err = $null
+        try { Grant-RdsIamUser -UserName app_pw @Grant @Aws -ErrorAction Stop -WarningVariable w 3>$null } catch { $err = $_ }
+        $err.FullyQualifiedErrorId | Should -BeLike 'RdsIamGrantNeedsForce,*'
+        $err.CategoryInfo.Category | Should -Be 'SecurityError'
+        "$err" | Should -Match 'already exists'
+        "$err" | Should -Match 'joins rds_iam, so its password login stops working'
+        "$err" | Should -Match 'Pass -Force to make these changes'
+        "$w" | Should -Match 'password login stops working'
+        Invoke-AdminSql "select count(*) from pg_auth_members m join pg_roles r on r.oid = m.member where r.rolname = 'app_pw'" | Should -Be '0'
+        Invoke-AdminSql "select count(*) from information_schema.role_table_grants where grantee = 'app_pw'" | Should -Be '0'
+
+        $g = Grant-RdsIamUser -UserName app_pw @Grant @Aws -Force -WarningVariable w2 3>$null
+        $g.Changed | Should -BeTrue
+        "$w2" | Should -Match 'password login stops working'
+        Invoke-AdminSql "select pg_has_role('app_pw', 'rds_iam', 'MEMBER')" | Should -Be 't'
+    }
+
+    It 'needs -Force for an existing group role: it would gain LOGIN and its members inherit the grant' {
+        Invoke-AdminSql 'CREATE ROLE app_group NOLOGIN; CREATE ROLE app_member1 LOGIN IN ROLE app_group; CREATE ROLE app_member2 NOLOGIN IN ROLE app_group' | Out-Null
+        $err = $null
+        try { Grant-RdsIamUser -UserName app_group @Grant @Aws -ErrorAction Stop 3>$null } catch { $err = $_ }
+        $err.FullyQualifiedErrorId | Should -BeLike 'RdsIamGrantNeedsForce,*'
+        "$err" | Should -Match 'gains LOGIN'
+        "$err" | Should -Match 'its 2 member roles \(app_member1, app_member2\) inherit every privilege granted here'
+        Invoke-AdminSql "select rolcanlogin from pg_roles where rolname = 'app_group'" | Should -Be 'f'
+        Invoke-AdminSql "select has_table_privilege('app_member1', 'seed_items', 'SELECT')" | Should -Be 'f'
+
+        (Grant-RdsIamUser -UserName app_group @Grant @Aws -Force 3>$null).Changed | Should -BeTrue
+        Invoke-AdminSql "select rolcanlogin from pg_roles where rolname = 'app_group'" | Should -Be 't'
+        Invoke-AdminSql "select has_table_privilege('app_member1', 'seed_items', 'SELECT')" | Should -Be 't'
+    }
+
+    It 'needs no -Force to re-grant to a role already in rds_iam with LOGIN and no members' {
+        Invoke-AdminSql 'CREATE ROLE iam_ready LOGIN; GRANT rds_iam TO iam_ready' | Out-Null
+        $g = Grant-RdsIamUser -UserName iam_ready -Access ReadOnly @Grant @Aws -ErrorAction Stop -WarningVariable w 3>$null
+        $g.Changed | Should -BeTrue
+        $w | Should -BeNullOrEmpty
+        Invoke-AdminSql "select has_table_privilege('iam_ready', 'seed_items', 'SELECT')" | Should -Be 't'
+    }
+
+    It 'refuses system schemas such as pg_catalog with a clear error, before changing anything' {
+        foreach ($schema in 'pg_catalog', 'information_schema', 'pg_toast', 'pg_temp_1') {
+            $err = $null
+            try { Grant-RdsIamUser -UserName sys_reader -Schema public, $schema @Grant @Aws -ErrorAction Stop } catch { $err = $_ }
+            $err.FullyQualifiedErrorId | Should -BeLike 'RdsIamSystemSchema,*'
+            $err.CategoryInfo.Category | Should -Be 'InvalidArgument'
+            "$err" | Should -Match "The schema $schema is a system schema"
+        }
+        $err = $null
+        try { Revoke-RdsIamUser -UserName app_iam -Schema pg_catalog @Grant @Aws -Confirm:$false -ErrorAction Stop } catch { $err = $_ }
+        $err.FullyQualifiedErrorId | Should -BeLike 'RdsIamSystemSchema,*'
+        Invoke-AdminSql "select count(*) from pg_roles where rolname = 'sys_reader'" | Should -Be '0'
+    }
+
+    It '-WhatIf prints names with newlines, ANSI escapes and U+202E as U&"..." escapes, and the run executes exactly that script' {
+        Invoke-AdminSql @'
+CREATE SCHEMA U&"odd\202Eschema";
+CREATE TABLE U&"odd\202Eschema".U&"new\000Aline" (v int);
+CREATE TABLE U&"odd\202Eschema".U&"\001B[31mred" (v int);
+CREATE TABLE U&"odd\202Eschema".U&"rtl\202Eevil" (v int);
+'@ | Out-Null
+        $odd = 'odd' + [char]0x202E + 'schema'
+        $r = Invoke-ChildPwsh -Script @"
+Import-Module '$(Get-TestModulePath)'
+`$PSStyle.OutputRendering = 'PlainText'
+`$admin = [pscredential]::new('$($Pg.user)', (ConvertTo-SecureString '$($Pg.password)' -AsPlainText -Force))
+Grant-RdsIamUser -UserName odd_reader -Schema ('odd' + [char]0x202E + 'schema') -Access ReadWrite -Name bastion -DbHost '$($Rds.endpoint)' -Database '$($Pg.database)' -SslRootCertificate '$($Rds.caBundle)' -Credential `$admin -AccessKey '$($Aws.AccessKey)' -SecretKey '$($Aws.SecretKey)' -Region '$($Aws.Region)' -EndpointUrl '$($Aws.EndpointUrl)' -WhatIf
+"@
+        $r.Output | Should -Match 'What if:'
+        $r.Output | Should -Match ([regex]::Escape('GRANT USAGE ON SCHEMA U&"odd\202Eschema" TO odd_reader;'))
+        $r.Output.IndexOf([char]0x202E) | Should -Be -1
+        $r.Output.IndexOf([char]27) | Should -Be -1
+        Invoke-AdminSql "select count(*) from pg_roles where rolname = 'odd_reader'" | Should -Be '0'
+        $shown = [regex]::Match($r.Output, '(?ms)^BEGIN;\r?$.*?^COMMIT;\r?$').Value -replace "`r", ''
+
+        $g = Grant-RdsIamUser -UserName odd_reader -Schema $odd -Access ReadWrite @Grant @Aws -ErrorAction Stop
+        $g.Changed | Should -BeTrue
+        "BEGIN;`n" + (($g.Sql | ForEach-Object { "$_;" }) -join "`n") + "`nCOMMIT;" | Should -BeExactly $shown
+        Invoke-AdminSql "select count(*) from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = U&'odd\202Eschema' and c.relkind = 'r' and has_table_privilege('odd_reader', c.oid, 'SELECT, INSERT, UPDATE, DELETE')" | Should -Be '3'
+
+        # Revoke names the tables: its script is escaped the same way, and runs as shown.
+        Revoke-RdsIamUser -UserName odd_reader -Schema $odd -Drop @Grant @Aws -WhatIf -InformationVariable info 6>$null | Out-Null
+        $script = "$info"
+        $script | Should -Match ([regex]::Escape('.U&"new\000Aline"'))
+        $script | Should -Match ([regex]::Escape('.U&"\001B[31mred"'))
+        $script.IndexOf([char]0x202E) | Should -Be -1
+        $script.IndexOf([char]27) | Should -Be -1
+        $rv = Revoke-RdsIamUser -UserName odd_reader -Schema $odd -Drop @Grant @Aws -Confirm:$false -ErrorAction Stop
+        "BEGIN;`n" + (($rv.Sql | ForEach-Object { "$_;" }) -join "`n") + "`nCOMMIT;" | Should -BeExactly $script
+        Invoke-AdminSql "select count(*) from pg_roles where rolname = 'odd_reader'" | Should -Be '0'
     }
 
     It 'Revoke-RdsIamUser undoes the grant, drops the role with -Drop, and says so when there is nothing left' {

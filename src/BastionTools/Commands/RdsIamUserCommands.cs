@@ -31,13 +31,43 @@ namespace BastionTools.Commands
         [ValidateNotNullOrEmpty]
         public string? AdminUserName { get; set; }
 
-        /// <summary>Go ahead when the user is the master user or a superuser (rds_iam turns its password login off).</summary>
+        /// <summary>
+        /// Go ahead when the user is the master user or a superuser, or (Grant) an existing role that would join rds_iam
+        /// (its password login stops), gain LOGIN, or pass what it is granted on to member roles.
+        /// </summary>
         [Parameter]
         public SwitchParameter Force { get; set; }
 
         internal abstract string ActionName { get; }
 
         internal abstract GrantPlan Plan(Npgsql.NpgsqlConnection admin, System.Threading.CancellationToken ct);
+
+        /// <summary>Checks the names (and refuses system schemas) before a tunnel is opened; throws <see cref="BastionToolsException"/>.</summary>
+        internal abstract void ValidateRequest();
+
+        /// <summary>The ConfirmImpact of the cmdlet's attribute.</summary>
+        internal abstract ConfirmImpact Impact { get; }
+
+        internal static BastionToolsException Refused(ArgumentException ex, string target) => ex is SystemSchemaException
+            ? new BastionToolsException(ErrorIds.RdsIamSystemSchema, ErrorCategory.InvalidArgument, ex.Message, target,
+                "Name the application schemas that hold your tables with -Schema (default: public).")
+            : new BastionToolsException(ErrorIds.SqlIdentifierInvalid, ErrorCategory.InvalidArgument, ex.Message, target);
+
+        /// <summary>-WhatIf is on (the switch or $WhatIfPreference).</summary>
+        private bool WhatIfRequested()
+        {
+            if (MyInvocation.BoundParameters.TryGetValue("WhatIf", out var w)) return w is SwitchParameter sw ? sw.IsPresent : LanguagePrimitives.IsTrue(w);
+            return LanguagePrimitives.IsTrue(SessionState.PSVariable.GetValue("WhatIfPreference"));
+        }
+
+        /// <summary>ShouldProcess will ask: -Confirm, or the cmdlet's impact reaches $ConfirmPreference.</summary>
+        private bool ConfirmWillAsk()
+        {
+            if (MyInvocation.BoundParameters.TryGetValue("Confirm", out var c)) return c is SwitchParameter sw ? sw.IsPresent : LanguagePrimitives.IsTrue(c);
+            var preference = SessionState.PSVariable.GetValue("ConfirmPreference");
+            if (preference == null || !LanguagePrimitives.TryConvertTo<ConfirmImpact>(preference, out var level)) level = ConfirmImpact.High;
+            return level != ConfirmImpact.None && Impact >= level;
+        }
 
         internal virtual void Decorate(RdsIamGrant grant)
         {
@@ -51,6 +81,7 @@ namespace BastionTools.Commands
                     "Say how to connect as an admin: -Credential (the master user and its password) or -AdminUserName (an admin that logs in with IAM).",
                     UserName).ToErrorRecord());
             }
+            ValidateRequest();
             var bundle = ResolveTrust();
             GetApi();
             var session = OpenTunnel(ActionName + "-RdsIamUser", out var owns);
@@ -76,18 +107,19 @@ namespace BastionTools.Commands
                 }
                 Pump.Drain();
 
+                var qUser = PgIdentifier.Quote(UserName);
                 if (plan.MissingSchemas.Count > 0 && ActionName == "Grant")
                 {
-                    WriteWarningSafe("These schemas do not exist, so the grant will fail: " + string.Join(", ", plan.MissingSchemas));
+                    WriteWarningSafe("These schemas do not exist, so the grant will fail: " + PgIdentifier.QuoteList(plan.MissingSchemas));
                 }
                 if (plan.RequiresForce)
                 {
-                    WriteWarningSafe(plan.ForceReason + " " + GrantPlan.RdsIamPasswordWarning);
-                    if (!Force && !MyInvocation.BoundParameters.ContainsKey("WhatIf"))
+                    WriteWarningSafe(plan.ForceReason!);
+                    if (!Force && !WhatIfRequested())
                     {
                         ThrowTerminatingError(new BastionToolsException(ErrorIds.RdsIamGrantNeedsForce, ErrorCategory.SecurityError,
-                            $"{ActionName}ing IAM login for {UserName} needs -Force: {plan.ForceReason}", UserName,
-                            "Use a dedicated database user for IAM, or pass -Force if this is really meant.").ToErrorRecord());
+                            $"{ActionName}-RdsIamUser changed nothing: {plan.ForceReason} Pass -Force to make these changes.", UserName,
+                            "Use a new, dedicated database user for IAM login, or pass -Force if these changes are meant.").ToErrorRecord());
                     }
                 }
 
@@ -95,13 +127,28 @@ namespace BastionTools.Commands
                 Decorate(grant);
                 if (plan.IsEmpty)
                 {
-                    grant.Summary = plan.IsRevoke ? $"No changes: {UserName} has nothing to revoke." : $"No changes: {UserName} already has everything requested.";
+                    grant.Summary = new GrantResult(plan, Array.Empty<GrantStep>()).Summary;
                     WriteVerboseSafe(grant.Summary);
                     WriteObject(grant);
                     return;
                 }
-                // -WhatIf shows the exact SQL and runs none of it.
-                if (!ShouldProcess($"{UserName} in {DbHost}/{Database}", $"{ActionName} in one transaction:{System.Environment.NewLine}{plan.Script}")) return;
+
+                // What runs is the script, printed on its own (names with control or bidi characters as U&"..." escapes), not
+                // inside the ShouldProcess text: to the host (the Information stream, tag PSHOST, like Write-Host) when
+                // -WhatIf or a confirmation prompt shows it, else to Verbose.
+                var script = plan.Script;
+                if (WhatIfRequested() || ConfirmWillAsk())
+                {
+                    WriteInformation(new HostInformationMessage { Message = script.TrimEnd('\n'), NoNewLine = false }, new[] { "PSHOST", "BastionTools.Script" });
+                }
+                else
+                {
+                    WriteVerboseSafe("The script (run in one transaction):" + System.Environment.NewLine + script.TrimEnd('\n'));
+                }
+
+                var where = PgIdentifier.Printable(DbHost) + "/" + PgIdentifier.Printable(Database);
+                var action = $"{ActionName}: run the script above ({plan.Steps.Count} statement{(plan.Steps.Count == 1 ? "" : "s")} in one transaction)";
+                if (!ShouldProcess($"{qUser} in {where}", action)) return;
 
                 Pump.Post(() => WriteProgress(new ProgressRecord(activity, ActionName + "-RdsIamUser", $"Running {plan.Steps.Count} statement(s)") { PercentComplete = 70 }));
                 if (!TryRun(async ct =>
@@ -172,16 +219,32 @@ namespace BastionTools.Commands
 
         internal override string ActionName => "Grant";
 
+        internal override ConfirmImpact Impact => ConfirmImpact.Medium;
+
+        private GrantRequest Request() => new GrantRequest(UserName) { Schemas = Schema, Access = Access, Privileges = Privilege, ForRoles = ForRole };
+
+        internal override void ValidateRequest()
+        {
+            try
+            {
+                Request().Validate();
+            }
+            catch (ArgumentException ex)
+            {
+                ThrowTerminatingError(Refused(ex, UserName).ToErrorRecord());
+            }
+        }
+
         internal override GrantPlan Plan(Npgsql.NpgsqlConnection admin, System.Threading.CancellationToken ct)
         {
-            var request = new GrantRequest(UserName) { Schemas = Schema, Access = Access, Privileges = Privilege, ForRoles = ForRole };
+            var request = Request();
             try
             {
                 return GrantPlanner.PlanAsync(admin, request, ct).GetAwaiter().GetResult();
             }
             catch (ArgumentException ex)
             {
-                throw new BastionToolsException(ErrorIds.SqlIdentifierInvalid, ErrorCategory.InvalidArgument, ex.Message, UserName);
+                throw Refused(ex, UserName);
             }
             catch (GrantException ex)
             {
@@ -219,16 +282,32 @@ namespace BastionTools.Commands
 
         internal override string ActionName => "Revoke";
 
+        internal override ConfirmImpact Impact => ConfirmImpact.High;
+
+        private RevokeRequest Request() => new RevokeRequest(UserName) { Schemas = Schema, ForRoles = ForRole, Drop = Drop };
+
+        internal override void ValidateRequest()
+        {
+            try
+            {
+                Request().Validate();
+            }
+            catch (ArgumentException ex)
+            {
+                ThrowTerminatingError(Refused(ex, UserName).ToErrorRecord());
+            }
+        }
+
         internal override GrantPlan Plan(Npgsql.NpgsqlConnection admin, System.Threading.CancellationToken ct)
         {
-            var request = new RevokeRequest(UserName) { Schemas = Schema, ForRoles = ForRole, Drop = Drop };
+            var request = Request();
             try
             {
                 return GrantPlanner.PlanAsync(admin, request, ct).GetAwaiter().GetResult();
             }
             catch (ArgumentException ex)
             {
-                throw new BastionToolsException(ErrorIds.SqlIdentifierInvalid, ErrorCategory.InvalidArgument, ex.Message, UserName);
+                throw Refused(ex, UserName);
             }
             catch (GrantException ex)
             {

@@ -63,5 +63,6 @@ namespace BastionTools
         public const string RdsIamGrantNeedsForce = "RdsIamGrantNeedsForce";
         public const string RdsIamGrantFailed = "RdsIamGrantFailed";
         public const string SqlIdentifierInvalid = "SqlIdentifierInvalid";
+        public const string RdsIamSystemSchema = "RdsIamSystemSchema";
     }
 }

@@ -77,8 +77,10 @@ namespace BastionTools.Postgres
 
         internal GrantPlan(bool isRevoke, string userName, string connectedUser, IReadOnlyList<GrantStep> steps, bool roleExists,
             bool targetIsSuperuser, bool targetIsConnectedUser, bool targetIsRdsSuperuser, IReadOnlyList<string> missingSchemas,
-            Func<NpgsqlConnection, CancellationToken, Task<GrantPlan>> replan)
+            Func<NpgsqlConnection, CancellationToken, Task<GrantPlan>> replan, IReadOnlyList<string>? targetMembers = null, string iamRoleName = "rds_iam")
         {
+            TargetMembers = targetMembers ?? Array.Empty<string>();
+            IamRoleName = iamRoleName;
             IsRevoke = isRevoke;
             UserName = userName;
             ConnectedUser = connectedUser;
@@ -112,37 +114,90 @@ namespace BastionTools.Postgres
         /// <summary>The target role is a member of rds_superuser (the RDS master user is).</summary>
         public bool TargetIsRdsSuperuser { get; }
 
-        /// <summary>
-        /// True when the target is a superuser, rds_superuser member or the connected role and the plan changes
-        /// something: the cmdlet raises its ConfirmImpact / needs -Force, and shows <see cref="RdsIamPasswordWarning"/>
-        /// (granting rds_iam to the master user locks password login out).
-        /// </summary>
-        public bool RequiresForce => !IsEmpty && (TargetIsSuperuser || TargetIsConnectedUser || TargetIsRdsSuperuser);
+        /// <summary>The roles that are direct members of the target role (they inherit what it is granted); empty for a new role and for revokes.</summary>
+        public IReadOnlyList<string> TargetMembers { get; }
 
-        /// <summary>Why <see cref="RequiresForce"/> is set, or null.</summary>
+        /// <summary>The role whose membership means IAM login (rds_iam).</summary>
+        public string IamRoleName { get; }
+
+        /// <summary>The plan adds an existing role to rds_iam: its password login stops working.</summary>
+        public bool ExistingRoleJoinsIamRole => !IsRevoke && RoleExists && Steps.Any(s => s.Kind == GrantStepKind.GrantIamRole);
+
+        /// <summary>The plan gives an existing NOLOGIN role (typically a group role) LOGIN.</summary>
+        public bool ExistingRoleGainsLogin => !IsRevoke && RoleExists && Steps.Any(s => s.Kind == GrantStepKind.EnableLogin);
+
+        /// <summary>
+        /// A grant that changes what an existing role is: it joins rds_iam, gains LOGIN, or has members that inherit
+        /// what is granted. Re-granting to a role already in rds_iam with LOGIN and no members is not such a change.
+        /// </summary>
+        public bool ChangesExistingRole => !IsRevoke && !IsEmpty && RoleExists && (ExistingRoleJoinsIamRole || ExistingRoleGainsLogin || TargetMembers.Count > 0);
+
+        /// <summary>
+        /// True when the plan changes something and the target is a superuser, rds_superuser member or the connected
+        /// role, or (for a grant) an existing role whose nature changes (<see cref="ChangesExistingRole"/>): the cmdlet
+        /// refuses without -Force and warns with <see cref="ForceReason"/> (granting rds_iam to the master user or to
+        /// an application role that logs in with a password locks its password login out).
+        /// </summary>
+        public bool RequiresForce => !IsEmpty && (TargetIsSuperuser || TargetIsConnectedUser || TargetIsRdsSuperuser || ChangesExistingRole);
+
+        /// <summary>Why <see cref="RequiresForce"/> is set, saying exactly what the plan would change; null when it is not.</summary>
         public string? ForceReason
         {
             get
             {
                 if (!RequiresForce) return null;
+                var user = PgIdentifier.Quote(UserName);
+                var sentences = new List<string>();
                 var reasons = new List<string>();
                 if (TargetIsConnectedUser) reasons.Add("is the connected role (the master user?)");
                 if (TargetIsSuperuser) reasons.Add("is a superuser");
                 if (TargetIsRdsSuperuser) reasons.Add("is a member of rds_superuser");
-                return "The role " + PgIdentifier.Quote(UserName) + " " + string.Join(" and ", reasons) + ".";
+                if (reasons.Count > 0) sentences.Add("The role " + user + " " + string.Join(" and ", reasons) + ".");
+                if (ChangesExistingRole)
+                {
+                    var iam = PgIdentifier.Quote(IamRoleName);
+                    var changes = new List<string>();
+                    if (ExistingRoleJoinsIamRole)
+                    {
+                        changes.Add("it joins " + iam + ", so its password login stops working (only IAM authentication tokens are accepted)");
+                    }
+
+                    if (ExistingRoleGainsLogin) changes.Add("it gains LOGIN (it could not log in before)");
+                    if (TargetMembers.Count > 0)
+                    {
+                        const int shown = 10;
+                        var names = string.Join(", ", TargetMembers.Take(shown).Select(PgIdentifier.Quote))
+                            + (TargetMembers.Count > shown ? " and " + (TargetMembers.Count - shown) + " more" : "");
+                        changes.Add("its " + TargetMembers.Count + (TargetMembers.Count == 1 ? " member role (" : " member roles (") + names
+                            + ") inherit" + (TargetMembers.Count == 1 ? "s" : "") + " every privilege granted here"
+                            + (ExistingRoleJoinsIamRole ? " and become" + (TargetMembers.Count == 1 ? "s an indirect member" : " indirect members") + " of " + iam : ""));
+                    }
+
+                    sentences.Add((reasons.Count > 0 ? "It" : "The role " + user) + " already exists, and this grant changes it: " + string.Join("; ", changes) + ".");
+                }
+
+                return string.Join(" ", sentences);
             }
         }
 
         /// <summary>Schemas named in the request that do not exist; executing a grant plan fails on them (SQLSTATE 3F000), a revoke skips them.</summary>
         public IReadOnlyList<string> MissingSchemas { get; }
 
-        /// <summary>The whole plan as a script (each statement followed by ";"), what -WhatIf prints; empty when there is nothing to do.</summary>
+        /// <summary>
+        /// The whole plan as the script that runs: BEGIN, each statement followed by ";", COMMIT, one a line; empty when
+        /// there is nothing to do. <see cref="ExecuteAsync"/> runs exactly these statements in one transaction. Every
+        /// name is written by <see cref="PgIdentifier.Quote"/>, so a name with a control, bidi or other invisible
+        /// character appears as a U&amp;"..." escape: the script is plain printable text.
+        /// </summary>
         public string Script
         {
             get
             {
+                if (IsEmpty) return "";
                 var sb = new StringBuilder();
+                sb.Append("BEGIN;\n");
                 foreach (var step in Steps) sb.Append(step.Sql).Append(';').Append('\n');
+                sb.Append("COMMIT;\n");
                 return sb.ToString();
             }
         }
@@ -181,7 +236,8 @@ namespace BastionTools.Postgres
                         var detail = ex.Detail;
                         // Npgsql replaces the detail with a notice unless the connection string has Include Error Detail.
                         var showDetail = !string.IsNullOrEmpty(detail) && !detail!.StartsWith("Detail redacted", StringComparison.Ordinal);
-                        var text = ex.MessageText + (showDetail ? " (" + detail!.Replace("\n", "; ") + ")" : "");
+                        // The server's text quotes names raw: make it printable like the SQL.
+                        var text = PgIdentifier.Printable(ex.MessageText + (showDetail ? " (" + detail!.Replace("\n", "; ") + ")" : ""));
                         throw new GrantException("The step '" + step.Description + "' failed with SQLSTATE " + ex.SqlState + ": " + text
                             + ". Nothing was changed: the transaction was rolled back.", ex.SqlState, step, ex);
                     }
@@ -192,7 +248,7 @@ namespace BastionTools.Postgres
                     {
                         await RollbackQuietly(transaction).ConfigureAwait(false);
                         throw new GrantException("The step '" + step.Description + "' was not fully applied (SQLSTATE " + incomplete.SqlState + "): "
-                            + incomplete.MessageText + ". The connected role " + PgIdentifier.Quote(ConnectedUser)
+                            + PgIdentifier.Printable(incomplete.MessageText) + ". The connected role " + PgIdentifier.Quote(ConnectedUser)
                             + " must own the objects or hold the privileges WITH GRANT OPTION. Nothing was changed: the transaction was rolled back.",
                             incomplete.SqlState, step, null);
                     }

@@ -107,8 +107,9 @@ namespace BastionTools.Postgres
                 steps.AddRange(sequenceSteps);
                 steps.AddRange(defaultSteps);
                 var rdsSuper = await catalog.IsRdsSuperuserAsync(user, ct).ConfigureAwait(false);
+                var members = role == null ? new List<string>() : await catalog.MembersAsync(role.Oid, ct).ConfigureAwait(false);
                 return new GrantPlan(false, user, currentUser, steps, role != null, role?.Super ?? false,
-                    user == currentUser || user == sessionUser, rdsSuper, missingSchemas, Plan);
+                    user == currentUser || user == sessionUser, rdsSuper, missingSchemas, Plan, members, request.IamRoleName);
             }
 
             return await Plan(admin, cancellationToken).ConfigureAwait(false);
@@ -204,7 +205,7 @@ namespace BastionTools.Postgres
                     var owned = await catalog.OwnedObjectsAsync(role.Oid, ct).ConfigureAwait(false);
                     if (owned.Count > 0)
                     {
-                        throw new GrantException("The role " + qUser + " owns objects (" + string.Join(", ", owned.Select(o => o.Count + " in " + o.Where)) + "), so it is not dropped. "
+                        throw new GrantException("The role " + qUser + " owns objects (" + string.Join(", ", owned.Select(o => o.Count + " in " + PgIdentifier.Printable(o.Where))) + "), so it is not dropped. "
                             + "Reassign or drop them first (REASSIGN OWNED BY " + qUser + " TO <role>; DROP OWNED BY " + qUser + " in each database), then run again.", null, null, null);
                     }
 
@@ -360,6 +361,18 @@ namespace BastionTools.Postgres
             {
                 using var cmd = Command("select exists (select 1 from pg_catalog.pg_auth_members where roleid = $1 and member = $2)", Oid(roleOid), Oid(memberOid));
                 return (bool)(await cmd.ExecuteScalarAsync(ct).ConfigureAwait(false))!;
+            }
+
+            /// <summary>The direct members of the role (they inherit its privileges), ordinal order.</summary>
+            public async Task<List<string>> MembersAsync(uint roleOid, CancellationToken ct)
+            {
+                using var cmd = Command(
+                    "select r.rolname::text from pg_catalog.pg_auth_members m join pg_catalog.pg_roles r on r.oid = m.member where m.roleid = $1", Oid(roleOid));
+                var list = new List<string>();
+                await using var reader = await cmd.ExecuteReaderAsync(ct).ConfigureAwait(false);
+                while (await reader.ReadAsync(ct).ConfigureAwait(false)) list.Add(reader.GetString(0));
+                list.Sort(StringComparer.Ordinal);
+                return list;
             }
 
             public async Task<bool> IsRdsSuperuserAsync(string user, CancellationToken ct)

@@ -139,7 +139,7 @@ namespace BastionTools.Postgres
                 var p = (raw ?? "").Trim().ToUpperInvariant();
                 if (!AllTablePrivileges.Contains(p))
                 {
-                    throw new ArgumentException("'" + raw + "' is not a PostgreSQL table privilege; use any of " + string.Join(", ", AllTablePrivileges) + ".", nameof(privileges));
+                    throw new ArgumentException("'" + PgIdentifier.Printable(raw) + "' is not a PostgreSQL table privilege; use any of " + string.Join(", ", AllTablePrivileges) + ".", nameof(privileges));
                 }
 
                 wanted.Add(p);
@@ -159,7 +159,7 @@ namespace BastionTools.Postgres
             ValidateRole(name, what);
             if (name.StartsWith("pg_", StringComparison.Ordinal))
             {
-                throw new ArgumentException("The " + what + " '" + name + "' starts with pg_, which PostgreSQL reserves for system roles.", what);
+                throw new ArgumentException("The " + what + " '" + PgIdentifier.Printable(name) + "' starts with pg_, which PostgreSQL reserves for system roles.", what);
             }
         }
 
@@ -179,8 +179,38 @@ namespace BastionTools.Postgres
         public static IReadOnlyList<string> ValidateSchemas(IReadOnlyList<string>? schemas)
         {
             if (schemas == null || schemas.Count == 0) throw new ArgumentException("At least one schema is required.", nameof(schemas));
-            foreach (var schema in schemas) PgIdentifier.Validate(schema, "schema name");
+            foreach (var schema in schemas)
+            {
+                PgIdentifier.Validate(schema, "schema name");
+                if (IsSystemSchema(schema))
+                {
+                    throw new SystemSchemaException(schema);
+                }
+            }
+
             return schemas;
         }
+
+        /// <summary>
+        /// pg_catalog, information_schema, pg_toast and the per-session pg_temp_N / pg_toast_temp_N (and the pg_temp
+        /// alias): every schema whose name starts with pg_ is reserved for the system (CREATE SCHEMA refuses such
+        /// names), and information_schema is created by initdb. Names are case-sensitive: "PG_CATALOG" is an
+        /// ordinary schema.
+        /// </summary>
+        public static bool IsSystemSchema(string schema) =>
+            schema.StartsWith("pg_", StringComparison.Ordinal) || string.Equals(schema, "information_schema", StringComparison.Ordinal);
+    }
+
+    /// <summary>A system schema named in -Schema: granting (or revoking) there would change what every role can see of the catalog.</summary>
+    internal sealed class SystemSchemaException : ArgumentException
+    {
+        public SystemSchemaException(string schema)
+            : base("The schema " + PgIdentifier.Quote(schema) + " is a system schema (pg_catalog, information_schema, pg_toast, pg_temp_*, or another pg_* schema); "
+                + "Grant-RdsIamUser and Revoke-RdsIamUser only change privileges in application schemas. Name the schemas that hold your tables.", "schema")
+        {
+            Schema = schema;
+        }
+
+        public string Schema { get; }
     }
 }

@@ -1,5 +1,6 @@
 using System;
 using System.Collections.Generic;
+using System.Globalization;
 using System.Text;
 
 namespace BastionTools.Postgres
@@ -13,6 +14,10 @@ namespace BastionTools.Postgres
     /// Names PostgreSQL would mangle are refused instead of quoted: empty, NUL characters (the protocol cannot carry
     /// them), unpaired UTF-16 surrogates (not representable in UTF-8), and more than 63 UTF-8 bytes (NAMEDATALEN-1:
     /// the server would silently truncate, so a grant could land on a different role than the one named).
+    /// A name holding a character that does not show as itself (see <see cref="IsUnusual"/>: controls such as a line
+    /// feed or ESC, bidi and zero-width format characters, separators, private-use or unassigned code points) is
+    /// written as a Unicode-escaped identifier instead, <c>U&amp;"new\000Aline"</c>, so that the SQL shown (-WhatIf)
+    /// is plain printable text and is exactly the SQL that runs.
     /// </summary>
     internal static class PgIdentifier
     {
@@ -65,6 +70,7 @@ namespace BastionTools.Postgres
         public static string Quote(string name)
         {
             Validate(name, nameof(name));
+            if (HasUnusual(name)) return UnicodeEscaped(name);
             if (IsSafeBare(name)) return name;
             var sb = new StringBuilder(name.Length + 2);
             sb.Append('"');
@@ -116,6 +122,111 @@ namespace BastionTools.Postgres
                 throw new ArgumentException("The " + what + " is " + bytes + " bytes in UTF-8; PostgreSQL keeps at most " + MaxBytes
                     + " and would silently truncate it (so the statement would act on a different name). Use a shorter name.", what);
             }
+        }
+
+        /// <summary>
+        /// U&amp;"..." with the default escape character (backslash): an unusual code point becomes \XXXX or \+XXXXXX
+        /// (always exactly 4 or 6 hex digits, so a following digit cannot be read as part of it), a backslash is
+        /// doubled, a double quote doubled. PostgreSQL accepts Unicode-escaped identifiers whatever
+        /// standard_conforming_strings is (scan.l: only U&amp;'' strings depend on it); the decoded name is what
+        /// <see cref="Validate"/> measured.
+        /// </summary>
+        private static string UnicodeEscaped(string name)
+        {
+            var sb = new StringBuilder(name.Length + 16);
+            sb.Append("U&\"");
+            for (var i = 0; i < name.Length; i++)
+            {
+                var ch = name[i];
+                var cp = char.IsHighSurrogate(ch) ? char.ConvertToUtf32(ch, name[i + 1]) : ch;
+                var width = cp > 0xFFFF ? 2 : 1;
+                if (ch == '"') sb.Append("\"\"");
+                else if (ch == '\\') sb.Append("\\\\");
+                else if (IsUnusual(name, i)) sb.Append(cp > 0xFFFF ? "\\+" + cp.ToString("X6", CultureInfo.InvariantCulture) : "\\" + cp.ToString("X4", CultureInfo.InvariantCulture));
+                else sb.Append(name, i, width);
+                i += width - 1;
+            }
+
+            sb.Append('"');
+            return sb.ToString();
+        }
+
+        /// <summary>True when some character of <paramref name="text"/> does not show as itself (<see cref="IsUnusual"/>).</summary>
+        public static bool HasUnusual(string text)
+        {
+            if (text is null) throw new ArgumentNullException(nameof(text));
+            for (var i = 0; i < text.Length; i++)
+            {
+                if (IsUnusual(text, i)) return true;
+                if (char.IsHighSurrogate(text[i]) && i + 1 < text.Length && char.IsLowSurrogate(text[i + 1])) i++;
+            }
+
+            return false;
+        }
+
+        /// <summary>
+        /// Whether the character (or surrogate pair) at <paramref name="index"/> would not be seen as itself on a
+        /// terminal: a control character (C0, DEL, C1: line feeds, ESC that starts ANSI sequences), a format character
+        /// (bidi overrides and isolates such as U+202E, zero-width characters, BOM), a line or paragraph separator, a
+        /// space other than U+0020, a private-use, unassigned or lone surrogate code point, or a combining mark that
+        /// is not attached to a letter or digit (it would draw over the quote or space before it).
+        /// </summary>
+        public static bool IsUnusual(string text, int index)
+        {
+            var ch = text[index];
+            if (ch == ' ') return false;
+            switch (CharUnicodeInfo.GetUnicodeCategory(text, index))
+            {
+                case UnicodeCategory.Control:
+                case UnicodeCategory.Format:
+                case UnicodeCategory.LineSeparator:
+                case UnicodeCategory.ParagraphSeparator:
+                case UnicodeCategory.SpaceSeparator:
+                case UnicodeCategory.PrivateUse:
+                case UnicodeCategory.OtherNotAssigned:
+                case UnicodeCategory.Surrogate:
+                    return true;
+                case UnicodeCategory.NonSpacingMark:
+                case UnicodeCategory.SpacingCombiningMark:
+                case UnicodeCategory.EnclosingMark:
+                    return !AttachesToLetter(text, index);
+                default:
+                    return false;
+            }
+        }
+
+        private static bool AttachesToLetter(string text, int index)
+        {
+            for (var i = index - 1; i >= 0; i--)
+            {
+                if (char.IsLowSurrogate(text[i]) && i > 0 && char.IsHighSurrogate(text[i - 1])) i--;
+                var cat = CharUnicodeInfo.GetUnicodeCategory(text, i);
+                if (cat == UnicodeCategory.NonSpacingMark || cat == UnicodeCategory.SpacingCombiningMark || cat == UnicodeCategory.EnclosingMark) continue;
+                return char.IsLetterOrDigit(text, i);
+            }
+
+            return false;
+        }
+
+        /// <summary>
+        /// Text for messages (e.g. a server error that quotes a name): every unusual character (<see cref="IsUnusual"/>)
+        /// becomes \uXXXX (or \U00XXXXXX), so what is printed is plain text and a name cannot hide or rewrite it.
+        /// </summary>
+        public static string Printable(string? text)
+        {
+            if (string.IsNullOrEmpty(text) || !HasUnusual(text!)) return text ?? "";
+            var sb = new StringBuilder(text!.Length + 16);
+            for (var i = 0; i < text.Length; i++)
+            {
+                var ch = text[i];
+                var pair = char.IsHighSurrogate(ch) && i + 1 < text.Length && char.IsLowSurrogate(text[i + 1]);
+                var cp = pair ? char.ConvertToUtf32(ch, text[i + 1]) : ch;
+                if (IsUnusual(text, i)) sb.Append(cp > 0xFFFF ? "\\U" + cp.ToString("X8", CultureInfo.InvariantCulture) : "\\u" + cp.ToString("X4", CultureInfo.InvariantCulture));
+                else sb.Append(text, i, pair ? 2 : 1);
+                if (pair) i++;
+            }
+
+            return sb.ToString();
         }
 
         private static bool IsSafeBare(string name)

@@ -63,7 +63,7 @@ namespace BastionTools.Tests.Postgres
                 "GRANT SELECT ON ALL TABLES IN SCHEMA " + schema + " TO " + user,
                 "ALTER DEFAULT PRIVILEGES FOR ROLE " + Admin + " IN SCHEMA " + schema + " GRANT SELECT ON TABLES TO " + user,
             }, plan.Steps.Select(s => s.Sql));
-            Assert.Equal(string.Join("", plan.Steps.Select(s => s.Sql + ";\n")), plan.Script);
+            Assert.Equal("BEGIN;\n" + string.Join("", plan.Steps.Select(s => s.Sql + ";\n")) + "COMMIT;\n", plan.Script);
 
             var result = await plan.ExecuteAsync(admin);
             Assert.True(result.HasChanges);
@@ -316,6 +316,151 @@ namespace BastionTools.Tests.Postgres
             var enable = await GrantPlanner.PlanAsync(admin, new GrantRequest(nologin));
             Assert.Equal("enable LOGIN for role " + nologin, enable.Steps[0].Description);
             Assert.Equal("ALTER ROLE " + nologin + " LOGIN", enable.Steps[0].Sql);
+        }
+
+        [Fact]
+        public async Task ExistingRoles_NeedForce_AndTheReasonSaysExactlyWhatChanges()
+        {
+            await using var admin = await _fixture.OpenAdminAsync();
+            var schema = await NewSchemaAsync(admin);
+
+            // An application role that logs in with a password: rds_iam would turn that off.
+            var app = NewName("pwapp");
+            await ExecAsync(admin, "CREATE ROLE " + app + " LOGIN PASSWORD 'app-secret-1'");
+            var plan = await GrantPlanner.PlanAsync(admin, new GrantRequest(app) { Schemas = new[] { schema } });
+            Assert.True(plan.RoleExists);
+            Assert.False(plan.TargetIsSuperuser || plan.TargetIsConnectedUser || plan.TargetIsRdsSuperuser);
+            Assert.True(plan.RequiresForce);
+            Assert.Contains("already exists", plan.ForceReason);
+            Assert.Contains("joins rds_iam", plan.ForceReason);
+            Assert.Contains("password login stops working", plan.ForceReason);
+            Assert.DoesNotContain("gains LOGIN", plan.ForceReason);
+            Assert.DoesNotContain("member", plan.ForceReason);
+            Assert.Equal("role " + app + " login=true", await CatalogFootprintAsync(admin, app));
+
+            // A group role: NOLOGIN, with members that inherit whatever it gets.
+            var group = NewName("grp");
+            var members = new[] { NewName("m"), NewName("m") }.OrderBy(m => m, StringComparer.Ordinal).ToArray();
+            await ExecAsync(admin, "CREATE ROLE " + group + " NOLOGIN");
+            await ExecAsync(admin, "CREATE ROLE " + members[0] + " LOGIN IN ROLE " + group);
+            await ExecAsync(admin, "CREATE ROLE " + members[1] + " NOLOGIN IN ROLE " + group);
+            var groupPlan = await GrantPlanner.PlanAsync(admin, new GrantRequest(group) { Schemas = new[] { schema } });
+            Assert.True(groupPlan.RequiresForce);
+            Assert.Contains("gains LOGIN", groupPlan.ForceReason);
+            Assert.Contains("joins rds_iam", groupPlan.ForceReason);
+            Assert.Contains("its 2 member roles (" + members[0] + ", " + members[1] + ") inherit", groupPlan.ForceReason);
+            Assert.Equal(new[] { "role " + group + " login=false" }, (await CatalogFootprintAsync(admin, group)).Split('\n'));
+
+            // What the reason says is what happens (the cmdlet only executes with -Force).
+            Assert.False(await ScalarAsync<bool>(admin, "select has_table_privilege($1, $2, 'SELECT')", members[0], schema + ".plain"));
+            await groupPlan.ExecuteAsync(admin);
+            Assert.True(await ScalarAsync<bool>(admin, "select rolcanlogin from pg_roles where rolname = $1", group));
+            foreach (var member in members)
+            {
+                Assert.True(await ScalarAsync<bool>(admin, "select pg_has_role($1, 'rds_iam', 'MEMBER')", member));
+                Assert.True(await ScalarAsync<bool>(admin, "select has_table_privilege($1, $2, 'SELECT')", member, schema + ".plain"));
+            }
+
+            // The group, now in rds_iam with LOGIN: more privileges still need -Force (its members inherit them); nothing to do needs none.
+            var more = await GrantPlanner.PlanAsync(admin, new GrantRequest(group) { Schemas = new[] { schema }, Access = GrantAccess.ReadWrite });
+            Assert.True(more.RequiresForce);
+            Assert.Contains("2 member roles", more.ForceReason);
+            Assert.DoesNotContain("joins rds_iam", more.ForceReason);
+            Assert.DoesNotContain("gains LOGIN", more.ForceReason);
+            var same = await GrantPlanner.PlanAsync(admin, new GrantRequest(group) { Schemas = new[] { schema } });
+            Assert.True(same.IsEmpty);
+            Assert.False(same.RequiresForce);
+
+            // A role already set up for IAM (LOGIN, in rds_iam, no members): a re-grant, even a wider one, is idempotent and needs no -Force.
+            var iamUser = NewName("iamuser");
+            await (await GrantPlanner.PlanAsync(admin, new GrantRequest(iamUser) { Schemas = new[] { schema } })).ExecuteAsync(admin);
+            var wider = await GrantPlanner.PlanAsync(admin, new GrantRequest(iamUser) { Schemas = new[] { schema }, Access = GrantAccess.ReadWrite });
+            Assert.False(wider.IsEmpty);
+            Assert.False(wider.RequiresForce, wider.ForceReason);
+            Assert.Null(wider.ForceReason);
+        }
+
+        [Fact]
+        public async Task Script_IsWrappedInATransaction_WithUnusualNamesEscaped_AndIsExactlyWhatRuns()
+        {
+            await using var admin = await _fixture.OpenAdminAsync();
+            var schema = "odd\u202E" + NewName("s");
+            var tables = new[] { "new\nline", "\u001B[31mred", "rtl\u202Eevil" };
+            await ExecAsync(admin, "CREATE SCHEMA \"" + schema + "\"");
+            foreach (var t in tables) await ExecAsync(admin, "CREATE TABLE \"" + schema + "\".\"" + t + "\" (v int)");
+            var user = NewName("oddreader");
+            var request = new GrantRequest(user) { Schemas = new[] { schema }, Access = GrantAccess.ReadWrite };
+
+            var plan = await GrantPlanner.PlanAsync(admin, request);
+            Assert.Equal("BEGIN;\n" + string.Join("", plan.Steps.Select(s => s.Sql + ";\n")) + "COMMIT;\n", plan.Script);
+            AssertPrintable(plan.Script);
+            foreach (var step in plan.Steps) AssertPrintable(step.Description);
+            Assert.Contains("GRANT USAGE ON SCHEMA U&\"odd\\202E", plan.Script);
+
+            // The printed script, run as it is, grants on those tables.
+            await ExecAsync(admin, plan.Script);
+            foreach (var t in tables)
+            {
+                Assert.True(await ScalarAsync<bool>(admin, "select has_table_privilege($1, c.oid, 'SELECT, INSERT, UPDATE, DELETE') from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = $2 and c.relname = $3",
+                    user, schema, t), t);
+            }
+
+            Assert.True((await GrantPlanner.PlanAsync(admin, request)).IsEmpty);
+
+            // ExecuteAsync runs the same statements (another user, same result).
+            var other = NewName("oddwriter");
+            var otherPlan = await GrantPlanner.PlanAsync(admin, new GrantRequest(other) { Schemas = new[] { schema }, Access = GrantAccess.ReadWrite });
+            Assert.Equal(plan.Script.Replace(user, other), otherPlan.Script);
+            await otherPlan.ExecuteAsync(admin);
+            Assert.Equal((await CatalogFootprintAsync(admin, user)).Replace(user, other), await CatalogFootprintAsync(admin, other));
+
+            // The revoke names the tables themselves: escaped too, and it removes everything.
+            var revoke = await GrantPlanner.PlanAsync(admin, new RevokeRequest(user) { Schemas = new[] { schema }, Drop = true });
+            AssertPrintable(revoke.Script);
+            Assert.Contains(".U&\"new\\000Aline\"", revoke.Script);
+            Assert.Contains(".U&\"\\001B[31mred\"", revoke.Script);
+            Assert.Contains(".U&\"rtl\\202Eevil\"", revoke.Script);
+            await ExecAsync(admin, revoke.Script);
+            Assert.Equal("", await CatalogFootprintAsync(admin, user));
+        }
+
+        [Fact]
+        public async Task ServerMessages_AndForceReasons_ShowUnusualNamesEscaped()
+        {
+            await using var admin = await _fixture.OpenAdminAsync();
+
+            // PostgreSQL's own message quotes the missing schema raw; the error shows it escaped.
+            var missing = "gone\u202E\n" + NewName("s");
+            var plan = await GrantPlanner.PlanAsync(admin, new GrantRequest(NewName("printable")) { Schemas = new[] { missing } });
+            Assert.Equal(new[] { missing }, plan.MissingSchemas);
+            var ex = await Assert.ThrowsAsync<GrantException>(() => plan.ExecuteAsync(admin));
+            Assert.Equal("3F000", ex.SqlState);
+            Assert.DoesNotContain("\n", ex.Message);
+            AssertPrintable(ex.Message);
+            Assert.Contains("gone\\u202E\\u000A", ex.Message);
+
+            // A member role with an ANSI escape in its name: the -Force reason names it as SQL would, U&"...".
+            var group = NewName("grp");
+            var member = "m\u001B[2J" + NewName("");
+            await ExecAsync(admin, "CREATE ROLE " + group + " NOLOGIN");
+            await ExecAsync(admin, "CREATE ROLE " + PgIdentifier.Quote(member) + " IN ROLE " + group);
+            var groupPlan = await GrantPlanner.PlanAsync(admin, new GrantRequest(group));
+            Assert.True(groupPlan.RequiresForce);
+            AssertPrintable(groupPlan.ForceReason!);
+            Assert.Contains("its 1 member role (U&\"m\\001B[2J", groupPlan.ForceReason);
+        }
+
+        /// <summary>No control character other than the line feeds that end statements, no format (bidi, zero-width) or separator characters.</summary>
+        private static void AssertPrintable(string text)
+        {
+            for (var i = 0; i < text.Length; i++)
+            {
+                var c = text[i];
+                var cat = System.Globalization.CharUnicodeInfo.GetUnicodeCategory(text, i);
+                var bad = (char.IsControl(c) && c != '\n') || cat == System.Globalization.UnicodeCategory.Format
+                    || cat == System.Globalization.UnicodeCategory.LineSeparator || cat == System.Globalization.UnicodeCategory.ParagraphSeparator;
+                Assert.False(bad, "U+" + ((int)c).ToString("X4") + " at " + i + " in: " + text.Replace("\u001B", "<ESC>"));
+            }
         }
 
         [Fact]

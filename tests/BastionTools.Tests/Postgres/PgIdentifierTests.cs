@@ -29,6 +29,8 @@ namespace BastionTools.Tests.Postgres
             "with space", " leading", "trailing ", "semi;colon", "; DROP TABLE x; --", "x\"; DROP ROLE sandbox_admin; --",
             "quote'single", "o'; drop table seed_items; --", "dq\"inside", "\"", "\"\"", "\"quoted\"", "back\\slash", "dash-name", "dot.name",
             "tab\tname", "new\nline", "ünïcödé", "Ünïcödé", "日本語", "emoji😀", "🎉", "zero\u200Bwidth", "é", "ß",
+            "esc\u001B[31mred", "rtl\u202Eevil", "bell\u0007", "nb\u00A0sp", "nel\u0085", "bom\uFEFF", "line\u2028sep", "private\uE000",
+            "back\\slash\nnewline", "\"\n\"", "\r\n", "\\", "\u0001", "del\u007F", "lri\u2066x\u2069", "U&\"x\"", "u&x",
             new string('a', 63), string.Concat(Enumerable.Repeat("日", 21)), new string('a', 59) + "😀", new string('a', 61) + "é",
         }.Select(n => new object[] { n });
 
@@ -46,7 +48,16 @@ namespace BastionTools.Tests.Postgres
             Assert.True(Encoding.UTF8.GetByteCount(name) <= 63);
             var quoted = PgIdentifier.Quote(name);
             await using var admin = await _fixture.OpenAdminAsync();
-            Assert.Equal(await ScalarAsync<string>(admin, "select quote_ident($1)", name), quoted);
+            if (HasInvisibleOrControl(name))
+            {
+                // Shown as it runs: a U&"..." identifier whose text holds no control, format or separator character.
+                Assert.StartsWith("U&\"", quoted);
+                Assert.False(HasInvisibleOrControl(quoted), quoted);
+            }
+            else
+            {
+                Assert.Equal(await ScalarAsync<string>(admin, "select quote_ident($1)", name), quoted);
+            }
 
             // pg_ names and "public"/"none" are reserved as role names: round-trip those as a table name instead.
             var asRole = !(name.StartsWith("pg_", StringComparison.Ordinal) || name == "public" || name == "none");
@@ -59,6 +70,47 @@ namespace BastionTools.Tests.Postgres
             await using (var read = new NpgsqlCommand(catalogSql, admin, tx))
             {
                 Assert.Equal(name, (string)(await read.ExecuteScalarAsync())!);
+            }
+
+            await tx.RollbackAsync();
+        }
+
+        /// <summary>Independent of the implementation: C0/C1 controls, format characters (bidi controls, zero-width), line and paragraph separators, spaces other than U+0020, private use.</summary>
+        private static bool HasInvisibleOrControl(string s)
+        {
+            for (var i = 0; i < s.Length; i++)
+            {
+                var c = s[i];
+                if (char.IsControl(c) || (char.IsWhiteSpace(c) && c != ' ')) return true;
+                var cat = System.Globalization.CharUnicodeInfo.GetUnicodeCategory(s, i);
+                if (cat is System.Globalization.UnicodeCategory.Format or System.Globalization.UnicodeCategory.LineSeparator
+                    or System.Globalization.UnicodeCategory.ParagraphSeparator or System.Globalization.UnicodeCategory.PrivateUse
+                    or System.Globalization.UnicodeCategory.SpaceSeparator && c != ' ') return true;
+            }
+
+            return false;
+        }
+
+        [Theory]
+        [InlineData("new\nline", "U&\"new\\000Aline\"")]
+        [InlineData("esc\u001B[31mred", "U&\"esc\\001B[31mred\"")]
+        [InlineData("rtl\u202Eevil", "U&\"rtl\\202Eevil\"")]
+        [InlineData("back\\slash\n", "U&\"back\\\\slash\\000A\"")]
+        [InlineData("q\"\t", "U&\"q\"\"\\0009\"")]
+        [InlineData("Ünï\u200B", "U&\"Ünï\\200B\"")]
+        [InlineData("\U0010FFFD", "U&\"\\+10FFFD\"")]
+        public async Task UnusualNames_AreWrittenAsUnicodeEscapes_ThatTheServerReadsBackExactly(string name, string expected)
+        {
+            Assert.Equal(expected, PgIdentifier.Quote(name));
+            await using var admin = await _fixture.OpenAdminAsync();
+            await using var tx = await admin.BeginTransactionAsync();
+            // Unicode-escaped identifiers do not depend on standard_conforming_strings (only U&'' strings do).
+            await using (var scs = new NpgsqlCommand("SET LOCAL standard_conforming_strings = off", admin, tx)) await scs.ExecuteNonQueryAsync();
+            await using (var create = new NpgsqlCommand("CREATE TABLE public." + expected + " (); CREATE ROLE " + expected, admin, tx)) await create.ExecuteNonQueryAsync();
+            await using (var read = new NpgsqlCommand("select count(*) from pg_class c join pg_roles r on r.rolname = c.relname where c.relname = $1", admin, tx))
+            {
+                read.Parameters.Add(new NpgsqlParameter { Value = name });
+                Assert.Equal(1L, (long)(await read.ExecuteScalarAsync())!);
             }
 
             await tx.RollbackAsync();
@@ -151,6 +203,56 @@ namespace BastionTools.Tests.Postgres
             Assert.Contains(name, ex.Message);
             Assert.Throws<ArgumentException>(() => new RevokeRequest(name).Validate());
             Assert.Throws<ArgumentException>(() => new GrantRequest("ok_user") { ForRoles = new[] { "public" } }.Validate());
+        }
+
+        [Fact]
+        public void RefusalMessages_ShowTheNameEscaped()
+        {
+            var ex = Assert.Throws<ArgumentException>(() => new GrantRequest("pg_\u202Eevil\n").Validate());
+            Assert.Contains("'pg_\\u202Eevil\\u000A' starts with pg_", ex.Message);
+            Assert.DoesNotContain("\u202E", ex.Message, StringComparison.Ordinal);
+            var schema = Assert.ThrowsAny<ArgumentException>(() => new GrantRequest("ok_user") { Schemas = new[] { "pg_\u001B[31m" } }.Validate());
+            Assert.Contains("U&\"pg_\\001B[31m\"", schema.Message);
+            Assert.DoesNotContain("\u001B", schema.Message, StringComparison.Ordinal);
+        }
+
+        [Theory]
+        [InlineData("plain text", "plain text")]
+        [InlineData("schema \"a\u202Eb\"\n", "schema \"a\\u202Eb\"\\u000A")]
+        [InlineData("\u001B[31mred\u001B[0m", "\\u001B[31mred\\u001B[0m")]
+        [InlineData("tag\U000E0001 😀 é", "tag\\U000E0001 😀 é")]
+        [InlineData("e\u0301 \u0301x", "e\u0301 \\u0301x")]
+        public void Printable_EscapesWhatDoesNotShowAsItself(string text, string expected)
+        {
+            Assert.Equal(expected, PgIdentifier.Printable(text));
+        }
+
+        [Theory]
+        [InlineData("pg_catalog")]
+        [InlineData("information_schema")]
+        [InlineData("pg_toast")]
+        [InlineData("pg_temp")]
+        [InlineData("pg_temp_3")]
+        [InlineData("pg_toast_temp_3")]
+        [InlineData("pg_anything")]
+        public void SystemSchemas_AreRefused_ForGrantAndRevoke(string schema)
+        {
+            var ex = Assert.ThrowsAny<ArgumentException>(() => new GrantRequest("ok_user") { Schemas = new[] { "public", schema } }.Validate());
+            Assert.Contains("system schema", ex.Message);
+            Assert.Contains(schema, ex.Message);
+            Assert.ThrowsAny<ArgumentException>(() => new RevokeRequest("ok_user") { Schemas = new[] { schema } }.Validate());
+        }
+
+        [Theory]
+        [InlineData("PG_CATALOG")]
+        [InlineData("Information_Schema")]
+        [InlineData("pgcatalog")]
+        [InlineData("my_pg_catalog")]
+        public void UserSchemas_ThatOnlyLookLikeSystemSchemas_AreAccepted(string schema)
+        {
+            // Identifiers are case-sensitive here: "PG_CATALOG" is an ordinary schema PostgreSQL lets anyone create.
+            new GrantRequest("ok_user") { Schemas = new[] { schema } }.Validate();
+            new RevokeRequest("ok_user") { Schemas = new[] { schema } }.Validate();
         }
 
         [Theory]
