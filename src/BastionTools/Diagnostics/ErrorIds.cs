@@ -54,6 +54,7 @@ namespace BastionTools
         public const string DatabaseConnectionClosed = "DatabaseConnectionClosed";
         public const string SslRootCertificateInvalid = "SslRootCertificateInvalid";
         public const string PsqlNotFound = "PsqlNotFound";
+        public const string PsqlNotExecutable = "PsqlNotExecutable";
         public const string QueryInputInvalid = "QueryInputInvalid";
 
         // Grant-RdsIamUser / Revoke-RdsIamUser
