@@ -31,7 +31,7 @@ Describe 'Argument completion' {
     It 'quotes profile names PowerShell would not read back as they are (quotes, spaces, $, ;)' {
         $home2 = Join-Path ([IO.Path]::GetTempPath()) ('bt-home-' + [guid]::NewGuid().ToString('n'))
         New-Item -ItemType Directory -Path (Join-Path $home2 '.aws') -Force | Out-Null
-        $names = @("o'brien", "q' + `$(Get-Date) + '", 'qa team', 'q$env:PATH;x', "q'; Remove-Item x; '", 'q’typographic')
+        $names = @("o'brien", "q' + `$(Get-Date) + '", 'qa team', 'q$env:PATH;x', "q'; Remove-Item x; '", "q$([char]0x2019)typographic")
         Set-Content (Join-Path $home2 '.aws/config') ($names | ForEach-Object { "[profile $_]"; 'region = eu-west-1' })
         $saved = $env:HOME, $env:AWS_CONFIG_FILE, $env:AWS_SHARED_CREDENTIALS_FILE
         try {
@@ -42,6 +42,7 @@ Describe 'Argument completion' {
             foreach ($m in $completed) {
                 $m.CompletionText | Should -Match "^'.*'$"
                 # Read back by PowerShell, the completion is exactly the profile name: nothing expanded, nothing run.
+                $errs = $null
                 $ast = [System.Management.Automation.Language.Parser]::ParseInput("x $($m.CompletionText)", [ref] $null, [ref] $errs)
                 $errs | Should -BeNullOrEmpty
                 $ast.EndBlock.Statements[0].PipelineElements[0].CommandElements[1].Value | Should -BeIn $names
