@@ -28,6 +28,32 @@ Describe 'Argument completion' {
         finally { $env:HOME, $env:AWS_CONFIG_FILE, $env:AWS_SHARED_CREDENTIALS_FILE = $saved; Remove-Item $home2 -Recurse -Force }
     }
 
+    It 'quotes profile names PowerShell would not read back as they are (quotes, spaces, $, ;)' {
+        $home2 = Join-Path ([IO.Path]::GetTempPath()) ('bt-home-' + [guid]::NewGuid().ToString('n'))
+        New-Item -ItemType Directory -Path (Join-Path $home2 '.aws') -Force | Out-Null
+        $names = @("o'brien", "q' + `$(Get-Date) + '", 'qa team', 'q$env:PATH;x', "q'; Remove-Item x; '", "q$([char]0x2019)typographic")
+        Set-Content (Join-Path $home2 '.aws/config') ($names | ForEach-Object { "[profile $_]"; 'region = eu-west-1' })
+        $saved = $env:HOME, $env:AWS_CONFIG_FILE, $env:AWS_SHARED_CREDENTIALS_FILE
+        try {
+            $env:HOME = $home2; $env:AWS_CONFIG_FILE = $null; $env:AWS_SHARED_CREDENTIALS_FILE = $null
+            (Complete "New-RdsIamToken -ProfileName o").CompletionText | Should -Be @("'o''brien'")
+            $completed = Complete "New-RdsIamToken -ProfileName q"
+            $completed.Count | Should -Be 5
+            foreach ($m in $completed) {
+                $m.CompletionText | Should -Match "^'.*'$"
+                # Read back by PowerShell, the completion is exactly the profile name: nothing expanded, nothing run.
+                $errs = $null
+                $ast = [System.Management.Automation.Language.Parser]::ParseInput("x $($m.CompletionText)", [ref] $null, [ref] $errs)
+                $errs | Should -BeNullOrEmpty
+                $ast.EndBlock.Statements[0].PipelineElements[0].CommandElements[1].Value | Should -BeIn $names
+                $ast.EndBlock.Statements[0].PipelineElements[0].CommandElements[1].Value | Should -Be $m.ListItemText
+            }
+            # A word typed with a doubled quote still completes.
+            (Complete "New-RdsIamToken -ProfileName 'o''b").CompletionText | Should -Be @("'o''brien'")
+        }
+        finally { $env:HOME, $env:AWS_CONFIG_FILE, $env:AWS_SHARED_CREDENTIALS_FILE = $saved; Remove-Item $home2 -Recurse -Force }
+    }
+
     It 'completes region codes' {
         (Complete 'Get-BastionInstance -Region eu-west-').CompletionText | Should -Be @('eu-west-1', 'eu-west-2', 'eu-west-3')
     }

@@ -169,6 +169,17 @@ Connect-IamPostgres -Name bastion -UserName app_iam -DbHost '$($Rds.endpoint)' -
         $env:PGPASSWORD | Should -BeNullOrEmpty
     }
 
+    It 'gives psql its arguments exactly: backslashes, spaces and double quotes are not changed' {
+        $r = Invoke-ChildPwsh -Script @"
+Import-Module '$(Get-TestModulePath)'
+Connect-IamPostgres -Name bastion -UserName app_iam -DbHost '$($Rds.endpoint)' -Database '$($Pg.database)' -SslRootCertificate '$($Rds.caBundle)' -AccessKey '$($Aws.AccessKey)' -SecretKey '$($Aws.SecretKey)' -Region '$($Aws.Region)' -EndpointUrl '$($Aws.EndpointUrl)' -Interactive -PsqlArgument @('-X', '-At', '-c', '\echo one  two', '-c', 'select ''a\b  "c" z\'' as v')
+'EXIT=' + `$LASTEXITCODE
+"@
+        $r.Output | Should -Match 'EXIT=0'
+        $r.Output | Should -Match '(?m)^one two\r?$'
+        $r.Output | Should -Match '(?m)^a\\b  "c" z\\\r?$'
+    }
+
     It 'says clearly when psql is missing' {
         { Connect-IamPostgres -Name bastion -UserName app_iam @Db @Aws -Interactive -PsqlPath /nonexistent/psql -ErrorAction Stop } | Should -Throw -ErrorId 'PsqlNotFound,*'
         @(Get-BastionSession | Where-Object RemoteHost -eq $Rds.endpoint).Count | Should -Be 1   # only the shared one

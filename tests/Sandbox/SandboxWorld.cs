@@ -159,6 +159,14 @@ namespace BastionTools.Sandbox
         /// <summary>How EC2's UnauthorizedOperation is worded (<see cref="SandboxEc2DenialMessage"/>; default Encoded).</summary>
         public SandboxEc2DenialMessage Ec2DenialMessage { get; set; } = SandboxEc2DenialMessage.Encoded;
 
+        /// <summary>
+        /// A signature mismatch also echoes the canonical request and string-to-sign AWS computed (with the session token
+        /// header in it), as Coral services do (aws/aws-sdk-cpp#17 quotes cognito-sync's InvalidSignatureException; the
+        /// same text in SDK issues for Lambda and API Gateway). Off by default: whether SSM and EC2 add it is not seen in
+        /// public traces; the redaction tests turn it on for both, as the most revealing shape.
+        /// </summary>
+        public bool EchoCanonicalRequestOnSignatureMismatch { get; set; }
+
         /// <summary>The account's KMS keys (see <see cref="SandboxKms"/>).</summary>
         public SandboxKms Kms { get; }
 

@@ -120,10 +120,16 @@ namespace BastionTools.Sandbox
                 signedHeaders,
                 SigV4.Sha256Hex(request.Body));
             var scope = SigV4.Scope(auth.Date, auth.Region, auth.Service);
-            var expected = SigV4.Signature(credential.SecretAccessKey, auth.Date, auth.Region, auth.Service, SigV4.StringToSign(amzDate!, scope, canonicalRequest));
+            var stringToSign = SigV4.StringToSign(amzDate!, scope, canonicalRequest);
+            var expected = SigV4.Signature(credential.SecretAccessKey, auth.Date, auth.Region, auth.Service, stringToSign);
             if (!SigV4.FixedTimeEquals(expected, auth.Signature.ToLowerInvariant()))
             {
-                throw BadSignature(protocol, SignatureMismatchMessage);
+                if (!world.EchoCanonicalRequestOnSignatureMismatch) throw BadSignature(protocol, SignatureMismatchMessage);
+                var echoed = SignatureMismatchMessage + "\n\nThe Canonical String for this request should have been\n'" + canonicalRequest
+                    + "'\n\nThe String-to-Sign should have been\n'" + stringToSign + "'\n";
+                throw protocol == SandboxProtocol.Json11
+                    ? SandboxError.Coral("InvalidSignatureException", echoed)
+                    : SandboxError.Ec2(403, "SignatureDoesNotMatch", echoed);
             }
             return credential;
         }

@@ -101,8 +101,20 @@ namespace BastionTools.Aws
             _env = env;
         }
 
+        /// <summary>-SessionToken without -AccessKey and -SecretKey: the parameters are incomplete (never ignored).</summary>
+        internal static BastionToolsException SessionTokenAlone() =>
+            new(ErrorIds.AwsCredentialsIncomplete, ErrorCategory.InvalidArgument,
+                "-SessionToken was given without -AccessKey and -SecretKey: a session token belongs to the temporary keys it was issued with.",
+                recommendedAction: "Pass -AccessKey and -SecretKey with -SessionToken, or leave -SessionToken out.");
+
         public ResolvedCredentials Resolve(AwsParameters p)
         {
+            // -SessionToken alone would be silently ignored (the profile or environment keys would be used instead).
+            if (!string.IsNullOrWhiteSpace(p.SessionToken) && string.IsNullOrWhiteSpace(p.AccessKey) && string.IsNullOrWhiteSpace(p.SecretKey))
+            {
+                throw SessionTokenAlone();
+            }
+
             // 1. Literal keys on the command line.
             if (!string.IsNullOrWhiteSpace(p.AccessKey) || !string.IsNullOrWhiteSpace(p.SecretKey))
             {

@@ -59,6 +59,11 @@ namespace BastionTools.Commands
         {
             Redactor.Add(SecretKey);
             Redactor.Add(SessionToken);
+            // A parameter error, whatever the command goes on to do (some never resolve credentials, e.g. with -Session).
+            if (!string.IsNullOrEmpty(SessionToken) && string.IsNullOrEmpty(AccessKey) && string.IsNullOrEmpty(SecretKey))
+            {
+                ThrowTerminatingError(AwsCredentialResolver.SessionTokenAlone().ToErrorRecord());
+            }
         }
 
         internal AwsParameters GetAwsParameters() => new()
@@ -151,5 +156,17 @@ namespace BastionTools.Commands
 
         /// <summary>Writes a non-terminating error for one pipeline item.</summary>
         internal void WriteErrorSafe(BastionToolsException ex) => WriteError(ex.ToErrorRecord());
+
+        /// <summary>
+        /// Every error of an AWS-facing cmdlet goes out through here (it hides Cmdlet.WriteError): the message, the
+        /// recommended action and the whole inner-exception chain are redacted with this command's own secrets too.
+        /// </summary>
+        public new void WriteError(ErrorRecord errorRecord) => base.WriteError(RedactRecord(errorRecord));
+
+        /// <summary>As <see cref="WriteError"/>, for terminating errors (it hides Cmdlet.ThrowTerminatingError).</summary>
+        public new void ThrowTerminatingError(ErrorRecord errorRecord) => base.ThrowTerminatingError(RedactRecord(errorRecord));
+
+        private ErrorRecord RedactRecord(ErrorRecord record) =>
+            record.Exception is BastionToolsException b ? b.ToErrorRecord(Redactor) : record;
     }
 }

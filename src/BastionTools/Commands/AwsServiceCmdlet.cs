@@ -172,6 +172,13 @@ namespace BastionTools.Commands
             {
                 // Ctrl-C: PowerShell stops the pipeline.
             }
+            catch (Exception ex) when (!(ex is OperationCanceledException) && !(ex is RuntimeException))
+            {
+                // Anything the engine did not turn into a BastionToolsException (an SDK, Npgsql or socket exception)
+                // would reach the user raw, message and inner exceptions unredacted: end the command with a redacted copy.
+                ThrowTerminatingError(new BastionToolsException(ErrorIds.UnexpectedError, ErrorCategory.NotSpecified,
+                    "The operation failed: " + ex.Message, null, null, ex).ToErrorRecord());
+            }
             result = default!;
             return false;
         }

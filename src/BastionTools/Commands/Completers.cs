@@ -22,8 +22,8 @@ namespace BastionTools.Commands
             var files = new List<string> { AwsEnvironmentNames.DefaultCredentialsFile(env), AwsEnvironmentNames.DefaultConfigFile(env) };
             if (fakeBoundParameters?["ProfileLocation"] is string loc) files.Insert(0, loc);
             return ProfileNames(files)
-                .Where(n => n.StartsWith(wordToComplete.Trim('\'', '"'), StringComparison.OrdinalIgnoreCase))
-                .Select(n => new CompletionResult(n.IndexOf(' ') >= 0 ? "'" + n + "'" : n, n, CompletionResultType.ParameterValue, "AWS profile " + n));
+                .Where(n => n.StartsWith(wordToComplete.Trim('\'', '"').Replace("''", "'"), StringComparison.OrdinalIgnoreCase))
+                .Select(n => new CompletionResult(CompletionText.Quote(n), n, CompletionResultType.ParameterValue, "AWS profile " + n));
         }
 
         internal static IEnumerable<string> ProfileNames(IEnumerable<string> files)
@@ -52,13 +52,39 @@ namespace BastionTools.Commands
         }
     }
 
+    /// <summary>What a completer inserts for a string value: the value itself when PowerShell reads it back unchanged as a bare word, else a single-quoted string.</summary>
+    internal static class CompletionText
+    {
+        // Bare words PowerShell reads back as the same string: a letter or _ first (a digit could start a number,
+        // 1e5; -, @, $, ( and quotes open something else), then letters, digits, _, - and dots.
+        private static readonly Regex Bare = new(@"^[\p{L}_][\p{L}\p{N}_.\-]*$", RegexOptions.CultureInvariant);
+
+        /// <summary>
+        /// Single quotes unless <paramref name="value"/> is a plain word. Inside single quotes PowerShell expands nothing;
+        /// a quote (' and its typographic forms ‘ ’ ‚ ‛, which PowerShell also treats as quotes) is doubled.
+        /// </summary>
+        public static string Quote(string value)
+        {
+            if (value.Length > 0 && Bare.IsMatch(value)) return value;
+            var sb = new System.Text.StringBuilder(value.Length + 2);
+            sb.Append('\'');
+            foreach (var c in value)
+            {
+                if (c == '\'' || c == '\u2018' || c == '\u2019' || c == '\u201A' || c == '\u201B') sb.Append(c);
+                sb.Append(c);
+            }
+            sb.Append('\'');
+            return sb.ToString();
+        }
+    }
+
     /// <summary>Completes the ids of the sessions open in this PowerShell session.</summary>
     public sealed class BastionSessionCompleter : IArgumentCompleter
     {
         public IEnumerable<CompletionResult> CompleteArgument(string commandName, string parameterName, string wordToComplete, CommandAst commandAst, IDictionary fakeBoundParameters)
             => Ssm.SessionRegistry.All()
                 .Where(s => s.SessionId.StartsWith(wordToComplete.Trim('\'', '"'), StringComparison.OrdinalIgnoreCase))
-                .Select(s => new CompletionResult(s.SessionId, s.SessionId, CompletionResultType.ParameterValue, s.ToString()));
+                .Select(s => new CompletionResult(CompletionText.Quote(s.SessionId), s.SessionId, CompletionResultType.ParameterValue, s.ToString()));
     }
 
     /// <summary>Completes bastion targets: instance ids with their Name tags, from EC2 and SSM (uses the default credentials and region).</summary>
@@ -90,7 +116,7 @@ namespace BastionTools.Commands
                 var word = wordToComplete.Trim('\'', '"');
                 return found
                     .Where(i => i.InstanceId.StartsWith(word, StringComparison.OrdinalIgnoreCase) || (i.Name ?? "").StartsWith(word, StringComparison.OrdinalIgnoreCase))
-                    .Select(i => new CompletionResult(i.InstanceId, i.InstanceId + (i.Name == null ? "" : " (" + i.Name + ")"), CompletionResultType.ParameterValue,
+                    .Select(i => new CompletionResult(CompletionText.Quote(i.InstanceId), i.InstanceId + (i.Name == null ? "" : " (" + i.Name + ")"), CompletionResultType.ParameterValue,
                         $"{i.InstanceId} {i.Name} {i.PingStatus ?? "not managed"}"))
                     .ToList();
             }
@@ -143,6 +169,6 @@ namespace BastionTools.Commands
 
         public IEnumerable<CompletionResult> CompleteArgument(string commandName, string parameterName, string wordToComplete, CommandAst commandAst, IDictionary fakeBoundParameters)
             => Regions.Where(r => r.StartsWith(wordToComplete.Trim('\'', '"'), StringComparison.OrdinalIgnoreCase))
-                .Select(r => new CompletionResult(r, r, CompletionResultType.ParameterValue, r));
+                .Select(r => new CompletionResult(CompletionText.Quote(r), r, CompletionResultType.ParameterValue, r));
     }
 }

@@ -50,12 +50,18 @@ namespace BastionTools.Commands
             if (Interactive)
             {
                 // Before any tunnel is opened: nothing to clean up when psql is missing.
-                _psql = PsqlPath != null ? (File.Exists(GetUnresolvedProviderPathFromPSPath(PsqlPath)) ? GetUnresolvedProviderPathFromPSPath(PsqlPath) : null) : FindOnPath("psql");
+                var windows = System.Environment.OSVersion.Platform == PlatformID.Win32NT;
+                _psql = PsqlPath != null ? (File.Exists(GetUnresolvedProviderPathFromPSPath(PsqlPath)) ? GetUnresolvedProviderPathFromPSPath(PsqlPath) : null) : FindOnPath(PsqlLauncher.ExecutableName(windows));
                 if (_psql == null)
                 {
                     ThrowTerminatingError(new BastionToolsException(ErrorIds.PsqlNotFound, ErrorCategory.ObjectNotFound,
                         PsqlPath != null ? $"psql was not found at '{PsqlPath}'." : "psql is not installed (not found on PATH).", "psql",
                         "Install the PostgreSQL client (apt-get install postgresql-client, brew install libpq, or the Windows installer), or pass -PsqlPath.").ToErrorRecord());
+                }
+                if (PsqlLauncher.RefusalReason(_psql!, windows) is { } refusal)
+                {
+                    ThrowTerminatingError(new BastionToolsException(ErrorIds.PsqlNotExecutable, ErrorCategory.InvalidArgument, refusal, PsqlPath,
+                        "Pass -PsqlPath with psql.exe itself (for example C:\\Program Files\\PostgreSQL\\17\\bin\\psql.exe).").ToErrorRecord());
                 }
             }
             var bundle = ResolveTrust();
@@ -150,7 +156,10 @@ namespace BastionTools.Commands
                 var sslmode = SslMode switch { RdsSslMode.VerifyFull => "verify-full", RdsSslMode.VerifyCA => "verify-ca", _ => "require" };
                 var conninfo = $"host={DbHost} hostaddr=127.0.0.1 port={session.LocalPort} user={Quote(UserName)} dbname={Quote(Database)} sslmode={sslmode} sslrootcert={Quote(source.Options.RootCertificatePath)} application_name=BastionTools";
                 var psi = new ProcessStartInfo(psql) { UseShellExecute = false };
-                psi.Arguments = QuoteArgument(conninfo) + (PsqlArgument == null ? "" : " " + string.Join(" ", Array.ConvertAll(PsqlArgument, QuoteArgument)));
+                // Windows command-line rules: psql (a C program) and .NET on Unix split the line back into exactly these strings.
+                var args = new List<string> { conninfo };
+                if (PsqlArgument != null) args.AddRange(PsqlArgument);
+                psi.Arguments = WindowsCommandLine.Join(args);
                 // The token reaches psql through its own environment only: never this process's, never its command line.
                 psi.EnvironmentVariables["PGPASSWORD"] = source.NewToken();
                 WriteVerboseSafe($"Starting psql for {UserName}@{DbHost}:{DbPort}/{Database} through 127.0.0.1:{session.LocalPort} (sslmode={sslmode}).");
@@ -172,23 +181,13 @@ namespace BastionTools.Commands
 
         private static string Quote(string value) => "'" + value.Replace("\\", "\\\\").Replace("'", "\\'") + "'";
 
-        private static string QuoteArgument(string arg)
-        {
-            if (arg.Length > 0 && arg.IndexOfAny(new[] { ' ', '\t', '"', '\'' }) < 0) return arg;
-            return "\"" + arg.Replace("\\", "\\\\").Replace("\"", "\\\"") + "\"";
-        }
-
         private static string? FindOnPath(string name)
         {
-            var exts = System.Environment.OSVersion.Platform == PlatformID.Win32NT ? new[] { ".exe", ".cmd", "" } : new[] { "" };
             foreach (var dir in (System.Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator))
             {
                 if (dir.Length == 0) continue;
-                foreach (var ext in exts)
-                {
-                    var candidate = Path.Combine(dir, name + ext);
-                    if (File.Exists(candidate)) return candidate;
-                }
+                var candidate = Path.Combine(dir, name);
+                if (File.Exists(candidate)) return candidate;
             }
             return null;
         }

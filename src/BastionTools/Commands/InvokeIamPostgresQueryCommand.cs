@@ -243,7 +243,7 @@ namespace BastionTools
     public sealed class PostgresQueryException : Exception
     {
         public PostgresQueryException(string sqlState, string message, string? detail, string? hint, int position)
-            : base($"{message} (SQLSTATE {sqlState})" + (string.IsNullOrEmpty(detail) ? "" : " " + detail))
+            : base(Redactor.RedactPatterns($"{message} (SQLSTATE {sqlState})" + (string.IsNullOrEmpty(detail) ? "" : " " + detail)))
         {
             SqlState = sqlState;
             Detail = detail;

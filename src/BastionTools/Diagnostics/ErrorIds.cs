@@ -28,6 +28,8 @@ namespace BastionTools
         public const string AwsThrottled = "AwsThrottled";
         public const string AwsRequestFailed = "AwsRequestFailed";
         public const string SsmDocumentInvalid = "SsmDocumentInvalid";
+        /// <summary>An engine failure of no known kind (its message and inner exceptions redacted).</summary>
+        public const string UnexpectedError = "UnexpectedError";
 
         // Bastions and sessions
         public const string BastionTargetNotFound = "BastionTargetNotFound";
@@ -56,6 +58,7 @@ namespace BastionTools
         public const string DatabaseConnectionClosed = "DatabaseConnectionClosed";
         public const string SslRootCertificateInvalid = "SslRootCertificateInvalid";
         public const string PsqlNotFound = "PsqlNotFound";
+        public const string PsqlNotExecutable = "PsqlNotExecutable";
         public const string QueryInputInvalid = "QueryInputInvalid";
 
         // Grant-RdsIamUser / Revoke-RdsIamUser

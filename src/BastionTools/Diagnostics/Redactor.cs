@@ -20,6 +20,9 @@ namespace BastionTools
         {
             // SigV4 query auth and the RDS IAM token: hide the signature, the security token and credential scope keys.
             new(@"(?i)(X-Amz-(?:Signature|Security-Token)=)[^&\s""']+", RegexOptions.Compiled | RegexOptions.CultureInvariant),
+            // The session token as a header line: AWS's signature-mismatch messages echo the canonical request
+            // ("x-amz-security-token:<token>"), and SDK request dumps print headers the same way.
+            new(@"(?i)(x-amz-security-token\s*:\s*)[^\s'""]+", RegexOptions.Compiled | RegexOptions.CultureInvariant),
             // Authorization header signatures.
             new(@"(?i)(Signature=)[0-9a-f]{16,}", RegexOptions.Compiled | RegexOptions.CultureInvariant),
             // Connection strings and key=value settings.

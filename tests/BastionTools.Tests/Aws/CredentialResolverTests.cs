@@ -121,6 +121,17 @@ namespace BastionTools.Tests.Aws
         }
 
         [Fact]
+        public void SessionTokenAlone_IsAnError_NotIgnored()
+        {
+            // With keys in the environment, a lone -SessionToken used to be dropped silently and the environment's keys used.
+            var ex = Assert.Throws<BastionToolsException>(() => Resolver(EnvKeys()).Resolve(new AwsParameters { SessionToken = "lone-session-token" }));
+            Assert.Equal(ErrorIds.AwsCredentialsIncomplete, ex.ErrorId);
+            Assert.Equal(ErrorCategory.InvalidArgument, ex.Category);
+            Assert.Contains("-SessionToken", ex.Message);
+            Assert.DoesNotContain("lone-session-token", ex.Message);
+        }
+
+        [Fact]
         public void ExplicitProfile_IsUsed_OverStoredAndEnvironment()
         {
             var r = Resolver(EnvKeys()).Resolve(new AwsParameters { ProfileName = "dev", StoredCredentials = "default" });
