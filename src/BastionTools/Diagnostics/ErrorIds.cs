@@ -39,6 +39,7 @@ namespace BastionTools
         public const string BastionSessionTerminated = "BastionSessionTerminated";
         public const string BastionHandshakeFailed = "BastionHandshakeFailed";
         public const string LocalPortUnavailable = "LocalPortUnavailable";
+        public const string StreamUrlInsecure = "StreamUrlInsecure";
         public const string ShellNeedsTerminal = "ShellNeedsTerminal";
         public const string RemoteStandardError = "RemoteStandardError";
         public const string RemoteCommandFailed = "RemoteCommandFailed";

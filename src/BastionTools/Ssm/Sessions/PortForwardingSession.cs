@@ -390,9 +390,9 @@ namespace BastionTools.Ssm
                     State = SessionState.Failed;
                     break;
                 case ChannelEnd.Failed:
-                    // A resume the caller may not make (ssm:ResumeSession denied) says so with its own ErrorId.
-                    ClosedErrorId = closure.Error is SessionResumeRefusedException { InnerException: BastionToolsException { ErrorId: ErrorIds.AwsAccessDenied } }
-                        ? ErrorIds.AwsAccessDenied
+                    // A resume the caller may not make (ssm:ResumeSession denied), or to an insecure StreamUrl, says so with its own ErrorId.
+                    ClosedErrorId = closure.Error is SessionResumeRefusedException { InnerException: BastionToolsException { ErrorId: ErrorIds.AwsAccessDenied or ErrorIds.StreamUrlInsecure } refused }
+                        ? refused.ErrorId
                         : ErrorIds.BastionSessionFailed;
                     State = SessionState.Failed;
                     break;
