@@ -417,6 +417,16 @@ namespace BastionTools.Ssm
         internal static bool IsIdleTimeout(string? output) =>
             output != null && output.IndexOf("timed out due to inactivity", StringComparison.OrdinalIgnoreCase) >= 0;
 
+        /// <summary>
+        /// True while the local listener is open and the session is up (Connected, or Reconnecting: the port is still
+        /// held). False from the moment the session starts stopping: the listener closes first, and the port may then be
+        /// taken by anybody, so nothing may connect to it on the tunnel's behalf any more.
+        /// </summary>
+        public bool IsServing => Volatile.Read(ref _stopped) == 0 && (State == SessionState.Connected || State == SessionState.Reconnecting);
+
+        /// <summary>True once <see cref="StopAsync"/> has begun (the listener is closed or closing).</summary>
+        public bool IsStopping => Volatile.Read(ref _stopped) == 1;
+
         /// <summary>True when the session ended on its own (timed out, terminated by the service or the agent, failed), not because it was stopped here.</summary>
         public bool EndedOnItsOwn => Completion.IsCompleted && ClosedErrorId != null;
 
