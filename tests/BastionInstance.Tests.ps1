@@ -64,3 +64,38 @@ Describe 'Get-BastionInstance' {
         finally { $env:AWS_REGION, $env:AWS_DEFAULT_REGION, $env:HOME = $saved }
     }
 }
+
+Describe 'A bastion named by -Name or -Tag that matches several instances' {
+    BeforeAll {
+        # The real bastion is stopped; someone launched an SSM-managed instance with the same Name tag.
+        $script:Twins = Start-TestSandbox -World @{
+            instances = @(
+                @{ instanceId = 'i-0bbbbbbbbbbbb0001'; name = 'prod-bastion'; tags = @{ Environment = 'prod'; Team = 'data' }; state = 'stopped'; pingStatus = 'ConnectionLost' }
+                @{ instanceId = 'i-0bbbbbbbbbbbb0002'; name = 'prod-bastion'; tags = @{ Environment = 'prod' } }
+            )
+        }
+        $script:TwinAws = $Twins.Aws
+    }
+
+    AfterAll { Stop-TestSandbox $Twins }
+
+    It 'is BastionTargetAmbiguous listing every match, even when only one of them is online, and starts no session' {
+        $err = $null
+        try { Start-BastionSession -Name prod-bastion -RemoteHost db.example.internal -RemotePort 5432 @TwinAws -ErrorAction Stop 6>$null } catch { $err = $_ }
+        $err | Should -Not -BeNullOrEmpty
+        $err.FullyQualifiedErrorId | Should -BeLike 'BastionTargetAmbiguous,*'
+        $err.CategoryInfo.Category | Should -Be 'InvalidArgument'
+        "$err" | Should -Match 'i-0bbbbbbbbbbbb0001 \(prod-bastion, stopped, ConnectionLost\)'
+        "$err" | Should -Match 'i-0bbbbbbbbbbbb0002 \(prod-bastion, running, Online\)'
+        $err.ErrorDetails.RecommendedAction | Should -Match '-Target'
+        @(Get-BastionSession) | Should -BeNullOrEmpty
+        { Start-BastionSession -Tag @{ Environment = 'prod' } -RemoteHost db.example.internal -RemotePort 5432 @TwinAws -ErrorAction Stop 6>$null } |
+            Should -Throw -ErrorId 'BastionTargetAmbiguous,*'
+    }
+
+    It 'resolves once narrowed, by a more specific -Tag' {
+        # Only the stopped real bastion carries Team=data: narrowed to it, the error is that it is offline, not ambiguity.
+        { Start-BastionSession -Tag @{ Environment = 'prod'; Team = 'data' } -RemoteHost db.example.internal -RemotePort 5432 @TwinAws -ErrorAction Stop 6>$null } |
+            Should -Throw -ErrorId 'BastionTargetOffline,*'
+    }
+}

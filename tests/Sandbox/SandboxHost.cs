@@ -20,6 +20,11 @@ namespace BastionTools.Sandbox
         public int Port { get; set; }
         /// <summary>Receives one line per request (operation, caller, outcome); null for silence.</summary>
         public Action<string>? Log { get; set; }
+        /// <summary>
+        /// A hostile or misconfigured service: the StreamUrl base StartSession and ResumeSession hand out instead of
+        /// ws://127.0.0.1:&lt;port&gt;/streams (e.g. a plain ws:// URL to a non-loopback host). Null for the default.
+        /// </summary>
+        public string? StreamUrlBaseOverride { get; set; }
     }
 
     /// <summary>One API call the sandbox answered (for tests that check what a client called).</summary>
@@ -155,7 +160,7 @@ namespace BastionTools.Sandbox
 
         /// <summary>The StreamUrl StartSession/ResumeSession return for a session.</summary>
         public string StreamUrlFor(SandboxSession session) =>
-            StreamUrlBase + "/" + Uri.EscapeDataString(session.SessionId) + "?role=publish_subscribe&cell-number=" + Uri.EscapeDataString(CellNumber(session));
+            (_options.StreamUrlBaseOverride ?? StreamUrlBase) + "/" + Uri.EscapeDataString(session.SessionId) + "?role=publish_subscribe&cell-number=" + Uri.EscapeDataString(CellNumber(session));
 
         private static string CellNumber(SandboxSession session) =>
             Convert.ToBase64String(Encoding.UTF8.GetBytes("sandbox-cell:" + session.TokenCount.ToString(CultureInfo.InvariantCulture)));

@@ -221,7 +221,23 @@ namespace BastionTools.Aws
             if (!string.IsNullOrEmpty(reason)) request.Reason = reason;
             var response = await Call(() => _ssm.StartSessionAsync(request, cancellationToken), target, IamActions.StartSession,
                 $"on the instance {target} and the document {documentName ?? "SSM-SessionManagerRunShell (checked when the policy sets ssm:SessionDocumentAccessCheck)"}").ConfigureAwait(false);
-            return new StreamEndpoint(response.SessionId, new Uri(response.StreamUrl), response.TokenValue);
+            try
+            {
+                return new StreamEndpoint(response.SessionId, new Uri(response.StreamUrl), response.TokenValue);
+            }
+            catch (BastionToolsException ex) when (ex.ErrorId == ErrorIds.StreamUrlInsecure)
+            {
+                // The session exists on the service's side: end it rather than leave it to the idle timeout.
+                try
+                {
+                    using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(15));
+                    await TerminateSessionAsync(response.SessionId, cts.Token).ConfigureAwait(false);
+                }
+                catch (Exception terminate) when (terminate is BastionToolsException || terminate is OperationCanceledException)
+                {
+                }
+                throw;
+            }
         }
 
         public async Task<StreamEndpoint?> ResumeSessionAsync(string sessionId, CancellationToken cancellationToken)

@@ -76,14 +76,8 @@ namespace BastionTools.Aws
                 narrate?.Invoke($"Starting the session on {found[0].InstanceId} without checking its agent first.");
                 return found[0];
             }
-            var online = found.Where(f => string.Equals(f.PingStatus, "Online", StringComparison.Ordinal)).ToList();
-            if (found.Count > 1 && online.Count != 1)
-            {
-                throw new BastionToolsException(ErrorIds.BastionTargetAmbiguous, ErrorCategory.InvalidArgument,
-                    $"{found.Count} instances match {selector} ({string.Join(", ", found.Select(f => f.InstanceId + " " + (f.PingStatus ?? "unmanaged")))}), and {(online.Count == 0 ? "none" : online.Count.ToString(System.Globalization.CultureInfo.InvariantCulture))} of them is online.",
-                    selector.ToString(), "Name one with -Target <instance id>.");
-            }
-            return CheckOnline(found.Count == 1 ? found[0] : online[0]);
+            if (found.Count > 1) throw Ambiguous(selector, found);
+            return CheckOnline(found[0]);
         }
 
         /// <summary>
@@ -116,6 +110,19 @@ namespace BastionTools.Aws
             }
             return chosen;
         }
+
+        /// <summary>
+        /// More than one instance matches a Name tag or tags: an error, never a guess. Picking "the only one online" would
+        /// hand the tunnel to anyone who can launch an SSM-managed instance with the same tags while the real bastion is
+        /// stopped. The message lists every match (id, Name, state, agent status) so the user can name one.
+        /// </summary>
+        private static BastionToolsException Ambiguous(TargetSelector selector, IReadOnlyList<InstanceRecord> found) =>
+            new(ErrorIds.BastionTargetAmbiguous, ErrorCategory.InvalidArgument,
+                $"{found.Count.ToString(System.Globalization.CultureInfo.InvariantCulture)} instances match {selector}: " +
+                string.Join("; ", found.Select(f => $"{f.InstanceId} ({f.Name ?? "no Name tag"}, {f.State ?? "state unknown"}, {f.PingStatus ?? "not a managed instance"})")) +
+                ". No session was started: a bastion must be named unambiguously.",
+                selector.ToString(),
+                "Name one with -Target <instance id>, or add tags with -Tag until only one instance matches (Get-BastionInstance lists them).");
 
         /// <summary>-Name and -Tag need both look-ups: the error names the denied one, both, and the way around them.</summary>
         private static BastionToolsException LookupDenied(TargetSelector selector, BastionToolsException denial) =>

@@ -162,6 +162,7 @@ namespace BastionTools.Commands
             Endpoint = DbHost,
             EndpointPort = DbPort,
             ConnectPort = session.LocalPort,
+            Tunnel = session.Engine,
             UserName = userName,
             Database = Database,
             Region = string.IsNullOrEmpty(Region) ? RdsEndpoint.InferRegion(DbHost) ?? ApiRegion! : ApiRegion!,

@@ -79,10 +79,9 @@ namespace BastionTools.Commands
 
             var keys = KeySource();
             var redactor = Redactor;
-            IamDataSource NewSource(int port)
+            IamDataSource NewSource(BastionSession tunnel)
             {
-                var options = DataSourceOptions(session, bundle, UserName);
-                options.ConnectPort = port;
+                var options = DataSourceOptions(tunnel, bundle, UserName);
                 options.CommandTimeoutSeconds = CommandTimeout;
                 return new IamDataSource(options, keys, redactor);
             }

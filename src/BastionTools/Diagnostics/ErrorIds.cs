@@ -43,6 +43,7 @@ namespace BastionTools
         public const string SessionHistoryFilterInvalid = "SessionHistoryFilterInvalid";
         public const string BastionHandshakeFailed = "BastionHandshakeFailed";
         public const string LocalPortUnavailable = "LocalPortUnavailable";
+        public const string StreamUrlInsecure = "StreamUrlInsecure";
         public const string ShellNeedsTerminal = "ShellNeedsTerminal";
         public const string RemoteStandardError = "RemoteStandardError";
         public const string RemoteCommandFailed = "RemoteCommandFailed";

@@ -33,6 +33,12 @@ namespace BastionTools.Postgres
         public string? StaticPassword { get; set; }
         public int MaxPoolSize { get; set; } = 20;
         public string ApplicationName { get; set; } = "BastionTools";
+
+        /// <summary>
+        /// The tunnel whose listener <see cref="ConnectPort"/> is. Once it no longer listens, the port may be anybody's:
+        /// the data source then refuses to connect or sign a token. Null for a direct connection (tests).
+        /// </summary>
+        public Ssm.PortForwardingSession? Tunnel { get; set; }
     }
 
     /// <summary>
@@ -98,6 +104,7 @@ namespace BastionTools.Postgres
         /// <summary>A token for the endpoint; registered with the redactor so it never reaches a stream.</summary>
         public string NewToken()
         {
+            EnsureTunnel();
             var token = RdsAuthToken.Generate(Options.Endpoint, Options.EndpointPort, Options.UserName, Options.Region, _keys(), _clock());
             _redactor.Add(token);
             Interlocked.Increment(ref _tokensIssued);
@@ -106,14 +113,45 @@ namespace BastionTools.Postgres
 
         public async Task<NpgsqlConnection> OpenAsync(CancellationToken cancellationToken)
         {
+            // Before the pool hands out anything (an idle connection, or a new one to 127.0.0.1:port).
+            EnsureTunnel();
             try
             {
                 return await DataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (FindTunnelClosed(ex) is { } closed)
+            {
+                // The tunnel stopped while connecting: the password provider refused to sign a token.
+                throw closed;
             }
             catch (Exception ex) when (ex is NpgsqlException || ex is System.IO.IOException || ex is System.Security.Authentication.AuthenticationException)
             {
                 throw Translate(ex);
             }
+        }
+
+        /// <summary>
+        /// Refuses (DatabaseConnectionClosed) when the data source's tunnel no longer serves its port: after
+        /// Stop-BastionSession the port 127.0.0.1:ConnectPort may belong to another program, maybe another user's, which
+        /// must receive neither a connection nor a token (under -SslMode Require nothing else would stop that).
+        /// </summary>
+        internal void EnsureTunnel()
+        {
+            var tunnel = Options.Tunnel;
+            if (tunnel == null || tunnel.IsServing) return;
+            throw new BastionToolsException(ErrorIds.DatabaseConnectionClosed, ErrorCategory.ResourceUnavailable,
+                $"The connection's tunnel (session {tunnel.SessionId}) is {(tunnel.IsStopping ? "stopped" : tunnel.State.ToString().ToLowerInvariant())}: nothing was sent to {Options.ConnectHost}:{Options.ConnectPort.ToString(System.Globalization.CultureInfo.InvariantCulture)}, which another program may hold now, and no token was signed.",
+                tunnel.SessionId,
+                "Connect again with Connect-IamPostgres (a new tunnel), or pass a running session with -Session.");
+        }
+
+        private static BastionToolsException? FindTunnelClosed(Exception? ex)
+        {
+            for (; ex != null; ex = ex.InnerException)
+            {
+                if (ex is BastionToolsException { ErrorId: ErrorIds.DatabaseConnectionClosed } b) return b;
+            }
+            return null;
         }
 
         /// <summary>Turns a connection failure into a clear, secret-free error.</summary>

@@ -22,19 +22,19 @@ namespace BastionTools.Postgres
 
         private readonly SemaphoreSlim _gate = new(1, 1);
         private readonly Reopen? _reopen;
-        private readonly Func<int, IamDataSource> _newSource;
+        private readonly Func<BastionSession, IamDataSource> _newSource;
         private int _tokensBefore;
         private int _disposed;
 
         /// <param name="session">The tunnel the connection starts with.</param>
-        /// <param name="newSource">Builds the data source for a tunnel listening on the given local port.</param>
+        /// <param name="newSource">Builds the data source for a tunnel (its local port, and the tunnel it must not outlive).</param>
         /// <param name="reopen">Opens a replacement session; null when the tunnel is not the connection's own (-Session).</param>
-        public ReopeningConnection(BastionSession session, Func<int, IamDataSource> newSource, Reopen? reopen)
+        public ReopeningConnection(BastionSession session, Func<BastionSession, IamDataSource> newSource, Reopen? reopen)
         {
             Session = session;
             _newSource = newSource;
             _reopen = reopen;
-            Source = newSource(session.LocalPort);
+            Source = newSource(session);
         }
 
         /// <summary>The tunnel in use now.</summary>
@@ -74,9 +74,9 @@ namespace BastionTools.Postgres
         /// <summary>True when the tunnel ended on its own and is the connection's own: the next use opens a new session.</summary>
         public bool WillReopen => OwnsSession && Session.Engine.ClosedErrorId != null && Volatile.Read(ref _disposed) == 0;
 
-        /// <summary>True when the session has ended or is ending (closed, failed, stopped).</summary>
+        /// <summary>True when the session has ended or is ending (closed, failed, stopped or stopping: its listener is closed first).</summary>
         internal static bool HasEnded(BastionSession session) =>
-            session.Engine.Completion.IsCompleted || session.Engine.ClosedErrorId != null;
+            session.Engine.Completion.IsCompleted || session.Engine.ClosedErrorId != null || session.Engine.IsStopping;
 
         /// <summary>
         /// Nothing when the tunnel is up (or resuming); otherwise a new session replaces it and the pool is renewed.
@@ -112,7 +112,7 @@ namespace BastionTools.Postgres
 
                 var oldSource = Source;
                 Interlocked.Add(ref _tokensBefore, oldSource.TokensIssued);
-                Source = _newSource(fresh.LocalPort);
+                Source = _newSource(fresh);
                 Session = fresh;
                 Reopens++;
                 LastEndErrorId = errorId;

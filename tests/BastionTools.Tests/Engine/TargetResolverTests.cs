@@ -23,7 +23,7 @@ namespace BastionTools.Tests.Engine
             world.AddInstance(new SandboxInstance { InstanceId = "i-0dup0000000000001", Name = "twin", PingStatus = "Online" });
             world.AddInstance(new SandboxInstance { InstanceId = "i-0dup0000000000002", Name = "twin", PingStatus = "Online" });
             world.AddInstance(new SandboxInstance { InstanceId = "i-0dup0000000000003", Name = "pair", PingStatus = "Online" });
-            world.AddInstance(new SandboxInstance { InstanceId = "i-0dup0000000000004", Name = "pair", PingStatus = "ConnectionLost" });
+            world.AddInstance(new SandboxInstance { InstanceId = "i-0dup0000000000004", Name = "pair", PingStatus = "ConnectionLost", State = "stopped" });
             _host = SandboxTestSupport.Start(world);
             var c = _host.World.Credentials[0];
             var creds = new ResolvedCredentials(new BasicAWSCredentials(c.AccessKeyId, c.SecretAccessKey), "test", null);
@@ -74,11 +74,30 @@ namespace BastionTools.Tests.Engine
         }
 
         [Fact]
-        public async Task SeveralMatches_TheOnlyOnlineOneIsChosen_OtherwiseAmbiguous()
+        public async Task SeveralMatches_AreAnError_EvenWhenOnlyOneIsOnline()
         {
-            Assert.Equal("i-0dup0000000000003", (await Resolve(new TargetSelector { Name = "pair" })).InstanceId);
-            var ex = await Assert.ThrowsAsync<BastionToolsException>(() => Resolve(new TargetSelector { Name = "twin" }));
+            // The real bastion stopped, an impostor with the same Name tag online: the tunnel must not go to the impostor.
+            var ex = await Assert.ThrowsAsync<BastionToolsException>(() => Resolve(new TargetSelector { Name = "pair" }));
             Assert.Equal(ErrorIds.BastionTargetAmbiguous, ex.ErrorId);
+            Assert.Equal(System.Management.Automation.ErrorCategory.InvalidArgument, ex.Category);
+            Assert.Contains("i-0dup0000000000003 (pair, running, Online)", ex.Message);
+            Assert.Contains("i-0dup0000000000004 (pair, stopped, ConnectionLost)", ex.Message);
+            Assert.Contains("-Target", ex.RecommendedAction);
+            Assert.Contains("-Tag", ex.RecommendedAction);
+            ex = await Assert.ThrowsAsync<BastionToolsException>(() => Resolve(new TargetSelector { Name = "twin" }));
+            Assert.Equal(ErrorIds.BastionTargetAmbiguous, ex.ErrorId);
+            ex = await Assert.ThrowsAsync<BastionToolsException>(() => Resolve(new TargetSelector { Tags = new Dictionary<string, string> { ["Role"] = "bastion" } }));
+            Assert.Equal(ErrorIds.BastionTargetAmbiguous, ex.ErrorId);
+            Assert.Contains("i-0a1b2c3d4e5f60003 (bastion-offline, running, ConnectionLost)", ex.Message);
+            Assert.Empty(_host.Sessions.Snapshot());
+        }
+
+        [Fact]
+        public async Task SeveralMatches_NarrowedByATag_OrAnInstanceId_Resolve()
+        {
+            Assert.Equal("i-0dup0000000000003", (await Resolve(new TargetSelector { InstanceId = "i-0dup0000000000003" })).InstanceId);
+            var narrowed = await Resolve(new TargetSelector { Tags = new Dictionary<string, string> { ["Role"] = "bastion", ["Name"] = "bastion-legacy" } });
+            Assert.Equal("i-0a1b2c3d4e5f60002", narrowed.InstanceId);
         }
 
         [Fact]

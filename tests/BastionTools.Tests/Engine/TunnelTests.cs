@@ -454,5 +454,54 @@ namespace BastionTools.Tests.Engine
             Assert.True(_f.Host.Sessions.TryGet(session.SessionId!, out var s));
             Assert.Equal(SandboxSessionState.Terminated, s!.State);
         }
+
+        /// <summary>
+        /// "localhost" is ::1 first for many clients: the listener takes the same port on both loopbacks, so nobody else
+        /// can hold [::1]:port and receive what was meant for the tunnel.
+        /// </summary>
+        [Fact(Timeout = 120_000)]
+        public async Task Listener_TakesThePortOnBothLoopbacks_AndAClientOfIPv6LoopbackReachesTheTunnel()
+        {
+            var session = await StartAsync(_f.Postgres.Port);
+            var port = session.LocalEndPoint!.Port;
+            try
+            {
+                Assert.Equal(IPAddress.Loopback, session.LocalEndPoint.Address);
+                var v6 = new NpgsqlConnectionStringBuilder(ConnectionString(port)) { Host = "::1" }.ConnectionString;
+                await using (var conn = new NpgsqlConnection(v6))
+                {
+                    await conn.OpenAsync();
+                    await using var cmd = new NpgsqlCommand("select name from seed_items where id = 2", conn);
+                    Assert.Equal("bravo", (string?)await cmd.ExecuteScalarAsync());
+                }
+                using var squatter = new Socket(AddressFamily.InterNetworkV6, SocketType.Stream, ProtocolType.Tcp);
+                var refused = Assert.Throws<SocketException>(() => squatter.Bind(new IPEndPoint(IPAddress.IPv6Loopback, port)));
+                Assert.Equal(SocketError.AddressAlreadyInUse, refused.SocketErrorCode);
+            }
+            finally
+            {
+                await session.StopAsync();
+            }
+            using var probe = new TcpClient(AddressFamily.InterNetworkV6);
+            await Assert.ThrowsAnyAsync<SocketException>(() => probe.ConnectAsync(IPAddress.IPv6Loopback, port));
+        }
+
+        /// <summary>A -LocalPort whose [::1] side someone else holds is refused before any session starts.</summary>
+        [Fact(Timeout = 120_000)]
+        public async Task ExplicitLocalPort_HeldOnIPv6LoopbackBySomeoneElse_IsLocalPortUnavailable_BeforeStartSession()
+        {
+            using var squatter = new TcpListener(IPAddress.IPv6Loopback, 0);
+            squatter.Start();
+            var port = ((IPEndPoint)squatter.LocalEndpoint).Port;
+            var starts = _f.Host.Calls.Count(c => c.Operation == "StartSession");
+            var session = new PortForwardingSession(_f.Api, new PortForwardingRequest { Target = "i-0a1b2c3d4e5f60001", RemoteHost = Endpoint, RemotePort = _f.Postgres.Port, LocalPort = port }, new DataChannelOptions());
+            var ex = await Assert.ThrowsAsync<BastionToolsException>(() => session.StartAsync(_ => { }, TimeSpan.FromSeconds(30), CancellationToken.None));
+            Assert.Equal(ErrorIds.LocalPortUnavailable, ex.ErrorId);
+            Assert.Contains("[::1]:" + port.ToString(System.Globalization.CultureInfo.InvariantCulture), ex.Message);
+            Assert.Equal(starts, _f.Host.Calls.Count(c => c.Operation == "StartSession"));
+            // Its 127.0.0.1 side was given back.
+            using var again = new TcpListener(IPAddress.Loopback, port);
+            again.Start();
+        }
     }
 }

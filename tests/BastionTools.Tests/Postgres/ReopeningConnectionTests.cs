@@ -56,8 +56,11 @@ namespace BastionTools.Tests.Postgres
 
         public ReopeningConnectionTests(ReopenFixture fixture) => _f = fixture;
 
-        private IamDataSource Source(int port)
+        private IamDataSource Source(BastionSession tunnel) => Source(tunnel, RdsSslMode.VerifyFull);
+
+        private IamDataSource Source(BastionSession tunnel, RdsSslMode mode)
         {
+            var port = tunnel.LocalPort;
             var c = _f.Host.World.Credentials[0];
             return new IamDataSource(new IamDataSourceOptions
             {
@@ -68,6 +71,8 @@ namespace BastionTools.Tests.Postgres
                 Database = _f.Host.Postgres!.Database!,
                 Region = _f.Host.World.Region,
                 RootCertificatePath = _f.Proxy.CaBundlePath,
+                Tunnel = tunnel.Engine,
+                SslMode = mode,
             }, () => new AwsKeys(c.AccessKeyId, c.SecretAccessKey, c.SessionToken), new Redactor());
         }
 
@@ -95,6 +100,61 @@ namespace BastionTools.Tests.Postgres
         {
             var done = await Task.WhenAny(session.Engine.Completion, Task.Delay(TimeSpan.FromSeconds(60)));
             Assert.Same(session.Engine.Completion, done);
+        }
+
+        /// <summary>
+        /// A pool must not outlive its tunnel: once the session is stopped, 127.0.0.1:port may be anybody's. Someone
+        /// else listens there now; the pool refuses before it connects and before it signs a token.
+        /// </summary>
+        [Theory(Timeout = 120_000)]
+        [InlineData(RdsSslMode.Require)]
+        [InlineData(RdsSslMode.VerifyFull)]
+        public async Task AStoppedTunnel_ItsPoolRefuses_BeforeAnyConnectOrToken_EvenWhenSomeoneElseHoldsThePort(RdsSslMode mode)
+        {
+            var tunnel = await Opener().OpenAsync(0, _ => { }, CancellationToken.None);
+            var port = tunnel.LocalPort;
+            using var source = Source(tunnel, mode);
+            await using (var conn = await source.OpenAsync(CancellationToken.None))
+            {
+                await using var cmd = new NpgsqlCommand("select current_user", conn);
+                Assert.Equal("iam_app", (string)(await cmd.ExecuteScalarAsync())!);
+            }
+            var tokens = source.TokensIssued;
+            Assert.Equal(1, tokens);
+
+            await tunnel.Engine.StopAsync();
+            using var other = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
+            other.SetSocketOption(System.Net.Sockets.SocketOptionLevel.Socket, System.Net.Sockets.SocketOptionName.ReuseAddress, true);
+            other.Bind(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, port));
+            other.Listen(16);
+
+            var ex = await Assert.ThrowsAsync<BastionToolsException>(() => source.OpenAsync(CancellationToken.None));
+            Assert.Equal(ErrorIds.DatabaseConnectionClosed, ex.ErrorId);
+            Assert.Contains(tunnel.SessionId, ex.Message);
+            Assert.Equal(tokens, source.TokensIssued);
+            Assert.Throws<BastionToolsException>(() => source.NewToken());
+            Assert.Equal(tokens, source.TokensIssued);
+            // A connection attempt would be complete (in the backlog) by the time OpenAsync returned.
+            Assert.False(other.Poll(0, System.Net.Sockets.SelectMode.SelectRead));
+        }
+
+        /// <summary>The same for a tunnel that is stopping: its listener is closed before its session has ended.</summary>
+        [Fact(Timeout = 120_000)]
+        public async Task ATunnelBeingStopped_IsNotUsedByTheConnection()
+        {
+            var (connection, log, _) = await OpenAsync(owns: false);
+            try
+            {
+                Assert.Equal("iam_app:3", await WhoAsync(connection, log));
+                var stopping = connection.Session.Engine.StopAsync();
+                var ex = await Assert.ThrowsAsync<BastionToolsException>(() => WhoAsync(connection, log));
+                Assert.Equal(ErrorIds.DatabaseConnectionClosed, ex.ErrorId);
+                await stopping;
+            }
+            finally
+            {
+                connection.Dispose();
+            }
         }
 
         [Fact(Timeout = 120_000)]

@@ -5,6 +5,7 @@ using System.IO;
 using System.Linq;
 using System.Net;
 using System.Net.Sockets;
+using System.Text;
 using System.Threading;
 using System.Threading.Tasks;
 using BastionTools.Ssm;
@@ -272,10 +273,12 @@ namespace BastionTools.Tests.Ssm
             await task;
             Assert.Equal(0, stats.QueuedBytes);
 
-            // The next connection is served normally.
+            // The next connection is served normally once it has sent its first bytes (the agent dials on them).
             var (next, nextServed) = await PairAsync(listener, tinyBuffers: false);
             var nextTask = forwarder.HandleConnectionAsync(nextServed, CancellationToken.None);
             await Until(() => stats.Active == 1, "the next connection's turn");
+            await next.GetStream().WriteAsync(new byte[] { 9 });
+            await Until(() => sender.Raw.Count == 1, "the next connection's first bytes");
             forwarder.OnOutput(new byte[] { 1, 2, 3 });
             var buffer = new byte[3];
             var read = 0;
@@ -284,6 +287,52 @@ namespace BastionTools.Tests.Ssm
             next.Dispose();
             await nextTask;
             app.Dispose();
+        }
+
+        /// <summary>
+        /// Basic mode has no connection ids: the agent closes its destination connection on DisconnectToPort, but what it
+        /// read before may still arrive, and it dials again only on the next connection's first bytes (port_basic.go). So
+        /// output that arrives before the next connection has sent anything is the previous one's: dropped, not written.
+        /// </summary>
+        [Fact(Timeout = 120_000)]
+        public async Task Basic_LateOutputOfAClosedConnection_IsDropped_NotWrittenToTheNextConnection()
+        {
+            using var listener = new TcpListener(IPAddress.Loopback, 0);
+            listener.Start();
+            var sender = new RecordingSender { Mux = false };
+            var stats = new ConnectionStatistics();
+            using var forwarder = new BasicPortForwarder(sender, stats, _ => { });
+
+            var (first, firstServed) = await PairAsync(listener, tinyBuffers: false);
+            var firstTask = forwarder.HandleConnectionAsync(firstServed, CancellationToken.None);
+            await Until(() => stats.Active == 1, "the first connection's turn");
+            await first.GetStream().WriteAsync(Encoding.ASCII.GetBytes("1"));
+            await Until(() => sender.Raw.Count == 1, "the first connection's bytes");
+            forwarder.OnOutput(Encoding.ASCII.GetBytes("FIRST"));
+            var got = new byte[5];
+            await first.GetStream().ReadExactlyAsync(got);
+            Assert.Equal("FIRST", Encoding.ASCII.GetString(got));
+            first.Dispose();
+            await Until(() => sender.Flags.Contains(PayloadTypeFlag.DisconnectToPort), "DisconnectToPort");
+            await firstTask;
+
+            var (next, nextServed) = await PairAsync(listener, tinyBuffers: false);
+            var nextTask = forwarder.HandleConnectionAsync(nextServed, CancellationToken.None);
+            await Until(() => stats.Active == 1, "the next connection's turn");
+            // The first connection's answer, still on its way when the next connection took its turn.
+            var dropped = stats.BytesDropped;
+            forwarder.OnOutput(Encoding.ASCII.GetBytes("LATE-FOR-THE-FIRST"));
+            Assert.Equal(dropped + 18, stats.BytesDropped);
+
+            await next.GetStream().WriteAsync(Encoding.ASCII.GetBytes("2"));
+            await Until(() => sender.Raw.Count == 2, "the next connection's first bytes");
+            forwarder.OnOutput(Encoding.ASCII.GetBytes("SECOND"));
+            var answer = new byte[6];
+            await next.GetStream().ReadExactlyAsync(answer);
+            Assert.Equal("SECOND", Encoding.ASCII.GetString(answer));
+            Assert.Equal(dropped + 18, stats.BytesDropped);
+            next.Dispose();
+            await nextTask;
         }
     }
 }

@@ -7,8 +7,10 @@ namespace BastionTools.Ssm
     /// <summary>Where a data channel connects: the StreamUrl and TokenValue from StartSession or ResumeSession.</summary>
     internal sealed class StreamEndpoint
     {
+        /// <exception cref="BastionToolsException">StreamUrlInsecure: not wss:// (plain ws:// only to a loopback address).</exception>
         public StreamEndpoint(string sessionId, Uri streamUrl, string tokenValue)
         {
+            StreamUrlPolicy.Check(streamUrl, sessionId);
             SessionId = sessionId;
             StreamUrl = streamUrl;
             TokenValue = tokenValue;

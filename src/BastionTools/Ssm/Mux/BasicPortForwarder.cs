@@ -12,7 +12,8 @@ namespace BastionTools.Ssm
     /// ends the client sends DisconnectToPort and the next connection's first bytes make the agent dial again.
     /// Further local connections wait their turn. What arrives for the current connection is queued for it up to the
     /// same bound as a multiplexed stream; past it, that connection is reset (and DisconnectToPort sent): the data
-    /// channel's receive loop never waits on a local client.
+    /// channel's receive loop never waits on a local client. Output that arrives while no connection is current, or
+    /// before the current one has sent its first bytes, belongs to a connection that has ended and is dropped.
     /// </summary>
     internal sealed class BasicPortForwarder : IPortForwarder
     {
@@ -29,6 +30,9 @@ namespace BastionTools.Ssm
             public TcpClient Client { get; }
             public ConnectionQueue Queue { get; }
             public int Reset;
+
+            /// <summary>1 once the connection's first bytes are on their way to the agent: only then can output be its own.</summary>
+            public int Started;
         }
 
         private readonly IStreamSender _sender;
@@ -38,6 +42,7 @@ namespace BastionTools.Ssm
         private readonly SemaphoreSlim _turn = new(1, 1);
         private readonly CancellationTokenSource _lifetime = new();
         private volatile Current? _current;
+        private int _anyConnection;
 
         public BasicPortForwarder(IStreamSender sender, ConnectionStatistics stats, Action<string> log, ConnectionQueuePolicy? queues = null)
         {
@@ -55,6 +60,10 @@ namespace BastionTools.Ssm
             await _turn.WaitAsync(linked.Token).ConfigureAwait(false);
             _stats.Open();
             var current = new Current(client, new ConnectionQueue(_queues, _stats));
+            // The agent dials the first destination connection when the session starts (port_basic.go
+            // InitializeSession), so a destination that speaks first may answer the first local connection before it
+            // sends anything; later ones are dialled on their first bytes.
+            if (Interlocked.Exchange(ref _anyConnection, 1) == 0) current.Started = 1;
             Task? download = null;
             try
             {
@@ -70,6 +79,8 @@ namespace BastionTools.Ssm
                         var n = await network.ReadAsync(buffer, 0, buffer.Length, linked.Token).ConfigureAwait(false);
                         if (n == 0) break;
                         _stats.Out(n);
+                        // Before the send: the destination's answer may arrive before SendAsync returns.
+                        Volatile.Write(ref current.Started, 1);
                         await _sender.SendAsync(PayloadType.Output, buffer, 0, n, linked.Token).ConfigureAwait(false);
                     }
                 }
@@ -124,7 +135,11 @@ namespace BastionTools.Ssm
         public void OnOutput(byte[] payload)
         {
             var current = _current;
-            if (current == null)
+            // Nothing says which connection output belongs to. The agent dials the destination again only on the first
+            // bytes after DisconnectToPort (port_basic.go HandleStreamMessage, reconnectToPort), so output that arrives
+            // before the current connection has sent anything is the previous connection's (read before the agent closed
+            // it): dropped, never written to this one. (The first connection of a session is exempt, see above.)
+            if (current == null || Volatile.Read(ref current.Started) == 0)
             {
                 _stats.Dropped(payload.Length);
                 return;

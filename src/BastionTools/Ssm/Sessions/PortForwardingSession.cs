@@ -107,6 +107,7 @@ namespace BastionTools.Ssm
         private readonly TaskCompletionSource<bool> _handshakeCompleted = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private readonly List<Task> _connections = new();
         private TcpListener? _listener;
+        private TcpListener? _twin;
         private DataChannel? _channel;
         private IPortForwarder? _forwarder;
         private Task? _acceptLoop;
@@ -159,19 +160,9 @@ namespace BastionTools.Ssm
         public async Task StartAsync(Action<SessionStage> progress, TimeSpan handshakeTimeout, CancellationToken cancellationToken)
         {
             progress(SessionStage.Listener);
-            try
-            {
-                _listener = new TcpListener(_request.BindAddress, _request.LocalPort);
-                _listener.Start(512);
-            }
-            catch (SocketException ex)
-            {
-                throw new BastionToolsException(ErrorIds.LocalPortUnavailable, ErrorCategory.ResourceUnavailable,
-                    $"The local port {_request.LocalPort} on {_request.BindAddress} can't be used: {ex.Message}", _request.LocalPort,
-                    "Choose another -LocalPort, or 0 for any free port.", ex);
-            }
-            LocalEndPoint = (IPEndPoint)_listener.LocalEndpoint;
-            Events.Write($"Listening on {LocalEndPoint}.");
+            OpenListeners();
+            LocalEndPoint = (IPEndPoint)_listener!.LocalEndpoint;
+            Events.Write($"Listening on {LocalEndPoint}{(_twin == null ? "" : " and " + _twin.LocalEndpoint)}.");
 
             try
             {
@@ -205,13 +196,84 @@ namespace BastionTools.Ssm
                 State = SessionState.Connected;
                 progress(SessionStage.Ready);
                 Events.Write($"Ready: {Mode} mode, agent {AgentVersion}.");
-                _acceptLoop = Task.Run(AcceptLoopAsync);
+                var primary = _listener!;
+                var twinListener = _twin;
+                _acceptLoop = twinListener == null
+                    ? Task.Run(() => AcceptLoopAsync(primary))
+                    : Task.WhenAll(Task.Run(() => AcceptLoopAsync(primary)), Task.Run(() => AcceptLoopAsync(twinListener)));
                 _ = _channel.Completion.ContinueWith(t => OnChannelClosed(t.Result), TaskScheduler.Default);
             }
             catch
             {
                 await StopAsync(terminate: SessionId != null).ConfigureAwait(false);
                 throw;
+            }
+        }
+
+        /// <summary>How many automatic ports are tried for one that is free on both loopbacks.</summary>
+        private const int AutomaticPortAttempts = 16;
+
+        /// <summary>
+        /// Listens on the requested address and port and, for a loopback address, on the other loopback (127.0.0.1 and
+        /// [::1]) with the same port: "localhost" is ::1 first for many clients, and a [::1]:port left free could be taken
+        /// by another local user, who would then receive what was meant for the tunnel (a password, a token). A machine
+        /// without the other loopback (IPv6 disabled) has nothing there for anyone to take: the tunnel listens on one.
+        /// A -LocalPort held on the other loopback is LocalPortUnavailable; an automatic port (0) is chosen again.
+        /// </summary>
+        private void OpenListeners()
+        {
+            var twinAddress = IPAddress.Loopback.Equals(_request.BindAddress) ? IPAddress.IPv6Loopback
+                : IPAddress.IPv6Loopback.Equals(_request.BindAddress) ? IPAddress.Loopback
+                : null;
+            for (var attempt = 1; ; attempt++)
+            {
+                TcpListener listener;
+                try
+                {
+                    listener = new TcpListener(_request.BindAddress, _request.LocalPort);
+                    listener.Start(512);
+                }
+                catch (SocketException ex)
+                {
+                    throw new BastionToolsException(ErrorIds.LocalPortUnavailable, ErrorCategory.ResourceUnavailable,
+                        $"The local port {_request.LocalPort} on {_request.BindAddress} can't be used: {ex.Message}", _request.LocalPort,
+                        "Choose another -LocalPort, or 0 for any free port.", ex);
+                }
+                var port = ((IPEndPoint)listener.LocalEndpoint).Port;
+                if (twinAddress == null)
+                {
+                    _listener = listener;
+                    return;
+                }
+                var twinEndPoint = new IPEndPoint(twinAddress, port);
+                TcpListener? twin = null;
+                try
+                {
+                    twin = new TcpListener(twinEndPoint);
+                    twin.Start(512);
+                    _listener = listener;
+                    _twin = twin;
+                    return;
+                }
+                catch (SocketException ex) when (ex.SocketErrorCode == SocketError.AddressNotAvailable || ex.SocketErrorCode == SocketError.AddressFamilyNotSupported || ex.SocketErrorCode == SocketError.ProtocolNotSupported)
+                {
+                    twin?.Stop();
+                    Events.Write($"Not listening on {twinEndPoint}: this machine has no such address ({ex.Message}).");
+                    _listener = listener;
+                    return;
+                }
+                catch (SocketException ex)
+                {
+                    twin?.Stop();
+                    listener.Stop();
+                    if (_request.LocalPort != 0 || attempt >= AutomaticPortAttempts)
+                    {
+                        throw new BastionToolsException(ErrorIds.LocalPortUnavailable, ErrorCategory.ResourceUnavailable,
+                            $"The local port {port} is free on {_request.BindAddress} but not on {twinEndPoint}: {ex.Message}. Another program holds {twinEndPoint}, where clients that connect to \"localhost\" could reach it instead of the tunnel.",
+                            port, _request.LocalPort != 0 ? "Choose another -LocalPort, or 0 for any free port." : "Find the program that holds many loopback ports, or choose a -LocalPort.", ex);
+                    }
+                    Events.Write($"Port {port} is taken on {twinEndPoint}: choosing another.");
+                }
             }
         }
 
@@ -356,9 +418,8 @@ namespace BastionTools.Ssm
             _ = Task.Run(() => StopAsync(terminate: true));
         }
 
-        private async Task AcceptLoopAsync()
+        private async Task AcceptLoopAsync(TcpListener listener)
         {
-            var listener = _listener!;
             while (!_lifetime.IsCancellationRequested)
             {
                 TcpClient client;
@@ -390,9 +451,9 @@ namespace BastionTools.Ssm
                     State = SessionState.Failed;
                     break;
                 case ChannelEnd.Failed:
-                    // A resume the caller may not make (ssm:ResumeSession denied) says so with its own ErrorId.
-                    ClosedErrorId = closure.Error is SessionResumeRefusedException { InnerException: BastionToolsException { ErrorId: ErrorIds.AwsAccessDenied } }
-                        ? ErrorIds.AwsAccessDenied
+                    // A resume the caller may not make (ssm:ResumeSession denied), or to an insecure StreamUrl, says so with its own ErrorId.
+                    ClosedErrorId = closure.Error is SessionResumeRefusedException { InnerException: BastionToolsException { ErrorId: ErrorIds.AwsAccessDenied or ErrorIds.StreamUrlInsecure } refused }
+                        ? refused.ErrorId
                         : ErrorIds.BastionSessionFailed;
                     State = SessionState.Failed;
                     break;
@@ -417,6 +478,16 @@ namespace BastionTools.Ssm
         internal static bool IsIdleTimeout(string? output) =>
             output != null && output.IndexOf("timed out due to inactivity", StringComparison.OrdinalIgnoreCase) >= 0;
 
+        /// <summary>
+        /// True while the local listener is open and the session is up (Connected, or Reconnecting: the port is still
+        /// held). False from the moment the session starts stopping: the listener closes first, and the port may then be
+        /// taken by anybody, so nothing may connect to it on the tunnel's behalf any more.
+        /// </summary>
+        public bool IsServing => Volatile.Read(ref _stopped) == 0 && (State == SessionState.Connected || State == SessionState.Reconnecting);
+
+        /// <summary>True once <see cref="StopAsync"/> has begun (the listener is closed or closing).</summary>
+        public bool IsStopping => Volatile.Read(ref _stopped) == 1;
+
         /// <summary>True when the session ended on its own (timed out, terminated by the service or the agent, failed), not because it was stopped here.</summary>
         public bool EndedOnItsOwn => Completion.IsCompleted && ClosedErrorId != null;
 
@@ -431,12 +502,15 @@ namespace BastionTools.Ssm
             try
             {
                 _lifetime.Cancel();
-                try
+                foreach (var listener in new[] { _listener, _twin })
                 {
-                    _listener?.Stop();
-                }
-                catch (SocketException)
-                {
+                    try
+                    {
+                        listener?.Stop();
+                    }
+                    catch (SocketException)
+                    {
+                    }
                 }
                 _forwarder?.Dispose();
                 Task[] pending;

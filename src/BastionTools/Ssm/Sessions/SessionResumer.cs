@@ -30,6 +30,11 @@ namespace BastionTools.Ssm
                 throw new SessionResumeRefusedException(
                     $"Session {sessionId} could not be resumed: {ex.Message} (ssm:ResumeSession needs valid credentials that allow it).", sessionGone: false, ex);
             }
+            catch (BastionToolsException ex) when (ex.ErrorId == ErrorIds.StreamUrlInsecure)
+            {
+                // Never retried: the token would go over a channel that is not encrypted.
+                throw new SessionResumeRefusedException(ex.Message, sessionGone: false, ex);
+            }
         }
     }
 }

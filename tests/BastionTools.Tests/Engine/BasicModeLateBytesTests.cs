@@ -1,0 +1,117 @@
+using System;
+using System.IO;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using System.Threading;
+using System.Threading.Tasks;
+using Amazon.Runtime;
+using BastionTools.Aws;
+using BastionTools.Sandbox;
+using BastionTools.Ssm;
+using BastionTools.Tests.Sandbox;
+using Xunit;
+
+namespace BastionTools.Tests.Engine
+{
+    /// <summary>
+    /// Basic port forwarding carries one connection at a time as raw bytes, with nothing that says which connection a
+    /// byte belongs to. The agent (port_basic.go) closes its destination connection when DisconnectToPort arrives, but
+    /// what it read before is still on its way; and it dials the next destination connection only on the client's
+    /// first bytes. So what arrives before a local connection has sent anything is the previous connection's, and
+    /// must not be written to it. End to end with the sandbox agent: the next connection gets its own answer, not the
+    /// rest of the previous one's flood. (Over loopback the late bytes mostly arrive before the next connection's turn;
+    /// PortForwarderTests.Basic_LateOutputOfAClosedConnection_IsDropped_NotWrittenToTheNextConnection is the
+    /// deterministic check of the rule.)
+    /// </summary>
+    public sealed class BasicModeLateBytesTests : IDisposable
+    {
+        private const string Bastion = "i-0a1b2c3d4e5f60001";
+        private const int Flood = 512 * 1024;
+        private readonly SandboxHost _host;
+        private readonly AwsApi _api;
+
+        public BasicModeLateBytesTests()
+        {
+            Environment.SetEnvironmentVariable("AWS_EC2_METADATA_DISABLED", "true");
+            _host = SandboxTestSupport.Start();
+            _host.Agent.Options.PortDocumentType = null; // no "type" in the handshake: a basic session (port.go GetSession)
+            var c = _host.World.Credentials[0];
+            _api = new AwsApi(new ResolvedCredentials(new BasicAWSCredentials(c.AccessKeyId, c.SecretAccessKey), "test", null), _host.World.Region, _host.SsmEndpoint.ToString());
+        }
+
+        public void Dispose()
+        {
+            _api.Dispose();
+            _host.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        }
+
+        [Fact(Timeout = SandboxTestSupport.TestTimeoutMs)]
+        public async Task BytesOfAClosedConnection_AreNotWrittenToTheNextOne()
+        {
+            // The destination: its first connection floods 'A's, its second answers "SECOND".
+            using var destination = new TcpListener(IPAddress.Loopback, 0);
+            destination.Start();
+            var firstClosedByAgent = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+            var server = Task.Run(async () =>
+            {
+                using (var first = await destination.AcceptTcpClientAsync())
+                {
+                    var s = first.GetStream();
+                    await s.ReadExactlyAsync(new byte[1]);
+                    var chunk = new byte[16 * 1024];
+                    Array.Fill(chunk, (byte)'A');
+                    try
+                    {
+                        for (var sent = 0; sent < Flood; sent += chunk.Length) await s.WriteAsync(chunk);
+                        // Until the agent closes it (DisconnectToPort).
+                        while (await s.ReadAsync(new byte[64]) > 0)
+                        {
+                        }
+                    }
+                    catch (IOException)
+                    {
+                    }
+                    firstClosedByAgent.TrySetResult(true);
+                }
+                using var second = await destination.AcceptTcpClientAsync();
+                var s2 = second.GetStream();
+                await s2.ReadExactlyAsync(new byte[1]);
+                await s2.WriteAsync(Encoding.ASCII.GetBytes("SECOND"));
+                _ = await s2.ReadAsync(new byte[1]); // until the session stops
+            });
+
+            var session = new PortForwardingSession(_api, new PortForwardingRequest { Target = Bastion, RemotePort = ((IPEndPoint)destination.LocalEndpoint).Port }, new DataChannelOptions());
+            await session.StartAsync(_ => { }, TimeSpan.FromSeconds(30), CancellationToken.None);
+            try
+            {
+                Assert.Equal(PortForwardingMode.Basic, session.Mode);
+                var port = session.LocalEndPoint!.Port;
+                using (var first = new TcpClient())
+                {
+                    await first.ConnectAsync(IPAddress.Loopback, port);
+                    var s = first.GetStream();
+                    await s.WriteAsync(Encoding.ASCII.GetBytes("1"));
+                    // Some of the flood, then close with the rest on its way.
+                    var got = new byte[4096];
+                    await s.ReadExactlyAsync(got);
+                    Assert.All(got, b => Assert.Equal((byte)'A', b));
+                }
+                using var next = new TcpClient();
+                await next.ConnectAsync(IPAddress.Loopback, port);
+                var n = next.GetStream();
+                // The agent has closed the first destination connection: what it had read is sent (or on its way).
+                await firstClosedByAgent.Task;
+                await n.WriteAsync(Encoding.ASCII.GetBytes("2"));
+                var answer = new byte[6];
+                using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+                await n.ReadExactlyAsync(answer, timeout.Token);
+                Assert.Equal("SECOND", Encoding.ASCII.GetString(answer));
+            }
+            finally
+            {
+                await session.StopAsync();
+            }
+        }
+    }
+}
