@@ -295,6 +295,10 @@ namespace BastionTools.Sandbox
                 {
                     await HandleSsmAsync(context, request).ConfigureAwait(false);
                 }
+                else if (IsSts(request, path))
+                {
+                    await HandleStsAsync(context, request).ConfigureAwait(false);
+                }
                 else if (IsRds(request, path))
                 {
                     await HandleRdsAsync(context, request).ConfigureAwait(false);

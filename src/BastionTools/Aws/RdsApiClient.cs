@@ -244,6 +244,7 @@ namespace BastionTools.Aws
             {
                 Kind = "Instance",
                 Identifier = S("DBInstanceIdentifier") ?? "",
+                DbInstanceIdentifier = S("DBInstanceIdentifier"),
                 Engine = S("Engine") ?? "",
                 EngineVersion = S("EngineVersion"),
                 Status = S("DBInstanceStatus"),

@@ -135,3 +135,42 @@ namespace BastionTools.Aws
         }
     }
 }
+
+namespace BastionTools.Aws
+{
+    /// <summary>Which database the parameters name: -DbHost, -DbInstanceIdentifier or -DbClusterIdentifier (exactly one).</summary>
+    internal sealed class RdsTargetChoice
+    {
+        public string? Instance { get; private set; }
+        public string? Cluster { get; private set; }
+        public BastionToolsException? Error { get; private set; }
+
+        public static RdsTargetChoice Check(bool hostGiven, string? instance, string? cluster, string? clusterEndpoint)
+        {
+            var choice = new RdsTargetChoice
+            {
+                Instance = string.IsNullOrWhiteSpace(instance) ? null : instance!.Trim(),
+                Cluster = string.IsNullOrWhiteSpace(cluster) ? null : cluster!.Trim(),
+            };
+            // An Aurora member instance piped from Get-RdsIamDatabase carries both: the instance is meant.
+            if (choice.Instance != null) choice.Cluster = null;
+            if (hostGiven && (choice.Instance != null || choice.Cluster != null))
+            {
+                // -DbHost given with a piped database: the endpoint typed wins, nothing is looked up.
+                choice.Instance = choice.Cluster = null;
+            }
+            if (!hostGiven && choice.Instance == null && choice.Cluster == null)
+            {
+                choice.Error = new BastionToolsException(ErrorIds.RdsDatabaseNotSpecified, System.Management.Automation.ErrorCategory.InvalidArgument,
+                    "Say which database: -DbHost (its endpoint name), -DbInstanceIdentifier or -DbClusterIdentifier (looked up with rds:Describe*), or pipe Get-RdsIamDatabase.",
+                    null, "For example -DbInstanceIdentifier mydb, or Get-RdsIamDatabase mydb | Connect-IamPostgres -Target i-0123456789abcdef0 -UserName app_user.");
+            }
+            else if (clusterEndpoint != null && choice.Cluster == null)
+            {
+                choice.Error = new BastionToolsException(ErrorIds.RdsDatabaseNotSpecified, System.Management.Automation.ErrorCategory.InvalidArgument,
+                    "-ClusterEndpoint goes with -DbClusterIdentifier (with -DbHost, pass the endpoint name itself).", clusterEndpoint);
+            }
+            return choice;
+        }
+    }
+}

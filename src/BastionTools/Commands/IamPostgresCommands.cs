@@ -58,6 +58,7 @@ namespace BastionTools.Commands
                         "Install the PostgreSQL client (apt-get install postgresql-client, brew install libpq, or the Windows installer), or pass -PsqlPath.").ToErrorRecord());
                 }
             }
+            ResolveDatabase();
             var bundle = ResolveTrust();
             if (!RdsEndpoint.IsValidHost(DbHost))
             {

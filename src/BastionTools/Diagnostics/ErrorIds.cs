@@ -26,6 +26,7 @@ namespace BastionTools
         public const string RdsAccessDenied = "RdsAccessDenied";
         public const string RdsIamAuthenticationDisabled = "RdsIamAuthenticationDisabled";
         public const string RdsEndpointNotFound = "RdsEndpointNotFound";
+        public const string RdsDatabaseNotSpecified = "RdsDatabaseNotSpecified";
 
         // AWS service calls
         public const string AwsServiceUnreachable = "AwsServiceUnreachable";

@@ -44,6 +44,9 @@ namespace BastionTools
         /// <summary>The cluster's DbClusterResourceId (clusters, and member instances once their cluster is known).</summary>
         public string? DbClusterResourceId { get; internal set; }
 
+        /// <summary>The DB instance identifier (instances only; binds -DbInstanceIdentifier from the pipeline).</summary>
+        public string? DbInstanceIdentifier { get; internal set; }
+
         /// <summary>The Aurora cluster a member instance belongs to (and a cluster's own identifier).</summary>
         public string? DbClusterIdentifier { get; internal set; }
 
