@@ -115,9 +115,9 @@ namespace BastionTools.Infra.Tests
                 Synthesized.Many(st.GetProperty("Action")).Select(a => a.GetString()).OrderBy(a => a).ToArray());
             Assert.Equal(new[]
             {
-                "arn:{AWS::Partition}:rds:{AWS::Region}:{AWS::AccountId}:db:*",
                 "arn:{AWS::Partition}:rds:{AWS::Region}:{AWS::AccountId}:cluster:*",
-            }, Resources(st));
+                "arn:{AWS::Partition}:rds:{AWS::Region}:{AWS::AccountId}:db:*",
+            }, Resources(st).OrderBy(r => r, System.StringComparer.Ordinal).ToArray());
         }
 
         [Fact]
