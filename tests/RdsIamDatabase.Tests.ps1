@@ -169,6 +169,17 @@ Describe 'Aurora end to end: grant, then connect through each cluster endpoint w
     }
 }
 
+Describe 'Start-BastionSession from the pipeline' {
+    It 'forwards to the endpoint and port of a database piped from Get-RdsIamDatabase' {
+        $s = Get-RdsIamDatabase demo-aurora @Aws | Start-BastionSession -Target i-0a1b2c3d4e5f60001 @Aws
+        try {
+            $s.RemoteHost | Should -Be $Aurora.writerEndpoint
+            $s.RemotePort | Should -Be 5432
+        }
+        finally { $s | Stop-BastionSession }
+    }
+}
+
 Describe 'Grant-RdsIamUser -DbHost completes the policy from sts:GetCallerIdentity' {
     It 'asks STS for the account when -DbiResourceId is given without -AccountId, even with an explicit deny on it' {
         $op = New-Key @{ Version = '2012-10-17'; Statement = @(
