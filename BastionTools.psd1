@@ -15,6 +15,7 @@
         'Disconnect-IamPostgres'
         'Get-BastionInstance'
         'Get-BastionSession'
+        'Get-RdsIamDatabase'
         'Grant-RdsIamUser'
         'Invoke-IamPostgresQuery'
         'New-RdsIamToken'

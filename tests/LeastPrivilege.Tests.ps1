@@ -551,3 +551,36 @@ Describe 'Grant-RdsIamUser and Revoke-RdsIamUser' {
         Invoke-AdminSql "select count(*) from pg_auth_members m join pg_roles r on r.oid = m.member where r.rolname = 'app_iam'" | Should -Be '1'
     }
 }
+
+Describe 'Get-RdsIamDatabase and the database identifiers (issue 13)' {
+    It 'lists with exactly its row' {
+        $op = New-Operator @('Get-RdsIamDatabase')
+        @(Get-RdsIamDatabase @op).Identifier | Should -Contain 'demo'
+    }
+
+    It 'names <Action> when it is missing: RdsAccessDenied, PermissionDenied' -ForEach @(
+        @{ Action = 'rds:DescribeDBInstances' }
+        @{ Action = 'rds:DescribeDBClusters' }
+    ) {
+        $op = New-Operator @('Get-RdsIamDatabase') -Without $Action
+        $failure = Get-Failure { Get-RdsIamDatabase @op -ErrorAction Stop }
+        $failure.FullyQualifiedErrorId | Should -BeLike 'RdsAccessDenied,BastionTools.Commands.GetRdsIamDatabaseCommand'
+        $failure.CategoryInfo.Category | Should -Be 'PermissionDenied'
+        "$failure" | Should -Match ([regex]::Escape($Action))
+    }
+
+    It 'Connect-IamPostgres -DbInstanceIdentifier connects with its -Target row and the identifier row, and names rds:DescribeDBInstances without it' {
+        $op = New-Operator @('Connect-IamPostgres -Target', '-DbInstanceIdentifier')
+        $c = Connect-IamPostgres -Target $Bastion -DbInstanceIdentifier demo -UserName app_iam -Database $Pg.database -SslRootCertificate $Rds.caBundle @op
+        try { (Invoke-IamPostgresQuery -Connection $c -Query 'SELECT current_user AS u').u | Should -Be 'app_iam' }
+        finally { Disconnect-IamPostgres $c }
+
+        $op = New-Operator @('Connect-IamPostgres -Target')
+        $failure = Get-Failure { Connect-IamPostgres -Target $Bastion -DbInstanceIdentifier demo -UserName app_iam -Database $Pg.database -SslRootCertificate $Rds.caBundle @op -ErrorAction Stop }
+        $failure.FullyQualifiedErrorId | Should -BeLike 'RdsAccessDenied,*'
+        "$failure" | Should -Match 'rds:DescribeDBInstances'
+        # -DbHost needs no rds:Describe* at all.
+        $c = Connect-IamPostgres -Target $Bastion -UserName app_iam @Db @op
+        Disconnect-IamPostgres $c
+    }
+}

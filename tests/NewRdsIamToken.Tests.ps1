@@ -30,9 +30,11 @@ AfterAll {
 Describe 'New-RdsIamToken parameters' {
     BeforeAll { $script:Cmd = Get-Command New-RdsIamToken }
 
-    It 'has one parameter set with Hostname and UserName mandatory and Port optional' {
+    It 'has one parameter set with UserName mandatory, Hostname or an identifier (checked when it runs), Port optional' {
         $Cmd.ParameterSets.Count | Should -Be 1
-        $Cmd.Parameters['Hostname'].Attributes.Where({ $_ -is [Parameter] }).Mandatory | Should -BeTrue
+        # -Hostname, -DbInstanceIdentifier or -DbClusterIdentifier (issue 13): none of them is mandatory on its own.
+        $Cmd.Parameters['Hostname'].Attributes.Where({ $_ -is [Parameter] }).Mandatory | Should -BeFalse
+        { New-RdsIamToken -UserName u @Keys -ErrorAction Stop } | Should -Throw -ErrorId 'RdsDatabaseNotSpecified,BastionTools.Commands.NewRdsIamTokenCommand'
         $Cmd.Parameters['UserName'].Attributes.Where({ $_ -is [Parameter] }).Mandatory | Should -BeTrue
         $Cmd.Parameters['Port'].Attributes.Where({ $_ -is [Parameter] }).Mandatory | Should -BeFalse
     }

@@ -165,6 +165,8 @@ namespace BastionTools.Infra.Tests
                 "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore]" + On(s.Stack.Bastion.Role),
                 "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:*]" + On(s.Stack.Bastion.Policy),
                 "AwsSolutions-IAM5[Resource::*]" + On(s.Stack.Access.Policy),
+                "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:rds:<AWS::Region>:<AWS::AccountId>:db:*]" + On(s.Stack.Access.Policy),
+                "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:rds:<AWS::Region>:<AWS::AccountId>:cluster:*]" + On(s.Stack.Access.Policy),
                 "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ssm:<AWS::Region>:<AWS::AccountId>:session/*]" + On(s.Stack.Access.Policy),
                 "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ssm:<AWS::Region>:<AWS::AccountId>:session/<aws:username>-*]" + On(s.Stack.Access.Policy),
                 "AwsSolutions-RDS11" + On(s.Stack.Database.Instance),

@@ -102,8 +102,22 @@ namespace BastionTools.Infra.Tests
             var st = Assert.Single(unscoped);
             Assert.Equal(new[] { "ec2:DescribeInstances", "ssm:DescribeInstanceInformation", "ssm:DescribeSessions" },
                 Synthesized.Many(st.GetProperty("Action")).Select(a => a.GetString()).OrderBy(a => a).ToArray());
-            Assert.Equal(5, Statements(s).Length);
+            Assert.Equal(6, Statements(s).Length);
             Assert.All(Statements(s), x => Assert.Equal("Allow", x.GetProperty("Effect").GetString()));
+        }
+
+        [Fact]
+        public void The_database_look_ups_are_read_only_and_limited_to_rds_instances_and_clusters()
+        {
+            // Get-RdsIamDatabase and -DbInstanceIdentifier/-DbClusterIdentifier (issue 13); -DbHost needs neither.
+            var st = Statement(_stacks.Default, "FindTheDatabase");
+            Assert.Equal(new[] { "rds:DescribeDBClusters", "rds:DescribeDBInstances" },
+                Synthesized.Many(st.GetProperty("Action")).Select(a => a.GetString()).OrderBy(a => a).ToArray());
+            Assert.Equal(new[]
+            {
+                "arn:{AWS::Partition}:rds:{AWS::Region}:{AWS::AccountId}:cluster:*",
+                "arn:{AWS::Partition}:rds:{AWS::Region}:{AWS::AccountId}:db:*",
+            }, Resources(st).OrderBy(r => r, System.StringComparer.Ordinal).ToArray());
         }
 
         [Fact]

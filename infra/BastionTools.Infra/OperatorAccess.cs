@@ -66,6 +66,13 @@ namespace BastionTools.Infra
                 }),
                 new PolicyStatement(new PolicyStatementProps
                 {
+                    // Get-RdsIamDatabase and -DbInstanceIdentifier/-DbClusterIdentifier (read-only); -DbHost needs neither.
+                    Sid = "FindTheDatabase",
+                    Actions = new[] { "rds:DescribeDBInstances", "rds:DescribeDBClusters" },
+                    Resources = new[] { Arns.Regional("rds", "db:*"), Arns.Regional("rds", "cluster:*") },
+                }),
+                new PolicyStatement(new PolicyStatementProps
+                {
                     Sid = "FindTheBastion",
                     // ssm:DescribeSessions: Get-BastionSession -History, the sessions' audit trail.
                     Actions = new[] { "ec2:DescribeInstances", "ssm:DescribeInstanceInformation", "ssm:DescribeSessions" },
@@ -101,6 +108,10 @@ namespace BastionTools.Infra
             NagAcknowledgements.Acknowledge(Policy, "AwsSolutions-IAM5",
                 "ec2:DescribeInstances, ssm:DescribeInstanceInformation and ssm:DescribeSessions support no resource-level permissions; they are read-only and Get-BastionInstance and Get-BastionSession -History need them.",
                 "Resource::*");
+            NagAcknowledgements.Acknowledge(Policy, "AwsSolutions-IAM5",
+                "rds:DescribeDBInstances and rds:DescribeDBClusters are read-only; Get-RdsIamDatabase lists the region's databases, so it needs every DB instance and cluster of the account and region.",
+                "Resource::" + Arns.NagRegional("rds", "db:*"),
+                "Resource::" + Arns.NagRegional("rds", "cluster:*"));
             NagAcknowledgements.Acknowledge(Policy, "AwsSolutions-IAM5",
                 "Session ids are only known once started: the wildcard is bounded to the caller's own sessions by the ${aws:username}- prefix (IAM users) or the session-id tag condition on ${aws:userid} (roles).",
                 // cdk-nag spells the policy variable ${aws:username} as <aws:username> in finding ids.

@@ -39,6 +39,11 @@ namespace BastionTools.Sandbox
         /// </summary>
         public string DbiResourceId { get; set; } = DefaultDbiResourceId;
         public const string DefaultDbiResourceId = "db-C0FFEESANDBOXEXAMPLE000001";
+        /// <summary>
+        /// The Aurora PostgreSQL cluster the front also plays (its writer, reader and custom endpoints and its member
+        /// instance are names of the certificate, routed to the front); null: the front is a plain instance only.
+        /// </summary>
+        public RdsAuroraIdentity? Aurora { get; set; } = new();
         /// <summary>The role whose members must authenticate with a token (created NOLOGIN at start when missing).</summary>
         public string IamRole { get; set; } = "rds_iam";
         /// <summary>The certificate served at start (switch later with <see cref="RdsIamProxy.Certificate"/>).</summary>
@@ -166,6 +171,8 @@ namespace BastionTools.Sandbox
         public int AdvertisedPort => _options.AdvertisedPort;
         public string IamRole => _options.IamRole;
         public string DbiResourceId => _options.DbiResourceId;
+        /// <summary>The Aurora cluster the front also plays, or null.</summary>
+        public RdsAuroraIdentity? Aurora => _options.Aurora;
         /// <summary>The proxy's own port on 127.0.0.1.</summary>
         public int Port { get; private set; }
         public string Host => "127.0.0.1";
@@ -217,6 +224,13 @@ namespace BastionTools.Sandbox
             var total = Stopwatch.StartNew();
             var names = new List<string> { options.EndpointName };
             names.AddRange(options.AdditionalNames.Where(n => !string.Equals(n, options.EndpointName, StringComparison.OrdinalIgnoreCase)));
+            if (options.Aurora != null)
+            {
+                foreach (var n in options.Aurora.Names)
+                {
+                    if (!names.Contains(n, StringComparer.OrdinalIgnoreCase)) names.Add(n);
+                }
+            }
             var certificates = SandboxCertificates.Create(names, options.OtherHostName, options.TempRoot);
             var certMs = total.Elapsed.TotalMilliseconds;
             var adminBuilder = new NpgsqlConnectionStringBuilder(cluster.ConnectionString("postgres"))
@@ -319,6 +333,7 @@ namespace BastionTools.Sandbox
             ["caBundle"] = CaBundlePath,
             ["iamRole"] = IamRole,
             ["dbiResourceId"] = DbiResourceId,
+            ["aurora"] = _options.Aurora?.DescribeJson(),
             ["startupMs"] = (int)StartupTime.TotalMilliseconds,
         };
 
@@ -553,8 +568,8 @@ namespace BastionTools.Sandbox
             {
                 var reason = membership switch
                 {
-                    Membership.Member => RdsIamToken.Validate(password, user, MeantHost(sni), AdvertisedPort, World, World.Clock.UtcNow)
-                        ?? RdsIamToken.AuthorizeConnect(password, user, DbiResourceId, World),
+                    Membership.Member => RdsIamToken.Validate(password, user, MeantHost(sni, RdsIamToken.SignedHost(password)), AdvertisedPort, World, World.Clock.UtcNow)
+                        ?? RdsIamToken.AuthorizeConnect(password, user, ResourceIdFor(MeantHost(sni, RdsIamToken.SignedHost(password))), World),
                     Membership.NotMember => "the role is not a member of " + IamRole + " (a token was sent as its password)",
                     _ => "the role does not exist (a token was sent as its password)",
                 };
@@ -616,8 +631,25 @@ namespace BastionTools.Sandbox
         /// The endpoint name the client meant: its TLS SNI when that is one of the certificate's names (libpq sends it for
         /// host names), else <see cref="EndpointName"/> (clients that connect to 127.0.0.1 through a tunnel send no SNI).
         /// </summary>
-        private string MeantHost(string? sni) =>
-            sni != null && Names.Contains(sni, StringComparer.OrdinalIgnoreCase) ? sni : EndpointName;
+        /// <remarks>
+        /// Without a usable SNI, a token signed for one of the Aurora cluster's names (writer, reader, custom endpoint, member
+        /// instance) is taken as meant for that name: all of them lead to the same database, which cannot tell which one
+        /// the client dialled (RDS accepts a token for any endpoint of the cluster that routes to the instance).
+        /// </remarks>
+        private string MeantHost(string? sni, string? tokenHost = null)
+        {
+            if (sni != null && Names.Contains(sni, StringComparer.OrdinalIgnoreCase)) return sni;
+            if (tokenHost != null && Aurora != null && Aurora.Names.Contains(tokenHost, StringComparer.OrdinalIgnoreCase)) return tokenHost;
+            return EndpointName;
+        }
+
+        /// <summary>
+        /// The resource id of rds-db:connect's ARN for a connection meant for <paramref name="host"/>: the Aurora cluster's
+        /// DbClusterResourceId for its names (Aurora authorizes every endpoint of a cluster against the cluster), else the
+        /// instance's DbiResourceId.
+        /// </summary>
+        private string ResourceIdFor(string host) =>
+            Aurora != null && Aurora.Names.Contains(host, StringComparer.OrdinalIgnoreCase) ? Aurora.ClusterResourceId : DbiResourceId;
 
         private async Task RelayAsync(Stream client, Socket backend)
         {

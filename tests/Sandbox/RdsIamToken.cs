@@ -43,6 +43,16 @@ namespace BastionTools.Sandbox
             return authorization.Allowed ? null : "IAM: " + authorization.Message;
         }
 
+        /// <summary>The host (without the port) a token-shaped password is signed for, or null.</summary>
+        public static string? SignedHost(string token)
+        {
+            var q = token.IndexOf("/?", StringComparison.Ordinal);
+            if (q <= 0) return null;
+            var hostPort = token.Substring(0, q);
+            var colon = hostPort.LastIndexOf(':');
+            return colon <= 0 ? hostPort : hostPort.Substring(0, colon);
+        }
+
         /// <summary>Null when <paramref name="token"/> is valid for <paramref name="user"/> at <paramref name="endpoint"/>:<paramref name="port"/>; otherwise why not.</summary>
         public static string? Validate(string token, string user, string endpoint, int port, SandboxWorld world, DateTime nowUtc)
         {

@@ -122,6 +122,8 @@ namespace BastionTools.Sandbox
         public Uri Ec2Endpoint => new(ClientBaseUri, "ec2");
         /// <summary>KMS (JSON 1.1, TrentService.*); the module derives it from -EndpointUrl .../ssm.</summary>
         public Uri KmsEndpoint => new(ClientBaseUri, "kms");
+        /// <summary>RDS (Query API, Version 2014-10-31); the module derives it from -EndpointUrl .../ssm.</summary>
+        public Uri RdsEndpoint => new(ClientBaseUri, "rds");
         public string StreamUrlBase => "ws://127.0.0.1:" + ClientPort.ToString(CultureInfo.InvariantCulture) + "/streams";
         /// <summary>The fault-injection and counters endpoint (see <see cref="SandboxAgent"/>); always direct, never through the fault proxy.</summary>
         public Uri ControlEndpoint => new(BaseUri, "control/");
@@ -194,6 +196,7 @@ namespace BastionTools.Sandbox
                 ["ssm"] = SsmEndpoint.ToString(),
                 ["ec2"] = Ec2Endpoint.ToString(),
                 ["kms"] = KmsEndpoint.ToString(),
+                ["rdsApi"] = RdsEndpoint.ToString(),
                 ["streamUrlBase"] = StreamUrlBase,
                 ["control"] = ControlEndpoint.ToString(),
                 ["port"] = Port,
@@ -296,6 +299,14 @@ namespace BastionTools.Sandbox
                 else if (request.Header("X-Amz-Target") != null)
                 {
                     await HandleSsmAsync(context, request).ConfigureAwait(false);
+                }
+                else if (IsSts(request, path))
+                {
+                    await HandleStsAsync(context, request).ConfigureAwait(false);
+                }
+                else if (IsRds(request, path))
+                {
+                    await HandleRdsAsync(context, request).ConfigureAwait(false);
                 }
                 else if (IsEc2(request, path))
                 {

@@ -203,7 +203,7 @@ namespace BastionTools.Aws
         internal static string ServiceUrl(string endpointUrl, string service)
         {
             var url = endpointUrl.TrimEnd('/');
-            foreach (var known in new[] { "/ssm", "/ec2", "/kms" })
+            foreach (var known in new[] { "/ssm", "/ec2", "/kms", "/rds", "/sts" })
             {
                 if (url.EndsWith(known, StringComparison.OrdinalIgnoreCase))
                 {

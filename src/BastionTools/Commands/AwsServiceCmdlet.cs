@@ -41,6 +41,25 @@ namespace BastionTools.Commands
             return _api;
         }
 
+        private RdsApiClient? _rds;
+
+        /// <summary>The RDS Query client (DescribeDBInstances/DescribeDBClusters), with the command's credentials, region and -EndpointUrl.</summary>
+        internal RdsApiClient GetRdsClient()
+        {
+            if (_rds != null) return _rds;
+            GetApi();
+            var credentials = ApiCredentials!;
+            var redactor = Redactor;
+            _rds = new RdsApiClient(() =>
+            {
+                var keys = credentials.GetKeys();
+                redactor.Add(keys.SecretAccessKey);
+                redactor.Add(keys.SessionToken);
+                return keys;
+            }, ApiRegion!, EndpointUrl);
+            return _rds;
+        }
+
         /// <summary>
         /// How long a session's lost connection is resumed for (tunnel-making cmdlets expose it as -ReconnectTimeoutSec);
         /// null keeps the default of <see cref="DataChannelOptions.ReconnectTimeout"/>.
@@ -70,6 +89,7 @@ namespace BastionTools.Commands
         protected override void EndProcessing()
         {
             if (!_keepApi) _api?.Dispose();
+            _rds?.Dispose();
             Pump.Dispose();
         }
 

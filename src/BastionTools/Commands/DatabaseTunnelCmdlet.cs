@@ -43,8 +43,11 @@ namespace BastionTools.Commands
         [ValidateNotNull]
         public BastionSession? Session { get; set; }
 
-        /// <summary>The RDS endpoint name (tokens are signed for it and the certificate must name it).</summary>
-        [Parameter(Mandatory = true)]
+        /// <summary>
+        /// The RDS endpoint name (tokens are signed for it and the certificate must name it). Or name the database with
+        /// -DbInstanceIdentifier / -DbClusterIdentifier and let the module look the endpoint up.
+        /// </summary>
+        [Parameter]
         [Alias("Endpoint", "Hostname", "RemoteHost")]
         [ValidateNotNullOrEmpty]
         public string DbHost { get; set; } = "";
@@ -52,6 +55,46 @@ namespace BastionTools.Commands
         [Parameter]
         [ValidateRange(1, 65535)]
         public int DbPort { get; set; } = 5432;
+
+        /// <summary>An RDS DB instance (or Aurora member instance) whose endpoint, port and resource id are looked up (rds:DescribeDBInstances).</summary>
+        [Parameter(ValueFromPipelineByPropertyName = true)]
+        [ArgumentCompleter(typeof(RdsDatabaseCompleter))]
+        public string? DbInstanceIdentifier { get; set; }
+
+        /// <summary>An Aurora DB cluster whose endpoint, port and resource id are looked up (rds:DescribeDBClusters).</summary>
+        [Parameter(ValueFromPipelineByPropertyName = true)]
+        [ArgumentCompleter(typeof(RdsDatabaseCompleter))]
+        public string? DbClusterIdentifier { get; set; }
+
+        /// <summary>With -DbClusterIdentifier: Writer (default), Reader, or a custom endpoint's identifier.</summary>
+        [Parameter]
+        [ValidateNotNullOrEmpty]
+        [ArgumentCompleter(typeof(ClusterEndpointCompleter))]
+        public string? ClusterEndpoint { get; set; }
+
+        /// <summary>The database -DbInstanceIdentifier/-DbClusterIdentifier resolved to (null with -DbHost).</summary>
+        internal RdsConnectTarget? ResolvedDatabase { get; private set; }
+
+        /// <summary>
+        /// Fills DbHost (and DbPort unless given) from -DbInstanceIdentifier / -DbClusterIdentifier; ends the command when
+        /// neither they nor -DbHost say which database, or the database cannot be used with IAM.
+        /// </summary>
+        internal void ResolveDatabase()
+        {
+            ResolvedDatabase = null;
+            var bound = MyInvocation.BoundParameters;
+            var hostGiven = bound.ContainsKey(nameof(DbHost)) && !string.IsNullOrWhiteSpace(DbHost);
+            var target = RdsTargetChoice.Check(hostGiven, DbInstanceIdentifier, DbClusterIdentifier, ClusterEndpoint);
+            if (target.Error != null) ThrowTerminatingError(target.Error.ToErrorRecord());
+            if (hostGiven) return;
+            var client = GetRdsClient();
+            var resolver = new RdsDatabaseResolver(client);
+            if (!TryRun(ct => target.Instance != null ? resolver.ResolveInstanceAsync(target.Instance, ct) : resolver.ResolveClusterAsync(target.Cluster!, ClusterEndpoint, ct), out var resolved, terminating: true)) return;
+            ResolvedDatabase = resolved;
+            DbHost = resolved.Host;
+            if (!bound.ContainsKey(nameof(DbPort))) DbPort = resolved.Port;
+            WriteVerboseSafe($"{resolved.Database.Kind} {resolved.Database.Identifier}: {resolved.Host}:{DbPort}, rds-db:connect resource {resolved.Database.ResourceId}.");
+        }
 
         [Parameter]
         [Alias("DbName")]

@@ -64,6 +64,7 @@ namespace BastionTools.Commands
                         "Pass -PsqlPath with psql.exe itself (for example C:\\Program Files\\PostgreSQL\\17\\bin\\psql.exe).").ToErrorRecord());
                 }
             }
+            ResolveDatabase();
             var bundle = ResolveTrust();
             if (!RdsEndpoint.IsValidHost(DbHost))
             {

@@ -10,10 +10,13 @@ namespace BastionTools.Commands
     /// </summary>
     [Cmdlet(VerbsCommon.New, "RdsIamToken")]
     [OutputType(typeof(string))]
-    public sealed class NewRdsIamTokenCommand : AwsCmdlet
+    public sealed class NewRdsIamTokenCommand : AwsServiceCmdlet
     {
-        /// <summary>The RDS endpoint (the name the database's certificate carries), not 127.0.0.1.</summary>
-        [Parameter(Mandatory = true, Position = 0, ValueFromPipelineByPropertyName = true)]
+        /// <summary>
+        /// The RDS endpoint (the name the database's certificate carries), not 127.0.0.1. Or -DbInstanceIdentifier /
+        /// -DbClusterIdentifier, looked up.
+        /// </summary>
+        [Parameter(Position = 0, ValueFromPipelineByPropertyName = true)]
         [Alias("DbHost", "Endpoint", "Address", "DBHostname")]
         [ValidateNotNullOrEmpty]
         public string Hostname { get; set; } = string.Empty;
@@ -30,13 +33,46 @@ namespace BastionTools.Commands
         [ValidateNotNullOrEmpty]
         public string UserName { get; set; } = string.Empty;
 
+        /// <summary>An RDS DB instance whose endpoint and port are looked up (rds:DescribeDBInstances).</summary>
+        [Parameter(ValueFromPipelineByPropertyName = true)]
+        [ArgumentCompleter(typeof(RdsDatabaseCompleter))]
+        public string? DbInstanceIdentifier { get; set; }
+
+        /// <summary>An Aurora DB cluster whose endpoint and port are looked up (rds:DescribeDBClusters).</summary>
+        [Parameter(ValueFromPipelineByPropertyName = true)]
+        [ArgumentCompleter(typeof(RdsDatabaseCompleter))]
+        public string? DbClusterIdentifier { get; set; }
+
+        /// <summary>With -DbClusterIdentifier: Writer (default), Reader, or a custom endpoint's identifier.</summary>
+        [Parameter]
+        [ValidateNotNullOrEmpty]
+        [ArgumentCompleter(typeof(ClusterEndpointCompleter))]
+        public string? ClusterEndpoint { get; set; }
+
         protected override void ProcessRecord()
         {
-            var host = Hostname.Trim();
+            var port = Port;
+            var hostGiven = !string.IsNullOrWhiteSpace(Hostname);
+            var choice = RdsTargetChoice.Check(hostGiven, DbInstanceIdentifier, DbClusterIdentifier, ClusterEndpoint);
+            if (choice.Error != null)
+            {
+                WriteErrorSafe(choice.Error);
+                return;
+            }
+            var hostname = Hostname;
+            if (!hostGiven)
+            {
+                var resolver = new RdsDatabaseResolver(GetRdsClient());
+                if (!TryRun(ct => choice.Instance != null ? resolver.ResolveInstanceAsync(choice.Instance, ct) : resolver.ResolveClusterAsync(choice.Cluster!, ClusterEndpoint, ct), out var resolved)) return;
+                hostname = resolved.Host;
+                if (!MyInvocation.BoundParameters.ContainsKey(nameof(Port))) port = resolved.Port;
+                WriteVerboseSafe($"{resolved.Database.Kind} {resolved.Database.Identifier}: {resolved.Host}:{port}.");
+            }
+            var host = hostname.Trim();
             if (!RdsEndpoint.IsValidHost(host))
             {
                 WriteErrorSafe(new BastionToolsException(ErrorIds.RdsHostnameInvalid, ErrorCategory.InvalidArgument,
-                    $"'{Hostname}' is not a valid host name.", Hostname,
+                    $"'{hostname}' is not a valid host name.", hostname,
                     "Pass the RDS endpoint name, such as mydb.abc123xyz.us-east-1.rds.amazonaws.com."));
                 return;
             }
@@ -69,7 +105,7 @@ namespace BastionTools.Commands
                 {
                     WriteErrorSafe(new BastionToolsException(ErrorIds.RdsRegionNotInferred, ErrorCategory.InvalidArgument,
                         $"The region can't be read from '{host}', which is not an RDS endpoint name (<name>.<id>.<region>.rds.amazonaws.com).",
-                        Hostname, "Pass -Region with the region of the database, for example -Region us-east-1."));
+                        hostname, "Pass -Region with the region of the database, for example -Region us-east-1."));
                     return;
                 }
                 region = inferred;
@@ -82,15 +118,15 @@ namespace BastionTools.Commands
             string token;
             try
             {
-                token = RdsAuthToken.Generate(host, Port, UserName, region, keys, now);
+                token = RdsAuthToken.Generate(host, port, UserName, region, keys, now);
             }
             catch (ArgumentException ex)
             {
-                WriteErrorSafe(new BastionToolsException(ErrorIds.RdsTokenFailed, ErrorCategory.InvalidArgument, Redactor.Redact(ex.Message), Hostname));
+                WriteErrorSafe(new BastionToolsException(ErrorIds.RdsTokenFailed, ErrorCategory.InvalidArgument, Redactor.Redact(ex.Message), hostname));
                 return;
             }
             Redactor.Add(token);
-            WriteVerboseSafe($"Signed an IAM token for user '{UserName}' at {RdsEndpoint.HostPort(host, Port)} ({region}), valid until {now.Add(RdsAuthToken.Lifetime):HH:mm:ss}Z.");
+            WriteVerboseSafe($"Signed an IAM token for user '{UserName}' at {RdsEndpoint.HostPort(host, port)} ({region}), valid until {now.Add(RdsAuthToken.Lifetime):HH:mm:ss}Z.");
             WriteObject(token);
         }
     }

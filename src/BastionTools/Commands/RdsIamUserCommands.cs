@@ -82,6 +82,7 @@ namespace BastionTools.Commands
                     UserName).ToErrorRecord());
             }
             ValidateRequest();
+            ResolveDatabase();
             var bundle = ResolveTrust();
             GetApi();
             var session = OpenTunnel(ActionName + "-RdsIamUser", out var owns);
@@ -207,7 +208,7 @@ namespace BastionTools.Commands
         [ValidateNotNullOrEmpty]
         public string[]? ForRole { get; set; }
 
-        /// <summary>The database's DbiResourceId (db-XXXX…), for the IAM policy in the output.</summary>
+        /// <summary>The database's DbiResourceId (db-XXXX…) or an Aurora cluster's DbClusterResourceId (cluster-XXXX…), for the IAM policy in the output; looked up with -DbInstanceIdentifier/-DbClusterIdentifier.</summary>
         [Parameter]
         [ValidatePattern("^(db|cluster)-[A-Z0-9]{8,64}$")]
         public string? DbiResourceId { get; set; }
@@ -254,15 +255,24 @@ namespace BastionTools.Commands
 
         internal override void Decorate(RdsIamGrant grant)
         {
-            if (DbiResourceId == null) return;
-            if (AccountId == null)
+            // The resource id and account: as given, else from the database looked up (its ARN names the owner), else the
+            // caller's account (sts:GetCallerIdentity, which needs no permission).
+            var resourceId = DbiResourceId ?? ResolvedDatabase?.Database.ResourceId;
+            if (resourceId == null) return;
+            var account = AccountId ?? ResolvedDatabase?.Database.AccountId;
+            if (account == null)
             {
-                WriteWarningSafe("-DbiResourceId without -AccountId: the IAM policy needs the account that owns the database.");
-                return;
+                if (!TryRun(ct => CallerIdentity.AccountAsync(ApiCredentials!, ApiRegion!, EndpointUrl, ct), out var caller))
+                {
+                    WriteWarningSafe("The IAM policy is left out: pass -AccountId with the account that owns the database.");
+                    return;
+                }
+                account = caller;
+                WriteVerboseSafe($"Account {account}, from sts:GetCallerIdentity (the database is assumed to be in the caller's account; pass -AccountId otherwise).");
             }
             var region = RdsEndpoint.InferRegion(DbHost) ?? ApiRegion!;
-            grant.ResourceArn = IamPolicy.ConnectResourceArn(null, region, AccountId, DbiResourceId, UserName);
-            grant.PolicyJson = IamPolicy.ConnectPolicyJson(null, region, AccountId, DbiResourceId, UserName);
+            grant.ResourceArn = IamPolicy.ConnectResourceArn(null, region, account, resourceId, UserName);
+            grant.PolicyJson = IamPolicy.ConnectPolicyJson(null, region, account, resourceId, UserName);
         }
     }
 

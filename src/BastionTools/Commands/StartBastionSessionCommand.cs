@@ -54,19 +54,19 @@ namespace BastionTools.Commands
         [ValidateNotNull]
         public Hashtable Tag { get; set; } = new();
 
-        /// <summary>The destination the bastion connects to: the RDS endpoint.</summary>
-        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TargetRemoteHost)]
-        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.NameRemoteHost)]
-        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TagRemoteHost)]
-        [Alias("DbHost")]
+        /// <summary>The destination the bastion connects to: the RDS endpoint (from the pipeline: Get-RdsIamDatabase's Endpoint).</summary>
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TargetRemoteHost, ValueFromPipelineByPropertyName = true)]
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.NameRemoteHost, ValueFromPipelineByPropertyName = true)]
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TagRemoteHost, ValueFromPipelineByPropertyName = true)]
+        [Alias("DbHost", "Endpoint")]
         [ValidateNotNullOrEmpty]
         public string RemoteHost { get; set; } = "";
 
-        /// <summary>The destination port (default 5432).</summary>
-        [Parameter(ParameterSetName = ParameterSets.TargetRemoteHost)]
-        [Parameter(ParameterSetName = ParameterSets.NameRemoteHost)]
-        [Parameter(ParameterSetName = ParameterSets.TagRemoteHost)]
-        [Alias("DbPort")]
+        /// <summary>The destination port (default 5432; from the pipeline: Get-RdsIamDatabase's Port).</summary>
+        [Parameter(ParameterSetName = ParameterSets.TargetRemoteHost, ValueFromPipelineByPropertyName = true)]
+        [Parameter(ParameterSetName = ParameterSets.NameRemoteHost, ValueFromPipelineByPropertyName = true)]
+        [Parameter(ParameterSetName = ParameterSets.TagRemoteHost, ValueFromPipelineByPropertyName = true)]
+        [Alias("DbPort", "Port")]
         [ValidateRange(1, 65535)]
         public int RemotePort { get; set; } = 5432;
 

@@ -21,6 +21,13 @@ namespace BastionTools
         public const string RdsHostnameInvalid = "RdsHostnameInvalid";
         public const string RdsTokenFailed = "RdsTokenFailed";
 
+        // RDS look-ups (Get-RdsIamDatabase, -DbInstanceIdentifier/-DbClusterIdentifier)
+        public const string RdsDatabaseNotFound = "RdsDatabaseNotFound";
+        public const string RdsAccessDenied = "RdsAccessDenied";
+        public const string RdsIamAuthenticationDisabled = "RdsIamAuthenticationDisabled";
+        public const string RdsEndpointNotFound = "RdsEndpointNotFound";
+        public const string RdsDatabaseNotSpecified = "RdsDatabaseNotSpecified";
+
         // AWS service calls
         public const string AwsServiceUnreachable = "AwsServiceUnreachable";
         public const string AwsAccessDenied = "AwsAccessDenied";

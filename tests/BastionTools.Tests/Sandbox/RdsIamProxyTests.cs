@@ -158,6 +158,39 @@ namespace BastionTools.Tests.Sandbox
         private RdsIamAttempt LastAttempt(string user) => _f.Proxy.Attempts.Last(a => a.User == user);
 
         [Fact(Timeout = 60_000)]
+        public async Task Aurora_TokensForEveryClusterEndpoint_AreAuthorizedAgainstTheClusterResourceId()
+        {
+            var aurora = _f.Proxy.Aurora!;
+            // Without SNI (a client through a tunnel), a token signed for any of the cluster's names is taken as meant for it.
+            foreach (var name in aurora.Names)
+            {
+                Assert.Equal(RdsIamFixture.IamUser, await QueryAsync(RdsIamFixture.IamUser, Token(RdsIamFixture.IamUser, host: name), "SELECT current_user"));
+                Assert.Equal(("127.0.0.1", _f.Proxy.Port), _f.Host.World.ResolveEndpoint(name, 5432));
+            }
+
+            // rds-db:connect on the instance's DbiResourceId does not cover the cluster's endpoints, and the reverse.
+            var saved = Credential.Policy;
+            try
+            {
+                Credential.Policy = SandboxIamPolicy.Parse("{\"Version\":\"2012-10-17\",\"Statement\":[{\"Effect\":\"Allow\",\"Action\":\"rds-db:connect\",\"Resource\":\"arn:aws:rds-db:us-west-2:123456789012:dbuser:"
+                    + _f.Proxy.DbiResourceId + "/" + RdsIamFixture.IamUser + "\"}]}");
+                Assert.Equal(RdsIamFixture.IamUser, await QueryAsync(RdsIamFixture.IamUser, Token(RdsIamFixture.IamUser), "SELECT current_user"));
+                var refused = await FailsAsync(RdsIamFixture.IamUser, Token(RdsIamFixture.IamUser, host: aurora.WriterEndpoint));
+                Assert.Equal("28P01", refused.SqlState);
+                Assert.Contains("dbuser:" + aurora.ClusterResourceId + "/" + RdsIamFixture.IamUser, LastAttempt(RdsIamFixture.IamUser).Reason, StringComparison.Ordinal);
+
+                Credential.Policy = SandboxIamPolicy.Parse("{\"Version\":\"2012-10-17\",\"Statement\":[{\"Effect\":\"Allow\",\"Action\":\"rds-db:connect\",\"Resource\":\"arn:aws:rds-db:us-west-2:123456789012:dbuser:"
+                    + aurora.ClusterResourceId + "/" + RdsIamFixture.IamUser + "\"}]}");
+                Assert.Equal(RdsIamFixture.IamUser, await QueryAsync(RdsIamFixture.IamUser, Token(RdsIamFixture.IamUser, host: aurora.ReaderEndpoint), "SELECT current_user"));
+                Assert.Equal("28P01", (await FailsAsync(RdsIamFixture.IamUser, Token(RdsIamFixture.IamUser))).SqlState);
+            }
+            finally
+            {
+                Credential.Policy = saved;
+            }
+        }
+
+        [Fact(Timeout = 60_000)]
         public async Task ValidToken_ForAnIamMember_Queries_OverTls_WithTheSandboxCaCertificate()
         {
             var check = new CertificateCheck();
