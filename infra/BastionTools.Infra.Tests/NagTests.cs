@@ -64,6 +64,8 @@ namespace BastionTools.Infra.Tests
                 "AwsSolutions-IAM5[Resource::*]" + On(s.Stack.Access.Policy),
                 "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ssm:<AWS::Region>:<AWS::AccountId>:session/*]" + On(s.Stack.Access.Policy),
                 "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ssm:<AWS::Region>:<AWS::AccountId>:session/<aws:username>-*]" + On(s.Stack.Access.Policy),
+                "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:rds:<AWS::Region>:<AWS::AccountId>:db:*]" + On(s.Stack.Access.Policy),
+                "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:rds:<AWS::Region>:<AWS::AccountId>:cluster:*]" + On(s.Stack.Access.Policy),
                 "AwsSolutions-RDS11" + On(s.Stack.Database.Instance),
                 // ...plus the AWS-managed service role policies of enhanced monitoring and AWS Backup...
                 "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonRDSEnhancedMonitoringRole]" + On(s.Stack.Database.MonitoringRole!),
@@ -128,7 +130,7 @@ namespace BastionTools.Infra.Tests
             Assert.Equal(new[] { NagChecker.AwsSolutions }, aws.Packs);
             Assert.Equal(0, aws.CompliantChecks(NagChecker.Nist80053R5));
             Assert.All(aws.Acknowledged, a => Assert.StartsWith("AwsSolutions-", a, StringComparison.Ordinal));
-            Assert.Equal(8, aws.Acknowledged.Length);
+            Assert.Equal(10, aws.Acknowledged.Length);
 
             var nist = Check(s.TemplatePath, NagChecker.Nist80053R5);
             Assert.True(nist.ExitCode == 0, nist.Output);
