@@ -236,6 +236,10 @@ Describe 'Start-BastionSession -DbInstanceIdentifier / -DbClusterIdentifier, or 
             Invoke-PsqlThrough $r | Should -Be '42'
         }
         finally { $r | Stop-BastionSession }
+        # An Aurora member instance piped with -ClusterEndpoint: the cluster is meant (the cluster parameter sets).
+        $m = Get-RdsIamDatabase $Aurora.memberInstance @Aws | Start-BastionSession -Target $Bastion -ClusterEndpoint Reader @Aws -ErrorAction Stop 6>$null
+        try { $m.RemoteHost | Should -Be $Aurora.readerEndpoint }
+        finally { $m | Stop-BastionSession }
     }
 
     It 'a database without IAM authentication: a warning with the command that enables it, and the tunnel opens (<Form>)' -ForEach @(
