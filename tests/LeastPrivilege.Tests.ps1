@@ -583,4 +583,31 @@ Describe 'Get-RdsIamDatabase and the database identifiers (issue 13)' {
         $c = Connect-IamPostgres -Target $Bastion -UserName app_iam @Db @op
         Disconnect-IamPostgres $c
     }
+
+    It 'Start-BastionSession -DbInstanceIdentifier opens a tunnel with exactly its row, and says RdsAccessDenied naming rds:DescribeDBInstances without it' {
+        $op = New-Operator 'Start-BastionSession -Target -DbInstanceIdentifier'
+        $s = Start-BastionSession -Target $Bastion -DbInstanceIdentifier demo @op -ErrorAction Stop 6>$null
+        try {
+            $s.State | Should -Be 'Connected'
+            $s.RemoteHost | Should -Be $Rds.endpoint
+            $s.SessionId | Should -BeLike "op$OperatorCount-*"
+            Test-PostgresThrough $s.LocalPort | Should -Be 'S'
+        }
+        finally { $s | Stop-BastionSession -ErrorAction Stop }
+        # An Aurora cluster through the same row (rds:DescribeDBClusters).
+        $s = Start-BastionSession -Target $Bastion -DbClusterIdentifier demo-aurora @op -ErrorAction Stop 6>$null
+        try { Test-PostgresThrough $s.LocalPort | Should -Be 'S' }
+        finally { $s | Stop-BastionSession -ErrorAction Stop }
+
+        $op = New-Operator 'Start-BastionSession -Target -DbInstanceIdentifier' -Without 'rds:DescribeDBInstances'
+        $before = @(Get-BastionSession).Count
+        $failure = Get-Failure { Start-BastionSession -Target $Bastion -DbInstanceIdentifier demo @op -ErrorAction Stop 6>$null }
+        $failure.FullyQualifiedErrorId | Should -BeLike 'RdsAccessDenied,BastionTools.Commands.StartBastionSessionCommand'
+        $failure.CategoryInfo.Category | Should -Be 'PermissionDenied'
+        "$failure" | Should -Match 'rds:DescribeDBInstances'
+        @(Get-BastionSession).Count | Should -Be $before
+        # -RemoteHost needs no rds:Describe* at all.
+        $s = Start-BastionSession -Target $Bastion -RemoteHost $Rds.endpoint @op -ErrorAction Stop 6>$null
+        $s | Stop-BastionSession -ErrorAction Stop
+    }
 }

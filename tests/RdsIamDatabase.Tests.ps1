@@ -169,14 +169,113 @@ Describe 'Aurora end to end: grant, then connect through each cluster endpoint w
     }
 }
 
-Describe 'Start-BastionSession from the pipeline' {
-    It 'forwards to the endpoint and port of a database piped from Get-RdsIamDatabase' {
-        $s = Get-RdsIamDatabase demo-aurora @Aws | Start-BastionSession -Target i-0a1b2c3d4e5f60001 @Aws
+Describe 'Start-BastionSession -DbInstanceIdentifier / -DbClusterIdentifier, or a piped database' {
+    BeforeAll {
+        $script:Bastion = 'i-0a1b2c3d4e5f60001'
+        # A password login (the admin) through the tunnel with psql, TLS verified for the endpoint the tunnel forwards to.
+        function Invoke-PsqlThrough($Session) {
+            $psi = [System.Diagnostics.ProcessStartInfo]::new('psql')
+            $conninfo = "host=$($Session.RemoteHost) hostaddr=127.0.0.1 port=$($Session.LocalPort) user=$($Pg.user) dbname=$($Pg.database) sslmode=verify-full sslrootcert=$($Rds.caBundle)"
+            foreach ($a in '-X', '-q', '-A', '-t', '-w', '-c', 'select 40 + 2', $conninfo) { $psi.ArgumentList.Add($a) }
+            $psi.Environment['PGPASSWORD'] = $Pg.password
+            $psi.RedirectStandardOutput = $true; $psi.RedirectStandardError = $true
+            $p = [System.Diagnostics.Process]::Start($psi)
+            $err = $p.StandardError.ReadToEndAsync(); $out = $p.StandardOutput.ReadToEnd(); $p.WaitForExit()
+            if ($p.ExitCode) { throw "psql failed ($($p.ExitCode)): $($err.Result)" }
+            $out.Trim()
+        }
+    }
+
+    It 'has identifier parameter sets beside the existing ones, each with a mandatory identifier' {
+        $cmd = Get-Command Start-BastionSession
+        $cmd.DefaultParameterSet | Should -Be 'TargetShell'
+        $sets = $cmd.ParameterSets.Name
+        foreach ($s in 'TargetRemoteHost', 'NameRemoteHost', 'TagRemoteHost', 'TargetPort', 'NamePort', 'TagPort', 'TargetShell', 'NameShell', 'TagShell',
+            'TargetDbInstance', 'NameDbInstance', 'TagDbInstance', 'TargetDbCluster', 'NameDbCluster', 'TagDbCluster') { $sets | Should -Contain $s }
+        $set = $cmd.ParameterSets | Where-Object Name -eq 'NameDbInstance'
+        ($set.Parameters | Where-Object Name -eq 'DbInstanceIdentifier').IsMandatory | Should -BeTrue
+        ($set.Parameters | Where-Object Name -eq 'DbInstanceIdentifier').ValueFromPipelineByPropertyName | Should -BeTrue
+        $set.Parameters.Name | Should -Not -Contain 'RemoteHost'
+        $set = $cmd.ParameterSets | Where-Object Name -eq 'TagDbCluster'
+        ($set.Parameters | Where-Object Name -eq 'DbClusterIdentifier').IsMandatory | Should -BeTrue
+        $set.Parameters.Name | Should -Contain 'ClusterEndpoint'
+        # -RemoteHost is typed, no longer bound from a piped database (which binds the identifiers and is looked up).
+        ((($cmd.ParameterSets | Where-Object Name -eq 'TargetRemoteHost').Parameters | Where-Object Name -eq 'RemoteHost').ValueFromPipelineByPropertyName) | Should -BeFalse
+        # The syntax shows the identifier forms.
+        (Get-Command Start-BastionSession -Syntax) | Should -Match '-Name <string> -DbClusterIdentifier <string> \[-RemotePort <int>\] \[-ClusterEndpoint <string>\]'
+    }
+
+    It 'tunnels to <Case> and a psql password login goes through it, TLS verified for <Expected>' -ForEach @(
+        @{ Case = '-DbInstanceIdentifier demo'; Params = @{ DbInstanceIdentifier = 'demo' }; Expected = 'endpoint' }
+        @{ Case = '-DbClusterIdentifier demo-aurora'; Params = @{ DbClusterIdentifier = 'demo-aurora' }; Expected = 'writerEndpoint' }
+        @{ Case = '-DbClusterIdentifier demo-aurora -ClusterEndpoint Reader'; Params = @{ DbClusterIdentifier = 'demo-aurora'; ClusterEndpoint = 'Reader' }; Expected = 'readerEndpoint' }
+        @{ Case = '-DbClusterIdentifier demo-aurora -ClusterEndpoint demo-aurora-reporting'; Params = @{ DbClusterIdentifier = 'demo-aurora'; ClusterEndpoint = 'demo-aurora-reporting' }; Expected = 'custom' }
+        @{ Case = '-DbInstanceIdentifier demo-aurora-1 (Aurora member)'; Params = @{ DbInstanceIdentifier = 'demo-aurora-1' }; Expected = 'memberEndpoint' }
+    ) {
+        $want = switch ($Expected) { 'endpoint' { $Rds.endpoint } 'custom' { $Aurora.customEndpoints[0] } default { $Aurora.$Expected } }
+        $s = Start-BastionSession -Name bastion @Params @Aws -ErrorAction Stop -WarningVariable warned 6>$null
         try {
-            $s.RemoteHost | Should -Be $Aurora.writerEndpoint
+            $s.RemoteHost | Should -Be $want
             $s.RemotePort | Should -Be 5432
+            $warned | Should -BeNullOrEmpty
+            Invoke-PsqlThrough $s | Should -Be '42'
         }
         finally { $s | Stop-BastionSession }
+    }
+
+    It 'takes databases from the pipeline: an instance, a cluster (with -ClusterEndpoint), a member instance, one session each' {
+        $all = @(Get-RdsIamDatabase demo* @Aws | Start-BastionSession -Target $Bastion @Aws -ErrorAction Stop 6>$null)
+        try {
+            $all.RemoteHost | Should -Be @($Aurora.writerEndpoint, $Rds.endpoint, $Aurora.memberEndpoint)
+            Invoke-PsqlThrough $all[1] | Should -Be '42'
+        }
+        finally { $all | Stop-BastionSession }
+        $r = Get-RdsIamDatabase demo-aurora @Aws | Start-BastionSession -Target $Bastion -ClusterEndpoint Reader @Aws -ErrorAction Stop 6>$null
+        try {
+            $r.RemoteHost | Should -Be $Aurora.readerEndpoint
+            Invoke-PsqlThrough $r | Should -Be '42'
+        }
+        finally { $r | Stop-BastionSession }
+        # An Aurora member instance piped with -ClusterEndpoint: the cluster is meant (the cluster parameter sets).
+        $m = Get-RdsIamDatabase $Aurora.memberInstance @Aws | Start-BastionSession -Target $Bastion -ClusterEndpoint Reader @Aws -ErrorAction Stop 6>$null
+        try { $m.RemoteHost | Should -Be $Aurora.readerEndpoint }
+        finally { $m | Stop-BastionSession }
+    }
+
+    It 'a database without IAM authentication: a warning with the command that enables it, and the tunnel opens (<Form>)' -ForEach @(
+        @{ Form = 'identifier' }, @{ Form = 'piped' }
+    ) {
+        $s = if ($Form -eq 'identifier') { Start-BastionSession -Target $Bastion -DbInstanceIdentifier legacy @Aws -ErrorAction Stop -WarningVariable warned 3>$null 6>$null }
+        else { Get-RdsIamDatabase legacy @Aws | Start-BastionSession -Target $Bastion @Aws -ErrorAction Stop -WarningVariable warned 3>$null 6>$null }
+        try {
+            $s.State | Should -Be 'Connected'
+            $s.RemoteHost | Should -Be (Get-RdsIamDatabase legacy @Aws).Endpoint
+            @($warned).Count | Should -Be 1
+            "$warned" | Should -Match 'IAM database authentication is off on the DB instance legacy'
+            "$warned" | Should -Match 'password logins'
+            # The same words as RdsIamAuthenticationDisabled's recommended action.
+            $refused = Get-Failure { New-RdsIamToken -DbInstanceIdentifier legacy -UserName u @Aws -ErrorAction Stop }
+            "$warned" | Should -BeLike "*$($refused.ErrorDetails.RecommendedAction)"
+        }
+        finally { $s | Stop-BastionSession }
+    }
+
+    It 'says RdsDatabaseNotFound and RdsEndpointNotFound, and starts nothing' {
+        $before = @(Get-BastionSession).Count
+        (Get-Failure { Start-BastionSession -Target $Bastion -DbInstanceIdentifier nope @Aws -ErrorAction Stop }).FullyQualifiedErrorId | Should -BeLike 'RdsDatabaseNotFound,*'
+        (Get-Failure { Start-BastionSession -Target $Bastion -DbClusterIdentifier demo-aurora -ClusterEndpoint analytics @Aws -ErrorAction Stop }).FullyQualifiedErrorId | Should -BeLike 'RdsEndpointNotFound,*'
+        @(Get-BastionSession).Count | Should -Be $before
+    }
+
+    It 'completes the identifiers and -ClusterEndpoint' {
+        $saved = $env:AWS_ACCESS_KEY_ID, $env:AWS_SECRET_ACCESS_KEY, $env:AWS_REGION
+        try {
+            $env:AWS_ACCESS_KEY_ID = $Aws.AccessKey; $env:AWS_SECRET_ACCESS_KEY = $Aws.SecretKey; $env:AWS_REGION = $Aws.Region
+            (Complete "Start-BastionSession -Name bastion -EndpointUrl $($Aws.EndpointUrl) -DbInstanceIdentifier l").CompletionText | Should -Be @('legacy')
+            (Complete "Start-BastionSession -Name bastion -EndpointUrl $($Aws.EndpointUrl) -DbClusterIdentifier d").CompletionText | Should -Be @('demo-aurora')
+            (Complete "Start-BastionSession -Name bastion -EndpointUrl $($Aws.EndpointUrl) -DbClusterIdentifier demo-aurora -ClusterEndpoint ").CompletionText | Should -Be @('Writer', 'Reader', 'demo-aurora-reporting')
+        }
+        finally { $env:AWS_ACCESS_KEY_ID, $env:AWS_SECRET_ACCESS_KEY, $env:AWS_REGION = $saved }
     }
 }
 

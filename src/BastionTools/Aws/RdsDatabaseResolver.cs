@@ -53,9 +53,10 @@ namespace BastionTools.Aws
 
         /// <summary>
         /// The endpoint of DB instance <paramref name="identifier"/>; for an Aurora member instance the cluster's resource id
-        /// and IAM setting apply.
+        /// and IAM setting apply. <paramref name="requireIam"/> false: a database without IAM authentication is returned
+        /// (for a tunnel, which password logins can use) instead of refused.
         /// </summary>
-        public async Task<RdsConnectTarget> ResolveInstanceAsync(string identifier, CancellationToken ct)
+        public async Task<RdsConnectTarget> ResolveInstanceAsync(string identifier, CancellationToken ct, bool requireIam = true)
         {
             var instance = (await _client.DescribeInstancesAsync(identifier, ct).ConfigureAwait(false)).FirstOrDefault()
                 ?? throw RdsApiClient.MapError("DBInstanceNotFound", "DBInstance " + identifier + " not found.", identifier, RdsApiClient.DescribeInstancesAction, 404);
@@ -64,7 +65,7 @@ namespace BastionTools.Aws
                 var cluster = (await _client.DescribeClustersAsync(instance.DbClusterIdentifier, ct).ConfigureAwait(false)).FirstOrDefault();
                 if (cluster != null) Join(new[] { instance }, new[] { cluster });
             }
-            RequireIam(instance);
+            if (requireIam) RequireIam(instance);
             if (string.IsNullOrEmpty(instance.Endpoint) || instance.Port == 0)
             {
                 throw new BastionToolsException(ErrorIds.RdsEndpointNotFound, ErrorCategory.ResourceUnavailable,
@@ -76,13 +77,13 @@ namespace BastionTools.Aws
         /// <summary>
         /// An endpoint of Aurora cluster <paramref name="identifier"/>: <paramref name="endpoint"/> null or "Writer" for the
         /// cluster (writer) endpoint, "Reader" for the reader endpoint, or a custom endpoint (its identifier, the first label
-        /// of its name, or the whole name).
+        /// of its name, or the whole name). <paramref name="requireIam"/> as for <see cref="ResolveInstanceAsync"/>.
         /// </summary>
-        public async Task<RdsConnectTarget> ResolveClusterAsync(string identifier, string? endpoint, CancellationToken ct)
+        public async Task<RdsConnectTarget> ResolveClusterAsync(string identifier, string? endpoint, CancellationToken ct, bool requireIam = true)
         {
             var cluster = (await _client.DescribeClustersAsync(identifier, ct).ConfigureAwait(false)).FirstOrDefault()
                 ?? throw RdsApiClient.MapError("DBClusterNotFoundFault", "DBCluster " + identifier + " not found.", identifier, RdsApiClient.DescribeClustersAction, 404);
-            RequireIam(cluster);
+            if (requireIam) RequireIam(cluster);
             var host = PickClusterEndpoint(cluster, endpoint);
             return new RdsConnectTarget(cluster, host, cluster.Port);
         }
@@ -121,14 +122,28 @@ namespace BastionTools.Aws
             }
         }
 
+        /// <summary>
+        /// Resolves <paramref name="choice"/> (an instance, or a cluster with <paramref name="clusterEndpoint"/>): the one
+        /// look-up every cmdlet that takes -DbInstanceIdentifier / -DbClusterIdentifier makes.
+        /// </summary>
+        public Task<RdsConnectTarget> ResolveAsync(RdsTargetChoice choice, string? clusterEndpoint, CancellationToken ct, bool requireIam = true) =>
+            choice.Instance != null
+                ? ResolveInstanceAsync(choice.Instance, ct, requireIam)
+                : ResolveClusterAsync(choice.Cluster ?? throw new ArgumentException("The choice names no database.", nameof(choice)), clusterEndpoint, ct, requireIam);
+
         private static void RequireIam(RdsIamDatabase db)
         {
-            if (db.IamAuthenticationEnabled) return;
+            if (!db.IamAuthenticationEnabled) throw IamDisabled(db);
+        }
+
+        /// <summary>RdsIamAuthenticationDisabled for <paramref name="db"/>: what is off, and (RecommendedAction) how to turn it on.</summary>
+        internal static BastionToolsException IamDisabled(RdsIamDatabase db)
+        {
             var isCluster = db.Kind == "Cluster" || db.DbClusterIdentifier != null;
             var how = isCluster
                 ? $"aws rds modify-db-cluster --db-cluster-identifier {db.DbClusterIdentifier ?? db.Identifier} --enable-iam-database-authentication --apply-immediately"
                 : $"aws rds modify-db-instance --db-instance-identifier {db.Identifier} --enable-iam-database-authentication --apply-immediately";
-            throw new BastionToolsException(ErrorIds.RdsIamAuthenticationDisabled, ErrorCategory.InvalidOperation,
+            return new BastionToolsException(ErrorIds.RdsIamAuthenticationDisabled, ErrorCategory.InvalidOperation,
                 $"IAM database authentication is not enabled on the {(db.Kind == "Cluster" ? "Aurora cluster" : "DB instance")} {db.Identifier}: RDS refuses every IAM token for it.",
                 db.Identifier,
                 $"Enable it ({how}, or EnableIAMDatabaseAuthentication / iamAuthentication: true in CloudFormation or CDK), then grant the user with Grant-RdsIamUser.");

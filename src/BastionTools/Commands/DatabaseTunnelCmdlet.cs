@@ -89,7 +89,7 @@ namespace BastionTools.Commands
             if (hostGiven) return;
             var client = GetRdsClient();
             var resolver = new RdsDatabaseResolver(client);
-            if (!TryRun(ct => target.Instance != null ? resolver.ResolveInstanceAsync(target.Instance, ct) : resolver.ResolveClusterAsync(target.Cluster!, ClusterEndpoint, ct), out var resolved, terminating: true)) return;
+            if (!TryRun(ct => resolver.ResolveAsync(target, ClusterEndpoint, ct), out var resolved, terminating: true)) return;
             ResolvedDatabase = resolved;
             DbHost = resolved.Host;
             if (!bound.ContainsKey(nameof(DbPort))) DbPort = resolved.Port;

@@ -63,7 +63,7 @@ namespace BastionTools.Commands
             if (!hostGiven)
             {
                 var resolver = new RdsDatabaseResolver(GetRdsClient());
-                if (!TryRun(ct => choice.Instance != null ? resolver.ResolveInstanceAsync(choice.Instance, ct) : resolver.ResolveClusterAsync(choice.Cluster!, ClusterEndpoint, ct), out var resolved)) return;
+                if (!TryRun(ct => resolver.ResolveAsync(choice, ClusterEndpoint, ct), out var resolved)) return;
                 hostname = resolved.Host;
                 if (!MyInvocation.BoundParameters.ContainsKey(nameof(Port))) port = resolved.Port;
                 WriteVerboseSafe($"{resolved.Database.Kind} {resolved.Database.Identifier}: {resolved.Host}:{port}.");

@@ -29,12 +29,23 @@ namespace BastionTools.Commands
             public const string TargetShell = "TargetShell";
             public const string NameShell = "NameShell";
             public const string TagShell = "TagShell";
+            public const string TargetDbInstance = "TargetDbInstance";
+            public const string NameDbInstance = "NameDbInstance";
+            public const string TagDbInstance = "TagDbInstance";
+            public const string TargetDbCluster = "TargetDbCluster";
+            public const string NameDbCluster = "NameDbCluster";
+            public const string TagDbCluster = "TagDbCluster";
+
+            /// <summary>The sets that forward to a database named by identifier (looked up).</summary>
+            public static bool IsDatabase(string set) => set.EndsWith("DbInstance", StringComparison.Ordinal) || set.EndsWith("DbCluster", StringComparison.Ordinal);
         }
 
         /// <summary>The bastion's instance id.</summary>
         [Parameter(Mandatory = true, Position = 0, ParameterSetName = ParameterSets.TargetRemoteHost, ValueFromPipelineByPropertyName = true)]
         [Parameter(Mandatory = true, Position = 0, ParameterSetName = ParameterSets.TargetPort, ValueFromPipelineByPropertyName = true)]
         [Parameter(Mandatory = true, Position = 0, ParameterSetName = ParameterSets.TargetShell, ValueFromPipelineByPropertyName = true)]
+        [Parameter(Mandatory = true, Position = 0, ParameterSetName = ParameterSets.TargetDbInstance, ValueFromPipelineByPropertyName = true)]
+        [Parameter(Mandatory = true, Position = 0, ParameterSetName = ParameterSets.TargetDbCluster, ValueFromPipelineByPropertyName = true)]
         [Alias("InstanceId")]
         [ValidateNotNullOrEmpty]
         [ArgumentCompleter(typeof(BastionTargetCompleter))]
@@ -44,6 +55,8 @@ namespace BastionTools.Commands
         [Parameter(Mandatory = true, ParameterSetName = ParameterSets.NameRemoteHost)]
         [Parameter(Mandatory = true, ParameterSetName = ParameterSets.NamePort)]
         [Parameter(Mandatory = true, ParameterSetName = ParameterSets.NameShell)]
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.NameDbInstance)]
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.NameDbCluster)]
         [ValidateNotNullOrEmpty]
         public string Name { get; set; } = "";
 
@@ -51,24 +64,67 @@ namespace BastionTools.Commands
         [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TagRemoteHost)]
         [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TagPort)]
         [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TagShell)]
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TagDbInstance)]
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TagDbCluster)]
         [ValidateNotNull]
         public Hashtable Tag { get; set; } = new();
 
-        /// <summary>The destination the bastion connects to: the RDS endpoint (from the pipeline: Get-RdsIamDatabase's Endpoint).</summary>
-        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TargetRemoteHost, ValueFromPipelineByPropertyName = true)]
-        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.NameRemoteHost, ValueFromPipelineByPropertyName = true)]
-        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TagRemoteHost, ValueFromPipelineByPropertyName = true)]
+        /// <summary>The destination the bastion connects to: the RDS endpoint name.</summary>
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TargetRemoteHost)]
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.NameRemoteHost)]
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TagRemoteHost)]
         [Alias("DbHost", "Endpoint")]
         [ValidateNotNullOrEmpty]
         public string RemoteHost { get; set; } = "";
 
-        /// <summary>The destination port (default 5432; from the pipeline: Get-RdsIamDatabase's Port).</summary>
-        [Parameter(ParameterSetName = ParameterSets.TargetRemoteHost, ValueFromPipelineByPropertyName = true)]
-        [Parameter(ParameterSetName = ParameterSets.NameRemoteHost, ValueFromPipelineByPropertyName = true)]
-        [Parameter(ParameterSetName = ParameterSets.TagRemoteHost, ValueFromPipelineByPropertyName = true)]
-        [Alias("DbPort", "Port")]
+        /// <summary>The destination port (default 5432; with an identifier, the database's port unless given).</summary>
+        [Parameter(ParameterSetName = ParameterSets.TargetRemoteHost)]
+        [Parameter(ParameterSetName = ParameterSets.NameRemoteHost)]
+        [Parameter(ParameterSetName = ParameterSets.TagRemoteHost)]
+        [Parameter(ParameterSetName = ParameterSets.TargetDbInstance)]
+        [Parameter(ParameterSetName = ParameterSets.NameDbInstance)]
+        [Parameter(ParameterSetName = ParameterSets.TagDbInstance)]
+        [Parameter(ParameterSetName = ParameterSets.TargetDbCluster)]
+        [Parameter(ParameterSetName = ParameterSets.NameDbCluster)]
+        [Parameter(ParameterSetName = ParameterSets.TagDbCluster)]
+        [Alias("DbPort")]
         [ValidateRange(1, 65535)]
         public int RemotePort { get; set; } = 5432;
+
+        /// <summary>
+        /// An RDS DB instance (or Aurora member instance) whose endpoint and port are looked up (rds:DescribeDBInstances);
+        /// from the pipeline: a database from Get-RdsIamDatabase. Empty (a piped cluster has none) defers to -DbClusterIdentifier.
+        /// </summary>
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TargetDbInstance, ValueFromPipelineByPropertyName = true)]
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.NameDbInstance, ValueFromPipelineByPropertyName = true)]
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TagDbInstance, ValueFromPipelineByPropertyName = true)]
+        [AllowNull]
+        [AllowEmptyString]
+        [ArgumentCompleter(typeof(RdsDatabaseCompleter))]
+        public string? DbInstanceIdentifier { get; set; }
+
+        /// <summary>
+        /// An Aurora DB cluster whose endpoint (-ClusterEndpoint) and port are looked up (rds:DescribeDBClusters). With
+        /// -DbInstanceIdentifier too (an Aurora member instance piped in), the instance is meant.
+        /// </summary>
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TargetDbCluster, ValueFromPipelineByPropertyName = true)]
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.NameDbCluster, ValueFromPipelineByPropertyName = true)]
+        [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TagDbCluster, ValueFromPipelineByPropertyName = true)]
+        [Parameter(ParameterSetName = ParameterSets.TargetDbInstance, ValueFromPipelineByPropertyName = true)]
+        [Parameter(ParameterSetName = ParameterSets.NameDbInstance, ValueFromPipelineByPropertyName = true)]
+        [Parameter(ParameterSetName = ParameterSets.TagDbInstance, ValueFromPipelineByPropertyName = true)]
+        [AllowNull]
+        [AllowEmptyString]
+        [ArgumentCompleter(typeof(RdsDatabaseCompleter))]
+        public string? DbClusterIdentifier { get; set; }
+
+        /// <summary>With -DbClusterIdentifier: Writer (default), Reader, or a custom endpoint's identifier.</summary>
+        [Parameter(ParameterSetName = ParameterSets.TargetDbCluster)]
+        [Parameter(ParameterSetName = ParameterSets.NameDbCluster)]
+        [Parameter(ParameterSetName = ParameterSets.TagDbCluster)]
+        [ValidateNotNullOrEmpty]
+        [ArgumentCompleter(typeof(ClusterEndpointCompleter))]
+        public string? ClusterEndpoint { get; set; }
 
         /// <summary>A port on the bastion itself (AWS-StartPortForwardingSession).</summary>
         [Parameter(Mandatory = true, ParameterSetName = ParameterSets.TargetPort)]
@@ -102,6 +158,12 @@ namespace BastionTools.Commands
         [Parameter(ParameterSetName = ParameterSets.TargetPort)]
         [Parameter(ParameterSetName = ParameterSets.NamePort)]
         [Parameter(ParameterSetName = ParameterSets.TagPort)]
+        [Parameter(ParameterSetName = ParameterSets.TargetDbInstance)]
+        [Parameter(ParameterSetName = ParameterSets.NameDbInstance)]
+        [Parameter(ParameterSetName = ParameterSets.TagDbInstance)]
+        [Parameter(ParameterSetName = ParameterSets.TargetDbCluster)]
+        [Parameter(ParameterSetName = ParameterSets.NameDbCluster)]
+        [Parameter(ParameterSetName = ParameterSets.TagDbCluster)]
         [ValidateRange(0, 65535)]
         public int LocalPort { get; set; }
 
@@ -112,6 +174,12 @@ namespace BastionTools.Commands
         [Parameter(ParameterSetName = ParameterSets.TargetPort)]
         [Parameter(ParameterSetName = ParameterSets.NamePort)]
         [Parameter(ParameterSetName = ParameterSets.TagPort)]
+        [Parameter(ParameterSetName = ParameterSets.TargetDbInstance)]
+        [Parameter(ParameterSetName = ParameterSets.NameDbInstance)]
+        [Parameter(ParameterSetName = ParameterSets.TagDbInstance)]
+        [Parameter(ParameterSetName = ParameterSets.TargetDbCluster)]
+        [Parameter(ParameterSetName = ParameterSets.NameDbCluster)]
+        [Parameter(ParameterSetName = ParameterSets.TagDbCluster)]
         [ValidateNotNull]
         public IPAddress ListenAddress { get; set; } = IPAddress.Loopback;
 
@@ -141,6 +209,12 @@ namespace BastionTools.Commands
         [Parameter(ParameterSetName = ParameterSets.TargetPort)]
         [Parameter(ParameterSetName = ParameterSets.NamePort)]
         [Parameter(ParameterSetName = ParameterSets.TagPort)]
+        [Parameter(ParameterSetName = ParameterSets.TargetDbInstance)]
+        [Parameter(ParameterSetName = ParameterSets.NameDbInstance)]
+        [Parameter(ParameterSetName = ParameterSets.TagDbInstance)]
+        [Parameter(ParameterSetName = ParameterSets.TargetDbCluster)]
+        [Parameter(ParameterSetName = ParameterSets.NameDbCluster)]
+        [Parameter(ParameterSetName = ParameterSets.TagDbCluster)]
         public SwitchParameter KeepAlive { get; set; }
 
         internal override bool KeepAliveRequested => KeepAlive.IsPresent;
@@ -152,6 +226,12 @@ namespace BastionTools.Commands
         [Parameter(ParameterSetName = ParameterSets.TargetPort)]
         [Parameter(ParameterSetName = ParameterSets.NamePort)]
         [Parameter(ParameterSetName = ParameterSets.TagPort)]
+        [Parameter(ParameterSetName = ParameterSets.TargetDbInstance)]
+        [Parameter(ParameterSetName = ParameterSets.NameDbInstance)]
+        [Parameter(ParameterSetName = ParameterSets.TagDbInstance)]
+        [Parameter(ParameterSetName = ParameterSets.TargetDbCluster)]
+        [Parameter(ParameterSetName = ParameterSets.NameDbCluster)]
+        [Parameter(ParameterSetName = ParameterSets.TagDbCluster)]
         public SwitchParameter Wait { get; set; }
 
         protected override void ProcessRecord()
@@ -165,8 +245,12 @@ namespace BastionTools.Commands
                 RunShell(selector);
                 return;
             }
-            var toRemoteHost = ParameterSetName.EndsWith("RemoteHost", StringComparison.Ordinal);
-            var remote = toRemoteHost ? RemoteHost + ":" + RemotePort : "port " + PortNumber + " of the bastion";
+            var toDatabase = ParameterSets.IsDatabase(ParameterSetName);
+            var toRemoteHost = toDatabase || ParameterSetName.EndsWith("RemoteHost", StringComparison.Ordinal);
+            var remoteHost = RemoteHost;
+            var remotePort = RemotePort;
+            if (toDatabase && !ResolveDatabase(ref remoteHost, ref remotePort)) return;
+            var remote = toRemoteHost ? remoteHost + ":" + remotePort : "port " + PortNumber + " of the bastion";
 
             if (!ShouldProcess(selector.ToString(), "Start a port-forwarding session to " + remote)) return;
             if (!Equals(ListenAddress, IPAddress.Loopback) && !Equals(ListenAddress, IPAddress.IPv6Loopback))
@@ -176,8 +260,8 @@ namespace BastionTools.Commands
 
             var session = StartPortForwarding(selector, new PortForwardingRequest
             {
-                RemoteHost = toRemoteHost ? RemoteHost : null,
-                RemotePort = toRemoteHost ? RemotePort : PortNumber,
+                RemoteHost = toRemoteHost ? remoteHost : null,
+                RemotePort = toRemoteHost ? remotePort : PortNumber,
                 LocalPort = LocalPort,
                 BindAddress = ListenAddress,
                 Reason = Reason,
@@ -194,6 +278,32 @@ namespace BastionTools.Commands
             {
                 WaitUntilStopped(session);
             }
+        }
+
+        /// <summary>
+        /// The endpoint and port of the database -DbInstanceIdentifier / -DbClusterIdentifier name (or a database piped from
+        /// Get-RdsIamDatabase), looked up as the database cmdlets do; -RemotePort, when given, wins. A database without IAM
+        /// authentication is a warning, not an error: a tunnel to it still serves password logins. False: the error is written.
+        /// </summary>
+        private bool ResolveDatabase(ref string host, ref int port)
+        {
+            var choice = RdsTargetChoice.Check(false, DbInstanceIdentifier, DbClusterIdentifier, ClusterEndpoint);
+            if (choice.Error != null)
+            {
+                WriteErrorSafe(choice.Error);
+                return false;
+            }
+            var resolver = new RdsDatabaseResolver(GetRdsClient());
+            if (!TryRun(ct => resolver.ResolveAsync(choice, ClusterEndpoint, ct, requireIam: false), out var resolved)) return false;
+            host = resolved.Host;
+            if (!MyInvocation.BoundParameters.ContainsKey(nameof(RemotePort))) port = resolved.Port;
+            WriteVerboseSafe($"{resolved.Database.Kind} {resolved.Database.Identifier}: {host}:{port}.");
+            if (!resolved.Database.IamAuthenticationEnabled)
+            {
+                var off = RdsDatabaseResolver.IamDisabled(resolved.Database);
+                WriteWarningSafe($"IAM database authentication is off on the {(resolved.Database.Kind == "Cluster" ? "Aurora cluster" : "DB instance")} {resolved.Database.Identifier}: the tunnel serves password logins, but RDS refuses IAM tokens (New-RdsIamToken, Connect-IamPostgres) for it. {off.RecommendedAction}");
+            }
+            return true;
         }
 
         private void RunShell(TargetSelector selector)

@@ -131,6 +131,30 @@ namespace BastionTools.Tests.Aws
             Assert.DoesNotContain("wrong-secret", bad.Message, StringComparison.Ordinal);
         }
 
+        [Fact(Timeout = TestTimeoutMs)]
+        public async Task Resolve_WithoutRequiringIam_ReturnsTheDatabaseIamOff_ForATunnel()
+        {
+            await using var host = Start();
+            using var client = Client(host);
+            var resolver = new RdsDatabaseResolver(client);
+
+            // Start-BastionSession's look-up: the database comes back with IamAuthenticationEnabled false instead of an error.
+            var legacy = await resolver.ResolveAsync(RdsTargetChoice.Check(false, "legacy", null, null), null, CancellationToken.None, requireIam: false);
+            Assert.False(legacy.Database.IamAuthenticationEnabled);
+            Assert.Equal(legacy.Database.Endpoint, legacy.Host);
+            Assert.EndsWith(".rds.amazonaws.com", legacy.Host, StringComparison.Ordinal);
+            // Its warning carries the same recommended action as the error the other cmdlets throw.
+            var refused = await Assert.ThrowsAsync<BastionToolsException>(() => resolver.ResolveAsync(RdsTargetChoice.Check(false, "legacy", null, null), null, CancellationToken.None));
+            Assert.Equal(RdsDatabaseResolver.IamDisabled(legacy.Database).RecommendedAction, refused.RecommendedAction);
+
+            // The choice decides: an Aurora member instance piped with its cluster is the instance; a cluster takes -ClusterEndpoint.
+            var member = await resolver.ResolveAsync(RdsTargetChoice.Check(false, "demo-aurora-1", "demo-aurora", null), null, CancellationToken.None, requireIam: false);
+            Assert.Equal("demo-aurora-1", member.Database.Identifier);
+            var reader = await resolver.ResolveAsync(RdsTargetChoice.Check(false, "", "demo-aurora", "Reader"), "Reader", CancellationToken.None, requireIam: false);
+            Assert.Equal(reader.Database.ReaderEndpoint, reader.Host);
+            Assert.True(reader.Database.IamAuthenticationEnabled);
+        }
+
         [Fact]
         public void Parse_RefusesADocumentTypeDefinition()
         {
