@@ -180,8 +180,9 @@ namespace BastionTools.Commands
             try
             {
                 _pump?.Cancel();
-                _rows?.Stop();
-                _running?.Cancel();
+                var rows = _rows;
+                if (rows != null) rows.Stop();   // cancels the query itself
+                else _running?.Cancel();
             }
             catch (Exception)
             {

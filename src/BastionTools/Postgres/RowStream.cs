@@ -38,11 +38,10 @@ namespace BastionTools.Postgres
         private readonly BlockingCollection<Batch> _ready = new(MaxBatchesInFlight);
         private readonly ConcurrentQueue<PSObject[]> _free = new();
         private readonly CancellationTokenSource _leave = new();   // the consumer has gone: stop waiting on the queue
-        private readonly CancellationTokenSource _cancel = new();  // Ctrl-C: cancel the query too
+        private volatile bool _stopped;                            // Ctrl-C: the query was cancelled
         private readonly Thread _thread;
         private ExceptionDispatchInfo? _error;
         private int _finished;
-        private long _flushedWaiting;
 
         private PSObject[] _rows = Array.Empty<PSObject>();
         private int _count;
@@ -53,9 +52,6 @@ namespace BastionTools.Postgres
             _command = command;
             _thread = new Thread(Produce) { IsBackground = true, Name = "BastionTools row reader" };
         }
-
-        /// <summary>Batches handed over because the next row had not arrived yet (for tests).</summary>
-        public long FlushedWhileWaiting => Interlocked.Read(ref _flushedWaiting);
 
         /// <summary>Runs the command (ExecuteReader) on the reader thread.</summary>
         public void Start() => _thread.Start();
@@ -78,7 +74,7 @@ namespace BastionTools.Postgres
             }
             _thread.Join();
             _error?.Throw();
-            if (_cancel.IsCancellationRequested) throw new OperationCanceledException(_cancel.Token);
+            if (_stopped) throw new OperationCanceledException();
             return false;
         }
 
@@ -95,8 +91,9 @@ namespace BastionTools.Postgres
             if (Volatile.Read(ref _finished) != 0) return;
             try
             {
+                // One cancel request (NpgsqlCommand.Cancel): it ends ExecuteReader, a row wait or NextResult alike.
+                _stopped = true;
                 _leave.Cancel();
-                _cancel.Cancel();
                 _command.Cancel();
             }
             catch (Exception)
@@ -113,7 +110,6 @@ namespace BastionTools.Postgres
                 _thread.Join();
             }
             _leave.Dispose();
-            _cancel.Dispose();
             _ready.Dispose();
         }
 
@@ -128,12 +124,8 @@ namespace BastionTools.Postgres
                     var limit = FirstBatchRows;
                     while (!_leave.IsCancellationRequested)
                     {
-                        var next = reader.ReadAsync(_cancel.Token);
-                        if (!next.IsCompleted && _count > 0)
-                        {
-                            Flush();
-                            Interlocked.Increment(ref _flushedWaiting);
-                        }
+                        var next = reader.ReadAsync(CancellationToken.None);
+                        if (!next.IsCompleted && _count > 0) Flush();
                         if (!next.GetAwaiter().GetResult()) break;
                         if (_count == 0)
                         {
