@@ -7,7 +7,11 @@
 [CmdletBinding()]
 param(
     [Parameter(Mandatory)] [string] $ModulePath,
-    [string] $SandboxPath = $env:BASTIONTOOLS_SANDBOX
+    [string] $SandboxPath = $env:BASTIONTOOLS_SANDBOX,
+    # Rows of the pipeline measurement. On a loaded machine a 1M-row run can stall the process for 2 s while 8 MiB
+    # wait in the tunnel, and the tunnel resets that connection ('Exception while reading from stream'): 200000
+    # stays under 8 MiB.
+    [int] $PipelineRows = 1000000
 )
 $ErrorActionPreference = 'Stop'
 $env:AWS_EC2_METADATA_DISABLED = 'true'
@@ -44,8 +48,8 @@ try {
     Import-Module $ModulePath -Force
     $c = Invoke-Expression "Connect-IamPostgres -Name bastion $common"
     $null = Invoke-IamPostgresQuery -Connection $c -Query 'select 1'
-    $million = "select g, 'row ' || g as label from generate_series(1, 1000000) g"
-    $null = Invoke-IamPostgresQuery -Connection $c -Query ($million -replace '1000000', '100000') | Measure-Object   # warm-up (JIT, pool)
+    $million = "select g, 'row ' || g as label from generate_series(1, $PipelineRows) g"
+    $null = Invoke-IamPostgresQuery -Connection $c -Query "select g, 'row ' || g as label from generate_series(1, 100000) g" | Measure-Object   # warm-up (JIT, pool)
     # The process's own counters around the pipeline: CPU time (all threads: the cmdlet, Npgsql, the tunnel's data
     # channel) and bytes allocated on the managed heap (all threads).
     $self = [System.Diagnostics.Process]::GetCurrentProcess()
@@ -58,7 +62,7 @@ try {
     $alloc = [GC]::GetTotalAllocatedBytes($true) - $alloc0
     $self.Refresh(); $cpu = ($self.TotalProcessorTime - $cpu0).TotalMilliseconds
     $pipeRows = $n / $sw.Elapsed.TotalSeconds
-    'Invoke-IamPostgresQuery, 1M rows through the pipeline   {0,10:N0} rows/s ({1:N0} rows in {2:F1} s)' -f $pipeRows, $n, $sw.Elapsed.TotalSeconds
+    'Invoke-IamPostgresQuery, {3:N0} rows through the pipeline   {0,10:N0} rows/s ({1:N0} rows in {2:F1} s)' -f $pipeRows, $n, $sw.Elapsed.TotalSeconds, $PipelineRows
     if ($engineRows -gt 0) {
         '  | Measure-Object vs the engine underneath (C# run above, same query)   {0:N0} / {1:N0} rows/s = {2:P0}' -f $pipeRows, $engineRows, ($pipeRows / $engineRows)
     }
@@ -66,10 +70,10 @@ try {
     '  allocated per row       {0,7:N0} bytes (GC.GetTotalAllocatedBytes(precise) delta / rows)' -f ($alloc / $n)
 
     # Time to first row: each row carries clock_timestamp(), the moment PostgreSQL produced it (same host, same clock);
-    # the first object is stamped with [DateTime]::UtcNow when it reaches the next command (Select-Object -First 1
-    # stops the query). First row out = arrival - produced, for a query that goes on to stream a million rows.
+    # the first object is stamped with [DateTime]::UtcNow when it reaches the next command (Select-Object -First 1 ends
+    # the pipeline; the rest is read and dropped). First row out = arrival - produced, for a query that goes on to stream -PipelineRows rows.
     $ttfr = 1..5 | ForEach-Object {
-        $first = Invoke-IamPostgresQuery -Connection $c -Query "select clock_timestamp() as produced, g from generate_series(1, 1000000) g" |
+        $first = Invoke-IamPostgresQuery -Connection $c -Query "select clock_timestamp() as produced, g from generate_series(1, $PipelineRows) g" |
             ForEach-Object { [pscustomobject]@{ Arrived = [DateTime]::UtcNow; Produced = $_.produced } } | Select-Object -First 1
         ($first.Arrived - $first.Produced.ToUniversalTime()).TotalMilliseconds
     } | Sort-Object
