@@ -7,15 +7,23 @@
 [CmdletBinding()]
 param(
     [Parameter(Mandatory)] [string] $ModulePath,
-    [string] $SandboxPath = $env:BASTIONTOOLS_SANDBOX
+    [string] $SandboxPath = $env:BASTIONTOOLS_SANDBOX,
+    # Rows of the pipeline measurement. On a loaded machine a 1M-row run can stall the process for 2 s while 8 MiB
+    # wait in the tunnel, and the tunnel resets that connection ('Exception while reading from stream'): 200000
+    # stays under 8 MiB.
+    [int] $PipelineRows = 1000000
 )
 $ErrorActionPreference = 'Stop'
 $env:AWS_EC2_METADATA_DISABLED = 'true'
 if (-not $SandboxPath -or -not (Test-Path $SandboxPath)) { throw "The sandbox is not built ('$SandboxPath'): run ./build.ps1 -Task Bench." }
 
 Write-Host '-- engine (C#)'
-& dotnet run --project (Join-Path $PSScriptRoot 'BastionTools.Bench') -c Release -- iam --sandbox $SandboxPath | Out-Host
+$engine = & dotnet run --project (Join-Path $PSScriptRoot 'BastionTools.Bench') -c Release -- iam --sandbox $SandboxPath
 if ($LASTEXITCODE) { throw "the IAM benchmark failed ($LASTEXITCODE)" }
+$engine | Out-Host
+# The engine's rows/s under the cmdlet (Npgsql through the IAM data source and the tunnel, same query), for the ratio below.
+$engineRows = 0.0
+if (($engine -join "`n") -match '1M-row streamed query.*IAM\+tunnel\s+([\d.,\s]+?)\s+rows/s') { $engineRows = [double]($Matches[1] -replace '[^\d]', '') }
 
 Write-Host '-- cmdlets'
 $psi = [System.Diagnostics.ProcessStartInfo]::new('dotnet')
@@ -40,8 +48,39 @@ try {
     Import-Module $ModulePath -Force
     $c = Invoke-Expression "Connect-IamPostgres -Name bastion $common"
     $null = Invoke-IamPostgresQuery -Connection $c -Query 'select 1'
-    $t = Measure-Command { $n = (Invoke-IamPostgresQuery -Connection $c -Query "select g, 'row ' || g as label from generate_series(1, 1000000) g" | Measure-Object).Count }
-    'Invoke-IamPostgresQuery, 1M rows through the pipeline   {0,10:N0} rows/s ({1:N0} rows in {2:F1} s)' -f ($n / $t.TotalSeconds), $n, $t.TotalSeconds
+    $million = "select g, 'row ' || g as label from generate_series(1, $PipelineRows) g"
+    # Warm-up: PowerShell keeps jitting new code, which holds .NET's tiered JIT back; the first pipelines of a process
+    # run on unoptimised code at a fraction of the steady rate (seen: 50k rows/s on the first 200k rows, 300k-480k
+    # from the fourth on). Four 200k-row pipelines first, so the figures below are the steady state.
+    foreach ($w in 1..4) { $null = Invoke-IamPostgresQuery -Connection $c -Query "select g, 'row ' || g as label from generate_series(1, 200000) g" | Measure-Object }
+    # The process's own counters around the pipeline: CPU time (all threads: the cmdlet, Npgsql, the tunnel's data
+    # channel) and bytes allocated on the managed heap (all threads).
+    $self = [System.Diagnostics.Process]::GetCurrentProcess()
+    [GC]::Collect(); [GC]::WaitForPendingFinalizers()
+    $self.Refresh(); $cpu0 = $self.TotalProcessorTime
+    $alloc0 = [GC]::GetTotalAllocatedBytes($true)
+    $sw = [Diagnostics.Stopwatch]::StartNew()
+    $n = (Invoke-IamPostgresQuery -Connection $c -Query $million | Measure-Object).Count
+    $sw.Stop()
+    $alloc = [GC]::GetTotalAllocatedBytes($true) - $alloc0
+    $self.Refresh(); $cpu = ($self.TotalProcessorTime - $cpu0).TotalMilliseconds
+    $pipeRows = $n / $sw.Elapsed.TotalSeconds
+    'Invoke-IamPostgresQuery, {3:N0} rows through the pipeline   {0,10:N0} rows/s ({1:N0} rows in {2:F1} s)' -f $pipeRows, $n, $sw.Elapsed.TotalSeconds, $PipelineRows
+    if ($engineRows -gt 0) {
+        '  | Measure-Object vs the engine underneath (C# run above, same query)   {0:N0} / {1:N0} rows/s = {2:P0}' -f $pipeRows, $engineRows, ($pipeRows / $engineRows)
+    }
+    '  process CPU per 1M rows {0,7:N0} ms (Process.TotalProcessorTime delta, all threads; wall {1:N0} ms)' -f ($cpu * 1e6 / $n), $sw.Elapsed.TotalMilliseconds
+    '  allocated per row       {0,7:N0} bytes (GC.GetTotalAllocatedBytes(precise) delta / rows)' -f ($alloc / $n)
+
+    # Time to first row: each row carries clock_timestamp(), the moment PostgreSQL produced it (same host, same clock);
+    # the first object is stamped with [DateTime]::UtcNow when it reaches the next command (Select-Object -First 1 ends
+    # the pipeline; the rest is read and dropped). First row out = arrival - produced, for a query that goes on to stream -PipelineRows rows.
+    $ttfr = 1..5 | ForEach-Object {
+        $first = Invoke-IamPostgresQuery -Connection $c -Query "select clock_timestamp() as produced, g from generate_series(1, $PipelineRows) g" |
+            ForEach-Object { [pscustomobject]@{ Arrived = [DateTime]::UtcNow; Produced = $_.produced } } | Select-Object -First 1
+        ($first.Arrived - $first.Produced.ToUniversalTime()).TotalMilliseconds
+    } | Sort-Object
+    '  first row out           {0,7:F1} ms median (runs: {1}) from PostgreSQL producing row 1 (clock_timestamp()) to the object reaching the next command' -f $ttfr[2], (($ttfr | ForEach-Object { '{0:F1}' -f $_ }) -join ', ')
     $t2 = Measure-Command { 1..1000 | ForEach-Object { $null = Invoke-IamPostgresQuery -Connection $c -Query 'select 1' } }
     'Invoke-IamPostgresQuery, 1000 small queries            {0,7:F0} ms ({1:F2} ms each)' -f $t2.TotalMilliseconds, ($t2.TotalMilliseconds / 1000)
     $c | Disconnect-IamPostgres

@@ -25,6 +25,16 @@ BeforeAll {
 CREATE ROLE app_iam LOGIN; GRANT rds_iam TO app_iam; GRANT SELECT ON seed_items TO app_iam;
 CREATE TABLE iam_notes (id serial PRIMARY KEY, body text NOT NULL); GRANT SELECT, INSERT, UPDATE, DELETE ON iam_notes TO app_iam; GRANT USAGE ON SEQUENCE iam_notes_id_seq TO app_iam;
 CREATE TABLE secret_stuff (x int); INSERT INTO secret_stuff VALUES (1);
+CREATE TABLE stream_gates (name text PRIMARY KEY); GRANT SELECT ON stream_gates TO app_iam;
+CREATE FUNCTION stream_gate(gate text, max_wait_s int) RETURNS text LANGUAGE plpgsql VOLATILE AS $$
+DECLARE deadline timestamptz := clock_timestamp() + make_interval(secs => max_wait_s);
+BEGIN
+  LOOP
+    IF EXISTS (SELECT 1 FROM stream_gates WHERE name = gate) THEN RETURN 'opened'; END IF;
+    IF clock_timestamp() > deadline THEN RETURN 'timed out'; END IF;
+    PERFORM pg_sleep(0.02);
+  END LOOP;
+END $$;
 '@ | Out-Null
     $script:Conn = Connect-IamPostgres -Name bastion -UserName app_iam @Db @Aws
 }
@@ -143,6 +153,96 @@ Describe 'Invoke-IamPostgresQuery' {
     It 'streams a million rows through the pipeline' {
         $count = Invoke-IamPostgresQuery -Connection $Conn -Query 'select g from generate_series(1, 1000000) g' | Measure-Object
         $count.Count | Should -Be 1000000
+    }
+
+    It 'keeps column order, names (repeated and unnamed), types and NULLs, across result sets' {
+        $rows = @(Invoke-IamPostgresQuery -Connection $Conn -Query @'
+select 1::int as a, 'x'::text as b, null::int as c, 2::bigint as a, 3 as "A", 1.5, true as flag, '[1,5)'::int4range as r, null::text as t;
+select 'second' as z where true; select 1 as never where false; select 'third' as z
+'@)
+        $rows.Count | Should -Be 3
+        $rows[0].PSObject.Properties.Name | Should -Be @('a', 'b', 'c', 'a2', 'A3', 'Column6', 'flag', 'r', 't')
+        $rows[0].a | Should -BeOfType ([int])
+        $rows[0].b | Should -BeExactly 'x'
+        $rows[0].PSObject.Properties['c'].Value | Should -Be $null
+        $rows[0].PSObject.Properties['t'].Value | Should -Be $null
+        $rows[0].a2 | Should -BeOfType ([long])
+        $rows[0].A3 | Should -Be 3
+        $rows[0].Column6 | Should -BeOfType ([decimal])
+        $rows[0].flag | Should -BeTrue
+        $rows[0].r | Should -BeOfType ([string])   # an Npgsql type leaves the module as text
+        $rows[0].r | Should -Be '[1,5)'
+        $rows[0].PSObject.TypeNames[0] | Should -Be 'System.Management.Automation.PSCustomObject'
+        $rows[1].PSObject.Properties.Name | Should -Be @('z')
+        $rows[1].z | Should -Be 'second'
+        $rows[2].z | Should -Be 'third'
+    }
+
+    It 'returns many columns, rows in order across batches, and nothing for an empty result' {
+        $columns = (1..300 | ForEach-Object { "$_ as c$_" }) -join ', '
+        $wide = Invoke-IamPostgresQuery -Connection $Conn -Query "select $columns"
+        $wide.PSObject.Properties.Name.Count | Should -Be 300
+        $wide.c300 | Should -Be 300
+        $ordered = Invoke-IamPostgresQuery -Connection $Conn -Query 'select g from generate_series(1, 5000) g order by g'
+        ($ordered.g -join ',') | Should -Be ((1..5000) -join ',')
+        Invoke-IamPostgresQuery -Connection $Conn -Query 'select 1 as x where false' -ErrorVariable errs | Should -BeNullOrEmpty
+        $errs | Should -BeNullOrEmpty
+    }
+
+    It 'writes the rows before an error in the middle of the stream, then the error' {
+        $rows = Invoke-IamPostgresQuery -Connection $Conn -Query 'select 1 / (3000 - g) as x from generate_series(1, 5000) g' -ErrorVariable errs -ErrorAction SilentlyContinue
+        @($rows).Count | Should -Be 2999
+        $errs[0].Exception.SqlState | Should -Be '22012'
+    }
+
+    It 'sends the first rows on while the query is still running' {
+        # Seven 6 KB rows (past the server's 8 KB send buffer, fewer than a batch), then a row that waits for a gate
+        # this pipeline opens when the first row reaches it: if rows were held back until the query ends, the gate
+        # would only time out.
+        $gate = 'first-' + [guid]::NewGuid().ToString('n')
+        $script:opened = $false
+        $rows = Invoke-IamPostgresQuery -Connection $Conn -Query "select g, repeat('x', 6000) as pad, case when g = 8 then stream_gate('$gate', 300) end as gate from generate_series(1, 8) g" |
+            ForEach-Object {
+                if (-not $script:opened) { Invoke-AdminSql "insert into stream_gates values ('$gate')" | Out-Null; $script:opened = $true }
+                $_
+            }
+        @($rows).Count | Should -Be 8
+        $rows[7].gate | Should -Be 'opened'
+    }
+
+    It 'stops the query on the server when the pipeline is stopped (Ctrl-C) mid-stream' {
+        $gate = 'stop-' + [guid]::NewGuid().ToString('n')
+        $ps = [powershell]::Create()
+        try {
+            $null = $ps.AddScript({
+                    param($ModulePath, $Connection, $Sql)
+                    Import-Module $ModulePath
+                    Invoke-IamPostgresQuery -Connection $Connection -Query $Sql
+                }).AddArgument((Get-TestModulePath)).AddArgument($Conn).AddArgument("select g, repeat('x', 6000) as pad, case when g = 8 then stream_gate('$gate', 300) end as gate from generate_series(1, 8) g")
+            $output = [System.Management.Automation.PSDataCollection[psobject]]::new()
+            $async = $ps.BeginInvoke([System.Management.Automation.PSDataCollection[psobject]]::new(), $output)
+            # Wait for the first rows: then the query waits on its gate, which nobody opens (the deadline is only a
+            # safety net, far past any load).
+            $deadline = [DateTime]::UtcNow.AddMinutes(4)
+            while ($output.Count -eq 0 -and -not $async.IsCompleted -and [DateTime]::UtcNow -lt $deadline) { Start-Sleep -Milliseconds 20 }
+            $output.Count | Should -BeGreaterThan 0
+            Invoke-AdminSql "select count(*) from pg_stat_activity where query like '%stream_gate(''$gate''%' and state = 'active' and pid <> pg_backend_pid()" | Should -Be '1'
+            $ps.Stop()
+            $ps.InvocationStateInfo.State | Should -Be 'Stopped'
+            # The server is no longer running it (cancelled, not left to time out its gate).
+            Invoke-AdminSql "select count(*) from pg_stat_activity where query like '%stream_gate(''$gate''%' and state = 'active' and pid <> pg_backend_pid()" | Should -Be '0'
+            # The connection goes on.
+            (Invoke-IamPostgresQuery -Connection $Conn -Query 'select 7 as n').n | Should -Be 7
+        }
+        finally {
+            $ps.Dispose()
+        }
+    }
+
+    It 'lets Select-Object -First end a long stream, and the connection goes on' {
+        $first = Invoke-IamPostgresQuery -Connection $Conn -Query 'select g from generate_series(1, 200000) g' | Select-Object -First 3
+        $first.g | Should -Be @(1, 2, 3)
+        (Invoke-IamPostgresQuery -Connection $Conn -Query 'select 8 as n').n | Should -Be 8
     }
 
     It 'times out with -CommandTimeout' {

@@ -20,6 +20,7 @@ namespace BastionTools.Commands
     {
         private NpgsqlCommand? _running;
         private CmdletPump? _pump;
+        private volatile RowStream? _rows;
 
         [Parameter(Mandatory = true, ValueFromPipelineByPropertyName = true)]
         [ValidateNotNull]
@@ -124,21 +125,29 @@ namespace BastionTools.Commands
                 }
                 else
                 {
-                    using var reader = cmd.ExecuteReader();
-                    do
+                    // Npgsql and the rows' PSObjects on a reader thread, WriteObject here: both halves run at once.
+                    using var rows = new RowStream(cmd);
+                    _rows = rows;
+                    rows.Start();
+                    try
                     {
-                        var names = UniqueNames(reader);
-                        while (reader.Read())
+                        while (rows.Next(out var batch))
                         {
-                            var row = new PSObject();
-                            for (var i = 0; i < reader.FieldCount; i++)
-                            {
-                                row.Properties.Add(new PSNoteProperty(names[i], ToPowerShell(reader.GetValue(i))));
-                            }
-                            WriteObject(row);
+                            var objects = batch.Rows;
+                            for (var i = 0; i < batch.Count; i++) WriteObject(objects[i]);
+                            rows.Return(batch);
                         }
                     }
-                    while (reader.NextResult());
+                    catch (OperationCanceledException)
+                    {
+                        // Ctrl-C: the query was cancelled; PowerShell stops the pipeline.
+                        TryRollback(tx);
+                        throw new PipelineStoppedException();
+                    }
+                    finally
+                    {
+                        _rows = null;
+                    }
                 }
                 tx?.Commit();
             }
@@ -171,7 +180,9 @@ namespace BastionTools.Commands
             try
             {
                 _pump?.Cancel();
-                _running?.Cancel();
+                var rows = _rows;
+                if (rows != null) rows.Stop();   // cancels the query itself
+                else _running?.Cancel();
             }
             catch (Exception)
             {
@@ -189,30 +200,6 @@ namespace BastionTools.Commands
             {
                 // The connection may be gone; the server rolls back on its own.
             }
-        }
-
-        private static string[] UniqueNames(NpgsqlDataReader reader)
-        {
-            var names = new string[reader.FieldCount];
-            var seen = new HashSet<string>(StringComparer.OrdinalIgnoreCase);
-            for (var i = 0; i < reader.FieldCount; i++)
-            {
-                var name = reader.GetName(i);
-                if (string.IsNullOrEmpty(name) || name == "?column?") name = "Column" + (i + 1);
-                var unique = name;
-                for (var n = 2; !seen.Add(unique); n++) unique = name + n;
-                names[i] = unique;
-            }
-            return names;
-        }
-
-        /// <summary>Values as PowerShell sees them: NULL is $null, Npgsql-specific types become text (no Npgsql type leaves the module).</summary>
-        internal static object? ToPowerShell(object value)
-        {
-            if (value is DBNull) return null;
-            var assembly = value.GetType().Assembly;
-            if (assembly == typeof(NpgsqlConnection).Assembly) return value.ToString();
-            return value;
         }
 
         internal static ErrorRecord ToErrorRecord(PostgresException ex, IamPostgresConnection connection)

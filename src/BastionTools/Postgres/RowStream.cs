@@ -1,0 +1,260 @@
+using System;
+using System.Collections.Concurrent;
+using System.Collections.Generic;
+using System.Diagnostics;
+using System.Linq.Expressions;
+using System.Management.Automation;
+using System.Runtime.ExceptionServices;
+using System.Threading;
+using Npgsql;
+
+namespace BastionTools.Postgres
+{
+    /// <summary>
+    /// Streams the rows of a command as PowerShell objects from a reader thread of its own to the pipeline thread,
+    /// in batches: the reader thread runs Npgsql and builds each row's PSObject while the pipeline thread only writes
+    /// them out, so the two halves of the work run side by side (Invoke-IamPostgresQuery).
+    /// <para>A batch is handed over when it is full, when the next row is not in Npgsql's buffer yet (the reader
+    /// would block: the rows read so far go out first), at the end of a result set, or when its first row has waited
+    /// <see cref="MaxHold"/>. The first batch of each result set is small, so the first row comes out promptly.
+    /// At most <see cref="MaxBatchesInFlight"/> batches wait for the pipeline: a slow pipeline holds the reader back
+    /// (a million rows never sit in memory).</para>
+    /// <para>Rows, result sets and errors keep their order: an error the reader meets is thrown by <see cref="Next"/>
+    /// after the rows before it. <see cref="Stop"/> (Ctrl-C) cancels the query on the server; <see cref="Dispose"/>
+    /// without it (the pipeline wanted no more rows, e.g. Select-Object -First) lets Npgsql finish the command as it
+    /// did before (the remaining rows are read and dropped, later statements still run).</para>
+    /// </summary>
+    internal sealed class RowStream : IDisposable
+    {
+        public const int BatchRows = 512;
+        public const int FirstBatchRows = 16;
+        public const int MaxBatchesInFlight = 4;
+        public static readonly TimeSpan MaxHold = TimeSpan.FromMilliseconds(10);
+
+        private static readonly Func<int, PSObject> NewRow = RowFactory();
+        private static readonly long MaxHoldTicks = (long)(MaxHold.TotalSeconds * Stopwatch.Frequency);
+
+        private readonly NpgsqlCommand _command;
+        private readonly BlockingCollection<Batch> _ready = new(MaxBatchesInFlight);
+        private readonly ConcurrentQueue<PSObject[]> _free = new();
+        private readonly CancellationTokenSource _leave = new();   // the consumer has gone: stop waiting on the queue
+        private volatile bool _stopped;                            // Ctrl-C: the query was cancelled
+        private readonly Thread _thread;
+        private ExceptionDispatchInfo? _error;
+        private int _finished;
+
+        private PSObject[] _rows = Array.Empty<PSObject>();
+        private int _count;
+        private long _firstAt;
+
+        public RowStream(NpgsqlCommand command)
+        {
+            _command = command;
+            _thread = new Thread(Produce) { IsBackground = true, Name = "BastionTools row reader" };
+        }
+
+        /// <summary>Runs the command (ExecuteReader) on the reader thread.</summary>
+        public void Start() => _thread.Start();
+
+        /// <summary>
+        /// The next batch of rows on the consumer's thread (blocks until there is one), or false at the end. Throws what
+        /// the reader met after the rows before it; throws <see cref="OperationCanceledException"/> after <see cref="Stop"/>.
+        /// Hand the batch back with <see cref="Return"/> once written.
+        /// </summary>
+        public bool Next(out Batch batch)
+        {
+            try
+            {
+                if (_ready.TryTake(out batch, Timeout.Infinite, _leave.Token)) return true;
+            }
+            catch (OperationCanceledException)
+            {
+                _thread.Join();
+                throw;
+            }
+            _thread.Join();
+            _error?.Throw();
+            if (_stopped) throw new OperationCanceledException();
+            return false;
+        }
+
+        /// <summary>A written batch's array back for reuse (its rows let go).</summary>
+        public void Return(Batch batch)
+        {
+            Array.Clear(batch.Rows, 0, batch.Count);
+            if (batch.Rows.Length == BatchRows) _free.Enqueue(batch.Rows);
+        }
+
+        /// <summary>Ctrl-C (from any thread): the query is cancelled on the server and <see cref="Next"/> stops.</summary>
+        public void Stop()
+        {
+            if (Volatile.Read(ref _finished) != 0) return;
+            try
+            {
+                // One cancel request (NpgsqlCommand.Cancel): it ends ExecuteReader, a row wait or NextResult alike.
+                _stopped = true;
+                _leave.Cancel();
+                _command.Cancel();
+            }
+            catch (Exception)
+            {
+                // Best effort: the pipeline is stopping anyway.
+            }
+        }
+
+        public void Dispose()
+        {
+            if (_thread.ThreadState != System.Threading.ThreadState.Unstarted)
+            {
+                _leave.Cancel();
+                _thread.Join();
+            }
+            _leave.Dispose();
+            _ready.Dispose();
+        }
+
+        private void Produce()
+        {
+            try
+            {
+                using var reader = _command.ExecuteReader();
+                do
+                {
+                    var shape = new RowShape(reader);
+                    var limit = FirstBatchRows;
+                    while (!_leave.IsCancellationRequested)
+                    {
+                        var next = reader.ReadAsync(CancellationToken.None);
+                        if (!next.IsCompleted && _count > 0) Flush();
+                        if (!next.GetAwaiter().GetResult()) break;
+                        if (_count == 0)
+                        {
+                            if (_rows.Length == 0 && !_free.TryDequeue(out _rows!)) _rows = new PSObject[BatchRows];
+                            _firstAt = Stopwatch.GetTimestamp();
+                        }
+                        _rows[_count++] = shape.Build(reader);
+                        if (_count >= limit || Stopwatch.GetTimestamp() - _firstAt > MaxHoldTicks)
+                        {
+                            Flush();
+                            limit = BatchRows;
+                        }
+                    }
+                    if (_count > 0) Flush();
+                }
+                while (!_leave.IsCancellationRequested && reader.NextResult());
+            }
+            catch (Exception ex)
+            {
+                // After Stop or Dispose nobody waits for the error (the query was cancelled, or the pipeline is done).
+                // Otherwise the rows read before it go out first, then the error.
+                if (!_leave.IsCancellationRequested)
+                {
+                    _error = ExceptionDispatchInfo.Capture(ex);
+                    try
+                    {
+                        if (_count > 0) Flush();
+                    }
+                    catch (OperationCanceledException)
+                    {
+                        // The consumer left meanwhile.
+                    }
+                }
+            }
+            finally
+            {
+                Volatile.Write(ref _finished, 1);
+                _ready.CompleteAdding();
+            }
+        }
+
+        private void Flush()
+        {
+            var batch = new Batch(_rows, _count);
+            _rows = Array.Empty<PSObject>();
+            _count = 0;
+            _ready.Add(batch, _leave.Token);
+        }
+
+        /// <summary>PSObject(int capacity) where PowerShell has it (7.x: sized once, no growth); new PSObject() in 5.1.</summary>
+        private static Func<int, PSObject> RowFactory()
+        {
+            var ctor = typeof(PSObject).GetConstructor(new[] { typeof(int) });
+            if (ctor == null) return _ => new PSObject();
+            var capacity = Expression.Parameter(typeof(int), "capacity");
+            return Expression.Lambda<Func<int, PSObject>>(Expression.New(ctor, capacity), capacity).Compile();
+        }
+
+        /// <summary>A run of rows for the pipeline thread: Rows[0..Count).</summary>
+        internal readonly struct Batch
+        {
+            public Batch(PSObject[] rows, int count)
+            {
+                Rows = rows;
+                Count = count;
+            }
+
+            public PSObject[] Rows { get; }
+            public int Count { get; }
+        }
+
+        /// <summary>One result set's columns: unique property names (made once) and how each value becomes PowerShell's.</summary>
+        private sealed class RowShape
+        {
+            private readonly string[] _names;
+            private readonly Type?[] _lastType;
+            private readonly bool[] _asText;
+
+            public RowShape(NpgsqlDataReader reader)
+            {
+                _names = UniqueNames(reader);
+                _lastType = new Type?[_names.Length];
+                _asText = new bool[_names.Length];
+            }
+
+            public PSObject Build(NpgsqlDataReader reader)
+            {
+                var row = NewRow(_names.Length);
+                for (var i = 0; i < _names.Length; i++)
+                {
+                    var value = reader.GetValue(i);
+                    object? shown;
+                    if (value is DBNull)
+                    {
+                        shown = null;
+                    }
+                    else
+                    {
+                        var type = value.GetType();
+                        if (!ReferenceEquals(type, _lastType[i]))
+                        {
+                            _asText[i] = IsNpgsqlType(type);
+                            _lastType[i] = type;
+                        }
+                        shown = _asText[i] ? value.ToString() : value;
+                    }
+                    // Names are unique (UniqueNames), so PowerShell's duplicate check is not needed.
+                    row.Properties.Add(new PSNoteProperty(_names[i], shown), true);
+                }
+                return row;
+            }
+        }
+
+        internal static bool IsNpgsqlType(Type type) => type.Assembly == typeof(NpgsqlConnection).Assembly;
+
+        /// <summary>Column names as property names: unnamed columns become ColumnN, repeats get 2, 3, … (case-insensitive, as PowerShell's properties).</summary>
+        internal static string[] UniqueNames(NpgsqlDataReader reader)
+        {
+            var names = new string[reader.FieldCount];
+            var seen = new HashSet<string>(StringComparer.OrdinalIgnoreCase);
+            for (var i = 0; i < reader.FieldCount; i++)
+            {
+                var name = reader.GetName(i);
+                if (string.IsNullOrEmpty(name) || name == "?column?") name = "Column" + (i + 1);
+                var unique = name;
+                for (var n = 2; !seen.Add(unique); n++) unique = name + n;
+                names[i] = unique;
+            }
+            return names;
+        }
+    }
+}
