@@ -112,6 +112,19 @@ namespace BastionTools.Ssm
         }
 
         /// <summary>No more data will come (the agent finished): the reader gets what is queued, then the end.</summary>
+        /// <summary>
+        /// True when nothing is queued and the connection's writer is waiting for data: bytes written to the connection now,
+        /// on the caller's thread, are in order. The caller is the only one who queues for this connection (the data
+        /// channel's receive loop), so nothing can be queued behind its back while it writes.
+        /// </summary>
+        public bool IsIdle
+        {
+            get
+            {
+                lock (_gate) return !_failed && !_completed && _items.Count == 0 && _waiter != null;
+            }
+        }
+
         public void Complete()
         {
             TaskCompletionSource<bool>? wake;

@@ -64,6 +64,7 @@ namespace BastionTools.Ssm
             public volatile bool RemoteFinished;
             public long LastRemoteDataTicks = DateTime.UtcNow.Ticks;
             public volatile string? Failure;
+            public bool DirectWrites;
             public int Ended;
             public int FinSent;
         }
@@ -292,6 +293,12 @@ namespace BastionTools.Ssm
             try
             {
                 var network = client.GetStream();
+                if (DirectWritesSupported)
+                {
+                    // After the NetworkStream is made (it insists on a blocking socket); its async reads and writes do not care.
+                    client.Client.Blocking = false;
+                    stream.DirectWrites = true;
+                }
                 await SendFrameAsync(SmuxCommand.Syn, id, null, 0, linked.Token).ConfigureAwait(false);
                 var upload = PumpLocalToRemoteAsync(stream, network, linked.Token);
                 var download = PumpRemoteToLocalAsync(stream, network, linked.Token);
@@ -446,7 +453,9 @@ namespace BastionTools.Ssm
                         if (frame.Payload.Length == 0) break;
                         stream.ReceivedData = true;
                         Interlocked.Exchange(ref stream.LastRemoteDataTicks, DateTime.UtcNow.Ticks);
-                        switch (stream.Queue.TryEnqueue(frame.Payload))
+                        var unwritten = WriteDirect(stream, frame.Payload);
+                        if (unwritten == null) break;
+                        switch (stream.Queue.TryEnqueue(unwritten))
                         {
                             case EnqueueResult.Stalled:
                                 Reset(stream, $"its client has read nothing for {_queues.StallTime.TotalSeconds:0.#} s while {stream.Queue.Bytes / 1024} KiB waited for it");
@@ -474,6 +483,42 @@ namespace BastionTools.Ssm
                 }
             }
         }
+
+        /// <summary>
+        /// Writes an answer straight to its local connection when that connection's writer is idle (nothing queued) and
+        /// the socket takes it without waiting: the usual case for a request/response client, which saves the hop to the
+        /// writer's task. Never waits (the socket does not block: what it does not take at once is returned, to be queued
+        /// as before). Null when everything was written.
+        /// </summary>
+        private byte[]? WriteDirect(MuxStream stream, byte[] payload)
+        {
+            if (!stream.DirectWrites || !stream.Queue.IsIdle) return payload;
+            int sent;
+            try
+            {
+                sent = stream.Client.Client.Send(payload, 0, payload.Length, SocketFlags.None, out var error);
+                if (error != SocketError.Success && error != SocketError.WouldBlock) return payload; // the writer meets the error
+            }
+            catch (ObjectDisposedException)
+            {
+                return payload;
+            }
+            if (sent <= 0) return payload;
+            _stats.In(sent);
+            stream.Queue.Progress();
+            if (sent == payload.Length) return null;
+            var rest = new byte[payload.Length - sent];
+            Buffer.BlockCopy(payload, sent, rest, 0, rest.Length);
+            return rest;
+        }
+
+        /// <summary>
+        /// Direct writes need a socket that never blocks a synchronous send. On .NET (Core) a socket is non-blocking
+        /// underneath and its async operations are unaffected by <see cref="Socket.Blocking"/>; on .NET Framework
+        /// (Windows PowerShell 5.1) the writer task alone writes, as before.
+        /// </summary>
+        private static readonly bool DirectWritesSupported =
+            !System.Runtime.InteropServices.RuntimeInformation.FrameworkDescription.StartsWith(".NET Framework", StringComparison.Ordinal);
 
         public void OnFlag(PayloadTypeFlag flag)
         {
