@@ -1,5 +1,6 @@
 using System;
 using System.IO;
+using System.Linq;
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
@@ -44,6 +45,18 @@ namespace BastionTools.Tests.Engine
         {
             _api.Dispose();
             _host.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        }
+
+        /// <summary>Waits for one step; a step that does not come fails naming itself and what the tunnel said, not as a bare test timeout.</summary>
+        private async Task Stage(Task step, string what, PortForwardingSession session)
+        {
+            if (await Task.WhenAny(step, Task.Delay(TimeSpan.FromSeconds(40))) != step)
+            {
+                var counters = session.SessionId == null ? null : _host.Agent.Counters(session.SessionId);
+                throw new TimeoutException("Waited 40 s for " + what + ". Tunnel events: " + string.Join(" | ", session.Events.Snapshot()) +
+                    (counters == null ? "" : $". Agent: received {counters.MessagesReceived}, sent {counters.MessagesSent}, acks received {counters.AcksReceived}"));
+            }
+            await step;
         }
 
         [Fact(Timeout = SandboxTestSupport.TestTimeoutMs)]
@@ -94,18 +107,18 @@ namespace BastionTools.Tests.Engine
                     await s.WriteAsync(Encoding.ASCII.GetBytes("1"));
                     // Some of the flood, then close with the rest on its way.
                     var got = new byte[4096];
-                    await s.ReadExactlyAsync(got);
+                    await Stage(s.ReadExactlyAsync(got).AsTask(), "the start of the flood on the first connection", session);
                     Assert.All(got, b => Assert.Equal((byte)'A', b));
                 }
                 using var next = new TcpClient();
                 await next.ConnectAsync(IPAddress.Loopback, port);
                 var n = next.GetStream();
                 // The agent has closed the first destination connection: what it had read is sent (or on its way).
-                await firstClosedByAgent.Task;
+                await Stage(firstClosedByAgent.Task, "the agent closing the first destination connection (DisconnectToPort)", session);
                 await n.WriteAsync(Encoding.ASCII.GetBytes("2"));
                 var answer = new byte[6];
                 using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
-                await n.ReadExactlyAsync(answer, timeout.Token);
+                await Stage(n.ReadExactlyAsync(answer, timeout.Token).AsTask(), "the second connection's answer", session);
                 Assert.Equal("SECOND", Encoding.ASCII.GetString(answer));
             }
             finally
