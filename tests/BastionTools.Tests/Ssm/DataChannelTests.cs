@@ -136,7 +136,9 @@ namespace BastionTools.Tests.Ssm
             }
             await channel.CloseAsync();
             // All ten lost messages were resent (not just the oldest): acknowledgements kept coming, so no congestion.
-            Assert.Equal(Enumerable.Range(0, 10).Select(i => (long)i), resent.Distinct().OrderBy(x => x));
+            // (A later message may be resent too on a loaded machine, when its acknowledgement is handled after the 50 ms
+            // timeout; that says nothing about the burst, so only the lost ten are checked.)
+            Assert.Equal(Enumerable.Range(0, 10).Select(i => (long)i), resent.Where(s => s < 10).Distinct().OrderBy(x => x));
         }
 
         [Fact(Timeout = 60_000)]
