@@ -43,8 +43,10 @@ namespace BastionTools.Tests.Sandbox
             await client.SendTextAsync("stty size\r");
             await client.WaitUntilAsync(c => c.OutputText().Contains("40 100"), "the terminal size");
 
-            await client.SendTextAsync("sleep 30\r");
-            await Task.Delay(300);
+            // Ctrl-C once the shell is running the line (it has printed start-5), not after a guessed delay: a Ctrl-C
+            // that reached the terminal before the shell read the line was lost and the sleep ran its 30 s.
+            await client.SendTextAsync("echo start-$((2+3)); sleep 30\r");
+            await client.WaitUntilAsync(c => c.OutputText().Contains("start-5"), "the sleep to start");
             var sw = Stopwatch.StartNew();
             await client.SendTextAsync("\u0003");
             await client.SendTextAsync("echo after-$((1+1))\r");
