@@ -224,7 +224,7 @@ namespace BastionTools.Ssm
             catch (Exception ex) when (ex is IOException || ex is ObjectDisposedException || ex is OperationCanceledException || ex is InvalidOperationException)
             {
                 // Recorded in _outFailure: the next frame queued gets it.
-                if (!_lifetime.IsCancellationRequested) _log("The tunnel could not send: " + ex.Message);
+                if (!_lifetime.IsCancellationRequested) _log("The tunnel could not send: " + Redactor.RedactPatterns(ex.Message));
             }
         }
 
