@@ -170,7 +170,7 @@ namespace BastionTools.Tests.Sandbox
 
         private void FeedSmux(byte[] payload)
         {
-            if (!MuxMode) return;
+            if (!_muxMode) return;
             foreach (var f in _smux.Feed(payload))
             {
                 _smuxFrames.Add(f);
@@ -186,8 +186,28 @@ namespace BastionTools.Tests.Sandbox
             }
         }
 
-        /// <summary>Interpret Output payloads as an smux byte stream.</summary>
-        public bool MuxMode { get; set; }
+        /// <summary>
+        /// Interpret Output payloads as an smux byte stream. Turning it on also reads the Output already delivered, so a
+        /// frame the agent sent between the handshake and this setter (its first keepalive NOP, on a loaded machine) is
+        /// not lost.
+        /// </summary>
+        public bool MuxMode
+        {
+            get { lock (_gate) return _muxMode; }
+            set
+            {
+                lock (_gate)
+                {
+                    if (value == _muxMode) return;
+                    _muxMode = value;
+                    if (!value) return;
+                    foreach (var m in _delivered)
+                        if (m.PayloadType == PayloadType.Output) FeedSmux(m.Payload);
+                }
+            }
+        }
+
+        private bool _muxMode;
 
         public IReadOnlyList<AgentMessage> Received
         {

@@ -931,7 +931,9 @@ namespace BastionTools.Ssm
 
         private async Task ReconnectLoopAsync(Exception? cause)
         {
-            var lost = Stopwatch.StartNew();
+            var stopwatch = Stopwatch.StartNew();
+            var clock = _options.ReconnectElapsed;
+            TimeSpan Lost() => clock == null ? stopwatch.Elapsed : clock(stopwatch.Elapsed);
             var budget = _options.ReconnectTimeout;
             var random = new Random();
             var last = cause;
@@ -944,7 +946,7 @@ namespace BastionTools.Ssm
                     var baseMs = Math.Min(_options.ReconnectMaxDelay.TotalMilliseconds,
                         _options.ReconnectInitialDelay.TotalMilliseconds * Math.Pow(2, Math.Min(attempt - 2, 20)));
                     var delay = TimeSpan.FromMilliseconds(baseMs * (0.75 + 0.5 * random.NextDouble()));
-                    if (lost.Elapsed + delay >= budget) break;
+                    if (Lost() + delay >= budget) break;
                     try
                     {
                         await Task.Delay(delay, _lifetime.Token).ConfigureAwait(false);
@@ -954,7 +956,7 @@ namespace BastionTools.Ssm
                         return;
                     }
                 }
-                var remaining = budget - lost.Elapsed;
+                var remaining = budget - Lost();
                 if (remaining <= TimeSpan.Zero) break;
                 Statistics.ResumeAttempted();
                 var limit = TimeSpan.FromTicks(Math.Min(_options.ResumeAttemptTimeout.Ticks, _options.FirstResumeAttemptTimeout.Ticks * attempt));
@@ -962,7 +964,7 @@ namespace BastionTools.Ssm
                 attemptCts.CancelAfter(remaining < limit ? remaining : limit);
                 try
                 {
-                    _log($"Resuming session {SessionId} (attempt {attempt}, {lost.Elapsed.TotalSeconds:0} s since the connection was lost).");
+                    _log($"Resuming session {SessionId} (attempt {attempt}, {Lost().TotalSeconds:0} s since the connection was lost).");
                     var endpoint = await _resume(attemptCts.Token).ConfigureAwait(false);
                     if (endpoint == null)
                     {
@@ -973,7 +975,7 @@ namespace BastionTools.Ssm
                     var transport = await ConnectTransportAsync(endpoint, attemptCts.Token).ConfigureAwait(false);
                     Statistics.Reconnected();
                     Install(transport, endpoint, resumed: true);
-                    _log($"Session {SessionId} resumed after {lost.Elapsed.TotalSeconds:0.0} s ({attempt} attempt(s)).");
+                    _log($"Session {SessionId} resumed after {Lost().TotalSeconds:0.0} s ({attempt} attempt(s)).");
                     return;
                 }
                 catch (OperationCanceledException) when (_lifetime.IsCancellationRequested)

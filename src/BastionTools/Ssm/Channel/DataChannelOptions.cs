@@ -114,6 +114,13 @@ namespace BastionTools.Ssm
         /// </summary>
         public TimeSpan ReconnectTimeout { get; set; } = TimeSpan.FromMinutes(10);
 
+        /// <summary>
+        /// Test hook: maps the real time since the connection was lost to the time the reconnect budget counts, so a test can
+        /// spend the budget on a condition (after N failed attempts) instead of racing a short real budget on a loaded
+        /// machine. Null in production.
+        /// </summary>
+        internal Func<TimeSpan, TimeSpan>? ReconnectElapsed { get; set; }
+
         /// <summary>First back-off between resume attempts (doubled each time, with ±25 % jitter).</summary>
         public TimeSpan ReconnectInitialDelay { get; set; } = TimeSpan.FromMilliseconds(200);
 
