@@ -98,6 +98,7 @@ namespace BastionTools.Tests.Engine
             public Task PingAsync(CancellationToken cancellationToken) => _inner.PingAsync(cancellationToken);
             public long LastReceivedTimestamp => _inner.LastReceivedTimestamp;
             public bool HasPendingInput => _inner.HasPendingInput;
+            public bool HasBufferedMessage => _inner.HasBufferedMessage;
             public Task CloseAsync(int status, string description, CancellationToken cancellationToken) => _inner.CloseAsync(status, description, cancellationToken);
             public void Abort() => _inner.Abort();
             public void Dispose() => _inner.Dispose();

@@ -119,6 +119,7 @@ namespace BastionTools.Tests.Ssm
         public long LastReceivedTimestamp => Interlocked.Read(ref _lastReceived);
 
         public bool HasPendingInput => PendingInput;
+        public bool HasBufferedMessage => false;
 
         public Task CloseAsync(int status, string description, CancellationToken cancellationToken)
         {

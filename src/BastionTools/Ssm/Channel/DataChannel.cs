@@ -60,6 +60,7 @@ namespace BastionTools.Ssm
 
         private const int MaxBatchBytes = 64 * 1024;
         private const int MaxBatchMessages = 256;
+        private const int MaxAcknowledgementsPerKick = 32;
 
         private readonly DataChannelOptions _options;
         private readonly Action<AgentMessage> _onStreamMessage;
@@ -94,10 +95,9 @@ namespace BastionTools.Ssm
         private int _closing;
         private ChannelState _state = ChannelState.Connecting;
         private Task? _timerLoop;
-        private Task? _writerLoop;
         // One writer of the socket at a time: the writer loop, or a sender writing what it has just queued.
         private readonly SemaphoreSlim _writeLock = new(1, 1);
-        private List<ArraySegment<byte>>? _inlineBatch;
+        private readonly List<ArraySegment<byte>> _batch = new(MaxBatchMessages);
         private SessionCipher? _cipher;
 
         public DataChannel(StreamEndpoint endpoint, DataChannelOptions options, Action<AgentMessage> onStreamMessage,
@@ -215,7 +215,6 @@ namespace BastionTools.Ssm
         {
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _lifetime.Token);
             var transport = await ConnectTransportAsync(_endpoint, linked.Token).ConfigureAwait(false);
-            _writerLoop = Task.Run(WriterLoopAsync);
             _timerLoop = Task.Run(TimerLoopAsync);
             Install(transport, _endpoint, resumed: false);
         }
@@ -279,6 +278,7 @@ namespace BastionTools.Ssm
                 }
             }
             if (resent > 0) Statistics.Retransmitted(resent);
+            Kick();
             _log($"Data channel connected to {endpoint.StreamUrl.Scheme}://{endpoint.StreamUrl.Authority} (session {endpoint.SessionId}, connection {generation})" +
                  (resumed ? $"; {resent} unacknowledged message(s) sent again." : "."));
             _ = Task.Run(() => ReceiveLoopAsync(transport, generation));
@@ -317,18 +317,20 @@ namespace BastionTools.Ssm
         /// Sends a control payload (HandshakeResponse, EncChallengeResponse) as one message whatever its size: the agent
         /// parses each message's payload as a whole JSON document (the official client sends these unsplit too).
         /// </summary>
-        public Task SendWholeAsync(PayloadType payloadType, byte[] payload, CancellationToken cancellationToken)
+        public async Task SendWholeAsync(PayloadType payloadType, byte[] payload, CancellationToken cancellationToken)
         {
             if (payloadType == PayloadType.Output) throw new ArgumentException("Output is a byte stream: use SendAsync.", nameof(payloadType));
-            return SendOneAsync(payloadType, payload, cancellationToken);
+            await SendOneAsync(payloadType, payload, cancellationToken).ConfigureAwait(false);
+            await WriteInlineAsync().ConfigureAwait(false);
         }
 
-        public Task SendFlagAsync(PayloadTypeFlag flag, CancellationToken cancellationToken)
+        public async Task SendFlagAsync(PayloadTypeFlag flag, CancellationToken cancellationToken)
         {
             var payload = new byte[4];
             payload[3] = (byte)flag;
             payload[2] = (byte)((uint)flag >> 8);
-            return SendOneAsync(PayloadType.Flag, payload, cancellationToken);
+            await SendOneAsync(PayloadType.Flag, payload, cancellationToken).ConfigureAwait(false);
+            await WriteInlineAsync().ConfigureAwait(false);
         }
 
         private async Task SendOneAsync(PayloadType payloadType, byte[] chunk, CancellationToken cancellationToken)
@@ -414,53 +416,49 @@ namespace BastionTools.Ssm
         }
 
         /// <summary>
-        /// The only writer of the socket: takes queued frames (new messages, acknowledgements, resends) and writes them to
-        /// the current transport in batches. Frames taken while no transport is connected are dropped: messages stay in
-        /// the unacknowledged list and go out again when the connection is resumed; acknowledgements are asked for again
-        /// by the agent's resend.
+        /// Starts writing what is queued when no write is under way, without waiting for it: the write runs on the caller's
+        /// thread as far as the socket takes it at once (no hop to another thread), and the rest continues in the background
+        /// while the caller goes on. Whoever holds the write lock writes everything queued before it lets go, and looks again
+        /// after letting go, so a frame queued meanwhile is never left behind. Called after frames are queued, outside
+        /// <see cref="_gate"/>: by senders, by the receive loop once it has no whole message left to read (so the
+        /// acknowledgements of a burst go out in one write), on (re)connection, on resume and by the timer.
         /// </summary>
-        private async Task WriterLoopAsync()
+        private void Kick()
         {
-            var reader = _outbox.Reader;
-            var batch = new List<ArraySegment<byte>>(MaxBatchMessages);
-            try
-            {
-                while (await reader.WaitToReadAsync(_lifetime.Token).ConfigureAwait(false))
-                {
-                    await _writeLock.WaitAsync(_lifetime.Token).ConfigureAwait(false);
-                    try
-                    {
-                        if (!await WriteQueuedAsync(batch).ConfigureAwait(false)) return;
-                    }
-                    finally
-                    {
-                        _writeLock.Release();
-                    }
-                }
-            }
-            catch (OperationCanceledException)
-            {
-            }
+            if (Volatile.Read(ref _outboxCount) == 0 || !_writeLock.Wait(0)) return;
+            _ = DrainAsync();
         }
 
         /// <summary>
-        /// Writes what is queued on the caller's thread when no write is under way (a sender that has just queued its
-        /// messages saves the hop to the writer loop); otherwise leaves it to the writer that is busy.
+        /// Writes what is queued on the caller's thread when no write is under way and waits for it (senders: a sender
+        /// whose socket is full waits for it, which is its back-pressure); otherwise leaves it to the writer that is busy.
         /// </summary>
-        private async Task WriteInlineAsync()
+        private Task WriteInlineAsync()
         {
-            if (Volatile.Read(ref _outboxCount) == 0 || !_writeLock.Wait(0)) return;
-            try
+            if (Volatile.Read(ref _outboxCount) == 0 || !_writeLock.Wait(0)) return Task.CompletedTask;
+            return DrainAsync();
+        }
+
+        /// <summary>Entered holding <see cref="_writeLock"/>; writes until nothing is queued, lets go, and takes over again when a frame was queued meanwhile.</summary>
+        private async Task DrainAsync()
+        {
+            while (true)
             {
-                var batch = _inlineBatch ??= new List<ArraySegment<byte>>(MaxBatchMessages);
-                await WriteQueuedAsync(batch).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException) when (_lifetime.IsCancellationRequested)
-            {
-            }
-            finally
-            {
-                _writeLock.Release();
+                bool open;
+                try
+                {
+                    open = await WriteQueuedAsync(_batch).ConfigureAwait(false);
+                }
+                catch (Exception ex)
+                {
+                    open = false;
+                    if (!_lifetime.IsCancellationRequested) _log("The channel's writer failed: " + Redactor.RedactPatterns(ex.Message));
+                }
+                finally
+                {
+                    _writeLock.Release();
+                }
+                if (!open || Volatile.Read(ref _outboxCount) == 0 || !_writeLock.Wait(0)) return;
             }
         }
 
@@ -504,6 +502,7 @@ namespace BastionTools.Ssm
         private async Task ReceiveLoopAsync(IMessageTransport transport, int generation)
         {
             Exception? failure = null;
+            var sinceKick = 0;
             try
             {
                 while (!_lifetime.IsCancellationRequested)
@@ -517,6 +516,13 @@ namespace BastionTools.Ssm
                     if (message.Kind != TransportMessageKind.Binary) continue;
                     Handle(message.Data);
                     if (_closed.Task.IsCompleted) return;
+                    // Acknowledgements wait while whole messages are still buffered (a burst read at once), then go out
+                    // in one write: one write per burst instead of one per message, and no hop to another thread.
+                    if (++sinceKick >= MaxAcknowledgementsPerKick || !transport.HasBufferedMessage)
+                    {
+                        sinceKick = 0;
+                        Kick();
+                    }
                 }
             }
             catch (OperationCanceledException) when (_lifetime.IsCancellationRequested)
@@ -638,6 +644,7 @@ namespace BastionTools.Ssm
                     }
                 }
             }
+            if (held > 0) Kick();
             _log("Publication resumed" + (why == null ? " (the service sent data)" : " (" + why + ")") + (held > 0 ? $"; {held} held message(s) sent." : "."));
         }
 
@@ -840,6 +847,8 @@ namespace BastionTools.Ssm
             }
 
             if (resent > 0) Statistics.Retransmitted(resent);
+            // Also a safety net: whatever is queued goes out at least once per tick.
+            Kick();
             if (pauseExpired) Resume($"nothing ended the pause for {_options.PauseTimeout.TotalSeconds:0} s");
             if (stuck != null)
             {

@@ -89,6 +89,12 @@ namespace BastionTools.Ssm
         /// <summary>Bytes have arrived from the peer that the transport has not read yet (the socket's receive queue or the transport's buffer).</summary>
         bool HasPendingInput { get; }
 
+        /// <summary>
+        /// A whole frame is already in the transport's own buffer, so the next <see cref="ReceiveAsync"/> returns without
+        /// reading the socket (false when unsure). Read by the receiving loop between its calls to ReceiveAsync.
+        /// </summary>
+        bool HasBufferedMessage { get; }
+
         /// <summary>Sends a close frame (when still possible) and waits briefly for the peer's; then the connection is gone.</summary>
         Task CloseAsync(int status, string description, CancellationToken cancellationToken);
 

@@ -71,6 +71,11 @@ namespace BastionTools.Ssm
         private byte[]? _pendingPong;
         private int _pongScheduled;
         private readonly RandomNumberGenerator _random = RandomNumberGenerator.Create();
+
+        // Masking keys come from the cryptographic generator 4 KiB (1,024 keys) at a time rather than one call (a system
+        // call on Linux) per write.
+        private readonly byte[] _maskKeys = new byte[4096];
+        private int _maskKeysUsed = 4096;
         private readonly TaskCompletionSource<bool> _peerClosed = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
         private byte[] _message = Array.Empty<byte>();
@@ -109,6 +114,29 @@ namespace BastionTools.Ssm
                 {
                     return false;
                 }
+            }
+        }
+
+        /// <inheritdoc />
+        /// <remarks>Only the receiving loop calls it, between receives: the read buffer is not moving then.</remarks>
+        public bool HasBufferedMessage
+        {
+            get
+            {
+                var available = _readEnd - _readStart;
+                if (available < 2) return false;
+                int b0 = _readBuffer[_readStart], b1 = _readBuffer[_readStart + 1];
+                // A whole data message in one frame; a control frame or a fragment would have ReceiveAsync read on.
+                if ((b0 & 0x80) == 0 || ((b0 & 0x0F) != OpText && (b0 & 0x0F) != OpBinary)) return false;
+                var headerLength = (b1 & 0x7F) switch { 126 => 4, 127 => 10, _ => 2 };
+                if (available < headerLength) return false;
+                var length = headerLength switch
+                {
+                    4 => BinaryPrimitives.ReadUInt16BigEndian(_readBuffer.AsSpan(_readStart + 2)),
+                    10 => BinaryPrimitives.ReadUInt64BigEndian(_readBuffer.AsSpan(_readStart + 2)),
+                    _ => (ulong)(b1 & 0x7F),
+                };
+                return length <= (ulong)(available - headerLength);
             }
         }
 
@@ -707,6 +735,28 @@ namespace BastionTools.Ssm
             return n;
         }
 
+        private void TakeMaskKeys(byte[] target, int offset, int count)
+        {
+            lock (_maskKeys)
+            {
+                while (count > 0)
+                {
+                    if (_maskKeysUsed == _maskKeys.Length)
+                    {
+                        _random.GetBytes(_maskKeys);
+                        _maskKeysUsed = 0;
+                    }
+                    var take = Math.Min(count, _maskKeys.Length - _maskKeysUsed);
+                    Buffer.BlockCopy(_maskKeys, _maskKeysUsed, target, offset, take);
+                    // Each key is used once: the bytes handed out are wiped from the pool.
+                    Array.Clear(_maskKeys, _maskKeysUsed, take);
+                    _maskKeysUsed += take;
+                    offset += take;
+                    count -= take;
+                }
+            }
+        }
+
         private void Touch() => Interlocked.Exchange(ref _lastReceived, Stopwatch.GetTimestamp());
 
         /// <summary>
@@ -767,7 +817,7 @@ namespace BastionTools.Ssm
             try
             {
                 // The masking keys sit after the frames in the same buffer: one RNG call per batch.
-                _random.GetBytes(buffer, size, keys);
+                TakeMaskKeys(buffer, size, keys);
                 var position = 0;
                 for (var i = 0; i < payloads.Count; i++) position = WriteFrame(buffer, position, opcode, payloads[i], size + 4 * i);
 
