@@ -203,6 +203,28 @@ namespace BastionTools.Tests.Ssm
         }
 
         [Fact(Timeout = 60_000)]
+        public async Task TheAcknowledgementsOfABurstReadAtOnce_GoOutTogether_AtMost32PerWrite()
+        {
+            // 40 messages already buffered when the channel starts reading: their acknowledgements wait until no whole
+            // message is left to read (or 32 are waiting), then go out in one write each time, in order.
+            var service = new ScriptedService();
+            for (var s = 0; s < 40; s++) service.Preload.Add(Output(s, "m" + s));
+            var channel = service.NewChannel(new DataChannelOptions());
+            await channel.OpenAsync(CancellationToken.None);
+            var t = service.Next();
+            await Until(() => Acks(t).Count >= 40, "40 acknowledgements");
+            Assert.Equal(new[] { 32, 8 }, t.WriteSizes.ToArray());
+            Assert.Equal(Enumerable.Range(0, 40).Select(i => "\"AcknowledgedMessageSequenceNumber\":" + i + ","),
+                Acks(t).Select(a => System.Text.RegularExpressions.Regex.Match(Encoding.ASCII.GetString(a.Payload), "\"AcknowledgedMessageSequenceNumber\":[0-9]+,").Value));
+
+            // A message arriving alone is acknowledged at once, in a write of its own.
+            t.Deliver(Output(40, "alone"));
+            await Until(() => Acks(t).Count >= 41, "the 41st acknowledgement");
+            Assert.Equal(new[] { 32, 8, 1 }, t.WriteSizes.ToArray());
+            await channel.CloseAsync();
+        }
+
+        [Fact(Timeout = 60_000)]
         public async Task AcknowledgementsWaitingForTheSocketAreBounded()
         {
             var service = new ScriptedService();

@@ -31,6 +31,9 @@ namespace BastionTools.Tests.Ssm
 
         public ConcurrentQueue<string> TextWritten { get; } = new();
 
+        /// <summary>How many binary messages each write (each call of SendBinaryAsync) carried, in order.</summary>
+        public ConcurrentQueue<int> WriteSizes { get; } = new();
+
         public int Pings;
         public bool AnswerPings { get; set; } = true;
         public bool PendingInput { get; set; }
@@ -93,6 +96,7 @@ namespace BastionTools.Tests.Ssm
                 if (IsAborted) throw new IOException("aborted");
                 cancellationToken.ThrowIfCancellationRequested();
             }
+            WriteSizes.Enqueue(messages.Count);
             foreach (var segment in messages)
             {
                 var m = AgentMessageCodec.Decode(segment);
@@ -119,7 +123,8 @@ namespace BastionTools.Tests.Ssm
         public long LastReceivedTimestamp => Interlocked.Read(ref _lastReceived);
 
         public bool HasPendingInput => PendingInput;
-        public bool HasBufferedMessage => false;
+        /// <summary>As a WebSocket whose read buffer holds more whole messages: whatever was delivered and not yet received.</summary>
+        public bool HasBufferedMessage => _inbound.Reader.Count > 0;
 
         public Task CloseAsync(int status, string description, CancellationToken cancellationToken)
         {
@@ -146,6 +151,9 @@ namespace BastionTools.Tests.Ssm
 
         public int ResumeCalls;
 
+        /// <summary>Messages each new transport holds before the channel's first receive: a burst read at once.</summary>
+        public List<AgentMessage> Preload { get; } = new();
+
         public ScriptedService()
         {
             Resume = _ => Task.FromResult<StreamEndpoint?>(Endpoint());
@@ -156,6 +164,7 @@ namespace BastionTools.Tests.Ssm
         public Task<IMessageTransport> OpenAsync(Uri url, CancellationToken cancellationToken)
         {
             var t = new ScriptedTransport(Interlocked.Increment(ref _count));
+            foreach (var m in Preload) t.Deliver(m);
             Transports.Enqueue(t);
             Opened.Add(t);
             return Task.FromResult<IMessageTransport>(t);

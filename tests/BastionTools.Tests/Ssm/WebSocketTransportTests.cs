@@ -76,6 +76,49 @@ namespace BastionTools.Tests.Ssm
         }
 
         [Fact]
+        public async Task HasBufferedMessage_IsTrueOnlyWhenAWholeDataMessageIsAlreadyRead()
+        {
+            // The data channel holds its acknowledgements while this is true: it must never be true when the next receive
+            // would read the socket (a control frame, a fragment, a partial frame).
+            var firstWritten = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+            var writeRest = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+            var last = Frame(0x82, RandomBytes(300, seed: 7));
+            using var server = new TestServer(async stream =>
+            {
+                await AcceptUpgradeAsync(stream);
+                // One write (on loopback, in the client's socket buffer when it returns): a, b (200 bytes, 16-bit length),
+                // a ping, "x" + continuation "y", "z", and the first 10 bytes of a 300-byte message.
+                await WriteRawAsync(stream, Frame(0x82, Encoding.ASCII.GetBytes("abc"))
+                    .Concat(Frame(0x82, RandomBytes(200, seed: 3)))
+                    .Concat(Frame(0x89, new byte[] { 1 }))
+                    .Concat(Frame(0x02, Encoding.ASCII.GetBytes("x")))
+                    .Concat(Frame(0x80, Encoding.ASCII.GetBytes("y")))
+                    .Concat(Frame(0x82, Encoding.ASCII.GetBytes("z")))
+                    .Concat(last.Take(10)).ToArray());
+                firstWritten.TrySetResult(true);
+                await writeRest.Task;
+                await WriteRawAsync(stream, last.Skip(10).ToArray());
+                while ((await ReadClientFrameAsync(stream)).Opcode != 0x8) { } // the pong, in any order with the close
+            });
+            using var client = await ConnectAsync(server.Url());
+            await firstWritten.Task.WaitAsync(Guard);
+
+            Assert.Equal("abc", Encoding.ASCII.GetString((await ReceiveAsync(client)).Data.ToArray()));
+            Assert.True(client.HasBufferedMessage); // b, whole
+            Assert.Equal(200, (await ReceiveAsync(client)).Data.Count);
+            Assert.False(client.HasBufferedMessage); // a ping comes first
+            Assert.Equal("xy", Encoding.ASCII.GetString((await ReceiveAsync(client)).Data.ToArray()));
+            Assert.True(client.HasBufferedMessage); // z
+            Assert.Equal("z", Encoding.ASCII.GetString((await ReceiveAsync(client)).Data.ToArray()));
+            Assert.False(client.HasBufferedMessage); // 10 of 304 bytes
+            writeRest.TrySetResult(true);
+            Assert.Equal(300, (await ReceiveAsync(client)).Data.Count);
+            Assert.False(client.HasBufferedMessage);
+            await client.CloseAsync(1000, "done", CancellationToken.None);
+            await server.Task.WaitAsync(Guard);
+        }
+
+        [Fact]
         public async Task SeveralMessagesInOneSendArriveInOrderAndTheCallersBuffersAreUnchanged()
         {
             var sizes = new[] { 0, 1, 7, 125, 126, 65535, 65536, 100_000 };
