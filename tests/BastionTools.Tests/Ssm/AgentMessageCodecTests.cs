@@ -170,6 +170,24 @@ namespace BastionTools.Tests.Ssm
             Assert.InRange(a.CreatedDate, before, after);
         }
 
+        [Fact]
+        public void NewIds_AreUniqueVersion4Uuids_AcrossThreads()
+        {
+            var ids = new System.Collections.Concurrent.ConcurrentBag<Guid>();
+            System.Threading.Tasks.Parallel.For(0, 4, _ =>
+            {
+                for (var i = 0; i < 25_000; i++) ids.Add(AgentMessage.Create(MessageTypes.Acknowledge, 0, 3, PayloadType.None, new byte[1]).MessageId);
+            });
+            Assert.Equal(100_000, ids.Distinct().Count());
+            Assert.All(ids, id =>
+            {
+                var text = id.ToString("D");
+                Assert.Equal('4', text[14]);                  // version 4
+                Assert.Contains(text[19], "89ab");            // RFC 4122 variant
+                Assert.NotEqual(Guid.Empty, id);
+            });
+        }
+
         public static TheoryData<string, byte[]> MalformedFrames()
         {
             var valid = AgentMessageCodec.Encode(AgentMessage.Create(MessageTypes.OutputStreamData, 1, 0, PayloadType.Output,

@@ -1,5 +1,6 @@
 using System;
 using System.Security.Cryptography;
+using System.Threading;
 
 namespace BastionTools.Ssm
 {
@@ -89,7 +90,7 @@ namespace BastionTools.Ssm
             if (messageType is null) throw new ArgumentNullException(nameof(messageType));
             if (payload is null) throw new ArgumentNullException(nameof(payload));
             AgentMessageCodec.ValidateMessageType(messageType);
-            var id = messageId ?? Guid.NewGuid();
+            var id = messageId ?? NextMessageId();
             if (id == Guid.Empty) throw new ArgumentException("The MessageId must not be the nil UUID.", nameof(messageId));
             var date = createdDate ?? (ulong)DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
             return new AgentMessage(
@@ -109,6 +110,26 @@ namespace BastionTools.Ssm
         /// <summary>The same message with another payload (a decrypted one): header fields kept, digest as received.</summary>
         public AgentMessage WithPayload(byte[] payload) =>
             new(HeaderLength, MessageType, SchemaVersion, CreatedDate, SequenceNumber, Flags, MessageId, PayloadDigest, PayloadType, payload, IsDigestValid);
+
+        // Message ids: a random UUID v4 drawn once per process, with a counter XORed into its last 7 bytes for each
+        // message. Ids only need to be unique (an acknowledgement names the id and sequence number it answers), and
+        // Guid.NewGuid costs a getrandom system call per message on Linux.
+        private static readonly byte[] s_idBase = NewIdBase();
+        private static long s_idCounter;
+
+        private static byte[] NewIdBase() => Guid.NewGuid().ToByteArray();
+
+        /// <summary>A fresh message id: unique within this process (2^56 of them), a version 4 UUID like the official client's.</summary>
+        internal static Guid NextMessageId()
+        {
+            var n = (ulong)Interlocked.Increment(ref s_idCounter);
+            var b = s_idBase;
+            // Guid byte order (ToByteArray): bytes 8..15 are d..k; byte 8 holds the variant bits and is kept as drawn.
+            return new Guid(
+                BitConverter.ToInt32(b, 0), BitConverter.ToInt16(b, 4), BitConverter.ToInt16(b, 6), b[8],
+                (byte)(b[9] ^ (n >> 48)), (byte)(b[10] ^ (n >> 40)), (byte)(b[11] ^ (n >> 32)), (byte)(b[12] ^ (n >> 24)),
+                (byte)(b[13] ^ (n >> 16)), (byte)(b[14] ^ (n >> 8)), (byte)(b[15] ^ n));
+        }
 
         [ThreadStatic]
         private static SHA256? t_sha;

@@ -155,6 +155,12 @@ namespace BastionTools.Ssm
             int start = 0, end = field.Length;
             while (start < end && (field[start] == 0 || field[start] == (byte)' ')) start++;
             while (end > start && (field[end - 1] == 0 || field[end - 1] == (byte)' ')) end--;
+            // The known types come back as the shared constants: no string per message.
+            var trimmed = field.Slice(start, end - start);
+            foreach (var known in KnownTypes)
+            {
+                if (known.Bytes.Length == trimmed.Length && trimmed.SequenceEqual(known.Bytes)) return known.Name;
+            }
             var chars = new char[end - start];
             for (int i = 0; i < chars.Length; i++)
             {
@@ -163,6 +169,16 @@ namespace BastionTools.Ssm
             }
             return new string(chars);
         }
+
+        private static readonly (string Name, byte[] Bytes)[] KnownTypes =
+        {
+            (MessageTypes.OutputStreamData, Encoding.ASCII.GetBytes(MessageTypes.OutputStreamData)),
+            (MessageTypes.Acknowledge, Encoding.ASCII.GetBytes(MessageTypes.Acknowledge)),
+            (MessageTypes.InputStreamData, Encoding.ASCII.GetBytes(MessageTypes.InputStreamData)),
+            (MessageTypes.ChannelClosed, Encoding.ASCII.GetBytes(MessageTypes.ChannelClosed)),
+            (MessageTypes.StartPublication, Encoding.ASCII.GetBytes(MessageTypes.StartPublication)),
+            (MessageTypes.PausePublication, Encoding.ASCII.GetBytes(MessageTypes.PausePublication)),
+        };
 
         private static bool DigestEquals(byte[] a, byte[] b)
         {
