@@ -262,25 +262,34 @@ namespace BastionTools.Sandbox
             {
                 while (!stopping.IsCancellationRequested)
                 {
-                    var result = await socket.ReceiveAsync(new ArraySegment<byte>(buffer), stopping).ConfigureAwait(false);
+                    var result = await socket.ReceiveAsync(buffer.AsMemory(), stopping).ConfigureAwait(false);
                     if (result.MessageType == System.Net.WebSockets.WebSocketMessageType.Close)
                     {
-                        connection.CloseAfterQueued(result.CloseStatusDescription ?? "");
+                        connection.CloseAfterQueued(socket.CloseStatusDescription ?? "");
                         return;
                     }
                     connection.CountBytes(result.Count);
                     Interlocked.Add(ref Counters._bytesReceived, result.Count);
-                    message.Write(buffer, 0, result.Count);
-                    if (message.Length > SandboxAgent.MaxMessageBytes) throw new System.Net.WebSockets.WebSocketException("Message too large.");
-                    if (!result.EndOfMessage) continue;
-                    var bytes = message.ToArray();
-                    message.SetLength(0);
+                    ArraySegment<byte> bytes;
+                    if (message.Length == 0 && result.EndOfMessage)
+                    {
+                        // A whole message in one read (the usual case): decoded where it lies.
+                        bytes = new ArraySegment<byte>(buffer, 0, result.Count);
+                    }
+                    else
+                    {
+                        message.Write(buffer, 0, result.Count);
+                        if (message.Length > SandboxAgent.MaxMessageBytes) throw new System.Net.WebSockets.WebSocketException("Message too large.");
+                        if (!result.EndOfMessage) continue;
+                        bytes = new ArraySegment<byte>(message.ToArray());
+                        message.SetLength(0);
+                    }
                     if (result.MessageType != System.Net.WebSockets.WebSocketMessageType.Binary) continue;
                     Interlocked.Increment(ref Counters._messagesReceived);
                     AgentMessage decoded;
                     try
                     {
-                        decoded = AgentMessageCodec.Decode(bytes);
+                        decoded = AgentFrames.Decode(bytes);
                     }
                     catch (SsmProtocolException ex)
                     {
@@ -416,7 +425,11 @@ namespace BastionTools.Sandbox
         {
             var connection = _connectionSnapshot();
             if (connection == null || connection.IsAborted || connection.IsClosing) return false;
-            var (drop, duplicate, hold) = faultable ? Draw(outbound: true, FrameMessageType(frame), FrameSequenceNumber(frame)) : (false, false, false);
+            var faults = Faults;
+            // The frame's type and number are read only when outbound message faults are on (Draw is a no-op otherwise).
+            var (drop, duplicate, hold) = faultable && faults.IsMessageFaulting && faults.Applies(outbound: true)
+                ? Draw(outbound: true, FrameMessageType(frame), FrameSequenceNumber(frame))
+                : (false, false, false);
             if (drop)
             {
                 Interlocked.Increment(ref Counters._dropped);
@@ -463,22 +476,25 @@ namespace BastionTools.Sandbox
 
         private void HandleAcknowledge(AgentMessage message)
         {
-            AcknowledgeContent content;
-            try
+            // The exact form clients write is read directly; anything else goes through the JSON serializer as before.
+            if (!AgentFrames.TryReadCanonicalAcknowledge(message.Payload, out var acknowledged))
             {
-                content = SsmJson.Deserialize<AcknowledgeContent>(message.Payload);
-            }
-            catch (SsmProtocolException)
-            {
-                return;
+                try
+                {
+                    acknowledged = SsmJson.Deserialize<AcknowledgeContent>(message.Payload).AcknowledgedMessageSequenceNumber;
+                }
+                catch (SsmProtocolException)
+                {
+                    return;
+                }
             }
             lock (_gate)
             {
-                if (_unackedIndex.TryGetValue(content.AcknowledgedMessageSequenceNumber, out var node))
+                if (_unackedIndex.TryGetValue(acknowledged, out var node))
                 {
                     UpdateRetransmissionTimeout(Now - node.Value.SentAt);
                     _unacked.Remove(node);
-                    _unackedIndex.Remove(content.AcknowledgedMessageSequenceNumber);
+                    _unackedIndex.Remove(acknowledged);
                 }
             }
         }
@@ -542,7 +558,8 @@ namespace BastionTools.Sandbox
         private async Task SendAcknowledgeAsync(AgentMessage received)
         {
             // The agent's acknowledge is field for field the client's: type acknowledge, seq 0, flags 3, PayloadType 0.
-            var frame = AgentMessageCodec.Encode(ClientMessages.Acknowledge(received));
+            var frame = AgentFrames.EncodeAcknowledge(received.MessageType, received.MessageId, received.SequenceNumber)
+                ?? AgentMessageCodec.Encode(ClientMessages.Acknowledge(received));
             var delay = Faults.AckDelayMs;
             if (delay > 0)
             {
@@ -620,7 +637,11 @@ namespace BastionTools.Sandbox
         /// acknowledged while the unacknowledged list has room (AddDataToOutgoingMessageBuffer: a message that finds it
         /// full is not kept, so it is never resent). Empty payloads are ignored, as the agent does.
         /// </summary>
-        public async Task SendStreamDataAsync(PayloadType payloadType, byte[] payload)
+        public Task SendStreamDataAsync(PayloadType payloadType, byte[] payload) => SendStreamDataAsync(payloadType, payload.AsMemory());
+
+        /// <inheritdoc cref="SendStreamDataAsync(PayloadType, byte[])"/>
+        /// <remarks>The payload is copied into the message before the task completes; the caller may reuse its buffer after.</remarks>
+        public async Task SendStreamDataAsync(PayloadType payloadType, ReadOnlyMemory<byte> payload)
         {
             if (payload.Length == 0 || IsEnded) return;
             AgentBlockCipher? cipher;
@@ -628,11 +649,12 @@ namespace BastionTools.Sandbox
             // SendStreamDataMessage: with encryption on, Output, StdErr and ExitCode are encrypted; nothing else is.
             if (cipher != null && (payloadType == PayloadType.Output || payloadType == PayloadType.StdErr || payloadType == PayloadType.ExitCode))
             {
-                payload = cipher.Encrypt(payload);
+                var sealedPayload = cipher.Encrypt(payload.ToArray());
                 if (payloadType == PayloadType.Output && Options.EncryptionFault == SandboxEncryptionFault.TamperOutput && Interlocked.Exchange(ref _tampered, 1) == 0)
                 {
-                    payload[AgentBlockCipher.NonceSize] ^= 0x01;
+                    sealedPayload[AgentBlockCipher.NonceSize] ^= 0x01;
                 }
+                payload = sealedPayload;
             }
             await _streamSendLock.WaitAsync().ConfigureAwait(false);
             try
@@ -644,8 +666,7 @@ namespace BastionTools.Sandbox
                 lock (_gate)
                 {
                     var sequence = _nextSequence++;
-                    var message = AgentMessage.Create(MessageTypes.OutputStreamData, sequence, sequence == 0 ? MessageFlags.Syn : MessageFlags.Data, payloadType, payload);
-                    frame = AgentMessageCodec.Encode(message);
+                    frame = AgentFrames.Encode(MessageTypes.OutputStreamData, sequence, sequence == 0 ? MessageFlags.Syn : MessageFlags.Data, payloadType, payload.Span);
                     if (_unacked.Count < Options.OutgoingMessageBufferCapacity)
                     {
                         pending = new Pending(sequence, frame, Now);

@@ -21,6 +21,8 @@ namespace BastionTools.Sandbox
     internal sealed class AgentConnection
     {
         private static readonly TimeSpan HoldFlushDelay = TimeSpan.FromMilliseconds(200);
+        private static readonly Task<bool> s_true = Task.FromResult(true);
+        private static readonly Task<bool> s_false = Task.FromResult(false);
         private const int FragmentChunk = 64 * 1024;
         private readonly object _gate = new();
         private readonly Queue<Item> _queue = new();
@@ -73,7 +75,7 @@ namespace BastionTools.Sandbox
             Fragments,
         }
 
-        private sealed class Item
+        private readonly struct Item
         {
             public Item(ItemKind kind, byte[]? frame, string? close, long fragmentBytes, TaskCompletionSource<long>? done = null)
             {
@@ -116,13 +118,13 @@ namespace BastionTools.Sandbox
             Waiter waiter;
             lock (_gate)
             {
-                if (IsAborted || IsClosing) return Task.FromResult(false);
-                waiter = new Waiter(frame, duplicate, holdBack);
-                if (_waiters.Count == 0 && HasRoomLocked(waiter.Cost))
+                if (IsAborted || IsClosing) return s_false;
+                if (_waiters.Count == 0 && HasRoomLocked(frame.Length * (duplicate ? 2L : 1L)))
                 {
                     AddLocked(frame, duplicate, holdBack);
-                    return Task.FromResult(true);
+                    return s_true;
                 }
+                waiter = new Waiter(frame, duplicate, holdBack);
                 _waiters.AddLast(waiter);
                 Interlocked.Increment(ref _counters._sendWaiters);
                 Interlocked.Increment(ref _counters._sendWaits);
@@ -326,7 +328,7 @@ namespace BastionTools.Sandbox
                 while (true)
                 {
                     await _itemsAvailable.WaitAsync().ConfigureAwait(false);
-                    Item? item;
+                    Item item;
                     lock (_gate)
                     {
                         if (IsAborted) return;
@@ -354,7 +356,7 @@ namespace BastionTools.Sandbox
                         continue;
                     }
                     if (Socket.State != WebSocketState.Open && Socket.State != WebSocketState.CloseReceived) return; // finally releases its room
-                    await Socket.SendAsync(new ArraySegment<byte>(frame), WebSocketMessageType.Binary, true, CancellationToken.None).ConfigureAwait(false);
+                    await Socket.SendAsync(frame.AsMemory(), WebSocketMessageType.Binary, true, CancellationToken.None).ConfigureAwait(false);
                     Interlocked.Increment(ref _counters._messagesSent);
                     Interlocked.Add(ref _counters._bytesSent, frame.Length);
                     Release(frame.Length);
