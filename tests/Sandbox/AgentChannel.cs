@@ -138,7 +138,7 @@ namespace BastionTools.Sandbox
         // ---- connections -------------------------------------------------------------------------------------------
 
         /// <summary>Runs one accepted, authenticated WebSocket until it closes. The first connection starts the plugin.</summary>
-        public async Task RunConnectionAsync(System.Net.WebSockets.WebSocket socket, Action? abortTransport, OpenDataChannelInput open, CancellationToken stopping)
+        public async Task RunConnectionAsync(System.Net.WebSockets.WebSocket socket, Action? abortTransport, OpenDataChannelInput open, CancellationToken stopping, WriteBatchingStream? writeBatching = null)
         {
             var faults = Faults;
             AgentConnection connection;
@@ -147,7 +147,7 @@ namespace BastionTools.Sandbox
             lock (_gate)
             {
                 previous = _connection;
-                connection = new AgentConnection(socket, abortTransport, Counters, faults.KillAfterBytes, ++_connectionCount, Options.ConnectionQueueBytes);
+                connection = new AgentConnection(socket, abortTransport, Counters, faults.KillAfterBytes, ++_connectionCount, Options.ConnectionQueueBytes, writeBatching);
                 _connection = connection;
                 OpenDataChannelClientVersion = open.ClientVersion;
                 start = !_started;

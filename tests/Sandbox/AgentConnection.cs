@@ -32,6 +32,7 @@ namespace BastionTools.Sandbox
         private readonly long _killAfterBytes;
         private readonly long _capacity;
         private readonly Action? _abortTransport;
+        private readonly WriteBatchingStream? _batching;
         private byte[]? _held;
         private long _queuedBytes;
         private long _bytes;
@@ -39,8 +40,12 @@ namespace BastionTools.Sandbox
         private int _closing;
         private bool _stalled;
 
-        public AgentConnection(WebSocket socket, Action? abortTransport, SandboxChannelCounters counters, long killAfterBytes, int number, long capacityBytes)
+        public AgentConnection(WebSocket socket, Action? abortTransport, SandboxChannelCounters counters, long killAfterBytes, int number, long capacityBytes,
+            WriteBatchingStream? writeBatching = null)
         {
+            // With KillAfterBytes the connection is cut right after the frame that spends the budget, which must then have
+            // reached the socket: no gathering.
+            _batching = killAfterBytes > 0 ? null : writeBatching;
             Socket = socket;
             _abortTransport = abortTransport;
             _counters = counters;
@@ -323,17 +328,37 @@ namespace BastionTools.Sandbox
 
         private async Task WriteLoopAsync()
         {
+            // Frames written while gathering: counted as sent, and their room freed, once the write that carries them
+            // to the socket is done (as each frame's was after its own write before).
+            long gatheredBytes = 0;
+            var gatheredFrames = 0;
+            void Settle()
+            {
+                if (gatheredFrames == 0) return;
+                Interlocked.Add(ref _counters._messagesSent, gatheredFrames);
+                Interlocked.Add(ref _counters._bytesSent, gatheredBytes);
+                Release(gatheredBytes);
+                CountBytes(gatheredBytes);
+                gatheredBytes = 0;
+                gatheredFrames = 0;
+            }
             try
             {
                 while (true)
                 {
                     await _itemsAvailable.WaitAsync().ConfigureAwait(false);
                     Item item;
+                    bool more;
                     lock (_gate)
                     {
                         if (IsAborted) return;
                         if (!_queue.TryDequeue(out item)) continue;
+                        more = _queue.Count > 0;
                     }
+                    // A frame with another queued behind it is gathered with the next write (one socket write for several
+                    // frames); the last one ready, a close and fragments go out at once, with whatever was gathered.
+                    var gather = _batching != null && more && item.Kind == ItemKind.Frame && !_stalled;
+                    if (_batching != null) _batching.Batching = gather;
                     switch (item.Kind)
                     {
                         case ItemKind.Close:
@@ -341,10 +366,12 @@ namespace BastionTools.Sandbox
                             {
                                 using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5));
                                 await Socket.CloseOutputAsync(WebSocketCloseStatus.NormalClosure, item.Close, timeout.Token).ConfigureAwait(false);
+                                Settle();
                             }
                             return;
                         case ItemKind.Fragments:
                             await SendFragmentsAsync(item).ConfigureAwait(false);
+                            Settle();
                             continue;
                     }
                     var frame = item.Frame!;
@@ -357,6 +384,13 @@ namespace BastionTools.Sandbox
                     }
                     if (Socket.State != WebSocketState.Open && Socket.State != WebSocketState.CloseReceived) return; // finally releases its room
                     await Socket.SendAsync(frame.AsMemory(), WebSocketMessageType.Binary, true, CancellationToken.None).ConfigureAwait(false);
+                    if (gather)
+                    {
+                        gatheredBytes += frame.Length;
+                        gatheredFrames++;
+                        continue;
+                    }
+                    Settle();
                     Interlocked.Increment(ref _counters._messagesSent);
                     Interlocked.Add(ref _counters._bytesSent, frame.Length);
                     Release(frame.Length);
@@ -372,6 +406,7 @@ namespace BastionTools.Sandbox
             {
                 // The writer is done (closed, aborted or the socket is gone): nothing queued will ever leave, and
                 // nothing more is taken.
+                if (_batching != null) _batching.Batching = false;
                 Interlocked.Exchange(ref _closing, 1);
                 lock (_gate)
                 {

@@ -316,7 +316,7 @@ namespace BastionTools.Sandbox
                     return;
                 }
                 var http = context.HttpContext;
-                await channel.RunConnectionAsync(socket, () => http.Response.Abort(), open, context.Stopping).ConfigureAwait(false);
+                await channel.RunConnectionAsync(socket, () => http.Response.Abort(), open, context.Stopping, accepted.WriteBatching).ConfigureAwait(false);
             }
             finally
             {
