@@ -286,6 +286,7 @@ namespace BastionTools.Sandbox
                     }
                     if (result.MessageType != System.Net.WebSockets.WebSocketMessageType.Binary) continue;
                     Interlocked.Increment(ref Counters._messagesReceived);
+                    if (TryProcessAcknowledgeInPlace(bytes)) continue;
                     AgentMessage decoded;
                     try
                     {
@@ -474,14 +475,42 @@ namespace BastionTools.Sandbox
             }
         }
 
-        private void HandleAcknowledge(AgentMessage message)
+        /// <summary>
+        /// An acknowledge frame with a standard header, while no inbound message fault applies and no message is held
+        /// back: what ReceiveWithFaultsAsync and ProcessAsync do with it (digest check, counters, Pause cleared, the
+        /// acknowledged message forgotten), read where it lies instead of through a decoded message. False for anything
+        /// else, which takes the ordinary path.
+        /// </summary>
+        private bool TryProcessAcknowledgeInPlace(ArraySegment<byte> frame)
+        {
+            if (!AgentFrames.TryReadStandardAcknowledge(frame, out var digestValid, out var payload)) return false;
+            var faults = Faults;
+            if (faults.IsMessageFaulting && faults.Applies(outbound: false)) return false;
+            lock (_gate)
+            {
+                if (_heldIncoming != null) return false;
+            }
+            if (!digestValid)
+            {
+                Interlocked.Increment(ref Counters._digestFailures);
+                return true;
+            }
+            Interlocked.Increment(ref Counters._acksReceived);
+            SetPaused(false); // handleAcknowledgeMessage: Pause = false
+            HandleAcknowledge(payload);
+            return true;
+        }
+
+        private void HandleAcknowledge(AgentMessage message) => HandleAcknowledge(message.Payload);
+
+        private void HandleAcknowledge(ReadOnlySpan<byte> payload)
         {
             // The exact form clients write is read directly; anything else goes through the JSON serializer as before.
-            if (!AgentFrames.TryReadCanonicalAcknowledge(message.Payload, out var acknowledged))
+            if (!AgentFrames.TryReadCanonicalAcknowledge(payload, out var acknowledged))
             {
                 try
                 {
-                    acknowledged = SsmJson.Deserialize<AcknowledgeContent>(message.Payload).AcknowledgedMessageSequenceNumber;
+                    acknowledged = SsmJson.Deserialize<AcknowledgeContent>(payload.ToArray()).AcknowledgedMessageSequenceNumber;
                 }
                 catch (SsmProtocolException)
                 {

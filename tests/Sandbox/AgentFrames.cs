@@ -157,6 +157,37 @@ namespace BastionTools.Sandbox
         }
 
         /// <summary>
+        /// Whether <paramref name="frame"/> is an acknowledge with the standard 116-byte header and a consistent
+        /// PayloadLength (what <see cref="Decode"/> reads itself), with its payload and whether the digest holds (an empty
+        /// payload counts as valid, as in <see cref="AgentMessageCodec"/>).
+        /// </summary>
+        public static bool TryReadStandardAcknowledge(ArraySegment<byte> frame, out bool digestValid, out ReadOnlySpan<byte> payload)
+        {
+            digestValid = false;
+            payload = default;
+            ReadOnlySpan<byte> span = frame.AsSpan();
+            if (span.Length < PayloadOffset
+                || BinaryPrimitives.ReadUInt32BigEndian(span) != AgentMessageCodec.StandardHeaderLength
+                || (long)BinaryPrimitives.ReadUInt32BigEndian(span.Slice(HeaderLength)) + PayloadOffset != span.Length
+                || !span.Slice(AgentMessageCodec.MessageTypeOffset, AgentMessageCodec.MessageTypeLength).SequenceEqual(AcknowledgeField))
+            {
+                return false;
+            }
+            payload = span.Slice(PayloadOffset);
+            if (payload.Length == 0)
+            {
+                digestValid = true;
+            }
+            else
+            {
+                Span<byte> computed = stackalloc byte[32];
+                SHA256.HashData(payload, computed);
+                digestValid = CryptographicOperations.FixedTimeEquals(computed, span.Slice(AgentMessageCodec.PayloadDigestOffset, AgentMessageCodec.PayloadDigestLength));
+            }
+            return true;
+        }
+
+        /// <summary>
         /// The AcknowledgedMessageSequenceNumber of an acknowledgement payload in the exact form clients write
         /// (<see cref="ClientMessages.Acknowledge(AgentMessage, Guid?, ulong?)"/>, the official plugin): plain-ASCII type,
         /// a 36-character lower-case id, a number without sign or leading zero, IsSequentialMessage true or false. False for

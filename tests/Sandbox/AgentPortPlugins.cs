@@ -225,7 +225,7 @@ namespace BastionTools.Sandbox
                     while (true)
                     {
                         await Channel.WaitActiveAsync(cancellation).ConfigureAwait(false);
-                        var read = await stream.ReadAsync(buffer, 0, buffer.Length, cancellation).ConfigureAwait(false);
+                        var read = await stream.ReadAsync(buffer.AsMemory(), cancellation).ConfigureAwait(false);
                         if (read == 0) break;
                         // SendStreamDataAsync has copied the bytes into the message when it completes: the buffer is reused.
                         await Channel.SendStreamDataAsync(PayloadType.Output, buffer.AsMemory(0, read)).ConfigureAwait(false);
@@ -840,7 +840,7 @@ namespace BastionTools.Sandbox
                     var stream = client.GetStream();
                     while (true)
                     {
-                        var read = await stream.ReadAsync(buffer, 0, buffer.Length, _abort.Token).ConfigureAwait(false);
+                        var read = await stream.ReadAsync(buffer.AsMemory(), _abort.Token).ConfigureAwait(false);
                         if (read == 0) break;
                         if (Volatile.Read(ref _finSent) != 0) break;
                         if (!await _owner.WriteFrameAsync(SmuxCommand.Psh, Id, buffer, 0, read).ConfigureAwait(false)) break;

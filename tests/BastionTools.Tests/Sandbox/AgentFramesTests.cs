@@ -120,6 +120,33 @@ namespace BastionTools.Tests.Sandbox
         }
 
         [Theory]
+        [MemberData(nameof(Frames))]
+        public void ReadsAStandardAcknowledgeInPlaceAsTheCodecDoes(byte[] frame)
+        {
+            var expected = AgentMessageCodec.Decode(frame);
+
+            var isAck = AgentFrames.TryReadStandardAcknowledge(new ArraySegment<byte>(frame), out var digestValid, out var payload);
+
+            Assert.Equal(expected.MessageType == MessageTypes.Acknowledge && expected.HeaderLength == 116, isAck);
+            if (isAck)
+            {
+                Assert.Equal(expected.IsDigestValid, digestValid);
+                Assert.Equal(expected.Payload, payload.ToArray());
+            }
+        }
+
+        [Fact]
+        public void AnAcknowledgeWithABadDigestIsReadAsInvalid()
+        {
+            var frame = AgentMessageCodec.Encode(ClientMessages.Acknowledge(MessageTypes.OutputStreamData, OtherId, 9, SampleId, SampleDate));
+            frame[AgentMessageCodec.PayloadDigestOffset] ^= 1;
+
+            Assert.True(AgentFrames.TryReadStandardAcknowledge(new ArraySegment<byte>(frame), out var digestValid, out _));
+            Assert.False(digestValid);
+            Assert.False(AgentMessageCodec.Decode(frame).IsDigestValid);
+        }
+
+        [Theory]
         [InlineData(new byte[] { 0, 0, 0, 116, 1, 2, 3 })]
         [InlineData(new byte[0])]
         public void DecodeRejectsWhatTheCodecRejects(byte[] frame)
