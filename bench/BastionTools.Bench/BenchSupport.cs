@@ -28,6 +28,27 @@ namespace BastionTools.Bench
             return new Sandbox(p, JsonDocument.Parse(line).RootElement.Clone());
         }
 
+        private static readonly System.Net.Http.HttpClient Control = new() { Timeout = TimeSpan.FromSeconds(30) };
+
+        /// <summary>
+        /// Bytes the sandbox process has allocated so far (its <c>GET /control/process</c>); -1 when the sandbox has no
+        /// such endpoint (an older build).
+        /// </summary>
+        public long AllocatedBytes()
+        {
+            try
+            {
+                var uri = new Uri(new Uri(Info.GetProperty("control").GetString()!), "process");
+                var json = Control.GetStringAsync(uri).GetAwaiter().GetResult();
+                using var doc = JsonDocument.Parse(json);
+                return doc.RootElement.TryGetProperty("allocatedBytes", out var a) ? a.GetInt64() : -1;
+            }
+            catch (Exception ex) when (ex is System.Net.Http.HttpRequestException || ex is JsonException || ex is InvalidOperationException || ex is TaskCanceledException)
+            {
+                return -1;
+            }
+        }
+
         /// <summary>A connection string to the sandbox's PostgreSQL, directly (its port) or through a tunnel (the listener's).</summary>
         public string PostgresConnectionString(int port, int commandTimeout = 120)
         {

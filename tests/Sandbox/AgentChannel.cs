@@ -138,7 +138,7 @@ namespace BastionTools.Sandbox
         // ---- connections -------------------------------------------------------------------------------------------
 
         /// <summary>Runs one accepted, authenticated WebSocket until it closes. The first connection starts the plugin.</summary>
-        public async Task RunConnectionAsync(System.Net.WebSockets.WebSocket socket, Action? abortTransport, OpenDataChannelInput open, CancellationToken stopping)
+        public async Task RunConnectionAsync(System.Net.WebSockets.WebSocket socket, Action? abortTransport, OpenDataChannelInput open, CancellationToken stopping, WriteBatchingStream? writeBatching = null)
         {
             var faults = Faults;
             AgentConnection connection;
@@ -147,7 +147,7 @@ namespace BastionTools.Sandbox
             lock (_gate)
             {
                 previous = _connection;
-                connection = new AgentConnection(socket, abortTransport, Counters, faults.KillAfterBytes, ++_connectionCount, Options.ConnectionQueueBytes);
+                connection = new AgentConnection(socket, abortTransport, Counters, faults.KillAfterBytes, ++_connectionCount, Options.ConnectionQueueBytes, writeBatching);
                 _connection = connection;
                 OpenDataChannelClientVersion = open.ClientVersion;
                 start = !_started;
@@ -262,25 +262,35 @@ namespace BastionTools.Sandbox
             {
                 while (!stopping.IsCancellationRequested)
                 {
-                    var result = await socket.ReceiveAsync(new ArraySegment<byte>(buffer), stopping).ConfigureAwait(false);
+                    var result = await socket.ReceiveAsync(buffer.AsMemory(), stopping).ConfigureAwait(false);
                     if (result.MessageType == System.Net.WebSockets.WebSocketMessageType.Close)
                     {
-                        connection.CloseAfterQueued(result.CloseStatusDescription ?? "");
+                        connection.CloseAfterQueued(socket.CloseStatusDescription ?? "");
                         return;
                     }
                     connection.CountBytes(result.Count);
                     Interlocked.Add(ref Counters._bytesReceived, result.Count);
-                    message.Write(buffer, 0, result.Count);
-                    if (message.Length > SandboxAgent.MaxMessageBytes) throw new System.Net.WebSockets.WebSocketException("Message too large.");
-                    if (!result.EndOfMessage) continue;
-                    var bytes = message.ToArray();
-                    message.SetLength(0);
+                    ArraySegment<byte> bytes;
+                    if (message.Length == 0 && result.EndOfMessage)
+                    {
+                        // A whole message in one read (the usual case): decoded where it lies.
+                        bytes = new ArraySegment<byte>(buffer, 0, result.Count);
+                    }
+                    else
+                    {
+                        message.Write(buffer, 0, result.Count);
+                        if (message.Length > SandboxAgent.MaxMessageBytes) throw new System.Net.WebSockets.WebSocketException("Message too large.");
+                        if (!result.EndOfMessage) continue;
+                        bytes = new ArraySegment<byte>(message.ToArray());
+                        message.SetLength(0);
+                    }
                     if (result.MessageType != System.Net.WebSockets.WebSocketMessageType.Binary) continue;
                     Interlocked.Increment(ref Counters._messagesReceived);
+                    if (TryProcessAcknowledgeInPlace(bytes)) continue;
                     AgentMessage decoded;
                     try
                     {
-                        decoded = AgentMessageCodec.Decode(bytes);
+                        decoded = AgentFrames.Decode(bytes);
                     }
                     catch (SsmProtocolException ex)
                     {
@@ -416,7 +426,11 @@ namespace BastionTools.Sandbox
         {
             var connection = _connectionSnapshot();
             if (connection == null || connection.IsAborted || connection.IsClosing) return false;
-            var (drop, duplicate, hold) = faultable ? Draw(outbound: true, FrameMessageType(frame), FrameSequenceNumber(frame)) : (false, false, false);
+            var faults = Faults;
+            // The frame's type and number are read only when outbound message faults are on (Draw is a no-op otherwise).
+            var (drop, duplicate, hold) = faultable && faults.IsMessageFaulting && faults.Applies(outbound: true)
+                ? Draw(outbound: true, FrameMessageType(frame), FrameSequenceNumber(frame))
+                : (false, false, false);
             if (drop)
             {
                 Interlocked.Increment(ref Counters._dropped);
@@ -461,24 +475,55 @@ namespace BastionTools.Sandbox
             }
         }
 
-        private void HandleAcknowledge(AgentMessage message)
+        /// <summary>
+        /// An acknowledge frame with a standard header, while no inbound message fault applies and no message is held
+        /// back: what ReceiveWithFaultsAsync and ProcessAsync do with it (digest check, counters, Pause cleared, the
+        /// acknowledged message forgotten), read where it lies instead of through a decoded message. False for anything
+        /// else, which takes the ordinary path.
+        /// </summary>
+        private bool TryProcessAcknowledgeInPlace(ArraySegment<byte> frame)
         {
-            AcknowledgeContent content;
-            try
+            if (!AgentFrames.TryReadStandardAcknowledge(frame, out var digestValid, out var payload)) return false;
+            var faults = Faults;
+            if (faults.IsMessageFaulting && faults.Applies(outbound: false)) return false;
+            lock (_gate)
             {
-                content = SsmJson.Deserialize<AcknowledgeContent>(message.Payload);
+                if (_heldIncoming != null) return false;
             }
-            catch (SsmProtocolException)
+            if (!digestValid)
             {
-                return;
+                Interlocked.Increment(ref Counters._digestFailures);
+                return true;
+            }
+            Interlocked.Increment(ref Counters._acksReceived);
+            SetPaused(false); // handleAcknowledgeMessage: Pause = false
+            HandleAcknowledge(payload);
+            return true;
+        }
+
+        private void HandleAcknowledge(AgentMessage message) => HandleAcknowledge(message.Payload);
+
+        private void HandleAcknowledge(ReadOnlySpan<byte> payload)
+        {
+            // The exact form clients write is read directly; anything else goes through the JSON serializer as before.
+            if (!AgentFrames.TryReadCanonicalAcknowledge(payload, out var acknowledged))
+            {
+                try
+                {
+                    acknowledged = SsmJson.Deserialize<AcknowledgeContent>(payload.ToArray()).AcknowledgedMessageSequenceNumber;
+                }
+                catch (SsmProtocolException)
+                {
+                    return;
+                }
             }
             lock (_gate)
             {
-                if (_unackedIndex.TryGetValue(content.AcknowledgedMessageSequenceNumber, out var node))
+                if (_unackedIndex.TryGetValue(acknowledged, out var node))
                 {
                     UpdateRetransmissionTimeout(Now - node.Value.SentAt);
                     _unacked.Remove(node);
-                    _unackedIndex.Remove(content.AcknowledgedMessageSequenceNumber);
+                    _unackedIndex.Remove(acknowledged);
                 }
             }
         }
@@ -542,7 +587,8 @@ namespace BastionTools.Sandbox
         private async Task SendAcknowledgeAsync(AgentMessage received)
         {
             // The agent's acknowledge is field for field the client's: type acknowledge, seq 0, flags 3, PayloadType 0.
-            var frame = AgentMessageCodec.Encode(ClientMessages.Acknowledge(received));
+            var frame = AgentFrames.EncodeAcknowledge(received.MessageType, received.MessageId, received.SequenceNumber)
+                ?? AgentMessageCodec.Encode(ClientMessages.Acknowledge(received));
             var delay = Faults.AckDelayMs;
             if (delay > 0)
             {
@@ -620,7 +666,11 @@ namespace BastionTools.Sandbox
         /// acknowledged while the unacknowledged list has room (AddDataToOutgoingMessageBuffer: a message that finds it
         /// full is not kept, so it is never resent). Empty payloads are ignored, as the agent does.
         /// </summary>
-        public async Task SendStreamDataAsync(PayloadType payloadType, byte[] payload)
+        public Task SendStreamDataAsync(PayloadType payloadType, byte[] payload) => SendStreamDataAsync(payloadType, payload.AsMemory());
+
+        /// <inheritdoc cref="SendStreamDataAsync(PayloadType, byte[])"/>
+        /// <remarks>The payload is copied into the message before the task completes; the caller may reuse its buffer after.</remarks>
+        public async Task SendStreamDataAsync(PayloadType payloadType, ReadOnlyMemory<byte> payload)
         {
             if (payload.Length == 0 || IsEnded) return;
             AgentBlockCipher? cipher;
@@ -628,11 +678,12 @@ namespace BastionTools.Sandbox
             // SendStreamDataMessage: with encryption on, Output, StdErr and ExitCode are encrypted; nothing else is.
             if (cipher != null && (payloadType == PayloadType.Output || payloadType == PayloadType.StdErr || payloadType == PayloadType.ExitCode))
             {
-                payload = cipher.Encrypt(payload);
+                var sealedPayload = cipher.Encrypt(payload.ToArray());
                 if (payloadType == PayloadType.Output && Options.EncryptionFault == SandboxEncryptionFault.TamperOutput && Interlocked.Exchange(ref _tampered, 1) == 0)
                 {
-                    payload[AgentBlockCipher.NonceSize] ^= 0x01;
+                    sealedPayload[AgentBlockCipher.NonceSize] ^= 0x01;
                 }
+                payload = sealedPayload;
             }
             await _streamSendLock.WaitAsync().ConfigureAwait(false);
             try
@@ -644,8 +695,7 @@ namespace BastionTools.Sandbox
                 lock (_gate)
                 {
                     var sequence = _nextSequence++;
-                    var message = AgentMessage.Create(MessageTypes.OutputStreamData, sequence, sequence == 0 ? MessageFlags.Syn : MessageFlags.Data, payloadType, payload);
-                    frame = AgentMessageCodec.Encode(message);
+                    frame = AgentFrames.Encode(MessageTypes.OutputStreamData, sequence, sequence == 0 ? MessageFlags.Syn : MessageFlags.Data, payloadType, payload.Span);
                     if (_unacked.Count < Options.OutgoingMessageBufferCapacity)
                     {
                         pending = new Pending(sequence, frame, Now);

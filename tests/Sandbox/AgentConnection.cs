@@ -21,6 +21,8 @@ namespace BastionTools.Sandbox
     internal sealed class AgentConnection
     {
         private static readonly TimeSpan HoldFlushDelay = TimeSpan.FromMilliseconds(200);
+        private static readonly Task<bool> s_true = Task.FromResult(true);
+        private static readonly Task<bool> s_false = Task.FromResult(false);
         private const int FragmentChunk = 64 * 1024;
         private readonly object _gate = new();
         private readonly Queue<Item> _queue = new();
@@ -30,6 +32,7 @@ namespace BastionTools.Sandbox
         private readonly long _killAfterBytes;
         private readonly long _capacity;
         private readonly Action? _abortTransport;
+        private readonly WriteBatchingStream? _batching;
         private byte[]? _held;
         private long _queuedBytes;
         private long _bytes;
@@ -37,8 +40,12 @@ namespace BastionTools.Sandbox
         private int _closing;
         private bool _stalled;
 
-        public AgentConnection(WebSocket socket, Action? abortTransport, SandboxChannelCounters counters, long killAfterBytes, int number, long capacityBytes)
+        public AgentConnection(WebSocket socket, Action? abortTransport, SandboxChannelCounters counters, long killAfterBytes, int number, long capacityBytes,
+            WriteBatchingStream? writeBatching = null)
         {
+            // With KillAfterBytes the connection is cut right after the frame that spends the budget, which must then have
+            // reached the socket: no gathering.
+            _batching = killAfterBytes > 0 ? null : writeBatching;
             Socket = socket;
             _abortTransport = abortTransport;
             _counters = counters;
@@ -73,7 +80,7 @@ namespace BastionTools.Sandbox
             Fragments,
         }
 
-        private sealed class Item
+        private readonly struct Item
         {
             public Item(ItemKind kind, byte[]? frame, string? close, long fragmentBytes, TaskCompletionSource<long>? done = null)
             {
@@ -116,13 +123,13 @@ namespace BastionTools.Sandbox
             Waiter waiter;
             lock (_gate)
             {
-                if (IsAborted || IsClosing) return Task.FromResult(false);
-                waiter = new Waiter(frame, duplicate, holdBack);
-                if (_waiters.Count == 0 && HasRoomLocked(waiter.Cost))
+                if (IsAborted || IsClosing) return s_false;
+                if (_waiters.Count == 0 && HasRoomLocked(frame.Length * (duplicate ? 2L : 1L)))
                 {
                     AddLocked(frame, duplicate, holdBack);
-                    return Task.FromResult(true);
+                    return s_true;
                 }
+                waiter = new Waiter(frame, duplicate, holdBack);
                 _waiters.AddLast(waiter);
                 Interlocked.Increment(ref _counters._sendWaiters);
                 Interlocked.Increment(ref _counters._sendWaits);
@@ -321,17 +328,37 @@ namespace BastionTools.Sandbox
 
         private async Task WriteLoopAsync()
         {
+            // Frames written while gathering: counted as sent, and their room freed, once the write that carries them
+            // to the socket is done (as each frame's was after its own write before).
+            long gatheredBytes = 0;
+            var gatheredFrames = 0;
+            void Settle()
+            {
+                if (gatheredFrames == 0) return;
+                Interlocked.Add(ref _counters._messagesSent, gatheredFrames);
+                Interlocked.Add(ref _counters._bytesSent, gatheredBytes);
+                Release(gatheredBytes);
+                CountBytes(gatheredBytes);
+                gatheredBytes = 0;
+                gatheredFrames = 0;
+            }
             try
             {
                 while (true)
                 {
                     await _itemsAvailable.WaitAsync().ConfigureAwait(false);
-                    Item? item;
+                    Item item;
+                    bool more;
                     lock (_gate)
                     {
                         if (IsAborted) return;
                         if (!_queue.TryDequeue(out item)) continue;
+                        more = _queue.Count > 0;
                     }
+                    // A frame with another queued behind it is gathered with the next write (one socket write for several
+                    // frames); the last one ready, a close and fragments go out at once, with whatever was gathered.
+                    var gather = _batching != null && more && item.Kind == ItemKind.Frame && !_stalled;
+                    if (_batching != null) _batching.Batching = gather;
                     switch (item.Kind)
                     {
                         case ItemKind.Close:
@@ -339,10 +366,12 @@ namespace BastionTools.Sandbox
                             {
                                 using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5));
                                 await Socket.CloseOutputAsync(WebSocketCloseStatus.NormalClosure, item.Close, timeout.Token).ConfigureAwait(false);
+                                Settle();
                             }
                             return;
                         case ItemKind.Fragments:
                             await SendFragmentsAsync(item).ConfigureAwait(false);
+                            Settle();
                             continue;
                     }
                     var frame = item.Frame!;
@@ -354,7 +383,14 @@ namespace BastionTools.Sandbox
                         continue;
                     }
                     if (Socket.State != WebSocketState.Open && Socket.State != WebSocketState.CloseReceived) return; // finally releases its room
-                    await Socket.SendAsync(new ArraySegment<byte>(frame), WebSocketMessageType.Binary, true, CancellationToken.None).ConfigureAwait(false);
+                    await Socket.SendAsync(frame.AsMemory(), WebSocketMessageType.Binary, true, CancellationToken.None).ConfigureAwait(false);
+                    if (gather)
+                    {
+                        gatheredBytes += frame.Length;
+                        gatheredFrames++;
+                        continue;
+                    }
+                    Settle();
                     Interlocked.Increment(ref _counters._messagesSent);
                     Interlocked.Add(ref _counters._bytesSent, frame.Length);
                     Release(frame.Length);
@@ -370,6 +406,7 @@ namespace BastionTools.Sandbox
             {
                 // The writer is done (closed, aborted or the socket is gone): nothing queued will ever leave, and
                 // nothing more is taken.
+                if (_batching != null) _batching.Batching = false;
                 Interlocked.Exchange(ref _closing, 1);
                 lock (_gate)
                 {

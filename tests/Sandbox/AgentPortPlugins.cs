@@ -225,11 +225,10 @@ namespace BastionTools.Sandbox
                     while (true)
                     {
                         await Channel.WaitActiveAsync(cancellation).ConfigureAwait(false);
-                        var read = await stream.ReadAsync(buffer, 0, buffer.Length, cancellation).ConfigureAwait(false);
+                        var read = await stream.ReadAsync(buffer.AsMemory(), cancellation).ConfigureAwait(false);
                         if (read == 0) break;
-                        var chunk = new byte[read];
-                        Buffer.BlockCopy(buffer, 0, chunk, 0, read);
-                        await Channel.SendStreamDataAsync(PayloadType.Output, chunk).ConfigureAwait(false);
+                        // SendStreamDataAsync has copied the bytes into the message when it completes: the buffer is reused.
+                        await Channel.SendStreamDataAsync(PayloadType.Output, buffer.AsMemory(0, read)).ConfigureAwait(false);
                         await pacer.PauseAsync(cancellation).ConfigureAwait(false);
                     }
                 }
@@ -363,6 +362,9 @@ namespace BastionTools.Sandbox
         private readonly object _bucketGate = new();
         private long _bucket;
         private TaskCompletionSource _tokensReturned = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        // Whether WaitForTokensAsync took _tokensReturned's task since it was made: only then is there anyone to wake
+        // (a fresh one per return of tokens cost an allocation per smux frame read).
+        private bool _tokensAwaited;
         private int _dataReady;
         private bool _closed;
 
@@ -402,6 +404,7 @@ namespace BastionTools.Sandbox
             var token = linked.Token;
             var reader = _output.Reader;
             var pacer = Channel.NewOutputReadPacer();
+            var payload = new byte[StreamDataPayloadSize];
             try
             {
                 while (true)
@@ -416,9 +419,11 @@ namespace BastionTools.Sandbox
                         continue;
                     }
                     var piece = buffer.Slice(0, Math.Min(StreamDataPayloadSize, buffer.Length));
-                    var payload = piece.ToArray();
+                    var length = (int)piece.Length;
+                    piece.CopyTo(payload);
                     reader.AdvanceTo(piece.End);
-                    await Channel.SendStreamDataAsync(PayloadType.Output, payload).ConfigureAwait(false);
+                    // SendStreamDataAsync has copied the bytes into the message when it completes: the buffer is reused.
+                    await Channel.SendStreamDataAsync(PayloadType.Output, payload.AsMemory(0, length)).ConfigureAwait(false);
                     await pacer.PauseAsync(token).ConfigureAwait(false);
                 }
             }
@@ -467,15 +472,14 @@ namespace BastionTools.Sandbox
         }
 
         /// <summary>Writes one smux frame to the output (whole, never interleaved), waiting while the output is full. False once stopped.</summary>
-        private Task<bool> WriteFrameAsync(SmuxCommand command, uint streamId, byte[]? data, int offset, int count)
-        {
-            var frame = new byte[SmuxCodec.HeaderLength + count];
-            SmuxCodec.WriteHeader(frame, 0, command, streamId, count);
-            if (count > 0) Buffer.BlockCopy(data!, offset, frame, SmuxCodec.HeaderLength, count);
-            return WriteOutputAsync(frame);
-        }
+        private Task<bool> WriteFrameAsync(SmuxCommand command, uint streamId, byte[]? data, int offset, int count) =>
+            WriteOutputAsync(null, command, streamId, data, offset, count);
 
-        private async Task<bool> WriteOutputAsync(byte[] bytes)
+        /// <summary>
+        /// Writes <paramref name="raw"/> or else one smux frame (header and data written straight into the pipe) as one
+        /// write, then waits while the output is full, as Pipe.WriteAsync does.
+        /// </summary>
+        private async Task<bool> WriteOutputAsync(byte[]? raw, SmuxCommand command = SmuxCommand.Nop, uint streamId = 0, byte[]? data = null, int offset = 0, int count = 0)
         {
             try
             {
@@ -488,7 +492,14 @@ namespace BastionTools.Sandbox
             try
             {
                 if (_stop.IsCancellationRequested) return false;
-                await _output.Writer.WriteAsync(bytes, _stop.Token).ConfigureAwait(false);
+                var writer = _output.Writer;
+                if (raw != null)
+                {
+                    await writer.WriteAsync(raw, _stop.Token).ConfigureAwait(false);
+                    return true;
+                }
+                WriteFrame(writer, command, streamId, data, offset, count);
+                await writer.FlushAsync(_stop.Token).ConfigureAwait(false);
                 return true;
             }
             catch (Exception ex) when (ex is OperationCanceledException || ex is InvalidOperationException)
@@ -507,6 +518,18 @@ namespace BastionTools.Sandbox
             if (!await WriteOutputAsync(bytes).ConfigureAwait(false)) throw new InvalidOperationException("The mux session has stopped.");
         }
 
+        private static void WriteFrame(PipeWriter writer, SmuxCommand command, uint streamId, byte[]? data, int offset, int count)
+        {
+            var span = writer.GetSpan(SmuxCodec.HeaderLength + count);
+            // SmuxCodec.WriteHeader's layout: version 1, command, payload length (uint16 LE), stream id (uint32 LE).
+            span[0] = SmuxCodec.Version1;
+            span[1] = (byte)command;
+            BinaryPrimitives.WriteUInt16LittleEndian(span.Slice(2), checked((ushort)count));
+            BinaryPrimitives.WriteUInt32LittleEndian(span.Slice(4), streamId);
+            if (count > 0) data.AsSpan(offset, count).CopyTo(span.Slice(SmuxCodec.HeaderLength));
+            writer.Advance(SmuxCodec.HeaderLength + count);
+        }
+
         // ---- the smux bucket (session.go bucket / returnTokens / recvLoop) -------------------------------------------
 
         private void TakeTokens(int count)
@@ -522,8 +545,9 @@ namespace BastionTools.Sandbox
             lock (_bucketGate)
             {
                 _bucket += count;
-                if (_bucket > 0)
+                if (_bucket > 0 && _tokensAwaited)
                 {
+                    _tokensAwaited = false;
                     signal = _tokensReturned;
                     _tokensReturned = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
                 }
@@ -545,6 +569,7 @@ namespace BastionTools.Sandbox
                     {
                         if (_bucket > 0 || _stop.IsCancellationRequested) return;
                         wait = _tokensReturned.Task;
+                        _tokensAwaited = true;
                     }
                     if (!counted)
                     {
@@ -815,7 +840,7 @@ namespace BastionTools.Sandbox
                     var stream = client.GetStream();
                     while (true)
                     {
-                        var read = await stream.ReadAsync(buffer, 0, buffer.Length, _abort.Token).ConfigureAwait(false);
+                        var read = await stream.ReadAsync(buffer.AsMemory(), _abort.Token).ConfigureAwait(false);
                         if (read == 0) break;
                         if (Volatile.Read(ref _finSent) != 0) break;
                         if (!await _owner.WriteFrameAsync(SmuxCommand.Psh, Id, buffer, 0, read).ConfigureAwait(false)) break;

@@ -316,7 +316,7 @@ namespace BastionTools.Sandbox
                     return;
                 }
                 var http = context.HttpContext;
-                await channel.RunConnectionAsync(socket, () => http.Response.Abort(), open, context.Stopping).ConfigureAwait(false);
+                await channel.RunConnectionAsync(socket, () => http.Response.Abort(), open, context.Stopping, accepted.WriteBatching).ConfigureAwait(false);
             }
             finally
             {
@@ -407,6 +407,19 @@ namespace BastionTools.Sandbox
                     return (200, new JsonObject { ["kmsKeyId"] = Host.World.Preferences.KmsKeyId }.ToJsonString());
                 }
                 if (parts.Length == 2 && parts[1] == "kms" && method == "GET") return (200, Host.World.Kms.Describe().ToJsonString());
+                if (parts.Length == 2 && parts[1] == "process" && method == "GET")
+                {
+                    // For benchmarks: the sandbox process's own cost (bytes allocated so far, collections, CPU time).
+                    using var self = System.Diagnostics.Process.GetCurrentProcess();
+                    return (200, new JsonObject
+                    {
+                        ["allocatedBytes"] = GC.GetTotalAllocatedBytes(false),
+                        ["gen0Collections"] = GC.CollectionCount(0),
+                        ["gen1Collections"] = GC.CollectionCount(1),
+                        ["gen2Collections"] = GC.CollectionCount(2),
+                        ["cpuMs"] = self.TotalProcessorTime.TotalMilliseconds,
+                    }.ToJsonString());
+                }
                 if (parts.Length == 3 && parts[1] == "kms" && parts[2] == "issued-data-keys" && method == "GET")
                 {
                     // For leak checks only: what GenerateDataKey handed out.

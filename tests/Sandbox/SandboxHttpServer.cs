@@ -79,14 +79,15 @@ namespace BastionTools.Sandbox
             Response.MarkSent();
             await _connection.WriteAsync(Encoding.ASCII.GetBytes(head.ToString())).ConfigureAwait(false);
 
-            var socket = WebSocket.CreateFromStream(_connection.DetachStream(), new WebSocketCreationOptions
+            var stream = new WriteBatchingStream(_connection.DetachStream());
+            var socket = WebSocket.CreateFromStream(stream, new WebSocketCreationOptions
             {
                 IsServer = true,
                 SubProtocol = subProtocol,
                 KeepAliveInterval = keepAliveInterval,
             });
             _connection.Track(socket);
-            return new SandboxWebSocketContext(socket);
+            return new SandboxWebSocketContext(socket, stream);
         }
 
         private List<string> OfferedProtocols()
@@ -117,9 +118,16 @@ namespace BastionTools.Sandbox
     /// <summary>The WebSocket an accepted upgrade produced (the shape of HttpListenerWebSocketContext the sandbox used).</summary>
     public sealed class SandboxWebSocketContext
     {
-        internal SandboxWebSocketContext(WebSocket webSocket) => WebSocket = webSocket;
+        internal SandboxWebSocketContext(WebSocket webSocket, WriteBatchingStream writeBatching)
+        {
+            WebSocket = webSocket;
+            WriteBatching = writeBatching;
+        }
 
         public WebSocket WebSocket { get; }
+
+        /// <summary>The stream under <see cref="WebSocket"/>: the agent's connection writer gathers frames that are ready together.</summary>
+        internal WriteBatchingStream WriteBatching { get; }
     }
 
     /// <summary>A parsed HTTP/1.1 request with its whole body.</summary>
