@@ -49,7 +49,7 @@ namespace BastionTools.Sandbox
             BinaryPrimitives.WriteUInt64BigEndian(span.Slice(AgentMessageCodec.CreatedDateOffset), date);
             BinaryPrimitives.WriteInt64BigEndian(span.Slice(AgentMessageCodec.SequenceNumberOffset), sequenceNumber);
             BinaryPrimitives.WriteUInt64BigEndian(span.Slice(AgentMessageCodec.FlagsOffset), flags);
-            WriteMessageId(id, span.Slice(AgentMessageCodec.MessageIdOffset, MessageIdCodec.Length));
+            MessageIdCodec.Write(id, frame, AgentMessageCodec.MessageIdOffset);
             BinaryPrimitives.WriteUInt32BigEndian(span.Slice(AgentMessageCodec.PayloadTypeOffset), (uint)payloadType);
             BinaryPrimitives.WriteUInt32BigEndian(span.Slice(HeaderLength), (uint)payload.Length);
             payload.CopyTo(span.Slice(PayloadOffset));
@@ -57,21 +57,20 @@ namespace BastionTools.Sandbox
             return frame;
         }
 
-        /// <summary>The wire order of a MessageId (see <see cref="MessageIdCodec"/>): RFC 4122 bytes 8..15, then 0..7.</summary>
-        private static void WriteMessageId(Guid id, Span<byte> destination)
-        {
-            Span<byte> rfc = stackalloc byte[16];
-            id.TryWriteBytes(rfc, bigEndian: true, out _);
-            rfc.Slice(8, 8).CopyTo(destination);
-            rfc.Slice(0, 8).CopyTo(destination.Slice(8));
-        }
+        /// <summary>A 116-byte header whose PayloadLength matches the frame: the only shape read here.</summary>
+        private static bool IsStandard(ReadOnlySpan<byte> span) =>
+            span.Length >= PayloadOffset
+            && BinaryPrimitives.ReadUInt32BigEndian(span) == AgentMessageCodec.StandardHeaderLength
+            && (long)BinaryPrimitives.ReadUInt32BigEndian(span.Slice(HeaderLength)) + PayloadOffset == span.Length;
 
-        private static Guid ReadMessageId(ReadOnlySpan<byte> source)
+        /// <summary>The payload's SHA-256 is the digest field (an empty payload counts as valid, as in the codec).</summary>
+        private static bool DigestHolds(ReadOnlySpan<byte> span)
         {
-            Span<byte> rfc = stackalloc byte[16];
-            source.Slice(8, 8).CopyTo(rfc);
-            source.Slice(0, 8).CopyTo(rfc.Slice(8));
-            return new Guid(rfc, bigEndian: true);
+            var payload = span.Slice(PayloadOffset);
+            if (payload.Length == 0) return true;
+            Span<byte> computed = stackalloc byte[32];
+            SHA256.HashData(payload, computed);
+            return CryptographicOperations.FixedTimeEquals(computed, span.Slice(AgentMessageCodec.PayloadDigestOffset, AgentMessageCodec.PayloadDigestLength));
         }
 
         private static ReadOnlySpan<byte> AckPart1 => "{\"AcknowledgedMessageType\":\""u8;
@@ -117,31 +116,13 @@ namespace BastionTools.Sandbox
         public static AgentMessage Decode(ArraySegment<byte> frame)
         {
             ReadOnlySpan<byte> span = frame.AsSpan();
-            if (span.Length < PayloadOffset
-                || BinaryPrimitives.ReadUInt32BigEndian(span) != AgentMessageCodec.StandardHeaderLength
-                || (long)BinaryPrimitives.ReadUInt32BigEndian(span.Slice(HeaderLength)) + PayloadOffset != span.Length)
-            {
-                return AgentMessageCodec.Decode(frame);
-            }
+            if (!IsStandard(span)) return AgentMessageCodec.Decode(frame);
             var typeField = span.Slice(AgentMessageCodec.MessageTypeOffset, AgentMessageCodec.MessageTypeLength);
             string messageType;
             if (typeField.SequenceEqual(InputStreamDataField)) messageType = MessageTypes.InputStreamData;
             else if (typeField.SequenceEqual(AcknowledgeField)) messageType = MessageTypes.Acknowledge;
             else return AgentMessageCodec.Decode(frame);
 
-            var digest = span.Slice(AgentMessageCodec.PayloadDigestOffset, AgentMessageCodec.PayloadDigestLength);
-            var payloadSpan = span.Slice(PayloadOffset);
-            bool digestValid;
-            if (payloadSpan.Length == 0)
-            {
-                digestValid = true;
-            }
-            else
-            {
-                Span<byte> computed = stackalloc byte[32];
-                SHA256.HashData(payloadSpan, computed);
-                digestValid = CryptographicOperations.FixedTimeEquals(computed, digest);
-            }
             return new AgentMessage(
                 AgentMessageCodec.StandardHeaderLength,
                 messageType,
@@ -149,11 +130,11 @@ namespace BastionTools.Sandbox
                 BinaryPrimitives.ReadUInt64BigEndian(span.Slice(AgentMessageCodec.CreatedDateOffset)),
                 BinaryPrimitives.ReadInt64BigEndian(span.Slice(AgentMessageCodec.SequenceNumberOffset)),
                 BinaryPrimitives.ReadUInt64BigEndian(span.Slice(AgentMessageCodec.FlagsOffset)),
-                ReadMessageId(span.Slice(AgentMessageCodec.MessageIdOffset, MessageIdCodec.Length)),
-                digest.ToArray(),
+                MessageIdCodec.Read(frame.Array!, frame.Offset + AgentMessageCodec.MessageIdOffset),
+                span.Slice(AgentMessageCodec.PayloadDigestOffset, AgentMessageCodec.PayloadDigestLength).ToArray(),
                 (PayloadType)BinaryPrimitives.ReadUInt32BigEndian(span.Slice(AgentMessageCodec.PayloadTypeOffset)),
-                payloadSpan.ToArray(),
-                digestValid);
+                span.Slice(PayloadOffset).ToArray(),
+                DigestHolds(span));
         }
 
         /// <summary>
@@ -166,24 +147,10 @@ namespace BastionTools.Sandbox
             digestValid = false;
             payload = default;
             ReadOnlySpan<byte> span = frame.AsSpan();
-            if (span.Length < PayloadOffset
-                || BinaryPrimitives.ReadUInt32BigEndian(span) != AgentMessageCodec.StandardHeaderLength
-                || (long)BinaryPrimitives.ReadUInt32BigEndian(span.Slice(HeaderLength)) + PayloadOffset != span.Length
-                || !span.Slice(AgentMessageCodec.MessageTypeOffset, AgentMessageCodec.MessageTypeLength).SequenceEqual(AcknowledgeField))
-            {
+            if (!IsStandard(span) || !span.Slice(AgentMessageCodec.MessageTypeOffset, AgentMessageCodec.MessageTypeLength).SequenceEqual(AcknowledgeField))
                 return false;
-            }
             payload = span.Slice(PayloadOffset);
-            if (payload.Length == 0)
-            {
-                digestValid = true;
-            }
-            else
-            {
-                Span<byte> computed = stackalloc byte[32];
-                SHA256.HashData(payload, computed);
-                digestValid = CryptographicOperations.FixedTimeEquals(computed, span.Slice(AgentMessageCodec.PayloadDigestOffset, AgentMessageCodec.PayloadDigestLength));
-            }
+            digestValid = DigestHolds(span);
             return true;
         }
 

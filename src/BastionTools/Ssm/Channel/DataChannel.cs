@@ -423,11 +423,7 @@ namespace BastionTools.Ssm
         /// <see cref="_gate"/>: by senders, by the receive loop once it has no whole message left to read (so the
         /// acknowledgements of a burst go out in one write), on (re)connection, on resume and by the timer.
         /// </summary>
-        private void Kick()
-        {
-            if (Volatile.Read(ref _outboxCount) == 0 || !_writeLock.Wait(0)) return;
-            _ = DrainAsync();
-        }
+        private void Kick() => _ = WriteInlineAsync();
 
         /// <summary>
         /// Writes what is queued on the caller's thread when no write is under way and waits for it (senders: a sender
