@@ -165,6 +165,11 @@ namespace BastionTools.Bench
                                            "drop table if exists bench_copy_in; create table bench_copy_in (like bench_copy)").ConfigureAwait(false);
             }
             var outFile = Path.Combine(work, "copy-out.tsv");
+            // Warm-up, not reported: the first bulk transfers run the tunnel's bulk paths on code the JIT has not yet
+            // optimised (perf showed the tiered compiler thread at ~16 % of the process's samples during the first COPY runs).
+            await Psql(tools, db, tunnelPort, $"\\copy bench_copy to '{outFile}'").ConfigureAwait(false);
+            await TruncateAsync(sandbox, pgPort).ConfigureAwait(false);
+            await Psql(tools, db, tunnelPort, $"\\copy bench_copy_in from '{outFile}'").ConfigureAwait(false);
             var outDirect = new List<TimeSpan>();
             var outTunnel = new List<TimeSpan>();
             var outCost = default(Counters);
@@ -212,6 +217,8 @@ namespace BastionTools.Bench
             Console.WriteLine($"  {what}: direct {d.TotalMilliseconds,8:F0} ms   tunnel {t.TotalMilliseconds,8:F0} ms   ratio {t.TotalMilliseconds / d.TotalMilliseconds,5:F2}x   " +
                               $"tunnel cost: client CPU {cost.ClientCpu.TotalMilliseconds / mb,6:F1} ms/MB, {cost.ClientCpu.TotalMilliseconds * 1000 / messages,5:F1} us/msg, {(double)cost.Allocated / messages,6:F0} B allocated/msg; " +
                               $"agent CPU {cost.AgentCpu.TotalMilliseconds / mb,6:F1} ms/MB, {AgentAllocated(cost, messages)} B allocated/msg ({cost.Messages:N0} messages, {cost.Bytes / 1e6:F1} MB through the tunnel in {direct.Count} runs)");
+            Console.WriteLine($"            client context switches {(cost.ContextSwitches < 0 ? "n/a" : (cost.ContextSwitches / mb).ToString("F0", CultureInfo.InvariantCulture))}/MB, " +
+                              $"writes to local connections from the receive loop {cost.LocalWrites / mb:F0}/MB ({cost.LocalWrites:N0})");
         }
 
         private static void PrintGoals(List<(int Clients, PgbenchResult Direct, PgbenchResult Tunnel)> rows, List<TimeSpan> outDirect, List<TimeSpan> outTunnel, List<TimeSpan> inDirect, List<TimeSpan> inTunnel)
@@ -471,7 +478,7 @@ namespace BastionTools.Bench
         /// <summary>This process's own counters (it hosts the tunnel) and the sandbox agent's CPU time.</summary>
         private readonly struct Counters
         {
-            private Counters(TimeSpan clientCpu, TimeSpan agentCpu, long allocated, long messages, long bytes, long agentAllocated)
+            private Counters(TimeSpan clientCpu, TimeSpan agentCpu, long allocated, long messages, long bytes, long agentAllocated, long switches, long localWrites)
             {
                 AgentAllocated = agentAllocated;
                 ClientCpu = clientCpu;
@@ -479,6 +486,8 @@ namespace BastionTools.Bench
                 Allocated = allocated;
                 Messages = messages;
                 Bytes = bytes;
+                ContextSwitches = switches;
+                LocalWrites = localWrites;
             }
 
             public TimeSpan ClientCpu { get; }
@@ -488,22 +497,52 @@ namespace BastionTools.Bench
             public long Bytes { get; }
             /// <summary>The sandbox process's allocated bytes; negative when it cannot tell.</summary>
             public long AgentAllocated { get; }
+            /// <summary>This process's context switches, voluntary and not (getrusage, all threads); negative when it cannot tell.</summary>
+            public long ContextSwitches { get; }
+            /// <summary>Writes the multiplexed forwarder made to local connections from the receive loop.</summary>
+            public long LocalWrites { get; }
 
             public static Counters Take(PortForwardingSession session, Sandbox sandbox)
             {
                 using var self = Process.GetCurrentProcess();
                 sandbox.Process.Refresh();
                 return new Counters(self.TotalProcessorTime, sandbox.Process.TotalProcessorTime, GC.GetTotalAllocatedBytes(false),
-                    session.Channel!.MessagesSent + session.Channel.MessagesReceived, session.Connections.BytesIn + session.Connections.BytesOut, sandbox.AllocatedBytes());
+                    session.Channel!.MessagesSent + session.Channel.MessagesReceived, session.Connections.BytesIn + session.Connections.BytesOut, sandbox.AllocatedBytes(),
+                    SelfContextSwitches(), (session.Forwarder as MuxPortForwarder)?.LocalSends ?? 0);
+            }
+
+            private static long SelfContextSwitches()
+            {
+                try
+                {
+                    return getrusage(0, out var usage) == 0 ? usage.NVcsw + usage.NIvcsw : -1;
+                }
+                catch (Exception ex) when (ex is DllNotFoundException || ex is EntryPointNotFoundException)
+                {
+                    return -1;
+                }
+            }
+
+            [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+            private static extern int getrusage(int who, out RUsage usage);
+
+            /// <summary>Linux x86-64/arm64 struct rusage: two timevals, then 14 longs.</summary>
+            [System.Runtime.InteropServices.StructLayout(System.Runtime.InteropServices.LayoutKind.Sequential)]
+            private struct RUsage
+            {
+                public long UtimeSec, UtimeUsec, StimeSec, StimeUsec;
+                public long MaxRss, IxRss, IdRss, IsRss, MinFlt, MajFlt, NSwap, InBlock, OuBlock, MsgSnd, MsgRcv, NSignals, NVcsw, NIvcsw;
             }
 
             public static Counters operator -(Counters a, Counters b) =>
                 new(a.ClientCpu - b.ClientCpu, a.AgentCpu - b.AgentCpu, a.Allocated - b.Allocated, a.Messages - b.Messages, a.Bytes - b.Bytes,
-                    a.AgentAllocated < 0 || b.AgentAllocated < 0 ? -1 : a.AgentAllocated - b.AgentAllocated);
+                    a.AgentAllocated < 0 || b.AgentAllocated < 0 ? -1 : a.AgentAllocated - b.AgentAllocated,
+                    a.ContextSwitches < 0 || b.ContextSwitches < 0 ? -1 : a.ContextSwitches - b.ContextSwitches, a.LocalWrites - b.LocalWrites);
 
             public static Counters operator +(Counters a, Counters b) =>
                 new(a.ClientCpu + b.ClientCpu, a.AgentCpu + b.AgentCpu, a.Allocated + b.Allocated, a.Messages + b.Messages, a.Bytes + b.Bytes,
-                    a.AgentAllocated < 0 || b.AgentAllocated < 0 ? -1 : a.AgentAllocated + b.AgentAllocated);
+                    a.AgentAllocated < 0 || b.AgentAllocated < 0 ? -1 : a.AgentAllocated + b.AgentAllocated,
+                    a.ContextSwitches < 0 || b.ContextSwitches < 0 ? -1 : a.ContextSwitches + b.ContextSwitches, a.LocalWrites + b.LocalWrites);
         }
 
         private readonly struct MemorySnapshot

@@ -225,6 +225,46 @@ namespace BastionTools.Tests.Ssm
         }
 
         [Fact(Timeout = 60_000)]
+        public async Task TheEndOfEachRunReadTogether_IsSignalled_AfterItsMessages_AndWhenTheLoopEnds()
+        {
+            // The consumer (the port forwarder) holds a run's output and writes it when told the run is over: after
+            // 32 messages, when no whole message is left in the buffer, and when the receive loop ends.
+            var service = new ScriptedService();
+            for (var s = 0; s < 40; s++) service.Preload.Add(Output(s, "m" + s));
+            var delivered = 0;
+            var runs = new ConcurrentQueue<int>();
+            var channel = service.NewChannel(new DataChannelOptions(), onMessage: _ => delivered++, onRunDelivered: () => runs.Enqueue(delivered));
+            await channel.OpenAsync(CancellationToken.None);
+            var t = service.Next();
+            await Until(() => runs.Count >= 2, "two runs");
+            Assert.Equal(new[] { 32, 40 }, runs.ToArray());
+
+            t.Deliver(Output(40, "alone"));
+            await Until(() => runs.Count >= 3, "a run of one");
+            Assert.Equal(new[] { 32, 40, 41 }, runs.ToArray());
+
+            await channel.CloseAsync();
+            await Until(() => runs.Count >= 4, "the end of the loop");
+            Assert.Equal(41, runs.Last());
+        }
+
+        [Fact(Timeout = 60_000)]
+        public async Task TheReceiveLoop_HasAThreadOfItsOwn_AndAsksItsTransportForBlockingReads()
+        {
+            var service = new ScriptedService();
+            var channel = service.NewChannel(new DataChannelOptions());
+            await channel.OpenAsync(CancellationToken.None);
+            var t = service.Next();
+            t.Deliver(Output(0, "hello"));
+            await Until(() => channel.Statistics.MessagesReceived == 1, "the message");
+            Assert.True(t.BlockingReadsAsked);
+            Assert.NotNull(t.FirstReceiveThread);
+            Assert.False(t.FirstReceiveThread!.IsThreadPoolThread);
+            Assert.True(t.FirstReceiveThread.IsBackground);
+            await channel.CloseAsync();
+        }
+
+        [Fact(Timeout = 60_000)]
         public async Task AcknowledgementsWaitingForTheSocketAreBounded()
         {
             var service = new ScriptedService();

@@ -202,6 +202,81 @@ namespace BastionTools.Tests.Ssm
         }
 
         [Fact(Timeout = 60_000)]
+        public async Task Mux_HeldOutput_IsWrittenOncePerConnection_AtTheEndOfTheRun_AndBeforeItsFin()
+        {
+            using var listener = new TcpListener(IPAddress.Loopback, 0);
+            listener.Start();
+            var sender = new RecordingSender();
+            var stats = new ConnectionStatistics();
+            using var forwarder = new MuxPortForwarder(sender, stats, _ => { }, holdOutput: true);
+            var (appA, servedA) = await PairAsync(listener, tinyBuffers: false);
+            var taskA = forwarder.HandleConnectionAsync(servedA, CancellationToken.None);
+            await Until(() => sender.Frames.Count(f => f.Command == SmuxCommand.Syn) == 1, "SYN of the first connection");
+            var (appB, servedB) = await PairAsync(listener, tinyBuffers: false);
+            var taskB = forwarder.HandleConnectionAsync(servedB, CancellationToken.None);
+            await Until(() => sender.Frames.Count(f => f.Command == SmuxCommand.Syn) == 2, "SYN of the second connection");
+
+            // A run: three messages for connection 3 and two for connection 5, interleaved. Nothing is written during it.
+            forwarder.OnOutput(Psh(3, 1000, 1));
+            forwarder.OnOutput(Psh(5, 500, 2));
+            forwarder.OnOutput(Psh(3, 1000, 3));
+            forwarder.OnOutput(Psh(5, 500, 4));
+            forwarder.OnOutput(Psh(3, 1000, 5));
+            Assert.Equal(0, forwarder.LocalSends);
+            Assert.Equal(0, stats.BytesIn);
+
+            // Its end: one write per connection, each with its bytes in order.
+            forwarder.WriteHeldOutput();
+            Assert.Equal(2, forwarder.LocalSends);
+            Assert.Equal(4000, stats.BytesIn);
+            var a = await ReadExactlyAsync(appA, 3000);
+            var b = await ReadExactlyAsync(appB, 1000);
+            Assert.Equal(Enumerable.Repeat((byte)1, 1000).Concat(Enumerable.Repeat((byte)3, 1000)).Concat(Enumerable.Repeat((byte)5, 1000)), a);
+            Assert.Equal(Enumerable.Repeat((byte)2, 500).Concat(Enumerable.Repeat((byte)4, 500)), b);
+
+            // More than a connection's hold room (32 KiB) in one run: what is held is written first, nothing is lost.
+            // (A socket that takes only part of a write queues the rest, and the next write waits behind it in the queue:
+            // so at most, not exactly, two writes.)
+            for (var i = 0; i < 40; i++) forwarder.OnOutput(Psh(5, 1000, (byte)(10 + i)));
+            Assert.Equal(3, forwarder.LocalSends);
+            forwarder.WriteHeldOutput();
+            Assert.InRange(forwarder.LocalSends, 3, 4);
+            var more = await ReadExactlyAsync(appB, 40_000);
+            for (var i = 0; i < 40; i++) Assert.True(more.AsSpan(i * 1000, 1000).IndexOfAnyExcept((byte)(10 + i)) < 0, $"block {i}");
+
+            // The agent's FIN for a connection with held output: the output goes first, then the end.
+            var sends = forwarder.LocalSends;
+            forwarder.OnOutput(Psh(3, 700, 9));
+            forwarder.OnOutput(Fin(3));
+            Assert.Equal(sends + 1, forwarder.LocalSends);
+            var last = new MemoryStream();
+            await appA.GetStream().CopyToAsync(last);
+            Assert.Equal(Enumerable.Repeat((byte)9, 700), last.ToArray());
+            forwarder.WriteHeldOutput();
+            Assert.Equal(sends + 1, forwarder.LocalSends);
+            Assert.Equal(0, stats.BytesDropped);
+
+            forwarder.OnOutput(Fin(5));
+            forwarder.WriteHeldOutput();
+            appA.Dispose();
+            appB.Dispose();
+            await Task.WhenAll(taskA, taskB);
+        }
+
+        private static async Task<byte[]> ReadExactlyAsync(TcpClient client, int count)
+        {
+            var buffer = new byte[count];
+            var s = client.GetStream();
+            for (var read = 0; read < count;)
+            {
+                var n = await s.ReadAsync(buffer.AsMemory(read));
+                Assert.True(n > 0, $"the connection ended after {read} of {count} bytes");
+                read += n;
+            }
+            return buffer;
+        }
+
+        [Fact(Timeout = 60_000)]
         public async Task Mux_DataBeforeTheAgentsFin_ArrivesWhole_ThenTheClientSeesEof()
         {
             using var listener = new TcpListener(IPAddress.Loopback, 0);

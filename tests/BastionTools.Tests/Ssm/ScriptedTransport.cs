@@ -64,6 +64,7 @@ namespace BastionTools.Tests.Ssm
 
         public async Task<TransportMessage> ReceiveAsync(CancellationToken cancellationToken)
         {
+            FirstReceiveThread ??= Thread.CurrentThread;
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _aborted.Token);
             try
             {
@@ -134,6 +135,14 @@ namespace BastionTools.Tests.Ssm
 
         public void Abort() => _aborted.Cancel();
 
+        /// <summary>The channel asked for blocking reads (this transport's reads stay as they are).</summary>
+        public bool BlockingReadsAsked { get; private set; }
+
+        /// <summary>The thread the first ReceiveAsync call came from.</summary>
+        public Thread? FirstReceiveThread { get; private set; }
+
+        public void UseBlockingReads() => BlockingReadsAsked = true;
+
         public void Dispose() => Abort();
     }
 
@@ -182,13 +191,13 @@ namespace BastionTools.Tests.Ssm
             return t;
         }
 
-        public DataChannel NewChannel(DataChannelOptions options, Action<AgentMessage>? onMessage = null, List<string>? log = null)
+        public DataChannel NewChannel(DataChannelOptions options, Action<AgentMessage>? onMessage = null, List<string>? log = null, Action? onRunDelivered = null)
         {
             options.TransportFactory = OpenAsync;
             return new DataChannel(Endpoint(), options, onMessage ?? (_ => { }), ResumeAsync, line =>
             {
                 if (log != null) lock (log) log.Add(line);
-            });
+            }, onRunDelivered);
         }
     }
 }

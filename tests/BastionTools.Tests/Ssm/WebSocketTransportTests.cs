@@ -119,6 +119,81 @@ namespace BastionTools.Tests.Ssm
         }
 
         [Fact]
+        public async Task BlockingReads_OnAThreadOfItsOwn_WaitThere_ReturnWholeMessages_AndEndWhenCancelled()
+        {
+            // UseBlockingReads: ReceiveAsync called on a thread that is not the pool's reads the socket on that thread and
+            // returns a completed task; called on a pool thread it still reads asynchronously. Cancelling a blocked read ends it.
+            var secondMayGo = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+            using var server = new TestServer(async stream =>
+            {
+                await AcceptUpgradeAsync(stream);
+                await WriteRawAsync(stream, Frame(0x82, Encoding.ASCII.GetBytes("one")));
+                await secondMayGo.Task;
+                await WriteRawAsync(stream, Frame(0x82, RandomBytes(60_000, seed: 5)));
+                await WriteRawAsync(stream, Frame(0x82, Encoding.ASCII.GetBytes("from the pool")));
+                try
+                {
+                    while (true) await ReadClientFrameAsync(stream);
+                }
+                catch (Exception)
+                {
+                    // The client dropped the connection.
+                }
+            });
+            using var client = await ConnectAsync(server.Url());
+            client.UseBlockingReads();
+            using var cancel = new CancellationTokenSource();
+            var results = new List<(bool CompletedOnReturn, int Length)>();
+            Exception? ended = null;
+            Exception? readerFailure = null;
+            var reader = new Thread(() =>
+            {
+                try
+                {
+                    for (var i = 0; i < 2; i++)
+                    {
+                        if (i == 1) secondMayGo.TrySetResult(true);
+                        var t = client.ReceiveAsync(cancel.Token);
+                        results.Add((t.IsCompleted, t.GetAwaiter().GetResult().Data.Count));
+                    }
+                }
+                catch (Exception ex)
+                {
+                    readerFailure = ex;
+                }
+            });
+            reader.Start();
+            Assert.True(reader.Join(Guard), "the reading thread did not finish");
+            Assert.Null(readerFailure);
+            Assert.Equal(new[] { (true, 3), (true, 60_000) }, results);
+
+            // From a pool thread: asynchronous as before.
+            var pooled = await Task.Run(() => client.ReceiveAsync(cancel.Token)).WaitAsync(Guard);
+            Assert.Equal("from the pool", Encoding.ASCII.GetString(pooled.Data.ToArray()));
+
+            // Nothing more comes: a blocked read ends when the token is cancelled.
+            var blocked = new Thread(() =>
+            {
+                try
+                {
+                    client.ReceiveAsync(cancel.Token).GetAwaiter().GetResult();
+                }
+                catch (Exception ex)
+                {
+                    ended = ex;
+                }
+            });
+            blocked.Start();
+            // Cancelled once the thread waits in the read (on .NET the runtime's socket engine parks it in a wait; the
+            // outcome asserted is the same if the cancellation comes first).
+            var parked = Stopwatch.StartNew();
+            while ((blocked.ThreadState & System.Threading.ThreadState.WaitSleepJoin) == 0 && blocked.IsAlive && parked.Elapsed < TimeSpan.FromSeconds(5)) Thread.Sleep(1);
+            cancel.Cancel();
+            Assert.True(blocked.Join(Guard), "the blocked read did not end");
+            Assert.IsAssignableFrom<OperationCanceledException>(ended);
+        }
+
+        [Fact]
         public async Task SeveralMessagesInOneSendArriveInOrderAndTheCallersBuffersAreUnchanged()
         {
             var sizes = new[] { 0, 1, 7, 125, 126, 65535, 65536, 100_000 };

@@ -177,6 +177,12 @@ namespace BastionTools.Ssm
             }
         }
 
+        /// <inheritdoc />
+        /// <remarks>Basic mode writes each Output as it comes: nothing is held.</remarks>
+        public void WriteHeldOutput()
+        {
+        }
+
         public void OnFlag(PayloadTypeFlag flag)
         {
             if (flag != PayloadTypeFlag.ConnectToPortError) return;

@@ -1,4 +1,5 @@
 using System;
+using System.Buffers;
 using System.Collections.Concurrent;
 using System.Collections.Generic;
 using System.Diagnostics;
@@ -31,6 +32,9 @@ namespace BastionTools.Ssm
         internal static readonly TimeSpan HalfCloseQuietPeriod = TimeSpan.FromSeconds(2);
 
         private const int WriteBatchBytes = 64 * 1024;
+
+        /// <summary>Room for one connection's output held during a burst (32 full messages; more is written out first).</summary>
+        internal const int HoldBytes = 32 * 1024;
 
         /// <summary>Frames queued for the data channel beyond which a connection waits before queueing more.</summary>
         internal const int OutputBufferBytes = 64 * 1024;
@@ -65,6 +69,9 @@ namespace BastionTools.Ssm
             public long LastRemoteDataTicks = DateTime.UtcNow.Ticks;
             public volatile string? Failure;
             public bool DirectWrites;
+            // Output held for this connection until the end of the burst it came in (receive loop only; see Hold).
+            public byte[]? Held;
+            public int HeldCount;
             public int Ended;
             public int FinSent;
         }
@@ -75,6 +82,8 @@ namespace BastionTools.Ssm
         private readonly ConnectionStatistics _stats;
         private readonly ConnectionQueuePolicy _queues;
         private readonly SmuxDecoder _decoder = new();
+        private readonly bool _holdOutput;
+        private readonly List<MuxStream> _holding = new();   // connections with held output (receive loop only)
         private readonly ConcurrentDictionary<uint, MuxStream> _streams = new();
         // The outgoing smux byte stream (see SendFrameAsync): frames queued and not yet handed to the data channel.
         private readonly object _outGate = new();
@@ -92,6 +101,7 @@ namespace BastionTools.Ssm
         private int _connectErrorsPending;
         private long _lastSentTicks = DateTime.UtcNow.Ticks;
         private long _framesSent;
+        private long _localSends;
         private long _nopsSent;
 
         /// <param name="sender">Where frames go (the data channel).</param>
@@ -100,9 +110,14 @@ namespace BastionTools.Ssm
         /// <param name="queues">How much connections may hold before a client that reads nothing is reset (null: the defaults).</param>
         /// <param name="keepAlive">Time without anything sent after which a NOP is sent; zero for none.</param>
         /// <param name="fatal">Called once if the agent's smux stream can no longer be framed (the tunnel is unusable).</param>
+        /// <param name="holdOutput">
+        /// Whoever calls <see cref="OnOutput"/> also calls <see cref="WriteHeldOutput"/> at the end of each run of messages read
+        /// together (the data channel does): a connection's output of the run is written to it in one write then.
+        /// </param>
         public MuxPortForwarder(IStreamSender sender, ConnectionStatistics stats, Action<string> log, ConnectionQueuePolicy? queues = null,
-            TimeSpan keepAlive = default, Action<string>? fatal = null)
+            TimeSpan keepAlive = default, Action<string>? fatal = null, bool holdOutput = false)
         {
+            _holdOutput = holdOutput;
             _sender = sender;
             _stats = stats;
             _log = log;
@@ -118,6 +133,9 @@ namespace BastionTools.Ssm
 
         /// <summary>Frames sent so far, NOPs included (for tests and statistics).</summary>
         public long FramesSent => Interlocked.Read(ref _framesSent);
+
+        /// <summary>Writes to local connections made on the receive loop (direct writes), for tests.</summary>
+        internal long LocalSends => Interlocked.Read(ref _localSends);
 
         /// <summary>Keepalive NOP frames sent so far.</summary>
         public long NopsSent => Interlocked.Read(ref _nopsSent);
@@ -453,20 +471,13 @@ namespace BastionTools.Ssm
                         if (frame.Payload.Length == 0) break;
                         stream.ReceivedData = true;
                         Interlocked.Exchange(ref stream.LastRemoteDataTicks, DateTime.UtcNow.Ticks);
-                        var unwritten = WriteDirect(stream, frame.Payload);
-                        if (unwritten == null) break;
-                        switch (stream.Queue.TryEnqueue(unwritten))
+                        if (_holdOutput && stream.DirectWrites)
                         {
-                            case EnqueueResult.Stalled:
-                                Reset(stream, $"its client has read nothing for {_queues.StallTime.TotalSeconds:0.#} s while {stream.Queue.Bytes / 1024} KiB waited for it");
-                                break;
-                            case EnqueueResult.Full:
-                                Reset(stream, $"its client did not keep up: {stream.Queue.Bytes / 1024} KiB waited for it");
-                                break;
-                            default:
-                                if (_stats.QueuedBytes > _queues.SessionBytes) ResetLargest();
-                                break;
+                            Hold(stream, frame.Payload);
+                            break;
                         }
+                        var unwritten = WriteDirect(stream, frame.Payload, frame.Payload.Length);
+                        if (unwritten != null) Enqueue(stream, unwritten);
                         break;
                     case SmuxCommand.Fin:
                         if (!stream.ReceivedData && Interlocked.CompareExchange(ref _connectErrorsPending, 0, 0) > 0)
@@ -476,6 +487,8 @@ namespace BastionTools.Ssm
                             Fail(stream, "the bastion could not connect to the destination port");
                             break;
                         }
+                        // What was held for it goes before its end.
+                        if (stream.HeldCount > 0) WriteHeld(stream);
                         stream.RemoteFinished = true;
                         stream.Queue.Complete();
                         _log($"Connection {stream.Id}: the destination finished.");
@@ -484,31 +497,116 @@ namespace BastionTools.Ssm
             }
         }
 
+        /// <summary>Queues output its connection's socket did not take at once; resets a connection whose client does not read.</summary>
+        private void Enqueue(MuxStream stream, byte[] data)
+        {
+            switch (stream.Queue.TryEnqueue(data))
+            {
+                case EnqueueResult.Stalled:
+                    Reset(stream, $"its client has read nothing for {_queues.StallTime.TotalSeconds:0.#} s while {stream.Queue.Bytes / 1024} KiB waited for it");
+                    break;
+                case EnqueueResult.Full:
+                    Reset(stream, $"its client did not keep up: {stream.Queue.Bytes / 1024} KiB waited for it");
+                    break;
+                default:
+                    if (_stats.QueuedBytes > _queues.SessionBytes) ResetLargest();
+                    break;
+            }
+        }
+
         /// <summary>
-        /// Writes an answer straight to its local connection when that connection's writer is idle (nothing queued) and
+        /// Keeps a connection's output until <see cref="WriteHeldOutput"/>, the end of the run of messages the data channel
+        /// read together: a bulk download (COPY out, a large result) then reaches its client in one write per run instead
+        /// of one per 1 KiB message, which saves system calls and wake-ups of the client on both sides. Nothing waits
+        /// for more data: the run is what one read of the WebSocket brought (at most 32 messages), and it is written
+        /// before the receive loop reads again.
+        /// </summary>
+        private void Hold(MuxStream stream, byte[] payload)
+        {
+            if (stream.Held != null && stream.HeldCount + payload.Length > stream.Held.Length) WriteHeld(stream);
+            if (payload.Length > HoldBytes)
+            {
+                var unwritten = WriteDirect(stream, payload, payload.Length);
+                if (unwritten != null) Enqueue(stream, unwritten);
+                return;
+            }
+            if (stream.Held == null)
+            {
+                stream.Held = ArrayPool<byte>.Shared.Rent(HoldBytes);
+                _holding.Add(stream);
+            }
+            Buffer.BlockCopy(payload, 0, stream.Held, stream.HeldCount, payload.Length);
+            stream.HeldCount += payload.Length;
+        }
+
+        /// <summary>Writes what a connection holds (or queues it, as any output), keeping its buffer until <see cref="WriteHeldOutput"/>.</summary>
+        private void WriteHeld(MuxStream stream)
+        {
+            var count = stream.HeldCount;
+            if (count == 0) return;
+            stream.HeldCount = 0;
+            if (stream.Failure != null || stream.Queue.IsFailed)
+            {
+                // Reset (or gone) meanwhile: its data is released, as data for an ended stream is.
+                _stats.Dropped(count);
+                return;
+            }
+            var unwritten = WriteDirect(stream, stream.Held!, count);
+            if (unwritten == null) return;
+            // The pool's array goes back at the flush: the queue gets its own copy.
+            if (ReferenceEquals(unwritten, stream.Held)) unwritten = stream.Held.AsSpan(0, count).ToArray();
+            Enqueue(stream, unwritten);
+        }
+
+        /// <inheritdoc />
+        public void WriteHeldOutput()
+        {
+            if (_holding.Count == 0) return;
+            foreach (var stream in _holding)
+            {
+                WriteHeld(stream);
+                ArrayPool<byte>.Shared.Return(stream.Held!);
+                stream.Held = null;
+            }
+            _holding.Clear();
+        }
+
+        /// <summary>
+        /// Writes output straight to its local connection when that connection's writer is idle (nothing queued) and
         /// the socket takes it without waiting: the usual case for a request/response client, which saves the hop to the
         /// writer's task. Never waits (the socket does not block: what it does not take at once is returned, to be queued
-        /// as before). Null when everything was written.
+        /// as before). Null when everything was written; otherwise a new array (never <paramref name="data"/> unless it
+        /// is exactly <paramref name="count"/> long and nothing was written).
         /// </summary>
-        private byte[]? WriteDirect(MuxStream stream, byte[] payload)
+        private byte[]? WriteDirect(MuxStream stream, byte[] data, int count)
         {
-            if (!stream.DirectWrites || !stream.Queue.IsIdle) return payload;
-            int sent;
-            try
+            var sent = 0;
+            if (stream.DirectWrites && stream.Queue.IsIdle)
             {
-                sent = stream.Client.Client.Send(payload, 0, payload.Length, SocketFlags.None, out var error);
-                if (error != SocketError.Success && error != SocketError.WouldBlock) return payload; // the writer meets the error
+                try
+                {
+                    Interlocked.Increment(ref _localSends);
+                    sent = stream.Client.Client.Send(data, 0, count, SocketFlags.None, out var error);
+                    if (error != SocketError.Success && error != SocketError.WouldBlock) sent = 0; // the writer meets the error
+                }
+                catch (ObjectDisposedException)
+                {
+                    sent = 0;
+                }
             }
-            catch (ObjectDisposedException)
+            if (sent > 0)
             {
-                return payload;
+                _stats.In(sent);
+                stream.Queue.Progress();
+                if (sent == count) return null;
             }
-            if (sent <= 0) return payload;
-            _stats.In(sent);
-            stream.Queue.Progress();
-            if (sent == payload.Length) return null;
-            var rest = new byte[payload.Length - sent];
-            Buffer.BlockCopy(payload, sent, rest, 0, rest.Length);
+            else
+            {
+                sent = 0;
+                if (count == data.Length) return data;
+            }
+            var rest = new byte[count - sent];
+            Buffer.BlockCopy(data, sent, rest, 0, rest.Length);
             return rest;
         }
 

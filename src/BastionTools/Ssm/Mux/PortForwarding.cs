@@ -92,6 +92,12 @@ namespace BastionTools.Ssm
         /// </summary>
         void OnOutput(byte[] payload);
 
+        /// <summary>
+        /// The end of a run of messages the data channel read together (called on its receive loop after their
+        /// Output): a forwarder that holds output during a run writes it now.
+        /// </summary>
+        void WriteHeldOutput();
+
         /// <summary>A Flag from the agent.</summary>
         void OnFlag(PayloadTypeFlag flag);
     }

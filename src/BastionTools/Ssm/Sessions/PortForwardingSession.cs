@@ -172,7 +172,8 @@ namespace BastionTools.Ssm
                 Events.Write($"Session {SessionId} started on {_request.Target} ({_request.DocumentName}).");
 
                 progress(SessionStage.WebSocket);
-                _channel = new DataChannel(endpoint, _channelOptions, OnStreamMessage, ct => SessionResumer.ResumeAsync(_api, SessionId!, ct), Events.Write);
+                _channel = new DataChannel(endpoint, _channelOptions, OnStreamMessage, ct => SessionResumer.ResumeAsync(_api, SessionId!, ct), Events.Write,
+                    () => _forwarder?.WriteHeldOutput());
                 _channel.StateChanged += OnChannelStateChanged;
                 await _channel.OpenAsync(cancellationToken).ConfigureAwait(false);
 
@@ -377,7 +378,7 @@ namespace BastionTools.Ssm
                 && string.Equals(portType, LocalPortForwardingType, StringComparison.Ordinal);
             var sender = new DataChannelSender(_channel!);
             _forwarder = mux
-                ? new MuxPortForwarder(sender, Connections, Events.Write, _channelOptions.ConnectionQueues, MuxKeepAlive(), OnForwarderBroken)
+                ? new MuxPortForwarder(sender, Connections, Events.Write, _channelOptions.ConnectionQueues, MuxKeepAlive(), OnForwarderBroken, holdOutput: true)
                 : new BasicPortForwarder(sender, Connections, Events.Write, _channelOptions.ConnectionQueues);
             if (!mux && _channelOptions.IdleKeepAlive > TimeSpan.Zero)
             {

@@ -132,13 +132,18 @@ namespace BastionTools.Ssm
         }
 
         [ThreadStatic]
-        private static SHA256? t_sha;
+        private static IncrementalHash? t_sha;
 
-        /// <summary>SHA-256 of the payload (one hasher per thread: every message in both directions is hashed).</summary>
+        /// <summary>
+        /// SHA-256 of the payload (one hasher per thread: every message in both directions is hashed). IncrementalHash
+        /// rather than HashAlgorithm.ComputeHash: on .NET it skips a layer per call, 0.1-0.4 us less per hash on this
+        /// machine (best of 5: 1 KiB 1.5 us against 1.65-1.96 us, an acknowledgement's 130 bytes 0.67-0.78 against 0.77-0.89).
+        /// </summary>
         internal static byte[] ComputeDigest(byte[] buffer, int offset, int count)
         {
-            var sha = t_sha ??= SHA256.Create();
-            return sha.ComputeHash(buffer, offset, count);
+            var sha = t_sha ??= IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+            sha.AppendData(buffer, offset, count);
+            return sha.GetHashAndReset();
         }
 
         public override string ToString() =>
