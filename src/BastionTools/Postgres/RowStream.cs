@@ -14,10 +14,9 @@ namespace BastionTools.Postgres
     /// Streams the rows of a command as PowerShell objects from a reader thread of its own to the pipeline thread,
     /// in batches: the reader thread runs Npgsql and builds each row's PSObject while the pipeline thread only writes
     /// them out, so the two halves of the work run side by side (Invoke-IamPostgresQuery).
-    /// <para>A batch is handed over when it is full, when the next row is not in Npgsql's buffer yet and the pipeline
-    /// has nothing left to write (the reader would block: the rows read so far go out first; while the pipeline still
-    /// has batches to write they wait for the next row instead, so batches are fuller and hand-overs fewer), at the end
-    /// of a result set, or when its first row has waited <see cref="MaxHold"/>. The first batch of each result set is small, so the first row comes out promptly.
+    /// <para>A batch is handed over when it is full, when the next row is not in Npgsql's buffer yet (the reader
+    /// would block: the rows read so far go out first), at the end of a result set, or when its first row has waited
+    /// <see cref="MaxHold"/>. The first batch of each result set is small, so the first row comes out promptly.
     /// At most <see cref="MaxBatchesInFlight"/> batches wait for the pipeline: a slow pipeline holds the reader back
     /// (a million rows never sit in memory).</para>
     /// <para>Rows, result sets and errors keep their order: an error the reader meets is thrown by <see cref="Next"/>
@@ -33,6 +32,7 @@ namespace BastionTools.Postgres
         public static readonly TimeSpan MaxHold = TimeSpan.FromMilliseconds(10);
 
         private static readonly Func<int, PSObject> NewRow = RowFactory();
+        private static readonly long MaxHoldTicks = (long)(MaxHold.TotalSeconds * Stopwatch.Frequency);
 
         private readonly NpgsqlCommand _command;
         private readonly BlockingCollection<Batch> _ready = new(MaxBatchesInFlight);
@@ -40,8 +40,6 @@ namespace BastionTools.Postgres
         private readonly CancellationTokenSource _leave = new();   // the consumer has gone: stop waiting on the queue
         private volatile bool _stopped;                            // Ctrl-C: the query was cancelled
         private readonly Thread _thread;
-        private readonly long _maxHoldTicks;
-        private int _heldForNextRow;
         private ExceptionDispatchInfo? _error;
         private int _finished;
 
@@ -50,15 +48,8 @@ namespace BastionTools.Postgres
         private long _firstAt;
 
         public RowStream(NpgsqlCommand command)
-            : this(command, MaxHold)
-        {
-        }
-
-        /// <summary>With another longest hold than <see cref="MaxHold"/> (tests).</summary>
-        internal RowStream(NpgsqlCommand command, TimeSpan maxHold)
         {
             _command = command;
-            _maxHoldTicks = (long)(maxHold.TotalSeconds * Stopwatch.Frequency);
             _thread = new Thread(Produce) { IsBackground = true, Name = "BastionTools row reader" };
         }
 
@@ -93,15 +84,6 @@ namespace BastionTools.Postgres
             Array.Clear(batch.Rows, 0, batch.Count);
             if (batch.Rows.Length == BatchRows) _free.Enqueue(batch.Rows);
         }
-
-        /// <summary>How many times rows waited for the next one because the pipeline had batches left to write.</summary>
-        internal int HeldForNextRow => Volatile.Read(ref _heldForNextRow);
-
-        /// <summary>Rows read into the batch being filled, not handed over yet.</summary>
-        internal int PendingRows => Volatile.Read(ref _count);
-
-        /// <summary>Batches ready for the pipeline, not taken yet.</summary>
-        internal int ReadyBatches => _ready.Count;
 
         /// <summary>Ctrl-C (from any thread): the query is cancelled on the server and <see cref="Next"/> stops.</summary>
         public void Stop()
@@ -143,7 +125,7 @@ namespace BastionTools.Postgres
                     while (!_leave.IsCancellationRequested)
                     {
                         var next = reader.ReadAsync(CancellationToken.None);
-                        if (!next.IsCompleted && _count > 0 && !AwaitNextRow(next)) Flush();
+                        if (!next.IsCompleted && _count > 0) Flush();
                         if (!next.GetAwaiter().GetResult()) break;
                         if (_count == 0)
                         {
@@ -151,7 +133,7 @@ namespace BastionTools.Postgres
                             _firstAt = Stopwatch.GetTimestamp();
                         }
                         _rows[_count++] = shape.Build(reader);
-                        if (_count >= limit || Stopwatch.GetTimestamp() - _firstAt > _maxHoldTicks)
+                        if (_count >= limit || Stopwatch.GetTimestamp() - _firstAt > MaxHoldTicks)
                         {
                             Flush();
                             limit = BatchRows;
@@ -182,27 +164,6 @@ namespace BastionTools.Postgres
             {
                 Volatile.Write(ref _finished, 1);
                 _ready.CompleteAdding();
-            }
-        }
-
-        /// <summary>
-        /// The next row is not in Npgsql's buffer yet. While the pipeline still has batches to write, the rows so far
-        /// wait for it (for what is left of <see cref="MaxHold"/>): fuller batches, fewer hand-overs between the two
-        /// threads. When the pipeline has nothing left to write, or the time is up, they go now (false).
-        /// </summary>
-        private bool AwaitNextRow(System.Threading.Tasks.Task<bool> next)
-        {
-            if (_ready.Count == 0) return false;
-            var left = _maxHoldTicks - (Stopwatch.GetTimestamp() - _firstAt);
-            if (left <= 0) return false;
-            Interlocked.Increment(ref _heldForNextRow);
-            try
-            {
-                return next.Wait(TimeSpan.FromSeconds((double)left / Stopwatch.Frequency));
-            }
-            catch (AggregateException)
-            {
-                return true;   // GetResult throws it next; the rows before it go out first (Produce's catch)
             }
         }
 

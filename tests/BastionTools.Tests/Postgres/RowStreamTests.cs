@@ -1,6 +1,5 @@
 using System;
 using System.Collections.Generic;
-using System.Linq;
 using System.Management.Automation;
 using System.Threading.Tasks;
 using BastionTools.Postgres;
@@ -110,86 +109,6 @@ namespace BastionTools.Tests.Postgres
             }
             var count = await PostgresTestSupport.QueryAsync(connection, "select count(*) from after_rows");
             Assert.Equal(1L, count[0][0]);
-        }
-
-        // A first result set (one row: a batch of its own), then 10 rows, one that waits for the lock, and 4 more. The
-        // gate raises a notice first: PostgreSQL flushes its send buffer with a notice (elog.c), so rows 1-10 are all
-        // at the client while row 11 waits.
-        private const string GateFunction = "create function pg_temp.gate() returns text language plpgsql as $$ begin raise notice 'gate'; perform pg_advisory_lock(4243); return 'opened'; end $$";
-        private const string TwoSetGatedQuery = "select 0 as g; select g, case when g = 11 then pg_temp.gate() end as gate from generate_series(1, 15) g";
-
-        [Fact(Timeout = TestTimeoutMs)]
-        public async Task Rows_WaitForTheNextRow_WhileThePipelineHasABatchToWrite()
-        {
-            await using var holder = await PostgresTestSupport.OpenAsync(_fixture.Cluster.ConnectionString());
-            await PostgresTestSupport.QueryAsync(holder, "select pg_advisory_lock(4243)");
-            try
-            {
-                await using var connection = await PostgresTestSupport.OpenAsync(_fixture.Cluster.ConnectionString());
-                await PostgresTestSupport.QueryAsync(connection, GateFunction);
-                await using var command = new NpgsqlCommand(TwoSetGatedQuery, connection);
-                // A hold longer than the test: only the next row (or the end) hands the rows over.
-                using var stream = new RowStream(command, TimeSpan.FromMinutes(10));
-                stream.Start();
-                // The first result set's batch waits untaken while the reader reads rows 1-10 and meets the gated row 11:
-                // the 10 rows stay in the batch being filled (handed over when the next row was late, they would be gone).
-                await WaitUntilAsync(() => stream.PendingRows == 10);
-                Assert.Equal(1, stream.ReadyBatches);
-                Assert.True(stream.HeldForNextRow > 0);
-                var first = await Task.Run(() => stream.Next(out var batch) ? Numbers(batch) : new List<int>());
-                Assert.Equal(new[] { 0 }, first);
-                await PostgresTestSupport.QueryAsync(holder, "select pg_advisory_unlock(4243)");
-                // Rows 1-10 waited for row 11, and went with the rest.
-                var second = await Task.Run(() => stream.Next(out var batch) ? Numbers(batch) : new List<int>());
-                Assert.Equal(Enumerable.Range(1, 15), second);
-                Assert.False(await Task.Run(() => stream.Next(out _)));
-            }
-            finally
-            {
-                await PostgresTestSupport.QueryAsync(holder, "select pg_advisory_unlock_all()");
-            }
-        }
-
-        [Fact(Timeout = TestTimeoutMs)]
-        public async Task HeldRows_GoOut_AfterMaxHold_WhenTheNextRowDoesNotCome()
-        {
-            await using var holder = await PostgresTestSupport.OpenAsync(_fixture.Cluster.ConnectionString());
-            await PostgresTestSupport.QueryAsync(holder, "select pg_advisory_lock(4243)");
-            try
-            {
-                await using var connection = await PostgresTestSupport.OpenAsync(_fixture.Cluster.ConnectionString());
-                await PostgresTestSupport.QueryAsync(connection, GateFunction);
-                await using var command = new NpgsqlCommand(TwoSetGatedQuery, connection);
-                using var stream = new RowStream(command);
-                stream.Start();
-                // Nothing is taken and row 11 never comes: the rows before it go out once MaxHold is up.
-                await WaitUntilAsync(() => stream.ReadyBatches == 2);
-                var rows = await Task.Run(() =>
-                {
-                    var numbers = new List<int>();
-                    for (var i = 0; i < 2 && stream.Next(out var batch); i++) numbers.AddRange(Numbers(batch));
-                    return numbers;
-                });
-                Assert.Equal(Enumerable.Range(0, rows.Count), rows);
-                Assert.InRange(rows.Count, 2, 11);
-                stream.Stop();
-            }
-            finally
-            {
-                await PostgresTestSupport.QueryAsync(holder, "select pg_advisory_unlock_all()");
-            }
-        }
-
-        private static List<int> Numbers(RowStream.Batch batch)
-        {
-            var numbers = new List<int>();
-            for (var i = 0; i < batch.Count; i++) numbers.Add((int)batch.Rows[i].Properties["g"].Value);
-            return numbers;
-        }
-
-        private static async Task WaitUntilAsync(Func<bool> condition)
-        {
-            while (!condition()) await Task.Delay(5);
         }
 
         private static List<PSObject> ReadAll(NpgsqlCommand command)
