@@ -24,6 +24,48 @@ $engine | Out-Host
 # The engine's rows/s under the cmdlet (Npgsql through the IAM data source and the tunnel, same query), for the ratio below.
 $engineRows = 0.0
 if (($engine -join "`n") -match '1M-row streamed query.*IAM\+tunnel\s+([\d.,\s]+?)\s+rows/s') { $engineRows = [double]($Matches[1] -replace '[^\d]', '') }
+# The same with the cmdlet's row objects built (RowStream) but no pipeline: the ceiling of the module's own half.
+$builtRows = 0.0; $builtCpu = ''
+if (($engine -join "`n") -match 'no pipeline \(RowStream.*IAM\+tunnel\s+([\d.,\s]+?)\s+rows/s\s+process CPU per 1M rows\s+([\d.,]+) ms') {
+    $builtRows = [double]($Matches[1] -replace '[^\d]', ''); $builtCpu = $Matches[2]
+}
+
+# The pipeline alone: rows of the cmdlet's shape (a PSObject with note properties g [int] and label [string]) built in
+# memory first, then written one by one by a compiled cmdlet into the same | Measure-Object. What PowerShell itself
+# allows on this machine, whatever the module does.
+$benchSource = @'
+using System.Management.Automation;
+
+[Cmdlet("Write", "BenchRow")]
+public sealed class WriteBenchRowCommand : PSCmdlet
+{
+    [Parameter(Mandatory = true)]
+    public PSObject[] Rows { get; set; }
+
+    // Rows written: Rows over and over (default: each once).
+    [Parameter]
+    public int Count { get; set; } = -1;
+
+    protected override void EndProcessing()
+    {
+        var n = Count < 0 ? Rows.Length : Count;
+        for (int i = 0, j = 0; i < n; i++, j = j + 1 == Rows.Length ? 0 : j + 1) WriteObject(Rows[j]);
+    }
+
+    public static PSObject[] Build(int n)
+    {
+        var rows = new PSObject[n];
+        for (var i = 0; i < n; i++)
+        {
+            var row = new PSObject();
+            row.Properties.Add(new PSNoteProperty("g", i + 1), true);
+            row.Properties.Add(new PSNoteProperty("label", "row " + (i + 1)), true);
+            rows[i] = row;
+        }
+        return rows;
+    }
+}
+'@
 
 Write-Host '-- cmdlets'
 $psi = [System.Diagnostics.ProcessStartInfo]::new('dotnet')
@@ -53,24 +95,66 @@ try {
     # run on unoptimised code at a fraction of the steady rate (seen: 50k rows/s on the first 200k rows, 300k-480k
     # from the fourth on). Four 200k-row pipelines first, so the figures below are the steady state.
     foreach ($w in 1..4) { $null = Invoke-IamPostgresQuery -Connection $c -Query "select g, 'row ' || g as label from generate_series(1, 200000) g" | Measure-Object }
-    # The process's own counters around the pipeline: CPU time (all threads: the cmdlet, Npgsql, the tunnel's data
+    # The process's own counters around each pipeline: CPU time (all threads: the cmdlet, Npgsql, the tunnel's data
     # channel) and bytes allocated on the managed heap (all threads).
     $self = [System.Diagnostics.Process]::GetCurrentProcess()
-    [GC]::Collect(); [GC]::WaitForPendingFinalizers()
-    $self.Refresh(); $cpu0 = $self.TotalProcessorTime
-    $alloc0 = [GC]::GetTotalAllocatedBytes($true)
-    $sw = [Diagnostics.Stopwatch]::StartNew()
-    $n = (Invoke-IamPostgresQuery -Connection $c -Query $million | Measure-Object).Count
-    $sw.Stop()
-    $alloc = [GC]::GetTotalAllocatedBytes($true) - $alloc0
-    $self.Refresh(); $cpu = ($self.TotalProcessorTime - $cpu0).TotalMilliseconds
-    $pipeRows = $n / $sw.Elapsed.TotalSeconds
-    'Invoke-IamPostgresQuery, {3:N0} rows through the pipeline   {0,10:N0} rows/s ({1:N0} rows in {2:F1} s)' -f $pipeRows, $n, $sw.Elapsed.TotalSeconds, $PipelineRows
+    # The other processes that work for each row: the sandbox (the agent double) and the PostgreSQL backend of the
+    # pooled connection (its CPU from /proc, where there is one).
+    $backend = [int](Invoke-IamPostgresQuery -Connection $c -Query 'select pg_backend_pid() as pid').pid
+    function Get-BackendCpu {
+        $stat = "/proc/$backend/stat"
+        if (-not (Test-Path $stat)) { return [double]::NaN }
+        $f = ((Get-Content $stat -Raw) -replace '^.*\) ', '') -split ' '
+        ([double]$f[11] + [double]$f[12]) * 10   # utime + stime, in clock ticks of 10 ms (USER_HZ 100)
+    }
+    function Measure-Pipeline([scriptblock] $Pipeline) {
+        [GC]::Collect(); [GC]::WaitForPendingFinalizers()
+        $sandboxProcess.Refresh(); $agent0 = $sandboxProcess.TotalProcessorTime; $pg0 = Get-BackendCpu
+        $self.Refresh(); $cpu0 = $self.TotalProcessorTime
+        $alloc0 = [GC]::GetTotalAllocatedBytes($true)
+        $sw = [Diagnostics.Stopwatch]::StartNew()
+        $n = (& $Pipeline).Count
+        $sw.Stop()
+        $alloc = [GC]::GetTotalAllocatedBytes($true) - $alloc0
+        $self.Refresh(); $sandboxProcess.Refresh()
+        [pscustomobject]@{ Count = $n; Rows = $n / $sw.Elapsed.TotalSeconds; Wall = $sw.Elapsed.TotalMilliseconds
+                           Cpu = ($self.TotalProcessorTime - $cpu0).TotalMilliseconds * 1e6 / $n; Alloc = $alloc / $n
+                           Agent = ($sandboxProcess.TotalProcessorTime - $agent0).TotalMilliseconds * 1e6 / $n
+                           Postgres = ((Get-BackendCpu) - $pg0) * 1e6 / $n }
+    }
+    function Get-Median($Values) { $s = @($Values | Sort-Object); $s[[int][Math]::Floor(($s.Count - 1) / 2)] }
+
+    # Reference, same run: the pipeline alone. One 512-row batch of prebuilt rows (fresh in the CPU's caches, as a batch
+    # the reader thread has just built) written again and again, -PipelineRows in all: what PowerShell itself allows.
+    $benchType = Add-Type -TypeDefinition $benchSource -PassThru | Select-Object -First 1
+    Import-Module -Assembly $benchType.Assembly -Force
+    $batch = $benchType::Build(512)
+    $null = Write-BenchRow -Rows $batch -Count 200000 | Measure-Object   # warm-up
+
+    # Three runs of each, alternating, so a load that changes during the bench touches both alike; medians below.
+    $runs = foreach ($r in 1..3) {
+        [pscustomobject]@{
+            Cmdlet = Measure-Pipeline { Invoke-IamPostgresQuery -Connection $c -Query $million | Measure-Object }
+            Alone = Measure-Pipeline { Write-BenchRow -Rows $batch -Count $PipelineRows | Measure-Object }
+        }
+    }
+    $n = $runs[0].Cmdlet.Count
+    $pipeRows = Get-Median $runs.Cmdlet.Rows
+    $aloneRows = Get-Median $runs.Alone.Rows
+    'Invoke-IamPostgresQuery, {1:N0} rows through the pipeline   {0,10:N0} rows/s median of 3 (runs: {2})' -f $pipeRows, $n, (($runs.Cmdlet | ForEach-Object { '{0:N0}' -f $_.Rows }) -join ', ')
     if ($engineRows -gt 0) {
         '  | Measure-Object vs the engine underneath (C# run above, same query)   {0:N0} / {1:N0} rows/s = {2:P0}' -f $pipeRows, $engineRows, ($pipeRows / $engineRows)
     }
-    '  process CPU per 1M rows {0,7:N0} ms (Process.TotalProcessorTime delta, all threads; wall {1:N0} ms)' -f ($cpu * 1e6 / $n), $sw.Elapsed.TotalMilliseconds
-    '  allocated per row       {0,7:N0} bytes (GC.GetTotalAllocatedBytes(precise) delta / rows)' -f ($alloc / $n)
+    '  process CPU per 1M rows {0,7:N0} ms median (Process.TotalProcessorTime delta, all threads; runs: {1})' -f (Get-Median $runs.Cmdlet.Cpu), (($runs.Cmdlet | ForEach-Object { '{0:N0}' -f $_.Cpu }) -join ', ')
+    '  allocated per row       {0,7:N0} bytes (GC.GetTotalAllocatedBytes(precise) delta / rows)' -f (Get-Median $runs.Cmdlet.Alloc)
+    $agentCpu = Get-Median $runs.Cmdlet.Agent; $pgCpu = Get-Median $runs.Cmdlet.Postgres
+    $allCpu = (Get-Median $runs.Cmdlet.Cpu) + $agentCpu + $(if ([double]::IsNaN($pgCpu)) { 0 } else { $pgCpu })
+    '  CPU of the other processes per 1M rows: agent double {0:N0} ms, PostgreSQL backend {1:N0} ms; all three {2:N0} ms, so {3} cores allow at most {4:N0} rows/s' -f $agentCpu, $pgCpu, $allCpu, [Environment]::ProcessorCount, ([Environment]::ProcessorCount * 1e9 / $allCpu)
+    '  ceiling, the pipeline alone: prebuilt rows of the same shape, compiled cmdlet | Measure-Object   {0,10:N0} rows/s   process CPU per 1M rows {1,6:N0} ms   allocated per row {2:N0} bytes   (medians of 3)' -f $aloneRows, (Get-Median $runs.Alone.Cpu), (Get-Median $runs.Alone.Alloc)
+    if ($builtRows -gt 0) {
+        '  ceiling, the module without the pipeline: engine + rows built and dropped (C# run above)   {0,10:N0} rows/s   process CPU per 1M rows {1,6} ms' -f $builtRows, $builtCpu
+    }
+    '  goal 2x the original 322,585 = 645,170 rows/s; the cmdlet reaches {0:P0} of the pipeline alone' -f ($pipeRows / $aloneRows)
 
     # Time to first row: each row carries clock_timestamp(), the moment PostgreSQL produced it (same host, same clock);
     # the first object is stamped with [DateTime]::UtcNow when it reaches the next command (Select-Object -First 1 ends
