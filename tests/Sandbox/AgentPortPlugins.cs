@@ -355,7 +355,9 @@ namespace BastionTools.Sandbox
         private readonly SmuxDecoder _decoder = new();
         private readonly Dictionary<uint, MuxStream> _streams = new();
         private readonly object _gate = new();
-        private readonly Pipe _output = new(new PipeOptions(pauseWriterThreshold: OutputBufferBytes, resumeWriterThreshold: OutputBufferBytes / 2, useSynchronizationContext: false));
+        // The reader (TransferToMgsAsync) continues on the thread that flushed the frame instead of a thread-pool hop per
+        // frame: the same bytes and bound, one context switch fewer per message (not a behaviour of the agent).
+        private readonly Pipe _output = new(new PipeOptions(readerScheduler: PipeScheduler.Inline, pauseWriterThreshold: OutputBufferBytes, resumeWriterThreshold: OutputBufferBytes / 2, useSynchronizationContext: false));
         private readonly SemaphoreSlim _outputLock = new(1, 1);
         private readonly CancellationTokenSource _stop = new();
         private readonly TaskCompletionSource<string?> _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -704,7 +706,9 @@ namespace BastionTools.Sandbox
             private readonly object _gate = new();
             private readonly Queue<byte[]> _buffer = new();
             private readonly CancellationTokenSource _abort = new();
-            private TaskCompletionSource _dataAvailable = new(TaskCreationOptions.RunContinuationsAsynchronously);
+            // Completed outside _gate only: the destination writer waiting in ReadAsync continues on the thread that
+            // delivered the data (no thread-pool hop per message); Abort ends a wait through CloseReceive.
+            private TaskCompletionSource _dataAvailable = new();
             private int _buffered;
             private bool _fin;
             private bool _closed;
@@ -761,10 +765,10 @@ namespace BastionTools.Sandbox
                             return data;
                         }
                         if (_fin || _closed) return null;
-                        if (_dataAvailable.Task.IsCompleted) _dataAvailable = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                        if (_dataAvailable.Task.IsCompleted) _dataAvailable = new TaskCompletionSource();
                         wait = _dataAvailable.Task;
                     }
-                    await wait.WaitAsync(_abort.Token).ConfigureAwait(false);
+                    await wait.ConfigureAwait(false);
                 }
             }
 
