@@ -422,7 +422,7 @@ namespace BastionTools.Sandbox
         /// agent's blocking WebSocket write). False at once when no connection is attached (SendMessage fails: "Connection
         /// is closed"), and false when the connection is aborted, replaced or closed while waiting.
         /// </summary>
-        private async Task<bool> TransmitAsync(byte[] frame, bool faultable)
+        private async Task<bool> TransmitAsync(byte[] frame, bool faultable, bool moreFollows = false)
         {
             var connection = _connectionSnapshot();
             if (connection == null || connection.IsAborted || connection.IsClosing) return false;
@@ -438,7 +438,7 @@ namespace BastionTools.Sandbox
             }
             if (duplicate) Interlocked.Increment(ref Counters._duplicated);
             if (hold) Interlocked.Increment(ref Counters._reordered);
-            return await connection.EnqueueAsync(frame, duplicate, hold).ConfigureAwait(false);
+            return await connection.EnqueueAsync(frame, duplicate, hold, writeHere: !moreFollows).ConfigureAwait(false);
         }
 
         // ---- receiving ---------------------------------------------------------------------------------------------
@@ -669,8 +669,12 @@ namespace BastionTools.Sandbox
         public Task SendStreamDataAsync(PayloadType payloadType, byte[] payload) => SendStreamDataAsync(payloadType, payload.AsMemory());
 
         /// <inheritdoc cref="SendStreamDataAsync(PayloadType, byte[])"/>
-        /// <remarks>The payload is copied into the message before the task completes; the caller may reuse its buffer after.</remarks>
-        public async Task SendStreamDataAsync(PayloadType payloadType, ReadOnlyMemory<byte> payload)
+        /// <remarks>
+        /// The payload is copied into the message before the task completes; the caller may reuse its buffer after.
+        /// <paramref name="moreFollows"/>: the caller has another message ready at once, so this one is left to the
+        /// connection's writer rather than written on the caller's thread (several then leave in one socket write).
+        /// </remarks>
+        public async Task SendStreamDataAsync(PayloadType payloadType, ReadOnlyMemory<byte> payload, bool moreFollows = false)
         {
             if (payload.Length == 0 || IsEnded) return;
             AgentBlockCipher? cipher;
@@ -710,7 +714,7 @@ namespace BastionTools.Sandbox
                 Interlocked.Increment(ref Counters._dataSent);
                 Interlocked.Add(ref Counters._streamBytesCreated, payload.Length);
                 MarkActivity();
-                if (!paused) await TransmitAsync(frame, faultable: true).ConfigureAwait(false);
+                if (!paused) await TransmitAsync(frame, faultable: true, moreFollows).ConfigureAwait(false);
                 if (pending != null)
                 {
                     lock (_gate) pending.SentAt = Now; // LastSentTime: after the write
@@ -1328,6 +1332,9 @@ namespace BastionTools.Sandbox
     /// </summary>
     internal sealed class OutputReadPacer
     {
+        /// <summary>Reads are not paced (<see cref="SandboxAgentOptions.OutputReadPause"/> is zero): the next read follows at once.</summary>
+        public bool IsUnpaced => _options.OutputReadPause <= TimeSpan.Zero;
+
         private static readonly TimeSpan MaxCredit = TimeSpan.FromMilliseconds(10);
         private readonly SandboxAgentOptions _options;
         private readonly Stopwatch _clock = Stopwatch.StartNew();

@@ -126,7 +126,11 @@ namespace BastionTools.Sandbox
         /// Queues a frame, waiting for room when the queue is full. <paramref name="holdBack"/> keeps it until the next
         /// frame has gone (or 200 ms passed). False when the connection is aborted, closing or replaced (before or while waiting).
         /// </summary>
-        public Task<bool> EnqueueAsync(byte[] frame, bool duplicate, bool holdBack)
+        /// <param name="writeHere">
+        /// When no write is under way, write on this thread (false: leave it to a writer on the thread pool, for a caller
+        /// with more frames ready at once that can then join this one in a socket write).
+        /// </param>
+        public Task<bool> EnqueueAsync(byte[] frame, bool duplicate, bool holdBack, bool writeHere = true)
         {
             Waiter waiter;
             bool start;
@@ -147,10 +151,13 @@ namespace BastionTools.Sandbox
                     return waiter.Done.Task;
                 }
             }
-            if (start) _ = DrainAsync();
+            if (start)
+            {
+                if (writeHere) _ = DrainAsync();
+                else ThreadPool.UnsafeQueueUserWorkItem(static c => _ = c.DrainAsync(), this, preferLocal: false);
+            }
             return s_true;
         }
-
 
         /// <summary>Queues a control frame (channel_closed, publication, injections) without waiting for room. False when closing or aborted.</summary>
         public bool EnqueueNow(byte[] frame)
