@@ -139,7 +139,7 @@ namespace BastionTools.Bench
 
             // ---- select 1 at 1, 8, 32, 64 clients, direct and tunnel alternating ----
             Console.WriteLine();
-            Console.WriteLine("clients |      direct: tps    p50 ms   p99 ms |      tunnel: tps    p50 ms   p99 ms | tunnel % of direct | added p50 ms | tunnel cost: client CPU us/tx  us/msg  alloc B/msg  agent CPU us/tx  agent alloc B/msg");
+            Console.WriteLine("clients |      direct: tps    p50 ms   p99 ms |      tunnel: tps    p50 ms   p99 ms | tunnel % of direct | added p50 ms | tunnel cost: client CPU us/tx  us/msg  alloc B/msg  agent CPU us/tx  agent alloc B/msg  agent switches/tx");
             var rows = new List<(int Clients, PgbenchResult Direct, PgbenchResult Tunnel)>();
             foreach (var clients in clientCounts)
             {
@@ -151,10 +151,11 @@ namespace BastionTools.Bench
                 var tx = Math.Max(1, tunnel.Transactions);
                 var messages = Math.Max(1, cost.Messages);
                 Console.WriteLine($"{clients,7} | {direct.Tps,17:F0} {direct.P50Ms,9:F3} {direct.P99Ms,8:F3} | {tunnel.Tps,17:F0} {tunnel.P50Ms,9:F3} {tunnel.P99Ms,8:F3} | {tunnel.Tps / direct.Tps,18:P0} | {tunnel.P50Ms - direct.P50Ms,12:F3} | " +
-                                  $"{cost.ClientCpu.TotalMilliseconds * 1000 / tx,28:F1} {cost.ClientCpu.TotalMilliseconds * 1000 / messages,7:F1} {(double)cost.Allocated / messages,12:F0} {cost.AgentCpu.TotalMilliseconds * 1000 / tx,16:F1} {AgentAllocated(cost, messages),18}");
+                                  $"{cost.ClientCpu.TotalMilliseconds * 1000 / tx,28:F1} {cost.ClientCpu.TotalMilliseconds * 1000 / messages,7:F1} {(double)cost.Allocated / messages,12:F0} {cost.AgentCpu.TotalMilliseconds * 1000 / tx,16:F1} {AgentAllocated(cost, messages),18} {AgentSwitches(cost, tx),18}");
             }
             Console.WriteLine("(tps: pgbench's, without initial connection time; p50/p99: time between a client's consecutive completions in pgbench's log (its own latency column reads 0 when the answer was already there); tunnel cost: this process's CPU time and");
-            Console.WriteLine(" allocated bytes over the tunnel run, per pgbench transaction and per data-channel message sent or received; agent CPU and alloc: the sandbox process's CPU time and allocated bytes)");
+            Console.WriteLine(" allocated bytes over the tunnel run, per pgbench transaction and per data-channel message sent or received; agent CPU and alloc: the sandbox process's CPU time and allocated bytes;");
+            Console.WriteLine(" agent switches: the sandbox threads' voluntary context switches (each a thread that blocked, to be woken again later; /proc, n/a elsewhere))");
 
             // ---- psql COPY out and in, median of 3, direct and tunnel alternating ----
             Console.WriteLine();
@@ -203,6 +204,42 @@ namespace BastionTools.Bench
         private static string AgentAllocated(Counters cost, long messages) =>
             cost.AgentAllocated < 0 ? "n/a" : ((double)cost.AgentAllocated / messages).ToString("F0", CultureInfo.InvariantCulture);
 
+        private static string AgentSwitches(Counters cost, long per) =>
+            cost.AgentSwitches < 0 ? "n/a" : ((double)cost.AgentSwitches / per).ToString("F2", CultureInfo.InvariantCulture);
+
+        /// <summary>
+        /// The voluntary context switches of the process's live threads (sum of /proc/PID/task/*/status); -1 where there is
+        /// no /proc. Threads that ended are not counted, so take differences over a steady run.
+        /// </summary>
+        private static long VoluntarySwitches(int pid)
+        {
+            try
+            {
+                long total = 0;
+                foreach (var task in Directory.EnumerateDirectories($"/proc/{pid}/task"))
+                {
+                    try
+                    {
+                        foreach (var line in File.ReadLines(Path.Combine(task, "status")))
+                        {
+                            if (!line.StartsWith("voluntary_ctxt_switches:", StringComparison.Ordinal)) continue;
+                            total += long.Parse(line.AsSpan("voluntary_ctxt_switches:".Length).Trim(), NumberStyles.None, CultureInfo.InvariantCulture);
+                            break;
+                        }
+                    }
+                    catch (Exception ex) when (ex is IOException || ex is UnauthorizedAccessException)
+                    {
+                        // The thread ended while being read.
+                    }
+                }
+                return total;
+            }
+            catch (Exception ex) when (ex is IOException || ex is UnauthorizedAccessException)
+            {
+                return -1;
+            }
+        }
+
         private static void PrintCopy(string what, List<TimeSpan> direct, List<TimeSpan> tunnel, Counters cost)
         {
             var d = Median(direct);
@@ -211,7 +248,7 @@ namespace BastionTools.Bench
             var messages = Math.Max(1, cost.Messages);
             Console.WriteLine($"  {what}: direct {d.TotalMilliseconds,8:F0} ms   tunnel {t.TotalMilliseconds,8:F0} ms   ratio {t.TotalMilliseconds / d.TotalMilliseconds,5:F2}x   " +
                               $"tunnel cost: client CPU {cost.ClientCpu.TotalMilliseconds / mb,6:F1} ms/MB, {cost.ClientCpu.TotalMilliseconds * 1000 / messages,5:F1} us/msg, {(double)cost.Allocated / messages,6:F0} B allocated/msg; " +
-                              $"agent CPU {cost.AgentCpu.TotalMilliseconds / mb,6:F1} ms/MB, {AgentAllocated(cost, messages)} B allocated/msg ({cost.Messages:N0} messages, {cost.Bytes / 1e6:F1} MB through the tunnel in {direct.Count} runs)");
+                              $"agent CPU {cost.AgentCpu.TotalMilliseconds / mb,6:F1} ms/MB, {AgentAllocated(cost, messages)} B allocated/msg, {AgentSwitches(cost, messages)} switches/msg ({cost.Messages:N0} messages, {cost.Bytes / 1e6:F1} MB through the tunnel in {direct.Count} runs)");
         }
 
         private static void PrintGoals(List<(int Clients, PgbenchResult Direct, PgbenchResult Tunnel)> rows, List<TimeSpan> outDirect, List<TimeSpan> outTunnel, List<TimeSpan> inDirect, List<TimeSpan> inTunnel)
@@ -471,8 +508,9 @@ namespace BastionTools.Bench
         /// <summary>This process's own counters (it hosts the tunnel) and the sandbox agent's CPU time.</summary>
         private readonly struct Counters
         {
-            private Counters(TimeSpan clientCpu, TimeSpan agentCpu, long allocated, long messages, long bytes, long agentAllocated)
+            private Counters(TimeSpan clientCpu, TimeSpan agentCpu, long allocated, long messages, long bytes, long agentAllocated, long agentSwitches)
             {
+                AgentSwitches = agentSwitches;
                 AgentAllocated = agentAllocated;
                 ClientCpu = clientCpu;
                 AgentCpu = agentCpu;
@@ -488,22 +526,26 @@ namespace BastionTools.Bench
             public long Bytes { get; }
             /// <summary>The sandbox process's allocated bytes; negative when it cannot tell.</summary>
             public long AgentAllocated { get; }
+            /// <summary>The sandbox threads' voluntary context switches; negative when it cannot tell.</summary>
+            public long AgentSwitches { get; }
 
             public static Counters Take(PortForwardingSession session, Sandbox sandbox)
             {
                 using var self = Process.GetCurrentProcess();
                 sandbox.Process.Refresh();
                 return new Counters(self.TotalProcessorTime, sandbox.Process.TotalProcessorTime, GC.GetTotalAllocatedBytes(false),
-                    session.Channel!.MessagesSent + session.Channel.MessagesReceived, session.Connections.BytesIn + session.Connections.BytesOut, sandbox.AllocatedBytes());
+                    session.Channel!.MessagesSent + session.Channel.MessagesReceived, session.Connections.BytesIn + session.Connections.BytesOut, sandbox.AllocatedBytes(), VoluntarySwitches(sandbox.Process.Id));
             }
 
             public static Counters operator -(Counters a, Counters b) =>
                 new(a.ClientCpu - b.ClientCpu, a.AgentCpu - b.AgentCpu, a.Allocated - b.Allocated, a.Messages - b.Messages, a.Bytes - b.Bytes,
-                    a.AgentAllocated < 0 || b.AgentAllocated < 0 ? -1 : a.AgentAllocated - b.AgentAllocated);
+                    a.AgentAllocated < 0 || b.AgentAllocated < 0 ? -1 : a.AgentAllocated - b.AgentAllocated,
+                    a.AgentSwitches < 0 || b.AgentSwitches < 0 ? -1 : a.AgentSwitches - b.AgentSwitches);
 
             public static Counters operator +(Counters a, Counters b) =>
                 new(a.ClientCpu + b.ClientCpu, a.AgentCpu + b.AgentCpu, a.Allocated + b.Allocated, a.Messages + b.Messages, a.Bytes + b.Bytes,
-                    a.AgentAllocated < 0 || b.AgentAllocated < 0 ? -1 : a.AgentAllocated + b.AgentAllocated);
+                    a.AgentAllocated < 0 || b.AgentAllocated < 0 ? -1 : a.AgentAllocated + b.AgentAllocated,
+                    a.AgentSwitches < 0 || b.AgentSwitches < 0 ? -1 : a.AgentSwitches + b.AgentSwitches);
         }
 
         private readonly struct MemorySnapshot

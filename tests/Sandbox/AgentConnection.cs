@@ -154,7 +154,9 @@ namespace BastionTools.Sandbox
             if (start)
             {
                 if (writeHere) _ = DrainAsync();
-                else ThreadPool.UnsafeQueueUserWorkItem(static c => _ = c.DrainAsync(), this, preferLocal: false);
+                // On this thread's own queue: it runs once the caller yields (a pump that has sent what was ready), so
+                // the frames queued meanwhile leave in one socket write, without waking another thread for it.
+                else ThreadPool.UnsafeQueueUserWorkItem(static c => _ = c.DrainAsync(), this, preferLocal: true);
             }
             return s_true;
         }
