@@ -34,6 +34,7 @@ namespace BastionTools.Bench
             var copyRows = 300_000;
             var copyRuns = 3;
             var idleConnections = 64;
+            var agentInlineCompletions = false;
             for (var i = 0; i < args.Length; i++)
             {
                 if (args[i] == "--sandbox" && i + 1 < args.Length) sandboxDll = args[++i];
@@ -43,6 +44,7 @@ namespace BastionTools.Bench
                 else if (args[i] == "--copy-rows" && i + 1 < args.Length) copyRows = int.Parse(args[++i], CultureInfo.InvariantCulture);
                 else if (args[i] == "--copy-runs" && i + 1 < args.Length) copyRuns = int.Parse(args[++i], CultureInfo.InvariantCulture);
                 else if (args[i] == "--idle-connections" && i + 1 < args.Length) idleConnections = int.Parse(args[++i], CultureInfo.InvariantCulture);
+                else if (args[i] == "--agent-inline-socket-completions") agentInlineCompletions = true;
                 else
                 {
                     Console.Error.WriteLine("concurrency: unknown argument '" + args[i] + "'");
@@ -74,7 +76,7 @@ namespace BastionTools.Bench
             var work = Directory.CreateTempSubdirectory("bastiontools-bench-");
             try
             {
-                return await RunCoreAsync(sandboxDll, tools, work.FullName, clientCounts, seconds, protocol, copyRows, copyRuns, idleConnections).ConfigureAwait(false);
+                return await RunCoreAsync(sandboxDll, tools, work.FullName, clientCounts, seconds, protocol, copyRows, copyRuns, idleConnections, agentInlineCompletions).ConfigureAwait(false);
             }
             finally
             {
@@ -88,12 +90,15 @@ namespace BastionTools.Bench
             }
         }
 
-        private static async Task<int> RunCoreAsync(string sandboxDll, PgTools tools, string work, int[] clientCounts, int seconds, string protocol, int copyRows, int copyRuns, int idleConnections)
+        private static async Task<int> RunCoreAsync(string sandboxDll, PgTools tools, string work, int[] clientCounts, int seconds, string protocol, int copyRows, int copyRuns, int idleConnections, bool agentInlineCompletions)
         {
             var loadStart = LoadAverage();
             // Fast mode: the agent without its real 1 ms pause per 1 KiB read, so the module is measured, not the agent's cap.
-            using var sandbox = Sandbox.Start(sandboxDll, "--postgres", "--output-read-pause-ms", "0");
+            // An experiment, off by default: the sandbox process (only) runs socket continuations on its epoll threads.
+            using var sandbox = Sandbox.Start(sandboxDll, agentInlineCompletions ? new Dictionary<string, string> { ["DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS"] = "1" } : null,
+                "--postgres", "--output-read-pause-ms", "0");
             var info = sandbox.Info;
+            if (agentInlineCompletions) Console.WriteLine("sandbox agent with DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=1 (its socket continuations run on its epoll threads; this process is unchanged)");
             var pg = info.GetProperty("postgres");
             var pgPort = pg.GetProperty("port").GetInt32();
             var db = new PgTarget(pg.GetProperty("user").GetString()!, pg.GetProperty("password").GetString()!, pg.GetProperty("database").GetString()!);

@@ -600,7 +600,10 @@ namespace BastionTools.Sandbox
                 return;
             }
             // The agent acknowledges from its WebSocket read goroutine with a blocking write: a full socket stops its reading too.
-            if (await TransmitAsync(frame, faultable: true).ConfigureAwait(false)) Interlocked.Increment(ref Counters._acksSent);
+            // Written by a writer queued on this thread (it runs when the read loop waits for the next message), so the
+            // acknowledgements of messages read back to back leave in one socket write: written here, one write each,
+            // COPY in cost the client and the double more (agent 11.9 -> 16.3 ms/MB, medians of 3 at load 15-26).
+            if (await TransmitAsync(frame, faultable: true, moreFollows: true).ConfigureAwait(false)) Interlocked.Increment(ref Counters._acksSent);
         }
 
         /// <summary>Hands an in-order message to the data channel / plugin. False means "not ready": do not acknowledge.</summary>

@@ -357,7 +357,7 @@ namespace BastionTools.Sandbox
         private readonly object _gate = new();
         // The reader (TransferToMgsAsync) resumes on the thread pool, not inline in the stream that flushed: meanwhile
         // other streams' frames join the pipe and one read takes several (an inline reader sent a message per frame,
-        // 3.5x the messages per transaction at 32 clients, and was slower end to end).
+        // 2.4-3.5x the messages per transaction at 32 clients, and was slower end to end).
         private readonly Pipe _output = new(new PipeOptions(pauseWriterThreshold: OutputBufferBytes, resumeWriterThreshold: OutputBufferBytes / 2, useSynchronizationContext: false));
         private readonly SemaphoreSlim _outputLock = new(1, 1);
         private readonly CancellationTokenSource _stop = new();
