@@ -39,6 +39,8 @@ namespace BastionTools.Tests.Sandbox
             public override long Length => throw new NotSupportedException();
             public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
             public override void Flush() { }
+            // As a socket's NetworkStream: flushing is a no-op that completes at once (Stream's default runs Flush on the thread pool).
+            public override Task FlushAsync(CancellationToken cancellationToken) => Task.CompletedTask;
             public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
             public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
             public override void SetLength(long value) => throw new NotSupportedException();
