@@ -8,11 +8,8 @@ using System.Threading.Tasks;
 namespace BastionTools.Sandbox
 {
     /// <summary>
-    /// One accepted WebSocket of a session's data channel: one writer at a time drains a queue (so frames leave in
+    /// One accepted WebSocket of a session's data channel: a single writer task drains a queue (so frames leave in
     /// the order they were queued), outbound reordering is done here, and the byte budget of KillAfterBytes is counted.
-    /// The writer is whoever queues a frame while no write is under way: it writes on its own thread and hands the rest
-    /// of the queue to the completion of a write that did not finish at once (no thread-pool hop per frame; the queue,
-    /// its bound and the order are the same as with a writer task of its own).
     /// <para>
     /// The queue is bounded by bytes (<see cref="SandboxAgentOptions.ConnectionQueueBytes"/>): the real agent writes
     /// to its WebSocket synchronously (gorilla/websocket WriteMessage under a mutex), so a client that does not read
@@ -30,7 +27,7 @@ namespace BastionTools.Sandbox
         private readonly object _gate = new();
         private readonly Queue<Item> _queue = new();
         private readonly LinkedList<Waiter> _waiters = new();
-        private readonly TaskCompletionSource _writerDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private readonly SemaphoreSlim _itemsAvailable = new(0);
         private readonly SandboxChannelCounters _counters;
         private readonly long _killAfterBytes;
         private readonly long _capacity;
@@ -42,11 +39,6 @@ namespace BastionTools.Sandbox
         private int _aborted;
         private int _closing;
         private bool _stalled;
-        // Under _gate: a drain owns the writing (set by whoever starts one; stays set once the writer has finished).
-        private bool _draining;
-        // The drain's own state, touched only by the drain that owns the writing.
-        private long _gatheredBytes;
-        private int _gatheredFrames;
 
         public AgentConnection(WebSocket socket, Action? abortTransport, SandboxChannelCounters counters, long killAfterBytes, int number, long capacityBytes,
             WriteBatchingStream? writeBatching = null)
@@ -60,12 +52,12 @@ namespace BastionTools.Sandbox
             _killAfterBytes = killAfterBytes;
             _capacity = Math.Max(1, capacityBytes);
             Number = number;
+            Writer = Task.Run(WriteLoopAsync);
         }
 
         public WebSocket Socket { get; }
         public int Number { get; }
-        /// <summary>Completes when the writer has finished: closed, aborted, or the socket is gone.</summary>
-        public Task Writer => _writerDone.Task;
+        public Task Writer { get; }
         public bool IsAborted => Volatile.Read(ref _aborted) != 0;
         public bool IsClosing => Volatile.Read(ref _closing) != 0;
 
@@ -126,53 +118,34 @@ namespace BastionTools.Sandbox
         /// Queues a frame, waiting for room when the queue is full. <paramref name="holdBack"/> keeps it until the next
         /// frame has gone (or 200 ms passed). False when the connection is aborted, closing or replaced (before or while waiting).
         /// </summary>
-        /// <param name="writeHere">
-        /// When no write is under way, write on this thread (false: leave it to a writer on the thread pool, for a caller
-        /// with more frames ready at once that can then join this one in a socket write).
-        /// </param>
-        public Task<bool> EnqueueAsync(byte[] frame, bool duplicate, bool holdBack, bool writeHere = true)
+        public Task<bool> EnqueueAsync(byte[] frame, bool duplicate, bool holdBack)
         {
             Waiter waiter;
-            bool start;
             lock (_gate)
             {
                 if (IsAborted || IsClosing) return s_false;
                 if (_waiters.Count == 0 && HasRoomLocked(frame.Length * (duplicate ? 2L : 1L)))
                 {
                     AddLocked(frame, duplicate, holdBack);
-                    start = ClaimDrainLocked();
+                    return s_true;
                 }
-                else
-                {
-                    waiter = new Waiter(frame, duplicate, holdBack);
-                    _waiters.AddLast(waiter);
-                    Interlocked.Increment(ref _counters._sendWaiters);
-                    Interlocked.Increment(ref _counters._sendWaits);
-                    return waiter.Done.Task;
-                }
+                waiter = new Waiter(frame, duplicate, holdBack);
+                _waiters.AddLast(waiter);
+                Interlocked.Increment(ref _counters._sendWaiters);
+                Interlocked.Increment(ref _counters._sendWaits);
             }
-            if (start)
-            {
-                if (writeHere) _ = DrainAsync();
-                // On this thread's own queue: it runs once the caller yields (a pump that has sent what was ready), so
-                // the frames queued meanwhile leave in one socket write, without waking another thread for it.
-                else ThreadPool.UnsafeQueueUserWorkItem(static c => _ = c.DrainAsync(), this, preferLocal: true);
-            }
-            return s_true;
+            return waiter.Done.Task;
         }
 
         /// <summary>Queues a control frame (channel_closed, publication, injections) without waiting for room. False when closing or aborted.</summary>
         public bool EnqueueNow(byte[] frame)
         {
-            bool start;
             lock (_gate)
             {
                 if (IsAborted || IsClosing) return false;
                 AddLocked(frame, duplicate: false, holdBack: false);
-                start = ClaimDrainLocked();
+                return true;
             }
-            if (start) _ = DrainAsync();
-            return true;
         }
 
         /// <summary>
@@ -183,7 +156,6 @@ namespace BastionTools.Sandbox
         public Task<long> EnqueueEndlessFragments(long totalBytes)
         {
             var done = new TaskCompletionSource<long>(TaskCreationOptions.RunContinuationsAsynchronously);
-            bool start;
             lock (_gate)
             {
                 if (IsAborted || IsClosing)
@@ -193,9 +165,8 @@ namespace BastionTools.Sandbox
                 }
                 FlushHeldLocked();
                 _queue.Enqueue(new Item(ItemKind.Fragments, null, null, totalBytes, done));
-                start = ClaimDrainLocked();
+                _itemsAvailable.Release();
             }
-            if (start) _ = DrainAsync();
             return done.Task;
         }
 
@@ -215,17 +186,10 @@ namespace BastionTools.Sandbox
             }
         }
 
-        private void PushLocked(byte[] frame) => _queue.Enqueue(new Item(ItemKind.Frame, frame, null, 0));
-
-        /// <summary>
-        /// Whether the caller is to start a drain (<see cref="DrainAsync"/>, outside the lock): true when there is
-        /// something to do (a queued item, or an abort to finish) and no drain owns the writing.
-        /// </summary>
-        private bool ClaimDrainLocked()
+        private void PushLocked(byte[] frame)
         {
-            if (_draining || (_queue.Count == 0 && !IsAborted)) return false;
-            _draining = true;
-            return true;
+            _queue.Enqueue(new Item(ItemKind.Frame, frame, null, 0));
+            _itemsAvailable.Release();
         }
 
         private void AddLocked(byte[] frame, bool duplicate, bool holdBack)
@@ -253,14 +217,11 @@ namespace BastionTools.Sandbox
         private async Task FlushHeldLaterAsync(byte[] frame)
         {
             await Task.Delay(HoldFlushDelay).ConfigureAwait(false);
-            bool start;
             lock (_gate)
             {
                 if (!ReferenceEquals(_held, frame) || IsAborted) return;
                 FlushHeldLocked();
-                start = ClaimDrainLocked();
             }
-            if (start) _ = DrainAsync();
         }
 
         /// <summary>Frees the room a frame took and lets waiting producers in, oldest first.</summary>
@@ -306,15 +267,13 @@ namespace BastionTools.Sandbox
         public void CloseAfterQueued(string description, TimeSpan? abortAfter = null)
         {
             if (Interlocked.Exchange(ref _closing, 1) != 0) return;
-            bool start;
             lock (_gate)
             {
                 FlushHeldLocked();
                 _queue.Enqueue(new Item(ItemKind.Close, null, description, 0));
-                start = ClaimDrainLocked();
+                _itemsAvailable.Release();
             }
             FailWaiters();
-            if (start) _ = DrainAsync();
             if (abortAfter is { } after)
             {
                 _ = Task.Run(async () =>
@@ -331,18 +290,15 @@ namespace BastionTools.Sandbox
             if (Interlocked.Exchange(ref _aborted, 1) != 0) return;
             if (isKill) Interlocked.Increment(ref _counters._kills);
             List<Item> dropped;
-            bool start;
             lock (_gate)
             {
                 dropped = new List<Item>(_queue);
                 _queue.Clear();
                 _held = null;
                 AddBytesLocked(-_queuedBytes);
-                // A drain under way finishes the writer at its next step; otherwise one is started to do it.
-                start = ClaimDrainLocked();
+                _itemsAvailable.Release();
             }
             FailWaiters();
-            if (start) _ = DrainAsync();
             foreach (var item in dropped) item.Done?.TrySetException(new InvalidOperationException("The connection was aborted."));
             try
             {
@@ -370,132 +326,99 @@ namespace BastionTools.Sandbox
             if (_killAfterBytes > 0 && total >= _killAfterBytes) Abort(isKill: true);
         }
 
-        /// <summary>Frames written while gathering: counted as sent, and their room freed, once the write that carries them is done.</summary>
-        private void SettleGathered()
+        private async Task WriteLoopAsync()
         {
-            if (_gatheredFrames == 0) return;
-            var bytes = _gatheredBytes;
-            Interlocked.Add(ref _counters._messagesSent, _gatheredFrames);
-            Interlocked.Add(ref _counters._bytesSent, bytes);
-            _gatheredBytes = 0;
-            _gatheredFrames = 0;
-            Release(bytes);
-            CountBytes(bytes);
-        }
-
-        /// <summary>
-        /// Writes queued items in order until the queue is empty (then gives up the writing) or the writer finishes
-        /// (close sent, aborted, socket gone). Runs on the thread of whoever started it until a write does not complete
-        /// at once; only one drain runs at a time (<see cref="ClaimDrainLocked"/>).
-        /// </summary>
-        private async Task DrainAsync()
-        {
+            // Frames written while gathering: counted as sent, and their room freed, once the write that carries them
+            // to the socket is done (as each frame's was after its own write before).
+            long gatheredBytes = 0;
+            var gatheredFrames = 0;
+            void Settle()
+            {
+                if (gatheredFrames == 0) return;
+                Interlocked.Add(ref _counters._messagesSent, gatheredFrames);
+                Interlocked.Add(ref _counters._bytesSent, gatheredBytes);
+                Release(gatheredBytes);
+                CountBytes(gatheredBytes);
+                gatheredBytes = 0;
+                gatheredFrames = 0;
+            }
             try
             {
                 while (true)
                 {
-                    Item item = default;
-                    var more = false;
-                    bool aborted;
+                    await _itemsAvailable.WaitAsync().ConfigureAwait(false);
+                    Item item;
+                    bool more;
                     lock (_gate)
                     {
-                        aborted = IsAborted;
-                        if (!aborted && !_queue.TryDequeue(out item))
-                        {
-                            // Nothing gathered is left unsent: the last item written had nothing queued behind it.
-                            _draining = false;
-                            return;
-                        }
+                        if (IsAborted) return;
+                        if (!_queue.TryDequeue(out item)) continue;
                         more = _queue.Count > 0;
                     }
-                    if (aborted)
+                    // A frame with another queued behind it is gathered with the next write (one socket write for several
+                    // frames); the last one ready, a close and fragments go out at once, with whatever was gathered.
+                    var gather = _batching != null && more && item.Kind == ItemKind.Frame && !_stalled;
+                    if (_batching != null) _batching.Batching = gather;
+                    switch (item.Kind)
                     {
-                        Finish();
-                        return;
+                        case ItemKind.Close:
+                            if (!_stalled && (Socket.State == WebSocketState.Open || Socket.State == WebSocketState.CloseReceived))
+                            {
+                                using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+                                await Socket.CloseOutputAsync(WebSocketCloseStatus.NormalClosure, item.Close, timeout.Token).ConfigureAwait(false);
+                                Settle();
+                            }
+                            return;
+                        case ItemKind.Fragments:
+                            await SendFragmentsAsync(item).ConfigureAwait(false);
+                            Settle();
+                            continue;
                     }
-                    if (!await WriteItemAsync(item, more).ConfigureAwait(false)) return;
+                    var frame = item.Frame!;
+                    if (_stalled)
+                    {
+                        // After an unfinished fragmented message nothing more is written on this connection.
+                        Interlocked.Increment(ref _counters._discardedAfterStall);
+                        Release(frame.Length);
+                        continue;
+                    }
+                    if (Socket.State != WebSocketState.Open && Socket.State != WebSocketState.CloseReceived) return; // finally releases its room
+                    await Socket.SendAsync(frame.AsMemory(), WebSocketMessageType.Binary, true, CancellationToken.None).ConfigureAwait(false);
+                    if (gather)
+                    {
+                        gatheredBytes += frame.Length;
+                        gatheredFrames++;
+                        continue;
+                    }
+                    Settle();
+                    Interlocked.Increment(ref _counters._messagesSent);
+                    Interlocked.Add(ref _counters._bytesSent, frame.Length);
+                    Release(frame.Length);
+                    CountBytes(frame.Length);
                 }
             }
             catch (Exception ex) when (ex is WebSocketException || ex is IOException || ex is ObjectDisposedException || ex is OperationCanceledException || ex is InvalidOperationException)
             {
                 // The peer went away; the read loop notices and detaches the connection. Nobody may wait for room now.
                 Abort(isKill: false);
-                Finish();
             }
-        }
-
-        /// <summary>Writes one item. False when the writer is done (a close was sent, or the socket is no longer open).</summary>
-        private async ValueTask<bool> WriteItemAsync(Item item, bool more)
-        {
-            // A frame with another queued behind it is gathered with the next write (one socket write for several
-            // frames); the last one ready, a close and fragments go out at once, with whatever was gathered.
-            var gather = _batching != null && more && item.Kind == ItemKind.Frame && !_stalled;
-            if (_batching != null) _batching.Batching = gather;
-            switch (item.Kind)
+            finally
             {
-                case ItemKind.Close:
-                    if (!_stalled && (Socket.State == WebSocketState.Open || Socket.State == WebSocketState.CloseReceived))
-                    {
-                        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5));
-                        await Socket.CloseOutputAsync(WebSocketCloseStatus.NormalClosure, item.Close, timeout.Token).ConfigureAwait(false);
-                        SettleGathered();
-                    }
-                    Finish();
-                    return false;
-                case ItemKind.Fragments:
-                    await SendFragmentsAsync(item).ConfigureAwait(false);
-                    SettleGathered();
-                    return true;
-            }
-            var frame = item.Frame!;
-            if (_stalled)
-            {
-                // After an unfinished fragmented message nothing more is written on this connection.
-                Interlocked.Increment(ref _counters._discardedAfterStall);
-                Release(frame.Length);
-                return true;
-            }
-            if (Socket.State != WebSocketState.Open && Socket.State != WebSocketState.CloseReceived)
-            {
-                Finish(); // releases its room
-                return false;
-            }
-            await Socket.SendAsync(frame.AsMemory(), WebSocketMessageType.Binary, true, CancellationToken.None).ConfigureAwait(false);
-            if (gather)
-            {
-                _gatheredBytes += frame.Length;
-                _gatheredFrames++;
-                return true;
-            }
-            SettleGathered();
-            Interlocked.Increment(ref _counters._messagesSent);
-            Interlocked.Add(ref _counters._bytesSent, frame.Length);
-            Release(frame.Length);
-            CountBytes(frame.Length);
-            return true;
-        }
-
-        /// <summary>
-        /// The writer is done (closed, aborted or the socket is gone): nothing queued will ever leave, and nothing more is
-        /// taken. Runs once, by the drain that owns the writing (which keeps it, so no other drain starts).
-        /// </summary>
-        private void Finish()
-        {
-            if (_writerDone.Task.IsCompleted) return;
-            if (_batching != null) _batching.Batching = false;
-            Interlocked.Exchange(ref _closing, 1);
-            lock (_gate)
-            {
-                _draining = true;
-                if (!IsAborted)
+                // The writer is done (closed, aborted or the socket is gone): nothing queued will ever leave, and
+                // nothing more is taken.
+                if (_batching != null) _batching.Batching = false;
+                Interlocked.Exchange(ref _closing, 1);
+                lock (_gate)
                 {
-                    _queue.Clear();
-                    _held = null;
-                    AddBytesLocked(-_queuedBytes);
+                    if (!IsAborted)
+                    {
+                        _queue.Clear();
+                        _held = null;
+                        AddBytesLocked(-_queuedBytes);
+                    }
                 }
+                FailWaiters();
             }
-            FailWaiters();
-            _writerDone.TrySetResult();
         }
 
         private async Task SendFragmentsAsync(Item item)

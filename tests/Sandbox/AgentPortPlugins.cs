@@ -355,9 +355,6 @@ namespace BastionTools.Sandbox
         private readonly SmuxDecoder _decoder = new();
         private readonly Dictionary<uint, MuxStream> _streams = new();
         private readonly object _gate = new();
-        // The reader (TransferToMgsAsync) resumes on the thread pool, not inline in the stream that flushed: meanwhile
-        // other streams' frames join the pipe and one read takes several (an inline reader sent a message per frame,
-        // 2.4-3.5x the messages per transaction at 32 clients, and was slower end to end).
         private readonly Pipe _output = new(new PipeOptions(pauseWriterThreshold: OutputBufferBytes, resumeWriterThreshold: OutputBufferBytes / 2, useSynchronizationContext: false));
         private readonly SemaphoreSlim _outputLock = new(1, 1);
         private readonly CancellationTokenSource _stop = new();
@@ -426,10 +423,7 @@ namespace BastionTools.Sandbox
                     piece.CopyTo(payload);
                     reader.AdvanceTo(piece.End);
                     // SendStreamDataAsync has copied the bytes into the message when it completes: the buffer is reused.
-                    // While more is already waiting in the pipe (and nothing paces reads), the frame is left to the
-                    // connection's writer so the next ones can join it in one socket write; the last goes at once.
-                    var more = buffer.Length > length && pacer.IsUnpaced;
-                    await Channel.SendStreamDataAsync(PayloadType.Output, payload.AsMemory(0, length), more).ConfigureAwait(false);
+                    await Channel.SendStreamDataAsync(PayloadType.Output, payload.AsMemory(0, length)).ConfigureAwait(false);
                     await pacer.PauseAsync(token).ConfigureAwait(false);
                 }
             }
@@ -710,9 +704,7 @@ namespace BastionTools.Sandbox
             private readonly object _gate = new();
             private readonly Queue<byte[]> _buffer = new();
             private readonly CancellationTokenSource _abort = new();
-            // Completed outside _gate only: the destination writer waiting in ReadAsync continues on the thread that
-            // delivered the data (no thread-pool hop per message); Abort ends a wait through CloseReceive.
-            private TaskCompletionSource _dataAvailable = new();
+            private TaskCompletionSource _dataAvailable = new(TaskCreationOptions.RunContinuationsAsynchronously);
             private int _buffered;
             private bool _fin;
             private bool _closed;
@@ -769,10 +761,10 @@ namespace BastionTools.Sandbox
                             return data;
                         }
                         if (_fin || _closed) return null;
-                        if (_dataAvailable.Task.IsCompleted) _dataAvailable = new TaskCompletionSource();
+                        if (_dataAvailable.Task.IsCompleted) _dataAvailable = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
                         wait = _dataAvailable.Task;
                     }
-                    await wait.ConfigureAwait(false);
+                    await wait.WaitAsync(_abort.Token).ConfigureAwait(false);
                 }
             }
 
