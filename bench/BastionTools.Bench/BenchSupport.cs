@@ -1,4 +1,5 @@
 using System;
+using System.Collections.Generic;
 using System.Diagnostics;
 using System.Text.Json;
 using System.Threading.Tasks;
@@ -18,9 +19,16 @@ namespace BastionTools.Bench
         public Process Process { get; }
         public JsonElement Info { get; }
 
-        public static Sandbox Start(string dll, params string[] arguments)
+        public static Sandbox Start(string dll, params string[] arguments) => Start(dll, null, arguments);
+
+        /// <summary>Starts the sandbox with extra environment variables for its process only.</summary>
+        public static Sandbox Start(string dll, IReadOnlyDictionary<string, string>? environment, params string[] arguments)
         {
             var psi = new ProcessStartInfo("dotnet") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = false, UseShellExecute = false };
+            if (environment != null)
+            {
+                foreach (var (name, value) in environment) psi.Environment[name] = value;
+            }
             psi.ArgumentList.Add(dll);
             foreach (var a in arguments) psi.ArgumentList.Add(a);
             var p = Process.Start(psi)!;

@@ -34,6 +34,7 @@ namespace BastionTools.Bench
             var copyRows = 300_000;
             var copyRuns = 3;
             var idleConnections = 64;
+            var agentInlineCompletions = false;
             for (var i = 0; i < args.Length; i++)
             {
                 if (args[i] == "--sandbox" && i + 1 < args.Length) sandboxDll = args[++i];
@@ -43,6 +44,7 @@ namespace BastionTools.Bench
                 else if (args[i] == "--copy-rows" && i + 1 < args.Length) copyRows = int.Parse(args[++i], CultureInfo.InvariantCulture);
                 else if (args[i] == "--copy-runs" && i + 1 < args.Length) copyRuns = int.Parse(args[++i], CultureInfo.InvariantCulture);
                 else if (args[i] == "--idle-connections" && i + 1 < args.Length) idleConnections = int.Parse(args[++i], CultureInfo.InvariantCulture);
+                else if (args[i] == "--agent-inline-socket-completions") agentInlineCompletions = true;
                 else
                 {
                     Console.Error.WriteLine("concurrency: unknown argument '" + args[i] + "'");
@@ -74,7 +76,7 @@ namespace BastionTools.Bench
             var work = Directory.CreateTempSubdirectory("bastiontools-bench-");
             try
             {
-                return await RunCoreAsync(sandboxDll, tools, work.FullName, clientCounts, seconds, protocol, copyRows, copyRuns, idleConnections).ConfigureAwait(false);
+                return await RunCoreAsync(sandboxDll, tools, work.FullName, clientCounts, seconds, protocol, copyRows, copyRuns, idleConnections, agentInlineCompletions).ConfigureAwait(false);
             }
             finally
             {
@@ -88,12 +90,15 @@ namespace BastionTools.Bench
             }
         }
 
-        private static async Task<int> RunCoreAsync(string sandboxDll, PgTools tools, string work, int[] clientCounts, int seconds, string protocol, int copyRows, int copyRuns, int idleConnections)
+        private static async Task<int> RunCoreAsync(string sandboxDll, PgTools tools, string work, int[] clientCounts, int seconds, string protocol, int copyRows, int copyRuns, int idleConnections, bool agentInlineCompletions)
         {
             var loadStart = LoadAverage();
             // Fast mode: the agent without its real 1 ms pause per 1 KiB read, so the module is measured, not the agent's cap.
-            using var sandbox = Sandbox.Start(sandboxDll, "--postgres", "--output-read-pause-ms", "0");
+            // An experiment, off by default: the sandbox process (only) runs socket continuations on its epoll threads.
+            using var sandbox = Sandbox.Start(sandboxDll, agentInlineCompletions ? new Dictionary<string, string> { ["DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS"] = "1" } : null,
+                "--postgres", "--output-read-pause-ms", "0");
             var info = sandbox.Info;
+            if (agentInlineCompletions) Console.WriteLine("sandbox agent with DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=1 (its socket continuations run on its epoll threads; this process is unchanged)");
             var pg = info.GetProperty("postgres");
             var pgPort = pg.GetProperty("port").GetInt32();
             var db = new PgTarget(pg.GetProperty("user").GetString()!, pg.GetProperty("password").GetString()!, pg.GetProperty("database").GetString()!);
@@ -139,7 +144,7 @@ namespace BastionTools.Bench
 
             // ---- select 1 at 1, 8, 32, 64 clients, direct and tunnel alternating ----
             Console.WriteLine();
-            Console.WriteLine("clients |      direct: tps    p50 ms   p99 ms |      tunnel: tps    p50 ms   p99 ms | tunnel % of direct | added p50 ms | tunnel cost: client CPU us/tx  us/msg  alloc B/msg  agent CPU us/tx  agent alloc B/msg");
+            Console.WriteLine("clients |      direct: tps    p50 ms   p99 ms |      tunnel: tps    p50 ms   p99 ms | tunnel % of direct | added p50 ms | tunnel cost: client CPU us/tx  us/msg  alloc B/msg  agent CPU us/tx  agent alloc B/msg  agent switches/tx");
             var rows = new List<(int Clients, PgbenchResult Direct, PgbenchResult Tunnel)>();
             foreach (var clients in clientCounts)
             {
@@ -151,10 +156,11 @@ namespace BastionTools.Bench
                 var tx = Math.Max(1, tunnel.Transactions);
                 var messages = Math.Max(1, cost.Messages);
                 Console.WriteLine($"{clients,7} | {direct.Tps,17:F0} {direct.P50Ms,9:F3} {direct.P99Ms,8:F3} | {tunnel.Tps,17:F0} {tunnel.P50Ms,9:F3} {tunnel.P99Ms,8:F3} | {tunnel.Tps / direct.Tps,18:P0} | {tunnel.P50Ms - direct.P50Ms,12:F3} | " +
-                                  $"{cost.ClientCpu.TotalMilliseconds * 1000 / tx,28:F1} {cost.ClientCpu.TotalMilliseconds * 1000 / messages,7:F1} {(double)cost.Allocated / messages,12:F0} {cost.AgentCpu.TotalMilliseconds * 1000 / tx,16:F1} {AgentAllocated(cost, messages),18}");
+                                  $"{cost.ClientCpu.TotalMilliseconds * 1000 / tx,28:F1} {cost.ClientCpu.TotalMilliseconds * 1000 / messages,7:F1} {(double)cost.Allocated / messages,12:F0} {cost.AgentCpu.TotalMilliseconds * 1000 / tx,16:F1} {AgentAllocated(cost, messages),18} {AgentSwitches(cost, tx),18}");
             }
             Console.WriteLine("(tps: pgbench's, without initial connection time; p50/p99: time between a client's consecutive completions in pgbench's log (its own latency column reads 0 when the answer was already there); tunnel cost: this process's CPU time and");
-            Console.WriteLine(" allocated bytes over the tunnel run, per pgbench transaction and per data-channel message sent or received; agent CPU and alloc: the sandbox process's CPU time and allocated bytes)");
+            Console.WriteLine(" allocated bytes over the tunnel run, per pgbench transaction and per data-channel message sent or received; agent CPU and alloc: the sandbox process's CPU time and allocated bytes;");
+            Console.WriteLine(" agent switches: the sandbox threads' voluntary context switches (each a thread that blocked, to be woken again later; /proc, n/a elsewhere))");
 
             // ---- psql COPY out and in, median of 3, direct and tunnel alternating ----
             Console.WriteLine();
@@ -208,6 +214,42 @@ namespace BastionTools.Bench
         private static string AgentAllocated(Counters cost, long messages) =>
             cost.AgentAllocated < 0 ? "n/a" : ((double)cost.AgentAllocated / messages).ToString("F0", CultureInfo.InvariantCulture);
 
+        private static string AgentSwitches(Counters cost, long per) =>
+            cost.AgentSwitches < 0 ? "n/a" : ((double)cost.AgentSwitches / per).ToString("F2", CultureInfo.InvariantCulture);
+
+        /// <summary>
+        /// The voluntary context switches of the process's live threads (sum of /proc/PID/task/*/status); -1 where there is
+        /// no /proc. Threads that ended are not counted, so take differences over a steady run.
+        /// </summary>
+        private static long VoluntarySwitches(int pid)
+        {
+            try
+            {
+                long total = 0;
+                foreach (var task in Directory.EnumerateDirectories($"/proc/{pid}/task"))
+                {
+                    try
+                    {
+                        foreach (var line in File.ReadLines(Path.Combine(task, "status")))
+                        {
+                            if (!line.StartsWith("voluntary_ctxt_switches:", StringComparison.Ordinal)) continue;
+                            total += long.Parse(line.AsSpan("voluntary_ctxt_switches:".Length).Trim(), NumberStyles.None, CultureInfo.InvariantCulture);
+                            break;
+                        }
+                    }
+                    catch (Exception ex) when (ex is IOException || ex is UnauthorizedAccessException)
+                    {
+                        // The thread ended while being read.
+                    }
+                }
+                return total;
+            }
+            catch (Exception ex) when (ex is IOException || ex is UnauthorizedAccessException)
+            {
+                return -1;
+            }
+        }
+
         private static void PrintCopy(string what, List<TimeSpan> direct, List<TimeSpan> tunnel, Counters cost)
         {
             var d = Median(direct);
@@ -216,7 +258,7 @@ namespace BastionTools.Bench
             var messages = Math.Max(1, cost.Messages);
             Console.WriteLine($"  {what}: direct {d.TotalMilliseconds,8:F0} ms   tunnel {t.TotalMilliseconds,8:F0} ms   ratio {t.TotalMilliseconds / d.TotalMilliseconds,5:F2}x   " +
                               $"tunnel cost: client CPU {cost.ClientCpu.TotalMilliseconds / mb,6:F1} ms/MB, {cost.ClientCpu.TotalMilliseconds * 1000 / messages,5:F1} us/msg, {(double)cost.Allocated / messages,6:F0} B allocated/msg; " +
-                              $"agent CPU {cost.AgentCpu.TotalMilliseconds / mb,6:F1} ms/MB, {AgentAllocated(cost, messages)} B allocated/msg ({cost.Messages:N0} messages, {cost.Bytes / 1e6:F1} MB through the tunnel in {direct.Count} runs)");
+                              $"agent CPU {cost.AgentCpu.TotalMilliseconds / mb,6:F1} ms/MB, {AgentAllocated(cost, messages)} B allocated/msg, {AgentSwitches(cost, messages)} switches/msg ({cost.Messages:N0} messages, {cost.Bytes / 1e6:F1} MB through the tunnel in {direct.Count} runs)");
             Console.WriteLine($"            client context switches {(cost.ContextSwitches < 0 ? "n/a" : (cost.ContextSwitches / mb).ToString("F0", CultureInfo.InvariantCulture))}/MB, " +
                               $"writes to local connections from the receive loop {cost.LocalWrites / mb:F0}/MB ({cost.LocalWrites:N0})");
         }
@@ -478,8 +520,9 @@ namespace BastionTools.Bench
         /// <summary>This process's own counters (it hosts the tunnel) and the sandbox agent's CPU time.</summary>
         private readonly struct Counters
         {
-            private Counters(TimeSpan clientCpu, TimeSpan agentCpu, long allocated, long messages, long bytes, long agentAllocated, long switches, long localWrites)
+            private Counters(TimeSpan clientCpu, TimeSpan agentCpu, long allocated, long messages, long bytes, long agentAllocated, long agentSwitches, long switches, long localWrites)
             {
+                AgentSwitches = agentSwitches;
                 AgentAllocated = agentAllocated;
                 ClientCpu = clientCpu;
                 AgentCpu = agentCpu;
@@ -497,6 +540,8 @@ namespace BastionTools.Bench
             public long Bytes { get; }
             /// <summary>The sandbox process's allocated bytes; negative when it cannot tell.</summary>
             public long AgentAllocated { get; }
+            /// <summary>The sandbox threads' voluntary context switches; negative when it cannot tell.</summary>
+            public long AgentSwitches { get; }
             /// <summary>This process's context switches, voluntary and not (getrusage, all threads); negative when it cannot tell.</summary>
             public long ContextSwitches { get; }
             /// <summary>Writes the multiplexed forwarder made to local connections from the receive loop.</summary>
@@ -508,7 +553,7 @@ namespace BastionTools.Bench
                 sandbox.Process.Refresh();
                 return new Counters(self.TotalProcessorTime, sandbox.Process.TotalProcessorTime, GC.GetTotalAllocatedBytes(false),
                     session.Channel!.MessagesSent + session.Channel.MessagesReceived, session.Connections.BytesIn + session.Connections.BytesOut, sandbox.AllocatedBytes(),
-                    SelfContextSwitches(), (session.Forwarder as MuxPortForwarder)?.LocalSends ?? 0);
+                    VoluntarySwitches(sandbox.Process.Id), SelfContextSwitches(), (session.Forwarder as MuxPortForwarder)?.LocalSends ?? 0);
             }
 
             private static long SelfContextSwitches()
@@ -537,11 +582,13 @@ namespace BastionTools.Bench
             public static Counters operator -(Counters a, Counters b) =>
                 new(a.ClientCpu - b.ClientCpu, a.AgentCpu - b.AgentCpu, a.Allocated - b.Allocated, a.Messages - b.Messages, a.Bytes - b.Bytes,
                     a.AgentAllocated < 0 || b.AgentAllocated < 0 ? -1 : a.AgentAllocated - b.AgentAllocated,
+                    a.AgentSwitches < 0 || b.AgentSwitches < 0 ? -1 : a.AgentSwitches - b.AgentSwitches,
                     a.ContextSwitches < 0 || b.ContextSwitches < 0 ? -1 : a.ContextSwitches - b.ContextSwitches, a.LocalWrites - b.LocalWrites);
 
             public static Counters operator +(Counters a, Counters b) =>
                 new(a.ClientCpu + b.ClientCpu, a.AgentCpu + b.AgentCpu, a.Allocated + b.Allocated, a.Messages + b.Messages, a.Bytes + b.Bytes,
                     a.AgentAllocated < 0 || b.AgentAllocated < 0 ? -1 : a.AgentAllocated + b.AgentAllocated,
+                    a.AgentSwitches < 0 || b.AgentSwitches < 0 ? -1 : a.AgentSwitches + b.AgentSwitches,
                     a.ContextSwitches < 0 || b.ContextSwitches < 0 ? -1 : a.ContextSwitches + b.ContextSwitches, a.LocalWrites + b.LocalWrites);
         }
 
