@@ -35,6 +35,7 @@ namespace BastionTools.Bench
             var copyRuns = 3;
             var idleConnections = 64;
             var agentInlineCompletions = false;
+            var sql = "select 1";
             for (var i = 0; i < args.Length; i++)
             {
                 if (args[i] == "--sandbox" && i + 1 < args.Length) sandboxDll = args[++i];
@@ -45,6 +46,7 @@ namespace BastionTools.Bench
                 else if (args[i] == "--copy-runs" && i + 1 < args.Length) copyRuns = int.Parse(args[++i], CultureInfo.InvariantCulture);
                 else if (args[i] == "--idle-connections" && i + 1 < args.Length) idleConnections = int.Parse(args[++i], CultureInfo.InvariantCulture);
                 else if (args[i] == "--agent-inline-socket-completions") agentInlineCompletions = true;
+                else if (args[i] == "--sql" && i + 1 < args.Length) sql = args[++i];
                 else
                 {
                     Console.Error.WriteLine("concurrency: unknown argument '" + args[i] + "'");
@@ -76,7 +78,7 @@ namespace BastionTools.Bench
             var work = Directory.CreateTempSubdirectory("bastiontools-bench-");
             try
             {
-                return await RunCoreAsync(sandboxDll, tools, work.FullName, clientCounts, seconds, protocol, copyRows, copyRuns, idleConnections, agentInlineCompletions).ConfigureAwait(false);
+                return await RunCoreAsync(sandboxDll, tools, work.FullName, clientCounts, seconds, protocol, copyRows, copyRuns, idleConnections, agentInlineCompletions, sql).ConfigureAwait(false);
             }
             finally
             {
@@ -90,7 +92,7 @@ namespace BastionTools.Bench
             }
         }
 
-        private static async Task<int> RunCoreAsync(string sandboxDll, PgTools tools, string work, int[] clientCounts, int seconds, string protocol, int copyRows, int copyRuns, int idleConnections, bool agentInlineCompletions)
+        private static async Task<int> RunCoreAsync(string sandboxDll, PgTools tools, string work, int[] clientCounts, int seconds, string protocol, int copyRows, int copyRuns, int idleConnections, bool agentInlineCompletions, string sql)
         {
             var loadStart = LoadAverage();
             // Fast mode: the agent without its real 1 ms pause per 1 KiB read, so the module is measured, not the agent's cap.
@@ -107,7 +109,7 @@ namespace BastionTools.Bench
 
             Console.WriteLine($"machine: {Environment.ProcessorCount} cores, load average at start {loadStart}; PostgreSQL {pg.GetProperty("serverVersion").GetString()}, pgbench {tools.Version}");
             Console.WriteLine("sandbox agent in FAST MODE (--output-read-pause-ms 0: no 1 ms pause per 1 KiB read, unlike the real agent): the module is measured, not the agent's pace");
-            Console.WriteLine($"pgbench: script 'select 1;', -n -M {protocol}, -T {seconds}, -j min(clients, 2), latency = time between a client's consecutive completions in pgbench's per-transaction log (-l); tunnel = one BastionTools port session hosted by this process");
+            Console.WriteLine($"pgbench: script '{sql};', -n -M {protocol}, -T {seconds}, -j min(clients, 2), latency = time between a client's consecutive completions in pgbench's per-transaction log (-l); tunnel = one BastionTools port session hosted by this process");
 
             var memoryBefore = MemorySnapshot.Take();
             var session = new PortForwardingSession(api, new PortForwardingRequest { Target = "i-0a1b2c3d4e5f60001", RemoteHost = Endpoint, RemotePort = pgPort }, new DataChannelOptions());
@@ -116,7 +118,7 @@ namespace BastionTools.Bench
             Console.WriteLine($"tunnel: 127.0.0.1:{tunnelPort} -> {pgPort}, mode {session.Mode}, agent {session.AgentVersion}");
 
             var script = Path.Combine(work, "select1.sql");
-            File.WriteAllText(script, "select 1;\n");
+            File.WriteAllText(script, sql + ";\n");
             var runs = 0;
             async Task<PgbenchResult> Pgbench(int port, int clients, int secs)
             {

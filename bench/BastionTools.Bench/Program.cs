@@ -23,7 +23,7 @@ namespace BastionTools.Bench
                 case "resilience":
                     return await ResilienceBench.RunAsync(rest).ConfigureAwait(false);
                 default:
-                    Console.Error.WriteLine("usage: BastionTools.Bench token [seconds] | tunnel --sandbox <dll> | iam --sandbox <dll> | concurrency --sandbox <dll> [--clients 1,8,32,64] [--seconds N] [--protocol simple|extended|prepared] [--copy-rows N] [--copy-runs N] [--idle-connections N] | resilience --sandbox <dll> [--megabytes N] [--blackout S]");
+                    Console.Error.WriteLine("usage: BastionTools.Bench token [seconds] | tunnel --sandbox <dll> | iam --sandbox <dll> | concurrency --sandbox <dll> [--clients 1,8,32,64] [--seconds N] [--protocol simple|extended|prepared] [--sql SQL] [--copy-rows N] [--copy-runs N] [--idle-connections N] | resilience --sandbox <dll> [--megabytes N] [--blackout S]");
                     return 2;
             }
         }

@@ -101,7 +101,6 @@ namespace BastionTools.Tests.Engine
             public bool HasBufferedMessage => _inner.HasBufferedMessage;
             public Task CloseAsync(int status, string description, CancellationToken cancellationToken) => _inner.CloseAsync(status, description, cancellationToken);
             public void Abort() => _inner.Abort();
-            public void UseBlockingReads() => _inner.UseBlockingReads();
             public void Dispose() => _inner.Dispose();
         }
 

@@ -255,22 +255,6 @@ namespace BastionTools.Tests.Ssm
         }
 
         [Fact(Timeout = 60_000)]
-        public async Task TheReceiveLoop_HasAThreadOfItsOwn_AndAsksItsTransportForBlockingReads()
-        {
-            var service = new ScriptedService();
-            var channel = service.NewChannel(new DataChannelOptions());
-            await channel.OpenAsync(CancellationToken.None);
-            var t = service.Next();
-            t.Deliver(Output(0, "hello"));
-            await Until(() => channel.Statistics.MessagesReceived == 1, "the message");
-            Assert.True(t.BlockingReadsAsked);
-            Assert.NotNull(t.FirstReceiveThread);
-            Assert.False(t.FirstReceiveThread!.IsThreadPoolThread);
-            Assert.True(t.FirstReceiveThread.IsBackground);
-            await channel.CloseAsync();
-        }
-
-        [Fact(Timeout = 60_000)]
         public async Task AcknowledgementsWaitingForTheSocketAreBounded()
         {
             var service = new ScriptedService();

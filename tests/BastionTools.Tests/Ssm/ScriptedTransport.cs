@@ -64,7 +64,6 @@ namespace BastionTools.Tests.Ssm
 
         public async Task<TransportMessage> ReceiveAsync(CancellationToken cancellationToken)
         {
-            FirstReceiveThread ??= Thread.CurrentThread;
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _aborted.Token);
             try
             {
@@ -134,14 +133,6 @@ namespace BastionTools.Tests.Ssm
         }
 
         public void Abort() => _aborted.Cancel();
-
-        /// <summary>The channel asked for blocking reads (this transport's reads stay as they are).</summary>
-        public bool BlockingReadsAsked { get; private set; }
-
-        /// <summary>The thread the first ReceiveAsync call came from.</summary>
-        public Thread? FirstReceiveThread { get; private set; }
-
-        public void UseBlockingReads() => BlockingReadsAsked = true;
 
         public void Dispose() => Abort();
     }

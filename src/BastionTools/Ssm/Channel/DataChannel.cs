@@ -288,12 +288,7 @@ namespace BastionTools.Ssm
             Kick();
             _log($"Data channel connected to {endpoint.StreamUrl.Scheme}://{endpoint.StreamUrl.Authority} (session {endpoint.SessionId}, connection {generation})" +
                  (resumed ? $"; {resent} unacknowledged message(s) sent again." : "."));
-            // The receive loop has a thread of its own and reads the socket synchronously: each read wakes it directly,
-            // with no completion queued to the thread pool (whose workers then spin, taking CPU from the client, the
-            // database and everything else on a small machine). perf of a COPY out: ~19 % of the samples were pool
-            // workers spinning (LowLevelLifoSemaphore.Wait, sched_yield).
-            transport.UseBlockingReads();
-            new Thread(ReceiveThread) { IsBackground = true, Name = "BastionTools data channel " + SessionId }.Start(new ReceiveStart(transport, generation));
+            _ = Task.Run(() => ReceiveLoopAsync(transport, generation));
             StateChanged?.Invoke(ChannelState.Connected);
         }
 
@@ -506,33 +501,6 @@ namespace BastionTools.Ssm
         }
 
         // ---- receiving ----------------------------------------------------------------------------------------------
-
-        private sealed class ReceiveStart
-        {
-            public ReceiveStart(IMessageTransport transport, int generation)
-            {
-                Transport = transport;
-                Generation = generation;
-            }
-
-            public IMessageTransport Transport { get; }
-            public int Generation { get; }
-        }
-
-        private void ReceiveThread(object? state)
-        {
-            var start = (ReceiveStart)state!;
-            try
-            {
-                // With blocking reads the loop runs here from start to end; a read that completes asynchronously (a test
-                // transport) continues on the thread pool, and this thread waits for the loop.
-                ReceiveLoopAsync(start.Transport, start.Generation).GetAwaiter().GetResult();
-            }
-            catch (Exception ex)
-            {
-                _log("The receive loop ended with an error: " + Redactor.RedactPatterns(ex.Message));
-            }
-        }
 
         private async Task ReceiveLoopAsync(IMessageTransport transport, int generation)
         {

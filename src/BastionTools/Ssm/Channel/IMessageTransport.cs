@@ -74,13 +74,6 @@ namespace BastionTools.Ssm
         /// </summary>
         Task<TransportMessage> ReceiveAsync(CancellationToken cancellationToken);
 
-        /// <summary>
-        /// From now on <see cref="ReceiveAsync"/> reads the socket synchronously, on the calling thread, and so returns a
-        /// completed task: for a reader that has a thread of its own. Cancellation still works (it drops the connection,
-        /// which ends the read). A transport that cannot read that way ignores it.
-        /// </summary>
-        void UseBlockingReads();
-
         /// <summary>Sends each segment as one binary message, all in one write to the socket when possible.</summary>
         Task SendBinaryAsync(IReadOnlyList<ArraySegment<byte>> messages, CancellationToken cancellationToken);
 

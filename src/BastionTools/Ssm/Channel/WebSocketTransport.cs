@@ -84,7 +84,6 @@ namespace BastionTools.Ssm
         private long _lastReceived;
         private long _pings;
         private int _aborted;
-        private volatile bool _blockingReads;
         private volatile bool _closeSent;
         private volatile bool _closeReceived;
 
@@ -250,14 +249,6 @@ namespace BastionTools.Ssm
                 _readLock.Release();
             }
         }
-
-        /// <inheritdoc />
-        /// <remarks>
-        /// A blocking read wakes its thread straight from the socket (on .NET through the runtime's socket engine, without
-        /// a thread-pool work item): one wake-up per read instead of a completion queued to the thread pool, whose workers
-        /// then spin looking for more work on a machine that has few cores to spare.
-        /// </remarks>
-        public void UseBlockingReads() => _blockingReads = true;
 
         /// <inheritdoc />
         public Task SendBinaryAsync(IReadOnlyList<ArraySegment<byte>> messages, CancellationToken cancellationToken)
@@ -738,11 +729,7 @@ namespace BastionTools.Ssm
 
         private async Task<int> ReadSomeAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken)
         {
-            // Blocking: cancellation aborts the connection (ReceiveLockedAsync), which ends the read with an exception.
-            // Never on a thread-pool thread (a read that went asynchronous once, e.g. behind CloseAsync's lock, goes on there).
-            var n = _blockingReads && !Thread.CurrentThread.IsThreadPoolThread
-                ? _stream.Read(buffer, offset, count)
-                : await _stream.ReadAsync(buffer, offset, count, cancellationToken).ConfigureAwait(false);
+            var n = await _stream.ReadAsync(buffer, offset, count, cancellationToken).ConfigureAwait(false);
             if (n == 0) throw new IOException("The server closed the connection without a WebSocket close frame.");
             Touch();
             return n;
