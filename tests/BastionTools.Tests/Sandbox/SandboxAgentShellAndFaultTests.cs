@@ -43,9 +43,11 @@ namespace BastionTools.Tests.Sandbox
             await client.SendTextAsync("stty size\r");
             await client.WaitUntilAsync(c => c.OutputText().Contains("40 100"), "the terminal size");
 
-            // Ctrl-C once the shell is running the line (it has printed start-5), not after a guessed delay: a Ctrl-C
-            // that reached the terminal before the shell read the line was lost and the sleep ran its 30 s.
-            await client.SendTextAsync("echo start-$((2+3)); sleep 30\r");
+            // Ctrl-C once the job to interrupt is running, not after a guessed delay. The marker comes from the job itself
+            // (a child shell that then becomes the sleep), so when it shows, the job is the terminal's foreground and the
+            // Ctrl-C reaches it. (With the marker printed by the interactive shell before it started the sleep, a Ctrl-C
+            // arriving in between was lost and the sleep ran its 30 s: seen once in CI on a loaded machine.)
+            await client.SendTextAsync("sh -c 'echo start-$((2+3)); exec sleep 30'\r");
             await client.WaitUntilAsync(c => c.OutputText().Contains("start-5"), "the sleep to start");
             var sw = Stopwatch.StartNew();
             await client.SendTextAsync("\u0003");
