@@ -209,8 +209,13 @@ namespace BastionTools.Sandbox
                 UseShellExecute = false,
             };
             // A new session whose controlling terminal is the PTY slave, so job control and Ctrl-C work as for a person.
+            // SIGINT and SIGQUIT back to their defaults first: the real agent runs as a service, but a test runner started
+            // in the background by a shell without job control ignores them, every descendant inherits that, and no shell
+            // can undo an ignore it inherited (POSIX), so a Ctrl-C never ended the sleep (`env --default-signal`, coreutils
+            // 8.31+; without it, as before).
             start.ArgumentList.Add("-c");
-            start.ArgumentList.Add("exec setsid -w -c \"$0\" <\"$1\" >\"$1\" 2>&1");
+            start.ArgumentList.Add("if env --default-signal=INT,QUIT true 2>/dev/null; then exec env --default-signal=INT,QUIT setsid -w -c \"$0\" <\"$1\" >\"$1\" 2>&1; fi; " +
+                                   "exec setsid -w -c \"$0\" <\"$1\" >\"$1\" 2>&1");
             start.ArgumentList.Add(Channel.Options.ShellPath);
             start.ArgumentList.Add(slave);
             start.Environment["TERM"] = "xterm-256color";

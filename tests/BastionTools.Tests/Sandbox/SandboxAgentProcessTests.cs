@@ -31,6 +31,59 @@ namespace BastionTools.Tests.Sandbox
         }
 
         [Fact(Timeout = TestTimeoutMs)]
+        public async Task Executable_StartedIgnoringSigint_StillGivesItsShellsDefaultCtrlC()
+        {
+            // A test runner started in the background by a shell without job control ignores SIGINT and SIGQUIT, and its
+            // descendants inherit that; no shell can undo it. The agent double's shell must still behave as the real
+            // agent's (a service): its commands get SIGINT and SIGQUIT at their defaults, so Ctrl-C ends a command.
+            if (!System.OperatingSystem.IsLinux()) return; // /proc; the shell plugin is Unix-only
+            var dll = Path.Combine(AppContext.BaseDirectory, "BastionTools.Sandbox.dll");
+            var dotnet = Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } h && File.Exists(h) ? h
+                : Environment.ProcessPath is { } self && Path.GetFileNameWithoutExtension(self) == "dotnet" ? self : "dotnet";
+            var psi = new ProcessStartInfo("/bin/sh") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+            psi.ArgumentList.Add("-c");
+            psi.ArgumentList.Add("trap '' INT QUIT; exec \"$0\" \"$@\"");
+            psi.ArgumentList.Add(dotnet);
+            psi.ArgumentList.Add(dll);
+            psi.Environment["AWS_EC2_METADATA_DISABLED"] = "true";
+            using var process = Process.Start(psi)!;
+            _ = process.StandardError.ReadToEndAsync();
+            try
+            {
+                using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+                var root = JsonNode.Parse((await process.StandardOutput.ReadLineAsync(cts.Token))!)!;
+                // The double itself ignores SIGINT, as started.
+                Assert.NotEqual(0UL, IgnoredSignals(process.Id) & 0x6);
+
+                using var ssm = new AmazonSimpleSystemsManagementClient(
+                    new BasicAWSCredentials((string)root["accessKeyId"]!, (string)root["secretAccessKey"]!),
+                    new AmazonSimpleSystemsManagementConfig { ServiceURL = (string)root["ssm"]!, AuthenticationRegion = (string)root["region"]!, MaxErrorRetry = 0, Timeout = TimeSpan.FromSeconds(15) });
+                var session = await ssm.StartSessionAsync(new StartSessionRequest { Target = SandboxAgentTests.Bastion, DocumentName = null, Parameters = new() });
+                await using var client = new AgentTestClient();
+                await client.ConnectAsync(session.StreamUrl, session.TokenValue);
+                // A command of the shell reports its own ignored signals (SigIgn, hex; bit 1 is SIGINT, bit 2 SIGQUIT).
+                await client.SendTextAsync("echo ign-$(sed -n 's/^SigIgn:[[:space:]]*//p' /proc/self/status)-end\r");
+                await client.WaitUntilAsync(c => System.Text.RegularExpressions.Regex.IsMatch(c.OutputText(), "ign-[0-9a-f]+-end"), "the command's SigIgn");
+                var hex = System.Text.RegularExpressions.Regex.Match(client.OutputText(), "ign-([0-9a-f]+)-end").Groups[1].Value;
+                Assert.Equal(0UL, ulong.Parse(hex, System.Globalization.NumberStyles.HexNumber) & 0x6);
+            }
+            finally
+            {
+                if (!process.HasExited) process.Kill(entireProcessTree: true);
+            }
+        }
+
+        private static ulong IgnoredSignals(int pid)
+        {
+            foreach (var line in File.ReadLines($"/proc/{pid}/status"))
+            {
+                if (line.StartsWith("SigIgn:", StringComparison.Ordinal))
+                    return ulong.Parse(line.Substring(7).Trim(), System.Globalization.NumberStyles.HexNumber);
+            }
+            throw new InvalidOperationException("no SigIgn in /proc/" + pid + "/status");
+        }
+
+        [Fact(Timeout = TestTimeoutMs)]
         public async Task Executable_TakesFaultsOnTheCommandLine_AndForwardsAPortThroughAMappedHost()
         {
             var dll = Path.Combine(AppContext.BaseDirectory, "BastionTools.Sandbox.dll");
