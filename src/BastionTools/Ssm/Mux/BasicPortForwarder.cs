@@ -144,15 +144,8 @@ namespace BastionTools.Ssm
                 _stats.Dropped(payload.Length);
                 return;
             }
-            switch (current.Queue.TryEnqueue(payload))
-            {
-                case EnqueueResult.Stalled:
-                    ResetCurrent(current, $"its client has read nothing for {_queues.StallTime.TotalSeconds:0.#} s while {current.Queue.Bytes / 1024} KiB waited for it");
-                    break;
-                case EnqueueResult.Full:
-                    ResetCurrent(current, $"its client did not keep up: {current.Queue.Bytes / 1024} KiB waited for it");
-                    break;
-            }
+            var refused = current.Queue.RefusalReason(current.Queue.TryEnqueue(payload));
+            if (refused != null) ResetCurrent(current, refused);
         }
 
         private void ResetCurrent(Current current, string reason)

@@ -52,14 +52,25 @@ namespace BastionTools.Ssm
         private bool _failed;
         private TaskCompletionSource<bool>? _waiter;
 
+        private readonly TimeSpan _stallTime;
+
         public ConnectionQueue(ConnectionQueuePolicy policy, ConnectionStatistics? stats = null)
         {
             if (policy.ConnectionBytes <= 0 || policy.SessionBytes < policy.ConnectionBytes) throw new ArgumentOutOfRangeException(nameof(policy));
             _limit = policy.ConnectionBytes;
             _hardLimit = policy.SessionBytes;
             _stallTicks = (long)(policy.StallTime.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
+            _stallTime = policy.StallTime;
             _stats = stats;
         }
+
+        /// <summary>Why its connection is reset after <paramref name="result"/> (for the log), or null when it was accepted.</summary>
+        public string? RefusalReason(EnqueueResult result) => result switch
+        {
+            EnqueueResult.Stalled => $"its client has read nothing for {_stallTime.TotalSeconds:0.#} s while {Bytes / 1024} KiB waited for it",
+            EnqueueResult.Full => $"its client did not keep up: {Bytes / 1024} KiB waited for it",
+            _ => null,
+        };
 
         /// <summary>The reader wrote a batch to its client.</summary>
         public void Progress() => Interlocked.Exchange(ref _progressTicks, System.Diagnostics.Stopwatch.GetTimestamp());

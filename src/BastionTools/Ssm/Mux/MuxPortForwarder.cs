@@ -500,18 +500,9 @@ namespace BastionTools.Ssm
         /// <summary>Queues output its connection's socket did not take at once; resets a connection whose client does not read.</summary>
         private void Enqueue(MuxStream stream, byte[] data)
         {
-            switch (stream.Queue.TryEnqueue(data))
-            {
-                case EnqueueResult.Stalled:
-                    Reset(stream, $"its client has read nothing for {_queues.StallTime.TotalSeconds:0.#} s while {stream.Queue.Bytes / 1024} KiB waited for it");
-                    break;
-                case EnqueueResult.Full:
-                    Reset(stream, $"its client did not keep up: {stream.Queue.Bytes / 1024} KiB waited for it");
-                    break;
-                default:
-                    if (_stats.QueuedBytes > _queues.SessionBytes) ResetLargest();
-                    break;
-            }
+            var refused = stream.Queue.RefusalReason(stream.Queue.TryEnqueue(data));
+            if (refused != null) Reset(stream, refused);
+            else if (_stats.QueuedBytes > _queues.SessionBytes) ResetLargest();
         }
 
         /// <summary>
