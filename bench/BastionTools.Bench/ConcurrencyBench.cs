@@ -262,7 +262,8 @@ namespace BastionTools.Bench
                               $"tunnel cost: client CPU {cost.ClientCpu.TotalMilliseconds / mb,6:F1} ms/MB, {cost.ClientCpu.TotalMilliseconds * 1000 / messages,5:F1} us/msg, {(double)cost.Allocated / messages,6:F0} B allocated/msg; " +
                               $"agent CPU {cost.AgentCpu.TotalMilliseconds / mb,6:F1} ms/MB, {AgentAllocated(cost, messages)} B allocated/msg, {AgentSwitches(cost, messages)} switches/msg ({cost.Messages:N0} messages, {cost.Bytes / 1e6:F1} MB through the tunnel in {direct.Count} runs)");
             Console.WriteLine($"            client context switches {(cost.ContextSwitches < 0 ? "n/a" : (cost.ContextSwitches / mb).ToString("F0", CultureInfo.InvariantCulture))}/MB, " +
-                              $"writes to local connections from the receive loop {cost.LocalWrites / mb:F0}/MB ({cost.LocalWrites:N0})");
+                              $"writes to local connections from the receive loop {cost.LocalWrites / mb:F0}/MB ({cost.LocalWrites:N0}), " +
+                              $"gen0 collections {cost.Gen0Collections / mb:F2}/MB ({cost.Gen0Collections:N0})");
         }
 
         private static void PrintGoals(List<(int Clients, PgbenchResult Direct, PgbenchResult Tunnel)> rows, List<TimeSpan> outDirect, List<TimeSpan> outTunnel, List<TimeSpan> inDirect, List<TimeSpan> inTunnel)
@@ -522,8 +523,9 @@ namespace BastionTools.Bench
         /// <summary>This process's own counters (it hosts the tunnel) and the sandbox agent's CPU time.</summary>
         private readonly struct Counters
         {
-            private Counters(TimeSpan clientCpu, TimeSpan agentCpu, long allocated, long messages, long bytes, long agentAllocated, long agentSwitches, long switches, long localWrites)
+            private Counters(TimeSpan clientCpu, TimeSpan agentCpu, long allocated, long messages, long bytes, long agentAllocated, long agentSwitches, long switches, long localWrites, long gen0)
             {
+                Gen0Collections = gen0;
                 AgentSwitches = agentSwitches;
                 AgentAllocated = agentAllocated;
                 ClientCpu = clientCpu;
@@ -548,6 +550,8 @@ namespace BastionTools.Bench
             public long ContextSwitches { get; }
             /// <summary>Writes the multiplexed forwarder made to local connections from the receive loop.</summary>
             public long LocalWrites { get; }
+            /// <summary>This process's generation-0 garbage collections (each pauses its threads; fewer allocations, fewer of them).</summary>
+            public long Gen0Collections { get; }
 
             public static Counters Take(PortForwardingSession session, Sandbox sandbox)
             {
@@ -555,7 +559,8 @@ namespace BastionTools.Bench
                 sandbox.Process.Refresh();
                 return new Counters(self.TotalProcessorTime, sandbox.Process.TotalProcessorTime, GC.GetTotalAllocatedBytes(false),
                     session.Channel!.MessagesSent + session.Channel.MessagesReceived, session.Connections.BytesIn + session.Connections.BytesOut, sandbox.AllocatedBytes(),
-                    VoluntarySwitches(sandbox.Process.Id), SelfContextSwitches(), (session.Forwarder as MuxPortForwarder)?.LocalSends ?? 0);
+                    VoluntarySwitches(sandbox.Process.Id), SelfContextSwitches(), (session.Forwarder as MuxPortForwarder)?.LocalSends ?? 0,
+                    GC.CollectionCount(0));
             }
 
             private static long SelfContextSwitches()
@@ -585,13 +590,15 @@ namespace BastionTools.Bench
                 new(a.ClientCpu - b.ClientCpu, a.AgentCpu - b.AgentCpu, a.Allocated - b.Allocated, a.Messages - b.Messages, a.Bytes - b.Bytes,
                     a.AgentAllocated < 0 || b.AgentAllocated < 0 ? -1 : a.AgentAllocated - b.AgentAllocated,
                     a.AgentSwitches < 0 || b.AgentSwitches < 0 ? -1 : a.AgentSwitches - b.AgentSwitches,
-                    a.ContextSwitches < 0 || b.ContextSwitches < 0 ? -1 : a.ContextSwitches - b.ContextSwitches, a.LocalWrites - b.LocalWrites);
+                    a.ContextSwitches < 0 || b.ContextSwitches < 0 ? -1 : a.ContextSwitches - b.ContextSwitches, a.LocalWrites - b.LocalWrites,
+                    a.Gen0Collections - b.Gen0Collections);
 
             public static Counters operator +(Counters a, Counters b) =>
                 new(a.ClientCpu + b.ClientCpu, a.AgentCpu + b.AgentCpu, a.Allocated + b.Allocated, a.Messages + b.Messages, a.Bytes + b.Bytes,
                     a.AgentAllocated < 0 || b.AgentAllocated < 0 ? -1 : a.AgentAllocated + b.AgentAllocated,
                     a.AgentSwitches < 0 || b.AgentSwitches < 0 ? -1 : a.AgentSwitches + b.AgentSwitches,
-                    a.ContextSwitches < 0 || b.ContextSwitches < 0 ? -1 : a.ContextSwitches + b.ContextSwitches, a.LocalWrites + b.LocalWrites);
+                    a.ContextSwitches < 0 || b.ContextSwitches < 0 ? -1 : a.ContextSwitches + b.ContextSwitches, a.LocalWrites + b.LocalWrites,
+                    a.Gen0Collections + b.Gen0Collections);
         }
 
         private readonly struct MemorySnapshot

@@ -12,6 +12,74 @@ namespace BastionTools.Tests.Ssm
     {
         private static readonly Guid SampleId = Guid.Parse("dbbd100f-a983-4ba9-bcc3-10a8559499f7");
 
+        /// <summary>
+        /// The direct acknowledgement encoder writes the bytes of the general path (message built by ClientMessages, then
+        /// encoded), for every kind of sequence number and type, including a type it leaves to the general path.
+        /// </summary>
+        [Theory]
+        [InlineData("output_stream_data", 0L)]
+        [InlineData("output_stream_data", 9L)]
+        [InlineData("output_stream_data", 10L)]
+        [InlineData("input_stream_data", 1234567890123L)]
+        [InlineData("channel_closed", long.MaxValue)]
+        [InlineData("x", -1L)]
+        [InlineData("Weird_Type_9", long.MinValue)]
+        [InlineData("donn\u00e9es", 5L)]
+        [InlineData("with space", 5L)]
+        public void EncodeAcknowledgement_WritesTheBytesOfTheGeneralPath(string type, long sequence)
+        {
+            var acked = Guid.Parse("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0");
+            var direct = AgentMessageCodec.EncodeAcknowledgement(type, acked, sequence, SampleId, 1_700_000_000_123);
+            var general = AgentMessageCodec.Encode(ClientMessages.Acknowledge(type, acked, sequence, SampleId, 1_700_000_000_123));
+            Assert.Equal(general, direct);
+            var decoded = AgentMessageCodec.Decode(direct);
+            Assert.True(decoded.IsDigestValid);
+            var content = SsmJson.Deserialize<AcknowledgeContent>(decoded.Payload);
+            Assert.Equal(type, content.AcknowledgedMessageType);
+            Assert.Equal(sequence, content.AcknowledgedMessageSequenceNumber);
+            Assert.Equal(acked.ToString("D"), content.AcknowledgedMessageId);
+        }
+
+        [Theory]
+        [InlineData(0L, 1, 0)]
+        [InlineData(1L, 1, 1)]
+        [InlineData(77L, 1, 1024)]
+        [InlineData(long.MaxValue, 10, 4)]
+        [InlineData(3L, 6, 3000)]
+        public void EncodeInputStreamData_WritesTheBytesOfTheGeneralPath(long sequence, int payloadType, int length)
+        {
+            var type = (PayloadType)payloadType;
+            var buffer = new byte[length + 20];
+            new Random(length).NextBytes(buffer);
+            var direct = AgentMessageCodec.EncodeInputStreamData(sequence, type, buffer, 13, length, SampleId, 1_700_000_000_999);
+            var general = AgentMessageCodec.Encode(ClientMessages.InputStreamData(sequence, type, buffer.AsSpan(13, length).ToArray(),
+                SampleId, 1_700_000_000_999));
+            Assert.Equal(general, direct);
+
+            var before = (ulong)DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
+            var drawn = AgentMessageCodec.Decode(AgentMessageCodec.EncodeInputStreamData(sequence, type, buffer, 13, length, out var id));
+            Assert.Equal(id, drawn.MessageId);
+            Assert.NotEqual(Guid.Empty, id);
+            Assert.True(drawn.IsDigestValid);
+            Assert.InRange(drawn.CreatedDate, before, (ulong)DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
+            Assert.Throws<ArgumentOutOfRangeException>(() => AgentMessageCodec.EncodeInputStreamData(sequence, type, buffer, 13, length + 8, out _));
+        }
+
+        [Fact]
+        public void EncodeAcknowledgement_DrawsAFreshIdAndTheCurrentDate_WhenNoneIsGiven()
+        {
+            var before = (ulong)DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
+            var a = AgentMessageCodec.Decode(AgentMessageCodec.EncodeAcknowledgement(MessageTypes.OutputStreamData, SampleId, 1));
+            var b = AgentMessageCodec.Decode(AgentMessageCodec.EncodeAcknowledgement(MessageTypes.OutputStreamData, SampleId, 1));
+            var after = (ulong)DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
+            Assert.NotEqual(a.MessageId, b.MessageId);
+            Assert.NotEqual(Guid.Empty, a.MessageId);
+            Assert.InRange(a.CreatedDate, before, after);
+            Assert.Equal(MessageTypes.Acknowledge, a.MessageType);
+            Assert.Equal(MessageFlags.Ack, a.Flags);
+            Assert.Throws<ArgumentException>(() => AgentMessageCodec.EncodeAcknowledgement(MessageTypes.OutputStreamData, SampleId, 1, Guid.Empty));
+        }
+
         [Fact]
         public void EncodeLaysOutTheHeaderBigEndian()
         {

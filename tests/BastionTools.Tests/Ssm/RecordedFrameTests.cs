@@ -86,6 +86,14 @@ namespace BastionTools.Tests.Ssm
             var decoded = AgentMessageCodec.Decode(rec.Raw);
             var built = Rebuild(rec, decoded);
             Assert.Equal(rec.Raw, AgentMessageCodec.Encode(built));
+            if (decoded.MessageType == MessageTypes.InputStreamData)
+            {
+                // The data channel's direct encoder gives the same bytes, from the middle of a larger buffer too.
+                var buffer = new byte[decoded.Payload.Length + 10];
+                Buffer.BlockCopy(decoded.Payload, 0, buffer, 7, decoded.Payload.Length);
+                Assert.Equal(rec.Raw, AgentMessageCodec.EncodeInputStreamData(decoded.SequenceNumber, decoded.PayloadType, buffer, 7,
+                    decoded.Payload.Length, decoded.MessageId, decoded.CreatedDate));
+            }
         }
 
         /// <summary>The agent's acknowledgements have the very same format as the client's.</summary>
@@ -96,6 +104,10 @@ namespace BastionTools.Tests.Ssm
             var rec = Recording.Get(file, line);
             var decoded = AgentMessageCodec.Decode(rec.Raw);
             Assert.Equal(rec.Raw, AgentMessageCodec.Encode(Rebuild(rec, decoded)));
+            // The data channel's direct encoder gives the same bytes.
+            var content = SsmJson.Deserialize<AcknowledgeContent>(decoded.Payload);
+            Assert.Equal(rec.Raw, AgentMessageCodec.EncodeAcknowledgement(content.AcknowledgedMessageType!, Guid.Parse(content.AcknowledgedMessageId!),
+                content.AcknowledgedMessageSequenceNumber, decoded.MessageId, decoded.CreatedDate));
         }
 
         private static AgentMessage Rebuild(RecordedFrame rec, AgentMessage decoded)

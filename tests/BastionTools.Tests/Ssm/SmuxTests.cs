@@ -264,6 +264,90 @@ namespace BastionTools.Tests.Ssm
             }
         }
 
+        /// <summary>
+        /// The sink form hands payload bytes over as pieces of the caller's chunk, without copying: a frame inside one
+        /// chunk in one piece, a frame across chunks as the part of each, the last marked; frames without payload whole.
+        /// </summary>
+        [Fact]
+        public void SinkGetsPayloadsAsPiecesOfTheCallersChunk_WithoutCopies()
+        {
+            var data = Enumerable.Range(0, 3000).Select(i => (byte)i).ToArray();
+            var stream = SmuxCodec.Encode(new[]
+            {
+                new SmuxFrame(SmuxCommand.Syn, 3),
+                new SmuxFrame(SmuxCommand.Psh, 3, data.Take(100).ToArray()),
+                new SmuxFrame(SmuxCommand.Psh, 5, data),
+                new SmuxFrame(SmuxCommand.Psh, 3, Array.Empty<byte>()),
+                new SmuxFrame(SmuxCommand.Fin, 5),
+            });
+            var decoder = new SmuxDecoder();
+            var sink = new RecordingSink();
+            var chunk1 = stream.Take(1024).ToArray();
+            var chunk2 = stream.Skip(1024).Take(1024).ToArray();
+            var chunk3 = stream.Skip(2048).ToArray();
+            decoder.Feed(chunk1, 0, chunk1.Length, sink);
+            Assert.False(decoder.IsAtFrameBoundary);
+            decoder.Feed(chunk2, 0, chunk2.Length, sink);
+            decoder.Feed(chunk3, 0, chunk3.Length, sink);
+            Assert.True(decoder.IsAtFrameBoundary);
+
+            Assert.Equal(new[]
+            {
+                "Syn 3",
+                "data 3 chunk1@16+100 end", // after the SYN's and its own 8-byte headers
+                "data 5 chunk1@124+900",  // 16 + 100 + 8: the rest of the first chunk
+                "data 5 chunk2@0+1024",   // a whole chunk of payload: the chunk itself
+                "data 5 chunk3@0+1076 end",
+                "Psh 3",
+                "Fin 5",
+            }, sink.Events.Select(e => e.Describe(chunk1, chunk2, chunk3)));
+            // The bytes handed over are the frames' payloads, in order.
+            Assert.Equal(data.Take(100), sink.Bytes(3));
+            Assert.Equal(data, sink.Bytes(5));
+        }
+
+        /// <summary>A protocol error comes after the frames before it were handed over; the decoder then refuses more.</summary>
+        [Fact]
+        public void SinkGetsTheFramesBeforeAProtocolError()
+        {
+            var good = SmuxCodec.Encode(new SmuxFrame(SmuxCommand.Psh, 7, new byte[] { 1, 2, 3 }));
+            var bad = new byte[] { 2, 0, 0, 0, 7, 0, 0, 0 };
+            var chunk = good.Concat(bad).ToArray();
+            var decoder = new SmuxDecoder();
+            var sink = new RecordingSink();
+            Assert.Throws<SsmProtocolException>(() => decoder.Feed(chunk, 0, chunk.Length, sink));
+            Assert.Equal(new byte[] { 1, 2, 3 }, sink.Bytes(7));
+            Assert.Throws<SsmProtocolException>(() => decoder.Feed(good, 0, good.Length, sink));
+        }
+
+        private sealed class RecordingSink : ISmuxFrameSink
+        {
+            public readonly List<Event> Events = new();
+            private readonly Dictionary<uint, List<byte>> _bytes = new();
+
+            public void OnFrame(SmuxCommand command, uint streamId) => Events.Add(new Event(command.ToString(), streamId, null, 0, 0, false));
+
+            public void OnData(uint streamId, byte[] buffer, int offset, int count, bool endOfFrame)
+            {
+                Events.Add(new Event("data", streamId, buffer, offset, count, endOfFrame));
+                if (!_bytes.TryGetValue(streamId, out var list)) _bytes[streamId] = list = new List<byte>();
+                list.AddRange(buffer.Skip(offset).Take(count));
+            }
+
+            public byte[] Bytes(uint streamId) => _bytes[streamId].ToArray();
+
+            public sealed record Event(string What, uint StreamId, byte[]? Buffer, int Offset, int Count, bool End)
+            {
+                public string Describe(params byte[][] chunks)
+                {
+                    if (Buffer == null) return What + " " + StreamId;
+                    var which = Array.FindIndex(chunks, c => ReferenceEquals(c, Buffer));
+                    var name = which < 0 ? "a copy" : "chunk" + (which + 1);
+                    return $"data {StreamId} {name}@{Offset}+{Count}" + (End ? " end" : "");
+                }
+            }
+        }
+
         /// <summary>Output payloads of one direction of the mux recording, concatenated; cut tails zero-filled.</summary>
         private static (byte[] Stream, bool Complete) OutputStream(string dir)
         {

@@ -26,13 +26,15 @@ namespace BastionTools.Ssm
     {
         private sealed class Outgoing
         {
-            public Outgoing(AgentMessage message, byte[] frame)
+            public Outgoing(long sequenceNumber, Guid messageId, byte[] frame)
             {
-                Message = message;
+                SequenceNumber = sequenceNumber;
+                MessageId = messageId;
                 Frame = frame;
             }
 
-            public AgentMessage Message { get; }
+            public long SequenceNumber { get; }
+            public Guid MessageId { get; }
             public byte[] Frame { get; }
 
             /// <summary>Transmissions so far (0: held back by a pause or a lost connection).</summary>
@@ -278,7 +280,7 @@ namespace BastionTools.Ssm
                 {
                     if (o.Attempts > 0) resent++;
                     o.Attempts++;
-                    _options.TransmitObserver?.Invoke(o.Message.SequenceNumber, o.Attempts, now);
+                    _options.TransmitObserver?.Invoke(o.SequenceNumber, o.Attempts, now);
                     o.LastSentTicks = now;
                     o.FirstSentTicks = now;
                     EnqueueLocked(o.Frame, isAcknowledgement: false);
@@ -308,9 +310,7 @@ namespace BastionTools.Ssm
             do
             {
                 var size = Math.Min(max, end - position);
-                var chunk = new byte[size];
-                Buffer.BlockCopy(payload, position, chunk, 0, size);
-                await SendOneAsync(payloadType, chunk, cancellationToken).ConfigureAwait(false);
+                await SendOneAsync(payloadType, payload, position, size, cancellationToken).ConfigureAwait(false);
                 position += size;
             }
             while (position < end);
@@ -327,7 +327,7 @@ namespace BastionTools.Ssm
         public async Task SendWholeAsync(PayloadType payloadType, byte[] payload, CancellationToken cancellationToken)
         {
             if (payloadType == PayloadType.Output) throw new ArgumentException("Output is a byte stream: use SendAsync.", nameof(payloadType));
-            await SendOneAsync(payloadType, payload, cancellationToken).ConfigureAwait(false);
+            await SendOneAsync(payloadType, payload, 0, payload.Length, cancellationToken).ConfigureAwait(false);
             await WriteInlineAsync().ConfigureAwait(false);
         }
 
@@ -336,11 +336,15 @@ namespace BastionTools.Ssm
             var payload = new byte[4];
             payload[3] = (byte)flag;
             payload[2] = (byte)((uint)flag >> 8);
-            await SendOneAsync(PayloadType.Flag, payload, cancellationToken).ConfigureAwait(false);
+            await SendOneAsync(PayloadType.Flag, payload, 0, payload.Length, cancellationToken).ConfigureAwait(false);
             await WriteInlineAsync().ConfigureAwait(false);
         }
 
-        private async Task SendOneAsync(PayloadType payloadType, byte[] chunk, CancellationToken cancellationToken)
+        /// <summary>
+        /// Numbers and queues one message of <paramref name="count"/> bytes from <paramref name="buffer"/> (encoded, and
+        /// encrypted when the session is, before this returns: the caller's buffer is not kept).
+        /// </summary>
+        private async Task SendOneAsync(PayloadType payloadType, byte[] buffer, int offset, int count, CancellationToken cancellationToken)
         {
             ThrowIfClosed();
             // The window is almost always open: take it without a linked token source (an allocation and two
@@ -368,24 +372,34 @@ namespace BastionTools.Ssm
                     ThrowIfClosed();
                 }
                 var cipher = _cipher;
-                var payload = cipher != null && payloadType == PayloadType.Output ? cipher.Encrypt(chunk) : chunk;
-                var message = ClientMessages.InputStreamData(_nextOutgoingSequence++, payloadType, payload);
-                var outgoing = new Outgoing(message, AgentMessageCodec.Encode(message));
+                var sequence = _nextOutgoingSequence++;
+                byte[] frame;
+                Guid id;
+                if (cipher != null && payloadType == PayloadType.Output)
+                {
+                    var sealedPayload = cipher.Encrypt(buffer, offset, count);
+                    frame = AgentMessageCodec.EncodeInputStreamData(sequence, payloadType, sealedPayload, 0, sealedPayload.Length, out id);
+                }
+                else
+                {
+                    frame = AgentMessageCodec.EncodeInputStreamData(sequence, payloadType, buffer, offset, count, out id);
+                }
+                var outgoing = new Outgoing(sequence, id, frame);
                 outgoing.Node = _unacked.AddLast(outgoing);
-                _unackedBySequence.Add(message.SequenceNumber, outgoing);
+                _unackedBySequence.Add(sequence, outgoing);
                 unacked = _unacked.Count;
                 if (_transport != null && !_paused)
                 {
                     var now = Stopwatch.GetTimestamp();
                     outgoing.Attempts = 1;
-                    _options.TransmitObserver?.Invoke(outgoing.Message.SequenceNumber, outgoing.Attempts, now);
+                    _options.TransmitObserver?.Invoke(outgoing.SequenceNumber, outgoing.Attempts, now);
                     outgoing.LastSentTicks = now;
                     outgoing.FirstSentTicks = now;
                     EnqueueLocked(outgoing.Frame, isAcknowledgement: false);
                 }
             }
             Statistics.UnackedHeld(unacked);
-            Statistics.Sent(chunk.Length);
+            Statistics.Sent(count);
         }
 
         // Called with _gate held, so frames enter the outbox in sequence order.
@@ -404,7 +418,7 @@ namespace BastionTools.Ssm
                 Statistics.AcknowledgementDropped();
                 return;
             }
-            var frame = AgentMessageCodec.Encode(ClientMessages.Acknowledge(received));
+            var frame = AgentMessageCodec.EncodeAcknowledgement(received.MessageType, received.MessageId, received.SequenceNumber);
             Interlocked.Increment(ref _outboxCount);
             if (!_outbox.Writer.TryWrite(new OutFrame(frame, isAcknowledgement: true)))
             {
@@ -658,7 +672,7 @@ namespace BastionTools.Ssm
                     {
                         if (o.Attempts != 0) continue;
                         o.Attempts = 1;
-                        _options.TransmitObserver?.Invoke(o.Message.SequenceNumber, o.Attempts, now);
+                        _options.TransmitObserver?.Invoke(o.SequenceNumber, o.Attempts, now);
                         o.LastSentTicks = now;
                         o.FirstSentTicks = now;
                         EnqueueLocked(o.Frame, isAcknowledgement: false);
@@ -687,7 +701,7 @@ namespace BastionTools.Ssm
             {
                 _lastAckTicks = now;
                 if (!_unackedBySequence.TryGetValue(ack.AcknowledgedMessageSequenceNumber, out var o)) return;
-                if (!string.Equals(o.Message.MessageId.ToString("D"), ack.AcknowledgedMessageId, StringComparison.OrdinalIgnoreCase)) return;
+                if (!Guid.TryParse(ack.AcknowledgedMessageId, out var acknowledgedId) || acknowledgedId != o.MessageId) return;
                 _unackedBySequence.Remove(ack.AcknowledgedMessageSequenceNumber);
                 _unacked.Remove(o.Node!);
                 o.Node = null;
@@ -916,7 +930,7 @@ namespace BastionTools.Ssm
             var oldest = first.Value;
             if (oldest.Attempts > 0 && now - oldest.FirstSentTicks > _options.UnacknowledgedTimeout.TotalMilliseconds * _ticksPerMs)
             {
-                stuck = $"The agent has not acknowledged message {oldest.Message.SequenceNumber} of session {SessionId} for " +
+                stuck = $"The agent has not acknowledged message {oldest.SequenceNumber} of session {SessionId} for " +
                         $"{_options.UnacknowledgedTimeout.TotalMinutes:0.#} minute(s) although the connection is alive: the session is stuck.";
                 return 0;
             }
@@ -934,7 +948,7 @@ namespace BastionTools.Ssm
                     continue;
                 }
                 o.Attempts++;
-                _options.TransmitObserver?.Invoke(o.Message.SequenceNumber, o.Attempts, now);
+                _options.TransmitObserver?.Invoke(o.SequenceNumber, o.Attempts, now);
                 o.LastSentTicks = now;
                 EnqueueLocked(o.Frame, isAcknowledgement: false);
                 resent++;

@@ -82,6 +82,7 @@ namespace BastionTools.Ssm
         private readonly ConnectionStatistics _stats;
         private readonly ConnectionQueuePolicy _queues;
         private readonly SmuxDecoder _decoder = new();
+        private readonly FrameSink _frameSink;
         private readonly bool _holdOutput;
         private readonly List<MuxStream> _holding = new();   // connections with held output (receive loop only)
         private readonly ConcurrentDictionary<uint, MuxStream> _streams = new();
@@ -117,6 +118,7 @@ namespace BastionTools.Ssm
         public MuxPortForwarder(IStreamSender sender, ConnectionStatistics stats, Action<string> log, ConnectionQueuePolicy? queues = null,
             TimeSpan keepAlive = default, Action<string>? fatal = null, bool holdOutput = false)
         {
+            _frameSink = new FrameSink(this);
             _holdOutput = holdOutput;
             _sender = sender;
             _stats = stats;
@@ -443,58 +445,71 @@ namespace BastionTools.Ssm
             }
         }
 
+        /// <summary>
+        /// The agent's Output payload: smux frames, decoded as they come without copying the data (an answer's bytes go
+        /// from <paramref name="payload"/> to the local socket, or to the run's held buffer). The array is not kept
+        /// beyond the call except as a whole, by a connection's queue, when its socket took none of it.
+        /// </summary>
         public void OnOutput(byte[] payload)
         {
-            IReadOnlyList<SmuxFrame> frames;
             try
             {
-                frames = _decoder.Feed(payload);
+                _decoder.Feed(payload, 0, payload.Length, _frameSink);
             }
             catch (SsmProtocolException ex)
             {
                 _log("The multiplexed stream from the agent is corrupt: " + ex.Message);
                 foreach (var s in _streams.Values) Fail(s, "the multiplexed stream from the agent is corrupt");
                 _fatal?.Invoke("the multiplexed stream from the agent is corrupt (" + ex.Message + ")");
+            }
+        }
+
+        /// <summary>Hands the decoded frames to their connections (a separate object: the forwarder's own surface stays IPortForwarder).</summary>
+        private sealed class FrameSink : ISmuxFrameSink
+        {
+            private readonly MuxPortForwarder _owner;
+
+            public FrameSink(MuxPortForwarder owner) => _owner = owner;
+
+            public void OnFrame(SmuxCommand command, uint streamId) => _owner.OnFrame(command, streamId);
+
+            public void OnData(uint streamId, byte[] buffer, int offset, int count, bool endOfFrame) => _owner.OnData(streamId, buffer, offset, count);
+        }
+
+        private void OnData(uint streamId, byte[] buffer, int offset, int count)
+        {
+            if (!_streams.TryGetValue(streamId, out var stream))
+            {
+                // A stream that has ended (or never was ours): its data is released at once.
+                _stats.Dropped(count);
                 return;
             }
-            foreach (var frame in frames)
+            stream.ReceivedData = true;
+            Interlocked.Exchange(ref stream.LastRemoteDataTicks, DateTime.UtcNow.Ticks);
+            if (_holdOutput && stream.DirectWrites)
             {
-                if (!_streams.TryGetValue(frame.StreamId, out var stream))
-                {
-                    // A stream that has ended (or never was ours): its data is released at once.
-                    if (frame.Payload.Length > 0) _stats.Dropped(frame.Payload.Length);
-                    continue;
-                }
-                switch (frame.Command)
-                {
-                    case SmuxCommand.Psh:
-                        if (frame.Payload.Length == 0) break;
-                        stream.ReceivedData = true;
-                        Interlocked.Exchange(ref stream.LastRemoteDataTicks, DateTime.UtcNow.Ticks);
-                        if (_holdOutput && stream.DirectWrites)
-                        {
-                            Hold(stream, frame.Payload);
-                            break;
-                        }
-                        var unwritten = WriteDirect(stream, frame.Payload, frame.Payload.Length);
-                        if (unwritten != null) Enqueue(stream, unwritten);
-                        break;
-                    case SmuxCommand.Fin:
-                        if (!stream.ReceivedData && Interlocked.CompareExchange(ref _connectErrorsPending, 0, 0) > 0)
-                        {
-                            // The agent follows a ConnectToPortError flag with a FIN for the stream it could not dial.
-                            Interlocked.Decrement(ref _connectErrorsPending);
-                            Fail(stream, "the bastion could not connect to the destination port");
-                            break;
-                        }
-                        // What was held for it goes before its end.
-                        if (stream.HeldCount > 0) WriteHeld(stream);
-                        stream.RemoteFinished = true;
-                        stream.Queue.Complete();
-                        _log($"Connection {stream.Id}: the destination finished.");
-                        break;
-                }
+                Hold(stream, buffer, offset, count);
+                return;
             }
+            var unwritten = WriteDirect(stream, buffer, offset, count);
+            if (unwritten != null) Enqueue(stream, unwritten);
+        }
+
+        private void OnFrame(SmuxCommand command, uint streamId)
+        {
+            if (command != SmuxCommand.Fin || !_streams.TryGetValue(streamId, out var stream)) return;
+            if (!stream.ReceivedData && Interlocked.CompareExchange(ref _connectErrorsPending, 0, 0) > 0)
+            {
+                // The agent follows a ConnectToPortError flag with a FIN for the stream it could not dial.
+                Interlocked.Decrement(ref _connectErrorsPending);
+                Fail(stream, "the bastion could not connect to the destination port");
+                return;
+            }
+            // What was held for it goes before its end.
+            if (stream.HeldCount > 0) WriteHeld(stream);
+            stream.RemoteFinished = true;
+            stream.Queue.Complete();
+            _log($"Connection {stream.Id}: the destination finished.");
         }
 
         /// <summary>Queues output its connection's socket did not take at once; resets a connection whose client does not read.</summary>
@@ -514,12 +529,12 @@ namespace BastionTools.Ssm
         /// for more data: the run is what one read of the WebSocket brought (at most 32 messages), and it is written
         /// before the receive loop reads again.
         /// </summary>
-        private void Hold(MuxStream stream, byte[] payload)
+        private void Hold(MuxStream stream, byte[] buffer, int offset, int count)
         {
-            if (stream.Held != null && stream.HeldCount + payload.Length > stream.Held.Length) WriteHeld(stream);
-            if (payload.Length > HoldBytes)
+            if (stream.Held != null && stream.HeldCount + count > stream.Held.Length) WriteHeld(stream);
+            if (count > HoldBytes)
             {
-                var unwritten = WriteDirect(stream, payload, payload.Length);
+                var unwritten = WriteDirect(stream, buffer, offset, count);
                 if (unwritten != null) Enqueue(stream, unwritten);
                 return;
             }
@@ -528,8 +543,8 @@ namespace BastionTools.Ssm
                 stream.Held = ArrayPool<byte>.Shared.Rent(HoldBytes);
                 _holding.Add(stream);
             }
-            Buffer.BlockCopy(payload, 0, stream.Held, stream.HeldCount, payload.Length);
-            stream.HeldCount += payload.Length;
+            Buffer.BlockCopy(buffer, offset, stream.Held, stream.HeldCount, count);
+            stream.HeldCount += count;
         }
 
         /// <summary>Writes what a connection holds (or queues it, as any output), keeping its buffer until <see cref="WriteHeldOutput"/>.</summary>
@@ -544,7 +559,7 @@ namespace BastionTools.Ssm
                 _stats.Dropped(count);
                 return;
             }
-            var unwritten = WriteDirect(stream, stream.Held!, count);
+            var unwritten = WriteDirect(stream, stream.Held!, 0, count);
             if (unwritten == null) return;
             // The pool's array goes back at the flush: the queue gets its own copy.
             if (ReferenceEquals(unwritten, stream.Held)) unwritten = stream.Held.AsSpan(0, count).ToArray();
@@ -569,9 +584,9 @@ namespace BastionTools.Ssm
         /// the socket takes it without waiting: the usual case for a request/response client, which saves the hop to the
         /// writer's task. Never waits (the socket does not block: what it does not take at once is returned, to be queued
         /// as before). Null when everything was written; otherwise a new array (never <paramref name="data"/> unless it
-        /// is exactly <paramref name="count"/> long and nothing was written).
+        /// is exactly the <paramref name="count"/> bytes from 0 and nothing was written).
         /// </summary>
-        private byte[]? WriteDirect(MuxStream stream, byte[] data, int count)
+        private byte[]? WriteDirect(MuxStream stream, byte[] data, int offset, int count)
         {
             var sent = 0;
             if (stream.DirectWrites && stream.Queue.IsIdle)
@@ -579,7 +594,7 @@ namespace BastionTools.Ssm
                 try
                 {
                     Interlocked.Increment(ref _localSends);
-                    sent = stream.Client.Client.Send(data, 0, count, SocketFlags.None, out var error);
+                    sent = stream.Client.Client.Send(data, offset, count, SocketFlags.None, out var error);
                     if (error != SocketError.Success && error != SocketError.WouldBlock) sent = 0; // the writer meets the error
                 }
                 catch (ObjectDisposedException)
@@ -596,10 +611,10 @@ namespace BastionTools.Ssm
             else
             {
                 sent = 0;
-                if (count == data.Length) return data;
+                if (offset == 0 && count == data.Length) return data;
             }
             var rest = new byte[count - sent];
-            Buffer.BlockCopy(data, sent, rest, 0, rest.Length);
+            Buffer.BlockCopy(data, offset + sent, rest, 0, rest.Length);
             return rest;
         }
 

@@ -55,10 +55,26 @@ namespace BastionTools.Ssm
     }
 
     /// <summary>
+    /// Receives what <see cref="SmuxDecoder.Feed(byte[], int, int, ISmuxFrameSink)"/> decodes, in stream order. The bytes
+    /// handed over are valid only during the call unless the caller of Feed says otherwise.
+    /// </summary>
+    internal interface ISmuxFrameSink
+    {
+        /// <summary>A whole frame without payload: SYN, FIN, NOP, or a PSH of length 0.</summary>
+        void OnFrame(SmuxCommand command, uint streamId);
+
+        /// <summary>
+        /// A piece of a PSH frame's payload (count &gt; 0): the whole payload when the frame lies within one chunk,
+        /// otherwise the part each chunk holds, in order. <paramref name="endOfFrame"/> marks the frame's last piece.
+        /// </summary>
+        void OnData(uint streamId, byte[] buffer, int offset, int count, bool endOfFrame);
+    }
+
+    /// <summary>
     /// Incremental smux v1 decoder: feed it the stream's bytes in chunks of any size (a frame may span many chunks,
-    /// a chunk may hold many frames) and it returns each frame once complete. Input that is not smux v1 (another
-    /// version, an unknown command, a payload on a frame that takes none) throws <see cref="SsmProtocolException"/>
-    /// and leaves the decoder faulted, since the stream can no longer be framed.
+    /// a chunk may hold many frames). Input that is not smux v1 (another version, an unknown command, a payload on a
+    /// frame that takes none) throws <see cref="SsmProtocolException"/> and leaves the decoder faulted, since the stream
+    /// can no longer be framed.
     /// </summary>
     internal sealed class SmuxDecoder
     {
@@ -66,15 +82,16 @@ namespace BastionTools.Ssm
         private int _headerFilled;
         private SmuxCommand _command;
         private uint _streamId;
-        private byte[]? _payload;
+        private int _payloadLength;
         private int _payloadFilled;
+        private bool _inPayload;
         private string? _fault;
 
         /// <summary>True between frames (no partial header or payload buffered).</summary>
-        public bool IsAtFrameBoundary => _headerFilled == 0 && _payload is null;
+        public bool IsAtFrameBoundary => _headerFilled == 0 && !_inPayload;
 
-        /// <summary>Bytes of the current, incomplete frame held so far (header included).</summary>
-        public int BufferedByteCount => _headerFilled + _payloadFilled;
+        /// <summary>Bytes of the current, incomplete frame consumed so far (header included).</summary>
+        public int BufferedByteCount => _inPayload ? SmuxCodec.HeaderLength + _payloadFilled : _headerFilled;
 
         /// <summary>Decodes a whole chunk.</summary>
         public IReadOnlyList<SmuxFrame> Feed(byte[] chunk)
@@ -83,19 +100,38 @@ namespace BastionTools.Ssm
             return Feed(chunk, 0, chunk.Length);
         }
 
-        /// <summary>Consumes <paramref name="count"/> bytes and returns the frames completed by them, in order.</summary>
+        /// <summary>
+        /// Consumes <paramref name="count"/> bytes and returns the frames completed by them, in order, each with a
+        /// payload of its own (a frame that spans chunks is kept until complete).
+        /// </summary>
         /// <exception cref="SsmProtocolException">The bytes are not smux v1; the decoder is faulted from then on.</exception>
         public IReadOnlyList<SmuxFrame> Feed(byte[] buffer, int offset, int count)
         {
+            var collector = _collector ??= new FrameCollector();
+            collector.Frames = new List<SmuxFrame>();
+            Feed(buffer, offset, count, collector);
+            return collector.Frames;
+        }
+
+        private FrameCollector? _collector;
+
+        /// <summary>
+        /// Consumes <paramref name="count"/> bytes and hands each frame to <paramref name="sink"/> as it is decoded,
+        /// without copying: a PSH payload is handed over as the pieces of <paramref name="buffer"/> that hold it. Frames
+        /// decoded before a protocol error are handed over before the exception.
+        /// </summary>
+        /// <exception cref="SsmProtocolException">The bytes are not smux v1; the decoder is faulted from then on.</exception>
+        public void Feed(byte[] buffer, int offset, int count, ISmuxFrameSink sink)
+        {
             if (buffer is null) throw new ArgumentNullException(nameof(buffer));
+            if (sink is null) throw new ArgumentNullException(nameof(sink));
             if (offset < 0 || count < 0 || buffer.Length - offset < count) throw new ArgumentOutOfRangeException(nameof(count));
             if (_fault != null) throw new SsmProtocolException("The smux stream is already broken: " + _fault);
 
-            var frames = new List<SmuxFrame>();
             int end = offset + count;
             while (offset < end)
             {
-                if (_headerFilled < SmuxCodec.HeaderLength)
+                if (!_inPayload)
                 {
                     int take = Math.Min(SmuxCodec.HeaderLength - _headerFilled, end - offset);
                     Buffer.BlockCopy(buffer, offset, _header, _headerFilled, take);
@@ -104,30 +140,55 @@ namespace BastionTools.Ssm
                     if (_headerFilled < SmuxCodec.HeaderLength) break;
 
                     int length = ParseHeader();
+                    _headerFilled = 0;
                     if (length == 0)
                     {
-                        frames.Add(new SmuxFrame(_command, _streamId));
-                        _headerFilled = 0;
+                        sink.OnFrame(_command, _streamId);
                         continue;
                     }
-                    _payload = new byte[length];
+                    _inPayload = true;
+                    _payloadLength = length;
                     _payloadFilled = 0;
                 }
 
-                var payload = _payload!;
-                int copy = Math.Min(payload.Length - _payloadFilled, end - offset);
-                Buffer.BlockCopy(buffer, offset, payload, _payloadFilled, copy);
-                _payloadFilled += copy;
-                offset += copy;
-                if (_payloadFilled == payload.Length)
+                int piece = Math.Min(_payloadLength - _payloadFilled, end - offset);
+                _payloadFilled += piece;
+                bool last = _payloadFilled == _payloadLength;
+                if (last)
                 {
-                    frames.Add(new SmuxFrame(_command, _streamId, payload));
-                    _payload = null;
+                    // The state is between frames before the sink runs: an exception there leaves the decoder usable.
+                    _inPayload = false;
                     _payloadFilled = 0;
-                    _headerFilled = 0;
                 }
+                sink.OnData(_streamId, buffer, offset, piece, last);
+                offset += piece;
             }
-            return frames;
+        }
+
+        /// <summary>Joins the pieces of each frame into a payload of its own, for the list-returning Feed.</summary>
+        private sealed class FrameCollector : ISmuxFrameSink
+        {
+            public List<SmuxFrame> Frames = new();
+            private byte[]? _scratch;
+            private int _filled;
+
+            public void OnFrame(SmuxCommand command, uint streamId) => Frames.Add(new SmuxFrame(command, streamId));
+
+            public void OnData(uint streamId, byte[] buffer, int offset, int count, bool endOfFrame)
+            {
+                if (_filled == 0 && endOfFrame)
+                {
+                    Frames.Add(new SmuxFrame(SmuxCommand.Psh, streamId, buffer.AsSpan(offset, count).ToArray()));
+                    return;
+                }
+                // A frame that spans chunks: its pieces are joined in one buffer kept for the next such frame.
+                _scratch ??= new byte[SmuxCodec.MaxPayloadLength];
+                Buffer.BlockCopy(buffer, offset, _scratch, _filled, count);
+                _filled += count;
+                if (!endOfFrame) return;
+                Frames.Add(new SmuxFrame(SmuxCommand.Psh, streamId, _scratch.AsSpan(0, _filled).ToArray()));
+                _filled = 0;
+            }
         }
 
         // Validates the buffered header, sets command and stream id, and returns the payload length.

@@ -27,7 +27,7 @@ namespace BastionTools.Ssm
 
         public SmuxFrame(SmuxCommand command, uint streamId, byte[]? payload = null)
         {
-            if (!Enum.IsDefined(typeof(SmuxCommand), command))
+            if ((byte)command > (byte)SmuxCommand.Nop)
                 throw new ArgumentOutOfRangeException(nameof(command), command, "Unknown smux v1 command.");
             payload ??= NoPayload;
             if (payload.Length > SmuxCodec.MaxPayloadLength)

@@ -1,5 +1,7 @@
 using System;
+using System.Buffers;
 using System.Buffers.Binary;
+using System.Buffers.Text;
 using System.Text;
 
 namespace BastionTools.Ssm
@@ -54,21 +56,112 @@ namespace BastionTools.Ssm
 
             var payload = message.Payload;
             var result = new byte[StandardHeaderLength + PayloadLengthLength + payload.Length];
-            var span = result.AsSpan();
-
-            BinaryPrimitives.WriteUInt32BigEndian(span, StandardHeaderLength);
-            span.Slice(MessageTypeOffset, MessageTypeLength).Fill((byte)' ');
-            Encoding.ASCII.GetBytes(message.MessageType, 0, message.MessageType.Length, result, MessageTypeOffset);
-            BinaryPrimitives.WriteUInt32BigEndian(span.Slice(SchemaVersionOffset), message.SchemaVersion);
-            BinaryPrimitives.WriteUInt64BigEndian(span.Slice(CreatedDateOffset), message.CreatedDate);
-            BinaryPrimitives.WriteInt64BigEndian(span.Slice(SequenceNumberOffset), message.SequenceNumber);
-            BinaryPrimitives.WriteUInt64BigEndian(span.Slice(FlagsOffset), message.Flags);
-            MessageIdCodec.Write(message.MessageId, result, MessageIdOffset);
+            WriteStandardHeader(result, message.MessageType, message.SchemaVersion, message.CreatedDate, message.SequenceNumber,
+                message.Flags, message.MessageId, message.PayloadType, payload.Length);
             Buffer.BlockCopy(message.PayloadDigest, 0, result, PayloadDigestOffset, PayloadDigestLength);
-            BinaryPrimitives.WriteUInt32BigEndian(span.Slice(PayloadTypeOffset), (uint)message.PayloadType);
-            BinaryPrimitives.WriteUInt32BigEndian(span.Slice((int)StandardHeaderLength), (uint)payload.Length);
             Buffer.BlockCopy(payload, 0, result, (int)StandardHeaderLength + PayloadLengthLength, payload.Length);
             return result;
+        }
+
+        // Everything before the payload but the digest, with the standard 116-byte header.
+        private static void WriteStandardHeader(byte[] result, string messageType, uint schemaVersion, ulong createdDate,
+            long sequenceNumber, ulong flags, Guid messageId, PayloadType payloadType, int payloadLength)
+        {
+            var span = result.AsSpan();
+            BinaryPrimitives.WriteUInt32BigEndian(span, StandardHeaderLength);
+            span.Slice(MessageTypeOffset, MessageTypeLength).Fill((byte)' ');
+            Encoding.ASCII.GetBytes(messageType, 0, messageType.Length, result, MessageTypeOffset);
+            BinaryPrimitives.WriteUInt32BigEndian(span.Slice(SchemaVersionOffset), schemaVersion);
+            BinaryPrimitives.WriteUInt64BigEndian(span.Slice(CreatedDateOffset), createdDate);
+            BinaryPrimitives.WriteInt64BigEndian(span.Slice(SequenceNumberOffset), sequenceNumber);
+            BinaryPrimitives.WriteUInt64BigEndian(span.Slice(FlagsOffset), flags);
+            MessageIdCodec.Write(messageId, result, MessageIdOffset);
+            BinaryPrimitives.WriteUInt32BigEndian(span.Slice(PayloadTypeOffset), (uint)payloadType);
+            BinaryPrimitives.WriteUInt32BigEndian(span.Slice((int)StandardHeaderLength), (uint)payloadLength);
+        }
+
+        /// <summary>
+        /// The bytes of <c>Encode(ClientMessages.InputStreamData(sequenceNumber, payloadType, payload[offset..offset+count]))</c>
+        /// written straight into one array (no copy of the payload on its own, no message object), with the id drawn
+        /// for it in <paramref name="messageId"/>: what the data channel sends for every chunk of a stream.
+        /// </summary>
+        public static byte[] EncodeInputStreamData(long sequenceNumber, PayloadType payloadType, byte[] payload, int offset, int count,
+            out Guid messageId, ulong? createdDate = null)
+        {
+            messageId = AgentMessage.NextMessageId();
+            return EncodeInputStreamData(sequenceNumber, payloadType, payload, offset, count, messageId,
+                createdDate ?? (ulong)DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
+        }
+
+        /// <summary>As above with a given id and date (tests compare it with the recorded frames and the general path).</summary>
+        public static byte[] EncodeInputStreamData(long sequenceNumber, PayloadType payloadType, byte[] payload, int offset, int count,
+            Guid messageId, ulong date)
+        {
+            if (payload is null) throw new ArgumentNullException(nameof(payload));
+            if (sequenceNumber < 0) throw new ArgumentOutOfRangeException(nameof(sequenceNumber));
+            if (offset < 0 || count < 0 || payload.Length - offset < count) throw new ArgumentOutOfRangeException(nameof(count));
+            if (messageId == Guid.Empty) throw new ArgumentException("The MessageId must not be the nil UUID.", nameof(messageId));
+            int start = (int)StandardHeaderLength + PayloadLengthLength;
+            var result = new byte[start + count];
+            WriteStandardHeader(result, MessageTypes.InputStreamData, AgentMessage.CurrentSchemaVersion, date, sequenceNumber,
+                MessageFlags.Data, messageId, payloadType, count);
+            Buffer.BlockCopy(payload, offset, result, start, count);
+            var digest = AgentMessage.ComputeDigest(result, start, count);
+            Buffer.BlockCopy(digest, 0, result, PayloadDigestOffset, PayloadDigestLength);
+            return result;
+        }
+
+        private static readonly byte[] AckJson1 = Encoding.ASCII.GetBytes("{\"AcknowledgedMessageType\":\"");
+        private static readonly byte[] AckJson2 = Encoding.ASCII.GetBytes("\",\"AcknowledgedMessageId\":\"");
+        private static readonly byte[] AckJson3 = Encoding.ASCII.GetBytes("\",\"AcknowledgedMessageSequenceNumber\":");
+        private static readonly byte[] AckJson4 = Encoding.ASCII.GetBytes(",\"IsSequentialMessage\":true}");
+
+        /// <summary>
+        /// The bytes of <c>Encode(ClientMessages.Acknowledge(...))</c> written straight into one array: the JSON as bytes,
+        /// the digest computed in place. Every received message is acknowledged, and the general path builds the JSON as
+        /// a string, then its bytes, a message and the frame (about 1 KB allocated per acknowledgement against 0.35 KB).
+        /// A type that is not plain ASCII (never one the agent sends) goes the general way.
+        /// </summary>
+        public static byte[] EncodeAcknowledgement(string acknowledgedMessageType, Guid acknowledgedMessageId, long acknowledgedSequenceNumber,
+            Guid? messageId = null, ulong? createdDate = null)
+        {
+            if (acknowledgedMessageType is null) throw new ArgumentNullException(nameof(acknowledgedMessageType));
+            if (!ClientMessages.IsPlainAscii(acknowledgedMessageType) || acknowledgedMessageType.Length > MessageTypeLength)
+            {
+                return Encode(ClientMessages.Acknowledge(acknowledgedMessageType, acknowledgedMessageId, acknowledgedSequenceNumber, messageId, createdDate));
+            }
+            var id = messageId ?? AgentMessage.NextMessageId();
+            if (id == Guid.Empty) throw new ArgumentException("The MessageId must not be the nil UUID.", nameof(messageId));
+            var date = createdDate ?? (ulong)DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
+
+            Span<byte> number = stackalloc byte[20];
+            Utf8Formatter.TryFormat(acknowledgedSequenceNumber, number, out var numberLength);
+            int jsonLength = AckJson1.Length + acknowledgedMessageType.Length + AckJson2.Length + 36 + AckJson3.Length + numberLength + AckJson4.Length;
+            int start = (int)StandardHeaderLength + PayloadLengthLength;
+            var result = new byte[start + jsonLength];
+            WriteStandardHeader(result, MessageTypes.Acknowledge, AgentMessage.CurrentSchemaVersion, date, 0, MessageFlags.Ack, id,
+                PayloadType.None, jsonLength);
+
+            var json = result.AsSpan(start);
+            var n = Append(json, 0, AckJson1);
+            for (var i = 0; i < acknowledgedMessageType.Length; i++) json[n++] = (byte)acknowledgedMessageType[i];
+            n = Append(json, n, AckJson2);
+            Utf8Formatter.TryFormat(acknowledgedMessageId, json.Slice(n), out var idLength, new StandardFormat('D'));
+            n += idLength;
+            n = Append(json, n, AckJson3);
+            number.Slice(0, numberLength).CopyTo(json.Slice(n));
+            n += numberLength;
+            Append(json, n, AckJson4);
+
+            var digest = AgentMessage.ComputeDigest(result, start, jsonLength);
+            Buffer.BlockCopy(digest, 0, result, PayloadDigestOffset, PayloadDigestLength);
+            return result;
+        }
+
+        private static int Append(Span<byte> target, int at, byte[] part)
+        {
+            part.CopyTo(target.Slice(at));
+            return at + part.Length;
         }
 
         /// <summary>Decodes one whole binary WebSocket message.</summary>

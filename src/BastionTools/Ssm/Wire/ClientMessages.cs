@@ -51,7 +51,7 @@ namespace BastionTools.Ssm
             return AgentMessage.Create(MessageTypes.Acknowledge, 0, MessageFlags.Ack, PayloadType.None, payload, messageId, createdDate);
         }
 
-        private static bool IsPlainAscii(string s)
+        internal static bool IsPlainAscii(string s)
         {
             foreach (var c in s)
             {
