@@ -91,7 +91,7 @@ namespace BastionTools.Sandbox
             _dropped, _duplicated, _reordered, _retransmitted, _duplicatesReceived, _outOfOrderReceived, _digestFailures, _decryptionFailures,
             _bytesSent, _bytesReceived, _kills, _byes, _unbuffered, _streamBytesCreated, _queuedBytes, _queuedBytesPeak,
             _sendWaiters, _sendWaits, _discardedAfterStall, _maxResendBurst, _smuxBufferedBytes, _smuxReceiveStalls, _smuxReceiveWaiting,
-            _injected, _smuxNopsSent, _smuxNopsReceived, _smuxKeepAliveChecks, _smuxKeepAliveCloses, _idleTimeouts;
+            _injected, _smuxNopsSent, _smuxNopsReceived, _smuxKeepAliveChecks, _smuxKeepAliveCloses, _idleTimeouts, _destinationReadsEnded;
 
         /// <summary>WebSocket connections accepted with a valid token.</summary>
         public long Connections => Interlocked.Read(ref _connections);
@@ -150,6 +150,11 @@ namespace BastionTools.Sandbox
         public long Unbuffered => Interlocked.Read(ref _unbuffered);
         /// <summary>Payload bytes of the stream messages the agent created.</summary>
         public long StreamBytesCreated => Interlocked.Read(ref _streamBytesCreated);
+        /// <summary>
+        /// Basic port sessions: destination connections the output pump has stopped reading (closed by DisconnectToPort or
+        /// by the destination); their last output was created before this counts them.
+        /// </summary>
+        public long DestinationReadsEnded => Interlocked.Read(ref _destinationReadsEnded);
         /// <summary>Bytes of frames queued for the WebSocket and not yet written (now; bounded by ConnectionQueueBytes plus one frame).</summary>
         public long QueuedBytes => Interlocked.Read(ref _queuedBytes);
         /// <summary>The largest <see cref="QueuedBytes"/> seen.</summary>
@@ -213,6 +218,7 @@ namespace BastionTools.Sandbox
             ["byes"] = Byes,
             ["unbuffered"] = Unbuffered,
             ["streamBytesCreated"] = StreamBytesCreated,
+            ["destinationReadsEnded"] = DestinationReadsEnded,
             ["queuedBytes"] = QueuedBytes,
             ["queuedBytesPeak"] = QueuedBytesPeak,
             ["sendWaiters"] = SendWaiters,

@@ -241,6 +241,7 @@ namespace BastionTools.Sandbox
                     if (ReferenceEquals(_current, connection)) _current = null;
                 }
                 connection.Dispose();
+                Interlocked.Increment(ref Channel.Counters._destinationReadsEnded);
             }
             return null;
         }

@@ -791,7 +791,20 @@ namespace BastionTools.Ssm
 
         private void Deliver(AgentMessage message)
         {
-            Statistics.Received(message.Payload.Length);
+            // Counted once its handler has run: whoever sees the count sees what the handler did with the message.
+            var length = message.Payload.Length;
+            try
+            {
+                DecryptAndHandle(message);
+            }
+            finally
+            {
+                Statistics.Received(length);
+            }
+        }
+
+        private void DecryptAndHandle(AgentMessage message)
+        {
             var cipher = Volatile.Read(ref _cipher);
             if (cipher != null && IsEncryptedFromAgent(message.PayloadType))
             {
