@@ -148,13 +148,19 @@ namespace BastionTools.Bench
             Console.WriteLine();
             Console.WriteLine("clients |      direct: tps    p50 ms   p99 ms |      tunnel: tps    p50 ms   p99 ms | tunnel % of direct | added p50 ms | tunnel cost: client CPU us/tx  us/msg  alloc B/msg  agent CPU us/tx  agent alloc B/msg  agent switches/tx");
             var rows = new List<(int Clients, PgbenchResult Direct, PgbenchResult Tunnel)>();
+            var budgets = new List<string>();
             foreach (var clients in clientCounts)
             {
+                var machineBefore = MachineCpu.Take();
                 var direct = await Pgbench(pgPort, clients, seconds).ConfigureAwait(false);
+                var machineDirect = MachineCpu.Take() - machineBefore;
                 var before = Counters.Take(session, sandbox);
+                machineBefore = MachineCpu.Take();
                 var tunnel = await Pgbench(tunnelPort, clients, seconds).ConfigureAwait(false);
+                var machineTunnel = MachineCpu.Take() - machineBefore;
                 var cost = Counters.Take(session, sandbox) - before;
                 rows.Add((clients, direct, tunnel));
+                budgets.Add(CpuBudget(clients, direct, tunnel, machineDirect, machineTunnel, cost));
                 var tx = Math.Max(1, tunnel.Transactions);
                 var messages = Math.Max(1, cost.Messages);
                 Console.WriteLine($"{clients,7} | {direct.Tps,17:F0} {direct.P50Ms,9:F3} {direct.P99Ms,8:F3} | {tunnel.Tps,17:F0} {tunnel.P50Ms,9:F3} {tunnel.P99Ms,8:F3} | {tunnel.Tps / direct.Tps,18:P0} | {tunnel.P50Ms - direct.P50Ms,12:F3} | " +
@@ -163,6 +169,14 @@ namespace BastionTools.Bench
             Console.WriteLine("(tps: pgbench's, without initial connection time; p50/p99: time between a client's consecutive completions in pgbench's log (its own latency column reads 0 when the answer was already there); tunnel cost: this process's CPU time and");
             Console.WriteLine(" allocated bytes over the tunnel run, per pgbench transaction and per data-channel message sent or received; agent CPU and alloc: the sandbox process's CPU time and allocated bytes;");
             Console.WriteLine(" agent switches: the sandbox threads' voluntary context switches (each a thread that blocked, to be woken again later; /proc, n/a elsewhere))");
+            if (budgets.All(b => b.Length > 0))
+            {
+                Console.WriteLine();
+                Console.WriteLine("CPU budget (whole machine, /proc/stat): clients | busy % direct, tunnel | machine CPU us/tx direct, tunnel (of which this process, agent double) | tunnel % of direct with the agent's CPU elsewhere (estimate)");
+                foreach (var b in budgets) Console.WriteLine(b);
+                Console.WriteLine("(every process shares these cores: pgbench, PostgreSQL, this process and the agent double, which on a real bastion runs on another machine. The estimate");
+                Console.WriteLine(" scales the measured ratio by the tunnel's machine CPU per transaction without the agent's share; it holds only for a run that kept the cores busy)");
+            }
 
             // ---- psql COPY out and in, median of 3, direct and tunnel alternating ----
             Console.WriteLine();
@@ -181,29 +195,39 @@ namespace BastionTools.Bench
             var outDirect = new List<TimeSpan>();
             var outTunnel = new List<TimeSpan>();
             var outCost = default(Counters);
+            MachineCpu outMachineDirect = MachineCpu.Zero, outMachineTunnel = MachineCpu.Zero;
             for (var r = 0; r < copyRuns; r++)
             {
+                var machine = MachineCpu.Take();
                 outDirect.Add(await Psql(tools, db, pgPort, $"\\copy bench_copy to '{outFile}'").ConfigureAwait(false));
+                outMachineDirect += MachineCpu.Take() - machine;
                 var before = Counters.Take(session, sandbox);
+                machine = MachineCpu.Take();
                 outTunnel.Add(await Psql(tools, db, tunnelPort, $"\\copy bench_copy to '{outFile}'").ConfigureAwait(false));
+                outMachineTunnel += MachineCpu.Take() - machine;
                 outCost += Counters.Take(session, sandbox) - before;
             }
             var fileBytes = new FileInfo(outFile).Length;
             var inDirect = new List<TimeSpan>();
             var inTunnel = new List<TimeSpan>();
             var inCost = default(Counters);
+            MachineCpu inMachineDirect = MachineCpu.Zero, inMachineTunnel = MachineCpu.Zero;
             for (var r = 0; r < copyRuns; r++)
             {
                 await TruncateAsync(sandbox, pgPort).ConfigureAwait(false);
+                var machine = MachineCpu.Take();
                 inDirect.Add(await Psql(tools, db, pgPort, $"\\copy bench_copy_in from '{outFile}'").ConfigureAwait(false));
+                inMachineDirect += MachineCpu.Take() - machine;
                 await TruncateAsync(sandbox, pgPort).ConfigureAwait(false);
                 var before = Counters.Take(session, sandbox);
+                machine = MachineCpu.Take();
                 inTunnel.Add(await Psql(tools, db, tunnelPort, $"\\copy bench_copy_in from '{outFile}'").ConfigureAwait(false));
+                inMachineTunnel += MachineCpu.Take() - machine;
                 inCost += Counters.Take(session, sandbox) - before;
             }
             Console.WriteLine($"psql \\copy of {copyRows:N0} rows ({fileBytes / 1e6:F1} MB of text), median of {copyRuns} (psql start and connect included in both):");
-            PrintCopy("COPY out", outDirect, outTunnel, outCost);
-            PrintCopy("COPY in ", inDirect, inTunnel, inCost);
+            PrintCopy("COPY out", outDirect, outTunnel, outCost, outMachineDirect, outMachineTunnel);
+            PrintCopy("COPY in ", inDirect, inTunnel, inCost, inMachineDirect, inMachineTunnel);
 
             Console.WriteLine();
             Console.WriteLine($"data channel totals: {session.Channel!.MessagesSent:N0} messages sent, {session.Channel.MessagesReceived:N0} received, {session.Channel.Retransmissions} retransmissions; connections opened {session.Connections.Opened}, failed {session.Connections.Failed}, reset {session.Connections.Reset}");
@@ -252,7 +276,63 @@ namespace BastionTools.Bench
             }
         }
 
-        private static void PrintCopy(string what, List<TimeSpan> direct, List<TimeSpan> tunnel, Counters cost)
+        private static string CpuBudget(int clients, PgbenchResult direct, PgbenchResult tunnel, MachineCpu machineDirect, MachineCpu machineTunnel, Counters cost)
+        {
+            if (!machineDirect.Known || !machineTunnel.Known || direct.Transactions <= 0 || tunnel.Transactions <= 0) return "";
+            var directPerTx = machineDirect.Busy.TotalMilliseconds * 1000 / direct.Transactions;
+            var tunnelPerTx = machineTunnel.Busy.TotalMilliseconds * 1000 / tunnel.Transactions;
+            var clientPerTx = cost.ClientCpu.TotalMilliseconds * 1000 / tunnel.Transactions;
+            var agentPerTx = cost.AgentCpu.TotalMilliseconds * 1000 / tunnel.Transactions;
+            var withoutAgent = tunnel.Tps / direct.Tps * tunnelPerTx / Math.Max(1e-9, tunnelPerTx - agentPerTx);
+            return string.Format(CultureInfo.InvariantCulture, "{0,7} | {1,5:F0} % {2,5:F0} % | {3,8:F1} {4,8:F1} ({5:F1}, {6:F1}) | {7,6:P0}",
+                clients, machineDirect.BusyFraction * 100, machineTunnel.BusyFraction * 100, directPerTx, tunnelPerTx, clientPerTx, agentPerTx, withoutAgent);
+        }
+
+        /// <summary>The whole machine's CPU time from /proc/stat (busy = all but idle and iowait); unknown elsewhere.</summary>
+        private readonly struct MachineCpu
+        {
+            private MachineCpu(bool known, long busyTicks, long totalTicks)
+            {
+                Known = known;
+                BusyTicks = busyTicks;
+                TotalTicks = totalTicks;
+            }
+
+            public bool Known { get; }
+            private long BusyTicks { get; }
+            private long TotalTicks { get; }
+
+            /// <summary>/proc/stat counts in USER_HZ, 100 per second on Linux.</summary>
+            public TimeSpan Busy => TimeSpan.FromMilliseconds(BusyTicks * 10.0);
+
+            public double BusyFraction => TotalTicks <= 0 ? 0 : (double)BusyTicks / TotalTicks;
+
+            public static MachineCpu Take()
+            {
+                try
+                {
+                    var line = File.ReadLines("/proc/stat").First();
+                    var fields = line.Split(' ', StringSplitOptions.RemoveEmptyEntries).Skip(1).Take(8).Select(f => long.Parse(f, CultureInfo.InvariantCulture)).ToArray();
+                    var total = fields.Sum();
+                    return new MachineCpu(true, total - fields[3] - fields[4], total);
+                }
+                catch (Exception ex) when (ex is IOException || ex is UnauthorizedAccessException || ex is FormatException || ex is InvalidOperationException)
+                {
+                    return default;
+                }
+            }
+
+            /// <summary>A known zero, to add runs to.</summary>
+            public static MachineCpu Zero => new(true, 0, 0);
+
+            public static MachineCpu operator +(MachineCpu a, MachineCpu b) =>
+                a.Known && b.Known ? new MachineCpu(true, a.BusyTicks + b.BusyTicks, a.TotalTicks + b.TotalTicks) : default;
+
+            public static MachineCpu operator -(MachineCpu a, MachineCpu b) =>
+                a.Known && b.Known ? new MachineCpu(true, a.BusyTicks - b.BusyTicks, a.TotalTicks - b.TotalTicks) : default;
+        }
+
+        private static void PrintCopy(string what, List<TimeSpan> direct, List<TimeSpan> tunnel, Counters cost, MachineCpu machineDirect, MachineCpu machineTunnel)
         {
             var d = Median(direct);
             var t = Median(tunnel);
@@ -264,6 +344,16 @@ namespace BastionTools.Bench
             Console.WriteLine($"            client context switches {(cost.ContextSwitches < 0 ? "n/a" : (cost.ContextSwitches / mb).ToString("F0", CultureInfo.InvariantCulture))}/MB, " +
                               $"writes to local connections from the receive loop {cost.LocalWrites / mb:F0}/MB ({cost.LocalWrites:N0}), " +
                               $"gen0 collections {cost.Gen0Collections / mb:F2}/MB ({cost.Gen0Collections:N0})");
+            if (machineDirect.Known && machineTunnel.Known && direct.Count > 0 && machineTunnel.Busy > TimeSpan.Zero)
+            {
+                // As for the transactions: if the runs kept the cores busy, time goes with the machine's CPU per run.
+                var directRun = machineDirect.Busy.TotalMilliseconds / direct.Count;
+                var tunnelRun = machineTunnel.Busy.TotalMilliseconds / tunnel.Count;
+                var agentRun = cost.AgentCpu.TotalMilliseconds / tunnel.Count;
+                Console.WriteLine($"            machine CPU per run (/proc/stat): direct {directRun:F0} ms ({machineDirect.BusyFraction:P0} busy), tunnel {tunnelRun:F0} ms ({machineTunnel.BusyFraction:P0} busy; " +
+                                  $"this process {cost.ClientCpu.TotalMilliseconds / tunnel.Count:F0} ms, agent double {agentRun:F0} ms); ratio with the agent's CPU elsewhere (estimate) " +
+                                  $"{t.TotalMilliseconds / d.TotalMilliseconds * (tunnelRun - agentRun) / tunnelRun:F2}x");
+            }
         }
 
         private static void PrintGoals(List<(int Clients, PgbenchResult Direct, PgbenchResult Tunnel)> rows, List<TimeSpan> outDirect, List<TimeSpan> outTunnel, List<TimeSpan> inDirect, List<TimeSpan> inTunnel)

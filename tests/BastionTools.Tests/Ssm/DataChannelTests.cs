@@ -206,6 +206,47 @@ namespace BastionTools.Tests.Ssm
             await channel.CloseAsync();
         }
 
+        /// <summary>
+        /// Output that arrives in order, unencrypted, with nothing waiting to be reordered goes to the in-place handler
+        /// straight from the receive buffer (no copy: the payload sits after the frame's 120-byte header); anything else
+        /// takes the general path, in the same order, and everything is acknowledged as before.
+        /// </summary>
+        [Fact(Timeout = 60_000)]
+        public async Task OutputInOrder_GoesToTheInPlaceHandler_FromTheReceiveBuffer_AndEverythingElseTheGeneralWay()
+        {
+            var service = new ScriptedService();
+            var got = new List<string>();
+            var channel = service.NewChannel(new DataChannelOptions { ReorderWindow = 100 },
+                onMessage: m => { lock (got) got.Add("general " + m.PayloadType + " " + Encoding.ASCII.GetString(m.Payload)); },
+                onOutputInPlace: (buffer, offset, count) =>
+                {
+                    lock (got) got.Add($"in place @{offset} " + Encoding.ASCII.GetString(buffer, offset, count));
+                });
+            await channel.OpenAsync(CancellationToken.None);
+            var t = service.Next();
+
+            t.Deliver(Output(0, "a"));
+            t.Deliver(Output(2, "c")); // ahead: kept for reordering
+            t.Deliver(Output(1, "b")); // in order, but 2 waits: both the general way, in order
+            t.Deliver(Output(3, "d"));
+            var corrupt = AgentMessageCodec.Encode(Output(4, "e"));
+            corrupt[corrupt.Length - 1] ^= 1;
+            t.DeliverRaw(corrupt); // the digest fails: dropped, unacknowledged, to be resent
+            t.Deliver(AgentMessage.Create(MessageTypes.OutputStreamData, 4, MessageFlags.Data, PayloadType.StdErr, Encoding.ASCII.GetBytes("f")));
+            t.Deliver(Output(5, "g"));
+            await Until(() => { lock (got) return got.Count == 6; }, "six delivered");
+            lock (got)
+            {
+                Assert.Equal(new[] { "in place @120 a", "general Output b", "general Output c", "in place @120 d", "general StdErr f", "in place @120 g" }, got);
+            }
+            await Until(() => Acks(t).Count == 6, "six acknowledgements");
+            var acked = Acks(t).Select(a => SsmJson.Deserialize<AcknowledgeContent>(a.Payload).AcknowledgedMessageSequenceNumber).OrderBy(n => n);
+            Assert.Equal(new long[] { 0, 1, 2, 3, 4, 5 }, acked);
+            Assert.Equal(1, channel.Statistics.MalformedReceived);
+            Assert.Equal(6, channel.Statistics.MessagesReceived);
+            await channel.CloseAsync();
+        }
+
         [Fact(Timeout = 60_000)]
         public async Task TheAcknowledgementsOfABurstReadAtOnce_GoOutTogether_AtMost32PerWrite()
         {

@@ -182,13 +182,14 @@ namespace BastionTools.Tests.Ssm
             return t;
         }
 
-        public DataChannel NewChannel(DataChannelOptions options, Action<AgentMessage>? onMessage = null, List<string>? log = null, Action? onRunDelivered = null)
+        public DataChannel NewChannel(DataChannelOptions options, Action<AgentMessage>? onMessage = null, List<string>? log = null, Action? onRunDelivered = null,
+            Action<byte[], int, int>? onOutputInPlace = null)
         {
             options.TransportFactory = OpenAsync;
             return new DataChannel(Endpoint(), options, onMessage ?? (_ => { }), ResumeAsync, line =>
             {
                 if (log != null) lock (log) log.Add(line);
-            }, onRunDelivered);
+            }, onRunDelivered, onOutputInPlace);
         }
     }
 }

@@ -1,4 +1,5 @@
 using System;
+using System.Buffers.Binary;
 using System.Collections.Generic;
 using System.Diagnostics;
 using System.IO;
@@ -67,6 +68,12 @@ namespace BastionTools.Ssm
         private readonly DataChannelOptions _options;
         private readonly Action<AgentMessage> _onStreamMessage;
         private readonly Action? _onRunDelivered;
+
+        /// <summary>
+        /// Optional: takes an Output payload where it lies in the receive buffer (valid only during the call), for a message
+        /// that arrives in order, unencrypted, with the standard header; every other message goes to _onStreamMessage.
+        /// </summary>
+        private readonly Action<byte[], int, int>? _onOutputInPlace;
         private readonly Func<CancellationToken, Task<StreamEndpoint?>> _resume;
         private readonly Action<string> _log;
         private readonly CancellationTokenSource _lifetime = new();
@@ -109,11 +116,13 @@ namespace BastionTools.Ssm
         /// consumer may hold what it was given during the run and write it then.
         /// </param>
         public DataChannel(StreamEndpoint endpoint, DataChannelOptions options, Action<AgentMessage> onStreamMessage,
-            Func<CancellationToken, Task<StreamEndpoint?>> resume, Action<string>? log = null, Action? onRunDelivered = null)
+            Func<CancellationToken, Task<StreamEndpoint?>> resume, Action<string>? log = null, Action? onRunDelivered = null,
+            Action<byte[], int, int>? onOutputInPlace = null)
         {
             _endpoint = endpoint;
             _options = options;
             _onStreamMessage = onStreamMessage;
+            _onOutputInPlace = onOutputInPlace;
             _onRunDelivered = onRunDelivered;
             _resume = resume;
             _log = log ?? (_ => { });
@@ -409,7 +418,10 @@ namespace BastionTools.Ssm
             if (!_outbox.Writer.TryWrite(new OutFrame(frame, isAcknowledgement))) Interlocked.Decrement(ref _outboxCount);
         }
 
-        private void EnqueueAcknowledgement(AgentMessage received)
+        private void EnqueueAcknowledgement(AgentMessage received) =>
+            EnqueueAcknowledgement(received.MessageType, received.MessageId, received.SequenceNumber);
+
+        private void EnqueueAcknowledgement(string messageType, Guid messageId, long sequenceNumber)
         {
             if (Interlocked.Increment(ref _pendingAcknowledgements) > _options.MaxPendingAcknowledgements)
             {
@@ -418,7 +430,7 @@ namespace BastionTools.Ssm
                 Statistics.AcknowledgementDropped();
                 return;
             }
-            var frame = AgentMessageCodec.EncodeAcknowledgement(received.MessageType, received.MessageId, received.SequenceNumber);
+            var frame = AgentMessageCodec.EncodeAcknowledgement(messageType, messageId, sequenceNumber);
             Interlocked.Increment(ref _outboxCount);
             if (!_outbox.Writer.TryWrite(new OutFrame(frame, isAcknowledgement: true)))
             {
@@ -596,6 +608,8 @@ namespace BastionTools.Ssm
                 return;
             }
 
+            if (type == MessageTypes.OutputStreamData && _onOutputInPlace != null && TryDeliverOutputInPlace(data)) return;
+
             AgentMessage received;
             try
             {
@@ -640,6 +654,50 @@ namespace BastionTools.Ssm
                     _log("Ignored a message of type " + received.MessageType + ".");
                     break;
             }
+        }
+
+        /// <summary>
+        /// The usual output_stream_data — in order, nothing waiting to be reordered, unencrypted Output, standard header,
+        /// digest holding — handed to <see cref="_onOutputInPlace"/> straight from the receive buffer: no payload copy and
+        /// no message object per message. False, with nothing done, for anything else: the general path takes it then.
+        /// </summary>
+        private bool TryDeliverOutputInPlace(ArraySegment<byte> data)
+        {
+            const int payloadStart = (int)AgentMessageCodec.StandardHeaderLength + AgentMessageCodec.PayloadLengthLength;
+            var span = data.AsSpan();
+            if (span.Length < payloadStart || BinaryPrimitives.ReadUInt32BigEndian(span) != AgentMessageCodec.StandardHeaderLength) return false;
+            var length = BinaryPrimitives.ReadUInt32BigEndian(span.Slice((int)AgentMessageCodec.StandardHeaderLength));
+            if ((long)length + payloadStart != span.Length) return false;
+            if ((PayloadType)BinaryPrimitives.ReadUInt32BigEndian(span.Slice(AgentMessageCodec.PayloadTypeOffset)) != PayloadType.Output) return false;
+            if (Volatile.Read(ref _cipher) != null) return false;
+            var count = (int)length;
+            var offset = data.Offset + payloadStart;
+            if (count > 0 && !AgentMessageCodec.DigestHolds(span.Slice(AgentMessageCodec.PayloadDigestOffset, AgentMessageCodec.PayloadDigestLength),
+                    data.Array!, offset, count))
+            {
+                return false;
+            }
+            var sequence = BinaryPrimitives.ReadInt64BigEndian(span.Slice(AgentMessageCodec.SequenceNumberOffset));
+            lock (_gate)
+            {
+                if (sequence != _expectedIncomingSequence || _reorder.Count != 0) return false;
+                _expectedIncomingSequence++;
+            }
+            Resume(null);
+            EnqueueAcknowledgement(MessageTypes.OutputStreamData, MessageIdCodec.Read(data.Array!, data.Offset + AgentMessageCodec.MessageIdOffset), sequence);
+            try
+            {
+                _onOutputInPlace!(data.Array!, offset, count);
+            }
+            catch (Exception ex)
+            {
+                _log($"The handler of Output #{sequence} failed: {Redactor.RedactPatterns(ex.Message)}");
+            }
+            finally
+            {
+                Statistics.Received(count);
+            }
+            return true;
         }
 
         private void Pause()

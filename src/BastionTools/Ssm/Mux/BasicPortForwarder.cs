@@ -132,7 +132,7 @@ namespace BastionTools.Ssm
             }
         }
 
-        public void OnOutput(byte[] payload)
+        public void OnOutput(byte[] buffer, int offset, int count)
         {
             var current = _current;
             // Nothing says which connection output belongs to. The agent dials the destination again only on the first
@@ -141,10 +141,11 @@ namespace BastionTools.Ssm
             // it): dropped, never written to this one. (The first connection of a session is exempt, see above.)
             if (current == null || Volatile.Read(ref current.Started) == 0)
             {
-                _stats.Dropped(payload.Length);
+                _stats.Dropped(count);
                 return;
             }
-            var refused = current.Queue.RefusalReason(current.Queue.TryEnqueue(payload));
+            // The queue keeps it: a copy (the buffer is the caller's again when this returns).
+            var refused = current.Queue.RefusalReason(current.Queue.TryEnqueue(buffer.AsSpan(offset, count).ToArray()));
             if (refused != null) ResetCurrent(current, refused);
         }
 

@@ -447,14 +447,14 @@ namespace BastionTools.Ssm
 
         /// <summary>
         /// The agent's Output payload: smux frames, decoded as they come without copying the data (an answer's bytes go
-        /// from <paramref name="payload"/> to the local socket, or to the run's held buffer). The array is not kept
-        /// beyond the call except as a whole, by a connection's queue, when its socket took none of it.
+        /// from <paramref name="buffer"/> to the local socket, or to the run's held buffer; only what a socket does not
+        /// take at once is copied, to its queue).
         /// </summary>
-        public void OnOutput(byte[] payload)
+        public void OnOutput(byte[] buffer, int offset, int count)
         {
             try
             {
-                _decoder.Feed(payload, 0, payload.Length, _frameSink);
+                _decoder.Feed(buffer, offset, count, _frameSink);
             }
             catch (SsmProtocolException ex)
             {
@@ -560,10 +560,7 @@ namespace BastionTools.Ssm
                 return;
             }
             var unwritten = WriteDirect(stream, stream.Held!, 0, count);
-            if (unwritten == null) return;
-            // The pool's array goes back at the flush: the queue gets its own copy.
-            if (ReferenceEquals(unwritten, stream.Held)) unwritten = stream.Held.AsSpan(0, count).ToArray();
-            Enqueue(stream, unwritten);
+            if (unwritten != null) Enqueue(stream, unwritten);
         }
 
         /// <inheritdoc />
@@ -583,8 +580,8 @@ namespace BastionTools.Ssm
         /// Writes output straight to its local connection when that connection's writer is idle (nothing queued) and
         /// the socket takes it without waiting: the usual case for a request/response client, which saves the hop to the
         /// writer's task. Never waits (the socket does not block: what it does not take at once is returned, to be queued
-        /// as before). Null when everything was written; otherwise a new array (never <paramref name="data"/> unless it
-        /// is exactly the <paramref name="count"/> bytes from 0 and nothing was written).
+        /// as before). Null when everything was written; otherwise a new array with the rest (<paramref name="data"/> is
+        /// the caller's: never kept).
         /// </summary>
         private byte[]? WriteDirect(MuxStream stream, byte[] data, int offset, int count)
         {
@@ -611,7 +608,6 @@ namespace BastionTools.Ssm
             else
             {
                 sent = 0;
-                if (offset == 0 && count == data.Length) return data;
             }
             var rest = new byte[count - sent];
             Buffer.BlockCopy(data, offset + sent, rest, 0, rest.Length);

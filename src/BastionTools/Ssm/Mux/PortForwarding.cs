@@ -87,10 +87,12 @@ namespace BastionTools.Ssm
         Task HandleConnectionAsync(TcpClient client, CancellationToken cancellationToken);
 
         /// <summary>
-        /// An Output payload from the agent, in order. Called on the data channel's receive loop: it must not block
-        /// (data is queued for its connection; a connection whose queue is full is reset).
+        /// An Output payload from the agent, in order: <paramref name="count"/> bytes of <paramref name="buffer"/>, which
+        /// are the caller's again when this returns (often the WebSocket's receive buffer): whatever is kept is copied.
+        /// Called on the data channel's receive loop: it must not block (data is queued for its connection; a connection
+        /// whose queue is full is reset).
         /// </summary>
-        void OnOutput(byte[] payload);
+        void OnOutput(byte[] buffer, int offset, int count);
 
         /// <summary>
         /// The end of a run of messages the data channel read together (called on its receive loop after their
@@ -100,6 +102,12 @@ namespace BastionTools.Ssm
 
         /// <summary>A Flag from the agent.</summary>
         void OnFlag(PayloadTypeFlag flag);
+    }
+
+    internal static class PortForwarderExtensions
+    {
+        /// <summary>A whole Output payload (see <see cref="IPortForwarder.OnOutput(byte[], int, int)"/>).</summary>
+        public static void OnOutput(this IPortForwarder forwarder, byte[] payload) => forwarder.OnOutput(payload, 0, payload.Length);
     }
 
     /// <summary>Sends bytes to the agent (the data channel, or a test double).</summary>

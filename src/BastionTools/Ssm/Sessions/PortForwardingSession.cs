@@ -173,7 +173,7 @@ namespace BastionTools.Ssm
 
                 progress(SessionStage.WebSocket);
                 _channel = new DataChannel(endpoint, _channelOptions, OnStreamMessage, ct => SessionResumer.ResumeAsync(_api, SessionId!, ct), Events.Write,
-                    () => _forwarder?.WriteHeldOutput());
+                    () => _forwarder?.WriteHeldOutput(), OnOutputInPlace);
                 _channel.StateChanged += OnChannelStateChanged;
                 await _channel.OpenAsync(cancellationToken).ConfigureAwait(false);
 
@@ -285,6 +285,13 @@ namespace BastionTools.Ssm
             else if (state == ChannelState.Connected) State = SessionState.Connected;
         }
 
+        /// <summary>Output read in place (the data channel's receive buffer, valid during the call): the forwarder copies what it keeps.</summary>
+        private void OnOutputInPlace(byte[] buffer, int offset, int count)
+        {
+            if (_forwarder == null) CreateForwarder(null);
+            _forwarder!.OnOutput(buffer, offset, count);
+        }
+
         /// <summary>Runs on the data channel's receive loop: nothing here waits.</summary>
         private void OnStreamMessage(AgentMessage message)
         {
@@ -308,7 +315,7 @@ namespace BastionTools.Ssm
                     break;
                 case PayloadType.Output:
                     if (_forwarder == null) CreateForwarder(null);
-                    _forwarder!.OnOutput(message.Payload);
+                    _forwarder!.OnOutput(message.Payload, 0, message.Payload.Length);
                     break;
                 case PayloadType.Flag:
                     if (message.Payload.Length >= 4)

@@ -273,6 +273,16 @@ namespace BastionTools.Ssm
             (MessageTypes.PausePublication, Encoding.ASCII.GetBytes(MessageTypes.PausePublication)),
         };
 
+        /// <summary>Whether <paramref name="digest"/> is the SHA-256 of the <paramref name="count"/> bytes at <paramref name="offset"/> (constant time).</summary>
+        internal static bool DigestHolds(ReadOnlySpan<byte> digest, byte[] buffer, int offset, int count)
+        {
+            var computed = AgentMessage.ComputeDigest(buffer, offset, count);
+            if (digest.Length != computed.Length) return false;
+            int diff = 0;
+            for (int i = 0; i < computed.Length; i++) diff |= digest[i] ^ computed[i];
+            return diff == 0;
+        }
+
         private static bool DigestEquals(byte[] a, byte[] b)
         {
             if (a.Length != b.Length) return false;
