@@ -91,7 +91,7 @@ namespace BastionTools.Sandbox
             _dropped, _duplicated, _reordered, _retransmitted, _duplicatesReceived, _outOfOrderReceived, _digestFailures, _decryptionFailures,
             _bytesSent, _bytesReceived, _kills, _byes, _unbuffered, _streamBytesCreated, _queuedBytes, _queuedBytesPeak,
             _sendWaiters, _sendWaits, _discardedAfterStall, _maxResendBurst, _smuxBufferedBytes, _smuxReceiveStalls, _smuxReceiveWaiting,
-            _injected, _smuxNopsSent, _smuxNopsReceived, _smuxKeepAliveChecks, _smuxKeepAliveCloses, _idleTimeouts, _destinationReadsEnded;
+            _injected, _smuxNopsSent, _smuxNopsReceived, _smuxKeepAliveChecks, _smuxKeepAliveCloses, _idleTimeouts, _destinationReadsEnded, _inputNotReady;
 
         /// <summary>WebSocket connections accepted with a valid token.</summary>
         public long Connections => Interlocked.Read(ref _connections);
@@ -155,6 +155,8 @@ namespace BastionTools.Sandbox
         /// by the destination); their last output was created before this counts them.
         /// </summary>
         public long DestinationReadsEnded => Interlocked.Read(ref _destinationReadsEnded);
+        /// <summary>Basic port sessions: input refused because the first destination connection was not dialled yet (not acknowledged).</summary>
+        public long InputNotReady => Interlocked.Read(ref _inputNotReady);
         /// <summary>Bytes of frames queued for the WebSocket and not yet written (now; bounded by ConnectionQueueBytes plus one frame).</summary>
         public long QueuedBytes => Interlocked.Read(ref _queuedBytes);
         /// <summary>The largest <see cref="QueuedBytes"/> seen.</summary>
@@ -219,6 +221,7 @@ namespace BastionTools.Sandbox
             ["unbuffered"] = Unbuffered,
             ["streamBytesCreated"] = StreamBytesCreated,
             ["destinationReadsEnded"] = DestinationReadsEnded,
+            ["inputNotReady"] = InputNotReady,
             ["queuedBytes"] = QueuedBytes,
             ["queuedBytesPeak"] = QueuedBytesPeak,
             ["sendWaiters"] = SendWaiters,

@@ -181,6 +181,10 @@ namespace BastionTools.Sandbox
         private TcpClient? _current;
         private bool _stopped;
 
+        // port_basic.go IsConnectionAvailable (p.conn != nil): false until InitializeSession's first dial has succeeded.
+        // A closed connection stays assigned there, so after a disconnect input is taken (and dials again).
+        private bool _initialized;
+
         public BasicPortSession(AgentChannel channel, string? host, string portNumber)
             : base(channel)
         {
@@ -197,13 +201,18 @@ namespace BastionTools.Sandbox
             TcpClient first;
             try
             {
+                if (Channel.Options.BasicInitialDialGate is { } gate) await gate().WaitAsync(cancellation).ConfigureAwait(false);
                 first = await DialAsync(Channel.World, _host, _portNumber, cancellation).ConfigureAwait(false);
             }
             catch (IOException ex)
             {
                 return "Unable to connect to specified port: " + ex.Message;
             }
-            lock (_gate) _current = first;
+            lock (_gate)
+            {
+                _current = first;
+                _initialized = true;
+            }
             _connections.Writer.TryWrite(first);
             var pump = Task.Run(() => WritePumpAsync(cancellation));
             var finished = await Task.WhenAny(pump, _done.Task).ConfigureAwait(false);
@@ -248,6 +257,16 @@ namespace BastionTools.Sandbox
 
         public override async Task<bool> HandleInputAsync(AgentMessage message)
         {
+            lock (_gate)
+            {
+                if (!_initialized)
+                {
+                    // port.go InputStreamMessageHandler: "TCP connection unavailable. Reject incoming message packet"
+                    // (ErrHandlerNotReady): not acknowledged, the client resends it once the first dial has succeeded.
+                    Interlocked.Increment(ref Channel.Counters._inputNotReady);
+                    return false;
+                }
+            }
             switch (message.PayloadType)
             {
                 case PayloadType.Output:

@@ -106,6 +106,11 @@ namespace BastionTools.Sandbox
         /// (the session-document schema makes it optional): the agent then runs a basic session (port.go GetSession).
         /// </summary>
         public string? PortDocumentType { get; set; } = "LocalPortForwarding";
+        /// <summary>
+        /// Tests only: a basic port session awaits this before its first dial (port_basic.go InitializeSession), so a test
+        /// can have input arrive before the destination connection exists. Null: dial at once.
+        /// </summary>
+        public Func<Task>? BasicInitialDialGate { get; set; }
         /// <summary>PS1 for the shell.</summary>
         public string ShellPrompt { get; set; } = "$ ";
         /// <summary>The Output of channel_closed when the idle session timeout ends a session (what the official client prints after "SessionId: &lt;id&gt; : ").</summary>

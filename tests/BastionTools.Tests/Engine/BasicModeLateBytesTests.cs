@@ -64,6 +64,50 @@ namespace BastionTools.Tests.Engine
             while (!condition()) await Task.Delay(5);
         }
 
+        /// <summary>
+        /// The agent dials the destination when the session starts and refuses input until that dial has succeeded (port.go
+        /// InputStreamMessageHandler: not acknowledged, ErrHandlerNotReady). The tunnel resends it, and it reaches the first
+        /// destination connection: no second one is dialled for it.
+        /// </summary>
+        [Fact(Timeout = SandboxTestSupport.TestTimeoutMs)]
+        public async Task InputBeforeTheAgentsFirstDial_IsResent_AndReachesTheFirstConnection()
+        {
+            using var destination = new TcpListener(IPAddress.Loopback, 0);
+            destination.Start();
+            var dial = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            _host.Agent.Options.BasicInitialDialGate = () => dial.Task;
+            var session = new PortForwardingSession(_api, new PortForwardingRequest { Target = Bastion, RemotePort = ((IPEndPoint)destination.LocalEndpoint).Port }, new DataChannelOptions());
+            await session.StartAsync(_ => { }, TimeSpan.FromSeconds(30), CancellationToken.None);
+            try
+            {
+                Assert.Equal(PortForwardingMode.Basic, session.Mode);
+                using var client = new TcpClient();
+                await client.ConnectAsync(IPAddress.Loopback, session.LocalEndPoint!.Port);
+                var c = client.GetStream();
+                await c.WriteAsync(Encoding.ASCII.GetBytes("ping"));
+                await Stage(WaitUntilAsync(() => _host.Agent.Counters(session.SessionId!) is { InputNotReady: >= 1 }),
+                    "the agent refusing the input while its first dial waits", session);
+                dial.SetResult();
+
+                var accept = destination.AcceptTcpClientAsync();
+                await Stage(accept, "the agent's first destination connection", session);
+                using var first = await accept;
+                var got = new byte[4];
+                await Stage(first.GetStream().ReadExactlyAsync(got).AsTask(), "the resent input at the destination", session);
+                Assert.Equal("ping", Encoding.ASCII.GetString(got));
+                await first.GetStream().WriteAsync(Encoding.ASCII.GetBytes("pong"));
+                var answer = new byte[4];
+                await Stage(c.ReadExactlyAsync(answer).AsTask(), "the answer through the tunnel", session);
+                Assert.Equal("pong", Encoding.ASCII.GetString(answer));
+                Assert.False(destination.Pending(), "the agent dialled a second destination connection");
+                Assert.True(session.Channel!.Retransmissions >= 1);
+            }
+            finally
+            {
+                await session.StopAsync();
+            }
+        }
+
         [Fact(Timeout = SandboxTestSupport.TestTimeoutMs)]
         public async Task BytesOfAClosedConnection_AreNotWrittenToTheNextOne()
         {
