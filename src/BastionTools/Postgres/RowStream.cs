@@ -6,6 +6,7 @@ using System.Linq.Expressions;
 using System.Management.Automation;
 using System.Runtime.ExceptionServices;
 using System.Threading;
+using System.Threading.Tasks;
 using Npgsql;
 
 namespace BastionTools.Postgres
@@ -125,7 +126,7 @@ namespace BastionTools.Postgres
                     while (!_leave.IsCancellationRequested)
                     {
                         var next = reader.ReadAsync(CancellationToken.None);
-                        if (!next.IsCompleted && _count > 0) Flush();
+                        if (!next.IsCompleted && _count > 0) FlushWhileReading(next);
                         if (!next.GetAwaiter().GetResult()) break;
                         if (_count == 0)
                         {
@@ -164,6 +165,38 @@ namespace BastionTools.Postgres
             {
                 Volatile.Write(ref _finished, 1);
                 _ready.CompleteAdding();
+            }
+        }
+
+        /// <summary>Tests: called on the reader thread before a batch goes out while a row read is in flight, with the batches queued then.</summary>
+        internal Action<int>? BeforeFlushWithReadInFlight { get; set; }
+
+        /// <summary>Tests: true once Dispose or Stop has told the reader thread to leave.</summary>
+        internal bool IsLeaving => _leave.IsCancellationRequested;
+
+        /// <summary>
+        /// Hands the batch over while a row read is in flight. When the consumer leaves meanwhile (Dispose, Stop) the wait
+        /// for room ends with OperationCanceledException: the read is let finish first, since disposing an Npgsql reader
+        /// with a read in flight leaves the connection busy (the next command fails with "A command is already in progress").
+        /// </summary>
+        private void FlushWhileReading(Task<bool> pending)
+        {
+            BeforeFlushWithReadInFlight?.Invoke(_ready.Count);
+            try
+            {
+                Flush();
+            }
+            catch (OperationCanceledException)
+            {
+                try
+                {
+                    pending.GetAwaiter().GetResult();
+                }
+                catch (Exception)
+                {
+                    // The query's own error: nobody waits for it any more.
+                }
+                throw;
             }
         }
 

@@ -111,6 +111,38 @@ namespace BastionTools.Tests.Postgres
             Assert.Equal(1L, count[0][0]);
         }
 
+        /// <summary>
+        /// Disposed while the reader thread hands over a batch with a row read in flight (the server pauses between
+        /// bursts of rows): the read completes before the reader is disposed, so the rest of the command still runs and the
+        /// connection is free afterwards. (Disposing an Npgsql reader with a read in flight broke the connection.)
+        /// </summary>
+        [Fact(Timeout = TestTimeoutMs)]
+        public async Task Dispose_WhileARowReadIsInFlight_LeavesTheConnectionFree()
+        {
+            await using var connection = await PostgresTestSupport.OpenAsync(_fixture.Cluster.ConnectionString());
+            await PostgresTestSupport.QueryAsync(connection, "create temp table after_rows (x int)");
+            for (var run = 1; run <= 5; run++)
+            {
+                var sql = "select g, case when g % 300 = 0 then pg_sleep(0.05)::text end as pause from generate_series(1, 3000) g; insert into after_rows values (" + run + ")";
+                await using (var command = new NpgsqlCommand(sql, connection))
+                {
+                    using var stream = new RowStream(command);
+                    var entered = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                    // The first hand-over with a read in flight waits (on the reader thread) until the stream is being
+                    // disposed: the hand-over then meets the cancellation with the read still waiting for the server.
+                    stream.BeforeFlushWithReadInFlight = _ =>
+                    {
+                        if (entered.TrySetResult()) System.Threading.SpinWait.SpinUntil(() => stream.IsLeaving, TimeSpan.FromSeconds(30));
+                    };
+                    stream.Start();
+                    Assert.True(await Task.Run(() => stream.Next(out _)));
+                    await entered.Task.WaitAsync(TimeSpan.FromSeconds(30));
+                }
+                var count = await PostgresTestSupport.QueryAsync(connection, "select count(*) from after_rows where x = " + run);
+                Assert.Equal(1L, count[0][0]);
+            }
+        }
+
         private static List<PSObject> ReadAll(NpgsqlCommand command)
         {
             var rows = new List<PSObject>();
