@@ -11,7 +11,11 @@ param(
     # Rows of the pipeline measurement. On a loaded machine a 1M-row run can stall the process for 2 s while 8 MiB
     # wait in the tunnel, and the tunnel resets that connection ('Exception while reading from stream'): 200000
     # stays under 8 MiB.
-    [int] $PipelineRows = 1000000
+    [int] $PipelineRows = 1000000,
+    # Another build of the module (e.g. one from before issue 11: git worktree add ../base 9a0ff30; build it there) to
+    # measure against in the same run: each module in a fresh PowerShell, alternating, through the same sandbox.
+    [string] $BaselineModulePath,
+    [int] $BaselineRounds = 3
 )
 $ErrorActionPreference = 'Stop'
 $env:AWS_EC2_METADATA_DISABLED = 'true'
@@ -168,6 +172,44 @@ try {
     $t2 = Measure-Command { 1..1000 | ForEach-Object { $null = Invoke-IamPostgresQuery -Connection $c -Query 'select 1' } }
     'Invoke-IamPostgresQuery, 1000 small queries            {0,7:F0} ms ({1:F2} ms each)' -f $t2.TotalMilliseconds, ($t2.TotalMilliseconds / 1000)
     $c | Disconnect-IamPostgres
+
+    if ($BaselineModulePath) {
+        # Same run, same sandbox, same query: each module imported into a fresh PowerShell (two builds of one module
+        # cannot share a process), warmed up as above, then three 1M-row pipelines; alternating, so a load that changes
+        # touches both alike. The ratio is the figure to read: this machine's speed varies between runs.
+        $child = @'
+$ErrorActionPreference = 'Stop'; $env:AWS_EC2_METADATA_DISABLED = 'true'
+Import-Module '{0}'
+$c = Connect-IamPostgres -Name bastion {1}
+$null = Invoke-IamPostgresQuery -Connection $c -Query 'select 1'
+foreach ($w in 1..4) {{ $null = Invoke-IamPostgresQuery -Connection $c -Query "select g, 'row ' || g as label from generate_series(1, 200000) g" | Measure-Object }}
+$rates = foreach ($r in 1..3) {{
+    [GC]::Collect()
+    $sw = [Diagnostics.Stopwatch]::StartNew()
+    $n = (Invoke-IamPostgresQuery -Connection $c -Query "{2}" | Measure-Object).Count
+    $sw.Stop()
+    if ($n -ne {3}) {{ throw "$n rows instead of {3}" }}
+    $n / $sw.Elapsed.TotalSeconds
+}}
+$c | Disconnect-IamPostgres
+($rates | Sort-Object)[1]
+'@
+        $modules = [ordered]@{ baseline = (Resolve-Path $BaselineModulePath).Path; 'this build' = (Resolve-Path $ModulePath).Path }
+        $rates = @{ baseline = @(); 'this build' = @() }
+        foreach ($round in 1..$BaselineRounds) {
+            foreach ($name in $modules.Keys) {
+                $script = $child -f $modules[$name], $common, $million, $PipelineRows
+                $out = & $pwsh @prefix -NoProfile -NonInteractive -Command $script
+                if ($LASTEXITCODE) { throw "the $name run failed ($LASTEXITCODE)" }
+                $rates[$name] += [double]($out | Select-Object -Last 1)
+            }
+        }
+        $b = Get-Median $rates.baseline; $t = Get-Median $rates.'this build'
+        'same run against {0}: Invoke-IamPostgresQuery | Measure-Object, {1:N0} rows, median of {2} fresh processes each (each the median of 3 pipelines)' -f $BaselineModulePath, $PipelineRows, $BaselineRounds
+        '  baseline   {0,10:N0} rows/s (runs: {1})' -f $b, (($rates.baseline | ForEach-Object { '{0:N0}' -f $_ }) -join ', ')
+        '  this build {0,10:N0} rows/s (runs: {1})' -f $t, (($rates.'this build' | ForEach-Object { '{0:N0}' -f $_ }) -join ', ')
+        '  ratio {0:F2}x (goal 2x the build of the issue: 9a0ff30)' -f ($t / $b)
+    }
 }
 finally {
     $sandboxProcess.StandardInput.Close()

@@ -75,6 +75,10 @@ namespace BastionTools.Bench
                 var tDirect = await SmallQueriesAsync(() => directSource.OpenConnectionAsync().AsTask()).ConfigureAwait(false);
                 var tTunnel = await SmallQueriesAsync(() => source.OpenAsync(CancellationToken.None)).ConfigureAwait(false);
                 Console.WriteLine($"1000 small queries (pooled, sequential)   direct {tDirect.TotalMilliseconds,7:F0} ms   IAM+tunnel {tTunnel.TotalMilliseconds,7:F0} ms   ratio {tTunnel.TotalMilliseconds / tDirect.TotalMilliseconds:F1}x");
+                // The same through RowStream as Invoke-IamPostgresQuery runs them (the command and its rows on the calling
+                // thread, rows built as the cmdlet's PSObjects): what the cmdlet adds to a small query below PowerShell.
+                var tRows = await Task.Run(() => SmallRowStreamQueries(() => source.OpenAsync(CancellationToken.None).GetAwaiter().GetResult())).ConfigureAwait(false);
+                Console.WriteLine($"1000 small queries through RowStream (the cmdlet's path, no pipeline)   IAM+tunnel {tRows.TotalMilliseconds,7:F0} ms   ({tRows.TotalMilliseconds / tTunnel.TotalMilliseconds:F2}x the line above)");
 
                 var (rDirect, cpuDirect) = await StreamAsync(() => directSource.OpenConnectionAsync().AsTask()).ConfigureAwait(false);
                 var (rTunnel, cpuTunnel) = await StreamAsync(() => source.OpenAsync(CancellationToken.None)).ConfigureAwait(false);
@@ -101,6 +105,21 @@ namespace BastionTools.Bench
             var sw = Stopwatch.StartNew();
             for (var i = 0; i < 1000; i++) await OneAsync(open).ConfigureAwait(false);
             return sw.Elapsed;
+        }
+
+        private static TimeSpan SmallRowStreamQueries(Func<NpgsqlConnection> open)
+        {
+            for (var i = 0; i < 50; i++) OneRowStream(open);
+            var sw = Stopwatch.StartNew();
+            for (var i = 0; i < 1000; i++) OneRowStream(open);
+            return sw.Elapsed;
+        }
+
+        private static void OneRowStream(Func<NpgsqlConnection> open)
+        {
+            using var c = open();
+            using var cmd = new NpgsqlCommand("select 1", c);
+            if (Drain(cmd) != 1) throw new InvalidOperationException("select 1 gave no row");
         }
 
         private static async Task OneAsync(Func<Task<NpgsqlConnection>> open)
@@ -135,7 +154,6 @@ namespace BastionTools.Bench
         {
             long n = 0;
             using var rows = new RowStream(cmd);
-            rows.Start();
             while (rows.Next(out var batch))
             {
                 n += batch.Count;

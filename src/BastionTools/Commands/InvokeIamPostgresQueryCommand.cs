@@ -128,7 +128,6 @@ namespace BastionTools.Commands
                     // Npgsql and the rows' PSObjects on a reader thread, WriteObject here: both halves run at once.
                     using var rows = new RowStream(cmd);
                     _rows = rows;
-                    rows.Start();
                     try
                     {
                         while (rows.Next(out var batch))

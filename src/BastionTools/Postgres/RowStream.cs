@@ -20,6 +20,10 @@ namespace BastionTools.Postgres
     /// <see cref="MaxHold"/>. The first batch of each result set is small, so the first row comes out promptly.
     /// At most <see cref="MaxBatchesInFlight"/> batches wait for the pipeline: a slow pipeline holds the reader back
     /// (a million rows never sit in memory).</para>
+    /// <para>The command starts on the consumer's thread (the first <see cref="Next"/>), which also reads rows for as
+    /// long as they are already there, up to the first batch: a small result (a `select 1`, a lookup) is read, built
+    /// and ended there, without a reader thread or a hand-over. The reader thread starts only when more rows follow, or
+    /// when the next row or result set has not arrived yet (that read goes on on the reader thread).</para>
     /// <para>Rows, result sets and errors keep their order: an error the reader meets is thrown by <see cref="Next"/>
     /// after the rows before it. <see cref="Stop"/> (Ctrl-C) cancels the query on the server; <see cref="Dispose"/>
     /// without it (the pipeline wanted no more rows, e.g. Select-Object -First) lets Npgsql finish the command as it
@@ -48,22 +52,43 @@ namespace BastionTools.Postgres
         private int _count;
         private long _firstAt;
 
+        // Where the consumer's thread left the command for the reader thread (BeginInline).
+        private bool _begun;
+        private NpgsqlDataReader? _reader;
+        private RowShape? _shape;
+        private Task<bool>? _pendingRead;
+        private Task<bool>? _pendingNextResult;
+
         public RowStream(NpgsqlCommand command)
         {
             _command = command;
             _thread = new Thread(Produce) { IsBackground = true, Name = "BastionTools row reader" };
         }
 
-        /// <summary>Runs the command (ExecuteReader) on the reader thread.</summary>
-        public void Start() => _thread.Start();
+        /// <summary>Tests: true once the reader thread has been started (a result larger than what the first <see cref="Next"/> reads).</summary>
+        internal bool ReaderThreadStarted => (_thread.ThreadState & System.Threading.ThreadState.Unstarted) == 0;
 
         /// <summary>
-        /// The next batch of rows on the consumer's thread (blocks until there is one), or false at the end. Throws what
-        /// the reader met after the rows before it; throws <see cref="OperationCanceledException"/> after <see cref="Stop"/>.
-        /// Hand the batch back with <see cref="Return"/> once written.
+        /// The next batch of rows on the consumer's thread (blocks until there is one), or false at the end. The first
+        /// call runs the command. Throws what the reader met after the rows before it; throws
+        /// <see cref="OperationCanceledException"/> after <see cref="Stop"/>. Hand the batch back with <see cref="Return"/>
+        /// once written.
         /// </summary>
         public bool Next(out Batch batch)
         {
+            if (!_begun)
+            {
+                _begun = true;
+                if (BeginInline(out batch)) return true;
+            }
+            if (!ReaderThreadStarted)
+            {
+                // Everything was read on this thread.
+                batch = default;
+                _error?.Throw();
+                if (_stopped) throw new OperationCanceledException();
+                return false;
+            }
             try
             {
                 if (_ready.TryTake(out batch, Timeout.Infinite, _leave.Token)) return true;
@@ -105,7 +130,7 @@ namespace BastionTools.Postgres
 
         public void Dispose()
         {
-            if (_thread.ThreadState != System.Threading.ThreadState.Unstarted)
+            if (ReaderThreadStarted)
             {
                 _leave.Cancel();
                 _thread.Join();
@@ -114,35 +139,111 @@ namespace BastionTools.Postgres
             _ready.Dispose();
         }
 
+        /// <summary>
+        /// The first call of <see cref="Next"/>, on the consumer's thread: runs the command and reads the rows that are
+        /// already there, up to <see cref="FirstBatchRows"/>, across result sets. When the command ends meanwhile, the
+        /// reader is disposed here and no thread starts. Otherwise the reader thread takes over where this left off (a row
+        /// or NextResult still in flight goes with it). True with the rows read; false with none (then the reader thread,
+        /// if started, has the rest).
+        /// </summary>
+        private bool BeginInline(out Batch batch)
+        {
+            batch = default;
+            NpgsqlDataReader? reader = null;
+            PSObject[]? rows = null;
+            var count = 0;
+            try
+            {
+                reader = _command.ExecuteReader();
+                var shape = new RowShape(reader);
+                while (true)
+                {
+                    var next = reader.ReadAsync(CancellationToken.None);
+                    if (!next.IsCompleted)
+                    {
+                        HandOver(reader, shape, next, null);
+                        break;
+                    }
+                    if (next.GetAwaiter().GetResult())
+                    {
+                        if (count == FirstBatchRows)
+                        {
+                            // More rows than the first batch: the reader thread builds the one the reader is on, and the rest.
+                            HandOver(reader, shape, next, null);
+                            break;
+                        }
+                        rows ??= new PSObject[FirstBatchRows];
+                        rows[count++] = shape.Build(reader);
+                        continue;
+                    }
+                    var more = reader.NextResultAsync(CancellationToken.None);
+                    if (!more.IsCompleted)
+                    {
+                        HandOver(reader, null, null, more);
+                        break;
+                    }
+                    if (!more.GetAwaiter().GetResult())
+                    {
+                        // The command has ended: nothing for a reader thread to do.
+                        Volatile.Write(ref _finished, 1);
+                        reader.Dispose();
+                        break;
+                    }
+                    shape = new RowShape(reader);
+                }
+            }
+            catch (Exception ex)
+            {
+                Volatile.Write(ref _finished, 1);
+                try
+                {
+                    reader?.Dispose();
+                }
+                catch (Exception)
+                {
+                    // The command's own error is the one to report.
+                }
+                if (_stopped) throw new OperationCanceledException("The query was cancelled.", ex);
+                // The rows read before the error go out first (Next throws it after them).
+                if (count == 0) throw;
+                _error = ExceptionDispatchInfo.Capture(ex);
+            }
+            if (count == 0) return false;
+            batch = new Batch(rows!, count);
+            return true;
+        }
+
+        private void HandOver(NpgsqlDataReader reader, RowShape? shape, Task<bool>? pendingRead, Task<bool>? pendingNextResult)
+        {
+            _reader = reader;
+            _shape = shape;
+            _pendingRead = pendingRead;
+            _pendingNextResult = pendingNextResult;
+            _thread.Start();
+        }
+
         private void Produce()
         {
             try
             {
-                using var reader = _command.ExecuteReader();
-                do
+                using var reader = _reader!;
+                var pendingRead = _pendingRead;
+                var more = _pendingNextResult;
+                _reader = null;
+                _pendingRead = _pendingNextResult = null;
+                if (more == null)
                 {
-                    var shape = new RowShape(reader);
-                    var limit = FirstBatchRows;
-                    while (!_leave.IsCancellationRequested)
-                    {
-                        var next = reader.ReadAsync(CancellationToken.None);
-                        if (!next.IsCompleted && _count > 0) FlushWhileReading(next);
-                        if (!next.GetAwaiter().GetResult()) break;
-                        if (_count == 0)
-                        {
-                            if (_rows.Length == 0 && !_free.TryDequeue(out _rows!)) _rows = new PSObject[BatchRows];
-                            _firstAt = Stopwatch.GetTimestamp();
-                        }
-                        _rows[_count++] = shape.Build(reader);
-                        if (_count >= limit || Stopwatch.GetTimestamp() - _firstAt > MaxHoldTicks)
-                        {
-                            Flush();
-                            limit = BatchRows;
-                        }
-                    }
-                    if (_count > 0) Flush();
+                    // The first batch went out from the consumer's thread: full batches from here on.
+                    ReadResultSet(reader, _shape!, BatchRows, pendingRead);
                 }
-                while (!_leave.IsCancellationRequested && reader.NextResult());
+                _shape = null;
+                while (!_leave.IsCancellationRequested && (more != null ? more.GetAwaiter().GetResult() : reader.NextResult()))
+                {
+                    more = null;
+                    ReadResultSet(reader, new RowShape(reader), FirstBatchRows, null);
+                }
+                // The consumer left before a NextResult handed over was looked at: it finishes before the reader is disposed.
+                if (more != null) Settle(more);
             }
             catch (Exception ex)
             {
@@ -168,6 +269,46 @@ namespace BastionTools.Postgres
             }
         }
 
+        /// <summary>The rows of one result set (from a row read in flight, if given), in batches; the first holds up to <paramref name="limit"/> rows.</summary>
+        private void ReadResultSet(NpgsqlDataReader reader, RowShape shape, int limit, Task<bool>? next)
+        {
+            while (!_leave.IsCancellationRequested)
+            {
+                next ??= reader.ReadAsync(CancellationToken.None);
+                if (!next.IsCompleted && _count > 0) FlushWhileReading(next);
+                var hasRow = next.GetAwaiter().GetResult();
+                next = null;
+                if (!hasRow) break;
+                if (_count == 0)
+                {
+                    if (_rows.Length == 0 && !_free.TryDequeue(out _rows!)) _rows = new PSObject[BatchRows];
+                    _firstAt = Stopwatch.GetTimestamp();
+                }
+                _rows[_count++] = shape.Build(reader);
+                if (_count >= limit || Stopwatch.GetTimestamp() - _firstAt > MaxHoldTicks)
+                {
+                    Flush();
+                    limit = BatchRows;
+                }
+            }
+            // The consumer left before a read handed over was looked at: it finishes before the reader is disposed.
+            if (next != null) Settle(next);
+            if (_count > 0) Flush();
+        }
+
+        /// <summary>Waits for a read in flight to end, whatever its outcome: an Npgsql reader disposed with a read in flight leaves the connection busy.</summary>
+        private static void Settle(Task<bool> pending)
+        {
+            try
+            {
+                pending.GetAwaiter().GetResult();
+            }
+            catch (Exception)
+            {
+                // The query's own error: nobody waits for it any more.
+            }
+        }
+
         /// <summary>Tests: called on the reader thread before a batch goes out while a row read is in flight, with the batches queued then.</summary>
         internal Action<int>? BeforeFlushWithReadInFlight { get; set; }
 
@@ -188,14 +329,7 @@ namespace BastionTools.Postgres
             }
             catch (OperationCanceledException)
             {
-                try
-                {
-                    pending.GetAwaiter().GetResult();
-                }
-                catch (Exception)
-                {
-                    // The query's own error: nobody waits for it any more.
-                }
+                Settle(pending);
                 throw;
             }
         }

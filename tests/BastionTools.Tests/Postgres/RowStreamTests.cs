@@ -30,7 +30,8 @@ namespace BastionTools.Tests.Postgres
         {
             await using var connection = await PostgresTestSupport.OpenAsync(_fixture.Cluster.ConnectionString());
             await using var command = new NpgsqlCommand("select g, null::text as g, g::bigint as \"G\", 'r' || g from generate_series(1, 3000) g; select 'next' as z", connection);
-            var rows = await Task.Run(() => ReadAll(command));
+            var (rows, threaded) = await Task.Run(() => ReadAll(command));
+            Assert.True(threaded, "3,000 rows go on on the reader thread after the first batch");
             Assert.Equal(3001, rows.Count);
             for (var i = 0; i < 3000; i++)
             {
@@ -43,6 +44,92 @@ namespace BastionTools.Tests.Postgres
             Assert.Equal("next", rows[3000].Properties["z"].Value);
         }
 
+        /// <summary>
+        /// A small result (everything in one answer of the server) is read, built and ended on the consumer's thread: no
+        /// reader thread starts, the rows keep their order across result sets, and the connection is free afterwards.
+        /// </summary>
+        [Theory(Timeout = TestTimeoutMs)]
+        [InlineData("select 1 as one", 1)]
+        [InlineData("select g from generate_series(1, 16) g", 16)]
+        [InlineData("select g from generate_series(1, 3) g; select 'x' as y where false; select 4 as g", 4)]
+        public async Task SmallResult_IsReadOnTheConsumersThread_WithoutAReaderThread(string sql, int expected)
+        {
+            await using var connection = await PostgresTestSupport.OpenAsync(_fixture.Cluster.ConnectionString());
+            await using (var command = new NpgsqlCommand(sql, connection))
+            {
+                var (rows, threaded) = await Task.Run(() => ReadAll(command));
+                Assert.False(threaded);
+                Assert.Equal(expected, rows.Count);
+                for (var i = 0; i < expected; i++) Assert.Equal(i + 1, Convert.ToInt32(rows[i].Properties.Match("*")[0].Value));
+            }
+            var after = await PostgresTestSupport.QueryAsync(connection, "select 2");
+            Assert.Equal(2, after[0][0]);
+        }
+
+        /// <summary>An error after some rows comes after them, wherever the rows were read; an error before any row comes from the first Next.</summary>
+        [Fact(Timeout = TestTimeoutMs)]
+        public async Task AnError_ComesAfterTheRowsBeforeIt_AndTheConnectionStaysUsable()
+        {
+            await using var connection = await PostgresTestSupport.OpenAsync(_fixture.Cluster.ConnectionString());
+            await using (var command = new NpgsqlCommand("select g, 10 / (3 - g) as q from generate_series(1, 5) g", connection))
+            {
+                using var stream = new RowStream(command);
+                var seen = new List<int>();
+                var error = await Assert.ThrowsAsync<PostgresException>(() => Task.Run(() =>
+                {
+                    while (stream.Next(out var batch))
+                    {
+                        for (var i = 0; i < batch.Count; i++) seen.Add((int)batch.Rows[i].Properties["g"].Value);
+                        stream.Return(batch);
+                    }
+                }));
+                Assert.Equal("22012", error.SqlState);
+                Assert.Equal(new[] { 1, 2 }, seen);
+            }
+            await using (var command = new NpgsqlCommand("select 1 / 0 as never", connection))
+            {
+                using var stream = new RowStream(command);
+                var error = await Assert.ThrowsAsync<PostgresException>(() => Task.Run(() => stream.Next(out _)));
+                Assert.Equal("22012", error.SqlState);
+                Assert.False(stream.ReaderThreadStarted);
+            }
+            var after = await PostgresTestSupport.QueryAsync(connection, "select 3");
+            Assert.Equal(3, after[0][0]);
+        }
+
+        /// <summary>Stop while the command has not produced its first result yet (the first Next waits in ExecuteReader): the query is cancelled on the server.</summary>
+        [Fact(Timeout = TestTimeoutMs)]
+        public async Task Stop_BeforeTheFirstResult_CancelsTheQuery()
+        {
+            await using var holder = await PostgresTestSupport.OpenAsync(_fixture.Cluster.ConnectionString());
+            await PostgresTestSupport.QueryAsync(holder, "select pg_advisory_lock(4243)");
+            try
+            {
+                await using var connection = await PostgresTestSupport.OpenAsync(_fixture.Cluster.ConnectionString());
+                var pid = connection.ProcessID;
+                // The DO block has no result: ExecuteReader waits for the select after it, and that waits for the lock.
+                await using var command = new NpgsqlCommand("do $$ begin perform pg_advisory_lock(4243); end $$; select 1 as one", connection);
+                using var stream = new RowStream(command);
+                var first = Task.Run(() => stream.Next(out _));
+                await WaitUntilAsync(async () =>
+                {
+                    var wait = await PostgresTestSupport.QueryAsync(holder, $"select wait_event_type from pg_stat_activity where pid = {pid}");
+                    return wait.Count == 1 && "Lock".Equals(wait[0][0]);
+                }, "the command waits for the lock");
+                stream.Stop();
+                await Assert.ThrowsAnyAsync<OperationCanceledException>(() => first);
+                Assert.False(stream.ReaderThreadStarted);
+                var state = await PostgresTestSupport.QueryAsync(holder, $"select state from pg_stat_activity where pid = {pid}");
+                Assert.NotEqual("active", state[0][0]);
+                var after = await PostgresTestSupport.QueryAsync(connection, "select 4");
+                Assert.Equal(4, after[0][0]);
+            }
+            finally
+            {
+                await PostgresTestSupport.QueryAsync(holder, "select pg_advisory_unlock_all()");
+            }
+        }
+
         [Fact(Timeout = TestTimeoutMs)]
         public async Task FirstRows_AreHandedOver_WhenTheNextRowHasNotArrived()
         {
@@ -51,7 +138,6 @@ namespace BastionTools.Tests.Postgres
             await using var connection = await PostgresTestSupport.OpenAsync(_fixture.Cluster.ConnectionString());
             await using var command = new NpgsqlCommand(GatedQuery, connection);
             using var stream = new RowStream(command);
-            stream.Start();
             // The query cannot end while the lock is held: a batch here came out while it runs.
             var first = await Task.Run(() => stream.Next(out var batch) ? batch.Count : 0);
             Assert.InRange(first, 1, 7);
@@ -76,7 +162,6 @@ namespace BastionTools.Tests.Postgres
                 var pid = connection.ProcessID;
                 await using var command = new NpgsqlCommand(GatedQuery, connection);
                 using var stream = new RowStream(command);
-                stream.Start();
                 Assert.True(await Task.Run(() => stream.Next(out _)));
                 stream.Stop();
                 await Assert.ThrowsAnyAsync<OperationCanceledException>(() => Task.Run(() =>
@@ -103,7 +188,6 @@ namespace BastionTools.Tests.Postgres
             await using (var command = new NpgsqlCommand("select g from generate_series(1, 100000) g; insert into after_rows values (1)", connection))
             {
                 using var stream = new RowStream(command);
-                stream.Start();
                 Assert.True(await Task.Run(() => stream.Next(out _)));
                 // The pipeline wants no more (Select-Object -First): the rest is read and dropped, the insert still runs.
             }
@@ -134,7 +218,6 @@ namespace BastionTools.Tests.Postgres
                     {
                         if (entered.TrySetResult()) System.Threading.SpinWait.SpinUntil(() => stream.IsLeaving, TimeSpan.FromSeconds(30));
                     };
-                    stream.Start();
                     Assert.True(await Task.Run(() => stream.Next(out _)));
                     await entered.Task.WaitAsync(TimeSpan.FromSeconds(30));
                 }
@@ -143,17 +226,26 @@ namespace BastionTools.Tests.Postgres
             }
         }
 
-        private static List<PSObject> ReadAll(NpgsqlCommand command)
+        private static (List<PSObject> Rows, bool Threaded) ReadAll(NpgsqlCommand command)
         {
             var rows = new List<PSObject>();
             using var stream = new RowStream(command);
-            stream.Start();
             while (stream.Next(out var batch))
             {
                 for (var i = 0; i < batch.Count; i++) rows.Add(batch.Rows[i]);
                 stream.Return(batch);
             }
-            return rows;
+            return (rows, stream.ReaderThreadStarted);
+        }
+
+        private static async Task WaitUntilAsync(Func<Task<bool>> condition, string what)
+        {
+            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+            while (!await condition())
+            {
+                if (DateTime.UtcNow > deadline) throw new Xunit.Sdk.XunitException("Timed out waiting: " + what + ".");
+                await Task.Delay(20);
+            }
         }
 
         private static List<string> Names(PSObject row)
