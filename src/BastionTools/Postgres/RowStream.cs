@@ -154,6 +154,8 @@ namespace BastionTools.Postgres
             var count = 0;
             try
             {
+                // Ctrl-C before the command was sent: Npgsql's Cancel had nothing to cancel yet.
+                if (_stopped) throw new OperationCanceledException();
                 reader = _command.ExecuteReader();
                 var shape = new RowShape(reader);
                 while (true)

@@ -130,6 +130,23 @@ namespace BastionTools.Tests.Postgres
             }
         }
 
+        /// <summary>Ctrl-C before the first Next (the pipeline was stopping as the cmdlet got there): the command is not sent at all.</summary>
+        [Fact(Timeout = TestTimeoutMs)]
+        public async Task Stop_BeforeTheFirstNext_SendsNothing()
+        {
+            await using var connection = await PostgresTestSupport.OpenAsync(_fixture.Cluster.ConnectionString());
+            await PostgresTestSupport.QueryAsync(connection, "create temp table stop_first (x int)");
+            await using (var command = new NpgsqlCommand("insert into stop_first values (1); select 1 as one", connection))
+            {
+                using var stream = new RowStream(command);
+                stream.Stop();
+                await Assert.ThrowsAnyAsync<OperationCanceledException>(() => Task.Run(() => stream.Next(out _)));
+                Assert.False(stream.ReaderThreadStarted);
+            }
+            var count = await PostgresTestSupport.QueryAsync(connection, "select count(*) from stop_first");
+            Assert.Equal(0L, count[0][0]);
+        }
+
         [Fact(Timeout = TestTimeoutMs)]
         public async Task FirstRows_AreHandedOver_WhenTheNextRowHasNotArrived()
         {
