@@ -81,24 +81,21 @@ namespace BastionTools.Postgres
                 _begun = true;
                 if (BeginInline(out batch)) return true;
             }
-            if (!ReaderThreadStarted)
+            batch = default;
+            // Without a reader thread everything was read on this thread.
+            if (ReaderThreadStarted)
             {
-                // Everything was read on this thread.
-                batch = default;
-                _error?.Throw();
-                if (_stopped) throw new OperationCanceledException();
-                return false;
-            }
-            try
-            {
-                if (_ready.TryTake(out batch, Timeout.Infinite, _leave.Token)) return true;
-            }
-            catch (OperationCanceledException)
-            {
+                try
+                {
+                    if (_ready.TryTake(out batch, Timeout.Infinite, _leave.Token)) return true;
+                }
+                catch (OperationCanceledException)
+                {
+                    _thread.Join();
+                    throw;
+                }
                 _thread.Join();
-                throw;
             }
-            _thread.Join();
             _error?.Throw();
             if (_stopped) throw new OperationCanceledException();
             return false;

@@ -115,7 +115,7 @@ namespace BastionTools.Tests.Postgres
                 {
                     var wait = await PostgresTestSupport.QueryAsync(holder, $"select wait_event_type from pg_stat_activity where pid = {pid}");
                     return wait.Count == 1 && "Lock".Equals(wait[0][0]);
-                }, "the command waits for the lock");
+                }, "the command waits for the lock", TimeSpan.FromSeconds(30));
                 stream.Stop();
                 await Assert.ThrowsAnyAsync<OperationCanceledException>(() => first);
                 Assert.False(stream.ReaderThreadStarted);
@@ -255,15 +255,6 @@ namespace BastionTools.Tests.Postgres
             return (rows, stream.ReaderThreadStarted);
         }
 
-        private static async Task WaitUntilAsync(Func<Task<bool>> condition, string what)
-        {
-            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
-            while (!await condition())
-            {
-                if (DateTime.UtcNow > deadline) throw new Xunit.Sdk.XunitException("Timed out waiting: " + what + ".");
-                await Task.Delay(20);
-            }
-        }
 
         private static List<string> Names(PSObject row)
         {

@@ -401,18 +401,11 @@ namespace BastionTools.Tests.Sandbox
             }
         }
 
-        private static async Task WaitUntilAsync(Func<bool> condition, string what) =>
-            await WaitUntilAsync(() => Task.FromResult(condition()), what);
+        private static Task WaitUntilAsync(Func<bool> condition, string what) =>
+            WaitUntilAsync(() => Task.FromResult(condition()), what);
 
-        private static async Task WaitUntilAsync(Func<Task<bool>> condition, string what)
-        {
-            var deadline = DateTime.UtcNow + Generous;
-            while (!await condition())
-            {
-                if (DateTime.UtcNow > deadline) throw new Xunit.Sdk.XunitException("Timed out waiting: " + what + ".");
-                await Task.Delay(20);
-            }
-        }
+        private static Task WaitUntilAsync(Func<Task<bool>> condition, string what) =>
+            SandboxTestSupport.WaitUntilAsync(condition, what, Generous);
 
         /// <summary>Lets reads left pending end (the proxy was disposed) and observes their outcome.</summary>
         private static async Task Observe(params Task[] tasks)

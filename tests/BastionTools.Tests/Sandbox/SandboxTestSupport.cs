@@ -116,5 +116,16 @@ namespace BastionTools.Tests.Sandbox
             var body = await response.Content.ReadAsStringAsync().ConfigureAwait(false);
             return ((int)response.StatusCode, body, response);
         }
+
+        /// <summary>Waits until an asynchronous condition holds (polled every 20 ms); fails the test naming what it waited for after <paramref name="limit"/>.</summary>
+        public static async Task WaitUntilAsync(Func<Task<bool>> condition, string what, TimeSpan limit)
+        {
+            var deadline = DateTime.UtcNow + limit;
+            while (!await condition())
+            {
+                if (DateTime.UtcNow > deadline) throw new Xunit.Sdk.XunitException("Timed out waiting: " + what + ".");
+                await Task.Delay(20);
+            }
+        }
     }
 }
