@@ -2,12 +2,14 @@ using System;
 using System.Buffers;
 using System.Collections.Concurrent;
 using System.Collections.Generic;
+using System.Diagnostics;
 using System.Globalization;
 using System.Linq;
 using System.Net;
 using System.Net.Sockets;
 using System.Text.Json.Nodes;
 using System.Threading;
+using System.Threading.Channels;
 using System.Threading.Tasks;
 
 namespace BastionTools.Sandbox
@@ -35,6 +37,10 @@ namespace BastionTools.Sandbox
     /// <item><see cref="HalfOpen"/>/<see cref="Heal"/>: one direction is silently dropped on the existing connections and
     /// on those accepted until <see cref="Heal"/> (which does not revive the ones already half-open).</item>
     /// </list>
+    /// <item><see cref="Latency"/>: a one-way delay in each direction (a round trip of twice that), as a link to another
+    /// continent: each chunk read is written that long after it was read, in order, while the next ones are read
+    /// meanwhile (the link carries <see cref="DelayLineChunks"/> chunks of up to 64 KiB in flight per direction, then the
+    /// proxy stops reading until the oldest is delivered). A FIN is delayed the same way, after the bytes before it.</item>
     /// Otherwise it relays transparently: TCP_NODELAY on both sides, 64 KiB buffers, a FIN is passed on as a half-close
     /// (both sockets are closed when both directions ended), a reset on one side resets the other.
     /// A silenced connection (blackout or half-open) is kept open, with nothing told to either peer, until
@@ -47,6 +53,8 @@ namespace BastionTools.Sandbox
         public const int BufferSize = 64 * 1024;
         /// <summary>How much a held connection's client may send before the proxy stops reading from it.</summary>
         public const int MaxHeldBytes = 1 << 20;
+        /// <summary>Chunks in flight on a delayed direction of one connection (<see cref="Latency"/>), at most.</summary>
+        public const int DelayLineChunks = 256;
 
         private const int SilencedClientToServer = 1;
         private const int SilencedServerToClient = 2;
@@ -70,6 +78,10 @@ namespace BastionTools.Sandbox
         private long _bytesClientToServer;
         private long _bytesServerToClient;
         private long _blackholed;
+        private long _latencyTicks;
+        private long _delayedChunks;
+        private long _lateTicksTotal;
+        private long _lateTicksMax;
 
         /// <summary>Starts listening on 127.0.0.1:<paramref name="port"/> (0: a free port) and relaying to <paramref name="target"/>.</summary>
         /// <exception cref="SocketException">The port cannot be bound.</exception>
@@ -110,6 +122,40 @@ namespace BastionTools.Sandbox
         public long BytesServerToClient => Interlocked.Read(ref _bytesServerToClient);
         /// <summary>Connections blackouts have silenced so far.</summary>
         public long BlackholedConnections => Interlocked.Read(ref _blackholed);
+
+        /// <summary>
+        /// One-way delay added in each direction of every connection (zero: none), from the next chunk read on. Changing it
+        /// never reorders bytes: a chunk is written after the one before it.
+        /// </summary>
+        public TimeSpan Latency
+        {
+            get => TimeSpan.FromTicks(Interlocked.Read(ref _latencyTicks));
+            set
+            {
+                if (value < TimeSpan.Zero || value > TimeSpan.FromSeconds(10)) throw new ArgumentOutOfRangeException(nameof(value), "The latency is 0 to 10 seconds.");
+                Interlocked.Exchange(ref _latencyTicks, value.Ticks);
+            }
+        }
+
+        /// <summary>Chunks written through a delay line so far.</summary>
+        public long DelayedChunks => Interlocked.Read(ref _delayedChunks);
+
+        /// <summary>
+        /// How much later than due the delayed chunks were written, on average and at most (timer granularity and the
+        /// machine's load): what the link added beyond its latency.
+        /// </summary>
+        public (TimeSpan Average, TimeSpan Max) DelayLateness
+        {
+            get
+            {
+                var n = Interlocked.Read(ref _delayedChunks);
+                var total = Interlocked.Read(ref _lateTicksTotal);
+                var max = Interlocked.Read(ref _lateTicksMax);
+                return (n == 0 ? TimeSpan.Zero : StopwatchSpan(total / (double)n), StopwatchSpan(max));
+            }
+        }
+
+        private static TimeSpan StopwatchSpan(double ticks) => TimeSpan.FromSeconds(ticks / Stopwatch.Frequency);
 
         public bool IsBlackout
         {
@@ -205,6 +251,10 @@ namespace BastionTools.Sandbox
                 ["bytesClientToServer"] = BytesClientToServer,
                 ["bytesServerToClient"] = BytesServerToClient,
                 ["blackholedConnections"] = BlackholedConnections,
+                ["latencyMs"] = Latency.TotalMilliseconds,
+                ["delayedChunks"] = DelayedChunks,
+                ["delayLatenessAverageMs"] = DelayLateness.Average.TotalMilliseconds,
+                ["delayLatenessMaxMs"] = DelayLateness.Max.TotalMilliseconds,
             };
         }
 
@@ -406,7 +456,7 @@ namespace BastionTools.Sandbox
                     {
                         // The FIN goes after what was kept.
                         await c.ReadyTask.ConfigureAwait(false);
-                        EndOfStream(c, ProxyDirection.ClientToServer, c.Server);
+                        await ForwardEndAsync(c, ProxyDirection.ClientToServer, c.Server).ConfigureAwait(false);
                         return;
                     }
                     if (c.IsSilenced(ProxyDirection.ClientToServer)) continue;
@@ -421,7 +471,7 @@ namespace BastionTools.Sandbox
                         }
                     }
                     if (queued) continue;
-                    if (!await SendAsync(c, c.Server!, buffer, n, ProxyDirection.ClientToServer).ConfigureAwait(false)) return;
+                    if (!await ForwardAsync(c, c.Server!, buffer, n, ProxyDirection.ClientToServer).ConfigureAwait(false)) return;
                 }
             }
             finally
@@ -449,11 +499,11 @@ namespace BastionTools.Sandbox
                     }
                     if (n == 0)
                     {
-                        EndOfStream(c, ProxyDirection.ServerToClient, c.Client);
+                        await ForwardEndAsync(c, ProxyDirection.ServerToClient, c.Client).ConfigureAwait(false);
                         return;
                     }
                     if (c.IsSilenced(ProxyDirection.ServerToClient)) continue;
-                    if (!await SendAsync(c, c.Client, buffer, n, ProxyDirection.ServerToClient).ConfigureAwait(false)) return;
+                    if (!await ForwardAsync(c, c.Client, buffer, n, ProxyDirection.ServerToClient).ConfigureAwait(false)) return;
                 }
             }
             finally
@@ -461,6 +511,110 @@ namespace BastionTools.Sandbox
                 ArrayPool<byte>.Shared.Return(buffer);
             }
         }
+
+        /// <summary>
+        /// Passes a chunk on: at once without <see cref="Latency"/> (and no delay line yet), else through the direction's
+        /// delay line (a copy; waits while the line is full). False when the relay in this direction must stop.
+        /// </summary>
+        private ValueTask<bool> ForwardAsync(Connection c, Socket destination, byte[] buffer, int count, ProxyDirection direction)
+        {
+            var line = c.Line(direction);
+            var latency = Interlocked.Read(ref _latencyTicks);
+            if (line == null && latency == 0) return SendAsync(c, destination, buffer, count, direction);
+            var copy = ArrayPool<byte>.Shared.Rent(count);
+            Buffer.BlockCopy(buffer, 0, copy, 0, count);
+            return EnqueueAsync(c, line ?? StartLine(c, destination, direction), new Delayed(copy, count, Due(latency)));
+        }
+
+        /// <summary>The end of one direction: a FIN after what the delay line still carries, else at once.</summary>
+        private async Task ForwardEndAsync(Connection c, ProxyDirection direction, Socket? destination)
+        {
+            var line = c.Line(direction);
+            var latency = Interlocked.Read(ref _latencyTicks);
+            if (destination == null || (line == null && latency == 0))
+            {
+                EndOfStream(c, direction, destination);
+                return;
+            }
+            await EnqueueAsync(c, line ?? StartLine(c, destination, direction), new Delayed(null, 0, Due(latency))).ConfigureAwait(false);
+        }
+
+        private static long Due(long latencyTicks) => Stopwatch.GetTimestamp() + (long)(latencyTicks * (Stopwatch.Frequency / (double)TimeSpan.TicksPerSecond));
+
+        private static async ValueTask<bool> EnqueueAsync(Connection c, Channel<Delayed> line, Delayed item)
+        {
+            try
+            {
+                await line.Writer.WriteAsync(item).ConfigureAwait(false);
+                return true;
+            }
+            catch (ChannelClosedException)
+            {
+                // The connection closed: the line no longer delivers.
+                if (item.Chunk != null) ArrayPool<byte>.Shared.Return(item.Chunk);
+                return !c.IsClosed;
+            }
+        }
+
+        private Channel<Delayed> StartLine(Connection c, Socket destination, ProxyDirection direction)
+        {
+            var line = Channel.CreateBounded<Delayed>(new BoundedChannelOptions(DelayLineChunks) { SingleReader = true, SingleWriter = true, FullMode = BoundedChannelFullMode.Wait });
+            c.SetLine(direction, line);
+            Track(Task.Run(() => DeliverAsync(c, line, destination, direction)));
+            return line;
+        }
+
+        /// <summary>Writes each chunk of a delay line when it is due, in order; a FIN marker ends the direction.</summary>
+        private async Task DeliverAsync(Connection c, Channel<Delayed> line, Socket destination, ProxyDirection direction)
+        {
+            try
+            {
+                await foreach (var item in line.Reader.ReadAllAsync().ConfigureAwait(false))
+                {
+                    // Never early: a timer may fire a little before its time (millisecond ticks), so wait again until due.
+                    long wait;
+                    while ((wait = item.Due - Stopwatch.GetTimestamp()) > 0)
+                        await Task.Delay(TimeSpan.FromMilliseconds(Math.Ceiling(wait * 1000.0 / Stopwatch.Frequency))).ConfigureAwait(false);
+                    NoteLateness(Stopwatch.GetTimestamp() - item.Due);
+                    if (item.Chunk == null)
+                    {
+                        EndOfStream(c, direction, destination);
+                        return;
+                    }
+                    try
+                    {
+                        if (c.IsClosed) return;
+                        if (c.IsSilenced(direction)) continue;
+                        if (!await SendAsync(c, destination, item.Chunk, item.Count, direction).ConfigureAwait(false)) return;
+                    }
+                    finally
+                    {
+                        ArrayPool<byte>.Shared.Return(item.Chunk);
+                    }
+                }
+            }
+            finally
+            {
+                line.Writer.TryComplete();
+                while (line.Reader.TryRead(out var left))
+                {
+                    if (left.Chunk != null) ArrayPool<byte>.Shared.Return(left.Chunk);
+                }
+            }
+        }
+
+        private void NoteLateness(long late)
+        {
+            Interlocked.Increment(ref _delayedChunks);
+            Interlocked.Add(ref _lateTicksTotal, late);
+            long max;
+            while (late > (max = Interlocked.Read(ref _lateTicksMax)) && Interlocked.CompareExchange(ref _lateTicksMax, late, max) != max)
+            {
+            }
+        }
+
+        /// <summary>A chunk (null: the FIN) and when it is due (Stopwatch timestamp).</summary>
+        private readonly record struct Delayed(byte[]? Chunk, int Count, long Due);
 
         /// <summary>Writes all <paramref name="count"/> bytes; false when the relay in this direction must stop.</summary>
         private async ValueTask<bool> SendAsync(Connection c, Socket destination, byte[] buffer, int count, ProxyDirection direction)
@@ -664,6 +818,23 @@ namespace BastionTools.Sandbox
             {
                 _closed.TrySetResult();
                 _ready.TrySetResult();
+                // Delay lines stop delivering (their readers return what they held); a reader waiting on a full line goes on.
+                Volatile.Read(ref _toServer)?.Writer.TryComplete();
+                Volatile.Read(ref _toClient)?.Writer.TryComplete();
+            }
+
+            private Channel<Delayed>? _toServer;
+            private Channel<Delayed>? _toClient;
+
+            /// <summary>The delay line of one direction, once latency was first applied to it (only its reader sets it).</summary>
+            public Channel<Delayed>? Line(ProxyDirection direction) => Volatile.Read(ref direction == ProxyDirection.ClientToServer ? ref _toServer : ref _toClient);
+
+            public void SetLine(ProxyDirection direction, Channel<Delayed> line)
+            {
+                if (direction == ProxyDirection.ClientToServer) Volatile.Write(ref _toServer, line);
+                else Volatile.Write(ref _toClient, line);
+                // Closed meanwhile: the new line must not wait for a delivery that will not come.
+                if (IsClosed) line.Writer.TryComplete();
             }
         }
     }

@@ -151,6 +151,7 @@ namespace BastionTools.Sandbox
             _acceptLoop = Task.Run(AcceptLoopAsync);
             StartFaultProxyIfRequested();
             StartPostgresIfRequested();
+            StartPostgresProxyIfRequested();
         }
 
         public Task StartAsync()

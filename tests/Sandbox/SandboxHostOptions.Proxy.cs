@@ -13,7 +13,9 @@ namespace BastionTools.Sandbox
         /// <summary>
         /// Also start a <see cref="Sandbox.FaultProxy"/> in front of the host (<see cref="SandboxHost.Proxy"/>): every
         /// endpoint given to clients (SSM, EC2, the StreamUrl of StartSession/ResumeSession) then goes through it, so tests
-        /// can cut the network (blackout, reset, half-open) over POST /control/proxy/...; the control endpoint stays direct.
+        /// can cut the network (blackout, reset, half-open) or make it long (latency) over POST /control/proxy/...; the control
+        /// endpoint stays direct. With <see cref="StartPostgres"/>, a second proxy in front of the cluster ("proxy":
+        /// {"postgresPort"}) takes the same latency: a client's direct connection across the same link, to compare with.
         /// </summary>
         public bool FaultProxy { get; set; }
     }
@@ -22,6 +24,7 @@ namespace BastionTools.Sandbox
     {
         private const string ProxyControlPath = "/control/proxy";
         private FaultProxy? _proxy;
+        private FaultProxy? _postgresProxy;
 
         /// <summary>The fault proxy in front of the host when <see cref="SandboxHostOptions.FaultProxy"/> is set (after Start), else null.</summary>
         public FaultProxy? Proxy => Volatile.Read(ref _proxy);
@@ -37,10 +40,20 @@ namespace BastionTools.Sandbox
             Volatile.Write(ref _proxy, new FaultProxy(new IPEndPoint(IPAddress.Loopback, Port), 0, _options.Log));
         }
 
+        /// <summary>After the cluster started: the proxy in front of it, when the fault proxy is requested.</summary>
+        private void StartPostgresProxyIfRequested()
+        {
+            var cluster = Postgres;
+            if (!_options.FaultProxy || cluster == null || _postgresProxy != null) return;
+            Volatile.Write(ref _postgresProxy, new FaultProxy(new IPEndPoint(IPAddress.Loopback, cluster.Port), 0, _options.Log));
+        }
+
         private async Task StopFaultProxyAsync()
         {
             var proxy = Interlocked.Exchange(ref _proxy, null);
             if (proxy != null) await proxy.DisposeAsync().ConfigureAwait(false);
+            var postgresProxy = Interlocked.Exchange(ref _postgresProxy, null);
+            if (postgresProxy != null) await postgresProxy.DisposeAsync().ConfigureAwait(false);
         }
 
         /// <summary>Adds "proxy":{"port","control"} to the sandbox's JSON line when the fault proxy runs.</summary>
@@ -52,6 +65,7 @@ namespace BastionTools.Sandbox
             {
                 ["port"] = proxy.Port,
                 ["control"] = new Uri(BaseUri, ProxyControlPath.TrimStart('/')).ToString(),
+                ["postgresPort"] = Volatile.Read(ref _postgresProxy)?.Port,
             };
         }
 
@@ -60,7 +74,8 @@ namespace BastionTools.Sandbox
 
         /// <summary>
         /// GET /control/proxy (counters), POST /control/proxy/blackout[?seconds=N], /restore, /reset,
-        /// /halfopen?direction=ClientToServer|ServerToClient. Every answer that succeeds is the counters' JSON.
+        /// /halfopen?direction=ClientToServer|ServerToClient, /latency?ms=N (one way, each direction, 0-10000; also on the
+        /// PostgreSQL proxy). Every answer that succeeds is the counters' JSON (with the PostgreSQL proxy's as "postgresProxy").
         /// </summary>
         private (int Status, string Json) HandleProxyControl(string method, string path, string query)
         {
@@ -108,10 +123,24 @@ namespace BastionTools.Sandbox
                     }
                     proxy.HalfOpen(direction);
                     break;
+                case "latency":
+                    if (method != "POST") return (405, ProxyError("Method not allowed."));
+                    var msText = Parameter("ms");
+                    if (msText == null || !double.TryParse(msText, NumberStyles.Float, CultureInfo.InvariantCulture, out var ms) || !double.IsFinite(ms) || ms < 0 || ms > 10000)
+                    {
+                        return (400, ProxyError("ms must be a one-way delay in milliseconds, 0 to 10000."));
+                    }
+                    proxy.Latency = TimeSpan.FromMilliseconds(ms);
+                    var postgresProxy = Volatile.Read(ref _postgresProxy);
+                    if (postgresProxy != null) postgresProxy.Latency = TimeSpan.FromMilliseconds(ms);
+                    break;
                 default:
                     return (404, ProxyError("Unknown control path " + path + "."));
             }
-            return (200, proxy.DescribeJson().ToJsonString());
+            var answer = proxy.DescribeJson();
+            var front = Volatile.Read(ref _postgresProxy);
+            if (front != null) answer["postgresProxy"] = front.DescribeJson();
+            return (200, answer.ToJsonString());
         }
 
         private static string ProxyError(string message) => new JsonObject { ["error"] = message }.ToJsonString();

@@ -241,6 +241,75 @@ namespace BastionTools.Tests.Sandbox
         }
 
         [Fact(Timeout = TestTimeoutMs)]
+        public async Task Latency_DelaysEachDirection_NeverEarly_KeepsOrder_AndDelaysTheFin()
+        {
+            var latency = TimeSpan.FromMilliseconds(120);
+            await using var server = new TestServer();
+            await using var proxy = new FaultProxy(server.EndPoint) { Latency = latency };
+            Assert.Equal(latency, proxy.Latency);
+            using var client = await ConnectAsync(proxy);
+            var upstream = await server.AcceptAsync(Generous);
+
+            // One way: the server gets the bytes no sooner than the latency after they were sent.
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            await SendAllAsync(client, Encoding.ASCII.GetBytes("ping"));
+            Assert.Equal("ping", Encoding.ASCII.GetString(await ReceiveExactlyAsync(upstream, 4)));
+            var oneWay = clock.Elapsed;
+            Assert.True(oneWay >= latency, $"the bytes arrived after {oneWay.TotalMilliseconds:F1} ms, before the latency");
+
+            // A round trip: at least twice the latency.
+            clock.Restart();
+            await PingPongAsync(client, upstream, "again", "pong");
+            Assert.True(clock.Elapsed >= 2 * latency, $"the round trip took {clock.Elapsed.TotalMilliseconds:F1} ms, less than twice the latency");
+
+            // Many chunks both ways at once: every byte, in order, whatever the timers do.
+            var up = RandomBytes(2 * 1024 * 1024 + 3, seed: 5);
+            var down = RandomBytes(1024 * 1024 + 9, seed: 6);
+            var serverReading = Task.Run(() => ReceiveToEndAsync(upstream));
+            var clientReading = Task.Run(() => ReceiveExactlyAsync(client, down.Length));
+            var serverSending = Task.Run(async () =>
+            {
+                for (var offset = 0; offset < down.Length; offset += 4096)
+                    await SendAllAsync(upstream, down.AsSpan(offset, Math.Min(4096, down.Length - offset)).ToArray());
+            });
+            await SendAllAsync(client, up);
+
+            // The FIN comes after the bytes before it, and a latency after it was sent.
+            var finSent = System.Diagnostics.Stopwatch.StartNew();
+            client.Shutdown(SocketShutdown.Send);
+            var gotUp = await serverReading.WaitAsync(Generous);
+            var finAfter = finSent.Elapsed;
+            Assert.Equal(SHA256.HashData(up), SHA256.HashData(gotUp));
+            Assert.True(finAfter >= latency, $"the FIN arrived {finAfter.TotalMilliseconds:F1} ms after it was sent, before the latency");
+            await serverSending.WaitAsync(Generous);
+            Assert.Equal(SHA256.HashData(down), SHA256.HashData(await clientReading.WaitAsync(Generous)));
+            upstream.Shutdown(SocketShutdown.Send);
+            Assert.Empty(await ReceiveToEndAsync(client).WaitAsync(Generous));
+            await WaitUntilAsync(() => proxy.ActiveConnections == 0, "the connection is closed once both FINs were delivered");
+            Assert.Equal(up.Length + 9, proxy.BytesClientToServer);
+            Assert.Equal(down.Length + 4, proxy.BytesServerToClient);
+
+            Assert.Throws<ArgumentOutOfRangeException>(() => proxy.Latency = TimeSpan.FromMilliseconds(-1));
+        }
+
+        [Fact(Timeout = TestTimeoutMs)]
+        public async Task Latency_AResetStillPassesOn_WhileBytesAreInFlight()
+        {
+            await using var server = new TestServer();
+            await using var proxy = new FaultProxy(server.EndPoint) { Latency = TimeSpan.FromMilliseconds(200) };
+            using var client = await ConnectAsync(proxy);
+            var upstream = await server.AcceptAsync(Generous);
+            await SendAllAsync(client, RandomBytes(64 * 1024, seed: 7));
+            // The server resets while the client's bytes are still on the long link: the client sees the reset, and the
+            // connection ends (the delayed bytes are lost with it, as on a real link).
+            upstream.LingerState = new LingerOption(true, 0);
+            upstream.Close();
+            var read = ReceiveToEndAsync(client);
+            await Assert.ThrowsAnyAsync<SocketException>(() => read.WaitAsync(Generous));
+            await WaitUntilAsync(() => proxy.ActiveConnections == 0, "the aborted connection is gone");
+        }
+
+        [Fact(Timeout = TestTimeoutMs)]
         public async Task SandboxHost_WithFaultProxy_RoutesClientsThroughIt_AndServesTheControls()
         {
             await using var host = new SandboxHost(SandboxWorld.CreateDefault(), new SandboxHostOptions { FaultProxy = true });
@@ -299,6 +368,18 @@ namespace BastionTools.Tests.Sandbox
             Assert.Equal(0, json.GetProperty("halfOpen").GetArrayLength());
             Assert.False(proxy.IsBlackout);
             Assert.False(proxy.IsHalfOpen(ProxyDirection.ServerToClient));
+
+            (status, json) = await SendAsync(http, HttpMethod.Post, new Uri(control + "/latency?ms=25"));
+            Assert.Equal(200, status);
+            Assert.Equal(25, json.GetProperty("latencyMs").GetDouble());
+            Assert.Equal(TimeSpan.FromMilliseconds(25), proxy.Latency);
+            (status, _) = await SendAsync(http, HttpMethod.Post, new Uri(control + "/latency?ms=-1"));
+            Assert.Equal(400, status);
+            (status, _) = await SendAsync(http, HttpMethod.Post, new Uri(control + "/latency"));
+            Assert.Equal(400, status);
+            // Without PostgreSQL there is no second proxy.
+            using (var described = JsonDocument.Parse(host.DescribeJson()))
+                Assert.Equal(JsonValueKind.Null, described.RootElement.GetProperty("proxy").GetProperty("postgresPort").ValueKind);
 
             (status, json) = await SendAsync(http, HttpMethod.Post, new Uri(control + "/reset"));
             Assert.Equal(200, status);
