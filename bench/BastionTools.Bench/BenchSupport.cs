@@ -57,6 +57,21 @@ namespace BastionTools.Bench
             }
         }
 
+        /// <summary>POSTs to a control endpoint of the sandbox; throws unless it answers 2xx.</summary>
+        public async Task PostAsync(Uri uri)
+        {
+            using var response = await Control.PostAsync(uri, null).ConfigureAwait(false);
+            response.EnsureSuccessStatusCode();
+        }
+
+        /// <summary>GETs a control endpoint of the sandbox and parses its JSON answer.</summary>
+        public async Task<JsonElement> GetJsonAsync(Uri uri)
+        {
+            var json = await Control.GetStringAsync(uri).ConfigureAwait(false);
+            using var doc = JsonDocument.Parse(json);
+            return doc.RootElement.Clone();
+        }
+
         /// <summary>A connection string to the sandbox's PostgreSQL, directly (its port) or through a tunnel (the listener's).</summary>
         public string PostgresConnectionString(int port, int commandTimeout = 120)
         {

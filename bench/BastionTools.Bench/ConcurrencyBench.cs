@@ -34,6 +34,8 @@ namespace BastionTools.Bench
             var copyRows = 300_000;
             var copyRuns = 3;
             var rounds = 3;
+            var rttMs = 0.0;
+            var sendWindow = 0;
             var idleConnections = 64;
             var agentInlineCompletions = false;
             var sql = "select 1";
@@ -46,6 +48,8 @@ namespace BastionTools.Bench
                 else if (args[i] == "--copy-rows" && i + 1 < args.Length) copyRows = int.Parse(args[++i], CultureInfo.InvariantCulture);
                 else if (args[i] == "--copy-runs" && i + 1 < args.Length) copyRuns = int.Parse(args[++i], CultureInfo.InvariantCulture);
                 else if (args[i] == "--rounds" && i + 1 < args.Length) rounds = int.Parse(args[++i], CultureInfo.InvariantCulture);
+                else if (args[i] == "--rtt-ms" && i + 1 < args.Length) rttMs = double.Parse(args[++i], CultureInfo.InvariantCulture);
+                else if (args[i] == "--send-window" && i + 1 < args.Length) sendWindow = int.Parse(args[++i], CultureInfo.InvariantCulture);
                 else if (args[i] == "--idle-connections" && i + 1 < args.Length) idleConnections = int.Parse(args[++i], CultureInfo.InvariantCulture);
                 else if (args[i] == "--agent-inline-socket-completions") agentInlineCompletions = true;
                 else if (args[i] == "--sql" && i + 1 < args.Length) sql = args[++i];
@@ -65,9 +69,9 @@ namespace BastionTools.Bench
                 Console.Error.WriteLine("concurrency: --protocol must be simple, extended or prepared");
                 return 2;
             }
-            if (clientCounts.Length == 0 || clientCounts.Any(c => c < 1 || c > 128) || seconds < 1 || copyRuns < 1 || copyRows < 1 || idleConnections < 1 || rounds < 1)
+            if (clientCounts.Length == 0 || clientCounts.Any(c => c < 1 || c > 128) || seconds < 1 || copyRuns < 1 || copyRows < 1 || idleConnections < 1 || rounds < 1 || rttMs < 0 || rttMs > 2000)
             {
-                Console.Error.WriteLine("concurrency: --clients (1-128: the sandbox's PostgreSQL allows 150 connections), --seconds, --rounds, --copy-rows, --copy-runs and --idle-connections must be positive");
+                Console.Error.WriteLine("concurrency: --clients (1-128: the sandbox's PostgreSQL allows 150 connections), --seconds, --rounds, --copy-rows, --copy-runs and --idle-connections must be positive; --rtt-ms 0 to 2000");
                 return 2;
             }
             var tools = PgTools.Find();
@@ -80,7 +84,7 @@ namespace BastionTools.Bench
             var work = Directory.CreateTempSubdirectory("bastiontools-bench-");
             try
             {
-                return await RunCoreAsync(sandboxDll, tools, work.FullName, clientCounts, seconds, rounds, protocol, copyRows, copyRuns, idleConnections, agentInlineCompletions, sql).ConfigureAwait(false);
+                return await RunCoreAsync(sandboxDll, tools, work.FullName, clientCounts, seconds, rounds, rttMs, sendWindow, protocol, copyRows, copyRuns, idleConnections, agentInlineCompletions, sql).ConfigureAwait(false);
             }
             finally
             {
@@ -94,27 +98,48 @@ namespace BastionTools.Bench
             }
         }
 
-        private static async Task<int> RunCoreAsync(string sandboxDll, PgTools tools, string work, int[] clientCounts, int seconds, int rounds, string protocol, int copyRows, int copyRuns, int idleConnections, bool agentInlineCompletions, string sql)
+        private static async Task<int> RunCoreAsync(string sandboxDll, PgTools tools, string work, int[] clientCounts, int seconds, int rounds, double rttMs, int sendWindow, string protocol, int copyRows, int copyRuns, int idleConnections, bool agentInlineCompletions, string sql)
         {
             var loadStart = LoadAverage();
             // Fast mode: the agent without its real 1 ms pause per 1 KiB read, so the module is measured, not the agent's cap.
             // An experiment, off by default: the sandbox process (only) runs socket continuations on its epoll threads.
+            // --rtt-ms: the sandbox's delay proxy sits in front of its host (SSM, the WebSocket) and of PostgreSQL.
+            var sandboxArgs = new List<string> { "--postgres", "--output-read-pause-ms", "0" };
+            if (rttMs > 0) sandboxArgs.Add("--fault-proxy");
             using var sandbox = Sandbox.Start(sandboxDll, agentInlineCompletions ? new Dictionary<string, string> { ["DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS"] = "1" } : null,
-                "--postgres", "--output-read-pause-ms", "0");
+                sandboxArgs.ToArray());
             var info = sandbox.Info;
             if (agentInlineCompletions) Console.WriteLine("sandbox agent with DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=1 (its socket continuations run on its epoll threads; this process is unchanged)");
             var pg = info.GetProperty("postgres");
             var pgPort = pg.GetProperty("port").GetInt32();
+            // Where the direct runs connect: PostgreSQL itself, or across the same long link as the tunnel.
+            var directPort = pgPort;
+            if (rttMs > 0)
+            {
+                var proxy = info.GetProperty("proxy");
+                directPort = proxy.GetProperty("postgresPort").GetInt32();
+                await sandbox.PostAsync(new Uri(proxy.GetProperty("control").GetString()! + "/latency?ms=" + (rttMs / 2).ToString(CultureInfo.InvariantCulture))).ConfigureAwait(false);
+            }
             var db = new PgTarget(pg.GetProperty("user").GetString()!, pg.GetProperty("password").GetString()!, pg.GetProperty("database").GetString()!);
             var creds = new ResolvedCredentials(new BasicAWSCredentials(info.GetProperty("accessKeyId").GetString(), info.GetProperty("secretAccessKey").GetString()), "sandbox", null);
             using var api = new AwsApi(creds, info.GetProperty("region").GetString()!, info.GetProperty("ssm").GetString());
 
             Console.WriteLine($"machine: {Environment.ProcessorCount} cores, load average at start {loadStart}; PostgreSQL {pg.GetProperty("serverVersion").GetString()}, pgbench {tools.Version}");
+            if (rttMs > 0)
+            {
+                Console.WriteLine($"link: {rttMs:F0} ms round trip ({rttMs / 2:F1} ms each way, the sandbox's delay proxy) between the clients and 'AWS': the tunnel's WebSocket and the direct runs' connections " +
+                                  "cross it; the agent reaches PostgreSQL without it (the bastion sits next to the database). A closed-loop client does at most 1000/RTT transactions per second.");
+            }
             Console.WriteLine("sandbox agent in FAST MODE (--output-read-pause-ms 0: no 1 ms pause per 1 KiB read, unlike the real agent): the module is measured, not the agent's pace");
             Console.WriteLine($"pgbench: script '{sql};', -n -M {protocol}, -T {seconds}, -j min(clients, 2), latency = time between a client's consecutive completions in pgbench's per-transaction log (-l); tunnel = one BastionTools port session hosted by this process");
 
+            var channelOptions = new DataChannelOptions();
+            if (sendWindow > 0) channelOptions.SendWindow = channelOptions.MaxSendWindow = sendWindow;
+            Console.WriteLine(sendWindow > 0
+                ? $"data channel: send window fixed at {sendWindow} messages (--send-window)"
+                : $"data channel: send window {channelOptions.SendWindow} messages, growing up to {channelOptions.MaxSendWindow} on a long, fast path (the defaults)");
             var memoryBefore = MemorySnapshot.Take();
-            var session = new PortForwardingSession(api, new PortForwardingRequest { Target = "i-0a1b2c3d4e5f60001", RemoteHost = Endpoint, RemotePort = pgPort }, new DataChannelOptions());
+            var session = new PortForwardingSession(api, new PortForwardingRequest { Target = "i-0a1b2c3d4e5f60001", RemoteHost = Endpoint, RemotePort = pgPort }, channelOptions);
             await session.StartAsync(_ => { }, TimeSpan.FromSeconds(30), CancellationToken.None).ConfigureAwait(false);
             var tunnelPort = session.LocalEndPoint!.Port;
             Console.WriteLine($"tunnel: 127.0.0.1:{tunnelPort} -> {pgPort}, mode {session.Mode}, agent {session.AgentVersion}");
@@ -125,11 +150,14 @@ namespace BastionTools.Bench
             async Task<PgbenchResult> Pgbench(int port, int clients, int secs)
             {
                 var prefix = Path.Combine(work, "run" + (++runs).ToString(CultureInfo.InvariantCulture));
-                return await PgbenchResult.RunAsync(tools, db, port, script, protocol, clients, secs, prefix).ConfigureAwait(false);
+                // pgbench's -T includes connecting, which each of its threads does one client after another: across a long
+                // link that is a few round trips per client (allowed 8), added so the transactions run for secs.
+                var connecting = rttMs > 0 ? (int)Math.Ceiling(Math.Ceiling(clients / 2.0) * 8 * rttMs / 1000) : 0;
+                return await PgbenchResult.RunAsync(tools, db, port, script, protocol, clients, secs + connecting, prefix).ConfigureAwait(false);
             }
 
             // Warm-up (JIT, connection paths), not reported.
-            await Pgbench(pgPort, 1, 2).ConfigureAwait(false);
+            await Pgbench(directPort, 1, 2).ConfigureAwait(false);
             await Pgbench(tunnelPort, 1, 2).ConfigureAwait(false);
 
             // ---- memory per open connection: idle connections held by pgbench (another process), before the heavy runs ----
@@ -169,7 +197,7 @@ namespace BastionTools.Bench
                         if ((leg == 0) == (round % 2 == 1))
                         {
                             var machineBefore = MachineCpu.Take();
-                            direct = await Pgbench(pgPort, clients, seconds).ConfigureAwait(false);
+                            direct = await Pgbench(directPort, clients, seconds).ConfigureAwait(false);
                             machineDirect = MachineCpu.Take() - machineBefore;
                         }
                         else
@@ -189,8 +217,9 @@ namespace BastionTools.Bench
                     Console.WriteLine($"{clients,7} {round,3}/{rounds,-3} | {direct.Tps,17:F0} {direct.P50Ms,9:F3} {direct.P99Ms,8:F3} | {tunnel.Tps,17:F0} {tunnel.P50Ms,9:F3} {tunnel.P99Ms,8:F3} | {tunnel.Tps / direct.Tps,18:P0} | {tunnel.P50Ms - direct.P50Ms,12:F3} | " +
                                       $"{cost.ClientCpu.TotalMilliseconds * 1000 / tx,28:F1} {cost.ClientCpu.TotalMilliseconds * 1000 / messages,7:F1} {(double)cost.Allocated / messages,12:F0} {cost.AgentCpu.TotalMilliseconds * 1000 / tx,16:F1} {AgentAllocated(cost, messages),18} {AgentSwitches(cost, tx),18}");
                 }
-                if (rounds > 1)
-                    summaries.Add($"{clients,7} clients: tunnel % of direct {string.Join(" / ", ratios.Select(r => r.ToString("P0", CultureInfo.InvariantCulture)))}, median {MedianOf(ratios):P0}");
+                var ceiling = rttMs > 0 ? $"; the link allows at most {clients * 1000 / rttMs:F0} tps" : "";
+                if (rounds > 1 || rttMs > 0)
+                    summaries.Add($"{clients,7} clients: tunnel % of direct {string.Join(" / ", ratios.Select(r => r.ToString("P0", CultureInfo.InvariantCulture)))}, median {MedianOf(ratios):P0}{ceiling}");
             }
             foreach (var line in summaries) Console.WriteLine(line);
             Console.WriteLine("(tps: pgbench's, without initial connection time; p50/p99: time between a client's consecutive completions in pgbench's log (its own latency column reads 0 when the answer was already there); tunnel cost: this process's CPU time and");
@@ -231,7 +260,7 @@ namespace BastionTools.Bench
                     if ((leg == 0) == (r % 2 == 0))
                     {
                         var machine = MachineCpu.Take();
-                        outDirect.Add(await Psql(tools, db, pgPort, $"\\copy bench_copy to '{outFile}'").ConfigureAwait(false));
+                        outDirect.Add(await Psql(tools, db, directPort, $"\\copy bench_copy to '{outFile}'").ConfigureAwait(false));
                         outMachineDirect += MachineCpu.Take() - machine;
                     }
                     else
@@ -257,7 +286,7 @@ namespace BastionTools.Bench
                     if ((leg == 0) == (r % 2 == 0))
                     {
                         var machine = MachineCpu.Take();
-                        inDirect.Add(await Psql(tools, db, pgPort, $"\\copy bench_copy_in from '{outFile}'").ConfigureAwait(false));
+                        inDirect.Add(await Psql(tools, db, directPort, $"\\copy bench_copy_in from '{outFile}'").ConfigureAwait(false));
                         inMachineDirect += MachineCpu.Take() - machine;
                     }
                     else
@@ -275,7 +304,17 @@ namespace BastionTools.Bench
             PrintCopy("COPY in ", inDirect, inTunnel, inCost, inMachineDirect, inMachineTunnel);
 
             Console.WriteLine();
-            Console.WriteLine($"data channel totals: {session.Channel!.MessagesSent:N0} messages sent, {session.Channel.MessagesReceived:N0} received, {session.Channel.Retransmissions} retransmissions; connections opened {session.Connections.Opened}, failed {session.Connections.Failed}, reset {session.Connections.Reset}");
+            Console.WriteLine($"data channel totals: {session.Channel!.MessagesSent:N0} messages sent, {session.Channel.MessagesReceived:N0} received, {session.Channel.Retransmissions} retransmissions; " +
+                              $"send window now {session.Channel.SendWindow:N0}, at most {session.Channel.SendWindowPeak:N0}, most in flight {session.Channel.UnacknowledgedPeak:N0}; connections opened {session.Connections.Opened}, failed {session.Connections.Failed}, reset {session.Connections.Reset}");
+            if (rttMs > 0)
+            {
+                // What the delay proxy added beyond its latency (timer granularity, load), over the whole run: the
+                // WebSocket's link carries the tunnel, the PostgreSQL link the direct runs.
+                var link = await sandbox.GetJsonAsync(new Uri(info.GetProperty("proxy").GetProperty("control").GetString()!)).ConfigureAwait(false);
+                static string Late(System.Text.Json.JsonElement p) => string.Format(CultureInfo.InvariantCulture, "{0:F2} ms on average, {1:F1} ms at most, over {2:N0} chunks",
+                    p.GetProperty("delayLatenessAverageMs").GetDouble(), p.GetProperty("delayLatenessMaxMs").GetDouble(), p.GetProperty("delayedChunks").GetInt64());
+                Console.WriteLine($"link: chunks written after their due time by {Late(link)} on the tunnel's path; {Late(link.GetProperty("postgresProxy"))} on the direct path");
+            }
             PrintGoals(rows, outDirect, outTunnel, inDirect, inTunnel);
             await session.StopAsync().ConfigureAwait(false);
             Console.WriteLine($"machine: load average at end {LoadAverage()}");

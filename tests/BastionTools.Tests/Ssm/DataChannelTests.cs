@@ -169,6 +169,85 @@ namespace BastionTools.Tests.Ssm
             await channel.CloseAsync();
         }
 
+        /// <summary>
+        /// A long path (the test, as the agent, acknowledges what is in flight one "round trip" after the sender filled the
+        /// window): the window doubles per round trip up to its ceiling and never lets more than that be in flight. Then the
+        /// path slows (a few acknowledgements per round trip): the window shrinks back to its floor, and once what was in
+        /// flight has drained, no more than the floor is in flight again. The hold is the simulated link's round trip, not
+        /// a wait for something to happen; every other wait is on a condition.
+        /// </summary>
+        [Fact(Timeout = 60_000)]
+        public async Task SendWindow_GrowsOnALongPath_UpToItsCeiling_AndShrinksBackWhenThePathSlows()
+        {
+            var service = new ScriptedService();
+            var resendNever = TimeSpan.FromMinutes(1);
+            var channel = service.NewChannel(new DataChannelOptions
+            {
+                SendWindow = 16,
+                MaxSendWindow = 256,
+                InitialRetransmitTimeout = resendNever,
+                MinRetransmitTimeout = resendNever,
+                MaxRetransmitTimeout = resendNever,
+            });
+            await channel.OpenAsync(CancellationToken.None);
+            var t = service.Next();
+            Assert.Equal(16, channel.Statistics.SendWindow);
+            using var stop = new CancellationTokenSource();
+            var sender = Task.Run(async () =>
+            {
+                try
+                {
+                    while (true) await channel.SendAsync(PayloadType.Output, new byte[] { 1 }, stop.Token);
+                }
+                catch (OperationCanceledException) when (stop.IsCancellationRequested)
+                {
+                }
+            });
+            var acknowledged = 0;
+            int InFlight() => Data(t).Count - acknowledged;
+            async Task RoundTrip(TimeSpan hold, int? take)
+            {
+                await Task.Delay(hold);
+                var pending = Data(t).Skip(acknowledged).Take(take ?? int.MaxValue).ToList();
+                foreach (var m in pending) t.Deliver(AckOf(m));
+                acknowledged += pending.Count;
+            }
+
+            // Growth: each round the sender fills the window, then everything in flight is acknowledged 100 ms later.
+            var peaks = new List<int>();
+            for (var round = 0; round < 30 && channel.Statistics.SendWindow < 256; round++)
+            {
+                await Until(() => InFlight() >= channel.Statistics.SendWindow, "the sender fills the window");
+                peaks.Add(InFlight());
+                await RoundTrip(TimeSpan.FromMilliseconds(100), take: null);
+            }
+            Assert.Equal(256, channel.Statistics.SendWindow);
+            await Until(() => InFlight() >= 256, "the sender fills the grown window");
+            peaks.Add(InFlight());
+            Assert.Equal(256, peaks.Max());
+            Assert.True(peaks.Count(p => p > 16) >= 2, "the window grew in steps: " + string.Join(", ", peaks));
+            Assert.Equal(256, channel.Statistics.SendWindowPeak);
+
+            // The path slows: 3 acknowledgements per 50 ms round. An interval of the rate is at least the least round trip
+            // (about 100 ms, from the growth phase) and closes at its first acknowledgement past that, so it counts at most
+            // two rounds and one more: 2 x 7 = 14 in flight at most, under the floor (16).
+            for (var round = 0; round < 400 && (channel.Statistics.SendWindow > 16 || InFlight() > 16); round++)
+                await RoundTrip(TimeSpan.FromMilliseconds(50), take: 3);
+            Assert.Equal(16, channel.Statistics.SendWindow);
+            Assert.True(InFlight() <= 16, "in flight after the drain: " + InFlight());
+            // From now on the sender keeps the (small) window full, and no more.
+            for (var round = 0; round < 5; round++)
+            {
+                var before = Data(t).Count;
+                await RoundTrip(TimeSpan.FromMilliseconds(50), take: 3);
+                await Until(() => Data(t).Count >= before + 3, "the sender uses the freed window");
+                Assert.True(InFlight() <= 16, "in flight: " + InFlight());
+            }
+            stop.Cancel();
+            await sender;
+            await channel.CloseAsync();
+        }
+
         [Fact(Timeout = 60_000)]
         public async Task StreamMessagesAreDeliveredInOrder_FarAheadOnesAreIgnoredUnacknowledged()
         {

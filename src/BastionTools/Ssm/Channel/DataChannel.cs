@@ -96,6 +96,15 @@ namespace BastionTools.Ssm
         private double _srttMs = -1;
         private double _rttvarMs;
         private double _rtoMs;
+        // The send window (guarded by _gate): its size now, the permits still to be withheld after it shrank, and what
+        // sizes it: the least round trip seen and the acknowledgement rate of the last intervals (each at least that long).
+        private int _windowSize;
+        private int _windowDebt;
+        private double _minRttMs = double.MaxValue;
+        private long _rateIntervalStart;
+        private int _rateAcknowledged;
+        private readonly double[] _rates = new double[RateIntervals];
+        private int _rateNext;
         private long _pingSentTicks;
         private long _lastAckTicks;
         private long _pausedTicks;
@@ -126,7 +135,10 @@ namespace BastionTools.Ssm
             _onRunDelivered = onRunDelivered;
             _resume = resume;
             _log = log ?? (_ => { });
-            _window = new SemaphoreSlim(options.SendWindow, options.SendWindow);
+            if (options.SendWindow < 1) throw new ArgumentOutOfRangeException(nameof(options), "SendWindow must be at least 1.");
+            _windowSize = options.SendWindow;
+            _window = new SemaphoreSlim(options.SendWindow, Math.Max(options.SendWindow, options.MaxSendWindow));
+            Statistics.SendWindowIs(_windowSize);
             _rtoMs = options.InitialRetransmitTimeout.TotalMilliseconds;
         }
 
@@ -755,6 +767,7 @@ namespace BastionTools.Ssm
                 return;
             }
             var now = Stopwatch.GetTimestamp();
+            int release = 1, grow;
             lock (_gate)
             {
                 _lastAckTicks = now;
@@ -765,13 +778,66 @@ namespace BastionTools.Ssm
                 o.Node = null;
                 // Karn: only a message sent once gives a round-trip sample.
                 if (o.Attempts == 1) UpdateRtt((now - o.LastSentTicks) / _ticksPerMs);
+                grow = SizeWindowLocked(now);
+                if (_windowDebt > 0)
+                {
+                    // The window shrank: this message's permit is withheld.
+                    _windowDebt--;
+                    release = 0;
+                }
             }
-            _window.Release();
+            release += grow;
+            if (release > 0) _window.Release(release);
+        }
+
+        private const int RateIntervals = 8;
+
+        /// <summary>
+        /// Counts an acknowledgement and, once per interval (at least the least round trip, and 10 ms), sizes the send window
+        /// to twice the bandwidth-delay product (the highest acknowledgement rate of the last <see cref="RateIntervals"/>
+        /// intervals times the least round trip), within <see cref="DataChannelOptions.SendWindow"/> and
+        /// <see cref="DataChannelOptions.MaxSendWindow"/>. While the window is full, the rate is the window over the round
+        /// trip, so the window doubles each interval as long as the round trip stays near its least (nothing queues on the
+        /// path) and stops growing at twice what the path holds. Returns the permits to add (it grew); a shrink is paid by
+        /// withholding the permits of the next acknowledgements.
+        /// </summary>
+        private int SizeWindowLocked(long now)
+        {
+            _rateAcknowledged++;
+            if (_options.MaxSendWindow <= _options.SendWindow || _minRttMs == double.MaxValue) return 0;
+            if (_rateIntervalStart == 0)
+            {
+                _rateIntervalStart = now;
+                _rateAcknowledged = 0;
+                return 0;
+            }
+            var elapsedMs = (now - _rateIntervalStart) / _ticksPerMs;
+            if (elapsedMs < Math.Max(_minRttMs, 10)) return 0;
+            _rates[_rateNext] = _rateAcknowledged / elapsedMs;
+            _rateNext = (_rateNext + 1) % RateIntervals;
+            _rateIntervalStart = now;
+            _rateAcknowledged = 0;
+            var rate = 0.0;
+            foreach (var r in _rates) rate = Math.Max(rate, r);
+            var target = (int)Math.Min(_options.MaxSendWindow, Math.Max(_options.SendWindow, Math.Ceiling(2 * rate * _minRttMs)));
+            var change = target - _windowSize;
+            _windowSize = target;
+            Statistics.SendWindowIs(target);
+            if (change < 0)
+            {
+                _windowDebt -= change;
+                return 0;
+            }
+            // A debt left from a shrink is forgiven first.
+            var forgiven = Math.Min(_windowDebt, change);
+            _windowDebt -= forgiven;
+            return change - forgiven;
         }
 
         /// <summary>RFC 6298: SRTT/RTTVAR smoothing, RTO = SRTT + max(4·RTTVAR, 10 ms), clamped.</summary>
         private void UpdateRtt(double sampleMs)
         {
+            _minRttMs = Math.Min(_minRttMs, sampleMs);
             if (_srttMs < 0)
             {
                 _srttMs = sampleMs;

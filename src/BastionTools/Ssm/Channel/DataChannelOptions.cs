@@ -53,8 +53,16 @@ namespace BastionTools.Ssm
         /// <summary>Largest payload of one input_stream_data message (the official client and agent use 1024).</summary>
         public int MaxPayloadSize { get; set; } = 1024;
 
-        /// <summary>Stream messages sent and not yet acknowledged before senders wait.</summary>
+        /// <summary>
+        /// Stream messages sent and not yet acknowledged before senders wait: the window to start with, and its least size.
+        /// It grows up to <see cref="MaxSendWindow"/> when twice the measured bandwidth-delay product (the rate at which
+        /// acknowledgements come times the least round trip) is larger, as on a link to another continent, and shrinks back
+        /// when it is not.
+        /// </summary>
         public int SendWindow { get; set; } = ChannelLimits.SendWindow;
+
+        /// <summary>The send window's largest size (see <see cref="SendWindow"/>); at most <see cref="SendWindow"/> keeps it fixed.</summary>
+        public int MaxSendWindow { get; set; } = ChannelLimits.MaxSendWindow;
 
         /// <summary>How far ahead of the expected sequence number a message is kept (see <see cref="ChannelLimits.ReorderWindow"/>).</summary>
         public int ReorderWindow { get; set; } = ChannelLimits.ReorderWindow;

@@ -70,6 +70,8 @@ namespace BastionTools.Ssm
         private long _malformed;
         private long _reorderPeak;
         private long _unackedPeak;
+        private long _sendWindow;
+        private long _sendWindowPeak;
 
         public long MessagesSent => Interlocked.Read(ref _messagesSent);
         public long MessagesReceived => Interlocked.Read(ref _messagesReceived);
@@ -107,6 +109,12 @@ namespace BastionTools.Ssm
         /// <summary>Most messages ever sent and unacknowledged at once.</summary>
         public long UnacknowledgedPeak => Interlocked.Read(ref _unackedPeak);
 
+        /// <summary>The send window now (messages; see <see cref="DataChannelOptions.SendWindow"/>).</summary>
+        public long SendWindow => Interlocked.Read(ref _sendWindow);
+
+        /// <summary>The largest the send window has been.</summary>
+        public long SendWindowPeak => Interlocked.Read(ref _sendWindowPeak);
+
         internal void Sent(int payload)
         {
             Interlocked.Increment(ref _messagesSent);
@@ -133,6 +141,12 @@ namespace BastionTools.Ssm
 
         internal void ReorderHeld(int count) => Max(ref _reorderPeak, count);
         internal void UnackedHeld(int count) => Max(ref _unackedPeak, count);
+
+        internal void SendWindowIs(int size)
+        {
+            Interlocked.Exchange(ref _sendWindow, size);
+            Max(ref _sendWindowPeak, size);
+        }
 
         private static void Max(ref long field, long value)
         {
