@@ -231,7 +231,7 @@ namespace BastionTools.Bench
                 Console.WriteLine("CPU budget (whole machine, /proc/stat): clients   round | busy % direct, tunnel | machine CPU us/tx direct, tunnel (of which this process, agent double) | tunnel % of direct with the agent's CPU elsewhere (estimate)");
                 foreach (var b in budgets) Console.WriteLine(b);
                 Console.WriteLine("(every process shares these cores: pgbench, PostgreSQL, this process and the agent double, which on a real bastion runs on another machine. The estimate");
-                Console.WriteLine(" scales the measured ratio by the tunnel's machine CPU per transaction without the agent's share; it holds only for a run that kept the cores busy)");
+                Console.WriteLine(" scales the measured ratio by the tunnel's machine CPU per transaction without the agent's share; it holds only for a run that kept the cores busy, and is n/a below 80 % busy)");
             }
 
             // ---- psql COPY out and in, median of 3, direct and tunnel alternating ----
@@ -368,8 +368,11 @@ namespace BastionTools.Bench
             var clientPerTx = cost.ClientCpu.TotalMilliseconds * 1000 / tunnel.Transactions;
             var agentPerTx = cost.AgentCpu.TotalMilliseconds * 1000 / tunnel.Transactions;
             var withoutAgent = tunnel.Tps / direct.Tps * tunnelPerTx / Math.Max(1e-9, tunnelPerTx - agentPerTx);
-            return string.Format(CultureInfo.InvariantCulture, "{0} | {1,5:F0} % {2,5:F0} % | {3,8:F1} {4,8:F1} ({5:F1}, {6:F1}) | {7,6:P0}",
-                label, machineDirect.BusyFraction * 100, machineTunnel.BusyFraction * 100, directPerTx, tunnelPerTx, clientPerTx, agentPerTx, withoutAgent);
+            // The estimate assumes the tunnel run was bound by the cores; a run that left them idle (a long link, one client)
+            // was bound by something else.
+            var estimate = machineTunnel.BusyFraction >= 0.8 ? withoutAgent.ToString("P0", CultureInfo.InvariantCulture) : "n/a (cores not busy)";
+            return string.Format(CultureInfo.InvariantCulture, "{0} | {1,5:F0} % {2,5:F0} % | {3,8:F1} {4,8:F1} ({5:F1}, {6:F1}) | {7,6}",
+                label, machineDirect.BusyFraction * 100, machineTunnel.BusyFraction * 100, directPerTx, tunnelPerTx, clientPerTx, agentPerTx, estimate);
         }
 
         /// <summary>The whole machine's CPU time from /proc/stat (busy = all but idle and iowait); unknown elsewhere.</summary>
