@@ -248,60 +248,41 @@ namespace BastionTools.Bench
             await Psql(tools, db, tunnelPort, $"\\copy bench_copy to '{outFile}'").ConfigureAwait(false);
             await TruncateAsync(sandbox, pgPort).ConfigureAwait(false);
             await Psql(tools, db, tunnelPort, $"\\copy bench_copy_in from '{outFile}'").ConfigureAwait(false);
-            var outDirect = new List<TimeSpan>();
-            var outTunnel = new List<TimeSpan>();
-            var outCost = default(Counters);
-            MachineCpu outMachineDirect = MachineCpu.Zero, outMachineTunnel = MachineCpu.Zero;
             // Direct and tunnel back to back, the order swapped every other run.
-            for (var r = 0; r < copyRuns; r++)
+            async Task<CopyRuns> MeasureCopyAsync(string command, bool truncateFirst)
             {
-                for (var leg = 0; leg < 2; leg++)
+                var runs = new CopyRuns();
+                for (var r = 0; r < copyRuns; r++)
                 {
-                    if ((leg == 0) == (r % 2 == 0))
+                    for (var leg = 0; leg < 2; leg++)
                     {
-                        var machine = MachineCpu.Take();
-                        outDirect.Add(await Psql(tools, db, directPort, $"\\copy bench_copy to '{outFile}'").ConfigureAwait(false));
-                        outMachineDirect += MachineCpu.Take() - machine;
-                    }
-                    else
-                    {
+                        if (truncateFirst) await TruncateAsync(sandbox, pgPort).ConfigureAwait(false);
+                        var direct = (leg == 0) == (r % 2 == 0);
                         var before = Counters.Take(session, sandbox);
                         var machine = MachineCpu.Take();
-                        outTunnel.Add(await Psql(tools, db, tunnelPort, $"\\copy bench_copy to '{outFile}'").ConfigureAwait(false));
-                        outMachineTunnel += MachineCpu.Take() - machine;
-                        outCost += Counters.Take(session, sandbox) - before;
+                        var time = await Psql(tools, db, direct ? directPort : tunnelPort, command).ConfigureAwait(false);
+                        var used = MachineCpu.Take() - machine;
+                        if (direct)
+                        {
+                            runs.Direct.Add(time);
+                            runs.MachineDirect += used;
+                        }
+                        else
+                        {
+                            runs.Tunnel.Add(time);
+                            runs.MachineTunnel += used;
+                            runs.Cost += Counters.Take(session, sandbox) - before;
+                        }
                     }
                 }
+                return runs;
             }
+            var copyOut = await MeasureCopyAsync($"\\copy bench_copy to '{outFile}'", truncateFirst: false).ConfigureAwait(false);
             var fileBytes = new FileInfo(outFile).Length;
-            var inDirect = new List<TimeSpan>();
-            var inTunnel = new List<TimeSpan>();
-            var inCost = default(Counters);
-            MachineCpu inMachineDirect = MachineCpu.Zero, inMachineTunnel = MachineCpu.Zero;
-            for (var r = 0; r < copyRuns; r++)
-            {
-                for (var leg = 0; leg < 2; leg++)
-                {
-                    await TruncateAsync(sandbox, pgPort).ConfigureAwait(false);
-                    if ((leg == 0) == (r % 2 == 0))
-                    {
-                        var machine = MachineCpu.Take();
-                        inDirect.Add(await Psql(tools, db, directPort, $"\\copy bench_copy_in from '{outFile}'").ConfigureAwait(false));
-                        inMachineDirect += MachineCpu.Take() - machine;
-                    }
-                    else
-                    {
-                        var before = Counters.Take(session, sandbox);
-                        var machine = MachineCpu.Take();
-                        inTunnel.Add(await Psql(tools, db, tunnelPort, $"\\copy bench_copy_in from '{outFile}'").ConfigureAwait(false));
-                        inMachineTunnel += MachineCpu.Take() - machine;
-                        inCost += Counters.Take(session, sandbox) - before;
-                    }
-                }
-            }
+            var copyIn = await MeasureCopyAsync($"\\copy bench_copy_in from '{outFile}'", truncateFirst: true).ConfigureAwait(false);
             Console.WriteLine($"psql \\copy of {copyRows:N0} rows ({fileBytes / 1e6:F1} MB of text), median of {copyRuns} (psql start and connect included in both):");
-            PrintCopy("COPY out", outDirect, outTunnel, outCost, outMachineDirect, outMachineTunnel);
-            PrintCopy("COPY in ", inDirect, inTunnel, inCost, inMachineDirect, inMachineTunnel);
+            PrintCopy("COPY out", copyOut.Direct, copyOut.Tunnel, copyOut.Cost, copyOut.MachineDirect, copyOut.MachineTunnel);
+            PrintCopy("COPY in ", copyIn.Direct, copyIn.Tunnel, copyIn.Cost, copyIn.MachineDirect, copyIn.MachineTunnel);
 
             Console.WriteLine();
             Console.WriteLine($"data channel totals: {session.Channel!.MessagesSent:N0} messages sent, {session.Channel.MessagesReceived:N0} received, {session.Channel.Retransmissions} retransmissions; " +
@@ -315,7 +296,7 @@ namespace BastionTools.Bench
                     p.GetProperty("delayLatenessAverageMs").GetDouble(), p.GetProperty("delayLatenessMaxMs").GetDouble(), p.GetProperty("delayedChunks").GetInt64());
                 Console.WriteLine($"link: chunks written after their due time by {Late(link)} on the tunnel's path; {Late(link.GetProperty("postgresProxy"))} on the direct path");
             }
-            PrintGoals(rows, outDirect, outTunnel, inDirect, inTunnel);
+            PrintGoals(rows, copyOut.Direct, copyOut.Tunnel, copyIn.Direct, copyIn.Tunnel);
             await session.StopAsync().ConfigureAwait(false);
             Console.WriteLine($"machine: load average at end {LoadAverage()}");
             return 0;
@@ -792,6 +773,16 @@ namespace BastionTools.Bench
                     a.AgentSwitches < 0 || b.AgentSwitches < 0 ? -1 : a.AgentSwitches + b.AgentSwitches,
                     a.ContextSwitches < 0 || b.ContextSwitches < 0 ? -1 : a.ContextSwitches + b.ContextSwitches, a.LocalWrites + b.LocalWrites,
                     a.Gen0Collections + b.Gen0Collections);
+        }
+
+        /// <summary>One COPY direction's runs: times, the machine's CPU on each side, and the tunnel's own counters.</summary>
+        private sealed class CopyRuns
+        {
+            public List<TimeSpan> Direct { get; } = new();
+            public List<TimeSpan> Tunnel { get; } = new();
+            public MachineCpu MachineDirect { get; set; } = MachineCpu.Zero;
+            public MachineCpu MachineTunnel { get; set; } = MachineCpu.Zero;
+            public Counters Cost { get; set; }
         }
 
         private readonly struct MemorySnapshot
