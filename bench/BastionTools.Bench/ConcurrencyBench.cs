@@ -258,7 +258,8 @@ namespace BastionTools.Bench
                     {
                         if (truncateFirst) await TruncateAsync(sandbox, pgPort).ConfigureAwait(false);
                         var direct = (leg == 0) == (r % 2 == 0);
-                        var before = Counters.Take(session, sandbox);
+                        // The tunnel's own counters only around tunnel runs (they cost a request to the sandbox).
+                        var before = direct ? default : Counters.Take(session, sandbox);
                         var machine = MachineCpu.Take();
                         var time = await Psql(tools, db, direct ? directPort : tunnelPort, command).ConfigureAwait(false);
                         var used = MachineCpu.Take() - machine;

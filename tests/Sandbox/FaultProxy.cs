@@ -228,6 +228,7 @@ namespace BastionTools.Sandbox
         /// <summary>The counters and modes, camelCase (what GET /control/proxy answers).</summary>
         public JsonObject DescribeJson()
         {
+            var lateness = DelayLateness;
             var halfOpen = new JsonArray();
             bool blackout;
             int mode;
@@ -253,8 +254,8 @@ namespace BastionTools.Sandbox
                 ["blackholedConnections"] = BlackholedConnections,
                 ["latencyMs"] = Latency.TotalMilliseconds,
                 ["delayedChunks"] = DelayedChunks,
-                ["delayLatenessAverageMs"] = DelayLateness.Average.TotalMilliseconds,
-                ["delayLatenessMaxMs"] = DelayLateness.Max.TotalMilliseconds,
+                ["delayLatenessAverageMs"] = lateness.Average.TotalMilliseconds,
+                ["delayLatenessMaxMs"] = lateness.Max.TotalMilliseconds,
             };
         }
 

@@ -101,8 +101,7 @@ namespace BastionTools.Tests.Postgres
         [Fact(Timeout = TestTimeoutMs)]
         public async Task Stop_BeforeTheFirstResult_CancelsTheQuery()
         {
-            await using var holder = await PostgresTestSupport.OpenAsync(_fixture.Cluster.ConnectionString());
-            await PostgresTestSupport.QueryAsync(holder, "select pg_advisory_lock(4243)");
+            await using var holder = await HoldAdvisoryLockAsync(4243);
             try
             {
                 await using var connection = await PostgresTestSupport.OpenAsync(_fixture.Cluster.ConnectionString());
@@ -143,15 +142,25 @@ namespace BastionTools.Tests.Postgres
                 await Assert.ThrowsAnyAsync<OperationCanceledException>(() => Task.Run(() => stream.Next(out _)));
                 Assert.False(stream.ReaderThreadStarted);
             }
-            var count = await PostgresTestSupport.QueryAsync(connection, "select count(*) from stop_first");
-            Assert.Equal(0L, count[0][0]);
+            Assert.Equal(0L, await CountAsync(connection, "stop_first"));
+        }
+
+        /// <summary>select count(*) from <paramref name="from"/> (a table, and a condition): what a command left behind.</summary>
+        private static async Task<long> CountAsync(NpgsqlConnection connection, string from) =>
+            (long)(await PostgresTestSupport.QueryAsync(connection, "select count(*) from " + from))[0][0]!;
+
+        /// <summary>A connection of its own holding advisory lock <paramref name="key"/>, which a query under test then waits on.</summary>
+        private async Task<NpgsqlConnection> HoldAdvisoryLockAsync(int key)
+        {
+            var holder = await PostgresTestSupport.OpenAsync(_fixture.Cluster.ConnectionString());
+            await PostgresTestSupport.QueryAsync(holder, $"select pg_advisory_lock({key})");
+            return holder;
         }
 
         [Fact(Timeout = TestTimeoutMs)]
         public async Task FirstRows_AreHandedOver_WhenTheNextRowHasNotArrived()
         {
-            await using var holder = await PostgresTestSupport.OpenAsync(_fixture.Cluster.ConnectionString());
-            await PostgresTestSupport.QueryAsync(holder, "select pg_advisory_lock(4242)");
+            await using var holder = await HoldAdvisoryLockAsync(4242);
             await using var connection = await PostgresTestSupport.OpenAsync(_fixture.Cluster.ConnectionString());
             await using var command = new NpgsqlCommand(GatedQuery, connection);
             using var stream = new RowStream(command);
@@ -171,8 +180,7 @@ namespace BastionTools.Tests.Postgres
         [Fact(Timeout = TestTimeoutMs)]
         public async Task Stop_CancelsTheQueryOnTheServer()
         {
-            await using var holder = await PostgresTestSupport.OpenAsync(_fixture.Cluster.ConnectionString());
-            await PostgresTestSupport.QueryAsync(holder, "select pg_advisory_lock(4242)");
+            await using var holder = await HoldAdvisoryLockAsync(4242);
             try
             {
                 await using var connection = await PostgresTestSupport.OpenAsync(_fixture.Cluster.ConnectionString());
@@ -208,8 +216,7 @@ namespace BastionTools.Tests.Postgres
                 Assert.True(await Task.Run(() => stream.Next(out _)));
                 // The pipeline wants no more (Select-Object -First): the rest is read and dropped, the insert still runs.
             }
-            var count = await PostgresTestSupport.QueryAsync(connection, "select count(*) from after_rows");
-            Assert.Equal(1L, count[0][0]);
+            Assert.Equal(1L, await CountAsync(connection, "after_rows"));
         }
 
         /// <summary>
@@ -238,8 +245,7 @@ namespace BastionTools.Tests.Postgres
                     Assert.True(await Task.Run(() => stream.Next(out _)));
                     await entered.Task.WaitAsync(TimeSpan.FromSeconds(30));
                 }
-                var count = await PostgresTestSupport.QueryAsync(connection, "select count(*) from after_rows where x = " + run);
-                Assert.Equal(1L, count[0][0]);
+                Assert.Equal(1L, await CountAsync(connection, "after_rows where x = " + run));
             }
         }
 
