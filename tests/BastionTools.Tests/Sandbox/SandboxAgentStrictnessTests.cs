@@ -319,14 +319,17 @@ namespace BastionTools.Tests.Sandbox
 
         /// <summary>
         /// Sends 1000-byte PSH frames on <paramref name="streamId"/> until the agent's smux receive loop waits for its
-        /// bucket. At most 64 messages are unacknowledged at a time, so what is in flight when the agent stops reading
-        /// never fills the TCP buffers (a send that blocks for long would make the test client abort its socket).
+        /// bucket of 64 KiB and the bucket is used up (both at once: the destination writer may still be taking pieces
+        /// into the socket's buffers, returning their tokens, when the loop first waits; the loop then goes on once it is
+        /// scheduled, and a loaded machine can show the wait flag with 22,000 bytes buffered in between). At most 64
+        /// messages are unacknowledged at a time, so what is in flight when the agent stops reading never fills the TCP
+        /// buffers (a send that blocks for long would make the test client abort its socket).
         /// </summary>
         private static async Task<long> PushUntilTheBucketIsUsedUpAsync(AgentTestClient client, SandboxChannelCounters counters, uint streamId)
         {
             var piece = new byte[1000];
             long pushed = 0;
-            while (counters.SmuxReceiveWaiting == 0)
+            while (counters.SmuxReceiveWaiting == 0 || counters.SmuxBufferedBytes < 64 * 1024)
             {
                 if (client.UnackedCount >= 64)
                 {
