@@ -72,22 +72,39 @@ namespace BastionTools.Bench
                 Console.WriteLine($"cold: session + TLS + IAM login -> first row   {sw.Elapsed.TotalMilliseconds,8:F0} ms");
 
                 await using var directSource = NpgsqlDataSource.Create(direct);
+                // The same IAM login and TLS straight to the RDS-IAM double, without the tunnel: what the tunnel itself adds
+                // is the difference between this column and IAM+tunnel (the double's TLS relay is in both).
+                var noTunnel = new IamDataSource(new IamDataSourceOptions
+                {
+                    Endpoint = rds.GetProperty("endpoint").GetString()!, EndpointPort = 5432,
+                    ConnectHost = rds.GetProperty("proxyHost").GetString()!, ConnectPort = rds.GetProperty("proxyPort").GetInt32(),
+                    UserName = "bench_iam", Database = pg.GetProperty("database").GetString()!, Region = info.GetProperty("region").GetString()!,
+                    RootCertificatePath = rds.GetProperty("caBundle").GetString()!,
+                }, () => new AwsKeys(accessKey, secret, null), new Redactor());
                 var tDirect = await SmallQueriesAsync(() => directSource.OpenConnectionAsync().AsTask()).ConfigureAwait(false);
+                var tNoTunnel = await SmallQueriesAsync(() => noTunnel.OpenAsync(CancellationToken.None)).ConfigureAwait(false);
+                var stats = session.Channel!;
+                long sent0 = stats.MessagesSent, received0 = stats.MessagesReceived, bytes0 = stats.PayloadBytesSent + stats.PayloadBytesReceived;
                 var tTunnel = await SmallQueriesAsync(() => source.OpenAsync(CancellationToken.None)).ConfigureAwait(false);
-                Console.WriteLine($"1000 small queries (pooled, sequential)   direct {tDirect.TotalMilliseconds,7:F0} ms   IAM+tunnel {tTunnel.TotalMilliseconds,7:F0} ms   ratio {tTunnel.TotalMilliseconds / tDirect.TotalMilliseconds:F1}x");
+                // Warm-up queries included (1,050 in all): data messages (not acknowledgements) and payload bytes per query.
+                double sentPer = (stats.MessagesSent - sent0) / 1050.0, receivedPer = (stats.MessagesReceived - received0) / 1050.0;
+                double bytesPer = (stats.PayloadBytesSent + stats.PayloadBytesReceived - bytes0) / 1050.0;
+                Console.WriteLine($"1000 small queries (pooled, sequential)   direct {tDirect.TotalMilliseconds,7:F0} ms   IAM without tunnel {tNoTunnel.TotalMilliseconds,7:F0} ms   IAM+tunnel {tTunnel.TotalMilliseconds,7:F0} ms   ratio {tTunnel.TotalMilliseconds / tDirect.TotalMilliseconds:F1}x   the tunnel's part {(tTunnel - tNoTunnel).TotalMilliseconds / 1000:F3} ms per query ({sentPer:F1} data messages sent and {receivedPer:F1} received per query, {bytesPer:F0} payload bytes; acknowledgements not counted)");
                 // The same through RowStream as Invoke-IamPostgresQuery runs them (the command and its rows on the calling
                 // thread, rows built as the cmdlet's PSObjects): what the cmdlet adds to a small query below PowerShell.
                 var tRows = await Task.Run(() => SmallRowStreamQueries(() => source.OpenAsync(CancellationToken.None).GetAwaiter().GetResult())).ConfigureAwait(false);
                 Console.WriteLine($"1000 small queries through RowStream (the cmdlet's path, no pipeline)   IAM+tunnel {tRows.TotalMilliseconds,7:F0} ms   ({tRows.TotalMilliseconds / tTunnel.TotalMilliseconds:F2}x the line above)");
 
                 var (rDirect, cpuDirect) = await StreamAsync(() => directSource.OpenConnectionAsync().AsTask()).ConfigureAwait(false);
+                var (rNoTunnel, cpuNoTunnel) = await StreamAsync(() => noTunnel.OpenAsync(CancellationToken.None)).ConfigureAwait(false);
                 var (rTunnel, cpuTunnel) = await StreamAsync(() => source.OpenAsync(CancellationToken.None)).ConfigureAwait(false);
-                Console.WriteLine($"1M-row streamed query   direct {rDirect,10:N0} rows/s   IAM+tunnel {rTunnel,10:N0} rows/s   ratio {rTunnel / rDirect:P0}   process CPU per 1M rows: direct {cpuDirect:N0} ms, IAM+tunnel {cpuTunnel:N0} ms");
+                Console.WriteLine($"1M-row streamed query   direct {rDirect,10:N0} rows/s   IAM without tunnel {rNoTunnel,10:N0} rows/s   IAM+tunnel {rTunnel,10:N0} rows/s   ratio {rTunnel / rDirect:P0}   process CPU per 1M rows: direct {cpuDirect:N0} ms, IAM without tunnel {cpuNoTunnel:N0} ms, IAM+tunnel {cpuTunnel:N0} ms");
                 // Under Invoke-IamPostgresQuery without PowerShell's pipeline: the cmdlet's query through RowStream (its
                 // reader thread, each row built as the cmdlet's PSObject), batches taken and dropped on this thread.
                 var (rRows, cpuRows) = await RowStreamAsync(() => source.OpenAsync(CancellationToken.None)).ConfigureAwait(false);
                 Console.WriteLine($"1M rows as PSObjects, no pipeline (RowStream, rows dropped)   IAM+tunnel {rRows,10:N0} rows/s   process CPU per 1M rows {cpuRows,6:N0} ms");
                 Console.WriteLine($"tokens signed: {source.TokensIssued} (one per physical connection)");
+                await noTunnel.DisposeAsync().ConfigureAwait(false);
                 await source.DisposeAsync().ConfigureAwait(false);
                 await session.StopAsync().ConfigureAwait(false);
                 return 0;
