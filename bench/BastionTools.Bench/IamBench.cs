@@ -58,12 +58,14 @@ namespace BastionTools.Bench
                 var sw = Stopwatch.StartNew();
                 var session = new PortForwardingSession(api, new PortForwardingRequest { Target = "i-0a1b2c3d4e5f60001", RemoteHost = rds.GetProperty("endpoint").GetString(), RemotePort = 5432 }, new DataChannelOptions());
                 await session.StartAsync(_ => { }, TimeSpan.FromSeconds(30), CancellationToken.None).ConfigureAwait(false);
-                var source = new IamDataSource(new IamDataSourceOptions
+                // The same IAM login and TLS to the database's endpoint, reached at host:port (the tunnel's, or the double's own).
+                IamDataSource IamSource(string host, int port) => new(new IamDataSourceOptions
                 {
-                    Endpoint = rds.GetProperty("endpoint").GetString()!, EndpointPort = 5432, ConnectPort = session.LocalEndPoint!.Port,
+                    Endpoint = rds.GetProperty("endpoint").GetString()!, EndpointPort = 5432, ConnectHost = host, ConnectPort = port,
                     UserName = "bench_iam", Database = pg.GetProperty("database").GetString()!, Region = info.GetProperty("region").GetString()!,
                     RootCertificatePath = rds.GetProperty("caBundle").GetString()!,
                 }, () => new AwsKeys(accessKey, secret, null), new Redactor());
+                var source = IamSource("127.0.0.1", session.LocalEndPoint!.Port);
                 await using (var first = await source.OpenAsync(CancellationToken.None).ConfigureAwait(false))
                 await using (var cmd = new NpgsqlCommand("select 1", first))
                 {
@@ -74,22 +76,17 @@ namespace BastionTools.Bench
                 await using var directSource = NpgsqlDataSource.Create(direct);
                 // The same IAM login and TLS straight to the RDS-IAM double, without the tunnel: what the tunnel itself adds
                 // is the difference between this column and IAM+tunnel (the double's TLS relay is in both).
-                var noTunnel = new IamDataSource(new IamDataSourceOptions
-                {
-                    Endpoint = rds.GetProperty("endpoint").GetString()!, EndpointPort = 5432,
-                    ConnectHost = rds.GetProperty("proxyHost").GetString()!, ConnectPort = rds.GetProperty("proxyPort").GetInt32(),
-                    UserName = "bench_iam", Database = pg.GetProperty("database").GetString()!, Region = info.GetProperty("region").GetString()!,
-                    RootCertificatePath = rds.GetProperty("caBundle").GetString()!,
-                }, () => new AwsKeys(accessKey, secret, null), new Redactor());
+                await using var noTunnel = IamSource(rds.GetProperty("proxyHost").GetString()!, rds.GetProperty("proxyPort").GetInt32());
                 var tDirect = await SmallQueriesAsync(() => directSource.OpenConnectionAsync().AsTask()).ConfigureAwait(false);
                 var tNoTunnel = await SmallQueriesAsync(() => noTunnel.OpenAsync(CancellationToken.None)).ConfigureAwait(false);
                 var stats = session.Channel!;
                 long sent0 = stats.MessagesSent, received0 = stats.MessagesReceived, bytes0 = stats.PayloadBytesSent + stats.PayloadBytesReceived;
                 var tTunnel = await SmallQueriesAsync(() => source.OpenAsync(CancellationToken.None)).ConfigureAwait(false);
-                // Warm-up queries included (1,050 in all): data messages (not acknowledgements) and payload bytes per query.
-                double sentPer = (stats.MessagesSent - sent0) / 1050.0, receivedPer = (stats.MessagesReceived - received0) / 1050.0;
-                double bytesPer = (stats.PayloadBytesSent + stats.PayloadBytesReceived - bytes0) / 1050.0;
-                Console.WriteLine($"1000 small queries (pooled, sequential)   direct {tDirect.TotalMilliseconds,7:F0} ms   IAM without tunnel {tNoTunnel.TotalMilliseconds,7:F0} ms   IAM+tunnel {tTunnel.TotalMilliseconds,7:F0} ms   ratio {tTunnel.TotalMilliseconds / tDirect.TotalMilliseconds:F1}x   the tunnel's part {(tTunnel - tNoTunnel).TotalMilliseconds / 1000:F3} ms per query ({sentPer:F1} data messages sent and {receivedPer:F1} received per query, {bytesPer:F0} payload bytes; acknowledgements not counted)");
+                // Warm-up queries included: data messages (not acknowledgements) and payload bytes per query.
+                const double Queries = WarmUpQueries + MeasuredQueries;
+                double sentPer = (stats.MessagesSent - sent0) / Queries, receivedPer = (stats.MessagesReceived - received0) / Queries;
+                double bytesPer = (stats.PayloadBytesSent + stats.PayloadBytesReceived - bytes0) / Queries;
+                Console.WriteLine($"1000 small queries (pooled, sequential)   direct {tDirect.TotalMilliseconds,7:F0} ms   IAM without tunnel {tNoTunnel.TotalMilliseconds,7:F0} ms   IAM+tunnel {tTunnel.TotalMilliseconds,7:F0} ms   ratio {tTunnel.TotalMilliseconds / tDirect.TotalMilliseconds:F1}x   the tunnel's part {(tTunnel - tNoTunnel).TotalMilliseconds / MeasuredQueries:F3} ms per query ({sentPer:F1} data messages sent and {receivedPer:F1} received per query, {bytesPer:F0} payload bytes; acknowledgements not counted)");
                 // The same through RowStream as Invoke-IamPostgresQuery runs them (the command and its rows on the calling
                 // thread, rows built as the cmdlet's PSObjects): what the cmdlet adds to a small query below PowerShell.
                 var tRows = await Task.Run(() => SmallRowStreamQueries(() => source.OpenAsync(CancellationToken.None).GetAwaiter().GetResult())).ConfigureAwait(false);
@@ -104,7 +101,6 @@ namespace BastionTools.Bench
                 var (rRows, cpuRows) = await RowStreamAsync(() => source.OpenAsync(CancellationToken.None)).ConfigureAwait(false);
                 Console.WriteLine($"1M rows as PSObjects, no pipeline (RowStream, rows dropped)   IAM+tunnel {rRows,10:N0} rows/s   process CPU per 1M rows {cpuRows,6:N0} ms");
                 Console.WriteLine($"tokens signed: {source.TokensIssued} (one per physical connection)");
-                await noTunnel.DisposeAsync().ConfigureAwait(false);
                 await source.DisposeAsync().ConfigureAwait(false);
                 await session.StopAsync().ConfigureAwait(false);
                 return 0;
@@ -116,19 +112,22 @@ namespace BastionTools.Bench
             }
         }
 
+        private const int WarmUpQueries = 50;
+        private const int MeasuredQueries = 1000;
+
         private static async Task<TimeSpan> SmallQueriesAsync(Func<Task<NpgsqlConnection>> open)
         {
-            for (var i = 0; i < 50; i++) await OneAsync(open).ConfigureAwait(false);
+            for (var i = 0; i < WarmUpQueries; i++) await OneAsync(open).ConfigureAwait(false);
             var sw = Stopwatch.StartNew();
-            for (var i = 0; i < 1000; i++) await OneAsync(open).ConfigureAwait(false);
+            for (var i = 0; i < MeasuredQueries; i++) await OneAsync(open).ConfigureAwait(false);
             return sw.Elapsed;
         }
 
         private static TimeSpan SmallRowStreamQueries(Func<NpgsqlConnection> open)
         {
-            for (var i = 0; i < 50; i++) OneRowStream(open);
+            for (var i = 0; i < WarmUpQueries; i++) OneRowStream(open);
             var sw = Stopwatch.StartNew();
-            for (var i = 0; i < 1000; i++) OneRowStream(open);
+            for (var i = 0; i < MeasuredQueries; i++) OneRowStream(open);
             return sw.Elapsed;
         }
 

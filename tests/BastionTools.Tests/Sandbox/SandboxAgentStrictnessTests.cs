@@ -264,7 +264,7 @@ namespace BastionTools.Tests.Sandbox
         {
             await using var host = Start();
             Assert.Equal(4194304, host.Agent.Options.SmuxMaxReceiveBuffer);
-            host.Agent.Options.SmuxMaxReceiveBuffer = 64 * 1024;
+            host.Agent.Options.SmuxMaxReceiveBuffer = SmallBucket;
             var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             long received = 0;
             using var server = new ScriptedServer(async (c, stop) =>
@@ -288,14 +288,14 @@ namespace BastionTools.Tests.Sandbox
             var stalled = false;
             for (var attempt = 0; attempt < 20 && !stalled; attempt++)
             {
-                pushed += await PushUntilTheBucketIsUsedUpAsync(client, counters, 1);
+                pushed += (await PushUntilTheBucketIsUsedUpAsync(client, counters, 1)).Pushed;
                 var acks = counters.AcksSent;
                 await Task.Delay(300);
                 stalled = counters.SmuxReceiveWaiting == 1 && counters.AcksSent == acks;
             }
             Assert.True(stalled, "the agent never stopped acknowledging (pushed " + pushed + " bytes)");
             Assert.True(counters.SmuxReceiveStalls >= 1);
-            Assert.True(counters.SmuxBufferedBytes >= 64 * 1024, "buffered " + counters.SmuxBufferedBytes);
+            Assert.True(counters.SmuxBufferedBytes >= SmallBucket, "buffered " + counters.SmuxBufferedBytes);
             Assert.True(client.UnackedCount > 0);
             var frozen = counters.AcksSent;
             await Task.Delay(300);
@@ -317,19 +317,23 @@ namespace BastionTools.Tests.Sandbox
             await client.WaitUntilAsync(_ => counters.SmuxBufferedBytes == 0 && counters.SmuxReceiveWaiting == 0, "the bucket to be full again");
         }
 
+        /// <summary>The smux bucket the bucket tests give the agent (SmuxMaxReceiveBuffer), instead of its 4 MiB.</summary>
+        private const int SmallBucket = 64 * 1024;
+
         /// <summary>
         /// Sends 1000-byte PSH frames on <paramref name="streamId"/> until the agent's smux receive loop waits for its
-        /// bucket of 64 KiB and the bucket is used up (both at once: the destination writer may still be taking pieces
-        /// into the socket's buffers, returning their tokens, when the loop first waits; the loop then goes on once it is
-        /// scheduled, and a loaded machine can show the wait flag with 22,000 bytes buffered in between). At most 64
-        /// messages are unacknowledged at a time, so what is in flight when the agent stops reading never fills the TCP
-        /// buffers (a send that blocks for long would make the test client abort its socket).
+        /// bucket of <see cref="SmallBucket"/> bytes and the bucket is used up (both at once: the destination writer may
+        /// still be taking pieces into the socket's buffers, returning their tokens, when the loop first waits; the loop
+        /// then goes on once it is scheduled, and a loaded machine can show the wait flag with 22,000 bytes buffered in
+        /// between). At most 64 messages are unacknowledged at a time, so what is in flight when the agent stops reading
+        /// never fills the TCP buffers (a send that blocks for long would make the test client abort its socket).
         /// </summary>
-        private static async Task<long> PushUntilTheBucketIsUsedUpAsync(AgentTestClient client, SandboxChannelCounters counters, uint streamId)
+        private static async Task<(long Pushed, long Buffered)> PushUntilTheBucketIsUsedUpAsync(AgentTestClient client, SandboxChannelCounters counters, uint streamId)
         {
             var piece = new byte[1000];
             long pushed = 0;
-            while (counters.SmuxReceiveWaiting == 0 || counters.SmuxBufferedBytes < 64 * 1024)
+            long buffered;
+            while (counters.SmuxReceiveWaiting == 0 || (buffered = counters.SmuxBufferedBytes) < SmallBucket)
             {
                 if (client.UnackedCount >= 64)
                 {
@@ -340,14 +344,14 @@ namespace BastionTools.Tests.Sandbox
                 await client.SmuxAsync(SmuxCommand.Psh, streamId, piece);
                 pushed += piece.Length;
             }
-            return pushed;
+            return (pushed, buffered);
         }
 
         [Fact(Timeout = 90_000)]
         public async Task SmuxBucket_ClosingOrAbortingAStreamReturnsItsTokens()
         {
             await using var host = Start();
-            host.Agent.Options.SmuxMaxReceiveBuffer = 64 * 1024;
+            host.Agent.Options.SmuxMaxReceiveBuffer = SmallBucket;
             var accepted = new System.Collections.Concurrent.ConcurrentQueue<TcpClient>();
             using var server = new ScriptedServer(async (c, stop) =>
             {
@@ -364,8 +368,9 @@ namespace BastionTools.Tests.Sandbox
             // the receive loop goes on and the agent acknowledges everything (later data for the stream is dropped).
             await client.SmuxAsync(SmuxCommand.Syn, 1);
             await client.WaitUntilAsync(_ => server.Accepted == 1, "the first destination connection");
-            await PushUntilTheBucketIsUsedUpAsync(client, counters, 1);
-            Assert.True(counters.SmuxBufferedBytes >= 64 * 1024, "buffered " + counters.SmuxBufferedBytes);
+            // As the helper saw it: a moment later the writer may have taken one more piece into the socket's buffers.
+            var usedUp = await PushUntilTheBucketIsUsedUpAsync(client, counters, 1);
+            Assert.True(usedUp.Buffered >= SmallBucket, "buffered " + usedUp.Buffered);
             Assert.True(accepted.TryDequeue(out var first));
             first.Client.Close();
             await client.WaitUntilAsync(c => c.StreamFinished(1), "FIN for stream 1", TimeSpan.FromSeconds(40));
