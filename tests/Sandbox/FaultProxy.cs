@@ -64,6 +64,7 @@ namespace BastionTools.Sandbox
         private readonly ConcurrentDictionary<Connection, byte> _connections = new();
         private readonly ConcurrentDictionary<Task, byte> _tasks = new();
         private readonly CancellationTokenSource _stopping = new();
+        private readonly DelayClock _clock = new();
         private readonly Socket _listener;
         private readonly Action<string>? _log;
         private readonly Task _acceptLoop;
@@ -572,10 +573,14 @@ namespace BastionTools.Sandbox
             {
                 await foreach (var item in line.Reader.ReadAllAsync().ConfigureAwait(false))
                 {
-                    // Never early: a timer may fire a little before its time (millisecond ticks), so wait again until due.
-                    long wait;
-                    while ((wait = item.Due - Stopwatch.GetTimestamp()) > 0)
-                        await Task.Delay(TimeSpan.FromMilliseconds(Math.Ceiling(wait * 1000.0 / Stopwatch.Frequency))).ConfigureAwait(false);
+                    // Never early; the clock's thread writes the chunk as soon as it is due (DelayClock).
+                    await _clock.WhenDue(item.Due).ConfigureAwait(false);
+                    if (c.IsClosed)
+                    {
+                        // Disposed meanwhile (the clock let its waits go): nothing more is written.
+                        if (item.Chunk != null) ArrayPool<byte>.Shared.Return(item.Chunk);
+                        return;
+                    }
                     NoteLateness(Stopwatch.GetTimestamp() - item.Due);
                     if (item.Chunk == null)
                     {
@@ -741,6 +746,8 @@ namespace BastionTools.Sandbox
             {
             }
             foreach (var c in _connections.Keys) Abort(c, "proxy disposed");
+            // The delay lines' waits end now: their connections are closed, so nothing more is written.
+            _clock.Dispose();
             var pending = _tasks.Keys.ToList();
             pending.Add(_acceptLoop);
             await Task.WhenAny(Task.WhenAll(pending), Task.Delay(TimeSpan.FromSeconds(5))).ConfigureAwait(false);

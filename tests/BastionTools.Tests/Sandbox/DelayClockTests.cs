@@ -1,0 +1,96 @@
+using System;
+using System.Diagnostics;
+using System.Linq;
+using System.Threading;
+using System.Threading.Tasks;
+using BastionTools.Sandbox;
+using Xunit;
+using static BastionTools.Tests.Sandbox.SandboxTestSupport;
+
+namespace BastionTools.Tests.Sandbox
+{
+    /// <summary>The delay proxy's clock (<see cref="DelayClock"/>): never early, in due order, no wait lost or held back.</summary>
+    public class DelayClockTests
+    {
+        /// <summary>Upper bound for things that must happen (never a performance assertion).</summary>
+        private static readonly TimeSpan Generous = TimeSpan.FromSeconds(20);
+
+        private static long Ticks(double milliseconds) => (long)(milliseconds * Stopwatch.Frequency / 1000.0);
+
+        [Fact(Timeout = TestTimeoutMs)]
+        public async Task ManyWaits_NeverEarly_CompletedInDueOrder_OnTheClocksThread_NoneLost()
+        {
+            using var clock = new DelayClock();
+            const int count = 500;
+            var random = new Random(11);
+            var start = Stopwatch.GetTimestamp();
+            // Distinct due times over 80 ms, added in random order, from several threads at once.
+            var dues = Enumerable.Range(0, count).Select(i => start + Ticks(20 + i * 0.16)).OrderBy(_ => random.Next()).ToArray();
+            var completedAt = new long[count];
+            var completionOrder = new int[count];
+            var threadNames = new string?[count];
+            var completions = 0;
+            var tasks = new Task[count];
+            var pendingWhenAdded = new bool[count];
+            Parallel.For(0, count, new ParallelOptions { MaxDegreeOfParallelism = 4 }, i =>
+            {
+                var wait = clock.WhenDue(dues[i]);
+                // A wait added after its due time (a slow start) completes at once, on the caller's thread.
+                pendingWhenAdded[i] = !wait.IsCompleted;
+                tasks[i] = wait.ContinueWith(_ =>
+                {
+                    completedAt[i] = Stopwatch.GetTimestamp();
+                    completionOrder[i] = Interlocked.Increment(ref completions);
+                    threadNames[i] = Thread.CurrentThread.Name;
+                }, TaskContinuationOptions.ExecuteSynchronously);
+            });
+            await Task.WhenAll(tasks).WaitAsync(Generous);
+
+            Assert.Equal(count, completions);
+            for (var i = 0; i < count; i++)
+                Assert.True(completedAt[i] >= dues[i], $"wait {i} completed {(dues[i] - completedAt[i]) * 1000.0 / Stopwatch.Frequency:F3} ms early");
+            // The clock completed those it held in due order, each on its own thread (the proxy's write runs there at once).
+            var held = Enumerable.Range(0, count).Where(i => pendingWhenAdded[i]).ToArray();
+            Assert.True(held.Length > count / 2, $"only {held.Length} of the waits were added before they were due");
+            var byDue = held.OrderBy(i => dues[i]).Select(i => completionOrder[i]).ToArray();
+            Assert.Equal(byDue.OrderBy(o => o), byDue);
+            Assert.All(held, i => Assert.Equal("sandbox delay clock", threadNames[i]));
+            // (One the clock completed between WhenDue and the look at it is counted there, not in held.)
+            Assert.True(clock.Completed >= held.Length, $"the clock completed {clock.Completed} waits, {held.Length} were held");
+        }
+
+        [Fact(Timeout = TestTimeoutMs)]
+        public async Task AWaitDueEarlier_AddedWhileTheClockWaitsForALaterOne_IsNotHeldBehindIt()
+        {
+            using var clock = new DelayClock();
+            var late = clock.WhenDue(Stopwatch.GetTimestamp() + Ticks(8000));
+            // Let the clock's thread start waiting for the late one.
+            await WaitUntilAsync(() => !late.IsCompleted && clock.IsWaiting, "the clock waits for the late one");
+            var due = Stopwatch.GetTimestamp() + Ticks(30);
+            var soon = clock.WhenDue(due);
+            await soon.WaitAsync(Generous);
+            Assert.True(Stopwatch.GetTimestamp() >= due);
+            Assert.False(late.IsCompleted, "the later wait completed with the earlier one");
+        }
+
+        [Fact(Timeout = TestTimeoutMs)]
+        public async Task AWaitAlreadyDue_CompletesAtOnce_AndDisposeLetsThePendingWaitsGo()
+        {
+            var clock = new DelayClock();
+            Assert.True(clock.WhenDue(Stopwatch.GetTimestamp() - 1).IsCompleted);
+            Assert.True(clock.WhenDue(0).IsCompleted);
+            var pending = clock.WhenDue(Stopwatch.GetTimestamp() + Ticks(60_000));
+            await WaitUntilAsync(() => clock.IsWaiting, "the clock waits");
+            Assert.False(pending.IsCompleted);
+            clock.Dispose();
+            await pending.WaitAsync(Generous);
+            Assert.Equal(TaskStatus.RanToCompletion, pending.Status);
+            // After Dispose nothing waits (the connections it served are closed).
+            Assert.True(clock.WhenDue(Stopwatch.GetTimestamp() + Ticks(60_000)).IsCompleted);
+            clock.Dispose();
+        }
+
+        private static Task WaitUntilAsync(Func<bool> condition, string what) =>
+            SandboxTestSupport.WaitUntilAsync(() => Task.FromResult(condition()), what, Generous);
+    }
+}
