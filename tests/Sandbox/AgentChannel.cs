@@ -1322,32 +1322,24 @@ namespace BastionTools.Sandbox
 
     /// <summary>
     /// The sleep after each read of port_mux.go transferDataToMgs, port_basic.go WritePump and shell.go writePump
-    /// (time.Sleep(time.Millisecond), about 1.06 ms in Go). Task.Delay cannot sleep 1 ms (its timer ticks every few ms),
-    /// so reads are paced instead: on average one per <see cref="SandboxAgentOptions.OutputReadPause"/>, with at most
-    /// 10 ms of credit (a timer that woke late is made up for; a long stall is not turned into a burst).
+    /// (time.Sleep(time.Millisecond), about 1.06 ms in Go): each read waits <see cref="SandboxAgentOptions.OutputReadPause"/>
+    /// after the one before was sent, as the agent's loop does (read, send, sleep), on <see cref="DelayClock.Shared"/>
+    /// (Task.Delay's timers tick with the kernel's coarse clock: 2 to 4 ms late). No credit: a pause that ended late is
+    /// not made up for by reads without a pause, as the agent does not make up for its own late wake-ups.
     /// </summary>
     internal sealed class OutputReadPacer
     {
-        private static readonly TimeSpan MaxCredit = TimeSpan.FromMilliseconds(10);
         private readonly SandboxAgentOptions _options;
-        private readonly Stopwatch _clock = Stopwatch.StartNew();
-        private TimeSpan _next;
 
         public OutputReadPacer(SandboxAgentOptions options) => _options = options;
 
-        /// <summary>Call after each read: completes when the next read may happen.</summary>
+        /// <summary>Call after each read was sent: completes when the next read may happen.</summary>
         public Task PauseAsync(CancellationToken cancellation)
         {
             var pause = _options.OutputReadPause;
-            var now = _clock.Elapsed;
-            if (pause <= TimeSpan.Zero)
-            {
-                _next = now;
-                return Task.CompletedTask;
-            }
-            if (_next < now - MaxCredit) _next = now - MaxCredit;
-            _next += pause;
-            return _next > now ? Task.Delay(_next - now, cancellation) : Task.CompletedTask;
+            if (pause <= TimeSpan.Zero) return Task.CompletedTask;
+            var wait = DelayClock.Shared.WhenDue(Stopwatch.GetTimestamp() + (long)(pause.TotalSeconds * Stopwatch.Frequency), continueOnThreadPool: true);
+            return cancellation.CanBeCanceled && !wait.IsCompleted ? wait.WaitAsync(cancellation) : wait;
         }
     }
 }

@@ -37,12 +37,21 @@ namespace BastionTools.Sandbox
         public long Completed => Interlocked.Read(ref _completed);
         private long _completed;
 
-        /// <summary>Completes when <see cref="Stopwatch.GetTimestamp"/> has reached <paramref name="due"/> (at once when it has).</summary>
-        public Task WhenDue(long due)
+        /// <summary>
+        /// A clock for the agent double's pauses (<see cref="OutputReadPacer"/>): one thread for the whole process, never
+        /// disposed; its waits continue on the thread pool.
+        /// </summary>
+        public static DelayClock Shared { get; } = new();
+
+        /// <summary>
+        /// Completes when <see cref="Stopwatch.GetTimestamp"/> has reached <paramref name="due"/> (at once when it has).
+        /// The continuation runs on the clock's thread, as soon as the wait is due, or with
+        /// <paramref name="continueOnThreadPool"/> on the thread pool (for work that must not hold up the clock's other waits).
+        /// </summary>
+        public Task WhenDue(long due, bool continueOnThreadPool = false)
         {
             if (Stopwatch.GetTimestamp() >= due) return Task.CompletedTask;
-            // Continuations run on the clock's thread, as soon as the wait is due.
-            var wait = new TaskCompletionSource();
+            var wait = new TaskCompletionSource(continueOnThreadPool ? TaskCreationOptions.RunContinuationsAsynchronously : TaskCreationOptions.None);
             lock (_gate)
             {
                 if (_disposed) return Task.CompletedTask;

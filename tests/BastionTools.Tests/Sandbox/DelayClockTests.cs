@@ -90,6 +90,37 @@ namespace BastionTools.Tests.Sandbox
             clock.Dispose();
         }
 
+        [Fact(Timeout = TestTimeoutMs)]
+        public async Task OutputReadPacer_WaitsThePauseAfterEveryRead_WithNoCreditAfterAnIdleSpell()
+        {
+            // The agent's loop (port_mux.go transferDataToMgs): read, send, sleep 1 ms; an idle spell earns no reads without a pause.
+            var options = new SandboxAgentOptions { OutputReadPause = TimeSpan.FromMilliseconds(2) };
+            var pacer = new OutputReadPacer(options);
+            var pause = Ticks(2);
+            for (var round = 0; round < 3; round++)
+            {
+                await Task.Delay(30); // idle: the double used to let up to 10 ms of reads through without a pause here
+                for (var read = 0; read < 5; read++)
+                {
+                    var before = Stopwatch.GetTimestamp();
+                    var wait = pacer.PauseAsync(CancellationToken.None);
+                    Assert.False(wait.IsCompleted, $"round {round}, read {read}: no pause");
+                    await wait.WaitAsync(Generous);
+                    var waited = Stopwatch.GetTimestamp() - before;
+                    Assert.True(waited >= pause, $"round {round}, read {read}: paused {waited * 1000.0 / Stopwatch.Frequency:F3} ms");
+                }
+            }
+            // No pause configured (the bench's fast mode): no wait at all.
+            options.OutputReadPause = TimeSpan.Zero;
+            Assert.True(pacer.PauseAsync(CancellationToken.None).IsCompleted);
+            // A cancelled session does not wait out its pause.
+            options.OutputReadPause = TimeSpan.FromSeconds(1);
+            using var cancel = new CancellationTokenSource();
+            var cancelled = pacer.PauseAsync(cancel.Token);
+            cancel.Cancel();
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => cancelled.WaitAsync(Generous));
+        }
+
         private static Task WaitUntilAsync(Func<bool> condition, string what) =>
             SandboxTestSupport.WaitUntilAsync(() => Task.FromResult(condition()), what, Generous);
     }
