@@ -1338,7 +1338,7 @@ namespace BastionTools.Sandbox
         {
             var pause = _options.OutputReadPause;
             if (pause <= TimeSpan.Zero) return Task.CompletedTask;
-            var wait = DelayClock.Shared.WhenDue(Stopwatch.GetTimestamp() + (long)(pause.TotalSeconds * Stopwatch.Frequency), continueOnThreadPool: true);
+            var wait = DelayClock.Shared.WhenDue(DelayClock.DueIn(pause), continueOnThreadPool: true);
             return cancellation.CanBeCanceled && !wait.IsCompleted ? wait.WaitAsync(cancellation) : wait;
         }
     }

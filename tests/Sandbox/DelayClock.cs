@@ -23,7 +23,7 @@ namespace BastionTools.Sandbox
         /// <summary>The longest single sleep: a wait added meanwhile with an earlier due time is seen after at most this.</summary>
         public static readonly TimeSpan MaxSleep = TimeSpan.FromMilliseconds(5);
 
-        private static readonly long MaxSleepTicks = (long)(MaxSleep.TotalSeconds * Stopwatch.Frequency);
+        private static readonly long MaxSleepTicks = StopwatchTicks(MaxSleep);
         private readonly object _gate = new();
         private readonly PriorityQueue<TaskCompletionSource, long> _waits = new();
         private Thread? _thread;
@@ -42,6 +42,11 @@ namespace BastionTools.Sandbox
         /// disposed; its waits continue on the thread pool.
         /// </summary>
         public static DelayClock Shared { get; } = new();
+
+        /// <summary>The <see cref="Stopwatch"/> timestamp <paramref name="delay"/> from now: a due time for <see cref="WhenDue"/>.</summary>
+        public static long DueIn(TimeSpan delay) => Stopwatch.GetTimestamp() + StopwatchTicks(delay);
+
+        private static long StopwatchTicks(TimeSpan span) => (long)(span.Ticks * (Stopwatch.Frequency / (double)TimeSpan.TicksPerSecond));
 
         /// <summary>
         /// Completes when <see cref="Stopwatch.GetTimestamp"/> has reached <paramref name="due"/> (at once when it has).

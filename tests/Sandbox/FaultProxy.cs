@@ -541,7 +541,7 @@ namespace BastionTools.Sandbox
             await EnqueueAsync(c, line ?? StartLine(c, destination, direction), new Delayed(null, 0, Due(latency))).ConfigureAwait(false);
         }
 
-        private static long Due(long latencyTicks) => Stopwatch.GetTimestamp() + (long)(latencyTicks * (Stopwatch.Frequency / (double)TimeSpan.TicksPerSecond));
+        private static long Due(long latencyTicks) => DelayClock.DueIn(TimeSpan.FromTicks(latencyTicks));
 
         private static async ValueTask<bool> EnqueueAsync(Connection c, Channel<Delayed> line, Delayed item)
         {
@@ -575,13 +575,8 @@ namespace BastionTools.Sandbox
                 {
                     // Never early; the clock's thread writes the chunk as soon as it is due (DelayClock).
                     await _clock.WhenDue(item.Due).ConfigureAwait(false);
-                    if (c.IsClosed)
-                    {
-                        // Disposed meanwhile (the clock let its waits go): nothing more is written.
-                        if (item.Chunk != null) ArrayPool<byte>.Shared.Return(item.Chunk);
-                        return;
-                    }
-                    NoteLateness(Stopwatch.GetTimestamp() - item.Due);
+                    // Closed meanwhile (on Dispose the clock lets its waits go early): not counted; nothing more is written below.
+                    if (!c.IsClosed) NoteLateness(Stopwatch.GetTimestamp() - item.Due);
                     if (item.Chunk == null)
                     {
                         EndOfStream(c, direction, destination);

@@ -24,19 +24,20 @@ namespace BastionTools.Tests.Sandbox
             const int count = 500;
             var random = new Random(11);
             var start = Stopwatch.GetTimestamp();
-            // Distinct due times over 80 ms, added in random order, from several threads at once.
-            var dues = Enumerable.Range(0, count).Select(i => start + Ticks(20 + i * 0.16)).OrderBy(_ => random.Next()).ToArray();
+            // Distinct due times over 80 ms from 200 ms on, added in random order, from several threads at once.
+            var dues = Enumerable.Range(0, count).Select(i => start + Ticks(200 + i * 0.16)).OrderBy(_ => random.Next()).ToArray();
             var completedAt = new long[count];
             var completionOrder = new int[count];
             var threadNames = new string?[count];
+            var addedAt = new long[count];
             var completions = 0;
             var tasks = new Task[count];
-            var pendingWhenAdded = new bool[count];
             Parallel.For(0, count, new ParallelOptions { MaxDegreeOfParallelism = 4 }, i =>
             {
+                // A wait added after its due time (a slow start), or completed before ContinueWith was attached,
+                // continues at once on the caller's thread; the others on the clock's, when it completes them.
                 var wait = clock.WhenDue(dues[i]);
-                // A wait added after its due time (a slow start) completes at once, on the caller's thread.
-                pendingWhenAdded[i] = !wait.IsCompleted;
+                addedAt[i] = Stopwatch.GetTimestamp();
                 tasks[i] = wait.ContinueWith(_ =>
                 {
                     completedAt[i] = Stopwatch.GetTimestamp();
@@ -49,14 +50,17 @@ namespace BastionTools.Tests.Sandbox
             Assert.Equal(count, completions);
             for (var i = 0; i < count; i++)
                 Assert.True(completedAt[i] >= dues[i], $"wait {i} completed {(dues[i] - completedAt[i]) * 1000.0 / Stopwatch.Frequency:F3} ms early");
-            // The clock completed those it held in due order, each on its own thread (the proxy's write runs there at once).
-            var held = Enumerable.Range(0, count).Where(i => pendingWhenAdded[i]).ToArray();
-            Assert.True(held.Length > count / 2, $"only {held.Length} of the waits were added before they were due");
-            var byDue = held.OrderBy(i => dues[i]).Select(i => completionOrder[i]).ToArray();
+            // Most continued on the clock's own thread (the proxy's write runs there at once).
+            var held = Enumerable.Range(0, count).Where(i => threadNames[i] == "sandbox delay clock").ToArray();
+            Assert.True(held.Length > count / 2, $"only {held.Length} of the waits continued on the clock's thread");
+            // Those in the clock's queue before it completed any (an adder held up between its look at the time and
+            // the queue, on a loaded machine, can come in behind waits due later) came out in due order.
+            var firstCompleted = held.Min(i => completedAt[i]);
+            var queuedFirst = held.Where(i => addedAt[i] < firstCompleted).ToArray();
+            Assert.True(queuedFirst.Length >= 10, $"only {queuedFirst.Length} waits were queued before the clock completed one");
+            var byDue = queuedFirst.OrderBy(i => dues[i]).Select(i => completionOrder[i]).ToArray();
             Assert.Equal(byDue.OrderBy(o => o), byDue);
-            Assert.All(held, i => Assert.Equal("sandbox delay clock", threadNames[i]));
-            // (One the clock completed between WhenDue and the look at it is counted there, not in held.)
-            Assert.True(clock.Completed >= held.Length, $"the clock completed {clock.Completed} waits, {held.Length} were held");
+            Assert.True(clock.Completed >= held.Length, $"the clock completed {clock.Completed} waits, {held.Length} continued on its thread");
         }
 
         [Fact(Timeout = TestTimeoutMs)]
