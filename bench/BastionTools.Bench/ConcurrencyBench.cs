@@ -38,6 +38,7 @@ namespace BastionTools.Bench
             var sendWindow = 0;
             var idleConnections = 64;
             var agentInlineCompletions = false;
+            var inlineCompletions = true;
             var sql = "select 1";
             for (var i = 0; i < args.Length; i++)
             {
@@ -52,6 +53,7 @@ namespace BastionTools.Bench
                 else if (args[i] == "--send-window" && i + 1 < args.Length) sendWindow = int.Parse(args[++i], CultureInfo.InvariantCulture);
                 else if (args[i] == "--idle-connections" && i + 1 < args.Length) idleConnections = int.Parse(args[++i], CultureInfo.InvariantCulture);
                 else if (args[i] == "--agent-inline-socket-completions") agentInlineCompletions = true;
+                else if (args[i] == "--no-inline-socket-completions") inlineCompletions = false;
                 else if (args[i] == "--sql" && i + 1 < args.Length) sql = args[++i];
                 else
                 {
@@ -84,7 +86,7 @@ namespace BastionTools.Bench
             var work = Directory.CreateTempSubdirectory("bastiontools-bench-");
             try
             {
-                return await RunCoreAsync(sandboxDll, tools, work.FullName, clientCounts, seconds, rounds, rttMs, sendWindow, protocol, copyRows, copyRuns, idleConnections, agentInlineCompletions, sql).ConfigureAwait(false);
+                return await RunCoreAsync(sandboxDll, tools, work.FullName, clientCounts, seconds, rounds, rttMs, sendWindow, protocol, copyRows, copyRuns, idleConnections, agentInlineCompletions, inlineCompletions, sql).ConfigureAwait(false);
             }
             finally
             {
@@ -98,7 +100,7 @@ namespace BastionTools.Bench
             }
         }
 
-        private static async Task<int> RunCoreAsync(string sandboxDll, PgTools tools, string work, int[] clientCounts, int seconds, int rounds, double rttMs, int sendWindow, string protocol, int copyRows, int copyRuns, int idleConnections, bool agentInlineCompletions, string sql)
+        private static async Task<int> RunCoreAsync(string sandboxDll, PgTools tools, string work, int[] clientCounts, int seconds, int rounds, double rttMs, int sendWindow, string protocol, int copyRows, int copyRuns, int idleConnections, bool agentInlineCompletions, bool inlineCompletions, string sql)
         {
             var loadStart = LoadAverage();
             // Fast mode: the agent without its real 1 ms pause per 1 KiB read, so the module is measured, not the agent's cap.
@@ -135,6 +137,12 @@ namespace BastionTools.Bench
 
             var channelOptions = new DataChannelOptions();
             if (sendWindow > 0) channelOptions.SendWindow = channelOptions.MaxSendWindow = sendWindow;
+            channelOptions.InlineSocketCompletions = inlineCompletions;
+            Console.WriteLine(!inlineCompletions
+                ? "tunnel sockets: completions handed to the thread pool (--no-inline-socket-completions)"
+                : SocketCompletions.Supported
+                    ? "tunnel sockets: completions on the socket engine's thread (the default)"
+                    : "tunnel sockets: completions handed to the thread pool (this runtime cannot run them inline)");
             Console.WriteLine(sendWindow > 0
                 ? $"data channel: send window fixed at {sendWindow} messages (--send-window)"
                 : $"data channel: send window {channelOptions.SendWindow} messages, growing up to {channelOptions.MaxSendWindow} on a long, fast path (the defaults)");
@@ -288,6 +296,7 @@ namespace BastionTools.Bench
             Console.WriteLine();
             Console.WriteLine($"data channel totals: {session.Channel!.MessagesSent:N0} messages sent, {session.Channel.MessagesReceived:N0} received, {session.Channel.Retransmissions} retransmissions; " +
                               $"send window now {session.Channel.SendWindow:N0}, at most {session.Channel.SendWindowPeak:N0}, most in flight {session.Channel.UnacknowledgedPeak:N0}; connections opened {session.Connections.Opened}, failed {session.Connections.Failed}, reset {session.Connections.Reset}");
+            Console.WriteLine($"messages from the service (data and acknowledgements) handled on the socket engine's thread, not a pool thread: {session.Channel.MessagesHandledOffPool:N0}");
             if (rttMs > 0)
             {
                 // What the delay proxy added beyond its latency (timer granularity, load), over the whole run: the

@@ -154,6 +154,46 @@ namespace BastionTools.Tests.Engine
             return (Convert.ToHexString(sha.GetHashAndReset()), total);
         }
 
+        [Theory(Timeout = 120_000)]
+        [InlineData(true)]
+        [InlineData(false)]
+        public async Task InlineSocketCompletions_TheAgentsMessagesAndTheLocalReadsAreHandledOnTheSocketEngineThread_OrOnThePoolWhenOff(bool inline)
+        {
+            const int Queries = 50;
+            var session = await StartAsync(_f.Postgres.Port, options: new DataChannelOptions { InlineSocketCompletions = inline });
+            try
+            {
+                await using var connection = new NpgsqlConnection(ConnectionString(session.LocalEndPoint!.Port));
+                await connection.OpenAsync();
+                var forwarder = Assert.IsType<MuxPortForwarder>(session.Forwarder);
+                long handled0 = session.Channel!.MessagesHandledOffPool, received0 = session.Channel.MessagesReceived, reads0 = forwarder.LocalReadsOffPool;
+                for (var i = 0; i < Queries; i++)
+                {
+                    await using var cmd = new NpgsqlCommand("select $1::int + 1", connection);
+                    cmd.Parameters.AddWithValue(i);
+                    Assert.Equal(i + 1, (int)(await cmd.ExecuteScalarAsync())!);
+                }
+                long handled = session.Channel.MessagesHandledOffPool - handled0, received = session.Channel.MessagesReceived - received0, reads = forwarder.LocalReadsOffPool - reads0;
+                Log($"inline {inline}: {handled} messages from the agent handled outside the pool ({received} data messages received), {reads} local reads continued outside the pool, over {Queries} queries");
+                if (inline)
+                {
+                    // Each query: at least its answer and the acknowledgement of its request come back, each one read
+                    // through the socket engine (a read that completes at once continues on the thread it is on: that one).
+                    Assert.True(handled >= received && handled >= Queries, $"{handled} messages handled outside the pool, {received} data messages received");
+                    Assert.True(reads >= Queries, $"{reads} of the {Queries} queries' local reads continued outside the pool");
+                }
+                else
+                {
+                    Assert.Equal(0, handled);
+                    Assert.Equal(0, reads);
+                }
+            }
+            finally
+            {
+                await session.StopAsync();
+            }
+        }
+
         [Fact(Timeout = 120_000)]
         public async Task TenMegabytesEachWay_WithoutFaults_AreIdentical()
             => await TransferAsync(10L * 1024 * 1024, faults: null, killHalfWay: false);

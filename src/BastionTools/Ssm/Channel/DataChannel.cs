@@ -116,6 +116,8 @@ namespace BastionTools.Ssm
         private Task? _timerLoop;
         // One writer of the socket at a time: the writer loop, or a sender writing what it has just queued.
         private readonly SemaphoreSlim _writeLock = new(1, 1);
+        // The session's handlers never block and it asked for them: the WebSocket's completions run on the socket engine's thread.
+        private readonly bool _inlineSocketCompletions;
         private readonly List<ArraySegment<byte>> _batch = new(MaxBatchMessages);
         private SessionCipher? _cipher;
 
@@ -126,9 +128,10 @@ namespace BastionTools.Ssm
         /// </param>
         public DataChannel(StreamEndpoint endpoint, DataChannelOptions options, Action<AgentMessage> onStreamMessage,
             Func<CancellationToken, Task<StreamEndpoint?>> resume, Action<string>? log = null, Action? onRunDelivered = null,
-            Action<byte[], int, int>? onOutputInPlace = null)
+            Action<byte[], int, int>? onOutputInPlace = null, bool handlersNeverBlock = false)
         {
             _endpoint = endpoint;
+            _inlineSocketCompletions = handlersNeverBlock && options.InlineSocketCompletions;
             _options = options;
             _onStreamMessage = onStreamMessage;
             _onOutputInPlace = onOutputInPlace;
@@ -258,7 +261,10 @@ namespace BastionTools.Ssm
             }
             else
             {
-                transport = await WebSocketTransport.ConnectAsync(endpoint.StreamUrl, _options.Transport, cancellationToken).ConfigureAwait(false);
+                var webSocket = await WebSocketTransport.ConnectAsync(endpoint.StreamUrl, _options.Transport, cancellationToken).ConfigureAwait(false);
+                // After the TLS handshake and the upgrade (certificate validation is not held to the engine's thread).
+                if (_inlineSocketCompletions) webSocket.RunCompletionsInline();
+                transport = webSocket;
             }
             try
             {
@@ -561,17 +567,25 @@ namespace BastionTools.Ssm
         {
             Exception? failure = null;
             var sinceKick = 0;
+            var engineTurn = 0;
             try
             {
                 while (!_lifetime.IsCancellationRequested)
                 {
-                    var message = await transport.ReceiveAsync(_lifetime.Token).ConfigureAwait(false);
+                    var receiving = transport.ReceiveAsync(_lifetime.Token);
+                    var atOnce = receiving.IsCompleted;
+                    var message = await receiving.ConfigureAwait(false);
                     if (message.Kind == TransportMessageKind.Close)
                     {
                         _log($"The service closed the WebSocket ({message.CloseStatus} {message.CloseDescription}).");
                         break;
                     }
                     if (message.Kind != TransportMessageKind.Binary) continue;
+                    if (!Thread.CurrentThread.IsThreadPoolThread) Statistics.HandledOffPool();
+                    // On the socket engine's thread (inline completions), messages that were already there keep the loop
+                    // on the thread that every other socket of the process waits on: after a run of them, give it back
+                    // (the loop goes on on a pool thread until a read has to wait).
+                    if (SocketCompletions.TakeTurn(ref engineTurn, atOnce)) await Task.Yield();
                     Handle(message.Data);
                     if (_closed.Task.IsCompleted) return (false, null);
                     // Acknowledgements wait while whole messages are still buffered (a burst read at once), then go out

@@ -176,6 +176,13 @@ namespace BastionTools.Ssm
         /// </summary>
         public TimeSpan AgentKeepAliveInterval { get; set; } = SmuxKeepAlive.Interval;
 
+        /// <summary>
+        /// Port forwarding: the data channel's socket and the local connections' run their completions on the socket
+        /// engine's thread instead of handing each to the thread pool (see <see cref="SocketCompletions"/>; .NET on Linux
+        /// and macOS, nothing elsewhere). On by default; a shell session never does it (its terminal writes block).
+        /// </summary>
+        public bool InlineSocketCompletions { get; set; } = true;
+
         /// <summary>How the WebSocket connects (timeout, proxy, message size bound).</summary>
         public WebSocketTransportOptions Transport { get; set; } = new();
 

@@ -72,8 +72,15 @@ namespace BastionTools.Ssm
         private long _unackedPeak;
         private long _sendWindow;
         private long _sendWindowPeak;
+        private long _handledOffPool;
 
         public long MessagesSent => Interlocked.Read(ref _messagesSent);
+
+        /// <summary>
+        /// WebSocket messages from the service that the receive loop handled on a thread outside the thread pool: the
+        /// socket engine's, when the socket runs its completions inline (<see cref="DataChannelOptions.InlineSocketCompletions"/>).
+        /// </summary>
+        public long MessagesHandledOffPool => Interlocked.Read(ref _handledOffPool);
         public long MessagesReceived => Interlocked.Read(ref _messagesReceived);
         public long PayloadBytesSent => Interlocked.Read(ref _payloadBytesSent);
         public long PayloadBytesReceived => Interlocked.Read(ref _payloadBytesReceived);
@@ -138,6 +145,7 @@ namespace BastionTools.Ssm
         internal void DeadConnection() => Interlocked.Increment(ref _deadConnections);
         internal void Paused() => Interlocked.Increment(ref _pauses);
         internal void Malformed() => Interlocked.Increment(ref _malformed);
+        internal void HandledOffPool() => Interlocked.Increment(ref _handledOffPool);
 
         internal void ReorderHeld(int count) => Max(ref _reorderPeak, count);
         internal void UnackedHeld(int count) => Max(ref _unackedPeak, count);

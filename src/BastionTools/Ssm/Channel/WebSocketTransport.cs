@@ -95,6 +95,12 @@ namespace BastionTools.Ssm
             _maxMessageBytes = maxMessageBytes;
         }
 
+        /// <summary>
+        /// From now on the socket's reads and writes complete on the socket engine's thread (<see cref="SocketCompletions"/>):
+        /// only for an owner whose code after a receive never blocks. False where the runtime cannot.
+        /// </summary>
+        internal bool RunCompletionsInline() => SocketCompletions.RunInline(_socket);
+
         /// <inheritdoc />
         public long LastReceivedTimestamp => Interlocked.Read(ref _lastReceived);
 

@@ -103,6 +103,7 @@ namespace BastionTools.Ssm
         private long _lastSentTicks = DateTime.UtcNow.Ticks;
         private long _framesSent;
         private long _localSends;
+        private long _localReadsOffPool;
         private long _nopsSent;
 
         /// <param name="sender">Where frames go (the data channel).</param>
@@ -138,6 +139,9 @@ namespace BastionTools.Ssm
 
         /// <summary>Writes to local connections made on the receive loop (direct writes), for tests.</summary>
         internal long LocalSends => Interlocked.Read(ref _localSends);
+
+        /// <summary>Reads from local connections whose continuation ran outside the thread pool (on the socket engine's thread, when inline).</summary>
+        internal long LocalReadsOffPool => Interlocked.Read(ref _localReadsOffPool);
 
         /// <summary>Keepalive NOP frames sent so far.</summary>
         public long NopsSent => Interlocked.Read(ref _nopsSent);
@@ -357,12 +361,19 @@ namespace BastionTools.Ssm
         private async Task PumpLocalToRemoteAsync(MuxStream stream, NetworkStream network, CancellationToken cancellationToken)
         {
             var buffer = new byte[MaxFramePayload];
+            var engineTurn = 0;
             try
             {
                 while (true)
                 {
-                    var n = await network.ReadAsync(buffer, 0, buffer.Length, cancellationToken).ConfigureAwait(false);
+                    var reading = network.ReadAsync(buffer, 0, buffer.Length, cancellationToken);
+                    var atOnce = reading.IsCompleted;
+                    var n = await reading.ConfigureAwait(false);
                     if (n == 0) break;
+                    if (!Thread.CurrentThread.IsThreadPoolThread) Interlocked.Increment(ref _localReadsOffPool);
+                    // A client sending in bulk keeps its reads completing at once on the socket engine's thread: after
+                    // a run of them, give that thread back (see DataChannel's receive loop).
+                    if (SocketCompletions.TakeTurn(ref engineTurn, atOnce)) await Task.Yield();
                     _stats.Out(n);
                     await SendFrameAsync(SmuxCommand.Psh, stream.Id, buffer, n, cancellationToken).ConfigureAwait(false);
                 }

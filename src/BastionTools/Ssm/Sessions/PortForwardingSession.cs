@@ -173,7 +173,7 @@ namespace BastionTools.Ssm
 
                 progress(SessionStage.WebSocket);
                 _channel = new DataChannel(endpoint, _channelOptions, OnStreamMessage, ct => SessionResumer.ResumeAsync(_api, SessionId!, ct), Events.Write,
-                    () => _forwarder?.WriteHeldOutput(), OnOutputInPlace);
+                    () => _forwarder?.WriteHeldOutput(), OnOutputInPlace, handlersNeverBlock: true);
                 _channel.StateChanged += OnChannelStateChanged;
                 await _channel.OpenAsync(cancellationToken).ConfigureAwait(false);
 
@@ -439,6 +439,9 @@ namespace BastionTools.Ssm
                 {
                     return;
                 }
+                // Before the connection's first read: its completions run on the socket engine's thread (the forwarders'
+                // reads hand frames to the data channel and their writes never block).
+                if (_channelOptions.InlineSocketCompletions) SocketCompletions.RunInline(client.Client);
                 var task = Task.Run(() => _forwarder!.HandleConnectionAsync(client, _lifetime.Token));
                 lock (_connections)
                 {
