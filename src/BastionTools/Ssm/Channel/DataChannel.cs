@@ -126,6 +126,11 @@ namespace BastionTools.Ssm
         /// buffer, at most 32 messages) were handed to <paramref name="onStreamMessage"/>, and when the loop ends: a
         /// consumer may hold what it was given during the run and write it then.
         /// </param>
+        /// <param name="handlersNeverBlock">
+        /// The owner's handlers and log never wait synchronously (a port forwarding session's do not; a shell session's
+        /// terminal writes do): with <see cref="DataChannelOptions.InlineSocketCompletions"/>, the WebSocket's completions
+        /// then run on the socket engine's thread (<see cref="SocketCompletions"/>).
+        /// </param>
         public DataChannel(StreamEndpoint endpoint, DataChannelOptions options, Action<AgentMessage> onStreamMessage,
             Func<CancellationToken, Task<StreamEndpoint?>> resume, Action<string>? log = null, Action? onRunDelivered = null,
             Action<byte[], int, int>? onOutputInPlace = null, bool handlersNeverBlock = false)
