@@ -14,8 +14,9 @@ namespace BastionTools.Ssm
     /// thread pool: a wake-up of a pool thread per completion, and that thread then spins a while for more work before it
     /// sleeps. A tunnel makes three such completions per small request and answer (the local client's request, the
     /// agent's answer, the agent's acknowledgement), so on a small machine that hand-over is most of what the tunnel
-    /// costs: with it, one client of `select 1` measured 0.27-0.30 ms more per transaction than direct, 300-340 us of
-    /// this process's CPU per transaction; run on the engine's thread, 0.15-0.19 ms and about 100 us (issue 11's bench).
+    /// costs: with it, one client of `select 1` measured 0.27-0.34 ms more per transaction than direct and 300-420 us of
+    /// this process's CPU per transaction; run on the engine's thread, 0.17-0.27 ms and 100-190 us (issue 11's
+    /// concurrency bench, runs of both kinds alternating on a 2-core VM; lower in every pair).
     /// <para>
     /// .NET has that per socket, <c>Socket.PreferInlineCompletions</c> (what DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS
     /// turns on for the whole process): an internal property that the runtime keeps for callers through reflection
