@@ -195,6 +195,56 @@ namespace BastionTools.Tests.Engine
         }
 
         [Fact(Timeout = 120_000)]
+        public async Task InlineSocketCompletions_WhileTwoConnectionsAreOpen_ThePoolHandlesEverything_AndTheOneLeftIsInlineAgain()
+        {
+            const int Queries = 20;
+            var session = await StartAsync(_f.Postgres.Port);
+            try
+            {
+                var forwarder = Assert.IsType<MuxPortForwarder>(session.Forwarder);
+                await using var first = new NpgsqlConnection(ConnectionString(session.LocalEndPoint!.Port));
+                await first.OpenAsync();
+                Assert.True(session.InlineCompletions);
+                var second = new NpgsqlConnection(ConnectionString(session.LocalEndPoint!.Port));
+                await second.OpenAsync();
+                Assert.False(session.InlineCompletions);
+
+                async Task<(long Handled, long Reads)> QueriesAsync(params NpgsqlConnection[] connections)
+                {
+                    long handled0 = session.Channel!.MessagesHandledOffPool, reads0 = forwarder.LocalReadsOffPool;
+                    for (var i = 0; i < Queries; i++)
+                    {
+                        await using var cmd = new NpgsqlCommand("select $1::int * 2", connections[i % connections.Length]);
+                        cmd.Parameters.AddWithValue(i);
+                        Assert.Equal(2 * i, (int)(await cmd.ExecuteScalarAsync())!);
+                    }
+                    return (session.Channel.MessagesHandledOffPool - handled0, forwarder.LocalReadsOffPool - reads0);
+                }
+
+                var both = await QueriesAsync(first, second);
+                Log($"two connections open: {both.Handled} messages handled and {both.Reads} local reads continued outside the pool over {Queries} queries");
+                Assert.Equal(0, both.Handled);
+                Assert.Equal(0, both.Reads);
+
+                await second.DisposeAsync();
+                var ending = System.Diagnostics.Stopwatch.StartNew();
+                while (!session.InlineCompletions)
+                {
+                    Assert.True(ending.Elapsed < TimeSpan.FromSeconds(30), "the session is not inline again 30 s after the second connection ended");
+                    await Task.Delay(10);
+                }
+                var one = await QueriesAsync(first);
+                Log($"one connection open: {one.Handled} messages handled and {one.Reads} local reads continued outside the pool over {Queries} queries");
+                Assert.True(one.Handled >= Queries, $"{one.Handled} messages handled outside the pool over {Queries} queries");
+                Assert.True(one.Reads >= Queries, $"{one.Reads} local reads continued outside the pool over {Queries} queries");
+            }
+            finally
+            {
+                await session.StopAsync();
+            }
+        }
+
+        [Fact(Timeout = 120_000)]
         public async Task TenMegabytesEachWay_WithoutFaults_AreIdentical()
             => await TransferAsync(10L * 1024 * 1024, faults: null, killHalfWay: false);
 

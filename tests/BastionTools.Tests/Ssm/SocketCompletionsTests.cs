@@ -16,10 +16,10 @@ namespace BastionTools.Tests.Ssm
     /// </summary>
     public sealed class SocketCompletionsTests
     {
-        private const int Reads = 20;
+        internal const int Reads = 20;
 
         [Fact(Timeout = 60_000)]
-        public async Task RunInline_APendingReadContinuesOnTheSocketEngineThread_AndWithoutItOnThePool()
+        public async Task SetInline_APendingReadContinuesOnTheSocketEngineThread_AndBackOnThePoolWhenUnset()
         {
             if (OperatingSystem.IsWindows())
             {
@@ -29,11 +29,21 @@ namespace BastionTools.Tests.Ssm
             }
             Assert.True(SocketCompletions.Supported, "this runtime has no Socket.PreferInlineCompletions: the tunnel hands every completion to the thread pool");
 
-            var inline = await ContinuationThreadsAsync(runInline: true);
-            Assert.True(inline.OffPool == Reads, $"inline: {inline.OffPool} of {Reads} reads continued outside the thread pool");
+            using var pair = await SocketPair.OpenAsync();
+            var before = await OffPoolReadsAsync(pair);
+            Assert.True(before == 0, $"before SetInline: {before} of {Reads} reads continued outside the thread pool");
 
-            var pooled = await ContinuationThreadsAsync(runInline: false);
-            Assert.True(pooled.OffPool == 0, $"not inline: {pooled.OffPool} of {Reads} reads continued outside the thread pool");
+            Assert.True(SocketCompletions.SetInline(pair.Server, true));
+            var inline = await OffPoolReadsAsync(pair);
+            Assert.True(inline == Reads, $"inline: {inline} of {Reads} reads continued outside the thread pool");
+
+            // The runtime looks at it for every event: the same socket goes back to the pool, and inline again.
+            Assert.True(SocketCompletions.SetInline(pair.Server, false));
+            var unset = await OffPoolReadsAsync(pair);
+            Assert.True(unset == 0, $"unset: {unset} of {Reads} reads continued outside the thread pool");
+            Assert.True(SocketCompletions.SetInline(pair.Server, true));
+            var again = await OffPoolReadsAsync(pair);
+            Assert.True(again == Reads, $"inline again: {again} of {Reads} reads continued outside the thread pool");
         }
 
         [Fact(Timeout = 30_000)]
@@ -69,34 +79,26 @@ namespace BastionTools.Tests.Ssm
         }
 
         [Fact]
-        public void RunInline_WithoutASocket_IsAnArgumentError()
-            => Assert.Throws<ArgumentNullException>(() => SocketCompletions.RunInline(null!));
+        public void SetInline_WithoutASocket_IsAnArgumentError()
+            => Assert.Throws<ArgumentNullException>(() => SocketCompletions.SetInline(null!, true));
 
         /// <summary>
-        /// <see cref="Reads"/> reads on an accepted socket, each started before its byte is sent (so it is pending and
-        /// completes through the socket engine), and on which kind of thread each continued.
+        /// <see cref="Reads"/> reads on the pair's accepted socket, each started before its byte is sent (so it is pending
+        /// and completes through the socket engine): how many continued outside the thread pool.
         /// </summary>
-        private static async Task<(int OffPool, int Reads)> ContinuationThreadsAsync(bool runInline)
+        internal static async Task<int> OffPoolReadsAsync(SocketPair pair)
         {
-            using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
-            listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-            listener.Listen(1);
-            using var client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-            await client.ConnectAsync(listener.LocalEndPoint!).ConfigureAwait(false);
-            using var server = await listener.AcceptAsync().ConfigureAwait(false);
-            if (runInline) Assert.True(SocketCompletions.RunInline(server));
-
             var buffer = new byte[16];
             var offPool = 0;
             for (var i = 0; i < Reads; i++)
             {
                 // The read's continuation is attached before the byte goes out (ReadOnceAsync returns at its await), so
                 // it runs where the completion runs, never on this thread because the read had already finished.
-                var read = ReadOnceAsync(server, buffer, (byte)i);
-                client.Send(new[] { (byte)i });
+                var read = ReadOnceAsync(pair.Server, buffer, (byte)i);
+                pair.Client.Send(new[] { (byte)i });
                 if (await read.ConfigureAwait(false)) offPool++;
             }
-            return (offPool, Reads);
+            return offPool;
         }
 
         /// <summary>One pending read of one byte; true when it continued outside the thread pool.</summary>
@@ -108,6 +110,36 @@ namespace BastionTools.Tests.Ssm
             Assert.Equal(1, n);
             Assert.Equal(expected, buffer[0]);
             return !Thread.CurrentThread.IsThreadPoolThread;
+        }
+    }
+
+    /// <summary>A connected pair of loopback sockets (the accepted one is <see cref="Server"/>).</summary>
+    internal sealed class SocketPair : IDisposable
+    {
+        private SocketPair(Socket client, Socket server)
+        {
+            Client = client;
+            Server = server;
+        }
+
+        public Socket Client { get; }
+        public Socket Server { get; }
+
+        public static async Task<SocketPair> OpenAsync()
+        {
+            using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+            listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+            listener.Listen(1);
+            var client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+            await client.ConnectAsync(listener.LocalEndPoint!).ConfigureAwait(false);
+            var server = await listener.AcceptAsync().ConfigureAwait(false);
+            return new SocketPair(client, server);
+        }
+
+        public void Dispose()
+        {
+            Client.Dispose();
+            Server.Dispose();
         }
     }
 }

@@ -116,8 +116,10 @@ namespace BastionTools.Ssm
         private Task? _timerLoop;
         // One writer of the socket at a time: the writer loop, or a sender writing what it has just queued.
         private readonly SemaphoreSlim _writeLock = new(1, 1);
-        // The session's handlers never block and it asked for them: the WebSocket's completions run on the socket engine's thread.
+        // The session's handlers never block and it asked for them: the WebSocket's completions may run on the socket
+        // engine's thread; _inlineNow: they do now (SetInlineCompletions), on this connection and the next ones.
         private readonly bool _inlineSocketCompletions;
+        private volatile bool _inlineNow;
         private readonly List<ArraySegment<byte>> _batch = new(MaxBatchMessages);
         private SessionCipher? _cipher;
 
@@ -137,6 +139,7 @@ namespace BastionTools.Ssm
         {
             _endpoint = endpoint;
             _inlineSocketCompletions = handlersNeverBlock && options.InlineSocketCompletions;
+            _inlineNow = _inlineSocketCompletions;
             _options = options;
             _onStreamMessage = onStreamMessage;
             _onOutputInPlace = onOutputInPlace;
@@ -153,6 +156,17 @@ namespace BastionTools.Ssm
         public string SessionId => _endpoint.SessionId;
 
         public DataChannelStatistics Statistics { get; } = new();
+
+        /// <summary>
+        /// The WebSocket's completions run on the socket engine's thread (true) or on the thread pool, from now on and on
+        /// every later connection; nothing for an owner that did not say its handlers never block.
+        /// </summary>
+        internal void SetInlineCompletions(bool inline)
+        {
+            if (!_inlineSocketCompletions) return;
+            _inlineNow = inline;
+            if (_transport is WebSocketTransport webSocket) webSocket.SetCompletionsInline(inline);
+        }
 
         /// <summary>Completes when the channel has ended, with the reason.</summary>
         public Task<DataChannelClosure> Completion => _closed.Task;
@@ -268,7 +282,7 @@ namespace BastionTools.Ssm
             {
                 var webSocket = await WebSocketTransport.ConnectAsync(endpoint.StreamUrl, _options.Transport, cancellationToken).ConfigureAwait(false);
                 // After the TLS handshake and the upgrade (certificate validation is not held to the engine's thread).
-                if (_inlineSocketCompletions) webSocket.RunCompletionsInline();
+                if (_inlineNow) webSocket.SetCompletionsInline(true);
                 transport = webSocket;
             }
             try

@@ -177,9 +177,10 @@ namespace BastionTools.Ssm
         public TimeSpan AgentKeepAliveInterval { get; set; } = SmuxKeepAlive.Interval;
 
         /// <summary>
-        /// Port forwarding: the data channel's socket and the local connections' run their completions on the socket
-        /// engine's thread instead of handing each to the thread pool (see <see cref="SocketCompletions"/>; .NET on Linux
-        /// and macOS, nothing elsewhere). On by default; a shell session never does it (its terminal writes block).
+        /// Port forwarding: while the session carries one local connection, the data channel's socket and that
+        /// connection's run their completions on the socket engine's thread instead of handing each to the thread pool
+        /// (see <see cref="SocketCompletions"/>, <see cref="InlineSocketGroup"/>; .NET on Linux and macOS, nothing
+        /// elsewhere). On by default; a shell session never does it (its terminal writes block).
         /// </summary>
         public bool InlineSocketCompletions { get; set; } = true;
 

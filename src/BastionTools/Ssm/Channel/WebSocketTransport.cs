@@ -96,10 +96,11 @@ namespace BastionTools.Ssm
         }
 
         /// <summary>
-        /// From now on the socket's reads and writes complete on the socket engine's thread (<see cref="SocketCompletions"/>):
-        /// only for an owner whose code after a receive never blocks. False where the runtime cannot.
+        /// From now on the socket's reads and writes complete on the socket engine's thread (<see cref="SocketCompletions"/>),
+        /// or on the thread pool again: inline only for an owner whose code after a receive never blocks. False where the
+        /// runtime cannot.
         /// </summary>
-        internal bool RunCompletionsInline() => SocketCompletions.RunInline(_socket);
+        internal bool SetCompletionsInline(bool inline) => SocketCompletions.SetInline(_socket, inline);
 
         /// <inheritdoc />
         public long LastReceivedTimestamp => Interlocked.Read(ref _lastReceived);

@@ -106,6 +106,7 @@ namespace BastionTools.Ssm
         private readonly TaskCompletionSource<HandshakeRequestPayload> _handshakeRequested = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private readonly TaskCompletionSource<bool> _handshakeCompleted = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private readonly List<Task> _connections = new();
+        private readonly InlineSocketGroup _inlineSockets;
         private TcpListener? _listener;
         private TcpListener? _twin;
         private DataChannel? _channel;
@@ -119,6 +120,8 @@ namespace BastionTools.Ssm
             _api = api;
             _request = request;
             _channelOptions = channelOptions;
+            _inlineSockets = new InlineSocketGroup(channelOptions.InlineSocketCompletions);
+            _inlineSockets.InlineChanged += inline => _channel?.SetInlineCompletions(inline);
         }
 
         public SessionEventLog Events { get; } = new();
@@ -150,6 +153,9 @@ namespace BastionTools.Ssm
 
         internal DataChannel? DataChannel => _channel;
 
+        /// <summary>Whether the session's sockets run their completions inline now (at most one local connection open; <see cref="InlineSocketGroup"/>).</summary>
+        internal bool InlineCompletions => _inlineSockets.Inline;
+
         internal IPortForwarder? Forwarder => _forwarder;
 
         /// <summary>Completes when the session has ended (stopped, closed by the service, or broken).</summary>
@@ -175,6 +181,7 @@ namespace BastionTools.Ssm
                 _channel = new DataChannel(endpoint, _channelOptions, OnStreamMessage, ct => SessionResumer.ResumeAsync(_api, SessionId!, ct), Events.Write,
                     () => _forwarder?.WriteHeldOutput(), OnOutputInPlace, handlersNeverBlock: true);
                 _channel.StateChanged += OnChannelStateChanged;
+                _channel.SetInlineCompletions(_inlineSockets.Inline);
                 await _channel.OpenAsync(cancellationToken).ConfigureAwait(false);
 
                 progress(SessionStage.Handshake);
@@ -439,10 +446,21 @@ namespace BastionTools.Ssm
                 {
                     return;
                 }
-                // Before the connection's first read: its completions run on the socket engine's thread (the forwarders'
-                // reads hand frames to the data channel and their writes never block).
-                if (_channelOptions.InlineSocketCompletions) SocketCompletions.RunInline(client.Client);
-                var task = Task.Run(() => _forwarder!.HandleConnectionAsync(client, _lifetime.Token));
+                // Before the connection's first read: it takes the session's mode (inline completions while it is the only
+                // one: the forwarders' reads hand frames to the data channel and their writes never block).
+                var socket = client.Client;
+                _inlineSockets.Add(socket);
+                var task = Task.Run(async () =>
+                {
+                    try
+                    {
+                        await _forwarder!.HandleConnectionAsync(client, _lifetime.Token).ConfigureAwait(false);
+                    }
+                    finally
+                    {
+                        _inlineSockets.Remove(socket);
+                    }
+                });
                 lock (_connections)
                 {
                     _connections.RemoveAll(t => t.IsCompleted);
