@@ -114,16 +114,10 @@ namespace BastionTools.Tests.Ssm
     }
 
     /// <summary>A connected pair of loopback sockets (the accepted one is <see cref="Server"/>).</summary>
-    internal sealed class SocketPair : IDisposable
+    internal sealed class SocketPair(Socket client, Socket server) : IDisposable
     {
-        private SocketPair(Socket client, Socket server)
-        {
-            Client = client;
-            Server = server;
-        }
-
-        public Socket Client { get; }
-        public Socket Server { get; }
+        public Socket Client { get; } = client;
+        public Socket Server { get; } = server;
 
         public static async Task<SocketPair> OpenAsync()
         {
