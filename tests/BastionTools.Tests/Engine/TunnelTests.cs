@@ -10,6 +10,7 @@ using Amazon.Runtime;
 using BastionTools.Aws;
 using BastionTools.Sandbox;
 using BastionTools.Ssm;
+using BastionTools.Tests.Sandbox;
 using Npgsql;
 using Xunit;
 using Xunit.Abstractions;
@@ -165,15 +166,7 @@ namespace BastionTools.Tests.Engine
             {
                 await using var connection = new NpgsqlConnection(ConnectionString(session.LocalEndPoint!.Port));
                 await connection.OpenAsync();
-                var forwarder = Assert.IsType<MuxPortForwarder>(session.Forwarder);
-                long handled0 = session.Channel!.MessagesHandledOffPool, received0 = session.Channel.MessagesReceived, reads0 = forwarder.LocalReadsOffPool;
-                for (var i = 0; i < Queries; i++)
-                {
-                    await using var cmd = new NpgsqlCommand("select $1::int + 1", connection);
-                    cmd.Parameters.AddWithValue(i);
-                    Assert.Equal(i + 1, (int)(await cmd.ExecuteScalarAsync())!);
-                }
-                long handled = session.Channel.MessagesHandledOffPool - handled0, received = session.Channel.MessagesReceived - received0, reads = forwarder.LocalReadsOffPool - reads0;
+                var (handled, received, reads) = await OffPoolDuringQueriesAsync(session, Queries, connection);
                 Log($"inline {inline}: {handled} messages from the agent handled outside the pool ({received} data messages received), {reads} local reads continued outside the pool, over {Queries} queries");
                 if (inline)
                 {
@@ -201,7 +194,6 @@ namespace BastionTools.Tests.Engine
             var session = await StartAsync(_f.Postgres.Port);
             try
             {
-                var forwarder = Assert.IsType<MuxPortForwarder>(session.Forwarder);
                 await using var first = new NpgsqlConnection(ConnectionString(session.LocalEndPoint!.Port));
                 await first.OpenAsync();
                 Assert.True(session.InlineCompletions);
@@ -209,31 +201,14 @@ namespace BastionTools.Tests.Engine
                 await second.OpenAsync();
                 Assert.False(session.InlineCompletions);
 
-                async Task<(long Handled, long Reads)> QueriesAsync(params NpgsqlConnection[] connections)
-                {
-                    long handled0 = session.Channel!.MessagesHandledOffPool, reads0 = forwarder.LocalReadsOffPool;
-                    for (var i = 0; i < Queries; i++)
-                    {
-                        await using var cmd = new NpgsqlCommand("select $1::int * 2", connections[i % connections.Length]);
-                        cmd.Parameters.AddWithValue(i);
-                        Assert.Equal(2 * i, (int)(await cmd.ExecuteScalarAsync())!);
-                    }
-                    return (session.Channel.MessagesHandledOffPool - handled0, forwarder.LocalReadsOffPool - reads0);
-                }
-
-                var both = await QueriesAsync(first, second);
+                var both = await OffPoolDuringQueriesAsync(session, Queries, first, second);
                 Log($"two connections open: {both.Handled} messages handled and {both.Reads} local reads continued outside the pool over {Queries} queries");
                 Assert.Equal(0, both.Handled);
                 Assert.Equal(0, both.Reads);
 
                 await second.DisposeAsync();
-                var ending = System.Diagnostics.Stopwatch.StartNew();
-                while (!session.InlineCompletions)
-                {
-                    Assert.True(ending.Elapsed < TimeSpan.FromSeconds(30), "the session is not inline again 30 s after the second connection ended");
-                    await Task.Delay(10);
-                }
-                var one = await QueriesAsync(first);
+                await SandboxTestSupport.WaitUntilAsync(() => Task.FromResult(session.InlineCompletions), "the session inline again after the second connection ended", TimeSpan.FromSeconds(30));
+                var one = await OffPoolDuringQueriesAsync(session, Queries, first);
                 Log($"one connection open: {one.Handled} messages handled and {one.Reads} local reads continued outside the pool over {Queries} queries");
                 Assert.True(one.Handled >= Queries, $"{one.Handled} messages handled outside the pool over {Queries} queries");
                 Assert.True(one.Reads >= Queries, $"{one.Reads} local reads continued outside the pool over {Queries} queries");
@@ -242,6 +217,23 @@ namespace BastionTools.Tests.Engine
             {
                 await session.StopAsync();
             }
+        }
+
+        /// <summary>
+        /// Runs <paramref name="queries"/> small queries, taking the connections in turn: how many of the agent's messages
+        /// the channel handled, how many data messages it received, and how many local reads continued, outside the pool.
+        /// </summary>
+        private static async Task<(long Handled, long Received, long Reads)> OffPoolDuringQueriesAsync(PortForwardingSession session, int queries, params NpgsqlConnection[] connections)
+        {
+            var forwarder = Assert.IsType<MuxPortForwarder>(session.Forwarder);
+            long handled0 = session.Channel!.MessagesHandledOffPool, received0 = session.Channel.MessagesReceived, reads0 = forwarder.LocalReadsOffPool;
+            for (var i = 0; i < queries; i++)
+            {
+                await using var cmd = new NpgsqlCommand("select $1::int * 2", connections[i % connections.Length]);
+                cmd.Parameters.AddWithValue(i);
+                Assert.Equal(2 * i, (int)(await cmd.ExecuteScalarAsync())!);
+            }
+            return (session.Channel.MessagesHandledOffPool - handled0, session.Channel.MessagesReceived - received0, forwarder.LocalReadsOffPool - reads0);
         }
 
         [Fact(Timeout = 120_000)]
