@@ -123,6 +123,11 @@ namespace BastionTools.Sandbox
         public long BytesServerToClient => Interlocked.Read(ref _bytesServerToClient);
         /// <summary>Connections blackouts have silenced so far.</summary>
         public long BlackholedConnections => Interlocked.Read(ref _blackholed);
+        /// <summary>Client bytes kept by connections not yet upstream (a blackout holds them), to be delivered once they are.</summary>
+        public long HeldBytes => _connections.Keys.Sum(c =>
+        {
+            lock (c.QueueLock) return (long)c.HeldBytes;
+        });
 
         /// <summary>
         /// One-way delay added in each direction of every connection (zero: none), from the next chunk read on. Changing it
@@ -406,7 +411,8 @@ namespace BastionTools.Sandbox
             }
             Track(Task.Run(() => ServerToClientAsync(c, server)));
 
-            // Deliver what the client sent before the connection was upstream, in order; the reader queues while !Ready.
+            // Deliver what the client sent before the connection was upstream, in order (after the latency, when one is
+            // set: the bytes start across the link now); the reader queues while !Ready.
             while (true)
             {
                 byte[] chunk;
@@ -421,7 +427,8 @@ namespace BastionTools.Sandbox
                     c.HeldBytes -= chunk.Length;
                 }
                 if (c.IsSilenced(ProxyDirection.ClientToServer)) continue;
-                if (!await SendAsync(c, server, chunk, chunk.Length, ProxyDirection.ClientToServer).ConfigureAwait(false)) break;
+                // Through the delay line like every other chunk: with a latency set, kept bytes are not delivered early.
+                if (!await ForwardAsync(c, server, chunk, chunk.Length, ProxyDirection.ClientToServer).ConfigureAwait(false)) break;
             }
             c.SignalReady();
         }

@@ -293,6 +293,30 @@ namespace BastionTools.Tests.Sandbox
         }
 
         [Fact(Timeout = TestTimeoutMs)]
+        public async Task Latency_BytesKeptWhileTheConnectionWasHeld_AreDelayedToo()
+        {
+            // CI caught "ping" 13.5 ms after it was sent with a 120 ms latency: the client's first bytes were read before
+            // the connection was upstream and delivered from the held queue, past the delay line.
+            var latency = TimeSpan.FromMilliseconds(120);
+            await using var server = new TestServer();
+            await using var proxy = new FaultProxy(server.EndPoint) { Latency = latency };
+            proxy.StartBlackout();
+            using var client = await ConnectAsync(proxy);
+            await SendAllAsync(client, Encoding.ASCII.GetBytes("early"));
+            await WaitUntilAsync(() => proxy.HeldBytes == 5, "the proxy keeps the bytes of the held connection");
+
+            var released = System.Diagnostics.Stopwatch.StartNew();
+            proxy.EndBlackout();
+            var upstream = await server.AcceptAsync(Generous);
+            Assert.Equal("early", Encoding.ASCII.GetString(await ReceiveExactlyAsync(upstream, 5)));
+            var after = released.Elapsed;
+            Assert.True(after >= latency, $"the kept bytes arrived {after.TotalMilliseconds:F1} ms after the connection went upstream, before the latency");
+            Assert.Equal(0, proxy.HeldBytes);
+            await PingPongAsync(client, upstream, "next", "pong");
+            Assert.Equal(9, proxy.BytesClientToServer);
+        }
+
+        [Fact(Timeout = TestTimeoutMs)]
         public async Task Latency_AResetStillPassesOn_WhileBytesAreInFlight()
         {
             await using var server = new TestServer();
