@@ -45,6 +45,12 @@ namespace BastionTools.Tests.Sandbox
             Assert.NotEqual(Guid.Empty, first.MessageId);
             Assert.InRange(first.CreatedDate, before, after);
             Assert.True(first.IsDigestValid);
+            // A version 4 UUID (the real agent's uuid.NewV4), RFC 4122 variant; never the same twice.
+            Assert.Equal('4', first.MessageId.ToString("D")[14]);
+            Assert.Contains(first.MessageId.ToString("D")[19], "89ab");
+            var ids = new System.Collections.Generic.HashSet<Guid>();
+            for (var i = 0; i < 10_000; i++)
+                Assert.True(ids.Add(AgentMessageCodec.Decode(AgentFrames.Encode(MessageTypes.OutputStreamData, i, MessageFlags.Data, PayloadType.Output, new byte[] { 1 })).MessageId));
         }
 
         [Theory]
