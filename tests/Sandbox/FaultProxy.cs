@@ -427,7 +427,6 @@ namespace BastionTools.Sandbox
                     c.HeldBytes -= chunk.Length;
                 }
                 if (c.IsSilenced(ProxyDirection.ClientToServer)) continue;
-                // Through the delay line like every other chunk: with a latency set, kept bytes are not delivered early.
                 if (!await ForwardAsync(c, server, chunk, chunk.Length, ProxyDirection.ClientToServer).ConfigureAwait(false)) break;
             }
             c.SignalReady();

@@ -1,4 +1,5 @@
 using System;
+using System.Collections.Generic;
 using System.Text;
 using BastionTools.Sandbox;
 using BastionTools.Ssm;
@@ -48,7 +49,7 @@ namespace BastionTools.Tests.Sandbox
             // A version 4 UUID (the real agent's uuid.NewV4), RFC 4122 variant; never the same twice.
             Assert.Equal('4', first.MessageId.ToString("D")[14]);
             Assert.Contains(first.MessageId.ToString("D")[19], "89ab");
-            var ids = new System.Collections.Generic.HashSet<Guid>();
+            var ids = new HashSet<Guid>();
             for (var i = 0; i < 10_000; i++)
                 Assert.True(ids.Add(AgentMessageCodec.Decode(AgentFrames.Encode(MessageTypes.OutputStreamData, i, MessageFlags.Data, PayloadType.Output, new byte[] { 1 })).MessageId));
         }

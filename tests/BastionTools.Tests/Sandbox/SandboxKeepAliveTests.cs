@@ -135,8 +135,11 @@ namespace BastionTools.Tests.Sandbox
                 // A NOP written to the smux output can still be there when the session closes (the agent's output is a
                 // buffered socket to transferDataToMgs): CI saw channel_closed with none delivered after a stalled pump.
                 // Those that arrive are on stream 0; that they do arrive is Mux_OldClient_GetsSmuxKeepAliveNops (30 s timeout).
-                Assert.All(c.SmuxFrames, f => Assert.Equal(SmuxCommand.Nop, f.Command));
-                Assert.All(c.SmuxFrames, f => Assert.Equal(0u, f.StreamId));
+                Assert.All(c.SmuxFrames, f =>
+                {
+                    Assert.Equal(SmuxCommand.Nop, f.Command);
+                    Assert.Equal(0u, f.StreamId);
+                });
                 Assert.True(host.Sessions.TryGet(session.SessionId, out var s));
                 Assert.Equal(SandboxSessionState.Terminated, s.State);
             }
