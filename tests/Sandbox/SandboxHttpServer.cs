@@ -79,7 +79,7 @@ namespace BastionTools.Sandbox
             Response.MarkSent();
             await _connection.WriteAsync(Encoding.ASCII.GetBytes(head.ToString())).ConfigureAwait(false);
 
-            var stream = new WriteBatchingStream(_connection.DetachStream());
+            var stream = new WriteBatchingStream(new BufferedReadStream(_connection.DetachStream()));
             var socket = WebSocket.CreateFromStream(stream, new WebSocketCreationOptions
             {
                 IsServer = true,
