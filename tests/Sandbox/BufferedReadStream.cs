@@ -17,50 +17,44 @@ namespace BastionTools.Sandbox
     /// One reader at a time, as a WebSocket reads.
     /// </para>
     /// </summary>
-    internal sealed class BufferedReadStream : Stream
+    internal sealed class BufferedReadStream : WrappingStream
     {
         public const int Capacity = 4096;
-        private readonly Stream _inner;
-        private readonly byte[] _buffer = new byte[Capacity];
+        private readonly byte[] _buffer;
         private int _start;
         private int _end;
 
-        public BufferedReadStream(Stream inner) => _inner = inner;
+        /// <param name="inner">The socket's stream.</param>
+        /// <param name="buffered">Bytes already read from it (past an HTTP upgrade request): they are read first.</param>
+        public BufferedReadStream(Stream inner, ReadOnlySpan<byte> buffered = default)
+            : base(inner)
+        {
+            _buffer = new byte[Math.Max(Capacity, buffered.Length)];
+            buffered.CopyTo(_buffer);
+            _end = buffered.Length;
+        }
 
         /// <summary>Bytes read from the socket and not yet taken by the reader.</summary>
         public int Buffered => _end - _start;
 
-        public override bool CanRead => _inner.CanRead;
-        public override bool CanSeek => false;
-        public override bool CanWrite => _inner.CanWrite;
-        public override long Length => throw new NotSupportedException();
-        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
-        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-        public override void SetLength(long value) => throw new NotSupportedException();
-
-        public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
-
         public override int Read(Span<byte> destination)
         {
             if (_start < _end) return Take(destination);
-            if (destination.Length == 0 || destination.Length >= Capacity) return _inner.Read(destination);
-            Filled(_inner.Read(_buffer, 0, Capacity));
+            if (destination.Length == 0 || destination.Length >= Capacity) return Inner.Read(destination);
+            Filled(Inner.Read(_buffer, 0, Capacity));
             return Take(destination);
         }
-
-        public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
-            ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
 
         public override ValueTask<int> ReadAsync(Memory<byte> destination, CancellationToken cancellationToken = default)
         {
             if (_start < _end) return new ValueTask<int>(Take(destination.Span));
-            if (destination.Length == 0 || destination.Length >= Capacity) return _inner.ReadAsync(destination, cancellationToken);
+            if (destination.Length == 0 || destination.Length >= Capacity) return Inner.ReadAsync(destination, cancellationToken);
             return FillAndTakeAsync(destination, cancellationToken);
         }
 
         private async ValueTask<int> FillAndTakeAsync(Memory<byte> destination, CancellationToken cancellationToken)
         {
-            Filled(await _inner.ReadAsync(_buffer.AsMemory(), cancellationToken).ConfigureAwait(false));
+            Filled(await Inner.ReadAsync(_buffer.AsMemory(0, Capacity), cancellationToken).ConfigureAwait(false));
             return Take(destination.Span);
         }
 
@@ -77,20 +71,5 @@ namespace BastionTools.Sandbox
             _start += n;
             return n;
         }
-
-        public override void Write(byte[] buffer, int offset, int count) => _inner.Write(buffer, offset, count);
-        public override void Write(ReadOnlySpan<byte> buffer) => _inner.Write(buffer);
-        public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) => _inner.WriteAsync(buffer, offset, count, cancellationToken);
-        public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default) => _inner.WriteAsync(buffer, cancellationToken);
-        public override void Flush() => _inner.Flush();
-        public override Task FlushAsync(CancellationToken cancellationToken) => _inner.FlushAsync(cancellationToken);
-
-        protected override void Dispose(bool disposing)
-        {
-            if (disposing) _inner.Dispose();
-            base.Dispose(disposing);
-        }
-
-        public override ValueTask DisposeAsync() => _inner.DisposeAsync();
     }
 }

@@ -79,7 +79,7 @@ namespace BastionTools.Sandbox
             Response.MarkSent();
             await _connection.WriteAsync(Encoding.ASCII.GetBytes(head.ToString())).ConfigureAwait(false);
 
-            var stream = new WriteBatchingStream(new BufferedReadStream(_connection.DetachStream()));
+            var stream = new WriteBatchingStream(_connection.DetachStream());
             var socket = WebSocket.CreateFromStream(stream, new WebSocketCreationOptions
             {
                 IsServer = true,
@@ -359,15 +359,16 @@ namespace BastionTools.Sandbox
             if (Volatile.Read(ref _closed) != 0) socket.Abort();
         }
 
-        /// <summary>The connection's stream for a WebSocket: bytes already read past the upgrade request come first.</summary>
-        internal Stream DetachStream()
+        /// <summary>
+        /// The connection's stream for a WebSocket, read through the agent's read buffer: bytes already read past the
+        /// upgrade request come first.
+        /// </summary>
+        internal BufferedReadStream DetachStream()
         {
             _detached = true;
-            if (_end == _start) return _stream;
-            var leftover = new byte[_end - _start];
-            Buffer.BlockCopy(_buffer, _start, leftover, 0, leftover.Length);
+            var leftover = _buffer.AsSpan(_start, _end - _start).ToArray();
             _start = _end = 0;
-            return new PrefixedStream(leftover, _stream);
+            return new BufferedReadStream(_stream, leftover);
         }
 
         internal async Task WriteAsync(byte[] bytes)
@@ -691,65 +692,5 @@ namespace BastionTools.Sandbox
             505 => "HTTP Version Not Supported",
             _ => "Status " + status.ToString(CultureInfo.InvariantCulture),
         };
-
-        /// <summary>Serves bytes read past the upgrade request before the connection's own.</summary>
-        private sealed class PrefixedStream : Stream
-        {
-            private readonly byte[] _prefix;
-            private readonly Stream _inner;
-            private int _offset;
-
-            public PrefixedStream(byte[] prefix, Stream inner)
-            {
-                _prefix = prefix;
-                _inner = inner;
-            }
-
-            public override bool CanRead => true;
-            public override bool CanSeek => false;
-            public override bool CanWrite => true;
-            public override long Length => throw new NotSupportedException();
-            public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
-
-            public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
-
-            public override int Read(Span<byte> buffer)
-            {
-                if (_offset < _prefix.Length) return TakePrefix(buffer);
-                return _inner.Read(buffer);
-            }
-
-            public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
-                ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
-
-            public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
-            {
-                if (_offset < _prefix.Length) return new ValueTask<int>(TakePrefix(buffer.Span));
-                return _inner.ReadAsync(buffer, cancellationToken);
-            }
-
-            private int TakePrefix(Span<byte> buffer)
-            {
-                var n = Math.Min(buffer.Length, _prefix.Length - _offset);
-                _prefix.AsSpan(_offset, n).CopyTo(buffer);
-                _offset += n;
-                return n;
-            }
-
-            public override void Write(byte[] buffer, int offset, int count) => _inner.Write(buffer, offset, count);
-            public override void Write(ReadOnlySpan<byte> buffer) => _inner.Write(buffer);
-            public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) => _inner.WriteAsync(buffer, offset, count, cancellationToken);
-            public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default) => _inner.WriteAsync(buffer, cancellationToken);
-            public override void Flush() => _inner.Flush();
-            public override Task FlushAsync(CancellationToken cancellationToken) => _inner.FlushAsync(cancellationToken);
-            public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-            public override void SetLength(long value) => throw new NotSupportedException();
-
-            protected override void Dispose(bool disposing)
-            {
-                if (disposing) _inner.Dispose();
-                base.Dispose(disposing);
-            }
-        }
     }
 }

@@ -16,15 +16,17 @@ namespace BastionTools.Sandbox
     /// a control frame written while batching is on joins the batch, which the writer completes at once.
     /// </para>
     /// </summary>
-    internal sealed class WriteBatchingStream : Stream
+    internal sealed class WriteBatchingStream : WrappingStream
     {
         public const int Capacity = 64 * 1024;
-        private readonly Stream _inner;
         private byte[]? _buffer;
         private int _count;
         private volatile bool _batching;
 
-        public WriteBatchingStream(Stream inner) => _inner = inner;
+        public WriteBatchingStream(Stream inner)
+            : base(inner)
+        {
+        }
 
         /// <summary>While on, writes are gathered; the first write with it off sends them and itself together.</summary>
         public bool Batching
@@ -36,25 +38,11 @@ namespace BastionTools.Sandbox
         /// <summary>Bytes gathered and not yet written.</summary>
         public int Buffered => Volatile.Read(ref _count);
 
-        public override bool CanRead => _inner.CanRead;
-        public override bool CanSeek => false;
-        public override bool CanWrite => _inner.CanWrite;
-        public override long Length => throw new NotSupportedException();
-        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
-        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-        public override void SetLength(long value) => throw new NotSupportedException();
-
-        public override int Read(byte[] buffer, int offset, int count) => _inner.Read(buffer, offset, count);
-        public override int Read(Span<byte> buffer) => _inner.Read(buffer);
-        public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) => _inner.ReadAsync(buffer, offset, count, cancellationToken);
-        public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) => _inner.ReadAsync(buffer, cancellationToken);
-
-        public override void Write(byte[] buffer, int offset, int count) => WriteAsync(buffer.AsMemory(offset, count)).AsTask().GetAwaiter().GetResult();
-        public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) => WriteAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+        public override void Write(ReadOnlySpan<byte> buffer) => WriteAsync(buffer.ToArray()).AsTask().GetAwaiter().GetResult();
 
         public override ValueTask WriteAsync(ReadOnlyMemory<byte> data, CancellationToken cancellationToken = default)
         {
-            if (_count == 0 && !_batching) return _inner.WriteAsync(data, cancellationToken);
+            if (_count == 0 && !_batching) return Inner.WriteAsync(data, cancellationToken);
             if (_count + data.Length <= Capacity)
             {
                 data.Span.CopyTo((_buffer ??= new byte[Capacity]).AsSpan(_count));
@@ -74,7 +62,7 @@ namespace BastionTools.Sandbox
         {
             var count = _count;
             _count = 0;
-            return count == 0 ? default : _inner.WriteAsync(_buffer.AsMemory(0, count), cancellationToken);
+            return count == 0 ? default : Inner.WriteAsync(_buffer.AsMemory(0, count), cancellationToken);
         }
 
         public override void Flush() => FlushAsync(CancellationToken.None).GetAwaiter().GetResult();
@@ -86,15 +74,7 @@ namespace BastionTools.Sandbox
         public override async Task FlushAsync(CancellationToken cancellationToken)
         {
             if (!_batching) await WriteBufferAsync(cancellationToken).ConfigureAwait(false);
-            await _inner.FlushAsync(cancellationToken).ConfigureAwait(false);
+            await Inner.FlushAsync(cancellationToken).ConfigureAwait(false);
         }
-
-        protected override void Dispose(bool disposing)
-        {
-            if (disposing) _inner.Dispose();
-            base.Dispose(disposing);
-        }
-
-        public override ValueTask DisposeAsync() => _inner.DisposeAsync();
     }
 }

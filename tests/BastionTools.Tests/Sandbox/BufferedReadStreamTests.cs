@@ -138,6 +138,25 @@ namespace BastionTools.Tests.Sandbox
         }
 
         [Theory]
+        [InlineData(100)]
+        [InlineData(BufferedReadStream.Capacity + 500)]
+        public async Task BytesAlreadyRead_AreReadFirst_ThenTheSocketsOwn(int already)
+        {
+            var earlier = Bytes(already, 5);
+            var later = Bytes(3000, 6);
+            var socket = new CountingStream(later);
+            var stream = new BufferedReadStream(socket, earlier);
+            Assert.Equal(already, stream.Buffered);
+
+            var got = new MemoryStream();
+            var buffer = new byte[700];
+            int n;
+            while ((n = await stream.ReadAsync(buffer.AsMemory())) > 0) got.Write(buffer, 0, n);
+
+            Assert.Equal(earlier.Concat(later), got.ToArray());
+        }
+
+        [Theory]
         [InlineData(true)]
         [InlineData(false)]
         public async Task ReadsOfAnySize_GiveTheSameBytesInOrder_ThenEndOfStream(bool asynchronous)
