@@ -366,9 +366,9 @@ namespace BastionTools.Sandbox
         internal BufferedReadStream DetachStream()
         {
             _detached = true;
-            var leftover = _buffer.AsSpan(_start, _end - _start).ToArray();
+            var stream = new BufferedReadStream(_stream, _buffer.AsSpan(_start, _end - _start));
             _start = _end = 0;
-            return new BufferedReadStream(_stream, leftover);
+            return stream;
         }
 
         internal async Task WriteAsync(byte[] bytes)
