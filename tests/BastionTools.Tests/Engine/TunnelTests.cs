@@ -188,7 +188,7 @@ namespace BastionTools.Tests.Engine
         }
 
         [Fact(Timeout = 120_000)]
-        public async Task InlineSocketCompletions_WhileTwoConnectionsAreOpen_ThePoolHandlesEverything_AndTheOneLeftIsInlineAgain()
+        public async Task InlineSocketCompletions_WhileTwoConnectionsAreOpen_TheirReadsStayOnTheReaderThread_AndTheAgentsMessagesOnTheEngineThread()
         {
             const int Queries = 20;
             var session = await StartAsync(_f.Postgres.Port);
@@ -196,22 +196,69 @@ namespace BastionTools.Tests.Engine
             {
                 await using var first = new NpgsqlConnection(ConnectionString(session.LocalEndPoint!.Port));
                 await first.OpenAsync();
-                Assert.True(session.InlineCompletions);
+                var forwarder = Assert.IsType<MuxPortForwarder>(session.Forwarder);
+                Assert.True(session.ReadsOnReaderThread, "a multiplexed session with inline completions reads its connections on its reader thread");
+                Assert.True(forwarder.ReadsOnReaderThread);
+                var one = await OffPoolDuringQueriesAsync(session, Queries, first);
+
                 var second = new NpgsqlConnection(ConnectionString(session.LocalEndPoint!.Port));
                 await second.OpenAsync();
+                // The local sockets' own completions (a slow client's queued writes) go to the pool with two connections...
                 Assert.False(session.InlineCompletions);
-
+                // ...but no read and no message does: the reads are the reader thread's, the WebSocket is the engine's.
                 var both = await OffPoolDuringQueriesAsync(session, Queries, first, second);
-                Log($"two connections open: {both.Handled} messages handled and {both.Reads} local reads continued outside the pool over {Queries} queries");
-                Assert.Equal(0, both.Handled);
-                Assert.Equal(0, both.Reads);
-
+                Log($"one connection: {one.Handled} messages handled and {one.Reads} local reads outside the pool; two: {both.Handled} and {both.Reads}; over {Queries} queries each");
+                Assert.True(one.Handled >= Queries && one.Reads >= Queries, $"one connection: {one.Handled} messages handled, {one.Reads} local reads outside the pool over {Queries} queries");
+                Assert.True(both.Handled >= Queries && both.Reads >= Queries, $"two connections: {both.Handled} messages handled, {both.Reads} local reads outside the pool over {Queries} queries");
                 await second.DisposeAsync();
-                await SandboxTestSupport.WaitUntilAsync(() => Task.FromResult(session.InlineCompletions), "the session inline again after the second connection ended", TimeSpan.FromSeconds(30));
-                var one = await OffPoolDuringQueriesAsync(session, Queries, first);
-                Log($"one connection open: {one.Handled} messages handled and {one.Reads} local reads continued outside the pool over {Queries} queries");
-                Assert.True(one.Handled >= Queries, $"{one.Handled} messages handled outside the pool over {Queries} queries");
-                Assert.True(one.Reads >= Queries, $"{one.Reads} local reads continued outside the pool over {Queries} queries");
+            }
+            finally
+            {
+                await session.StopAsync();
+            }
+        }
+
+        [Fact(Timeout = 120_000)]
+        public async Task ReaderThread_ThirtyTwoConnectionsAtOnce_EachGetsItsOwnAnswers_AndTheyShareMessages()
+        {
+            const int Connections = 32, Queries = 40;
+            var session = await StartAsync(_f.Postgres.Port);
+            try
+            {
+                Assert.True(session.ReadsOnReaderThread || !SocketCompletions.Supported);
+                var connections = new List<NpgsqlConnection>();
+                for (var i = 0; i < Connections; i++)
+                {
+                    var c = new NpgsqlConnection(ConnectionString(session.LocalEndPoint!.Port) + ";Pooling=false");
+                    await c.OpenAsync();
+                    connections.Add(c);
+                }
+                var channel = session.Channel!;
+                var sent0 = channel.MessagesSent;
+                var forwarder = Assert.IsType<MuxPortForwarder>(session.Forwarder);
+                var frames0 = forwarder.FramesSent;
+                using var start = new ManualResetEventSlim();
+                var work = connections.Select((c, k) => Task.Run(async () =>
+                {
+                    start.Wait();
+                    for (var i = 0; i < Queries; i++)
+                    {
+                        await using var cmd = new NpgsqlCommand("select $1::int * 1000 + $2::int", c);
+                        cmd.Parameters.AddWithValue(k);
+                        cmd.Parameters.AddWithValue(i);
+                        Assert.Equal(k * 1000 + i, (int)(await cmd.ExecuteScalarAsync())!);
+                    }
+                })).ToArray();
+                start.Set();
+                await Task.WhenAll(work);
+                var frames = forwarder.FramesSent - frames0;
+                var messages = channel.MessagesSent - sent0;
+                Log($"{Connections} connections x {Queries} queries: {frames} frames sent in {messages} messages");
+                Assert.True(frames >= Connections * Queries, $"{frames} frames for {Connections * Queries} queries");
+                // Requests read together go out together: fewer messages than frames (one each when nothing is shared).
+                Assert.True(messages < frames, $"{messages} messages for {frames} frames: no frames shared a message");
+                foreach (var c in connections) await c.DisposeAsync();
+                await SandboxTestSupport.WaitUntilAsync(() => Task.FromResult(session.Connections.Active == 0), "every connection ended", TimeSpan.FromSeconds(30));
             }
             finally
             {

@@ -177,10 +177,11 @@ namespace BastionTools.Ssm
         public TimeSpan AgentKeepAliveInterval { get; set; } = SmuxKeepAlive.Interval;
 
         /// <summary>
-        /// Port forwarding: while the session carries one local connection, the data channel's socket and that
-        /// connection's run their completions on the socket engine's thread instead of handing each to the thread pool
-        /// (see <see cref="SocketCompletions"/>, <see cref="InlineSocketGroup"/>; .NET on Linux and macOS, nothing
-        /// elsewhere). On by default; a shell session never does it (its terminal writes block).
+        /// Port forwarding, .NET on Linux and macOS (nothing elsewhere): the tunnel's sockets keep off the thread pool. A
+        /// multiplexed session reads its local connections on a reader thread of its own (<see cref="LocalReadReactor"/>)
+        /// and handles the data channel's socket on the socket engine's thread (<see cref="SocketCompletions"/>); a basic
+        /// session does the latter for its socket and its connection while it carries one (<see cref="InlineSocketGroup"/>).
+        /// On by default; off, everything goes through the thread pool. A shell session never does it (its terminal writes block).
         /// </summary>
         public bool InlineSocketCompletions { get; set; } = true;
 

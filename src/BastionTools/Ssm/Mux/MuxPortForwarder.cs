@@ -23,7 +23,7 @@ namespace BastionTools.Ssm
     /// wait, so acknowledgements and every other connection go on.
     /// </para>
     /// </summary>
-    internal sealed class MuxPortForwarder : IPortForwarder
+    internal sealed class MuxPortForwarder : IPortForwarder, LocalReadReactor.IReader
     {
         /// <summary>Largest smux payload written (the agent's smux reads frames up to 32 KiB by default).</summary>
         public const int MaxFramePayload = 16 * 1024;
@@ -105,6 +105,9 @@ namespace BastionTools.Ssm
         private long _localSends;
         private long _localReadsOffPool;
         private long _nopsSent;
+        private readonly bool _readerThread;
+        private readonly object _reactorGate = new();
+        private LocalReadReactor? _reactor;
 
         /// <param name="sender">Where frames go (the data channel).</param>
         /// <param name="stats">Connection counters of the session.</param>
@@ -116,9 +119,14 @@ namespace BastionTools.Ssm
         /// Whoever calls <see cref="OnOutput"/> also calls <see cref="WriteHeldOutput"/> at the end of each run of messages read
         /// together (the data channel does): a connection's output of the run is written to it in one write then.
         /// </param>
+        /// <param name="readerThread">
+        /// Local connections are read by one thread of the session's own (<see cref="LocalReadReactor"/>) instead of
+        /// .NET's asynchronous reads, and what one wake-up read is sent together (.NET, where direct writes are supported).
+        /// </param>
         public MuxPortForwarder(IStreamSender sender, ConnectionStatistics stats, Action<string> log, ConnectionQueuePolicy? queues = null,
-            TimeSpan keepAlive = default, Action<string>? fatal = null, bool holdOutput = false)
+            TimeSpan keepAlive = default, Action<string>? fatal = null, bool holdOutput = false, bool readerThread = false)
         {
+            _readerThread = readerThread && DirectWritesSupported;
             _frameSink = new FrameSink(this);
             _holdOutput = holdOutput;
             _sender = sender;
@@ -140,7 +148,10 @@ namespace BastionTools.Ssm
         /// <summary>Writes to local connections made on the receive loop (direct writes), for tests.</summary>
         internal long LocalSends => Interlocked.Read(ref _localSends);
 
-        /// <summary>Reads from local connections whose continuation ran outside the thread pool (on the socket engine's thread, when inline).</summary>
+        /// <summary>Whether local connections are read by the session's reader thread (<see cref="LocalReadReactor"/>).</summary>
+        internal bool ReadsOnReaderThread => _readerThread;
+
+        /// <summary>Reads from local connections handled outside the thread pool (on the reader thread, or on the socket engine's thread when inline).</summary>
         internal long LocalReadsOffPool => Interlocked.Read(ref _localReadsOffPool);
 
         /// <summary>Keepalive NOP frames sent so far.</summary>
@@ -192,25 +203,18 @@ namespace BastionTools.Ssm
         /// </summary>
         private async Task SendFrameAsync(SmuxCommand command, uint streamId, byte[]? data, int count, CancellationToken cancellationToken)
         {
-            var length = SmuxCodec.HeaderLength + count;
             bool queue;
             while (true)
             {
                 Task room;
                 lock (_outGate)
                 {
-                    if (_outFailure != null) throw new IOException(_outFailure.Message, _outFailure);
-                    if (_outCount == 0 || _outCount + length <= _outBuffer.Length)
+                    if (TryAppendLocked(command, streamId, data, count))
                     {
-                        if (_outCount + length > _outBuffer.Length) Array.Resize(ref _outBuffer, _outCount + length);
-                        SmuxCodec.WriteHeader(_outBuffer, _outCount, command, streamId, count);
-                        if (count > 0) Buffer.BlockCopy(data!, 0, _outBuffer, _outCount + SmuxCodec.HeaderLength, count);
-                        _outCount += length;
                         var now = Stopwatch.GetTimestamp();
                         if (streamId != _lastFrameStream && now - _lastFrameTicks < ConcurrentWindowTicks) _concurrentUntil = now + ConcurrentHoldTicks;
                         _lastFrameStream = streamId;
                         _lastFrameTicks = now;
-                        Interlocked.Increment(ref _framesSent);
                         if (_flushing) return;
                         _flushing = true;
                         queue = Stopwatch.GetTimestamp() < _concurrentUntil;
@@ -235,6 +239,74 @@ namespace BastionTools.Ssm
             }
             // One connection sending alone: no hop, it goes out now.
             await FlushOutputAsync().ConfigureAwait(false);
+        }
+
+        /// <summary>
+        /// Appends one frame to the outgoing stream when it has room (or is empty: a frame larger than the buffer grows it);
+        /// false when the frame must wait for room. Holds <see cref="_outGate"/>; throws once the stream has failed.
+        /// </summary>
+        private bool TryAppendLocked(SmuxCommand command, uint streamId, byte[]? data, int count)
+        {
+            if (_outFailure != null) throw new IOException(_outFailure.Message, _outFailure);
+            var length = SmuxCodec.HeaderLength + count;
+            if (_outCount != 0 && _outCount + length > _outBuffer.Length) return false;
+            if (_outCount + length > _outBuffer.Length) Array.Resize(ref _outBuffer, _outCount + length);
+            SmuxCodec.WriteHeader(_outBuffer, _outCount, command, streamId, count);
+            if (count > 0) Buffer.BlockCopy(data!, 0, _outBuffer, _outCount + SmuxCodec.HeaderLength, count);
+            _outCount += length;
+            Interlocked.Increment(ref _framesSent);
+            return true;
+        }
+
+        /// <summary>
+        /// The reader thread's frame: appended without starting a flush (<see cref="LocalReadReactor.IReader.OnReadsDone"/>
+        /// sends what the wake-up read, together). When the stream has no room, a flush is started if none runs, and the
+        /// thread waits for the room: every local connection waits then, as each one's frame did on its own before.
+        /// </summary>
+        void LocalReadReactor.IReader.OnRead(object connection, byte[] buffer, int count)
+        {
+            var stream = (MuxStream)connection;
+            Interlocked.Increment(ref _localReadsOffPool);
+            _stats.Out(count);
+            while (true)
+            {
+                Task room;
+                var startFlush = false;
+                lock (_outGate)
+                {
+                    if (TryAppendLocked(SmuxCommand.Psh, stream.Id, buffer, count)) return;
+                    _roomWaiter ??= new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+                    room = _roomWaiter.Task;
+                    if (!_flushing)
+                    {
+                        _flushing = true;
+                        startFlush = true;
+                    }
+                }
+                if (startFlush) _ = FlushQuietlyAsync();
+                room.Wait(_lifetime.Token);
+            }
+        }
+
+        /// <summary>The reader thread's reads of one wake-up are queued: they go out now, in as few messages as they fit.</summary>
+        void LocalReadReactor.IReader.OnReadsDone()
+        {
+            lock (_outGate)
+            {
+                if (_outCount == 0 || _flushing || _outFailure != null) return;
+                _flushing = true;
+            }
+            // Runs on this thread as far as the data channel takes it at once (see FlushOutputAsync).
+            _ = FlushQuietlyAsync();
+        }
+
+        private LocalReadReactor Reactor()
+        {
+            lock (_reactorGate)
+            {
+                if (_lifetime.IsCancellationRequested) throw new ObjectDisposedException(nameof(MuxPortForwarder));
+                return _reactor ??= new LocalReadReactor(this, MaxFramePayload);
+            }
         }
 
         private static readonly WaitCallback FlushCallback = state => _ = ((MuxPortForwarder)state!).FlushQuietlyAsync();
@@ -354,28 +426,24 @@ namespace BastionTools.Ssm
         {
             if (Interlocked.Exchange(ref stream.Ended, 1) != 0) return;
             if (_streams.TryGetValue(stream.Id, out var s) && ReferenceEquals(s, stream)) _streams.TryRemove(stream.Id, out _);
+            // The reader thread lets go of the socket before it is closed.
+            _reactor?.Unregister(stream.Client.Client);
             // Whatever was still queued for it is released now.
             stream.Queue.Fail();
         }
 
         private async Task PumpLocalToRemoteAsync(MuxStream stream, NetworkStream network, CancellationToken cancellationToken)
         {
-            var buffer = new byte[MaxFramePayload];
-            var engineTurn = 0;
             try
             {
-                while (true)
+                if (stream.DirectWrites && _readerThread)
                 {
-                    var reading = network.ReadAsync(buffer, 0, buffer.Length, cancellationToken);
-                    var atOnce = reading.IsCompleted;
-                    var n = await reading.ConfigureAwait(false);
-                    if (n == 0) break;
-                    if (!Thread.CurrentThread.IsThreadPoolThread) Interlocked.Increment(ref _localReadsOffPool);
-                    // A client sending in bulk keeps its reads completing at once on the socket engine's thread: after
-                    // a run of them, give that thread back (see DataChannel's receive loop).
-                    if (SocketCompletions.TakeTurn(ref engineTurn, atOnce)) await Task.Yield();
-                    _stats.Out(n);
-                    await SendFrameAsync(SmuxCommand.Psh, stream.Id, buffer, n, cancellationToken).ConfigureAwait(false);
+                    // The reader thread reads it and queues its frames; this waits for its end.
+                    await Reactor().Register(stream.Client.Client, stream, cancellationToken).ConfigureAwait(false);
+                }
+                else
+                {
+                    await ReadLocalAsync(stream, network, cancellationToken).ConfigureAwait(false);
                 }
             }
             catch (Exception ex) when (ex is IOException || ex is SocketException || ex is ObjectDisposedException)
@@ -395,6 +463,26 @@ namespace BastionTools.Ssm
                     await Task.Delay(50, cancellationToken).ConfigureAwait(false);
                 }
                 await SendFinOnceAsync(stream, cancellationToken).ConfigureAwait(false);
+            }
+        }
+
+        /// <summary>Reads a local connection with .NET's asynchronous reads until its end, queueing a frame per read.</summary>
+        private async Task ReadLocalAsync(MuxStream stream, NetworkStream network, CancellationToken cancellationToken)
+        {
+            var buffer = new byte[MaxFramePayload];
+            var engineTurn = 0;
+            while (true)
+            {
+                var reading = network.ReadAsync(buffer, 0, buffer.Length, cancellationToken);
+                var atOnce = reading.IsCompleted;
+                var n = await reading.ConfigureAwait(false);
+                if (n == 0) return;
+                if (!Thread.CurrentThread.IsThreadPoolThread) Interlocked.Increment(ref _localReadsOffPool);
+                // A client sending in bulk keeps its reads completing at once on the socket engine's thread: after
+                // a run of them, give that thread back (see DataChannel's receive loop).
+                if (SocketCompletions.TakeTurn(ref engineTurn, atOnce)) await Task.Yield();
+                _stats.Out(n);
+                await SendFrameAsync(SmuxCommand.Psh, stream.Id, buffer, n, cancellationToken).ConfigureAwait(false);
             }
         }
 
@@ -699,7 +787,11 @@ namespace BastionTools.Ssm
 
         public void Dispose()
         {
-            _lifetime.Cancel();
+            lock (_reactorGate)
+            {
+                _lifetime.Cancel();
+            }
+            _reactor?.Dispose();
             foreach (var s in _streams.Values)
             {
                 s.Queue.Fail();

@@ -107,6 +107,7 @@ namespace BastionTools.Ssm
         private readonly TaskCompletionSource<bool> _handshakeCompleted = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private readonly List<Task> _connections = new();
         private readonly InlineSocketGroup _inlineSockets;
+        private volatile bool _readerThread;
         private TcpListener? _listener;
         private TcpListener? _twin;
         private DataChannel? _channel;
@@ -121,7 +122,7 @@ namespace BastionTools.Ssm
             _request = request;
             _channelOptions = channelOptions;
             _inlineSockets = new InlineSocketGroup(channelOptions.InlineSocketCompletions);
-            _inlineSockets.InlineChanged += inline => _channel?.SetInlineCompletions(inline);
+            _inlineSockets.InlineChanged += inline => _channel?.SetInlineCompletions(inline || _readerThread);
         }
 
         public SessionEventLog Events { get; } = new();
@@ -153,8 +154,15 @@ namespace BastionTools.Ssm
 
         internal DataChannel? DataChannel => _channel;
 
-        /// <summary>Whether the session's sockets run their completions inline now (at most one local connection open; <see cref="InlineSocketGroup"/>).</summary>
+        /// <summary>Whether the session's local sockets run their completions inline now (at most one local connection open; <see cref="InlineSocketGroup"/>).</summary>
         internal bool InlineCompletions => _inlineSockets.Inline;
+
+        /// <summary>
+        /// Whether the local connections are read by the session's reader thread (<see cref="LocalReadReactor"/>): a
+        /// multiplexed session with inline completions where the runtime has them. The data channel's WebSocket is then
+        /// handled on the socket engine's thread whatever the number of connections, since no local read competes for it.
+        /// </summary>
+        internal bool ReadsOnReaderThread => _readerThread;
 
         internal IPortForwarder? Forwarder => _forwarder;
 
@@ -391,9 +399,23 @@ namespace BastionTools.Ssm
             var mux = Version.TryParse(AgentVersion ?? "", out var v) && v > MuxMinimumAgent
                 && string.Equals(portType, LocalPortForwardingType, StringComparison.Ordinal);
             var sender = new DataChannelSender(_channel!);
-            _forwarder = mux
-                ? new MuxPortForwarder(sender, Connections, Events.Write, _channelOptions.ConnectionQueues, MuxKeepAlive(), OnForwarderBroken, holdOutput: true)
-                : new BasicPortForwarder(sender, Connections, Events.Write, _channelOptions.ConnectionQueues);
+            var readerThread = mux && _channelOptions.InlineSocketCompletions && SocketCompletions.Supported;
+            if (mux)
+            {
+                var forwarder = new MuxPortForwarder(sender, Connections, Events.Write, _channelOptions.ConnectionQueues, MuxKeepAlive(), OnForwarderBroken,
+                    holdOutput: true, readerThread: readerThread);
+                _readerThread = forwarder.ReadsOnReaderThread;
+                _forwarder = forwarder;
+                if (_readerThread)
+                {
+                    _channel!.SetInlineCompletions(true);
+                    Events.Write("Local connections are read by the tunnel's reader thread; the WebSocket is handled on the socket engine's thread.");
+                }
+            }
+            else
+            {
+                _forwarder = new BasicPortForwarder(sender, Connections, Events.Write, _channelOptions.ConnectionQueues);
+            }
             if (!mux && _channelOptions.IdleKeepAlive > TimeSpan.Zero)
             {
                 Events.Write($"Keepalive: agent {AgentVersion ?? "?"} forwards in basic mode, which has no frame that reaches the agent without reaching the destination: nothing is sent, and the idle session timeout applies.");
