@@ -141,7 +141,7 @@ namespace BastionTools.Bench
             Console.WriteLine(!inlineCompletions
                 ? "tunnel sockets: completions handed to the thread pool (--no-inline-socket-completions)"
                 : SocketCompletions.Supported
-                    ? "tunnel sockets: completions on the socket engine's thread while one connection is open, on the thread pool while more are (the default)"
+                    ? "tunnel sockets: local connections read by the session's reader thread, the WebSocket on the socket engine's thread (the default)"
                     : "tunnel sockets: completions handed to the thread pool (this runtime cannot run them inline)");
             Console.WriteLine(sendWindow > 0
                 ? $"data channel: send window fixed at {sendWindow} messages (--send-window)"

@@ -8,7 +8,8 @@ namespace BastionTools.Ssm
     /// The sockets of one port session (its local connections, and the data channel's WebSocket through
     /// <see cref="InlineChanged"/>): inline completions (<see cref="SocketCompletions"/>) while the session carries at most
     /// <see cref="MaxInlineConnections"/> local connection, the thread pool while it carries more, so that busy
-    /// connections are handled on every core.
+    /// connections are handled on every core. A multiplexed session that reads its connections on its reader thread
+    /// (<see cref="LocalReadReactor"/>) keeps its WebSocket inline whatever this says: no local read competes for it.
     /// </summary>
     internal sealed class InlineSocketGroup
     {

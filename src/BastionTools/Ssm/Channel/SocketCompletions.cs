@@ -26,9 +26,12 @@ namespace BastionTools.Ssm
     /// <para>
     /// Inline, every socket's work runs on that one thread: with several local connections busy at once, their requests
     /// and answers are handled one after another instead of on every core, and across a 10 ms link 32 clients of
-    /// `select 1` waited about 1 ms longer (p50) than with the pool. So a port session runs its sockets inline only while
-    /// it carries at most <see cref="InlineSocketGroup.MaxInlineConnections"/> local connection (a psql, a migration
-    /// tool, one query at a time) and hands them all back to the pool while more are open (<see cref="InlineSocketGroup"/>).
+    /// `select 1` waited about 1 ms longer (p50) than with the pool. So a multiplexed port session reads its local
+    /// connections on a thread of its own (<see cref="LocalReadReactor"/>) and keeps only the WebSocket here, whatever the
+    /// number of connections; a basic session runs its sockets inline only while it carries at most
+    /// <see cref="InlineSocketGroup.MaxInlineConnections"/> local connection and hands them back to the pool while more are
+    /// open (<see cref="InlineSocketGroup"/>, which also decides where a multiplexed session's local sockets complete their
+    /// queued writes).
     /// </para>
     /// <para>
     /// What runs inline must never block: it holds up every socket of the process. Only code whose continuations do
