@@ -170,6 +170,24 @@ namespace BastionTools.Tests.Ssm
             reactor.Dispose(); // twice: nothing
         }
 
+        [Fact(Timeout = 60_000)]
+        public async Task AFailureOfTheThreadItself_FailsItsConnections_NotTheProcess_AndItTakesNoMore()
+        {
+            using var a = await SocketPair.OpenAsync();
+            using var b = await SocketPair.OpenAsync();
+            var reader = new RecordingReader { DoneThrows = true };
+            using var reactor = new LocalReadReactor(reader, 1024);
+            var tasks = Register(reactor, ("A", a), ("B", b));
+
+            a.Client.Send(Ascii("x"));
+            var ea = await Assert.ThrowsAsync<IOException>(() => tasks[0].WaitAsync(Generous));
+            var eb = await Assert.ThrowsAsync<IOException>(() => tasks[1].WaitAsync(Generous));
+            Assert.Contains("reader thread failed", ea.Message, StringComparison.Ordinal);
+            Assert.Same(ea, eb);
+            Assert.True(reactor.IsStopped);
+            Assert.Throws<ObjectDisposedException>(() => { _ = reactor.Register(b.Server, "B", CancellationToken.None); });
+        }
+
         [Fact(Timeout = 30_000)]
         public async Task ASocketThatBlocks_IsRefused()
         {
@@ -205,7 +223,13 @@ namespace BastionTools.Tests.Ssm
                 Add($"{connection}:{text}");
             }
 
-            public void OnReadsDone() => Add("done");
+            public bool DoneThrows { get; init; }
+
+            public void OnReadsDone()
+            {
+                if (DoneThrows) throw new InvalidOperationException("a bug");
+                Add("done");
+            }
 
             private void Add(string call)
             {

@@ -63,6 +63,7 @@ namespace BastionTools.Ssm
         private long _wakeUps;
         private long _reads;
         private volatile bool _disposed;
+        private int _disposeCalled;
 
         /// <param name="reader">Where the data goes.</param>
         /// <param name="bufferSize">The largest read (one frame's payload).</param>
@@ -170,7 +171,23 @@ namespace BastionTools.Ssm
             }
         }
 
+        /// <summary>True once the thread has ended (disposed, or stopped by a failure it could not get past): registrations are refused.</summary>
+        public bool IsStopped => _disposed;
+
         private void Run()
+        {
+            try
+            {
+                Loop();
+            }
+            catch (Exception ex)
+            {
+                // Nothing here is expected to throw; if something does, the connections fail rather than the process.
+                Stop(new IOException("The tunnel's reader thread failed: " + ex.Message, ex));
+            }
+        }
+
+        private void Loop()
         {
             var drain = new byte[16];
             while (!_disposed)
@@ -187,8 +204,12 @@ namespace BastionTools.Ssm
                 }
                 catch (Exception ex) when (ex is ObjectDisposedException || ex is SocketException)
                 {
-                    // A socket was closed under the thread (its connection ended meanwhile): drop it, wait again.
-                    if (!_disposed) DropClosed();
+                    // A socket was closed under the thread (its connection ended meanwhile): drop it, wait again. When
+                    // none was, the wait itself fails: its connections fail, and the thread stops if even the wake-up
+                    // socket alone cannot be waited on (no loop that spins).
+                    if (_disposed || DropClosed() > 0) continue;
+                    if (_ready.Count <= 1) throw;
+                    EndAll(new IOException("The tunnel's reader thread could not wait for its connections: " + ex.Message, ex));
                     continue;
                 }
                 Interlocked.Increment(ref _wakeUps);
@@ -264,8 +285,8 @@ namespace BastionTools.Ssm
             }
         }
 
-        /// <summary>Ends the registrations whose socket was closed while they were read.</summary>
-        private void DropClosed()
+        /// <summary>Ends the registrations whose socket was closed while they were read; how many.</summary>
+        private int DropClosed()
         {
             var closed = new List<Registration>();
             lock (_gate)
@@ -283,15 +304,30 @@ namespace BastionTools.Ssm
                 }
             }
             foreach (var r in closed) End(r);
+            return closed.Count;
+        }
+
+        private void EndAll(Exception error)
+        {
+            List<Registration> all;
+            lock (_gate) all = new List<Registration>(_registrations.Values);
+            foreach (var r in all) End(r, error);
+        }
+
+        /// <summary>The thread ends after a failure: what it reads fails with <paramref name="error"/>, and no more is taken.</summary>
+        private void Stop(Exception error)
+        {
+            lock (_gate) _disposed = true;
+            EndAll(error);
         }
 
         /// <summary>Ends the thread; connections still read have their tasks cancelled.</summary>
         public void Dispose()
         {
+            if (Interlocked.Exchange(ref _disposeCalled, 1) != 0) return;
             List<Registration> left;
             lock (_gate)
             {
-                if (_disposed) return;
                 _disposed = true;
                 left = new List<Registration>(_registrations.Values);
             }

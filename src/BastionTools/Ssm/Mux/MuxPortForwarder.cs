@@ -305,7 +305,13 @@ namespace BastionTools.Ssm
             lock (_reactorGate)
             {
                 if (_lifetime.IsCancellationRequested) throw new ObjectDisposedException(nameof(MuxPortForwarder));
-                return _reactor ??= new LocalReadReactor(this, MaxFramePayload);
+                if (_reactor == null || _reactor.IsStopped)
+                {
+                    // A reader thread stopped by a failure failed its connections; new ones get a new thread.
+                    _reactor?.Dispose();
+                    _reactor = new LocalReadReactor(this, MaxFramePayload);
+                }
+                return _reactor;
             }
         }
 
