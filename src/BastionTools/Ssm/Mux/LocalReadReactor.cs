@@ -60,8 +60,6 @@ namespace BastionTools.Ssm
         private readonly byte[] _wakeByte = new byte[1];
         private readonly Thread _thread;
         private int _wakePending;
-        private long _wakeUps;
-        private long _reads;
         private volatile bool _disposed;
         private int _disposeCalled;
 
@@ -92,12 +90,6 @@ namespace BastionTools.Ssm
             _thread = new Thread(Run) { IsBackground = true, Name = "BastionTools tunnel reads" };
             _thread.Start();
         }
-
-        /// <summary>Times the thread woke up (for tests and statistics).</summary>
-        public long WakeUps => Interlocked.Read(ref _wakeUps);
-
-        /// <summary>Reads that returned data (for tests and statistics).</summary>
-        public long Reads => Interlocked.Read(ref _reads);
 
         /// <summary>Connections being read now.</summary>
         public int Count
@@ -212,7 +204,6 @@ namespace BastionTools.Ssm
                     EndAll(new IOException("The tunnel's reader thread could not wait for its connections: " + ex.Message, ex));
                     continue;
                 }
-                Interlocked.Increment(ref _wakeUps);
                 var read = false;
                 foreach (var s in _ready)
                 {
@@ -259,7 +250,6 @@ namespace BastionTools.Ssm
                 End(r);
                 return false;
             }
-            Interlocked.Increment(ref _reads);
             try
             {
                 _reader.OnRead(r.Connection, _buffer, n);

@@ -399,11 +399,10 @@ namespace BastionTools.Ssm
             var mux = Version.TryParse(AgentVersion ?? "", out var v) && v > MuxMinimumAgent
                 && string.Equals(portType, LocalPortForwardingType, StringComparison.Ordinal);
             var sender = new DataChannelSender(_channel!);
-            var readerThread = mux && _channelOptions.InlineSocketCompletions && SocketCompletions.Supported;
             if (mux)
             {
                 var forwarder = new MuxPortForwarder(sender, Connections, Events.Write, _channelOptions.ConnectionQueues, MuxKeepAlive(), OnForwarderBroken,
-                    holdOutput: true, readerThread: readerThread);
+                    holdOutput: true, readerThread: _channelOptions.InlineSocketCompletions && SocketCompletions.Supported);
                 _readerThread = forwarder.ReadsOnReaderThread;
                 _forwarder = forwarder;
                 if (_readerThread)
