@@ -39,6 +39,7 @@ namespace BastionTools.Bench
             var idleConnections = 64;
             var agentInlineCompletions = false;
             var inlineCompletions = true;
+            var agentLog = false;
             var sql = "select 1";
             for (var i = 0; i < args.Length; i++)
             {
@@ -54,6 +55,7 @@ namespace BastionTools.Bench
                 else if (args[i] == "--idle-connections" && i + 1 < args.Length) idleConnections = int.Parse(args[++i], CultureInfo.InvariantCulture);
                 else if (args[i] == "--agent-inline-socket-completions") agentInlineCompletions = true;
                 else if (args[i] == "--no-inline-socket-completions") inlineCompletions = false;
+                else if (args[i] == "--agent-log") agentLog = true;
                 else if (args[i] == "--sql" && i + 1 < args.Length) sql = args[++i];
                 else
                 {
@@ -86,7 +88,7 @@ namespace BastionTools.Bench
             var work = Directory.CreateTempSubdirectory("bastiontools-bench-");
             try
             {
-                return await RunCoreAsync(sandboxDll, tools, work.FullName, clientCounts, seconds, rounds, rttMs, sendWindow, protocol, copyRows, copyRuns, idleConnections, agentInlineCompletions, inlineCompletions, sql).ConfigureAwait(false);
+                return await RunCoreAsync(sandboxDll, tools, work.FullName, clientCounts, seconds, rounds, rttMs, sendWindow, protocol, copyRows, copyRuns, idleConnections, agentInlineCompletions, inlineCompletions, agentLog, sql).ConfigureAwait(false);
             }
             finally
             {
@@ -100,7 +102,7 @@ namespace BastionTools.Bench
             }
         }
 
-        private static async Task<int> RunCoreAsync(string sandboxDll, PgTools tools, string work, int[] clientCounts, int seconds, int rounds, double rttMs, int sendWindow, string protocol, int copyRows, int copyRuns, int idleConnections, bool agentInlineCompletions, bool inlineCompletions, string sql)
+        private static async Task<int> RunCoreAsync(string sandboxDll, PgTools tools, string work, int[] clientCounts, int seconds, int rounds, double rttMs, int sendWindow, string protocol, int copyRows, int copyRuns, int idleConnections, bool agentInlineCompletions, bool inlineCompletions, bool agentLog, string sql)
         {
             var loadStart = LoadAverage();
             // Fast mode: the agent without its real 1 ms pause per 1 KiB read, so the module is measured, not the agent's cap.
@@ -108,6 +110,8 @@ namespace BastionTools.Bench
             // --rtt-ms: the sandbox's delay proxy sits in front of its host (SSM, the WebSocket) and of PostgreSQL.
             var sandboxArgs = new List<string> { "--postgres", "--output-read-pause-ms", "0" };
             if (rttMs > 0) sandboxArgs.Add("--fault-proxy");
+            // --agent-log: the sandbox's own log (dials, resets, protocol errors) on this process's standard error.
+            if (agentLog) sandboxArgs.Add("--verbose");
             using var sandbox = Sandbox.Start(sandboxDll, agentInlineCompletions ? new Dictionary<string, string> { ["DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS"] = "1" } : null,
                 sandboxArgs.ToArray());
             var info = sandbox.Info;
@@ -161,7 +165,18 @@ namespace BastionTools.Bench
                 // pgbench's -T includes connecting, which each of its threads does one client after another: across a long
                 // link that is a few round trips per client (allowed 8), added so the transactions run for secs.
                 var connecting = rttMs > 0 ? (int)Math.Ceiling(Math.Ceiling(clients / 2.0) * 8 * rttMs / 1000) : 0;
-                return await PgbenchResult.RunAsync(tools, db, port, script, protocol, clients, secs + connecting, prefix).ConfigureAwait(false);
+                try
+                {
+                    return await PgbenchResult.RunAsync(tools, db, port, script, protocol, clients, secs + connecting, prefix).ConfigureAwait(false);
+                }
+                catch (InvalidOperationException ex) when (port == tunnelPort)
+                {
+                    // What the tunnel saw is the first thing to read when a client through it fails.
+                    var events = session.Events.Snapshot();
+                    throw new InvalidOperationException(ex.Message + Environment.NewLine + $"tunnel connections: opened {session.Connections.Opened}, active {session.Connections.Active}, " +
+                        $"failed {session.Connections.Failed}, reset {session.Connections.Reset}; the session's last events:" + Environment.NewLine +
+                        string.Join(Environment.NewLine, events.Skip(Math.Max(0, events.Length - 40)).Select(e => "  " + e)), ex);
+                }
             }
 
             // Warm-up (JIT, connection paths), not reported.

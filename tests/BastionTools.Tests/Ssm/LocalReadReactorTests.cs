@@ -188,6 +188,43 @@ namespace BastionTools.Tests.Ssm
             Assert.Throws<ObjectDisposedException>(() => { _ = reactor.Register(b.Server, "B", CancellationToken.None); });
         }
 
+        [Fact(Timeout = 60_000)]
+        public async Task AWakeUpAskedForWhileTheThreadTakesInOne_IsNotLost_NorAreTheOnesAfterIt()
+        {
+            // A registration wakes the thread so that it waits on the new socket too. One made while the thread takes in
+            // an earlier wake-up (two connections accepted back to back) must leave the next one working: when it did
+            // not, every registration after it waited for data on some other connection to be seen at all.
+            using var a = await SocketPair.OpenAsync();
+            using var b = await SocketPair.OpenAsync();
+            using var c = await SocketPair.OpenAsync();
+            var reader = new RecordingReader();
+            using var reactor = new LocalReadReactor(reader, 1024);
+            a.Server.Blocking = false;
+            b.Server.Blocking = false;
+            c.Server.Blocking = false;
+            using var registeredDuring = new ManualResetEventSlim();
+            Task? tb = null;
+            var once = 0;
+            reactor.WakeUpHandling = () =>
+            {
+                if (Interlocked.Exchange(ref once, 1) != 0) return;
+                tb = reactor.Register(b.Server, "B", CancellationToken.None);
+                registeredDuring.Set();
+            };
+            var ta = reactor.Register(a.Server, "A", CancellationToken.None);
+            Assert.True(registeredDuring.Wait(Generous), "the thread never took in a wake-up");
+
+            b.Client.Send(Ascii("b"));
+            await reader.WaitForAsync(l => l.Contains("B:b"));
+            // Nothing else moves now: only the wake-up of this registration can make the thread wait on C.
+            var tc = reactor.Register(c.Server, "C", CancellationToken.None);
+            c.Client.Send(Ascii("c"));
+            await reader.WaitForAsync(l => l.Contains("C:c"));
+            a.Client.Send(Ascii("a"));
+            await reader.WaitForAsync(l => l.Contains("A:a"));
+            Assert.False(ta.IsCompleted || tb!.IsCompleted || tc.IsCompleted);
+        }
+
         [Fact(Timeout = 30_000)]
         public async Task ASocketThatBlocks_IsRefused()
         {

@@ -157,11 +157,19 @@ namespace BastionTools.Ssm
             {
                 _wakeSender.Send(_wakeByte);
             }
-            catch (Exception ex) when (ex is SocketException || ex is ObjectDisposedException)
+            catch (SocketException)
+            {
+                // No datagram went: the next wake must try again rather than count on one pending.
+                Volatile.Write(ref _wakePending, 0);
+            }
+            catch (ObjectDisposedException)
             {
                 // Disposed: the thread is ending anyway.
             }
         }
+
+        /// <summary>For tests: runs on the thread while it takes in a wake-up.</summary>
+        internal Action? WakeUpHandling;
 
         /// <summary>True once the thread has ended (disposed, or stopped by a failure it could not get past): registrations are refused.</summary>
         public bool IsStopped => _disposed;
@@ -209,9 +217,14 @@ namespace BastionTools.Ssm
                 {
                     if (ReferenceEquals(s, _wakeReceiver))
                     {
-                        // First the flag, then the datagrams: a wake asked for after this sends another.
-                        Interlocked.Exchange(ref _wakePending, 0);
+                        // First the datagrams, then the flag: a wake asked for after the flag is down sends a datagram
+                        // that stays for the next wait; one asked for before (flag still up) sends none, and its change
+                        // is seen when the list is made again below. The other order lost wake-ups for good: a datagram
+                        // sent between the two was drained here, leaving the flag up with nothing to wake the thread,
+                        // so no later registration or end was seen until some connection happened to have data.
                         DrainWake(drain);
+                        WakeUpHandling?.Invoke();
+                        Interlocked.Exchange(ref _wakePending, 0);
                         continue;
                     }
                     Registration? r;
