@@ -175,7 +175,7 @@ namespace BastionTools.Bench
                     var events = session.Events.Snapshot();
                     throw new InvalidOperationException(ex.Message + Environment.NewLine + $"tunnel connections: opened {session.Connections.Opened}, active {session.Connections.Active}, " +
                         $"failed {session.Connections.Failed}, reset {session.Connections.Reset}; the session's last events:" + Environment.NewLine +
-                        string.Join(Environment.NewLine, events.Skip(Math.Max(0, events.Length - 40)).Select(e => "  " + e)), ex);
+                        string.Join(Environment.NewLine, events.TakeLast(40).Select(e => "  " + e)), ex);
                 }
             }
 

@@ -310,11 +310,11 @@ namespace BastionTools.Ssm
             return closed.Count;
         }
 
-        private void EndAll(Exception error)
+        private void EndAll(Exception? error = null, bool canceled = false)
         {
             List<Registration> all;
             lock (_gate) all = new List<Registration>(_registrations.Values);
-            foreach (var r in all) End(r, error);
+            foreach (var r in all) End(r, error, canceled);
         }
 
         /// <summary>The thread ends after a failure: what it reads fails with <paramref name="error"/>, and no more is taken.</summary>
@@ -328,13 +328,9 @@ namespace BastionTools.Ssm
         public void Dispose()
         {
             if (Interlocked.Exchange(ref _disposeCalled, 1) != 0) return;
-            List<Registration> left;
-            lock (_gate)
-            {
-                _disposed = true;
-                left = new List<Registration>(_registrations.Values);
-            }
-            foreach (var r in left) End(r, canceled: true);
+            // Register checks the flag under the same lock: nothing is added after it is set.
+            lock (_gate) _disposed = true;
+            EndAll(canceled: true);
             Wake();
             if (Thread.CurrentThread != _thread) _thread.Join(TimeSpan.FromSeconds(5));
             _wakeSender.Dispose();
