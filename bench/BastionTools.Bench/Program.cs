@@ -20,10 +20,12 @@ namespace BastionTools.Bench
                     return await IamBench.RunAsync(rest).ConfigureAwait(false);
                 case "concurrency":
                     return await ConcurrencyBench.RunAsync(rest).ConfigureAwait(false);
+                case "ack":
+                    return AckBench.Run(rest);
                 case "resilience":
                     return await ResilienceBench.RunAsync(rest).ConfigureAwait(false);
                 default:
-                    Console.Error.WriteLine("usage: BastionTools.Bench token [seconds] | tunnel --sandbox <dll> | iam --sandbox <dll> | concurrency --sandbox <dll> [--clients 1,8,32,64] [--seconds N] [--protocol simple|extended|prepared] [--sql SQL] [--copy-rows N] [--copy-runs N] [--idle-connections N] | resilience --sandbox <dll> [--megabytes N] [--blackout S]");
+                    Console.Error.WriteLine("usage: BastionTools.Bench token [seconds] | tunnel --sandbox <dll> | iam --sandbox <dll> | concurrency --sandbox <dll> [--clients 1,8,32,64] [--seconds N] [--protocol simple|extended|prepared] [--sql SQL] [--copy-rows N] [--copy-runs N] [--idle-connections N] | resilience --sandbox <dll> [--megabytes N] [--blackout S] | ack [rounds]");
                     return 2;
             }
         }

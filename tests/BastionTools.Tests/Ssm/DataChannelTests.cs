@@ -375,6 +375,47 @@ namespace BastionTools.Tests.Ssm
         }
 
         [Fact(Timeout = 60_000)]
+        public async Task Acknowledgements_ReadInPlace_OrByTheSerializer_ReleaseTheirMessageOnly()
+        {
+            // The agent's plain acknowledgements are taken where they lie (AcknowledgeReader); any other shape goes the
+            // general way. Either way an acknowledgement releases its message only when the id is that message's, and one
+            // whose digest fails releases nothing.
+            var service = new ScriptedService();
+            var channel = service.NewChannel(new DataChannelOptions { PingInterval = TimeSpan.FromMinutes(5), ProbeInterval = TimeSpan.FromMinutes(5) });
+            await channel.OpenAsync(CancellationToken.None);
+            var t = service.Next();
+            for (var i = 0; i < 6; i++) await channel.SendAsync(PayloadType.Output, new[] { (byte)i }, CancellationToken.None);
+            await Until(() => Data(t).Select(m => m.SequenceNumber).Distinct().Count() == 6, "six messages written");
+            var sent = Data(t).GroupBy(m => m.SequenceNumber).ToDictionary(g => g.Key, g => g.First());
+            AgentMessage AckWith(string json) => AgentMessage.Create(MessageTypes.Acknowledge, 0, MessageFlags.Ack, PayloadType.None, Encoding.UTF8.GetBytes(json));
+            string Plain(long seq, Guid id) =>
+                "{\"AcknowledgedMessageType\":\"input_stream_data\",\"AcknowledgedMessageId\":\"" + id.ToString("D") +
+                "\",\"AcknowledgedMessageSequenceNumber\":" + seq + ",\"IsSequentialMessage\":true}";
+            Assert.True(AcknowledgeReader.TryRead(Encoding.UTF8.GetBytes(Plain(0, sent[0].MessageId)), out _, out _));
+
+            // #2: the plain shape with another message's id. #3: the plain shape, its digest broken.
+            t.Deliver(AckWith(Plain(2, sent[1].MessageId)));
+            var broken = AgentMessageCodec.Encode(AckOf(sent[3]));
+            broken[AgentMessageCodec.PayloadDigestOffset] ^= 0x01;
+            t.DeliverRaw(broken);
+            // #0: the plain shape. #1: lower-case names, #4: the id without hyphens (both for the serializer).
+            t.Deliver(AckOf(sent[0]));
+            Assert.False(AcknowledgeReader.TryRead(Encoding.UTF8.GetBytes(Plain(1, sent[1].MessageId).ToLowerInvariant()), out _, out _));
+            t.Deliver(AckWith(Plain(1, sent[1].MessageId).Replace("Acknowledged", "acknowledged")));
+            var noHyphens = "{\"AcknowledgedMessageId\":\"" + sent[4].MessageId.ToString("N") + "\",\"AcknowledgedMessageSequenceNumber\":4}";
+            Assert.False(AcknowledgeReader.TryRead(Encoding.UTF8.GetBytes(noHyphens), out _, out _));
+            t.Deliver(AckWith(noHyphens));
+            // Messages are handled in order: once #4's acknowledgement is taken, the three before it were too.
+            await Until(() => channel.UnacknowledgedCount == 3, "#0, #1 and #4 acknowledged");
+            Assert.Equal(1, channel.Statistics.MalformedReceived);
+
+            // What is left is exactly #2, #3 and #5: their plain acknowledgements empty the channel.
+            foreach (var seq in new long[] { 2, 3, 5 }) t.Deliver(AckOf(sent[seq]));
+            await Until(() => channel.UnacknowledgedCount == 0, "#2, #3 and #5 acknowledged");
+            await channel.CloseAsync();
+        }
+
+        [Fact(Timeout = 60_000)]
         public async Task AcknowledgementsWaitingForTheSocketAreBounded()
         {
             var service = new ScriptedService();

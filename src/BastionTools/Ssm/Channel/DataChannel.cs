@@ -653,6 +653,7 @@ namespace BastionTools.Ssm
                 return;
             }
 
+            if (type == MessageTypes.Acknowledge && TryHandleAcknowledgeInPlace(data)) return;
             if (type == MessageTypes.OutputStreamData && _onOutputInPlace != null && TryDeliverOutputInPlace(data)) return;
 
             AgentMessage received;
@@ -799,14 +800,33 @@ namespace BastionTools.Ssm
                 _log("Ignored a malformed acknowledgement: " + ex.Message);
                 return;
             }
+            Acknowledged(ack.AcknowledgedMessageSequenceNumber, Guid.TryParse(ack.AcknowledgedMessageId, out var id) ? id : (Guid?)null);
+        }
+
+        /// <summary>
+        /// An acknowledgement of the plain shape (<see cref="AcknowledgeReader"/>) in a standard frame whose digest holds,
+        /// taken where it lies: no decoded message, no payload copy, no serializer. False leaves the message to the general
+        /// path (<see cref="Handle"/>), which decides everything else (and logs what it drops) as before.
+        /// </summary>
+        private bool TryHandleAcknowledgeInPlace(ArraySegment<byte> data)
+        {
+            if (!AcknowledgeReader.TryReadFrame(data, out var sequence, out var id)) return false;
+            Acknowledged(sequence, id);
+            Resume(null);
+            return true;
+        }
+
+        /// <summary>The agent acknowledged message <paramref name="sequence"/>; it counts only when the id is that message's.</summary>
+        private void Acknowledged(long sequence, Guid? acknowledgedId)
+        {
             var now = Stopwatch.GetTimestamp();
             int release = 1, grow;
             lock (_gate)
             {
                 _lastAckTicks = now;
-                if (!_unackedBySequence.TryGetValue(ack.AcknowledgedMessageSequenceNumber, out var o)) return;
-                if (!Guid.TryParse(ack.AcknowledgedMessageId, out var acknowledgedId) || acknowledgedId != o.MessageId) return;
-                _unackedBySequence.Remove(ack.AcknowledgedMessageSequenceNumber);
+                if (!_unackedBySequence.TryGetValue(sequence, out var o)) return;
+                if (acknowledgedId != o.MessageId) return;
+                _unackedBySequence.Remove(sequence);
                 _unacked.Remove(o.Node!);
                 o.Node = null;
                 // Karn: only a message sent once gives a round-trip sample.
