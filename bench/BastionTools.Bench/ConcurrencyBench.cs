@@ -167,7 +167,8 @@ namespace BastionTools.Bench
             var script = Path.Combine(work, "select1.sql");
             File.WriteAllText(script, sql + ";\n");
             var runs = 0;
-            async Task<PgbenchResult> Pgbench(int port, int clients, int secs, bool readLog = true)
+            // A run's tps; its log (transactions, latencies) is read by ReadLog once the run's counters are taken.
+            async Task<PgbenchResult> Pgbench(int port, int clients, int secs)
             {
                 var prefix = Path.Combine(work, "run" + (++runs).ToString(CultureInfo.InvariantCulture));
                 // pgbench's -T includes connecting, which each of its threads does one client after another: across a long
@@ -175,8 +176,7 @@ namespace BastionTools.Bench
                 var connecting = rttMs > 0 ? (int)Math.Ceiling(Math.Ceiling(clients / 2.0) * 8 * rttMs / 1000) : 0;
                 try
                 {
-                    var run = await PgbenchResult.RunAsync(tools, db, port, script, protocol, clients, secs + connecting, prefix).ConfigureAwait(false);
-                    return readLog ? run.ReadLog() : run;
+                    return await PgbenchResult.RunAsync(tools, db, port, script, protocol, clients, secs + connecting, prefix).ConfigureAwait(false);
                 }
                 catch (InvalidOperationException ex) when (port == tunnelPort)
                 {
@@ -184,8 +184,7 @@ namespace BastionTools.Bench
                 }
             }
 
-            // A run's log, read once the run's counters are taken; a tunnel run without a transaction fails as a failed
-            // pgbench does.
+            // A tunnel run without a transaction fails as a failed pgbench does.
             PgbenchResult ReadLog(PgbenchResult run, int port)
             {
                 try
@@ -208,8 +207,8 @@ namespace BastionTools.Bench
             }
 
             // Warm-up (JIT, connection paths), not reported.
-            await Pgbench(directPort, 1, 2).ConfigureAwait(false);
-            await Pgbench(tunnelPort, 1, 2).ConfigureAwait(false);
+            ReadLog(await Pgbench(directPort, 1, 2).ConfigureAwait(false), directPort);
+            ReadLog(await Pgbench(tunnelPort, 1, 2).ConfigureAwait(false), tunnelPort);
 
             // ---- memory per open connection: idle connections held by pgbench (another process), before the heavy runs ----
             var idle = MemorySnapshot.Take();
@@ -248,7 +247,7 @@ namespace BastionTools.Bench
                         if ((leg == 0) == (round % 2 == 1))
                         {
                             var machineBefore = MachineCpu.Take();
-                            direct = await Pgbench(directPort, clients, seconds, readLog: false).ConfigureAwait(false);
+                            direct = await Pgbench(directPort, clients, seconds).ConfigureAwait(false);
                             machineDirect = MachineCpu.Take() - machineBefore;
                             ReadLog(direct, directPort);
                         }
@@ -256,7 +255,7 @@ namespace BastionTools.Bench
                         {
                             var before = Counters.Take(session, sandbox);
                             var machineBefore = MachineCpu.Take();
-                            tunnel = await Pgbench(tunnelPort, clients, seconds, readLog: false).ConfigureAwait(false);
+                            tunnel = await Pgbench(tunnelPort, clients, seconds).ConfigureAwait(false);
                             machineTunnel = MachineCpu.Take() - machineBefore;
                             cost = Counters.Take(session, sandbox) - before;
                             // The log is read after the counters: its parsing is this process's work, not the tunnel's.

@@ -709,15 +709,10 @@ namespace BastionTools.Ssm
         /// </summary>
         private bool TryDeliverOutputInPlace(ArraySegment<byte> data)
         {
-            const int payloadStart = (int)AgentMessageCodec.StandardHeaderLength + AgentMessageCodec.PayloadLengthLength;
+            if (!AgentMessageCodec.TryLocateStandardPayload(data, out var offset, out var count)) return false;
             var span = data.AsSpan();
-            if (span.Length < payloadStart || BinaryPrimitives.ReadUInt32BigEndian(span) != AgentMessageCodec.StandardHeaderLength) return false;
-            var length = BinaryPrimitives.ReadUInt32BigEndian(span.Slice((int)AgentMessageCodec.StandardHeaderLength));
-            if ((long)length + payloadStart != span.Length) return false;
             if ((PayloadType)BinaryPrimitives.ReadUInt32BigEndian(span.Slice(AgentMessageCodec.PayloadTypeOffset)) != PayloadType.Output) return false;
             if (Volatile.Read(ref _cipher) != null) return false;
-            var count = (int)length;
-            var offset = data.Offset + payloadStart;
             if (count > 0 && !AgentMessageCodec.DigestHolds(span.Slice(AgentMessageCodec.PayloadDigestOffset, AgentMessageCodec.PayloadDigestLength),
                     data.Array!, offset, count))
             {

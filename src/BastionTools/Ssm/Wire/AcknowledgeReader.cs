@@ -1,5 +1,4 @@
 using System;
-using System.Buffers.Binary;
 using System.Buffers.Text;
 using System.Text.Json;
 
@@ -39,17 +38,9 @@ namespace BastionTools.Ssm
         {
             sequence = 0;
             id = Guid.Empty;
-            const int payloadStart = (int)AgentMessageCodec.StandardHeaderLength + AgentMessageCodec.PayloadLengthLength;
-            var span = frame.AsSpan();
-            if (frame.Array == null || span.Length <= payloadStart || BinaryPrimitives.ReadUInt32BigEndian(span) != AgentMessageCodec.StandardHeaderLength) return false;
-            var length = BinaryPrimitives.ReadUInt32BigEndian(span.Slice((int)AgentMessageCodec.StandardHeaderLength));
-            if ((long)length + payloadStart != span.Length) return false;
-            if (!AgentMessageCodec.DigestHolds(span.Slice(AgentMessageCodec.PayloadDigestOffset, AgentMessageCodec.PayloadDigestLength),
-                    frame.Array, frame.Offset + payloadStart, (int)length))
-            {
-                return false;
-            }
-            return TryRead(span.Slice(payloadStart), out sequence, out id);
+            if (!AgentMessageCodec.TryLocateStandardPayload(frame, out var offset, out var count) || count == 0) return false;
+            if (!AgentMessageCodec.DigestHolds(frame.AsSpan(AgentMessageCodec.PayloadDigestOffset, AgentMessageCodec.PayloadDigestLength), frame.Array!, offset, count)) return false;
+            return TryRead(new ReadOnlySpan<byte>(frame.Array, offset, count), out sequence, out id);
         }
 
         /// <summary>True with the acknowledged sequence number and message id when the payload is an acknowledgement of the plain shape above.</summary>

@@ -273,6 +273,25 @@ namespace BastionTools.Ssm
             (MessageTypes.PausePublication, Encoding.ASCII.GetBytes(MessageTypes.PausePublication)),
         };
 
+        /// <summary>
+        /// For the receive loop's in-place paths: true when <paramref name="frame"/> has the standard 116-byte header and
+        /// exactly the payload its PayloadLength announces, with where that payload lies in the frame's array. Nothing else
+        /// is checked (not the digest: a path checks what is cheaper first).
+        /// </summary>
+        internal static bool TryLocateStandardPayload(ArraySegment<byte> frame, out int offset, out int count)
+        {
+            const int payloadStart = (int)StandardHeaderLength + PayloadLengthLength;
+            offset = 0;
+            count = 0;
+            var span = frame.AsSpan();
+            if (frame.Array == null || span.Length < payloadStart || BinaryPrimitives.ReadUInt32BigEndian(span) != StandardHeaderLength) return false;
+            var length = BinaryPrimitives.ReadUInt32BigEndian(span.Slice((int)StandardHeaderLength));
+            if ((long)length + payloadStart != span.Length) return false;
+            offset = frame.Offset + payloadStart;
+            count = (int)length;
+            return true;
+        }
+
         /// <summary>Whether <paramref name="digest"/> is the SHA-256 of the <paramref name="count"/> bytes at <paramref name="offset"/> (constant time).</summary>
         internal static bool DigestHolds(ReadOnlySpan<byte> digest, byte[] buffer, int offset, int count)
         {
