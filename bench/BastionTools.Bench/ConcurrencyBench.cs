@@ -206,6 +206,11 @@ namespace BastionTools.Bench
                     string.Join(Environment.NewLine, events.TakeLast(40).Select(e => "  " + e)), ex);
             }
 
+            var jit = new JitWatch(sandbox.Process.Id);
+            // The counters are taken around every tunnel run (a request to the sandbox, in both processes): taken often enough
+            // here that their paths are compiled optimised before the first measured run, not during one.
+            for (var i = 0; i < 64; i++) Counters.Take(session, sandbox);
+
             // Warm-up (JIT, connection paths), not reported.
             ReadLog(await Pgbench(directPort, 1, 2).ConfigureAwait(false), directPort);
             ReadLog(await Pgbench(tunnelPort, 1, 2).ConfigureAwait(false), tunnelPort);
@@ -246,6 +251,7 @@ namespace BastionTools.Bench
                     {
                         if ((leg == 0) == (round % 2 == 1))
                         {
+                            await jit.WaitQuietAsync().ConfigureAwait(false);
                             var machineBefore = MachineCpu.Take();
                             direct = await Pgbench(directPort, clients, seconds).ConfigureAwait(false);
                             machineDirect = MachineCpu.Take() - machineBefore;
@@ -253,6 +259,7 @@ namespace BastionTools.Bench
                         }
                         else
                         {
+                            await jit.WaitQuietAsync().ConfigureAwait(false);
                             var before = Counters.Take(session, sandbox);
                             var machineBefore = MachineCpu.Take();
                             tunnel = await Pgbench(tunnelPort, clients, seconds).ConfigureAwait(false);
@@ -312,19 +319,24 @@ namespace BastionTools.Bench
                         if (truncateFirst) await TruncateAsync(sandbox, pgPort).ConfigureAwait(false);
                         var direct = (leg == 0) == (r % 2 == 0);
                         // The tunnel's own counters only around tunnel runs (they cost a request to the sandbox).
+                        await jit.WaitQuietAsync().ConfigureAwait(false);
                         var before = direct ? default : Counters.Take(session, sandbox);
                         var machine = MachineCpu.Take();
+                        var jitBefore = jit.Take();
                         var time = await Psql(tools, db, direct ? directPort : tunnelPort, command).ConfigureAwait(false);
                         var used = MachineCpu.Take() - machine;
+                        var compiled = jit.Take() - jitBefore;
                         if (direct)
                         {
                             runs.Direct.Add(time);
                             runs.MachineDirect += used;
+                            runs.JitDirect += compiled;
                         }
                         else
                         {
                             runs.Tunnel.Add(time);
                             runs.MachineTunnel += used;
+                            runs.JitTunnel += compiled;
                             runs.Cost += Counters.Take(session, sandbox) - before;
                         }
                     }
@@ -336,7 +348,9 @@ namespace BastionTools.Bench
             var copyIn = await MeasureCopyAsync($"\\copy bench_copy_in from '{outFile}'", truncateFirst: true).ConfigureAwait(false);
             Console.WriteLine($"psql \\copy of {copyRows:N0} rows ({fileBytes / 1e6:F1} MB of text), median of {copyRuns} (psql start and connect included in both):");
             PrintCopy("COPY out", copyOut.Direct, copyOut.Tunnel, copyOut.Cost, copyOut.MachineDirect, copyOut.MachineTunnel);
+            PrintJit(jit, copyOut);
             PrintCopy("COPY in ", copyIn.Direct, copyIn.Tunnel, copyIn.Cost, copyIn.MachineDirect, copyIn.MachineTunnel);
+            PrintJit(jit, copyIn);
 
             Console.WriteLine();
             Console.WriteLine($"data channel totals: {session.Channel!.MessagesSent:N0} messages sent, {session.Channel.MessagesReceived:N0} received, {session.Channel.Retransmissions} retransmissions; " +
@@ -350,6 +364,11 @@ namespace BastionTools.Bench
                 static string Late(System.Text.Json.JsonElement p) => string.Format(CultureInfo.InvariantCulture, "{0:F2} ms on average, {1:F1} ms at most, over {2:N0} chunks",
                     p.GetProperty("delayLatenessAverageMs").GetDouble(), p.GetProperty("delayLatenessMaxMs").GetDouble(), p.GetProperty("delayedChunks").GetInt64());
                 Console.WriteLine($"link: chunks written after their due time by {Late(link)} on the tunnel's path; {Late(link.GetProperty("postgresProxy"))} on the direct path");
+            }
+            if (jit.Known)
+            {
+                Console.WriteLine($"before every measured run the bench waited for the tiered compiler's threads of this process and the agent double to be idle for {JitWatch.QuietFor.TotalMilliseconds:F0} ms: " +
+                                  $"{jit.Waited.TotalSeconds:F1} s in all, {jit.Waits} waits ({jit.GaveUp} gave up after {JitWatch.MaxWait.TotalSeconds:F0} s)");
             }
             PrintGoals(rows, copyOut.Direct, copyOut.Tunnel, copyIn.Direct, copyIn.Tunnel);
             await session.StopAsync().ConfigureAwait(false);
@@ -477,6 +496,13 @@ namespace BastionTools.Bench
                                   $"this process {cost.ClientCpu.TotalMilliseconds / tunnel.Count:F0} ms, agent double {agentRun:F0} ms); ratio with the agent's CPU elsewhere (estimate) " +
                                   $"{t.TotalMilliseconds / d.TotalMilliseconds * (tunnelRun - agentRun) / tunnelRun:F2}x");
             }
+        }
+
+        private static void PrintJit(JitWatch jit, CopyRuns runs)
+        {
+            if (!jit.Known) return;
+            Console.WriteLine($"            tiered compilation during the runs (its background threads' CPU, /proc): direct runs: this process {runs.JitDirect.SelfMs} ms, agent double {runs.JitDirect.AgentMs} ms; " +
+                              $"tunnel runs: this process {runs.JitTunnel.SelfMs} ms, agent double {runs.JitTunnel.AgentMs} ms (in all {runs.Direct.Count} + {runs.Tunnel.Count} runs)");
         }
 
         private static void PrintGoals(List<(int Clients, PgbenchResult Direct, PgbenchResult Tunnel)> rows, List<TimeSpan> outDirect, List<TimeSpan> outTunnel, List<TimeSpan> inDirect, List<TimeSpan> inTunnel)
@@ -849,7 +875,111 @@ namespace BastionTools.Bench
                     a.Gen0Collections + b.Gen0Collections);
         }
 
-        /// <summary>One COPY direction's runs: times, the machine's CPU on each side, and the tunnel's own counters.</summary>
+        /// <summary>CPU time (ms) of the tiered compiler's background threads of this process and of the agent double.</summary>
+        private readonly struct JitWork
+        {
+            public JitWork(long selfMs, long agentMs)
+            {
+                SelfMs = selfMs;
+                AgentMs = agentMs;
+            }
+
+            public long SelfMs { get; }
+            public long AgentMs { get; }
+
+            // A worker thread that exits (after seconds without work) takes its time with it: a difference is never below 0.
+            public static JitWork operator -(JitWork a, JitWork b) => new(Math.Max(0, a.SelfMs - b.SelfMs), Math.Max(0, a.AgentMs - b.AgentMs));
+            public static JitWork operator +(JitWork a, JitWork b) => new(a.SelfMs + b.SelfMs, a.AgentMs + b.AgentMs);
+        }
+
+        /// <summary>
+        /// The runtime's tiered compilation compiles a method again, optimised, on a background thread once it has been
+        /// called 30 times. The bench's own work between runs (a request to the sandbox for its counters, starting psql,
+        /// reading /proc) keeps feeding that thread, in this process and in the agent double, long after the tunnel's paths
+        /// are optimised: during the COPY runs it was 35-45 % of this process's CPU (perf; per-thread CPU from /proc), and
+        /// its work landed on whichever run came next (10-90 ms of CPU within a 150-250 ms run, direct or tunnel). Before
+        /// each measured run the bench waits until neither process's compiler thread has used CPU for a while (a condition,
+        /// polled); what still runs during the runs is printed. Linux (/proc) only; elsewhere nothing is waited for.
+        /// </summary>
+        private sealed class JitWatch
+        {
+            public static readonly TimeSpan QuietFor = TimeSpan.FromMilliseconds(300);
+            public static readonly TimeSpan MaxWait = TimeSpan.FromSeconds(5);
+            private static readonly TimeSpan Poll = TimeSpan.FromMilliseconds(50);
+            private readonly int _agentPid;
+
+            public JitWatch(int agentPid)
+            {
+                _agentPid = agentPid;
+                Known = WorkerCpuMs(Environment.ProcessId) >= 0 && WorkerCpuMs(agentPid) >= 0;
+            }
+
+            public bool Known { get; }
+            public TimeSpan Waited { get; private set; }
+            public int Waits { get; private set; }
+            public int GaveUp { get; private set; }
+
+            public JitWork Take() => Known ? new JitWork(WorkerCpuMs(Environment.ProcessId), WorkerCpuMs(_agentPid)) : default;
+
+            public async Task WaitQuietAsync()
+            {
+                if (!Known) return;
+                var clock = Stopwatch.StartNew();
+                var last = Take();
+                var quietSince = TimeSpan.Zero;
+                while (clock.Elapsed - quietSince < QuietFor)
+                {
+                    if (clock.Elapsed >= MaxWait)
+                    {
+                        GaveUp++;
+                        break;
+                    }
+                    await Task.Delay(Poll).ConfigureAwait(false);
+                    var now = Take();
+                    if (now.SelfMs == last.SelfMs && now.AgentMs == last.AgentMs) continue;
+                    last = now;
+                    quietSince = clock.Elapsed;
+                }
+                Waits++;
+                Waited += clock.Elapsed;
+            }
+
+            /// <summary>
+            /// CPU time (utime + stime, ms) of the process's threads named ".NET Tiered Com…" (the runtime's tiered
+            /// compilation worker, its name cut to 15 characters by Linux); -1 without /proc.
+            /// </summary>
+            private static long WorkerCpuMs(int pid)
+            {
+                try
+                {
+                    long total = 0;
+                    foreach (var task in Directory.EnumerateDirectories($"/proc/{pid}/task"))
+                    {
+                        try
+                        {
+                            var stat = File.ReadAllText(Path.Combine(task, "stat"));
+                            var open = stat.IndexOf('(');
+                            var close = stat.LastIndexOf(')');
+                            if (open < 0 || close < open || !stat.AsSpan(open + 1, close - open - 1).StartsWith(".NET Tiered", StringComparison.Ordinal)) continue;
+                            // After "(comm) ": state, ppid, …; utime and stime are fields 14 and 15 of the line, in USER_HZ (100 per second).
+                            var fields = stat.Substring(close + 2).Split(' ');
+                            total += (long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture)) * 10;
+                        }
+                        catch (Exception ex) when (ex is IOException || ex is UnauthorizedAccessException)
+                        {
+                            // The thread ended while being read.
+                        }
+                    }
+                    return total;
+                }
+                catch (Exception ex) when (ex is IOException || ex is UnauthorizedAccessException)
+                {
+                    return -1;
+                }
+            }
+        }
+
+        /// <summary>One COPY direction's runs: times, the machine's CPU on each side, the tunnel's own counters, and the JIT work during the runs.</summary>
         private sealed class CopyRuns
         {
             public List<TimeSpan> Direct { get; } = new();
@@ -857,6 +987,8 @@ namespace BastionTools.Bench
             public MachineCpu MachineDirect { get; set; } = MachineCpu.Zero;
             public MachineCpu MachineTunnel { get; set; } = MachineCpu.Zero;
             public Counters Cost { get; set; }
+            public JitWork JitDirect { get; set; }
+            public JitWork JitTunnel { get; set; }
         }
 
         private readonly struct MemorySnapshot
