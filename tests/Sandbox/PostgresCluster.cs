@@ -809,6 +809,10 @@ namespace BastionTools.Sandbox
             return left;
         }
 
+        /// <summary>A TCP socket connected to itself: local and remote end points the same (see <see cref="TcpOpenAsync"/>).</summary>
+        public static bool IsSelfConnection(Socket socket) =>
+            socket.LocalEndPoint is IPEndPoint local && socket.RemoteEndPoint is IPEndPoint remote && local.Equals(remote);
+
         private static int FreePort()
         {
             var probe = new TcpListener(IPAddress.Loopback, 0);
@@ -823,7 +827,11 @@ namespace BastionTools.Sandbox
             }
         }
 
-        /// <summary>Whether something accepts TCP connections on 127.0.0.1:<paramref name="port"/> (bounded).</summary>
+        /// <summary>
+        /// Whether something accepts TCP connections on 127.0.0.1:<paramref name="port"/> (bounded). A connection to itself
+        /// is not something listening: with nothing bound to a port in the ephemeral range, Linux may give the connecting
+        /// socket that very port as its own, and the SYN then meets itself (TCP simultaneous open) and "connects".
+        /// </summary>
         public static async Task<bool> TcpOpenAsync(int port, TimeSpan timeout, CancellationToken cancellationToken = default)
         {
             using var cts = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
@@ -832,7 +840,7 @@ namespace BastionTools.Sandbox
             try
             {
                 await client.ConnectAsync(IPAddress.Loopback, port, cts.Token).ConfigureAwait(false);
-                return true;
+                return !IsSelfConnection(client.Client);
             }
             catch (SocketException)
             {

@@ -201,10 +201,7 @@ namespace BastionTools.Tests.Engine
                 Assert.Contains("timed out due to inactivity", plain.ClosedReason);
                 Assert.True(plain.EndedOnItsOwn);
                 Assert.Equal(0, ((MuxPortForwarder)plain.Forwarder!).NopsSent);
-                using (var probe = new TcpClient())
-                {
-                    await Assert.ThrowsAnyAsync<SocketException>(() => probe.ConnectAsync(IPAddress.Loopback, plain.LocalEndPoint!.Port));
-                }
+                Assert.True(await LoopbackProbe.RefusedAsync(IPAddress.Loopback, plain.LocalEndPoint!.Port));
 
                 // The kept one, idle but for its NOPs, lives through two timeouts' worth of time.
                 await WaitUntilAsync(() => clock.Elapsed >= 2 * idleTimeout, "two idle timeouts' worth of time");

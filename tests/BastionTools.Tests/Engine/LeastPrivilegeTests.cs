@@ -205,8 +205,7 @@ namespace BastionTools.Tests.Engine
                 Assert.True(_host.Sessions.TryGet(session.SessionId!, out var remote));
                 Assert.NotEqual(SandboxSessionState.Terminated, remote.State);
                 Assert.False(session.TerminatedByFlag);
-                using var probe = new TcpClient();
-                await Assert.ThrowsAnyAsync<SocketException>(() => probe.ConnectAsync(local.Address, local.Port));
+                Assert.True(await LoopbackProbe.RefusedAsync(local.Address, local.Port));
             }
             finally
             {

@@ -12,6 +12,7 @@ using Amazon.Runtime;
 using BastionTools.Aws;
 using BastionTools.Sandbox;
 using BastionTools.Ssm;
+using BastionTools.Tests.Sandbox;
 using Npgsql;
 using Xunit;
 using Xunit.Abstractions;
@@ -215,8 +216,7 @@ namespace BastionTools.Tests.Engine
                 Assert.Equal(ChannelState.Closed, session.DataChannel!.State);
                 Assert.Equal(0, session.Connections.Active);
                 // The listener is gone and the open connection was closed.
-                using var probe = new TcpClient();
-                await Assert.ThrowsAnyAsync<SocketException>(() => probe.ConnectAsync(IPAddress.Loopback, port));
+                Assert.True(await LoopbackProbe.RefusedAsync(IPAddress.Loopback, port));
                 await Assert.ThrowsAnyAsync<Exception>(() => ScalarAsync(conn, "select 1"));
                 // Nothing retries any more: the attempts counter stays still.
                 var attempts = session.Channel!.ResumeAttempts;

@@ -76,13 +76,32 @@ namespace BastionTools.Tests.Sandbox
             return rows;
         }
 
-        /// <summary>Polls (bounded) until the port refuses connections and the directory is gone.</summary>
-        public static async Task<bool> WaitGoneAsync(int port, string directory, TimeSpan timeout)
+        /// <summary>
+        /// A stopped cluster serves no more: nothing accepts connections on its port, or what accepts there now is not it
+        /// (a login with its own random password fails). Test classes run in parallel, and another test's listener may
+        /// be given the freed port at once; a cluster that still runs passes neither check.
+        /// </summary>
+        public static async Task<bool> NoLongerServedAsync(int port, string connectionString)
+        {
+            if (!await PostgresCluster.TcpOpenAsync(port, TimeSpan.FromSeconds(2))) return true;
+            try
+            {
+                await using var connection = await OpenAsync(connectionString);
+                return false;
+            }
+            catch (Exception ex) when (ex is NpgsqlException || ex is IOException || ex is TimeoutException || ex is OperationCanceledException)
+            {
+                return true;
+            }
+        }
+
+        /// <summary>Polls (bounded) until the cluster serves no more (<see cref="NoLongerServedAsync"/>) and the directory is gone.</summary>
+        public static async Task<bool> WaitGoneAsync(int port, string connectionString, string directory, TimeSpan timeout)
         {
             var deadline = DateTime.UtcNow + timeout;
             while (true)
             {
-                var open = await PostgresCluster.TcpOpenAsync(port, TimeSpan.FromSeconds(1));
+                var open = !await NoLongerServedAsync(port, connectionString);
                 if (!open && !Directory.Exists(directory)) return true;
                 if (DateTime.UtcNow >= deadline) return false;
                 await Task.Delay(100);
@@ -227,6 +246,38 @@ namespace BastionTools.Tests.Sandbox
     }
 
     /// <summary>Tests with their own clusters (start, stop, failure, stale cleanup, the host option).</summary>
+    public class TcpProbeTests
+    {
+        [Fact]
+        public async Task TcpOpen_IsFalse_ForAConnectionThatMetItself_AndTrue_ForAListener()
+        {
+            // A socket bound to a port and connected to that same port meets itself (TCP simultaneous open): what the
+            // probe's own socket can be given, by chance, when nothing listens on a port in the ephemeral range.
+            using (var self = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp))
+            {
+                self.Bind(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 0));
+                var port = ((System.Net.IPEndPoint)self.LocalEndPoint!).Port;
+                await self.ConnectAsync(System.Net.IPAddress.Loopback, port);
+                Assert.True(self.Connected);
+                Assert.True(PostgresCluster.IsSelfConnection(self));
+            }
+
+            var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+            listener.Start();
+            try
+            {
+                var port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+                Assert.True(await PostgresCluster.TcpOpenAsync(port, TimeSpan.FromSeconds(5)));
+                using var accepted = await listener.AcceptTcpClientAsync();
+                Assert.False(PostgresCluster.IsSelfConnection(accepted.Client));
+            }
+            finally
+            {
+                listener.Stop();
+            }
+        }
+    }
+
     public class PostgresClusterLifecycleTests
     {
         private readonly ITestOutputHelper _output;
@@ -254,7 +305,7 @@ namespace BastionTools.Tests.Sandbox
             var stopwatch = Stopwatch.StartNew();
             await cluster.StopAsync();
             _output.WriteLine("stop " + stopwatch.ElapsedMilliseconds.ToString(CultureInfo.InvariantCulture) + " ms");
-            Assert.False(await PostgresCluster.TcpOpenAsync(cluster.Port, TimeSpan.FromSeconds(2)));
+            Assert.True(await PostgresTestSupport.NoLongerServedAsync(cluster.Port, cluster.ConnectionString()));
             Assert.False(Directory.Exists(cluster.DataDirectory));
             Assert.False(Directory.Exists(cluster.ClusterDirectory));
             Assert.False(cluster.IsRunning);
@@ -286,7 +337,7 @@ namespace BastionTools.Tests.Sandbox
             }
             await host.DisposeAsync();
             Assert.Null(host.Postgres);
-            Assert.False(await PostgresCluster.TcpOpenAsync(cluster.Port, TimeSpan.FromSeconds(2)));
+            Assert.True(await PostgresTestSupport.NoLongerServedAsync(cluster.Port, cluster.ConnectionString()));
             Assert.False(Directory.Exists(cluster.ClusterDirectory));
 
             // Without the option there is no cluster and no "postgres" block.
@@ -432,7 +483,7 @@ namespace BastionTools.Tests.Sandbox
                     await process.WaitForExitAsync(exit.Token);
                     Assert.True(process.ExitCode == 0, "exit " + process.ExitCode + "; stderr: " + await stderr);
                     // Stopped before the process exited: nothing to wait for.
-                    Assert.False(await PostgresCluster.TcpOpenAsync(port, TimeSpan.FromSeconds(2)));
+                    Assert.True(await PostgresTestSupport.NoLongerServedAsync(port, cs));
                     Assert.False(Directory.Exists(clusterDirectory));
                 }
             }
@@ -453,6 +504,8 @@ namespace BastionTools.Tests.Sandbox
                 using (doc)
                 {
                     var port = pg.GetProperty("port").GetInt32();
+                    var cs = "Host=127.0.0.1;Port=" + port.ToString(CultureInfo.InvariantCulture) + ";Username=" + pg.GetProperty("user").GetString() +
+                             ";Password=" + pg.GetProperty("password").GetString() + ";Database=appdb";
                     var clusterDirectory = Path.GetDirectoryName(pg.GetProperty("dataDirectory").GetString()!)!;
                     Assert.True(await PostgresCluster.TcpOpenAsync(port, TimeSpan.FromSeconds(5)));
 
@@ -460,7 +513,7 @@ namespace BastionTools.Tests.Sandbox
                     process.Kill(entireProcessTree: true);
                     using var exit = new CancellationTokenSource(TimeSpan.FromSeconds(10));
                     await process.WaitForExitAsync(exit.Token);
-                    Assert.True(await PostgresTestSupport.WaitGoneAsync(port, clusterDirectory, TimeSpan.FromSeconds(20)),
+                    Assert.True(await PostgresTestSupport.WaitGoneAsync(port, cs, clusterDirectory, TimeSpan.FromSeconds(20)),
                         "the cluster outlived the killed sandbox: port " + port.ToString(CultureInfo.InvariantCulture) + ", " + clusterDirectory);
                 }
             }
