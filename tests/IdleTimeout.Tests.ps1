@@ -143,9 +143,7 @@ Describe 'Start-BastionSession when the idle session timeout ends it' {
             $s.ClosedReason | Should -Match 'timed out due to inactivity'
             $listed = Get-BastionSession -SessionId $s.SessionId
             $listed.ClosedErrorId | Should -Be 'BastionSessionTimedOut'
-            $probe = [System.Net.Sockets.TcpClient]::new()
-            { $probe.Connect('127.0.0.1', $s.LocalPort) } | Should -Throw
-            $probe.Dispose()
+            Test-LoopbackPortRefused -Port $s.LocalPort | Should -BeTrue
         }
         finally { $s | Stop-BastionSession -ErrorAction SilentlyContinue }
     }

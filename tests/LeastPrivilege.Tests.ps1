@@ -358,7 +358,7 @@ Describe 'Stop-BastionSession and ResumeSession' {
         $s | Stop-BastionSession -ErrorAction Stop
         (Get-SandboxSession $s.SessionId).state | Should -Be 'Terminated'
         @(Get-BastionSession | Where-Object SessionId -eq $s.SessionId).Count | Should -Be 0
-        { [System.Net.Sockets.TcpClient]::new('127.0.0.1', $port) } | Should -Throw
+        Test-LoopbackPortRefused -Port $port | Should -BeTrue
     }
 
     Context 'an agent from before the TerminateSession flag (2.3.722.0 or older)' {
@@ -388,7 +388,7 @@ Describe 'Stop-BastionSession and ResumeSession' {
             "$failure" | Should -Match 'idle timeout'
             (Get-SandboxSession $s.SessionId).state | Should -Not -Be 'Terminated'
             @(Get-BastionSession | Where-Object SessionId -eq $s.SessionId).Count | Should -Be 0
-            { [System.Net.Sockets.TcpClient]::new('127.0.0.1', $port) } | Should -Throw
+            Test-LoopbackPortRefused -Port $port | Should -BeTrue
         }
     }
 

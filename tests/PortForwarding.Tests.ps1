@@ -152,9 +152,7 @@ Start-BastionSession -Target i-0a1b2c3d4e5f60001 -RemoteHost $Endpoint -RemotePo
             $deadline = [DateTime]::UtcNow.AddSeconds(30)
             while ([DateTime]::UtcNow -lt $deadline -and $screen -notmatch 'AFTER-WAIT') { Start-Sleep -Milliseconds 200; $screen = (& $tmux capture-pane -p -t $name) -join "`n" }
             $screen | Should -Match '(?m)^AFTER-WAIT sessions=0'
-            $probe = [System.Net.Sockets.TcpClient]::new()
-            { $probe.Connect('127.0.0.1', $port) } | Should -Throw
-            $probe.Dispose()
+            Test-LoopbackPortRefused -Port $port | Should -BeTrue
         }
         finally {
             & $tmux kill-session -t $name 2>$null
@@ -223,9 +221,7 @@ Describe 'Stop-BastionSession' {
         $s | Stop-BastionSession
         $s.State | Should -Be 'Closed'
         Get-BastionSession | Where-Object SessionId -eq $s.SessionId | Should -BeNullOrEmpty
-        $client = [System.Net.Sockets.TcpClient]::new()
-        { $client.Connect('127.0.0.1', $port) } | Should -Throw
-        $client.Dispose()
+        Test-LoopbackPortRefused -Port $port | Should -BeTrue
         # No socket of this process is left on the tunnel's port, in any state but TIME_WAIT.
         $left = & ss -tanpH "( sport = :$port or dport = :$port )" 2>$null | Where-Object { $_ -match "pid=$PID," -and $_ -notmatch 'TIME-WAIT' }
         $left | Should -BeNullOrEmpty

@@ -206,9 +206,7 @@ Start-BastionSession -Target i-0a1b2c3d4e5f60001 -RemoteHost '$Endpoint' -Remote
             $result = $job | Wait-Job -Timeout 200 | Receive-Job
             $result | Should -Not -BeNullOrEmpty
             $result.Output | Should -Match 'ERRORS=BastionSessionFailed,BastionTools.Commands.StartBastionSessionCommand\|.*could not be resumed within 5 s'
-            $probe = [System.Net.Sockets.TcpClient]::new()
-            { $probe.Connect('127.0.0.1', $port) } | Should -Throw
-            $probe.Dispose()
+            Test-LoopbackPortRefused -Port $port | Should -BeTrue
             # While it waited, -Verbose narrated what happened.
             $verbose = Get-Content -Raw $verboseFile
             $verbose | Should -Match 'the connection is dead; resuming'

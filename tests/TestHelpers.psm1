@@ -95,4 +95,19 @@ function Stop-TestSandbox {
     if (-not $p.WaitForExit(20000)) { try { $p.Kill($true) } catch { } }
 }
 
+<#
+  True when nothing accepts on 127.0.0.1:Port: the connection is refused, or the probe met itself. With nothing bound to a
+  port in the ephemeral range, Linux may give the connecting socket that very port as its own, and its SYN then meets
+  itself (TCP simultaneous open) and "connects": not a listener.
+#>
+function Test-LoopbackPortRefused {
+    param([Parameter(Mandatory)] [int] $Port, [string] $Address = '127.0.0.1')
+    $ip = [System.Net.IPAddress]::Parse($Address)
+    $probe = [System.Net.Sockets.Socket]::new($ip.AddressFamily, [System.Net.Sockets.SocketType]::Stream, [System.Net.Sockets.ProtocolType]::Tcp)
+    try {
+        try { $probe.Connect($ip, $Port) } catch { return $true }
+        return $probe.LocalEndPoint.Equals($probe.RemoteEndPoint)
+    } finally { $probe.Dispose() }
+}
+
 Export-ModuleMember -Function *
