@@ -386,7 +386,21 @@ namespace BastionTools.Bench
         /// The voluntary context switches of the process's live threads (sum of /proc/PID/task/*/status); -1 where there is
         /// no /proc. Threads that ended are not counted, so take differences over a steady run.
         /// </summary>
-        private static long VoluntarySwitches(int pid)
+        private static long VoluntarySwitches(int pid) => SumOverThreads(pid, "status", status =>
+        {
+            foreach (var line in status.Split('\n'))
+            {
+                if (line.StartsWith("voluntary_ctxt_switches:", StringComparison.Ordinal))
+                    return long.Parse(line.AsSpan("voluntary_ctxt_switches:".Length).Trim(), NumberStyles.None, CultureInfo.InvariantCulture);
+            }
+            return 0;
+        });
+
+        /// <summary>
+        /// The sum of <paramref name="read"/> over the text of /proc/PID/task/*/<paramref name="file"/> of the process's
+        /// live threads (a thread that ends while being read counts 0); -1 where there is no /proc.
+        /// </summary>
+        private static long SumOverThreads(int pid, string file, Func<string, long> read)
         {
             try
             {
@@ -395,12 +409,7 @@ namespace BastionTools.Bench
                 {
                     try
                     {
-                        foreach (var line in File.ReadLines(Path.Combine(task, "status")))
-                        {
-                            if (!line.StartsWith("voluntary_ctxt_switches:", StringComparison.Ordinal)) continue;
-                            total += long.Parse(line.AsSpan("voluntary_ctxt_switches:".Length).Trim(), NumberStyles.None, CultureInfo.InvariantCulture);
-                            break;
-                        }
+                        total += read(File.ReadAllText(Path.Combine(task, file)));
                     }
                     catch (Exception ex) when (ex is IOException || ex is UnauthorizedAccessException)
                     {
@@ -948,35 +957,15 @@ namespace BastionTools.Bench
             /// CPU time (utime + stime, ms) of the process's threads named ".NET Tiered Com…" (the runtime's tiered
             /// compilation worker, its name cut to 15 characters by Linux); -1 without /proc.
             /// </summary>
-            private static long WorkerCpuMs(int pid)
+            private static long WorkerCpuMs(int pid) => SumOverThreads(pid, "stat", stat =>
             {
-                try
-                {
-                    long total = 0;
-                    foreach (var task in Directory.EnumerateDirectories($"/proc/{pid}/task"))
-                    {
-                        try
-                        {
-                            var stat = File.ReadAllText(Path.Combine(task, "stat"));
-                            var open = stat.IndexOf('(');
-                            var close = stat.LastIndexOf(')');
-                            if (open < 0 || close < open || !stat.AsSpan(open + 1, close - open - 1).StartsWith(".NET Tiered", StringComparison.Ordinal)) continue;
-                            // After "(comm) ": state, ppid, …; utime and stime are fields 14 and 15 of the line, in USER_HZ (100 per second).
-                            var fields = stat.Substring(close + 2).Split(' ');
-                            total += (long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture)) * 10;
-                        }
-                        catch (Exception ex) when (ex is IOException || ex is UnauthorizedAccessException)
-                        {
-                            // The thread ended while being read.
-                        }
-                    }
-                    return total;
-                }
-                catch (Exception ex) when (ex is IOException || ex is UnauthorizedAccessException)
-                {
-                    return -1;
-                }
-            }
+                var open = stat.IndexOf('(');
+                var close = stat.LastIndexOf(')');
+                if (open < 0 || close < open || !stat.AsSpan(open + 1, close - open - 1).StartsWith(".NET Tiered", StringComparison.Ordinal)) return 0;
+                // After "(comm) ": state, ppid, …; utime and stime are fields 14 and 15 of the line, in USER_HZ (100 per second).
+                var fields = stat.Substring(close + 2).Split(' ');
+                return (long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture)) * 10;
+            });
         }
 
         /// <summary>One COPY direction's runs: times, the machine's CPU on each side, the tunnel's own counters, and the JIT work during the runs.</summary>

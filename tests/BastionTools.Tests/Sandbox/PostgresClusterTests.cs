@@ -5,6 +5,8 @@ using System.Diagnostics;
 using System.Globalization;
 using System.IO;
 using System.Linq;
+using System.Net;
+using System.Net.Sockets;
 using System.Text.Json;
 using System.Threading;
 using System.Threading.Tasks;
@@ -253,20 +255,20 @@ namespace BastionTools.Tests.Sandbox
         {
             // A socket bound to a port and connected to that same port meets itself (TCP simultaneous open): what the
             // probe's own socket can be given, by chance, when nothing listens on a port in the ephemeral range.
-            using (var self = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp))
+            using (var self = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp))
             {
-                self.Bind(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 0));
-                var port = ((System.Net.IPEndPoint)self.LocalEndPoint!).Port;
-                await self.ConnectAsync(System.Net.IPAddress.Loopback, port);
+                self.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+                var port = ((IPEndPoint)self.LocalEndPoint!).Port;
+                await self.ConnectAsync(IPAddress.Loopback, port);
                 Assert.True(self.Connected);
                 Assert.True(PostgresCluster.IsSelfConnection(self));
             }
 
-            var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+            var listener = new TcpListener(IPAddress.Loopback, 0);
             listener.Start();
             try
             {
-                var port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+                var port = ((IPEndPoint)listener.LocalEndpoint).Port;
                 Assert.True(await PostgresCluster.TcpOpenAsync(port, TimeSpan.FromSeconds(5)));
                 using var accepted = await listener.AcceptTcpClientAsync();
                 Assert.False(PostgresCluster.IsSelfConnection(accepted.Client));
