@@ -158,6 +158,9 @@ namespace BastionTools.Bench
             Console.WriteLine(sendWindow > 0
                 ? $"data channel: send window fixed at {sendWindow} messages (--send-window)"
                 : $"data channel: send window {channelOptions.SendWindow} messages, growing up to {channelOptions.MaxSendWindow} on a long, fast path (the defaults)");
+            var jit = new JitWatch(sandbox.Process.Id);
+            // What the processes cost with nothing flowing: before the session (the baseline), and again with it open.
+            var idleBefore = await IdleCost.MeasureAsync(sandbox.Process, jit).ConfigureAwait(false);
             var memoryBefore = MemorySnapshot.Take();
             var session = new PortForwardingSession(api, new PortForwardingRequest { Target = "i-0a1b2c3d4e5f60001", RemoteHost = Endpoint, RemotePort = pgPort }, channelOptions);
             await session.StartAsync(_ => { }, TimeSpan.FromSeconds(30), CancellationToken.None).ConfigureAwait(false);
@@ -206,7 +209,6 @@ namespace BastionTools.Bench
                     string.Join(Environment.NewLine, events.TakeLast(40).Select(e => "  " + e)), ex);
             }
 
-            var jit = new JitWatch(sandbox.Process.Id);
             // The counters are taken around every tunnel run (a request to the sandbox, in both processes): taken often enough
             // here that their paths are compiled optimised before the first measured run, not during one.
             for (var i = 0; i < 64; i++) Counters.Take(session, sandbox);
@@ -214,6 +216,9 @@ namespace BastionTools.Bench
             // Warm-up (JIT, connection paths), not reported.
             ReadLog(await Pgbench(directPort, 1, 2).ConfigureAwait(false), directPort);
             ReadLog(await Pgbench(tunnelPort, 1, 2).ConfigureAwait(false), tunnelPort);
+
+            var idleOpen = await IdleCost.MeasureAsync(sandbox.Process, jit).ConfigureAwait(false);
+            Console.WriteLine(IdleCost.Describe(idleBefore, idleOpen));
 
             // ---- memory per open connection: idle connections held by pgbench (another process), before the heavy runs ----
             var idle = MemorySnapshot.Take();
@@ -966,6 +971,66 @@ namespace BastionTools.Bench
                 var fields = stat.Substring(close + 2).Split(' ');
                 return (long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture)) * 10;
             });
+        }
+
+        /// <summary>
+        /// CPU time and voluntary context switches (threads that blocked and were woken again: timers, pool threads) of this
+        /// process and the agent double over a span with no traffic, taken once the tiered compiler's threads are quiet. The
+        /// session's timers run whether or not anything flows: an open tunnel costs this much for as long as it is open.
+        /// </summary>
+        private readonly struct IdleCost
+        {
+            public static readonly TimeSpan Span = TimeSpan.FromSeconds(5);
+
+            private IdleCost(double selfMsPerSecond, double agentMsPerSecond, double selfSwitchesPerSecond, double agentSwitchesPerSecond, double jitMs)
+            {
+                SelfMsPerSecond = selfMsPerSecond;
+                AgentMsPerSecond = agentMsPerSecond;
+                SelfSwitchesPerSecond = selfSwitchesPerSecond;
+                AgentSwitchesPerSecond = agentSwitchesPerSecond;
+                JitMs = jitMs;
+            }
+
+            public double SelfMsPerSecond { get; }
+            public double AgentMsPerSecond { get; }
+            /// <summary>Negative where there is no /proc.</summary>
+            public double SelfSwitchesPerSecond { get; }
+            public double AgentSwitchesPerSecond { get; }
+            /// <summary>The tiered compiler's CPU (both processes) within the span, included in the CPU figures.</summary>
+            public double JitMs { get; }
+
+            public static async Task<IdleCost> MeasureAsync(Process agent, JitWatch jit)
+            {
+                await jit.WaitQuietAsync().ConfigureAwait(false);
+                var self = Process.GetCurrentProcess();
+                agent.Refresh();
+                var selfCpu = self.TotalProcessorTime;
+                var agentCpu = agent.TotalProcessorTime;
+                var selfSwitches = VoluntarySwitches(Environment.ProcessId);
+                var agentSwitches = VoluntarySwitches(agent.Id);
+                var jit0 = jit.Take();
+                var clock = Stopwatch.StartNew();
+                await Task.Delay(Span).ConfigureAwait(false);
+                var seconds = clock.Elapsed.TotalSeconds;
+                self.Refresh();
+                agent.Refresh();
+                var jit1 = jit.Take();
+                var selfSwitches1 = VoluntarySwitches(Environment.ProcessId);
+                var agentSwitches1 = VoluntarySwitches(agent.Id);
+                return new IdleCost(
+                    (self.TotalProcessorTime - selfCpu).TotalMilliseconds / seconds,
+                    (agent.TotalProcessorTime - agentCpu).TotalMilliseconds / seconds,
+                    selfSwitches < 0 || selfSwitches1 < 0 ? -1 : Math.Max(0, selfSwitches1 - selfSwitches) / seconds,
+                    agentSwitches < 0 || agentSwitches1 < 0 ? -1 : Math.Max(0, agentSwitches1 - agentSwitches) / seconds,
+                    Math.Max(0, jit1.SelfMs - jit0.SelfMs) + Math.Max(0, jit1.AgentMs - jit0.AgentMs));
+            }
+
+            public static string Describe(IdleCost before, IdleCost open) =>
+                $"idle, nothing flowing ({Span.TotalSeconds:F0} s each; CPU ms per second, voluntary context switches per second): before the session this process {before.SelfMsPerSecond:F1} ms/s{Switches(before.SelfSwitchesPerSecond)}, " +
+                $"agent double {before.AgentMsPerSecond:F1} ms/s{Switches(before.AgentSwitchesPerSecond)}; session open this process {open.SelfMsPerSecond:F1} ms/s{Switches(open.SelfSwitchesPerSecond)}, " +
+                $"agent double {open.AgentMsPerSecond:F1} ms/s{Switches(open.AgentSwitchesPerSecond)} (tiered compilation within: {before.JitMs:F0} and {open.JitMs:F0} ms)";
+
+            private static string Switches(double perSecond) => perSecond < 0 ? "" : $" ({perSecond:F0} switches/s)";
         }
 
         /// <summary>One COPY direction's runs: times, the machine's CPU on each side, the tunnel's own counters, and the JIT work during the runs.</summary>

@@ -106,6 +106,47 @@ namespace BastionTools.Tests.Ssm
         }
 
         [Fact(Timeout = 60_000)]
+        public async Task TheTick_RunsOnABackgroundThreadOfItsOwn_NotThePool_AndThatThreadEndsWithTheChannel()
+        {
+            // Resends are decided by the tick: each is observed on the thread that decided it. That thread sleeps in a timed
+            // wait between ticks (no timer thread, no pool worker woken and spinning every 100 ms for as long as a session
+            // is open) and must not outlive the channel.
+            var resends = new List<(int ThreadId, bool Pool, bool Background)>();
+            var service = new ScriptedService();
+            var options = new DataChannelOptions
+            {
+                ResendInterval = TimeSpan.FromMilliseconds(20), MinRetransmitTimeout = TimeSpan.FromMilliseconds(20),
+                InitialRetransmitTimeout = TimeSpan.FromMilliseconds(20), MaxResendBackoff = TimeSpan.FromMilliseconds(40),
+                PingInterval = TimeSpan.FromMinutes(5), ProbeInterval = TimeSpan.FromMinutes(5),
+                TransmitObserver = (seq, attempt, ticks) =>
+                {
+                    if (attempt < 2) return;
+                    var thread = Thread.CurrentThread;
+                    lock (resends) resends.Add((thread.ManagedThreadId, thread.IsThreadPoolThread, thread.IsBackground));
+                },
+            };
+            var channel = service.NewChannel(options);
+            await channel.OpenAsync(CancellationToken.None);
+            var ticks = channel.TimerLoopCompletion;
+            Assert.NotNull(ticks);
+            Assert.False(ticks!.IsCompleted);
+            service.Next();
+            // Never acknowledged: resent tick after tick.
+            await channel.SendAsync(PayloadType.Output, new byte[] { 1 }, CancellationToken.None);
+            await Until(() => { lock (resends) return resends.Count >= 3; }, "three resends");
+            lock (resends)
+            {
+                Assert.All(resends, r => Assert.False(r.Pool, "a resend was decided on a thread-pool thread"));
+                Assert.All(resends, r => Assert.True(r.Background, "the tick's thread would keep the process alive"));
+                Assert.Single(resends.Select(r => r.ThreadId).Distinct());
+            }
+
+            await channel.CloseAsync();
+            await Until(() => ticks.IsCompleted, "the tick's thread to end after the channel closed", 10_000);
+            Assert.Equal(TaskStatus.RanToCompletion, ticks.Status);
+        }
+
+        [Fact(Timeout = 60_000)]
         public async Task UnderRandomLoss_WhileAcknowledgementsKeepComing_TheBurstIsKept()
         {
             var service = new ScriptedService();

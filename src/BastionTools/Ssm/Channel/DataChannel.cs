@@ -267,7 +267,7 @@ namespace BastionTools.Ssm
         {
             using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _lifetime.Token);
             var transport = await ConnectTransportAsync(_endpoint, linked.Token).ConfigureAwait(false);
-            _timerLoop = Task.Run(TimerLoopAsync);
+            _timerLoop = Task.Factory.StartNew(TimerLoop, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
             Install(transport, _endpoint, resumed: false);
         }
 
@@ -1007,13 +1007,20 @@ namespace BastionTools.Ssm
 
         // ---- resends and liveness -----------------------------------------------------------------------------------
 
-        private async Task TimerLoopAsync()
+        /// <summary>
+        /// The channel's tick (every <see cref="DataChannelOptions.ResendInterval"/>, as the official client's resend
+        /// scheduler) on a background thread of its own, which sleeps in a timed wait on the channel's lifetime and ends
+        /// with it. A Task.Delay loop cost two wake-ups per tick (the runtime's timer thread, then a thread-pool worker,
+        /// which then spins before it sleeps again): about 10 ms of CPU a second and 80 context switches with nothing
+        /// flowing, for as long as a session stays open.
+        /// </summary>
+        private void TimerLoop()
         {
-            while (!_lifetime.IsCancellationRequested)
+            var ended = _lifetime.Token.WaitHandle;
+            while (!ended.WaitOne(_options.ResendInterval))
             {
                 try
                 {
-                    await Task.Delay(_options.ResendInterval, _lifetime.Token).ConfigureAwait(false);
                     Tick();
                 }
                 catch (OperationCanceledException)
@@ -1026,6 +1033,9 @@ namespace BastionTools.Ssm
                 }
             }
         }
+
+        /// <summary>The tick's thread: completes when it has ended (for tests).</summary>
+        internal Task? TimerLoopCompletion => _timerLoop;
 
         private void Tick()
         {
