@@ -982,55 +982,75 @@ namespace BastionTools.Bench
         {
             public static readonly TimeSpan Span = TimeSpan.FromSeconds(5);
 
-            private IdleCost(double selfMsPerSecond, double agentMsPerSecond, double selfSwitchesPerSecond, double agentSwitchesPerSecond, double jitMs)
+            private IdleCost(ProcessRate self, ProcessRate agent, double jitMs)
             {
-                SelfMsPerSecond = selfMsPerSecond;
-                AgentMsPerSecond = agentMsPerSecond;
-                SelfSwitchesPerSecond = selfSwitchesPerSecond;
-                AgentSwitchesPerSecond = agentSwitchesPerSecond;
+                Self = self;
+                Agent = agent;
                 JitMs = jitMs;
             }
 
-            public double SelfMsPerSecond { get; }
-            public double AgentMsPerSecond { get; }
-            /// <summary>Negative where there is no /proc.</summary>
-            public double SelfSwitchesPerSecond { get; }
-            public double AgentSwitchesPerSecond { get; }
+            public ProcessRate Self { get; }
+            public ProcessRate Agent { get; }
             /// <summary>The tiered compiler's CPU (both processes) within the span, included in the CPU figures.</summary>
             public double JitMs { get; }
 
             public static async Task<IdleCost> MeasureAsync(Process agent, JitWatch jit)
             {
                 await jit.WaitQuietAsync().ConfigureAwait(false);
-                var self = Process.GetCurrentProcess();
-                agent.Refresh();
-                var selfCpu = self.TotalProcessorTime;
-                var agentCpu = agent.TotalProcessorTime;
-                var selfSwitches = VoluntarySwitches(Environment.ProcessId);
-                var agentSwitches = VoluntarySwitches(agent.Id);
+                using var self = Process.GetCurrentProcess();
+                var self0 = ProcessSample.Take(self);
+                var agent0 = ProcessSample.Take(agent);
                 var jit0 = jit.Take();
                 var clock = Stopwatch.StartNew();
                 await Task.Delay(Span).ConfigureAwait(false);
                 var seconds = clock.Elapsed.TotalSeconds;
-                self.Refresh();
-                agent.Refresh();
                 var jit1 = jit.Take();
-                var selfSwitches1 = VoluntarySwitches(Environment.ProcessId);
-                var agentSwitches1 = VoluntarySwitches(agent.Id);
-                return new IdleCost(
-                    (self.TotalProcessorTime - selfCpu).TotalMilliseconds / seconds,
-                    (agent.TotalProcessorTime - agentCpu).TotalMilliseconds / seconds,
-                    selfSwitches < 0 || selfSwitches1 < 0 ? -1 : Math.Max(0, selfSwitches1 - selfSwitches) / seconds,
-                    agentSwitches < 0 || agentSwitches1 < 0 ? -1 : Math.Max(0, agentSwitches1 - agentSwitches) / seconds,
+                return new IdleCost(ProcessSample.Take(self).RateSince(self0, seconds), ProcessSample.Take(agent).RateSince(agent0, seconds),
                     Math.Max(0, jit1.SelfMs - jit0.SelfMs) + Math.Max(0, jit1.AgentMs - jit0.AgentMs));
             }
 
             public static string Describe(IdleCost before, IdleCost open) =>
-                $"idle, nothing flowing ({Span.TotalSeconds:F0} s each; CPU ms per second, voluntary context switches per second): before the session this process {before.SelfMsPerSecond:F1} ms/s{Switches(before.SelfSwitchesPerSecond)}, " +
-                $"agent double {before.AgentMsPerSecond:F1} ms/s{Switches(before.AgentSwitchesPerSecond)}; session open this process {open.SelfMsPerSecond:F1} ms/s{Switches(open.SelfSwitchesPerSecond)}, " +
-                $"agent double {open.AgentMsPerSecond:F1} ms/s{Switches(open.AgentSwitchesPerSecond)} (tiered compilation within: {before.JitMs:F0} and {open.JitMs:F0} ms)";
+                $"idle, nothing flowing ({Span.TotalSeconds:F0} s each; CPU ms per second, voluntary context switches per second): before the session this process {before.Self}, " +
+                $"agent double {before.Agent}; session open this process {open.Self}, agent double {open.Agent} (tiered compilation within: {before.JitMs:F0} and {open.JitMs:F0} ms)";
+        }
 
-            private static string Switches(double perSecond) => perSecond < 0 ? "" : $" ({perSecond:F0} switches/s)";
+        /// <summary>A process's CPU time and its live threads' voluntary context switches (-1 without /proc) at one moment.</summary>
+        private readonly struct ProcessSample
+        {
+            private ProcessSample(TimeSpan cpu, long switches)
+            {
+                Cpu = cpu;
+                Switches = switches;
+            }
+
+            public TimeSpan Cpu { get; }
+            public long Switches { get; }
+
+            public static ProcessSample Take(Process process)
+            {
+                process.Refresh();
+                return new ProcessSample(process.TotalProcessorTime, VoluntarySwitches(process.Id));
+            }
+
+            public ProcessRate RateSince(ProcessSample earlier, double seconds) => new(
+                (Cpu - earlier.Cpu).TotalMilliseconds / seconds,
+                Switches < 0 || earlier.Switches < 0 ? -1 : Math.Max(0, Switches - earlier.Switches) / seconds);
+        }
+
+        /// <summary>CPU ms and voluntary context switches per second (switches negative where unknown).</summary>
+        private readonly struct ProcessRate
+        {
+            public ProcessRate(double cpuMsPerSecond, double switchesPerSecond)
+            {
+                CpuMsPerSecond = cpuMsPerSecond;
+                SwitchesPerSecond = switchesPerSecond;
+            }
+
+            public double CpuMsPerSecond { get; }
+            public double SwitchesPerSecond { get; }
+
+            public override string ToString() =>
+                $"{CpuMsPerSecond:F1} ms/s" + (SwitchesPerSecond < 0 ? "" : $" ({SwitchesPerSecond:F0} switches/s)");
         }
 
         /// <summary>One COPY direction's runs: times, the machine's CPU on each side, the tunnel's own counters, and the JIT work during the runs.</summary>
