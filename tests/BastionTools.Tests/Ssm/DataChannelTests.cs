@@ -34,6 +34,17 @@ namespace BastionTools.Tests.Ssm
             }
         }
 
+        /// <summary>
+        /// For a test that counts the data messages written exactly: nothing is resent on a timer within it (with the
+        /// default 200 ms retransmission timeout an unacknowledged message is written again while the test goes on, and
+        /// a count polled for could be passed by before it was seen).
+        /// </summary>
+        private static DataChannelOptions WithoutTimedResends(DataChannelOptions options)
+        {
+            options.InitialRetransmitTimeout = options.MinRetransmitTimeout = options.MaxRetransmitTimeout = TimeSpan.FromMinutes(1);
+            return options;
+        }
+
         private static List<AgentMessage> Data(ScriptedTransport t) =>
             t.Written.Where(m => m.MessageType == MessageTypes.InputStreamData).ToList();
 
@@ -144,6 +155,124 @@ namespace BastionTools.Tests.Ssm
             await channel.CloseAsync();
             await Until(() => ticks.IsCompleted, "the tick's thread to end after the channel closed", 10_000);
             Assert.Equal(TaskStatus.RanToCompletion, ticks.Status);
+        }
+
+        private static DataChannelOptions DozingOptions() => new()
+        {
+            // Ten intervals with nothing arriving (200 ms) and the tick dozes until the ping is due: minutes away.
+            ResendInterval = TimeSpan.FromMilliseconds(20), MinRetransmitTimeout = TimeSpan.FromMilliseconds(20),
+            InitialRetransmitTimeout = TimeSpan.FromMilliseconds(20), MaxResendBackoff = TimeSpan.FromMilliseconds(40),
+            PingInterval = TimeSpan.FromMinutes(5), ProbeInterval = TimeSpan.FromMinutes(5),
+        };
+
+        [Fact(Timeout = 60_000)]
+        public async Task AnIdleChannel_TickDozesUntilThePingIsDue_InsteadOfEveryInterval_AndTheDozeEndsWithTheChannel()
+        {
+            // An open session with nothing flowing used to wake its tick ten times a second for as long as it stayed open.
+            var service = new ScriptedService();
+            var channel = service.NewChannel(DozingOptions());
+            await channel.OpenAsync(CancellationToken.None);
+            service.Next();
+            await Until(() => channel.TickDozing, "the tick to doze");
+            var ticks = channel.TickCount;
+            // A window, not a wait for something: at 20 ms a tick, some 25 ticks would run in it without the doze.
+            await Task.Delay(500);
+            Assert.Equal(ticks, channel.TickCount);
+            Assert.True(channel.TickDozing);
+
+            // Closing ends the doze (and the thread) at once, not when the doze would have ended.
+            var loop = channel.TimerLoopCompletion!;
+            await channel.CloseAsync();
+            await Until(() => loop.IsCompleted, "the tick's thread to end after the channel closed", 10_000);
+            Assert.Equal(TaskStatus.RanToCompletion, loop.Status);
+        }
+
+        [Fact(Timeout = 60_000)]
+        public async Task ADozingTick_IsWokenByASend_SoAnUnacknowledgedMessageIsResentOnTime_ThenDozesAgainOnceAcknowledged()
+        {
+            var attempts = new ConcurrentDictionary<long, int>();
+            var options = DozingOptions();
+            options.TransmitObserver = (seq, attempt, ticks) => attempts.AddOrUpdate(seq, attempt, (_, n) => Math.Max(n, attempt));
+            var service = new ScriptedService();
+            var channel = service.NewChannel(options);
+            await channel.OpenAsync(CancellationToken.None);
+            var t = service.Next();
+            await Until(() => channel.TickDozing, "the tick to doze");
+            var wakeups = channel.TickWakeups;
+
+            // Never acknowledged (yet): resends come from the tick, which dozes for minutes unless the send wakes it.
+            await channel.SendAsync(PayloadType.Output, new byte[] { 1 }, CancellationToken.None);
+            await Until(() => attempts.Values.DefaultIfEmpty(0).Max() >= 3, "two resends of the unacknowledged message");
+            Assert.True(channel.TickWakeups > wakeups, "the send did not wake the tick");
+            Assert.False(channel.TickDozing);
+
+            t.Deliver(AckOf(Data(t)[0]));
+            await Until(() => channel.TickDozing, "the tick to doze again once nothing is outstanding");
+            var resent = attempts.Values.Max();
+            var ticks = channel.TickCount;
+            await Task.Delay(200);
+            Assert.Equal(resent, attempts.Values.Max());
+            Assert.Equal(ticks, channel.TickCount);
+            await channel.CloseAsync();
+        }
+
+        [Fact(Timeout = 60_000)]
+        public async Task ADozingTick_IsWokenByAPause_SoThePauseTimeoutStillEndsIt()
+        {
+            var options = DozingOptions();
+            options.PauseTimeout = TimeSpan.FromMilliseconds(300);
+            var service = new ScriptedService();
+            var channel = service.NewChannel(options);
+            await channel.OpenAsync(CancellationToken.None);
+            var t = service.Next();
+            await Until(() => channel.TickDozing, "the tick to doze");
+            t.Deliver(AgentMessage.Create(MessageTypes.PausePublication, 0, MessageFlags.Ack, PayloadType.None, Array.Empty<byte>()));
+            await Until(() => channel.IsPaused, "paused");
+            // Held by the pause (not queued, so only the pause itself can have woken the tick), then sent when the pause
+            // times out: a tick's work, not the doze's end minutes later.
+            await channel.SendAsync(PayloadType.Output, Encoding.ASCII.GetBytes("held"), CancellationToken.None);
+            // At least once: never acknowledged, it is resent from then on (one RTO later; a poll can miss that window).
+            await Until(() => Data(t).Count >= 1, "the held message sent once the pause timed out");
+            Assert.Equal("held", Encoding.ASCII.GetString(Data(t)[0].Payload));
+            Assert.False(channel.IsPaused);
+            await channel.CloseAsync();
+        }
+
+        [Fact(Timeout = 60_000)]
+        public async Task ADozingTick_IsWokenWhenAnAcknowledgementIsQueued_AndDozesAgainAfterwards()
+        {
+            // The tick is also the safety net that writes whatever is queued: an acknowledgement wakes it too.
+            var service = new ScriptedService();
+            var channel = service.NewChannel(DozingOptions());
+            await channel.OpenAsync(CancellationToken.None);
+            var t = service.Next();
+            await Until(() => channel.TickDozing, "the tick to doze");
+            var wakeups = channel.TickWakeups;
+            t.Deliver(Output(0, "hello"));
+            await Until(() => Acks(t).Count == 1, "the acknowledgement");
+            await Until(() => channel.TickWakeups > wakeups, "the tick woken by the queued acknowledgement");
+            await Until(() => channel.TickDozing, "the tick to doze again");
+            await channel.CloseAsync();
+        }
+
+        [Fact(Timeout = 60_000)]
+        public async Task ADozingTick_StillSendsTheLivenessPing_WhenItIsDue()
+        {
+            var options = DozingOptions();
+            options.PingInterval = TimeSpan.FromMilliseconds(1500);
+            var service = new ScriptedService();
+            var channel = service.NewChannel(options);
+            await channel.OpenAsync(CancellationToken.None);
+            var t = service.Next();
+            await Until(() => channel.TickDozing, "the tick to doze");
+            var ticks = channel.TickCount;
+            await Until(() => t.Pings >= 1, "a ping");
+            // The ping came from the tick that ended the doze (plus at most the ones while its answer was awaited), not
+            // from ticking every 20 ms for 1.5 s (some 75 ticks).
+            Assert.InRange(channel.TickCount - ticks, 1, 30);
+            await Until(() => t.Pings >= 2, "a second ping, a ping interval after the first was answered");
+            Assert.Equal(0, channel.Statistics.DeadConnectionsDetected);
+            await channel.CloseAsync();
         }
 
         [Fact(Timeout = 60_000)]
@@ -479,7 +608,7 @@ namespace BastionTools.Tests.Ssm
         public async Task Pause_HoldsNewMessages_AndAnyDataAcknowledgementOrStartResumes()
         {
             var service = new ScriptedService();
-            var channel = service.NewChannel(new DataChannelOptions());
+            var channel = service.NewChannel(WithoutTimedResends(new DataChannelOptions()));
             await channel.OpenAsync(CancellationToken.None);
             var t = service.Next();
 
@@ -526,7 +655,9 @@ namespace BastionTools.Tests.Ssm
             await Until(() => channel.IsPaused, "paused");
             await channel.SendAsync(PayloadType.Output, Encoding.ASCII.GetBytes("held"), CancellationToken.None);
             Assert.Empty(Data(t));
-            await Until(() => Data(t).Count == 1, "the held message sent once the pause timed out");
+            // At least once: never acknowledged, it is resent from then on (one RTO later; a poll can miss that window).
+            await Until(() => Data(t).Count >= 1, "the held message sent once the pause timed out");
+            Assert.Equal("held", Encoding.ASCII.GetString(Data(t)[0].Payload));
             Assert.False(channel.IsPaused);
             await channel.CloseAsync();
         }
@@ -535,7 +666,7 @@ namespace BastionTools.Tests.Ssm
         public async Task AReconnectClearsAPause_AndSendsWhatIsUnacknowledged()
         {
             var service = new ScriptedService();
-            var channel = service.NewChannel(new DataChannelOptions { ReconnectInitialDelay = TimeSpan.FromMilliseconds(10) });
+            var channel = service.NewChannel(WithoutTimedResends(new DataChannelOptions { ReconnectInitialDelay = TimeSpan.FromMilliseconds(10) }));
             await channel.OpenAsync(CancellationToken.None);
             var first = service.Next();
             await channel.SendAsync(PayloadType.Output, Encoding.ASCII.GetBytes("one"), CancellationToken.None);
@@ -571,6 +702,32 @@ namespace BastionTools.Tests.Ssm
             Assert.True(first.Pings >= 1);
             Assert.Equal(1, channel.Statistics.DeadConnectionsDetected);
             await Until(() => Data(second).Any(m => Encoding.ASCII.GetString(m.Payload) == "lost?"), "the message again on the new connection");
+            await channel.CloseAsync();
+        }
+
+        [Fact(Timeout = 60_000)]
+        public async Task ADeadConnection_IsCountedAndLoggedOnce_ThoughTheReceiveLoopSeesTheAbortOnlyTicksLater()
+        {
+            var log = new List<string>();
+            var service = new ScriptedService();
+            var channel = service.NewChannel(new DataChannelOptions
+            {
+                PingInterval = TimeSpan.FromMilliseconds(100), ProbeInterval = TimeSpan.FromMilliseconds(100), PongTimeout = TimeSpan.FromMilliseconds(100),
+                ResendInterval = TimeSpan.FromMilliseconds(20), ReconnectInitialDelay = TimeSpan.FromMilliseconds(10),
+            }, log: log);
+            await channel.OpenAsync(CancellationToken.None);
+            var first = service.Next();
+            first.AnswerPings = false;
+            first.HoldAbortedReceive = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
+            await Until(() => first.IsAborted, "declared dead");
+            var ticks = channel.TickCount;
+            await Until(() => channel.TickCount >= ticks + 5, "five more ticks before the receive loop sees the abort");
+            first.HoldAbortedReceive.TrySetResult(true);
+            var second = service.Next();
+            Assert.Equal(1, channel.Statistics.DeadConnectionsDetected);
+            lock (log) Assert.Single(log, l => l.Contains("the connection is dead"));
+            await Until(() => channel.State == ChannelState.Connected, "connected again");
+            Assert.False(second.IsAborted);
             await channel.CloseAsync();
         }
 
@@ -649,7 +806,7 @@ namespace BastionTools.Tests.Ssm
             var service = new ScriptedService();
             service.Resume = _ => outage ? throw new IOException("network unreachable") : Task.FromResult<StreamEndpoint?>(ScriptedService.Endpoint());
             var got = new List<string>();
-            var channel = service.NewChannel(new DataChannelOptions { ReconnectInitialDelay = TimeSpan.FromMilliseconds(20), ReconnectMaxDelay = TimeSpan.FromMilliseconds(100) },
+            var channel = service.NewChannel(WithoutTimedResends(new DataChannelOptions { ReconnectInitialDelay = TimeSpan.FromMilliseconds(20), ReconnectMaxDelay = TimeSpan.FromMilliseconds(100) }),
                 m => { lock (got) got.Add(Encoding.ASCII.GetString(m.Payload)); });
             await channel.OpenAsync(CancellationToken.None);
             var first = service.Next();

@@ -39,6 +39,9 @@ namespace BastionTools.Tests.Ssm
         public bool PendingInput { get; set; }
         public bool IsAborted => _aborted.IsCancellationRequested;
 
+        /// <summary>A receive ended by <see cref="Abort"/> throws only once this completes (completed unless a test replaces it).</summary>
+        public TaskCompletionSource<bool> HoldAbortedReceive { get; set; } = Completed();
+
         public event Action<AgentMessage>? OnWritten;
 
         private static TaskCompletionSource<bool> Completed()
@@ -73,6 +76,8 @@ namespace BastionTools.Tests.Ssm
             }
             catch (OperationCanceledException) when (_aborted.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
             {
+                // A socket whose abort the receive loop sees only later (a busy machine).
+                await HoldAbortedReceive.Task.ConfigureAwait(false);
                 throw new IOException("aborted");
             }
             catch (ChannelClosedException ex)

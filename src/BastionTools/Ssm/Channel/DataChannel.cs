@@ -114,6 +114,19 @@ namespace BastionTools.Ssm
         private int _closing;
         private ChannelState _state = ChannelState.Connecting;
         private Task? _timerLoop;
+        // The tick dozes while nothing is outstanding (until a liveness ping is due) instead of waking every interval:
+        // 1 while it does. Whoever queues a frame or pauses the channel takes it to 0 and sets _tickWake.
+        private int _tickDozing;
+        // The connection (its _generation) the tick declared dead: counted and aborted once, not on every tick until the
+        // receive loop has seen the abort and the reconnection begins.
+        private int _deadGeneration;
+        private readonly AutoResetEvent _tickWake = new(false);
+        private long _ticks;
+        private long _tickWakeups;
+        // The longest doze: a tick a minute costs nothing, and a wait's timeout must fit in an int of milliseconds.
+        private const double MaxDozeMs = 60_000;
+        // The tick dozes only once nothing has arrived for this many intervals (a second by default).
+        private const int DozeAfterIntervals = 10;
         // One writer of the socket at a time: the writer loop, or a sender writing what it has just queued.
         private readonly SemaphoreSlim _writeLock = new(1, 1);
         // The session's handlers never block and it asked for them: the WebSocket's completions may run on the socket
@@ -452,6 +465,7 @@ namespace BastionTools.Ssm
         private void EnqueueLocked(byte[] frame, bool isAcknowledgement)
         {
             Interlocked.Increment(ref _outboxCount);
+            WakeTick();
             if (!_outbox.Writer.TryWrite(new OutFrame(frame, isAcknowledgement))) Interlocked.Decrement(ref _outboxCount);
         }
 
@@ -469,6 +483,7 @@ namespace BastionTools.Ssm
             }
             var frame = AgentMessageCodec.EncodeAcknowledgement(messageType, messageId, sequenceNumber);
             Interlocked.Increment(ref _outboxCount);
+            WakeTick();
             if (!_outbox.Writer.TryWrite(new OutFrame(frame, isAcknowledgement: true)))
             {
                 Interlocked.Decrement(ref _outboxCount);
@@ -749,6 +764,7 @@ namespace BastionTools.Ssm
                 _paused = true;
                 _pausedTicks = Stopwatch.GetTimestamp();
             }
+            WakeTick();
             Statistics.Paused();
             _log("The service paused publication.");
         }
@@ -1009,35 +1025,82 @@ namespace BastionTools.Ssm
 
         /// <summary>
         /// The channel's tick (every <see cref="DataChannelOptions.ResendInterval"/>, as the official client's resend
-        /// scheduler) on a background thread of its own, which sleeps in a timed wait on the channel's lifetime and ends
-        /// with it. A Task.Delay loop cost two wake-ups per tick (the runtime's timer thread, then a thread-pool worker,
-        /// which then spins before it sleeps again): about 10 ms of CPU a second and 80 context switches with nothing
-        /// flowing, for as long as a session stays open.
+        /// scheduler, while anything is outstanding) on a background thread of its own, which sleeps in a timed wait on the
+        /// channel's lifetime and ends with it. A Task.Delay loop cost two wake-ups per tick (the runtime's timer thread, then
+        /// a thread-pool worker, which then spins before it sleeps again): about 10 ms of CPU a second and 80 context
+        /// switches with nothing flowing, for as long as a session stays open.
+        /// <para>
+        /// With nothing outstanding (nothing unacknowledged or queued, no acknowledgement owed, no pause, no ping awaiting
+        /// its answer, a connection in place) a tick has nothing to do until the liveness ping is due. Once that has lasted
+        /// ten intervals with nothing arriving, the thread dozes until the ping is due instead of waking ten times a
+        /// second; queuing a frame (<see cref="EnqueueLocked"/>, an acknowledgement) or a pause wakes it at once
+        /// (<see cref="WakeTick"/>), and from then on it ticks every interval again until the channel has been idle that
+        /// long once more. Traffic that trickles (a message a second or more) keeps the cadence, so it never wakes the tick.
+        /// </para>
         /// </summary>
         private void TimerLoop()
         {
-            var ended = _lifetime.Token.WaitHandle;
-            while (!ended.WaitOne(_options.ResendInterval))
+            var handles = new WaitHandle[] { _lifetime.Token.WaitHandle, _tickWake };
+            var wait = _options.ResendInterval;
+            try
             {
-                try
+                while (true)
                 {
-                    Tick();
+                    var woken = WaitHandle.WaitAny(handles, wait);
+                    if (woken == 0) return;
+                    if (woken == 1) Interlocked.Increment(ref _tickWakeups);
+                    try
+                    {
+                        Interlocked.Increment(ref _ticks);
+                        wait = Tick();
+                    }
+                    catch (OperationCanceledException)
+                    {
+                        return;
+                    }
+                    catch (Exception ex)
+                    {
+                        wait = _options.ResendInterval;
+                        _log("The channel's timer failed: " + ex.Message);
+                    }
                 }
-                catch (OperationCanceledException)
-                {
-                    return;
-                }
-                catch (Exception ex)
-                {
-                    _log("The channel's timer failed: " + ex.Message);
-                }
+            }
+            finally
+            {
+                // A waker that saw the doze before this still sets the event: it may find it disposed.
+                Volatile.Write(ref _tickDozing, 0);
+                _tickWake.Dispose();
+            }
+        }
+
+        /// <summary>Ends the tick's doze (see <see cref="TimerLoop"/>): called after a frame was queued or the channel paused.</summary>
+        private void WakeTick()
+        {
+            // Interlocked on both sides (here after the caller's Interlocked increment, there before it reads the state):
+            // either the tick sees what was queued, or this sees it dozing.
+            if (Volatile.Read(ref _tickDozing) == 0 || Interlocked.Exchange(ref _tickDozing, 0) == 0) return;
+            try
+            {
+                _tickWake.Set();
+            }
+            catch (ObjectDisposedException)
+            {
             }
         }
 
         /// <summary>The tick's thread: completes when it has ended (for tests).</summary>
         internal Task? TimerLoopCompletion => _timerLoop;
 
-        private void Tick()
+        /// <summary>Ticks run so far, and how many of them were started early by <see cref="WakeTick"/> (for tests).</summary>
+        internal long TickCount => Interlocked.Read(ref _ticks);
+
+        internal long TickWakeups => Interlocked.Read(ref _tickWakeups);
+
+        /// <summary>Whether the tick is dozing until a ping is due (for tests).</summary>
+        internal bool TickDozing => Volatile.Read(ref _tickDozing) != 0;
+
+        /// <returns>How long to wait before the next tick.</returns>
+        private TimeSpan Tick()
         {
             var now = Stopwatch.GetTimestamp();
             IMessageTransport? transport;
@@ -1046,10 +1109,16 @@ namespace BastionTools.Ssm
             var dead = false;
             var ping = false;
             var pauseExpired = false;
+            var doze = TimeSpan.Zero;
+            // Awake now (a doze that ran out is not withdrawn by anyone else); announced again below if still idle.
+            Interlocked.Exchange(ref _tickDozing, 0);
             lock (_gate)
             {
                 transport = _transport;
-                if (transport == null) return;
+                if (transport == null) return _options.ResendInterval;
+                // Declared dead already, counted and logged once: aborted again (a no-op once it took) until the receive
+                // loop has seen it (OnTransportLost) and the reconnection begins.
+                if (_deadGeneration == _generation) goto AbortAgain;
                 pauseExpired = _paused && now - _pausedTicks > _options.PauseTimeout.TotalMilliseconds * _ticksPerMs;
 
                 // Liveness: a ping when nothing has arrived for a while, and the connection is dead when nothing at all
@@ -1059,7 +1128,11 @@ namespace BastionTools.Ssm
                 var outstanding = _unacked.Count > 0 || Volatile.Read(ref _pendingAcknowledgements) > 0;
                 if (_pingSentTicks != 0)
                 {
-                    if (now - _pingSentTicks > _options.PongTimeout.TotalMilliseconds * _ticksPerMs && !transport.HasPendingInput) dead = true;
+                    if (now - _pingSentTicks > _options.PongTimeout.TotalMilliseconds * _ticksPerMs && !transport.HasPendingInput)
+                    {
+                        dead = true;
+                        _deadGeneration = _generation;
+                    }
                 }
                 else
                 {
@@ -1068,6 +1141,21 @@ namespace BastionTools.Ssm
                     {
                         _pingSentTicks = now;
                         ping = true;
+                    }
+                    else if (!outstanding && !_paused && Volatile.Read(ref _outboxCount) == 0 &&
+                             now - lastReceived >= DozeAfterIntervals * _options.ResendInterval.TotalMilliseconds * _ticksPerMs)
+                    {
+                        // Idle, and nothing has arrived for a while (so traffic that merely trickles keeps the cadence
+                        // rather than waking the tick for each message): nothing to do before the ping is due, just past
+                        // PingInterval after the last arrival.
+                        doze = TimeSpan.FromMilliseconds(Math.Min(MaxDozeMs, (lastReceived - now) / _ticksPerMs + 1 + quiet.TotalMilliseconds));
+                        if (doze > _options.ResendInterval)
+                        {
+                            // Announced, then the state read again (see WakeTick): unacknowledged messages and pauses
+                            // change under _gate, held here; acknowledgements are queued without it.
+                            Interlocked.Exchange(ref _tickDozing, 1);
+                            if (Volatile.Read(ref _outboxCount) != 0 || Volatile.Read(ref _pendingAcknowledgements) != 0) Volatile.Write(ref _tickDozing, 0);
+                        }
                     }
                 }
 
@@ -1084,20 +1172,25 @@ namespace BastionTools.Ssm
             if (stuck != null)
             {
                 Close(new DataChannelClosure(ChannelEnd.Failed, null, new IOException(stuck)));
-                return;
+                return _options.ResendInterval;
             }
             if (dead)
             {
                 Statistics.DeadConnection();
                 _log($"Nothing arrived from the service for {_options.PongTimeout.TotalSeconds:0} s after a ping: the connection is dead; resuming.");
                 transport.Abort();
-                return;
+                return _options.ResendInterval;
             }
             if (ping)
             {
                 Statistics.PingSent();
                 _ = PingAsync(transport);
             }
+            return Volatile.Read(ref _tickDozing) != 0 ? doze : _options.ResendInterval;
+
+        AbortAgain:
+            transport.Abort();
+            return _options.ResendInterval;
         }
 
         private async Task PingAsync(IMessageTransport transport)
