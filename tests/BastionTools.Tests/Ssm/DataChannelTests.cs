@@ -165,15 +165,22 @@ namespace BastionTools.Tests.Ssm
             PingInterval = TimeSpan.FromMinutes(5), ProbeInterval = TimeSpan.FromMinutes(5),
         };
 
+        /// <summary>A channel opened with <paramref name="options"/> (<see cref="DozingOptions"/> if none), once its tick dozes.</summary>
+        private static async Task<(DataChannel Channel, ScriptedTransport Transport)> OpenDozingAsync(DataChannelOptions? options = null)
+        {
+            var service = new ScriptedService();
+            var channel = service.NewChannel(options ?? DozingOptions());
+            await channel.OpenAsync(CancellationToken.None);
+            var t = service.Next();
+            await Until(() => channel.TickDozing, "the tick to doze");
+            return (channel, t);
+        }
+
         [Fact(Timeout = 60_000)]
         public async Task AnIdleChannel_TickDozesUntilThePingIsDue_InsteadOfEveryInterval_AndTheDozeEndsWithTheChannel()
         {
             // An open session with nothing flowing used to wake its tick ten times a second for as long as it stayed open.
-            var service = new ScriptedService();
-            var channel = service.NewChannel(DozingOptions());
-            await channel.OpenAsync(CancellationToken.None);
-            service.Next();
-            await Until(() => channel.TickDozing, "the tick to doze");
+            var (channel, _) = await OpenDozingAsync();
             var ticks = channel.TickCount;
             // A window, not a wait for something: at 20 ms a tick, some 25 ticks would run in it without the doze.
             await Task.Delay(500);
@@ -193,11 +200,7 @@ namespace BastionTools.Tests.Ssm
             var attempts = new ConcurrentDictionary<long, int>();
             var options = DozingOptions();
             options.TransmitObserver = (seq, attempt, ticks) => attempts.AddOrUpdate(seq, attempt, (_, n) => Math.Max(n, attempt));
-            var service = new ScriptedService();
-            var channel = service.NewChannel(options);
-            await channel.OpenAsync(CancellationToken.None);
-            var t = service.Next();
-            await Until(() => channel.TickDozing, "the tick to doze");
+            var (channel, t) = await OpenDozingAsync(options);
             var wakeups = channel.TickWakeups;
 
             // Never acknowledged (yet): resends come from the tick, which dozes for minutes unless the send wakes it.
@@ -221,11 +224,7 @@ namespace BastionTools.Tests.Ssm
         {
             var options = DozingOptions();
             options.PauseTimeout = TimeSpan.FromMilliseconds(300);
-            var service = new ScriptedService();
-            var channel = service.NewChannel(options);
-            await channel.OpenAsync(CancellationToken.None);
-            var t = service.Next();
-            await Until(() => channel.TickDozing, "the tick to doze");
+            var (channel, t) = await OpenDozingAsync(options);
             t.Deliver(AgentMessage.Create(MessageTypes.PausePublication, 0, MessageFlags.Ack, PayloadType.None, Array.Empty<byte>()));
             await Until(() => channel.IsPaused, "paused");
             // Held by the pause (not queued, so only the pause itself can have woken the tick), then sent when the pause
@@ -242,11 +241,7 @@ namespace BastionTools.Tests.Ssm
         public async Task ADozingTick_IsWokenWhenAnAcknowledgementIsQueued_AndDozesAgainAfterwards()
         {
             // The tick is also the safety net that writes whatever is queued: an acknowledgement wakes it too.
-            var service = new ScriptedService();
-            var channel = service.NewChannel(DozingOptions());
-            await channel.OpenAsync(CancellationToken.None);
-            var t = service.Next();
-            await Until(() => channel.TickDozing, "the tick to doze");
+            var (channel, t) = await OpenDozingAsync();
             var wakeups = channel.TickWakeups;
             t.Deliver(Output(0, "hello"));
             await Until(() => Acks(t).Count == 1, "the acknowledgement");
@@ -260,11 +255,7 @@ namespace BastionTools.Tests.Ssm
         {
             var options = DozingOptions();
             options.PingInterval = TimeSpan.FromMilliseconds(1500);
-            var service = new ScriptedService();
-            var channel = service.NewChannel(options);
-            await channel.OpenAsync(CancellationToken.None);
-            var t = service.Next();
-            await Until(() => channel.TickDozing, "the tick to doze");
+            var (channel, t) = await OpenDozingAsync(options);
             var ticks = channel.TickCount;
             await Until(() => t.Pings >= 1, "a ping");
             // The ping came from the tick that ended the doze (plus at most the ones while its answer was awaited), not
