@@ -1107,6 +1107,7 @@ namespace BastionTools.Ssm
             string? stuck = null;
             var resent = 0;
             var dead = false;
+            var newlyDead = false;
             var ping = false;
             var pauseExpired = false;
             var doze = TimeSpan.Zero;
@@ -1116,9 +1117,6 @@ namespace BastionTools.Ssm
             {
                 transport = _transport;
                 if (transport == null) return _options.ResendInterval;
-                // Declared dead already, counted and logged once: aborted again (a no-op once it took) until the receive
-                // loop has seen it (OnTransportLost) and the reconnection begins.
-                if (_deadGeneration == _generation) goto AbortAgain;
                 pauseExpired = _paused && now - _pausedTicks > _options.PauseTimeout.TotalMilliseconds * _ticksPerMs;
 
                 // Liveness: a ping when nothing has arrived for a while, and the connection is dead when nothing at all
@@ -1130,7 +1128,10 @@ namespace BastionTools.Ssm
                 {
                     if (now - _pingSentTicks > _options.PongTimeout.TotalMilliseconds * _ticksPerMs && !transport.HasPendingInput)
                     {
+                        // Counted and logged once; aborted again on each tick (a no-op once it took) until the receive
+                        // loop has seen it (OnTransportLost) and the reconnection begins.
                         dead = true;
+                        newlyDead = _deadGeneration != _generation;
                         _deadGeneration = _generation;
                     }
                 }
@@ -1146,16 +1147,8 @@ namespace BastionTools.Ssm
                              now - lastReceived >= DozeAfterIntervals * _options.ResendInterval.TotalMilliseconds * _ticksPerMs)
                     {
                         // Idle, and nothing has arrived for a while (so traffic that merely trickles keeps the cadence
-                        // rather than waking the tick for each message): nothing to do before the ping is due, just past
-                        // PingInterval after the last arrival.
-                        doze = TimeSpan.FromMilliseconds(Math.Min(MaxDozeMs, (lastReceived - now) / _ticksPerMs + 1 + quiet.TotalMilliseconds));
-                        if (doze > _options.ResendInterval)
-                        {
-                            // Announced, then the state read again (see WakeTick): unacknowledged messages and pauses
-                            // change under _gate, held here; acknowledgements are queued without it.
-                            Interlocked.Exchange(ref _tickDozing, 1);
-                            if (Volatile.Read(ref _outboxCount) != 0 || Volatile.Read(ref _pendingAcknowledgements) != 0) Volatile.Write(ref _tickDozing, 0);
-                        }
+                        // rather than waking the tick for each message).
+                        doze = DozeLocked(now, lastReceived, quiet);
                     }
                 }
 
@@ -1176,8 +1169,11 @@ namespace BastionTools.Ssm
             }
             if (dead)
             {
-                Statistics.DeadConnection();
-                _log($"Nothing arrived from the service for {_options.PongTimeout.TotalSeconds:0} s after a ping: the connection is dead; resuming.");
+                if (newlyDead)
+                {
+                    Statistics.DeadConnection();
+                    _log($"Nothing arrived from the service for {_options.PongTimeout.TotalSeconds:0} s after a ping: the connection is dead; resuming.");
+                }
                 transport.Abort();
                 return _options.ResendInterval;
             }
@@ -1187,10 +1183,21 @@ namespace BastionTools.Ssm
                 _ = PingAsync(transport);
             }
             return Volatile.Read(ref _tickDozing) != 0 ? doze : _options.ResendInterval;
+        }
 
-        AbortAgain:
-            transport.Abort();
-            return _options.ResendInterval;
+        /// <summary>
+        /// With _gate held, on an idle channel: how long the tick may doze (until just past <paramref name="quiet"/>
+        /// after the last arrival, when the ping is due), announced in _tickDozing when longer than an interval.
+        /// </summary>
+        private TimeSpan DozeLocked(long now, long lastReceived, TimeSpan quiet)
+        {
+            var doze = TimeSpan.FromMilliseconds(Math.Min(MaxDozeMs, (lastReceived - now) / _ticksPerMs + 1 + quiet.TotalMilliseconds));
+            if (doze <= _options.ResendInterval) return doze;
+            // Announced, then the state read again (see WakeTick): unacknowledged messages and pauses change under
+            // _gate, held here; acknowledgements are queued without it.
+            Interlocked.Exchange(ref _tickDozing, 1);
+            if (Volatile.Read(ref _outboxCount) != 0 || Volatile.Read(ref _pendingAcknowledgements) != 0) Volatile.Write(ref _tickDozing, 0);
+            return doze;
         }
 
         private async Task PingAsync(IMessageTransport transport)
