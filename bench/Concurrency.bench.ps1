@@ -6,6 +6,7 @@
     p50/p99 side by side, the median ratio; psql \copy of 300,000 rows (~12 MB) out and in, median of 3, tunnel/direct ratio; the tunnel's cost from the bench process's
     own counters (CPU per MB and per data-channel message, allocated bytes per message, memory per open connection)
     and the sandbox agent's CPU per transaction; the machine's cores and load average at start and end.
+    With -Plugin (or $env:BASTIONTOOLS_SSM_PLUGIN), the official session-manager-plugin as a third leg of every run.
     Figures, never assertions. Needs pgbench and psql (the postgresql package; $env:BASTIONTOOLS_PG_BIN to choose).
 #>
 [CmdletBinding()]
@@ -17,10 +18,17 @@ param(
     [int] $Seconds = 10,
     # Direct/tunnel pairs per client count; the goal lines use the median over them.
     [int] $Rounds = 3,
-    [ValidateSet('simple', 'extended', 'prepared')] [string] $Protocol = 'simple'
+    [ValidateSet('simple', 'extended', 'prepared')] [string] $Protocol = 'simple',
+    # The official session-manager-plugin binary, measured beside the module in the same run (bench/README.md says how to build it).
+    [string] $Plugin = $env:BASTIONTOOLS_SSM_PLUGIN
 )
 $ErrorActionPreference = 'Stop'
 $env:AWS_EC2_METADATA_DISABLED = 'true'
 if (-not $SandboxPath -or -not (Test-Path $SandboxPath)) { throw "The sandbox is not built ('$SandboxPath'): run ./build.ps1 -Task Bench." }
-& dotnet run --project (Join-Path $PSScriptRoot 'BastionTools.Bench') -c Release -- concurrency --sandbox $SandboxPath --clients ($Clients -join ',') --seconds $Seconds --rounds $Rounds --protocol $Protocol | Out-Host
+$pluginArgs = @()
+if ($Plugin) {
+    if (-not (Test-Path $Plugin)) { throw "The session-manager-plugin binary '$Plugin' does not exist." }
+    $pluginArgs = @('--plugin', $Plugin)
+}
+& dotnet run --project (Join-Path $PSScriptRoot 'BastionTools.Bench') -c Release -- concurrency --sandbox $SandboxPath --clients ($Clients -join ',') --seconds $Seconds --rounds $Rounds --protocol $Protocol @pluginArgs | Out-Host
 if ($LASTEXITCODE) { throw "the concurrency benchmark failed ($LASTEXITCODE)" }

@@ -42,6 +42,7 @@ namespace BastionTools.Bench
             var agentLog = false;
             var agentEnv = new Dictionary<string, string>();
             var sql = "select 1";
+            string? plugin = null;
             for (var i = 0; i < args.Length; i++)
             {
                 if (args[i] == "--sandbox" && i + 1 < args.Length) sandboxDll = args[++i];
@@ -64,6 +65,7 @@ namespace BastionTools.Bench
                     agentEnv[pair.Substring(0, eq)] = pair.Substring(eq + 1);
                 }
                 else if (args[i] == "--sql" && i + 1 < args.Length) sql = args[++i];
+                else if (args[i] == "--plugin" && i + 1 < args.Length) plugin = args[++i];
                 else
                 {
                     Console.Error.WriteLine("concurrency: unknown argument '" + args[i] + "'");
@@ -85,6 +87,11 @@ namespace BastionTools.Bench
                 Console.Error.WriteLine("concurrency: --clients (1-128: the sandbox's PostgreSQL allows 150 connections), --seconds, --rounds, --copy-rows, --copy-runs and --idle-connections must be positive; --rtt-ms 0 to 2000");
                 return 2;
             }
+            if (plugin != null && !File.Exists(plugin))
+            {
+                Console.Error.WriteLine("concurrency: --plugin must name the session-manager-plugin binary (built from aws/session-manager-plugin)");
+                return 2;
+            }
             var tools = PgTools.Find();
             if (tools == null)
             {
@@ -95,7 +102,7 @@ namespace BastionTools.Bench
             var work = Directory.CreateTempSubdirectory("bastiontools-bench-");
             try
             {
-                return await RunCoreAsync(sandboxDll, tools, work.FullName, clientCounts, seconds, rounds, rttMs, sendWindow, protocol, copyRows, copyRuns, idleConnections, agentInlineCompletions, inlineCompletions, agentLog, agentEnv, sql).ConfigureAwait(false);
+                return await RunCoreAsync(sandboxDll, tools, work.FullName, clientCounts, seconds, rounds, rttMs, sendWindow, protocol, copyRows, copyRuns, idleConnections, agentInlineCompletions, inlineCompletions, agentLog, agentEnv, sql, plugin).ConfigureAwait(false);
             }
             finally
             {
@@ -109,7 +116,7 @@ namespace BastionTools.Bench
             }
         }
 
-        private static async Task<int> RunCoreAsync(string sandboxDll, PgTools tools, string work, int[] clientCounts, int seconds, int rounds, double rttMs, int sendWindow, string protocol, int copyRows, int copyRuns, int idleConnections, bool agentInlineCompletions, bool inlineCompletions, bool agentLog, Dictionary<string, string> agentEnv, string sql)
+        private static async Task<int> RunCoreAsync(string sandboxDll, PgTools tools, string work, int[] clientCounts, int seconds, int rounds, double rttMs, int sendWindow, string protocol, int copyRows, int copyRuns, int idleConnections, bool agentInlineCompletions, bool inlineCompletions, bool agentLog, Dictionary<string, string> agentEnv, string sql, string? pluginPath)
         {
             var loadStart = LoadAverage();
             // Fast mode: the agent without its real 1 ms pause per 1 KiB read, so the module is measured, not the agent's cap.
@@ -234,27 +241,56 @@ namespace BastionTools.Bench
                 Console.WriteLine($"memory per open connection: not measured ({held.Failure})");
             }
 
+            // --plugin: the official client through the same agent double, a third leg of every round and COPY run; started
+            // after the idle and memory figures, which are this process's and the double's with one session.
+            using var plugin = pluginPath == null ? null : await OfficialPlugin.StartAsync(pluginPath, api, info.GetProperty("region").GetString()!, info.GetProperty("ssm").GetString()!,
+                info.GetProperty("accessKeyId").GetString()!, info.GetProperty("secretAccessKey").GetString()!, "i-0a1b2c3d4e5f60001", Endpoint, pgPort, TimeSpan.FromSeconds(30)).ConfigureAwait(false);
+            if (plugin != null)
+            {
+                // What the agent double made of it: its port plugin's mode (mux for a client of 1.1.70 or later) and the client version it saw.
+                var seen = await sandbox.GetJsonAsync(new Uri(new Uri(info.GetProperty("control").GetString()!), "sessions/" + Uri.EscapeDataString(plugin.SessionId))).ConfigureAwait(false);
+                Console.WriteLine($"official plugin: session-manager-plugin {plugin.Version} (built from aws/session-manager-plugin), 127.0.0.1:{plugin.Port} -> {pgPort}, a session of its own through the same agent double " +
+                                  $"(its port plugin: {seen.GetProperty("plugin")}, client version {seen.GetProperty("clientVersion")})");
+                ReadLog(await Pgbench(plugin.Port, 1, 2).ConfigureAwait(false), plugin.Port);
+            }
+
             // ---- select 1 at 1, 8, 32, 64 clients, direct and tunnel alternating, in rounds ----
             // One pair is not a figure on a shared machine: the direct run alone moves by 25 % between pairs a minute apart.
             // Each round is a direct and a tunnel run back to back, the order swapped every other round so neither side
             // always runs first; the goal lines use the median over the rounds.
             Console.WriteLine();
-            Console.WriteLine($"{rounds} round(s) per client count, each a direct and a tunnel run of {seconds} s back to back (the order swapped every other round)");
+            Console.WriteLine(plugin == null
+                ? $"{rounds} round(s) per client count, each a direct and a tunnel run of {seconds} s back to back (the order swapped every other round)"
+                : $"{rounds} round(s) per client count, each a direct, a tunnel and an official plugin run of {seconds} s back to back (the order turned every round; the plugin's line follows the round's)");
             Console.WriteLine("clients   round |      direct: tps    p50 ms   p99 ms |      tunnel: tps    p50 ms   p99 ms | tunnel % of direct | added p50 ms | tunnel cost: client CPU us/tx  us/msg  alloc B/msg  agent CPU us/tx  agent alloc B/msg  agent switches/tx");
             var rows = new List<(int Clients, PgbenchResult Direct, PgbenchResult Tunnel)>();
+            var pluginRows = new List<(int Clients, PgbenchResult Direct, PgbenchResult Plugin, PgbenchResult Tunnel)>();
             var budgets = new List<string>();
             var summaries = new List<string>();
             foreach (var clients in clientCounts)
             {
                 var ratios = new List<double>();
+                var pluginRatios = new List<double>();
                 for (var round = 1; round <= rounds; round++)
                 {
-                    PgbenchResult? direct = null, tunnel = null;
+                    PgbenchResult? direct = null, tunnel = null, viaPlugin = null;
                     MachineCpu machineDirect = default, machineTunnel = default;
                     var cost = default(Counters);
-                    for (var leg = 0; leg < 2; leg++)
+                    var pluginCost = default(PluginCost);
+                    var legs = plugin == null ? 2 : 3;
+                    for (var leg = 0; leg < legs; leg++)
                     {
-                        if ((leg == 0) == (round % 2 == 1))
+                        // 0 direct, 1 tunnel, 2 the plugin: the order turns every round, so none always runs first.
+                        var which = (leg + round - 1) % legs;
+                        if (which == 2)
+                        {
+                            await jit.WaitQuietAsync().ConfigureAwait(false);
+                            var before = PluginCost.Take(plugin!, sandbox);
+                            viaPlugin = await Pgbench(plugin!.Port, clients, seconds).ConfigureAwait(false);
+                            pluginCost = PluginCost.Take(plugin, sandbox) - before;
+                            ReadLog(viaPlugin, plugin.Port);
+                        }
+                        else if (which == 0)
                         {
                             await jit.WaitQuietAsync().ConfigureAwait(false);
                             var machineBefore = MachineCpu.Take();
@@ -281,10 +317,19 @@ namespace BastionTools.Bench
                     var messages = Math.Max(1, cost.Messages);
                     Console.WriteLine($"{clients,7} {round,3}/{rounds,-3} | {direct.Tps,17:F0} {direct.P50Ms,9:F3} {direct.P99Ms,8:F3} | {tunnel.Tps,17:F0} {tunnel.P50Ms,9:F3} {tunnel.P99Ms,8:F3} | {tunnel.Tps / direct.Tps,18:P0} | {tunnel.P50Ms - direct.P50Ms,12:F3} | " +
                                       $"{cost.ClientCpu.TotalMilliseconds * 1000 / tx,28:F1} {cost.ClientCpu.TotalMilliseconds * 1000 / messages,7:F1} {(double)cost.Allocated / messages,12:F0} {cost.AgentCpu.TotalMilliseconds * 1000 / tx,16:F1} {AgentAllocated(cost, messages),18} {AgentSwitches(cost, tx),18}");
+                    if (viaPlugin != null)
+                    {
+                        pluginRows.Add((clients, direct, viaPlugin, tunnel));
+                        pluginRatios.Add(viaPlugin.Tps / direct.Tps);
+                        var ptx = Math.Max(1, viaPlugin.Transactions);
+                        Console.WriteLine($"{"",7} {"plugin",-7} | {"",17} {"",9} {"",8} | {viaPlugin.Tps,17:F0} {viaPlugin.P50Ms,9:F3} {viaPlugin.P99Ms,8:F3} | {viaPlugin.Tps / direct.Tps,18:P0} | {viaPlugin.P50Ms - direct.P50Ms,12:F3} | " +
+                                          $"plugin CPU {pluginCost.PluginCpu.TotalMilliseconds * 1000 / ptx:F1} us/tx, agent CPU {pluginCost.AgentCpu.TotalMilliseconds * 1000 / ptx:F1} us/tx; BastionTools {tunnel.Tps / viaPlugin.Tps:F2}x the plugin's tps");
+                    }
                 }
                 var ceiling = rttMs > 0 ? $"; the link allows at most {clients * 1000 / rttMs:F0} tps" : "";
                 if (rounds > 1 || rttMs > 0)
-                    summaries.Add($"{clients,7} clients: tunnel % of direct {string.Join(" / ", ratios.Select(r => r.ToString("P0", CultureInfo.InvariantCulture)))}, median {MedianOf(ratios):P0}{ceiling}");
+                    summaries.Add($"{clients,7} clients: tunnel % of direct {string.Join(" / ", ratios.Select(r => r.ToString("P0", CultureInfo.InvariantCulture)))}, median {MedianOf(ratios):P0}{ceiling}" +
+                                  (pluginRatios.Count == 0 ? "" : $"; the official plugin {string.Join(" / ", pluginRatios.Select(r => r.ToString("P0", CultureInfo.InvariantCulture)))}, median {MedianOf(pluginRatios):P0}"));
             }
             foreach (var line in summaries) Console.WriteLine(line);
             Console.WriteLine("(tps: pgbench's, without initial connection time; p50/p99: time between a client's consecutive completions in pgbench's log (its own latency column reads 0 when the answer was already there); tunnel cost: this process's CPU time and");
@@ -313,16 +358,33 @@ namespace BastionTools.Bench
             await Psql(tools, db, tunnelPort, $"\\copy bench_copy to '{outFile}'").ConfigureAwait(false);
             await TruncateAsync(sandbox, pgPort).ConfigureAwait(false);
             await Psql(tools, db, tunnelPort, $"\\copy bench_copy_in from '{outFile}'").ConfigureAwait(false);
+            if (plugin != null)
+            {
+                await Psql(tools, db, plugin.Port, $"\\copy bench_copy to '{outFile}'").ConfigureAwait(false);
+                await TruncateAsync(sandbox, pgPort).ConfigureAwait(false);
+                await Psql(tools, db, plugin.Port, $"\\copy bench_copy_in from '{outFile}'").ConfigureAwait(false);
+            }
             // Direct and tunnel back to back, the order swapped every other run.
             async Task<CopyRuns> MeasureCopyAsync(string command, bool truncateFirst)
             {
                 var runs = new CopyRuns();
                 for (var r = 0; r < copyRuns; r++)
                 {
-                    for (var leg = 0; leg < 2; leg++)
+                    var legs = plugin == null ? 2 : 3;
+                    for (var leg = 0; leg < legs; leg++)
                     {
                         if (truncateFirst) await TruncateAsync(sandbox, pgPort).ConfigureAwait(false);
-                        var direct = (leg == 0) == (r % 2 == 0);
+                        // 0 direct, 1 tunnel, 2 the plugin, the order turned every run.
+                        var which = (leg + r) % legs;
+                        if (which == 2)
+                        {
+                            await jit.WaitQuietAsync().ConfigureAwait(false);
+                            var pluginBefore = PluginCost.Take(plugin!, sandbox);
+                            runs.Plugin.Add(await Psql(tools, db, plugin!.Port, command).ConfigureAwait(false));
+                            runs.PluginCost += PluginCost.Take(plugin, sandbox) - pluginBefore;
+                            continue;
+                        }
+                        var direct = which == 0;
                         // The tunnel's own counters only around tunnel runs (they cost a request to the sandbox).
                         await jit.WaitQuietAsync().ConfigureAwait(false);
                         var before = direct ? default : Counters.Take(session, sandbox);
@@ -354,8 +416,10 @@ namespace BastionTools.Bench
             Console.WriteLine($"psql \\copy of {copyRows:N0} rows ({fileBytes / 1e6:F1} MB of text), median of {copyRuns} (psql start and connect included in both):");
             PrintCopy("COPY out", copyOut.Direct, copyOut.Tunnel, copyOut.Cost, copyOut.MachineDirect, copyOut.MachineTunnel);
             PrintJit(jit, copyOut);
+            PrintPluginCopy(copyOut, fileBytes);
             PrintCopy("COPY in ", copyIn.Direct, copyIn.Tunnel, copyIn.Cost, copyIn.MachineDirect, copyIn.MachineTunnel);
             PrintJit(jit, copyIn);
+            PrintPluginCopy(copyIn, fileBytes);
 
             Console.WriteLine();
             Console.WriteLine($"data channel totals: {session.Channel!.MessagesSent:N0} messages sent, {session.Channel.MessagesReceived:N0} received, {session.Channel.Retransmissions} retransmissions; " +
@@ -376,6 +440,7 @@ namespace BastionTools.Bench
                                   $"{jit.Waited.TotalSeconds:F1} s in all, {jit.Waits} waits ({jit.GaveUp} gave up after {JitWatch.MaxWait.TotalSeconds:F0} s)");
             }
             PrintGoals(rows, copyOut.Direct, copyOut.Tunnel, copyIn.Direct, copyIn.Tunnel);
+            if (plugin != null) PrintPluginComparison(plugin, pluginRows, copyOut, copyIn);
             await session.StopAsync().ConfigureAwait(false);
             Console.WriteLine($"machine: load average at end {LoadAverage()}");
             return 0;
@@ -537,6 +602,46 @@ namespace BastionTools.Bench
             if (one.Count > 0) Console.WriteLine($"  select 1, one client: tunnel p50 {MedianOf(one.Select(r => r.Tunnel.P50Ms - r.Direct.P50Ms)):+0.000;-0.000} ms over direct (goal <= 0.3 ms)");
             Console.WriteLine($"  COPY out {Median(outTunnel).TotalMilliseconds / Median(outDirect).TotalMilliseconds:F2}x direct time (goal <= 1.5x; of each pair {PairRatios(outDirect, outTunnel)}); " +
                               $"COPY in {Median(inTunnel).TotalMilliseconds / Median(inDirect).TotalMilliseconds:F2}x (goal <= 2x; of each pair {PairRatios(inDirect, inTunnel)})");
+        }
+
+        /// <summary>The official plugin's COPY runs beside the same run's direct and BastionTools runs (--plugin).</summary>
+        private static void PrintPluginCopy(CopyRuns runs, long fileBytes)
+        {
+            if (runs.Plugin.Count == 0) return;
+            var d = Median(runs.Direct);
+            var p = Median(runs.Plugin);
+            var t = Median(runs.Tunnel);
+            var mb = Math.Max(1, fileBytes * runs.Plugin.Count) / 1e6;
+            Console.WriteLine($"            official plugin {p.TotalMilliseconds,8:F0} ms   ratio {p.TotalMilliseconds / d.TotalMilliseconds,5:F2}x (of each pair: {PairRatios(runs.Direct, runs.Plugin)})   " +
+                              $"plugin CPU {runs.PluginCost.PluginCpu.TotalMilliseconds / mb:F1} ms/MB, agent CPU {runs.PluginCost.AgentCpu.TotalMilliseconds / mb:F1} ms/MB; BastionTools' time {t.TotalMilliseconds / p.TotalMilliseconds:F2}x the plugin's");
+        }
+
+        /// <summary>The same run's figures for the official plugin beside BastionTools' (medians over the rounds).</summary>
+        private static void PrintPluginComparison(OfficialPlugin plugin, List<(int Clients, PgbenchResult Direct, PgbenchResult Plugin, PgbenchResult Tunnel)> rows, CopyRuns copyOut, CopyRuns copyIn)
+        {
+            Console.WriteLine($"the official plugin {plugin.Version} in the same run, through the same agent double (medians over the rounds):");
+            foreach (var clients in rows.Select(r => r.Clients).Distinct())
+            {
+                var these = rows.Where(r => r.Clients == clients).ToList();
+                Console.WriteLine($"  {clients,3} clients: plugin {MedianOf(these.Select(r => r.Plugin.Tps / r.Direct.Tps)):P0} of direct tps, BastionTools {MedianOf(these.Select(r => r.Tunnel.Tps / r.Direct.Tps)):P0} " +
+                                  $"({MedianOf(these.Select(r => r.Tunnel.Tps / r.Plugin.Tps)):F2}x the plugin's); added p50: plugin {MedianOf(these.Select(r => r.Plugin.P50Ms - r.Direct.P50Ms)):+0.000;-0.000} ms, " +
+                                  $"BastionTools {MedianOf(these.Select(r => r.Tunnel.P50Ms - r.Direct.P50Ms)):+0.000;-0.000} ms");
+            }
+            static string Copy(CopyRuns runs) => $"plugin {Median(runs.Plugin).TotalMilliseconds / Median(runs.Direct).TotalMilliseconds:F2}x, BastionTools {Median(runs.Tunnel).TotalMilliseconds / Median(runs.Direct).TotalMilliseconds:F2}x direct time";
+            Console.WriteLine($"  COPY out: {Copy(copyOut)}; COPY in: {Copy(copyIn)}");
+        }
+
+        /// <summary>The official plugin's process CPU and the agent double's, around a run through the plugin.</summary>
+        private readonly record struct PluginCost(TimeSpan PluginCpu, TimeSpan AgentCpu)
+        {
+            public static PluginCost Take(OfficialPlugin plugin, Sandbox sandbox)
+            {
+                sandbox.Process.Refresh();
+                return new PluginCost(plugin.Cpu, sandbox.Process.TotalProcessorTime);
+            }
+
+            public static PluginCost operator -(PluginCost a, PluginCost b) => new(a.PluginCpu - b.PluginCpu, a.AgentCpu - b.AgentCpu);
+            public static PluginCost operator +(PluginCost a, PluginCost b) => new(a.PluginCpu + b.PluginCpu, a.AgentCpu + b.AgentCpu);
         }
 
         private static async Task TruncateAsync(Sandbox sandbox, int pgPort)
@@ -1058,6 +1163,9 @@ namespace BastionTools.Bench
         {
             public List<TimeSpan> Direct { get; } = new();
             public List<TimeSpan> Tunnel { get; } = new();
+            /// <summary>Through the official plugin (--plugin); empty without it.</summary>
+            public List<TimeSpan> Plugin { get; } = new();
+            public PluginCost PluginCost { get; set; }
             public MachineCpu MachineDirect { get; set; } = MachineCpu.Zero;
             public MachineCpu MachineTunnel { get; set; } = MachineCpu.Zero;
             public Counters Cost { get; set; }
