@@ -103,7 +103,9 @@ namespace BastionTools.Bench
             {
                 if (process.HasExited)
                     throw new InvalidOperationException($"the plugin exited ({process.ExitCode}) before it listened on {localPort}: " + plugin._output.Text());
-                if (plugin._output.Text().Contains("Waiting for connections", StringComparison.Ordinal) && await AcceptsAsync(localPort).ConfigureAwait(false)) return plugin;
+                // Printed once it listens, in mux and basic mode alike. No probe connection: in basic mode the plugin takes
+                // the first connection it accepts as the session's one.
+                if (plugin._output.Text().Contains($"Port {localPort} opened", StringComparison.Ordinal)) return plugin;
                 if (clock.Elapsed > timeout)
                 {
                     plugin.Dispose();
@@ -113,6 +115,25 @@ namespace BastionTools.Bench
             }
         }
 
+        /// <summary>Ctrl-C (SIGINT) to the plugin, then its exit: "with code N", or null if it had not exited within <paramref name="timeout"/>.</summary>
+        public async Task<string?> InterruptAsync(TimeSpan timeout)
+        {
+            if (!OperatingSystem.IsWindows() && !_process.HasExited) _ = Kill(_process.Id, 2);
+            using var cts = new CancellationTokenSource(timeout);
+            try
+            {
+                await _process.WaitForExitAsync(cts.Token).ConfigureAwait(false);
+                return "with code " + _process.ExitCode.ToString(CultureInfo.InvariantCulture);
+            }
+            catch (OperationCanceledException)
+            {
+                return null;
+            }
+        }
+
+        [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "kill", SetLastError = true)]
+        private static extern int Kill(int pid, int signal);
+
         private static int FreePort()
         {
             var l = new TcpListener(IPAddress.Loopback, 0);
@@ -120,20 +141,6 @@ namespace BastionTools.Bench
             var port = ((IPEndPoint)l.LocalEndpoint).Port;
             l.Stop();
             return port;
-        }
-
-        private static async Task<bool> AcceptsAsync(int port)
-        {
-            try
-            {
-                using var c = new TcpClient();
-                await c.ConnectAsync(IPAddress.Loopback, port).ConfigureAwait(false);
-                return true;
-            }
-            catch (SocketException)
-            {
-                return false;
-            }
         }
 
         private async Task Pump(StreamReader reader)

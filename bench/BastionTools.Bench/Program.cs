@@ -22,10 +22,12 @@ namespace BastionTools.Bench
                     return await ConcurrencyBench.RunAsync(rest).ConfigureAwait(false);
                 case "ack":
                     return AckBench.Run(rest);
+                case "plugin-check":
+                    return await PluginCheck.RunAsync(rest).ConfigureAwait(false);
                 case "resilience":
                     return await ResilienceBench.RunAsync(rest).ConfigureAwait(false);
                 default:
-                    Console.Error.WriteLine("usage: BastionTools.Bench token [seconds] | tunnel --sandbox <dll> | iam --sandbox <dll> | concurrency --sandbox <dll> [--clients 1,8,32,64] [--seconds N] [--protocol simple|extended|prepared] [--sql SQL] [--copy-rows N] [--copy-runs N] [--idle-connections N] | resilience --sandbox <dll> [--megabytes N] [--blackout S] | ack [rounds]");
+                    Console.Error.WriteLine("usage: BastionTools.Bench token [seconds] | tunnel --sandbox <dll> | iam --sandbox <dll> | concurrency --sandbox <dll> [--clients 1,8,32,64] [--seconds N] [--protocol simple|extended|prepared] [--sql SQL] [--copy-rows N] [--copy-runs N] [--idle-connections N] | resilience --sandbox <dll> [--megabytes N] [--blackout S] | ack [rounds] | plugin-check --sandbox <dll> --plugin <session-manager-plugin> [--rows N]");
                     return 2;
             }
         }
