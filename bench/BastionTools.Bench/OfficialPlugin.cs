@@ -73,18 +73,8 @@ namespace BastionTools.Bench
             };
             using var cts = new CancellationTokenSource(timeout);
             var stream = await api.StartSessionAsync(target, document, parameters, null, cts.Token).ConfigureAwait(false);
-            var response = JsonSerializer.Serialize(new Dictionary<string, string>
-            {
-                ["SessionId"] = stream.SessionId,
-                ["TokenValue"] = stream.TokenValue,
-                ["StreamUrl"] = stream.StreamUrl.ToString(),
-            });
-            var request = JsonSerializer.Serialize(new Dictionary<string, object>
-            {
-                ["Target"] = target,
-                ["DocumentName"] = document,
-                ["Parameters"] = parameters,
-            });
+            var response = ResponseJson(stream);
+            var request = RequestJson(target, document, parameters);
             var psi = new ProcessStartInfo(path) { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false };
             // The AWS CLI hands the response over in an environment variable the plugin reads and unsets.
             psi.Environment["AWS_SSM_START_SESSION_RESPONSE"] = response;
@@ -94,8 +84,7 @@ namespace BastionTools.Bench
             psi.Environment["AWS_SECRET_ACCESS_KEY"] = secretAccessKey;
             psi.Environment.Remove("AWS_SESSION_TOKEN");
             psi.Environment.Remove("AWS_PROFILE");
-            psi.Environment["HOME"] = Path.Combine(Path.GetTempPath(), "bastiontools-bench-plugin-home");
-            Directory.CreateDirectory(psi.Environment["HOME"]!);
+            psi.Environment["HOME"] = Home();
             var process = Process.Start(psi) ?? throw new InvalidOperationException("could not start " + path);
             var plugin = new OfficialPlugin(process, localPort, version, stream.SessionId);
             var clock = Stopwatch.StartNew();
@@ -113,6 +102,30 @@ namespace BastionTools.Bench
                 }
                 await Task.Delay(50).ConfigureAwait(false);
             }
+        }
+
+        /// <summary>The StartSession response as the AWS CLI hands it to the plugin.</summary>
+        public static string ResponseJson(BastionTools.Ssm.StreamEndpoint stream) => JsonSerializer.Serialize(new Dictionary<string, string>
+        {
+            ["SessionId"] = stream.SessionId,
+            ["TokenValue"] = stream.TokenValue,
+            ["StreamUrl"] = stream.StreamUrl.ToString(),
+        });
+
+        /// <summary>The StartSession request (the plugin reads its Target).</summary>
+        public static string RequestJson(string target, string? document, Dictionary<string, List<string>> parameters)
+        {
+            var request = new Dictionary<string, object> { ["Target"] = target, ["Parameters"] = parameters };
+            if (document != null) request["DocumentName"] = document;
+            return JsonSerializer.Serialize(request);
+        }
+
+        /// <summary>A home of its own for the plugin (its log and configuration), not the user's.</summary>
+        public static string Home()
+        {
+            var home = Path.Combine(Path.GetTempPath(), "bastiontools-bench-plugin-home");
+            Directory.CreateDirectory(home);
+            return home;
         }
 
         /// <summary>Ctrl-C (SIGINT) to the plugin, then its exit: "with code N", or null if it had not exited within <paramref name="timeout"/>.</summary>

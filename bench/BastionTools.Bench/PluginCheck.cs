@@ -162,9 +162,96 @@ namespace BastionTools.Bench
                 Report("basic, a second connection", again == null, again ?? "a new local connection after the first ended was answered");
             }
 
+            // ---- 3. shell (no document): the plugin in a terminal, as a user runs it (tmux gives it one) ----
+            if (!OperatingSystem.IsWindows() && Which("tmux") is { } tmux)
+            {
+                var shell = await api.StartSessionAsync(Bastion, null, new Dictionary<string, List<string>>(), null, default).ConfigureAwait(false);
+                var tmuxName = "bastiontools-plugin-check-" + Environment.ProcessId.ToString(CultureInfo.InvariantCulture);
+                var launch = new ProcessStartInfo(tmux) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+                // A 120x40 window: the plugin sends the size, the double sets it on the shell's terminal (TIOCSWINSZ).
+                foreach (var a in new[] { "new-session", "-d", "-s", tmuxName, "-x", "120", "-y", "40",
+                                          "-e", "AWS_SSM_START_SESSION_RESPONSE=" + OfficialPlugin.ResponseJson(shell),
+                                          "-e", "AWS_ACCESS_KEY_ID=" + accessKey, "-e", "AWS_SECRET_ACCESS_KEY=" + secretKey,
+                                          "-e", "HOME=" + OfficialPlugin.Home(),
+                                          pluginPath, "AWS_SSM_START_SESSION_RESPONSE", region, "StartSession", "",
+                                          OfficialPlugin.RequestJson(Bastion, null, new Dictionary<string, List<string>>()), ssm }) launch.ArgumentList.Add(a);
+                var (started, _, startError) = await ConcurrencyBench.RunAsync(launch).ConfigureAwait(false);
+                try
+                {
+                    if (started != 0)
+                    {
+                        Report("shell", false, "tmux could not start the plugin: " + Last(startError));
+                    }
+                    else
+                    {
+                        var prompt = await WaitForPaneAsync(tmux, tmuxName, text => text.Contains("Starting session with SessionId", StringComparison.Ordinal) && text.TrimEnd().EndsWith("$", StringComparison.Ordinal), TimeSpan.FromSeconds(30)).ConfigureAwait(false);
+                        await Tmux(tmux, "send-keys", "-t", tmuxName, "echo hello-$((6*7)); stty size", "Enter").ConfigureAwait(false);
+                        var answered = await WaitForPaneAsync(tmux, tmuxName, text => text.Contains("hello-42", StringComparison.Ordinal) && text.Contains("40 120", StringComparison.Ordinal), TimeSpan.FromSeconds(30)).ConfigureAwait(false);
+                        Report("shell, a command and the terminal's size", prompt != null && answered != null,
+                               answered != null ? "the shell ran 'echo hello-$((6*7)); stty size': hello-42, 40 120 (the plugin's size payload)" : "the pane read: " + OneLine(await PaneAsync(tmux, tmuxName).ConfigureAwait(false)));
+                        await Tmux(tmux, "send-keys", "-t", tmuxName, "exit", "Enter").ConfigureAwait(false);
+                        var ended = await WaitForStateAsync(() => Session(shell.SessionId), s => s.GetProperty("state").GetString() == "Terminated", TimeSpan.FromSeconds(30)).ConfigureAwait(false);
+                        var gone = await WaitAsync(async () => (await Tmux(tmux, "has-session", "-t", tmuxName).ConfigureAwait(false)) != 0, TimeSpan.FromSeconds(30)).ConfigureAwait(false);
+                        Report("shell, exit ends the session", ended != null && gone,
+                               $"the double's session {(ended == null ? "is not Terminated" : "is Terminated")}; the plugin {(gone ? "exited" : "is still running")}");
+                    }
+                }
+                finally
+                {
+                    await Tmux(tmux, "kill-session", "-t", tmuxName).ConfigureAwait(false);
+                }
+            }
+            else
+            {
+                Console.WriteLine("SKIP  shell: needs tmux (a terminal for the plugin); not counted");
+            }
+
             Console.WriteLine(failures == 0 ? "all checks passed" : $"{failures} check(s) failed");
             return failures;
         }
+
+        private static string? Which(string tool) =>
+            (Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries)
+                .Select(d => Path.Combine(d, tool)).FirstOrDefault(File.Exists);
+
+        private static async Task<int> Tmux(string tmux, params string[] args)
+        {
+            var psi = new ProcessStartInfo(tmux) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+            foreach (var a in args) psi.ArgumentList.Add(a);
+            return (await ConcurrencyBench.RunAsync(psi).ConfigureAwait(false)).Exit;
+        }
+
+        private static async Task<string> PaneAsync(string tmux, string name)
+        {
+            var psi = new ProcessStartInfo(tmux) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+            foreach (var a in new[] { "capture-pane", "-p", "-t", name }) psi.ArgumentList.Add(a);
+            return (await ConcurrencyBench.RunAsync(psi).ConfigureAwait(false)).Stdout;
+        }
+
+        private static async Task<string?> WaitForPaneAsync(string tmux, string name, Func<string, bool> done, TimeSpan timeout)
+        {
+            var clock = Stopwatch.StartNew();
+            while (clock.Elapsed < timeout)
+            {
+                var text = await PaneAsync(tmux, name).ConfigureAwait(false);
+                if (done(text)) return text;
+                await Task.Delay(100).ConfigureAwait(false);
+            }
+            return null;
+        }
+
+        private static async Task<bool> WaitAsync(Func<Task<bool>> done, TimeSpan timeout)
+        {
+            var clock = Stopwatch.StartNew();
+            while (clock.Elapsed < timeout)
+            {
+                if (await done().ConfigureAwait(false)) return true;
+                await Task.Delay(100).ConfigureAwait(false);
+            }
+            return false;
+        }
+
+        private static string OneLine(string text) => string.Join(" | ", text.Split('\n').Select(l => l.TrimEnd()).Where(l => l.Length > 0));
 
         private static long Count(System.Text.Json.JsonElement session, string counter) =>
             session.TryGetProperty(counter, out var c) && c.ValueKind == System.Text.Json.JsonValueKind.Number ? c.GetInt64() : -1;
