@@ -206,6 +206,42 @@ namespace BastionTools.Bench
                 Console.WriteLine("SKIP  shell: needs tmux (a terminal for the plugin); not counted");
             }
 
+            // ---- 4. a non-interactive command (AWS-StartNonInteractiveCommand): output after it ended, then the session ends ----
+            {
+                var parameters = new Dictionary<string, List<string>> { ["command"] = new() { "sh -c 'echo out-$((6*7)); echo err-7 >&2'" } };
+                const string document = "AWS-StartNonInteractiveCommand";
+                var command = await api.StartSessionAsync(Bastion, document, parameters, null, default).ConfigureAwait(false);
+                var psi = new ProcessStartInfo(pluginPath) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true };
+                psi.Environment["AWS_SSM_START_SESSION_RESPONSE"] = OfficialPlugin.ResponseJson(command);
+                psi.Environment["AWS_ACCESS_KEY_ID"] = accessKey;
+                psi.Environment["AWS_SECRET_ACCESS_KEY"] = secretKey;
+                psi.Environment["HOME"] = OfficialPlugin.Home();
+                foreach (var a in new[] { "AWS_SSM_START_SESSION_RESPONSE", region, "StartSession", "", OfficialPlugin.RequestJson(Bastion, document, parameters), ssm }) psi.ArgumentList.Add(a);
+                // Its standard input stays open, as a terminal's would: at end of input the plugin gives up on the session
+                // ("Cannot perform start session: EOF"), whether or not the command's output has come.
+                using var p = Process.Start(psi)!;
+                var stdout = p.StandardOutput.ReadToEndAsync();
+                var stderr = p.StandardError.ReadToEndAsync();
+                using var cts = new System.Threading.CancellationTokenSource(TimeSpan.FromSeconds(30));
+                var exited = true;
+                try
+                {
+                    await p.WaitForExitAsync(cts.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                    exited = false;
+                    p.Kill(entireProcessTree: true);
+                }
+                p.StandardInput.Close();
+                var output = await stdout.ConfigureAwait(false) + await stderr.ConfigureAwait(false);
+                var ended = await WaitForStateAsync(() => Session(command.SessionId), s => s.GetProperty("state").GetString() == "Terminated", TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+                var printed = output.Contains("out-42", StringComparison.Ordinal) && output.Contains("err-7", StringComparison.Ordinal);
+                Report("non-interactive command", exited && printed && ended != null,
+                       exited ? $"the plugin {(printed ? "printed the command's output and error (out-42, err-7)" : "did not print the command's output: " + OneLine(output))}, then exited {p.ExitCode}; the double's session {(ended == null ? "is not Terminated" : "is Terminated")}"
+                              : "the plugin had not exited after 30 s: " + OneLine(output));
+            }
+
             Console.WriteLine(failures == 0 ? "all checks passed" : $"{failures} check(s) failed");
             return failures;
         }
