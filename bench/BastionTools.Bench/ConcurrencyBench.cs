@@ -564,7 +564,7 @@ namespace BastionTools.Bench
                               $"agent CPU {cost.AgentCpu.TotalMilliseconds / mb,6:F1} ms/MB, {AgentAllocated(cost, messages)} B allocated/msg, {AgentSwitches(cost, messages)} switches/msg ({cost.Messages:N0} messages, {cost.Bytes / 1e6:F1} MB through the tunnel in {direct.Count} runs)");
             Console.WriteLine($"            client context switches {(cost.ContextSwitches < 0 ? "n/a" : (cost.ContextSwitches / mb).ToString("F0", CultureInfo.InvariantCulture))}/MB, " +
                               $"writes to local connections from the receive loop {cost.LocalWrites / mb:F0}/MB ({cost.LocalWrites:N0}), " +
-                              $"gen0 collections {cost.Gen0Collections / mb:F2}/MB ({cost.Gen0Collections:N0})");
+                              $"gen0 collections {cost.Gen0Collections / mb:F2}/MB ({cost.Gen0Collections:N0}), thread-pool work items {cost.PoolItems / mb:F0}/MB ({cost.PoolItems:N0}, the bench's own included)");
             if (machineDirect.Known && machineTunnel.Known && direct.Count > 0 && machineTunnel.Busy > TimeSpan.Zero)
             {
                 // As for the transactions: if the runs kept the cores busy, time goes with the machine's CPU per run.
@@ -916,8 +916,9 @@ namespace BastionTools.Bench
         /// <summary>This process's own counters (it hosts the tunnel) and the sandbox agent's CPU time.</summary>
         private readonly struct Counters
         {
-            private Counters(TimeSpan clientCpu, TimeSpan agentCpu, long allocated, long messages, long bytes, long agentAllocated, long agentSwitches, long switches, long localWrites, long gen0)
+            private Counters(TimeSpan clientCpu, TimeSpan agentCpu, long allocated, long messages, long bytes, long agentAllocated, long agentSwitches, long switches, long localWrites, long gen0, long poolItems)
             {
+                PoolItems = poolItems;
                 Gen0Collections = gen0;
                 AgentSwitches = agentSwitches;
                 AgentAllocated = agentAllocated;
@@ -945,6 +946,8 @@ namespace BastionTools.Bench
             public long LocalWrites { get; }
             /// <summary>This process's generation-0 garbage collections (each pauses its threads; fewer allocations, fewer of them).</summary>
             public long Gen0Collections { get; }
+            /// <summary>Work items this process's thread pool completed (each a hop to a pool thread, which may have to be woken).</summary>
+            public long PoolItems { get; }
 
             public static Counters Take(PortForwardingSession session, Sandbox sandbox)
             {
@@ -953,7 +956,7 @@ namespace BastionTools.Bench
                 return new Counters(self.TotalProcessorTime, sandbox.Process.TotalProcessorTime, GC.GetTotalAllocatedBytes(false),
                     session.Channel!.MessagesSent + session.Channel.MessagesReceived, session.Connections.BytesIn + session.Connections.BytesOut, sandbox.AllocatedBytes(),
                     VoluntarySwitches(sandbox.Process.Id), SelfContextSwitches(), (session.Forwarder as MuxPortForwarder)?.LocalSends ?? 0,
-                    GC.CollectionCount(0));
+                    GC.CollectionCount(0), ThreadPool.CompletedWorkItemCount);
             }
 
             private static long SelfContextSwitches()
@@ -984,14 +987,14 @@ namespace BastionTools.Bench
                     a.AgentAllocated < 0 || b.AgentAllocated < 0 ? -1 : a.AgentAllocated - b.AgentAllocated,
                     a.AgentSwitches < 0 || b.AgentSwitches < 0 ? -1 : a.AgentSwitches - b.AgentSwitches,
                     a.ContextSwitches < 0 || b.ContextSwitches < 0 ? -1 : a.ContextSwitches - b.ContextSwitches, a.LocalWrites - b.LocalWrites,
-                    a.Gen0Collections - b.Gen0Collections);
+                    a.Gen0Collections - b.Gen0Collections, a.PoolItems - b.PoolItems);
 
             public static Counters operator +(Counters a, Counters b) =>
                 new(a.ClientCpu + b.ClientCpu, a.AgentCpu + b.AgentCpu, a.Allocated + b.Allocated, a.Messages + b.Messages, a.Bytes + b.Bytes,
                     a.AgentAllocated < 0 || b.AgentAllocated < 0 ? -1 : a.AgentAllocated + b.AgentAllocated,
                     a.AgentSwitches < 0 || b.AgentSwitches < 0 ? -1 : a.AgentSwitches + b.AgentSwitches,
                     a.ContextSwitches < 0 || b.ContextSwitches < 0 ? -1 : a.ContextSwitches + b.ContextSwitches, a.LocalWrites + b.LocalWrites,
-                    a.Gen0Collections + b.Gen0Collections);
+                    a.Gen0Collections + b.Gen0Collections, a.PoolItems + b.PoolItems);
         }
 
         /// <summary>CPU time (ms) of the tiered compiler's background threads of this process and of the agent double.</summary>

@@ -38,6 +38,9 @@ namespace BastionTools.Bench
         public string Version { get; }
         public int ProcessId => _process.Id;
 
+        /// <summary>The last lines the plugin printed (standard output and error).</summary>
+        public string Output => _output.Text();
+
         /// <summary>The plugin process's CPU time so far (user and system, all its threads).</summary>
         public TimeSpan Cpu
         {
@@ -147,7 +150,7 @@ namespace BastionTools.Bench
         [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "kill", SetLastError = true)]
         private static extern int Kill(int pid, int signal);
 
-        private static int FreePort()
+        internal static int FreePort()
         {
             var l = new TcpListener(IPAddress.Loopback, 0);
             l.Start();

@@ -147,6 +147,17 @@ namespace BastionTools.Bench
                        $"the plugin {(exited == null ? "did not exit" : "exited " + exited)}; the double's session {(ended == null ? "is not Terminated: " + (await Session(sessionId).ConfigureAwait(false)).GetProperty("state") : "is " + ended.Value.GetProperty("state"))}");
             }
 
+            // ---- 1b. mux to a port nobody listens on: the agent's ConnectToPortError flag, the session goes on ----
+            var closedPort = OfficialPlugin.FreePort();
+            using (var plugin = await OfficialPlugin.StartAsync(pluginPath, api, region, ssm, accessKey, secretKey, Bastion, "localhost", closedPort, TimeSpan.FromSeconds(30)).ConfigureAwait(false))
+            {
+                var refused = await Psql(tools, db, plugin.Port, "select 1").ConfigureAwait(false);
+                var told = await WaitAsync(() => Task.FromResult(plugin.Output.Contains("Connection to destination port failed", StringComparison.Ordinal)), TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+                var still = await Session(plugin.SessionId).ConfigureAwait(false);
+                Report("mux, the destination refuses", refused != null && told && still.GetProperty("state").GetString() == "Connected",
+                       $"psql {(refused == null ? "connected (it should not have)" : "failed")}; the plugin {(told ? "printed 'Connection to destination port failed' (the flag, uint32 3 big-endian)" : "did not print the flag's message")}; the session is {still.GetProperty("state")}");
+            }
+
             // ---- 2. basic: the agent of 3.0.190 has no smux; one TCP connection at a time ----
             using (var plugin = await OfficialPlugin.StartAsync(pluginPath, api, region, ssm, accessKey, secretKey, LegacyBastion, Endpoint, pgPort, TimeSpan.FromSeconds(30)).ConfigureAwait(false))
             {
