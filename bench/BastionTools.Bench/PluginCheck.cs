@@ -100,6 +100,9 @@ namespace BastionTools.Bench
             }
             async Task<System.Text.Json.JsonElement> Session(string id) =>
                 await sandbox.GetJsonAsync(new Uri(control, "sessions/" + Uri.EscapeDataString(id))).ConfigureAwait(false);
+            // The double's session state once it reads Terminated, or the last it read within the timeout.
+            async Task<string> StateOnceTerminatedAsync(string id, TimeSpan timeout) =>
+                (await PollAsync(async () => (await Session(id).ConfigureAwait(false)).GetProperty("state").GetString() ?? "", state => state == "Terminated", timeout).ConfigureAwait(false)).Last;
 
             // ---- 1. mux: the agent of 3.3 with a client of 1.2: smux over the data channel ----
             using (var plugin = await OfficialPlugin.StartAsync(pluginPath, api, region, ssm, accessKey, secretKey, Bastion, Endpoint, pgPort, TimeSpan.FromSeconds(30)).ConfigureAwait(false))
@@ -132,7 +135,7 @@ namespace BastionTools.Bench
                 // The double drops the WebSocket: the plugin calls ResumeSession (signed by the AWS SDK for Go) and reconnects.
                 var before = await Session(plugin.SessionId).ConfigureAwait(false);
                 await sandbox.PostAsync(new Uri(control, "sessions/" + Uri.EscapeDataString(plugin.SessionId) + "/kill")).ConfigureAwait(false);
-                var after = await RetryPsqlAsync(tools, db, plugin.Port, "select 1", TimeSpan.FromSeconds(60)).ConfigureAwait(false);
+                var after = (await PollAsync(() => Psql(tools, db, plugin.Port, "select 1"), error => error == null, TimeSpan.FromSeconds(60)).ConfigureAwait(false)).Last;
                 var resumed = await Session(plugin.SessionId).ConfigureAwait(false);
                 Report("resume after a dropped connection", after == null && Count(resumed, "connections") > Count(before, "connections"),
                        after ?? $"the next query answered through the plugin's new connection (the double's session: connections {Count(before, "connections")} -> {Count(resumed, "connections")}, kills {Count(resumed, "kills")})");
@@ -142,9 +145,9 @@ namespace BastionTools.Bench
                 // Ctrl-C: the plugin sends the TerminateSession flag and exits; the double ends the session.
                 var sessionId = plugin.SessionId;
                 var exited = await plugin.InterruptAsync(TimeSpan.FromSeconds(30)).ConfigureAwait(false);
-                var ended = await WaitForStateAsync(() => Session(sessionId), s => s.GetProperty("state").GetString() == "Terminated", TimeSpan.FromSeconds(30)).ConfigureAwait(false);
-                Report("Ctrl-C ends the session", exited != null && ended != null,
-                       $"the plugin {(exited == null ? "did not exit" : "exited " + exited)}; the double's session {(ended == null ? "is not Terminated: " + (await Session(sessionId).ConfigureAwait(false)).GetProperty("state") : "is " + ended.Value.GetProperty("state"))}");
+                var ended = await StateOnceTerminatedAsync(sessionId, TimeSpan.FromSeconds(30)).ConfigureAwait(false);
+                Report("Ctrl-C ends the session", exited != null && ended == "Terminated",
+                       $"the plugin {(exited == null ? "did not exit" : "exited " + exited)}; the double's session is {ended}");
             }
 
             // ---- 1b. mux to a port nobody listens on: the agent's ConnectToPortError flag, the session goes on ----
@@ -152,7 +155,7 @@ namespace BastionTools.Bench
             using (var plugin = await OfficialPlugin.StartAsync(pluginPath, api, region, ssm, accessKey, secretKey, Bastion, "localhost", closedPort, TimeSpan.FromSeconds(30)).ConfigureAwait(false))
             {
                 var refused = await Psql(tools, db, plugin.Port, "select 1").ConfigureAwait(false);
-                var told = await WaitAsync(() => Task.FromResult(plugin.Output.Contains("Connection to destination port failed", StringComparison.Ordinal)), TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+                var told = (await PollAsync(() => Task.FromResult(plugin.Output.Contains("Connection to destination port failed", StringComparison.Ordinal)), said => said, TimeSpan.FromSeconds(10)).ConfigureAwait(false)).Done;
                 var still = await Session(plugin.SessionId).ConfigureAwait(false);
                 Report("mux, the destination refuses", refused != null && told && still.GetProperty("state").GetString() == "Connected",
                        $"psql {(refused == null ? "connected (it should not have)" : "failed")}; the plugin {(told ? "printed 'Connection to destination port failed' (the flag, uint32 3 big-endian)" : "did not print the flag's message")}; the session is {still.GetProperty("state")}");
@@ -195,16 +198,15 @@ namespace BastionTools.Bench
                     }
                     else
                     {
-                        var prompt = await WaitForPaneAsync(tmux, tmuxName, text => text.Contains("Starting session with SessionId", StringComparison.Ordinal) && text.TrimEnd().EndsWith("$", StringComparison.Ordinal), TimeSpan.FromSeconds(30)).ConfigureAwait(false);
+                        var prompt = await PollAsync(() => PaneAsync(tmux, tmuxName), text => text.Contains("Starting session with SessionId", StringComparison.Ordinal) && text.TrimEnd().EndsWith("$", StringComparison.Ordinal), TimeSpan.FromSeconds(30)).ConfigureAwait(false);
                         await Tmux(tmux, "send-keys", "-t", tmuxName, "echo hello-$((6*7)); stty size", "Enter").ConfigureAwait(false);
-                        var answered = await WaitForPaneAsync(tmux, tmuxName, text => text.Contains("hello-42", StringComparison.Ordinal) && text.Contains("40 120", StringComparison.Ordinal), TimeSpan.FromSeconds(30)).ConfigureAwait(false);
-                        Report("shell, a command and the terminal's size", prompt != null && answered != null,
-                               answered != null ? "the shell ran 'echo hello-$((6*7)); stty size': hello-42, 40 120 (the plugin's size payload)" : "the pane read: " + OneLine(await PaneAsync(tmux, tmuxName).ConfigureAwait(false)));
+                        var answered = await PollAsync(() => PaneAsync(tmux, tmuxName), text => text.Contains("hello-42", StringComparison.Ordinal) && text.Contains("40 120", StringComparison.Ordinal), TimeSpan.FromSeconds(30)).ConfigureAwait(false);
+                        Report("shell, a command and the terminal's size", prompt.Done && answered.Done,
+                               answered.Done ? "the shell ran 'echo hello-$((6*7)); stty size': hello-42, 40 120 (the plugin's size payload)" : "the pane read: " + OneLine(answered.Last));
                         await Tmux(tmux, "send-keys", "-t", tmuxName, "exit", "Enter").ConfigureAwait(false);
-                        var ended = await WaitForStateAsync(() => Session(shell.SessionId), s => s.GetProperty("state").GetString() == "Terminated", TimeSpan.FromSeconds(30)).ConfigureAwait(false);
-                        var gone = await WaitAsync(async () => (await Tmux(tmux, "has-session", "-t", tmuxName).ConfigureAwait(false)) != 0, TimeSpan.FromSeconds(30)).ConfigureAwait(false);
-                        Report("shell, exit ends the session", ended != null && gone,
-                               $"the double's session {(ended == null ? "is not Terminated" : "is Terminated")}; the plugin {(gone ? "exited" : "is still running")}");
+                        var ended = await StateOnceTerminatedAsync(shell.SessionId, TimeSpan.FromSeconds(30)).ConfigureAwait(false);
+                        var gone = (await PollAsync(() => Tmux(tmux, "has-session", "-t", tmuxName), exit => exit != 0, TimeSpan.FromSeconds(30)).ConfigureAwait(false)).Done;
+                        Report("shell, exit ends the session", ended == "Terminated" && gone, $"the double's session is {ended}; the plugin {(gone ? "exited" : "is still running")}");
                     }
                 }
                 finally
@@ -246,10 +248,10 @@ namespace BastionTools.Bench
                 }
                 p.StandardInput.Close();
                 var output = await stdout.ConfigureAwait(false) + await stderr.ConfigureAwait(false);
-                var ended = await WaitForStateAsync(() => Session(command.SessionId), s => s.GetProperty("state").GetString() == "Terminated", TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+                var ended = await StateOnceTerminatedAsync(command.SessionId, TimeSpan.FromSeconds(10)).ConfigureAwait(false);
                 var printed = output.Contains("out-42", StringComparison.Ordinal) && output.Contains("err-7", StringComparison.Ordinal);
-                Report("non-interactive command", exited && printed && ended != null,
-                       exited ? $"the plugin {(printed ? "printed the command's output and error (out-42, err-7)" : "did not print the command's output: " + OneLine(output))}, then exited {p.ExitCode}; the double's session {(ended == null ? "is not Terminated" : "is Terminated")}"
+                Report("non-interactive command", exited && printed && ended == "Terminated",
+                       exited ? $"the plugin {(printed ? "printed the command's output and error (out-42, err-7)" : "did not print the command's output: " + OneLine(output))}, then exited {p.ExitCode}; the double's session is {ended}"
                               : "the plugin had not exited after 30 s: " + OneLine(output));
             }
 
@@ -275,59 +277,23 @@ namespace BastionTools.Bench
             return (await ConcurrencyBench.RunAsync(psi).ConfigureAwait(false)).Stdout;
         }
 
-        private static async Task<string?> WaitForPaneAsync(string tmux, string name, Func<string, bool> done, TimeSpan timeout)
+        /// <summary>Polls <paramref name="get"/> every 100 ms until <paramref name="done"/> holds or the timeout passes; the last value read.</summary>
+        private static async Task<(bool Done, T Last)> PollAsync<T>(Func<Task<T>> get, Func<T, bool> done, TimeSpan timeout)
         {
             var clock = Stopwatch.StartNew();
-            while (clock.Elapsed < timeout)
+            while (true)
             {
-                var text = await PaneAsync(tmux, name).ConfigureAwait(false);
-                if (done(text)) return text;
+                var value = await get().ConfigureAwait(false);
+                if (done(value)) return (true, value);
+                if (clock.Elapsed > timeout) return (false, value);
                 await Task.Delay(100).ConfigureAwait(false);
             }
-            return null;
-        }
-
-        private static async Task<bool> WaitAsync(Func<Task<bool>> done, TimeSpan timeout)
-        {
-            var clock = Stopwatch.StartNew();
-            while (clock.Elapsed < timeout)
-            {
-                if (await done().ConfigureAwait(false)) return true;
-                await Task.Delay(100).ConfigureAwait(false);
-            }
-            return false;
         }
 
         private static string OneLine(string text) => string.Join(" | ", text.Split('\n').Select(l => l.TrimEnd()).Where(l => l.Length > 0));
 
         private static long Count(System.Text.Json.JsonElement session, string counter) =>
             session.TryGetProperty(counter, out var c) && c.ValueKind == System.Text.Json.JsonValueKind.Number ? c.GetInt64() : -1;
-
-        private static async Task<System.Text.Json.JsonElement?> WaitForStateAsync(Func<Task<System.Text.Json.JsonElement>> get, Func<System.Text.Json.JsonElement, bool> done, TimeSpan timeout)
-        {
-            var clock = Stopwatch.StartNew();
-            while (clock.Elapsed < timeout)
-            {
-                var s = await get().ConfigureAwait(false);
-                if (done(s)) return s;
-                await Task.Delay(100).ConfigureAwait(false);
-            }
-            return null;
-        }
-
-        private static async Task<string?> RetryPsqlAsync(ConcurrencyBench.PgTools tools, ConcurrencyBench.PgTarget db, int port, string sql, TimeSpan timeout)
-        {
-            var clock = Stopwatch.StartNew();
-            string? error;
-            do
-            {
-                error = await Psql(tools, db, port, sql).ConfigureAwait(false);
-                if (error == null) return null;
-                await Task.Delay(250).ConfigureAwait(false);
-            }
-            while (clock.Elapsed < timeout);
-            return error;
-        }
 
         /// <summary>psql running one command; null when it succeeded, else what it said.</summary>
         private static async Task<string?> Psql(ConcurrencyBench.PgTools tools, ConcurrencyBench.PgTarget db, int port, string command)
