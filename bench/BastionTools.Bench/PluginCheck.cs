@@ -122,7 +122,7 @@ namespace BastionTools.Bench
                 var outTime = sw.Elapsed;
                 await Psql(tools, db, pgPort, $"\\copy check_rows to '{direct}'").ConfigureAwait(false);
                 var same = copyOut == null && File.Exists(viaPlugin) && Hash(viaPlugin) == Hash(direct);
-                Report("mux, COPY out", same, copyOut ?? $"{new FileInfo(viaPlugin).Length / 1e6:F1} MB in {outTime.TotalSeconds:F1} s, byte for byte what a direct COPY wrote");
+                Report("mux, COPY out", same, copyOut ?? $"{new FileInfo(viaPlugin).Length / 1e6:F1} MB in {outTime.TotalSeconds:F1} s, {(same ? "byte for byte what a direct COPY wrote" : "NOT what a direct COPY wrote")}");
 
                 sw.Restart();
                 var copyIn = await Psql(tools, db, plugin.Port, $"\\copy check_in from '{direct}'").ConfigureAwait(false);
@@ -170,7 +170,8 @@ namespace BastionTools.Bench
                 var direct = Path.Combine(work, "basic-direct.tsv");
                 var copyOut = await Psql(tools, db, plugin.Port, $"\\copy (select * from check_rows where id <= 5000) to '{small}'").ConfigureAwait(false);
                 await Psql(tools, db, pgPort, $"\\copy (select * from check_rows where id <= 5000) to '{direct}'").ConfigureAwait(false);
-                Report("basic, COPY out", copyOut == null && File.Exists(small) && Hash(small) == Hash(direct), copyOut ?? $"{new FileInfo(small).Length / 1e3:F0} KB, byte for byte what a direct COPY wrote");
+                var same = copyOut == null && File.Exists(small) && Hash(small) == Hash(direct);
+                Report("basic, COPY out", same, copyOut ?? $"{new FileInfo(small).Length / 1e3:F0} KB, {(same ? "byte for byte what a direct COPY wrote" : "NOT what a direct COPY wrote")}");
                 // A second connection after the first closed: the agent dials the destination again.
                 var again = await Psql(tools, db, plugin.Port, "select 1").ConfigureAwait(false);
                 Report("basic, a second connection", again == null, again ?? "a new local connection after the first ended was answered");
