@@ -7,6 +7,7 @@
     own counters (CPU per MB and per data-channel message, allocated bytes per message, memory per open connection)
     and the sandbox agent's CPU per transaction; the machine's cores and load average at start and end.
     With -Plugin (or $env:BASTIONTOOLS_SSM_PLUGIN), the official session-manager-plugin as a third leg of every run.
+    With -Rate N, every run is offered the same N transactions a second (pgbench -R) instead of a closed loop.
     Figures, never assertions. Needs pgbench and psql (the postgresql package; $env:BASTIONTOOLS_PG_BIN to choose).
 #>
 [CmdletBinding()]
@@ -20,7 +21,9 @@ param(
     [int] $Rounds = 3,
     [ValidateSet('simple', 'extended', 'prepared')] [string] $Protocol = 'simple',
     # The official session-manager-plugin binary, measured beside the module in the same run (bench/README.md says how to build it).
-    [string] $Plugin = $env:BASTIONTOOLS_SSM_PLUGIN
+    [string] $Plugin = $env:BASTIONTOOLS_SSM_PLUGIN,
+    # Transactions a second offered in all (pgbench -R), the same load whatever the client count; 0: closed loop.
+    [ValidateRange(0, [int]::MaxValue)] [int] $Rate = 0
 )
 $ErrorActionPreference = 'Stop'
 $env:AWS_EC2_METADATA_DISABLED = 'true'
@@ -30,5 +33,6 @@ if ($Plugin) {
     if (-not (Test-Path $Plugin)) { throw "The session-manager-plugin binary '$Plugin' does not exist." }
     $pluginArgs = @('--plugin', $Plugin)
 }
+if ($Rate -gt 0) { $pluginArgs += @('--rate', $Rate) }
 & dotnet run --project (Join-Path $PSScriptRoot 'BastionTools.Bench') -c Release -- concurrency --sandbox $SandboxPath --clients ($Clients -join ',') --seconds $Seconds --rounds $Rounds --protocol $Protocol @pluginArgs | Out-Host
 if ($LASTEXITCODE) { throw "the concurrency benchmark failed ($LASTEXITCODE)" }

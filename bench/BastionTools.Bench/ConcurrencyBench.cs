@@ -43,6 +43,7 @@ namespace BastionTools.Bench
             var agentEnv = new Dictionary<string, string>();
             var sql = "select 1";
             string? plugin = null;
+            var rate = 0;
             for (var i = 0; i < args.Length; i++)
             {
                 if (args[i] == "--sandbox" && i + 1 < args.Length) sandboxDll = args[++i];
@@ -66,6 +67,7 @@ namespace BastionTools.Bench
                 }
                 else if (args[i] == "--sql" && i + 1 < args.Length) sql = args[++i];
                 else if (args[i] == "--plugin" && i + 1 < args.Length) plugin = args[++i];
+                else if (args[i] == "--rate" && i + 1 < args.Length) rate = int.Parse(args[++i], CultureInfo.InvariantCulture);
                 else
                 {
                     Console.Error.WriteLine("concurrency: unknown argument '" + args[i] + "'");
@@ -82,9 +84,9 @@ namespace BastionTools.Bench
                 Console.Error.WriteLine("concurrency: --protocol must be simple, extended or prepared");
                 return 2;
             }
-            if (clientCounts.Length == 0 || clientCounts.Any(c => c < 1 || c > 128) || seconds < 1 || copyRuns < 1 || copyRows < 1 || idleConnections < 1 || rounds < 1 || rttMs < 0 || rttMs > 2000)
+            if (clientCounts.Length == 0 || clientCounts.Any(c => c < 1 || c > 128) || seconds < 1 || copyRuns < 1 || copyRows < 1 || idleConnections < 1 || rounds < 1 || rttMs < 0 || rttMs > 2000 || rate < 0)
             {
-                Console.Error.WriteLine("concurrency: --clients (1-128: the sandbox's PostgreSQL allows 150 connections), --seconds, --rounds, --copy-rows, --copy-runs and --idle-connections must be positive; --rtt-ms 0 to 2000");
+                Console.Error.WriteLine("concurrency: --clients (1-128: the sandbox's PostgreSQL allows 150 connections), --seconds, --rounds, --copy-rows, --copy-runs and --idle-connections must be positive; --rtt-ms 0 to 2000; --rate 0 (closed loop) or more");
                 return 2;
             }
             if (plugin != null && !File.Exists(plugin))
@@ -102,7 +104,7 @@ namespace BastionTools.Bench
             var work = Directory.CreateTempSubdirectory("bastiontools-bench-");
             try
             {
-                return await RunCoreAsync(sandboxDll, tools, work.FullName, clientCounts, seconds, rounds, rttMs, sendWindow, protocol, copyRows, copyRuns, idleConnections, agentInlineCompletions, inlineCompletions, agentLog, agentEnv, sql, plugin).ConfigureAwait(false);
+                return await RunCoreAsync(sandboxDll, tools, work.FullName, clientCounts, seconds, rounds, rttMs, sendWindow, protocol, copyRows, copyRuns, idleConnections, agentInlineCompletions, inlineCompletions, agentLog, agentEnv, sql, plugin, rate).ConfigureAwait(false);
             }
             finally
             {
@@ -116,7 +118,7 @@ namespace BastionTools.Bench
             }
         }
 
-        private static async Task<int> RunCoreAsync(string sandboxDll, PgTools tools, string work, int[] clientCounts, int seconds, int rounds, double rttMs, int sendWindow, string protocol, int copyRows, int copyRuns, int idleConnections, bool agentInlineCompletions, bool inlineCompletions, bool agentLog, Dictionary<string, string> agentEnv, string sql, string? pluginPath)
+        private static async Task<int> RunCoreAsync(string sandboxDll, PgTools tools, string work, int[] clientCounts, int seconds, int rounds, double rttMs, int sendWindow, string protocol, int copyRows, int copyRuns, int idleConnections, bool agentInlineCompletions, bool inlineCompletions, bool agentLog, Dictionary<string, string> agentEnv, string sql, string? pluginPath, int rate)
         {
             var loadStart = LoadAverage();
             // Fast mode: the agent without its real 1 ms pause per 1 KiB read, so the module is measured, not the agent's cap.
@@ -152,7 +154,9 @@ namespace BastionTools.Bench
                                   "cross it; the agent reaches PostgreSQL without it (the bastion sits next to the database). A closed-loop client does at most 1000/RTT transactions per second.");
             }
             Console.WriteLine("sandbox agent in FAST MODE (--output-read-pause-ms 0: no 1 ms pause per 1 KiB read, unlike the real agent): the module is measured, not the agent's pace");
-            Console.WriteLine($"pgbench: script '{sql};', -n -M {protocol}, -T {seconds}, -j min(clients, 2), latency = time between a client's consecutive completions in pgbench's per-transaction log (-l); tunnel = one BastionTools port session hosted by this process");
+            Console.WriteLine(rate > 0
+                ? $"pgbench: script '{sql};', -n -M {protocol}, -T {seconds}, -j min(clients, 2), -R {rate} ({rate} transactions a second offered in all, spread over the clients, whatever their number: the same load for direct and tunnel), latency = pgbench's per-transaction time from each transaction's scheduled start (-l; schedule lag included); tunnel = one BastionTools port session hosted by this process"
+                : $"pgbench: script '{sql};', -n -M {protocol}, -T {seconds}, -j min(clients, 2), latency = time between a client's consecutive completions in pgbench's per-transaction log (-l); tunnel = one BastionTools port session hosted by this process");
 
             var channelOptions = new DataChannelOptions();
             if (sendWindow > 0) channelOptions.SendWindow = channelOptions.MaxSendWindow = sendWindow;
@@ -178,7 +182,7 @@ namespace BastionTools.Bench
             File.WriteAllText(script, sql + ";\n");
             var runs = 0;
             // A run's tps; its log (transactions, latencies) is read by ReadLog once the run's counters are taken.
-            async Task<PgbenchResult> Pgbench(int port, int clients, int secs)
+            async Task<PgbenchResult> Pgbench(int port, int clients, int secs, bool warmUp = false)
             {
                 var prefix = Path.Combine(work, "run" + (++runs).ToString(CultureInfo.InvariantCulture));
                 // pgbench's -T includes connecting, which each of its threads does one client after another: across a long
@@ -186,7 +190,7 @@ namespace BastionTools.Bench
                 var connecting = rttMs > 0 ? (int)Math.Ceiling(Math.Ceiling(clients / 2.0) * 8 * rttMs / 1000) : 0;
                 try
                 {
-                    return await PgbenchResult.RunAsync(tools, db, port, script, protocol, clients, secs + connecting, prefix).ConfigureAwait(false);
+                    return await PgbenchResult.RunAsync(tools, db, port, script, protocol, clients, secs + connecting, prefix, warmUp ? 0 : rate).ConfigureAwait(false);
                 }
                 catch (InvalidOperationException ex) when (port == tunnelPort)
                 {
@@ -221,8 +225,8 @@ namespace BastionTools.Bench
             for (var i = 0; i < 64; i++) Counters.Take(session, sandbox);
 
             // Warm-up (JIT, connection paths), not reported.
-            ReadLog(await Pgbench(directPort, 1, 2).ConfigureAwait(false), directPort);
-            ReadLog(await Pgbench(tunnelPort, 1, 2).ConfigureAwait(false), tunnelPort);
+            ReadLog(await Pgbench(directPort, 1, 2, warmUp: true).ConfigureAwait(false), directPort);
+            ReadLog(await Pgbench(tunnelPort, 1, 2, warmUp: true).ConfigureAwait(false), tunnelPort);
 
             var idleOpen = await IdleCost.MeasureAsync(sandbox.Process, jit).ConfigureAwait(false);
             Console.WriteLine(IdleCost.Describe(idleBefore, idleOpen));
@@ -251,7 +255,7 @@ namespace BastionTools.Bench
                 var seen = await sandbox.GetJsonAsync(new Uri(new Uri(info.GetProperty("control").GetString()!), "sessions/" + Uri.EscapeDataString(plugin.SessionId))).ConfigureAwait(false);
                 Console.WriteLine($"official plugin: session-manager-plugin {plugin.Version} (built from aws/session-manager-plugin), 127.0.0.1:{plugin.Port} -> {pgPort}, a session of its own through the same agent double " +
                                   $"(its port plugin: {seen.GetProperty("plugin")}, client version {seen.GetProperty("clientVersion")})");
-                ReadLog(await Pgbench(plugin.Port, 1, 2).ConfigureAwait(false), plugin.Port);
+                ReadLog(await Pgbench(plugin.Port, 1, 2, warmUp: true).ConfigureAwait(false), plugin.Port);
             }
 
             // ---- select 1 at 1, 8, 32, 64 clients, direct and tunnel alternating, in rounds ----
@@ -327,6 +331,12 @@ namespace BastionTools.Bench
                     }
                 }
                 var ceiling = rttMs > 0 ? $"; the link allows at most {clients * 1000 / rttMs:F0} tps" : "";
+                // A run that could not keep up with the offered rate piles up schedule lag: its latencies say so, not the path's.
+                if (rate > 0)
+                {
+                    var behind = rows.Where(r => r.Clients == clients).SelectMany(r => new[] { ("direct", r.Direct.Tps), ("tunnel", r.Tunnel.Tps) }).Where(x => BehindRate(x.Item2, rate, seconds)).Select(x => x.Item1).Distinct().ToList();
+                    if (behind.Count > 0) ceiling += $"; BEHIND the offered {rate} tps ({string.Join(", ", behind)}): those latencies are mostly schedule lag";
+                }
                 if (rounds > 1 || rttMs > 0)
                     summaries.Add($"{clients,7} clients: tunnel % of direct {string.Join(" / ", ratios.Select(r => r.ToString("P0", CultureInfo.InvariantCulture)))}, median {MedianOf(ratios):P0}{ceiling}" +
                                   (pluginRatios.Count == 0 ? "" : $"; the official plugin {string.Join(" / ", pluginRatios.Select(r => r.ToString("P0", CultureInfo.InvariantCulture)))}, median {MedianOf(pluginRatios):P0}"));
@@ -439,7 +449,7 @@ namespace BastionTools.Bench
                 Console.WriteLine($"before every measured run the bench waited for the tiered compiler's threads of this process and the agent double to be idle for {JitWatch.QuietFor.TotalMilliseconds:F0} ms: " +
                                   $"{jit.Waited.TotalSeconds:F1} s in all, {jit.Waits} waits ({jit.GaveUp} gave up after {JitWatch.MaxWait.TotalSeconds:F0} s)");
             }
-            PrintGoals(rows, copyOut.Direct, copyOut.Tunnel, copyIn.Direct, copyIn.Tunnel);
+            PrintGoals(rows, copyOut.Direct, copyOut.Tunnel, copyIn.Direct, copyIn.Tunnel, rate, seconds);
             if (plugin != null) PrintPluginComparison(plugin, pluginRows, copyOut, copyIn);
             await session.StopAsync().ConfigureAwait(false);
             Console.WriteLine($"machine: load average at end {LoadAverage()}");
@@ -584,14 +594,37 @@ namespace BastionTools.Bench
                               $"tunnel runs: this process {runs.JitTunnel.SelfMs} ms, agent double {runs.JitTunnel.AgentMs} ms (in all {runs.Direct.Count} + {runs.Tunnel.Count} runs)");
         }
 
-        private static void PrintGoals(List<(int Clients, PgbenchResult Direct, PgbenchResult Tunnel)> rows, List<TimeSpan> outDirect, List<TimeSpan> outTunnel, List<TimeSpan> inDirect, List<TimeSpan> inTunnel)
+        /// <summary>
+        /// Whether a run at a fixed rate did clearly fewer transactions than offered: more than 10 % short, or three
+        /// standard deviations of the schedule's own randomness (pgbench draws Poisson arrivals: rate × seconds of them).
+        /// </summary>
+        private static bool BehindRate(double tps, int rate, int seconds) => tps < rate * (1 - Math.Max(0.10, 3 / Math.Sqrt(rate * (double)seconds)));
+
+        private static void PrintGoals(List<(int Clients, PgbenchResult Direct, PgbenchResult Tunnel)> rows, List<TimeSpan> outDirect, List<TimeSpan> outTunnel, List<TimeSpan> inDirect, List<TimeSpan> inTunnel, int rate, int seconds)
         {
             Console.WriteLine("issue 11 goals, measured (printed, not asserted; medians over the rounds):");
             var one = rows.Where(r => r.Clients == 1).ToList();
             var many = rows.Where(r => r.Clients == 32).ToList();
+            // At a fixed rate both runs do the transactions offered: the tps goal is a closed loop's. A client count that
+            // fell behind the rate has latencies of its schedule's lag: no latency goal is read from it.
+            if (rate > 0)
+            {
+                Console.WriteLine($"  (at a fixed rate of {rate} tps: the tps goal needs a closed-loop run, without --rate; the latencies below are at the same offered load)");
+                bool Behind(List<(int Clients, PgbenchResult Direct, PgbenchResult Tunnel)> set) => set.Any(r => BehindRate(r.Direct.Tps, rate, seconds) || BehindRate(r.Tunnel.Tps, rate, seconds));
+                if (Behind(one))
+                {
+                    Console.WriteLine($"  1 client fell behind the offered {rate} tps: the latency goals need a rate it can keep up with");
+                    one.Clear();
+                }
+                if (Behind(many))
+                {
+                    Console.WriteLine($"  32 clients fell behind the offered {rate} tps: the latency goals need a rate they can keep up with");
+                    many.Clear();
+                }
+            }
             if (many.Count > 0)
             {
-                Console.WriteLine($"  32 clients through one tunnel: {MedianOf(many.Select(r => r.Tunnel.Tps / r.Direct.Tps)):P0} of direct tps (goal >= 35 %; rounds {string.Join(" / ", many.Select(r => (r.Tunnel.Tps / r.Direct.Tps).ToString("P0", CultureInfo.InvariantCulture)))})");
+                if (rate == 0) Console.WriteLine($"  32 clients through one tunnel: {MedianOf(many.Select(r => r.Tunnel.Tps / r.Direct.Tps)):P0} of direct tps (goal >= 35 %; rounds {string.Join(" / ", many.Select(r => (r.Tunnel.Tps / r.Direct.Tps).ToString("P0", CultureInfo.InvariantCulture)))})");
                 if (one.Count > 0)
                 {
                     var manyP50 = MedianOf(many.Select(r => r.Tunnel.P50Ms));
@@ -833,7 +866,7 @@ namespace BastionTools.Bench
             public double P50Ms { get; private set; }
             public double P99Ms { get; private set; }
 
-            public static async Task<PgbenchResult> RunAsync(PgTools tools, PgTarget db, int port, string script, string protocol, int clients, int seconds, string logPrefix)
+            public static async Task<PgbenchResult> RunAsync(PgTools tools, PgTarget db, int port, string script, string protocol, int clients, int seconds, string logPrefix, int rate = 0)
             {
                 var psi = db.StartInfo(tools.Pgbench, port);
                 foreach (var a in new[]
@@ -845,6 +878,11 @@ namespace BastionTools.Bench
                 {
                     psi.ArgumentList.Add(a);
                 }
+                if (rate > 0)
+                {
+                    psi.ArgumentList.Add("-R");
+                    psi.ArgumentList.Add(rate.ToString(CultureInfo.InvariantCulture));
+                }
                 psi.WorkingDirectory = Path.GetDirectoryName(logPrefix);
                 var (exit, stdout, stderr) = await ConcurrencyBench.RunAsync(psi).ConfigureAwait(false);
                 if (exit != 0) throw new InvalidOperationException($"pgbench failed (exit {exit}): {stderr.Trim()}");
@@ -853,10 +891,11 @@ namespace BastionTools.Bench
                 var tpsLine = stdout.Split('\n').FirstOrDefault(l => l.StartsWith("tps = ", StringComparison.Ordinal))
                               ?? throw new InvalidOperationException("pgbench printed no tps line: " + stdout + stderr);
                 var tps = double.Parse(tpsLine.Substring(6).Split(' ')[0], CultureInfo.InvariantCulture);
-                return new PgbenchResult { Tps = tps, _logPrefix = logPrefix };
+                return new PgbenchResult { Tps = tps, _logPrefix = logPrefix, _scheduled = rate > 0 };
             }
 
             private string? _logPrefix;
+            private bool _scheduled;
 
             /// <summary>
             /// Reads (and deletes) pgbench's per-transaction log: the transaction count and the p50/p99 latencies. Kept out
@@ -889,7 +928,17 @@ namespace BastionTools.Bench
                             && long.TryParse(f[5], NumberStyles.None, CultureInfo.InvariantCulture, out var us))
                         {
                             if (!byClient.TryGetValue(client, out var list)) byClient[client] = list = new List<(long, long)>();
-                            list.Add((tx, epoch * 1_000_000 + us));
+                            // At a fixed rate (-R) a client waits for its next scheduled start: its own "time" column
+                            // (from the scheduled start, lag included) is the latency, kept here in place of the end stamp.
+                            if (_scheduled)
+                            {
+                                if (!long.TryParse(f[2], NumberStyles.None, CultureInfo.InvariantCulture, out var timeUs)) continue;
+                                list.Add((tx, timeUs));
+                            }
+                            else
+                            {
+                                list.Add((tx, epoch * 1_000_000 + us));
+                            }
                         }
                     }
                     File.Delete(file);
@@ -899,6 +948,11 @@ namespace BastionTools.Bench
                 foreach (var list in byClient.Values)
                 {
                     transactions += list.Count;
+                    if (_scheduled)
+                    {
+                        foreach (var entry in list) latencies.Add(entry.EndUs / 1000.0);
+                        continue;
+                    }
                     list.Sort((a, b) => a.Tx.CompareTo(b.Tx));
                     for (var i = 1; i < list.Count; i++) latencies.Add((list[i].EndUs - list[i - 1].EndUs) / 1000.0);
                 }
