@@ -44,6 +44,7 @@ namespace BastionTools.Bench
             var sql = "select 1";
             string? plugin = null;
             var rate = 0;
+            var agentCore = false;
             for (var i = 0; i < args.Length; i++)
             {
                 if (args[i] == "--sandbox" && i + 1 < args.Length) sandboxDll = args[++i];
@@ -68,6 +69,7 @@ namespace BastionTools.Bench
                 else if (args[i] == "--sql" && i + 1 < args.Length) sql = args[++i];
                 else if (args[i] == "--plugin" && i + 1 < args.Length) plugin = args[++i];
                 else if (args[i] == "--rate" && i + 1 < args.Length) rate = int.Parse(args[++i], CultureInfo.InvariantCulture);
+                else if (args[i] == "--agent-core") agentCore = true;
                 else
                 {
                     Console.Error.WriteLine("concurrency: unknown argument '" + args[i] + "'");
@@ -94,6 +96,11 @@ namespace BastionTools.Bench
                 Console.Error.WriteLine("concurrency: --plugin must name the session-manager-plugin binary (built from aws/session-manager-plugin)");
                 return 2;
             }
+            if (agentCore && (!OperatingSystem.IsLinux() || Environment.ProcessorCount < 2 || !File.Exists("/usr/bin/taskset")))
+            {
+                Console.Error.WriteLine("concurrency: --agent-core needs Linux, 2 or more cores and taskset (util-linux)");
+                return 2;
+            }
             var tools = PgTools.Find();
             if (tools == null)
             {
@@ -104,7 +111,7 @@ namespace BastionTools.Bench
             var work = Directory.CreateTempSubdirectory("bastiontools-bench-");
             try
             {
-                return await RunCoreAsync(sandboxDll, tools, work.FullName, clientCounts, seconds, rounds, rttMs, sendWindow, protocol, copyRows, copyRuns, idleConnections, agentInlineCompletions, inlineCompletions, agentLog, agentEnv, sql, plugin, rate).ConfigureAwait(false);
+                return await RunCoreAsync(sandboxDll, tools, work.FullName, clientCounts, seconds, rounds, rttMs, sendWindow, protocol, copyRows, copyRuns, idleConnections, agentInlineCompletions, inlineCompletions, agentLog, agentEnv, sql, plugin, rate, agentCore).ConfigureAwait(false);
             }
             finally
             {
@@ -118,7 +125,7 @@ namespace BastionTools.Bench
             }
         }
 
-        private static async Task<int> RunCoreAsync(string sandboxDll, PgTools tools, string work, int[] clientCounts, int seconds, int rounds, double rttMs, int sendWindow, string protocol, int copyRows, int copyRuns, int idleConnections, bool agentInlineCompletions, bool inlineCompletions, bool agentLog, Dictionary<string, string> agentEnv, string sql, string? pluginPath, int rate)
+        private static async Task<int> RunCoreAsync(string sandboxDll, PgTools tools, string work, int[] clientCounts, int seconds, int rounds, double rttMs, int sendWindow, string protocol, int copyRows, int copyRuns, int idleConnections, bool agentInlineCompletions, bool inlineCompletions, bool agentLog, Dictionary<string, string> agentEnv, string sql, string? pluginPath, int rate, bool agentCore)
         {
             var loadStart = LoadAverage();
             // Fast mode: the agent without its real 1 ms pause per 1 KiB read, so the module is measured, not the agent's cap.
@@ -144,6 +151,7 @@ namespace BastionTools.Bench
                 await sandbox.PostAsync(new Uri(proxy.GetProperty("control").GetString()! + "/latency?ms=" + (rttMs / 2).ToString(CultureInfo.InvariantCulture))).ConfigureAwait(false);
             }
             var db = new PgTarget(pg.GetProperty("user").GetString()!, pg.GetProperty("password").GetString()!, pg.GetProperty("database").GetString()!);
+            if (agentCore) Console.WriteLine(await PinAgentAsync(sandbox.Process.Id, pgPort).ConfigureAwait(false));
             var creds = new ResolvedCredentials(new BasicAWSCredentials(info.GetProperty("accessKeyId").GetString(), info.GetProperty("secretAccessKey").GetString()), "sandbox", null);
             using var api = new AwsApi(creds, info.GetProperty("region").GetString()!, info.GetProperty("ssm").GetString());
 
@@ -449,6 +457,7 @@ namespace BastionTools.Bench
                 Console.WriteLine($"before every measured run the bench waited for the tiered compiler's threads of this process and the agent double to be idle for {JitWatch.QuietFor.TotalMilliseconds:F0} ms: " +
                                   $"{jit.Waited.TotalSeconds:F1} s in all, {jit.Waits} waits ({jit.GaveUp} gave up after {JitWatch.MaxWait.TotalSeconds:F0} s)");
             }
+            if (agentCore) Console.WriteLine("(--agent-core: the agent double on a CPU of its own and the direct runs on one CPU; not the issue's setting, where every process shares every core)");
             PrintGoals(rows, copyOut.Direct, copyOut.Tunnel, copyIn.Direct, copyIn.Tunnel, rate, seconds);
             if (plugin != null) PrintPluginComparison(plugin, pluginRows, copyOut, copyIn);
             await session.StopAsync().ConfigureAwait(false);
@@ -466,6 +475,58 @@ namespace BastionTools.Bench
         /// The voluntary context switches of the process's live threads (sum of /proc/PID/task/*/status); -1 where there is
         /// no /proc. Threads that ended are not counted, so take differences over a steady run.
         /// </summary>
+        /// <summary>
+        /// --agent-core: the agent double's process (with its delay proxy) on the last CPU, and everything else on the
+        /// first: this process (the tunnel), PostgreSQL (its postmaster and every process it has; backends forked later
+        /// inherit it) and, through this process, pgbench, psql and the plugin. The agent then runs on a machine of its own,
+        /// as on a real bastion, and the direct runs have the first CPU alone, as the tunnel's client side has.
+        /// </summary>
+        private static async Task<string> PinAgentAsync(int sandboxPid, int pgPort)
+        {
+            var agentCpu = Environment.ProcessorCount - 1;
+            // The postmaster, daemonised by pg_ctl: the postgres process started with "-p <port>".
+            var postmasters = new List<int>();
+            var port = pgPort.ToString(CultureInfo.InvariantCulture);
+            foreach (var dir in Directory.EnumerateDirectories("/proc"))
+            {
+                if (!int.TryParse(Path.GetFileName(dir), NumberStyles.None, CultureInfo.InvariantCulture, out var pid)) continue;
+                try
+                {
+                    var args = File.ReadAllText(Path.Combine(dir, "cmdline")).Split('\0');
+                    if (args.Length < 2 || Path.GetFileName(args[0]) != "postgres") continue;
+                    for (var i = 0; i + 1 < args.Length; i++)
+                    {
+                        if (args[i] == "-p" && args[i + 1] == port) postmasters.Add(pid);
+                    }
+                }
+                catch (Exception ex) when (ex is IOException || ex is UnauthorizedAccessException)
+                {
+                    // A process that ended meanwhile.
+                }
+            }
+            if (postmasters.Count == 0) throw new InvalidOperationException("--agent-core: the sandbox's PostgreSQL (postgres -p " + port + ") was not found");
+            var clientSide = new List<int> { Environment.ProcessId };
+            foreach (var postmaster in postmasters)
+            {
+                clientSide.Add(postmaster);
+                // Its background processes (checkpointer, writers, launcher) already exist: pinned one by one.
+                var children = Path.Combine("/proc", postmaster.ToString(CultureInfo.InvariantCulture), "task", postmaster.ToString(CultureInfo.InvariantCulture), "children");
+                if (File.Exists(children)) clientSide.AddRange(File.ReadAllText(children).Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(c => int.Parse(c, CultureInfo.InvariantCulture)));
+            }
+            async Task Pin(int pid, int cpu)
+            {
+                var psi = new ProcessStartInfo("/usr/bin/taskset") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+                foreach (var a in new[] { "-a", "-cp", cpu.ToString(CultureInfo.InvariantCulture), pid.ToString(CultureInfo.InvariantCulture) }) psi.ArgumentList.Add(a);
+                var (exit, _, stderr) = await RunAsync(psi).ConfigureAwait(false);
+                if (exit != 0) throw new InvalidOperationException($"taskset could not pin process {pid} to CPU {cpu}: {stderr.Trim()}");
+            }
+            await Pin(sandboxPid, agentCpu).ConfigureAwait(false);
+            foreach (var pid in clientSide) await Pin(pid, 0).ConfigureAwait(false);
+            return $"cores (--agent-core): the agent double and its delay proxy on CPU {agentCpu}; this process (the tunnel), PostgreSQL ({clientSide.Count - 1} processes) and the clients it starts " +
+                   "(pgbench, psql, the plugin) on CPU 0: the agent on a machine of its own, as on a real bastion, and the direct runs with CPU 0 alone as the tunnel's client side. " +
+                   "Not the issue's setting (every process on every core): the goal lines read the same ratios, measured this way";
+        }
+
         private static long VoluntarySwitches(int pid) => SumOverThreads(pid, "status", status =>
         {
             foreach (var line in status.Split('\n'))
