@@ -342,7 +342,7 @@ namespace BastionTools.Bench
                 // A run that could not keep up with the offered rate piles up schedule lag: its latencies say so, not the path's.
                 if (rate > 0)
                 {
-                    var behind = rows.Where(r => r.Clients == clients).SelectMany(r => new[] { ("direct", r.Direct.Tps), ("tunnel", r.Tunnel.Tps) }).Where(x => BehindRate(x.Item2, rate, seconds)).Select(x => x.Item1).Distinct().ToList();
+                    var behind = rows.Where(r => r.Clients == clients).SelectMany(r => LegsBehind(r, rate, seconds)).Distinct().ToList();
                     if (behind.Count > 0) ceiling += $"; BEHIND the offered {rate} tps ({string.Join(", ", behind)}): those latencies are mostly schedule lag";
                 }
                 if (rounds > 1 || rttMs > 0)
@@ -472,10 +472,6 @@ namespace BastionTools.Bench
             cost.AgentSwitches < 0 ? "n/a" : ((double)cost.AgentSwitches / per).ToString("F2", CultureInfo.InvariantCulture);
 
         /// <summary>
-        /// The voluntary context switches of the process's live threads (sum of /proc/PID/task/*/status); -1 where there is
-        /// no /proc. Threads that ended are not counted, so take differences over a steady run.
-        /// </summary>
-        /// <summary>
         /// --agent-core: the agent double's process (with its delay proxy) on the last CPU, and everything else on the
         /// first: this process (the tunnel), PostgreSQL (its postmaster and every process it has; backends forked later
         /// inherit it) and, through this process, pgbench, psql and the plugin. The agent then runs on a machine of its own,
@@ -527,6 +523,10 @@ namespace BastionTools.Bench
                    "Not the issue's setting (every process on every core): the goal lines read the same ratios, measured this way";
         }
 
+        /// <summary>
+        /// The voluntary context switches of the process's live threads (sum of /proc/PID/task/*/status); -1 where there is
+        /// no /proc. Threads that ended are not counted, so take differences over a steady run.
+        /// </summary>
         private static long VoluntarySwitches(int pid) => SumOverThreads(pid, "status", status =>
         {
             foreach (var line in status.Split('\n'))
@@ -661,6 +661,13 @@ namespace BastionTools.Bench
         /// </summary>
         private static bool BehindRate(double tps, int rate, int seconds) => tps < rate * (1 - Math.Max(0.10, 3 / Math.Sqrt(rate * (double)seconds)));
 
+        /// <summary>The legs of a round ("direct", "tunnel") that fell behind the offered rate (see <see cref="BehindRate"/>).</summary>
+        private static IEnumerable<string> LegsBehind((int Clients, PgbenchResult Direct, PgbenchResult Tunnel) round, int rate, int seconds)
+        {
+            if (BehindRate(round.Direct.Tps, rate, seconds)) yield return "direct";
+            if (BehindRate(round.Tunnel.Tps, rate, seconds)) yield return "tunnel";
+        }
+
         private static void PrintGoals(List<(int Clients, PgbenchResult Direct, PgbenchResult Tunnel)> rows, List<TimeSpan> outDirect, List<TimeSpan> outTunnel, List<TimeSpan> inDirect, List<TimeSpan> inTunnel, int rate, int seconds)
         {
             Console.WriteLine("issue 11 goals, measured (printed, not asserted; medians over the rounds):");
@@ -671,7 +678,7 @@ namespace BastionTools.Bench
             if (rate > 0)
             {
                 Console.WriteLine($"  (at a fixed rate of {rate} tps: the tps goal needs a closed-loop run, without --rate; the latencies below are at the same offered load)");
-                bool Behind(List<(int Clients, PgbenchResult Direct, PgbenchResult Tunnel)> set) => set.Any(r => BehindRate(r.Direct.Tps, rate, seconds) || BehindRate(r.Tunnel.Tps, rate, seconds));
+                bool Behind(List<(int Clients, PgbenchResult Direct, PgbenchResult Tunnel)> set) => set.Any(r => LegsBehind(r, rate, seconds).Any());
                 if (Behind(one))
                 {
                     Console.WriteLine($"  1 client fell behind the offered {rate} tps: the latency goals need a rate it can keep up with");
@@ -976,6 +983,8 @@ namespace BastionTools.Bench
                 // transaction's latency here is the time between two consecutive completions of the same client (the
                 // time_epoch/time_us stamps): what a closed-loop client sees, pgbench's own turn-around included.
                 var byClient = new Dictionary<int, List<(long Tx, long EndUs)>>();
+                var latencies = new List<double>();
+                long transactions = 0;
                 var dir = Path.GetDirectoryName(logPrefix)!;
                 var name = Path.GetFileName(logPrefix);
                 foreach (var file in Directory.GetFiles(dir, name + ".*"))
@@ -988,32 +997,24 @@ namespace BastionTools.Bench
                             && long.TryParse(f[4], NumberStyles.None, CultureInfo.InvariantCulture, out var epoch)
                             && long.TryParse(f[5], NumberStyles.None, CultureInfo.InvariantCulture, out var us))
                         {
-                            if (!byClient.TryGetValue(client, out var list)) byClient[client] = list = new List<(long, long)>();
                             // At a fixed rate (-R) a client waits for its next scheduled start: its own "time" column
-                            // (from the scheduled start, lag included) is the latency, kept here in place of the end stamp.
+                            // (from the scheduled start, lag included) is the latency.
                             if (_scheduled)
                             {
                                 if (!long.TryParse(f[2], NumberStyles.None, CultureInfo.InvariantCulture, out var timeUs)) continue;
-                                list.Add((tx, timeUs));
+                                latencies.Add(timeUs / 1000.0);
+                                transactions++;
+                                continue;
                             }
-                            else
-                            {
-                                list.Add((tx, epoch * 1_000_000 + us));
-                            }
+                            if (!byClient.TryGetValue(client, out var list)) byClient[client] = list = new List<(long, long)>();
+                            list.Add((tx, epoch * 1_000_000 + us));
                         }
                     }
                     File.Delete(file);
                 }
-                var latencies = new List<double>();
-                long transactions = 0;
                 foreach (var list in byClient.Values)
                 {
                     transactions += list.Count;
-                    if (_scheduled)
-                    {
-                        foreach (var entry in list) latencies.Add(entry.EndUs / 1000.0);
-                        continue;
-                    }
                     list.Sort((a, b) => a.Tx.CompareTo(b.Tx));
                     for (var i = 1; i < list.Count; i++) latencies.Add((list[i].EndUs - list[i - 1].EndUs) / 1000.0);
                 }
