@@ -278,6 +278,7 @@ namespace BastionTools.Bench
             var rows = new List<(int Clients, PgbenchResult Direct, PgbenchResult Tunnel)>();
             var pluginRows = new List<(int Clients, PgbenchResult Direct, PgbenchResult Plugin, PgbenchResult Tunnel)>();
             var budgets = new List<string>();
+            var ceilings = new List<(int Clients, double Ceiling)>();
             var summaries = new List<string>();
             foreach (var clients in clientCounts)
             {
@@ -324,7 +325,9 @@ namespace BastionTools.Bench
                     }
                     rows.Add((clients, direct!, tunnel!));
                     ratios.Add(tunnel!.Tps / direct!.Tps);
-                    budgets.Add(CpuBudget($"{clients,7} {round,3}/{rounds,-3}", direct, tunnel, machineDirect, machineTunnel, cost));
+                    var (budget, roundCeiling) = CpuBudget($"{clients,7} {round,3}/{rounds,-3}", direct, tunnel, machineDirect, machineTunnel, cost);
+                    budgets.Add(budget);
+                    if (roundCeiling is { } c) ceilings.Add((clients, c));
                     var tx = Math.Max(1, tunnel.Transactions);
                     var messages = Math.Max(1, cost.Messages);
                     Console.WriteLine($"{clients,7} {round,3}/{rounds,-3} | {direct.Tps,17:F0} {direct.P50Ms,9:F3} {direct.P99Ms,8:F3} | {tunnel.Tps,17:F0} {tunnel.P50Ms,9:F3} {tunnel.P99Ms,8:F3} | {tunnel.Tps / direct.Tps,18:P0} | {tunnel.P50Ms - direct.P50Ms,12:F3} | " +
@@ -356,10 +359,11 @@ namespace BastionTools.Bench
             if (budgets.All(b => b.Length > 0))
             {
                 Console.WriteLine();
-                Console.WriteLine("CPU budget (whole machine, /proc/stat): clients   round | busy % direct, tunnel | machine CPU us/tx direct, tunnel (of which this process, agent double) | tunnel % of direct with the agent's CPU elsewhere (estimate)");
+                Console.WriteLine("CPU budget (whole machine, /proc/stat): clients   round | busy % direct, tunnel | machine CPU us/tx direct, tunnel (of which this process, agent double) | tunnel % of direct with the agent's CPU elsewhere (estimate) | if this process cost nothing (ceiling, estimate)");
                 foreach (var b in budgets) Console.WriteLine(b);
                 Console.WriteLine("(every process shares these cores: pgbench, PostgreSQL, this process and the agent double, which on a real bastion runs on another machine. The estimate");
-                Console.WriteLine(" scales the measured ratio by the tunnel's machine CPU per transaction without the agent's share; it holds only for a run that kept the cores busy, and is n/a below 80 % busy)");
+                Console.WriteLine(" scales the measured ratio by the tunnel's machine CPU per transaction without the agent's share; it holds only for a run that kept the cores busy, and is n/a below 80 % busy.");
+                Console.WriteLine(" The ceiling does the same without this process's share instead: what a client that cost no CPU at all would read in the same run, with the agent double where it is)");
             }
 
             // ---- psql COPY out and in, median of 3, direct and tunnel alternating ----
@@ -432,10 +436,10 @@ namespace BastionTools.Bench
             var fileBytes = new FileInfo(outFile).Length;
             var copyIn = await MeasureCopyAsync($"\\copy bench_copy_in from '{outFile}'", truncateFirst: true).ConfigureAwait(false);
             Console.WriteLine($"psql \\copy of {copyRows:N0} rows ({fileBytes / 1e6:F1} MB of text), median of {copyRuns} (psql start and connect included in both):");
-            PrintCopy("COPY out", copyOut.Direct, copyOut.Tunnel, copyOut.Cost, copyOut.MachineDirect, copyOut.MachineTunnel);
+            var copyOutFloor = PrintCopy("COPY out", copyOut.Direct, copyOut.Tunnel, copyOut.Cost, copyOut.MachineDirect, copyOut.MachineTunnel);
             PrintJit(jit, copyOut);
             PrintPluginCopy(copyOut, fileBytes);
-            PrintCopy("COPY in ", copyIn.Direct, copyIn.Tunnel, copyIn.Cost, copyIn.MachineDirect, copyIn.MachineTunnel);
+            var copyInFloor = PrintCopy("COPY in ", copyIn.Direct, copyIn.Tunnel, copyIn.Cost, copyIn.MachineDirect, copyIn.MachineTunnel);
             PrintJit(jit, copyIn);
             PrintPluginCopy(copyIn, fileBytes);
 
@@ -458,7 +462,7 @@ namespace BastionTools.Bench
                                   $"{jit.Waited.TotalSeconds:F1} s in all, {jit.Waits} waits ({jit.GaveUp} gave up after {JitWatch.MaxWait.TotalSeconds:F0} s)");
             }
             if (agentCore) Console.WriteLine("(--agent-core: the agent double on a CPU of its own and the direct runs on one CPU; not the issue's setting, where every process shares every core)");
-            PrintGoals(rows, copyOut.Direct, copyOut.Tunnel, copyIn.Direct, copyIn.Tunnel, rate, seconds);
+            PrintGoals(rows, ceilings, copyOut.Direct, copyOut.Tunnel, copyOutFloor, copyIn.Direct, copyIn.Tunnel, copyInFloor, rate, seconds);
             if (plugin != null) PrintPluginComparison(plugin, pluginRows, copyOut, copyIn);
             await session.StopAsync().ConfigureAwait(false);
             Console.WriteLine($"machine: load average at end {LoadAverage()}");
@@ -565,19 +569,27 @@ namespace BastionTools.Bench
             }
         }
 
-        private static string CpuBudget(string label, PgbenchResult direct, PgbenchResult tunnel, MachineCpu machineDirect, MachineCpu machineTunnel, Counters cost)
+        /// <summary>
+        /// One round's line of the CPU budget, and the ceiling: the tunnel's % of direct had this process (the client)
+        /// cost no CPU, all else as measured (null when the run did not keep the cores busy).
+        /// </summary>
+        private static (string Line, double? Ceiling) CpuBudget(string label, PgbenchResult direct, PgbenchResult tunnel, MachineCpu machineDirect, MachineCpu machineTunnel, Counters cost)
         {
-            if (!machineDirect.Known || !machineTunnel.Known || direct.Transactions <= 0 || tunnel.Transactions <= 0) return "";
+            if (!machineDirect.Known || !machineTunnel.Known || direct.Transactions <= 0 || tunnel.Transactions <= 0) return ("", null);
             var directPerTx = machineDirect.Busy.TotalMilliseconds * 1000 / direct.Transactions;
             var tunnelPerTx = machineTunnel.Busy.TotalMilliseconds * 1000 / tunnel.Transactions;
             var clientPerTx = cost.ClientCpu.TotalMilliseconds * 1000 / tunnel.Transactions;
             var agentPerTx = cost.AgentCpu.TotalMilliseconds * 1000 / tunnel.Transactions;
             var withoutAgent = tunnel.Tps / direct.Tps * tunnelPerTx / Math.Max(1e-9, tunnelPerTx - agentPerTx);
-            // The estimate assumes the tunnel run was bound by the cores; a run that left them idle (a long link, one client)
+            var withoutClient = tunnel.Tps / direct.Tps * tunnelPerTx / Math.Max(1e-9, tunnelPerTx - clientPerTx);
+            // The estimates assume the tunnel run was bound by the cores; a run that left them idle (a long link, one client)
             // was bound by something else.
-            var estimate = machineTunnel.BusyFraction >= 0.8 ? withoutAgent.ToString("P0", CultureInfo.InvariantCulture) : "n/a (cores not busy)";
-            return string.Format(CultureInfo.InvariantCulture, "{0} | {1,5:F0} % {2,5:F0} % | {3,8:F1} {4,8:F1} ({5:F1}, {6:F1}) | {7,6}",
-                label, machineDirect.BusyFraction * 100, machineTunnel.BusyFraction * 100, directPerTx, tunnelPerTx, clientPerTx, agentPerTx, estimate);
+            var busy = machineTunnel.BusyFraction >= 0.8;
+            var estimate = busy ? withoutAgent.ToString("P0", CultureInfo.InvariantCulture) : "n/a (cores not busy)";
+            var ceiling = busy ? withoutClient.ToString("P0", CultureInfo.InvariantCulture) : "n/a";
+            return (string.Format(CultureInfo.InvariantCulture, "{0} | {1,5:F0} % {2,5:F0} % | {3,8:F1} {4,8:F1} ({5:F1}, {6:F1}) | {7,6} | {8,6}",
+                label, machineDirect.BusyFraction * 100, machineTunnel.BusyFraction * 100, directPerTx, tunnelPerTx, clientPerTx, agentPerTx, estimate, ceiling),
+                busy ? withoutClient : null);
         }
 
         /// <summary>The whole machine's CPU time from /proc/stat (busy = all but idle and iowait); unknown elsewhere.</summary>
@@ -624,7 +636,11 @@ namespace BastionTools.Bench
                 a.Known && b.Known ? new MachineCpu(true, a.BusyTicks - b.BusyTicks, a.TotalTicks - b.TotalTicks) : default;
         }
 
-        private static void PrintCopy(string what, List<TimeSpan> direct, List<TimeSpan> tunnel, Counters cost, MachineCpu machineDirect, MachineCpu machineTunnel)
+        /// <summary>
+        /// Prints one direction's COPY figures. Returns the floor: the tunnel's time ratio had this process (the client)
+        /// cost no CPU, all else as measured (null when the runs did not keep the cores busy, or /proc/stat is not there).
+        /// </summary>
+        private static double? PrintCopy(string what, List<TimeSpan> direct, List<TimeSpan> tunnel, Counters cost, MachineCpu machineDirect, MachineCpu machineTunnel)
         {
             var d = Median(direct);
             var t = Median(tunnel);
@@ -642,10 +658,16 @@ namespace BastionTools.Bench
                 var directRun = machineDirect.Busy.TotalMilliseconds / direct.Count;
                 var tunnelRun = machineTunnel.Busy.TotalMilliseconds / tunnel.Count;
                 var agentRun = cost.AgentCpu.TotalMilliseconds / tunnel.Count;
+                var clientRun = cost.ClientCpu.TotalMilliseconds / tunnel.Count;
+                var ratio = t.TotalMilliseconds / d.TotalMilliseconds;
+                var floor = ratio * (tunnelRun - clientRun) / tunnelRun;
+                var busy = machineTunnel.BusyFraction >= 0.8;
                 Console.WriteLine($"            machine CPU per run (/proc/stat): direct {directRun:F0} ms ({machineDirect.BusyFraction:P0} busy), tunnel {tunnelRun:F0} ms ({machineTunnel.BusyFraction:P0} busy; " +
-                                  $"this process {cost.ClientCpu.TotalMilliseconds / tunnel.Count:F0} ms, agent double {agentRun:F0} ms); ratio with the agent's CPU elsewhere (estimate) " +
-                                  $"{t.TotalMilliseconds / d.TotalMilliseconds * (tunnelRun - agentRun) / tunnelRun:F2}x");
+                                  $"this process {clientRun:F0} ms, agent double {agentRun:F0} ms); ratio with the agent's CPU elsewhere (estimate) " +
+                                  $"{ratio * (tunnelRun - agentRun) / tunnelRun:F2}x; if this process cost nothing (floor, estimate) {(busy ? floor.ToString("F2", CultureInfo.InvariantCulture) + "x" : "n/a (cores not busy)")}");
+                return busy ? floor : null;
             }
+            return null;
         }
 
         private static void PrintJit(JitWatch jit, CopyRuns runs)
@@ -668,7 +690,8 @@ namespace BastionTools.Bench
             if (BehindRate(round.Tunnel.Tps, rate, seconds)) yield return "tunnel";
         }
 
-        private static void PrintGoals(List<(int Clients, PgbenchResult Direct, PgbenchResult Tunnel)> rows, List<TimeSpan> outDirect, List<TimeSpan> outTunnel, List<TimeSpan> inDirect, List<TimeSpan> inTunnel, int rate, int seconds)
+        private static void PrintGoals(List<(int Clients, PgbenchResult Direct, PgbenchResult Tunnel)> rows, List<(int Clients, double Ceiling)> ceilings,
+            List<TimeSpan> outDirect, List<TimeSpan> outTunnel, double? outFloor, List<TimeSpan> inDirect, List<TimeSpan> inTunnel, double? inFloor, int rate, int seconds)
         {
             Console.WriteLine("issue 11 goals, measured (printed, not asserted; medians over the rounds):");
             var one = rows.Where(r => r.Clients == 1).ToList();
@@ -692,7 +715,14 @@ namespace BastionTools.Bench
             }
             if (many.Count > 0)
             {
-                if (rate == 0) Console.WriteLine($"  32 clients through one tunnel: {MedianOf(many.Select(r => r.Tunnel.Tps / r.Direct.Tps)):P0} of direct tps (goal >= 35 %; rounds {string.Join(" / ", many.Select(r => (r.Tunnel.Tps / r.Direct.Tps).ToString("P0", CultureInfo.InvariantCulture)))})");
+                if (rate == 0)
+                {
+                    Console.WriteLine($"  32 clients through one tunnel: {MedianOf(many.Select(r => r.Tunnel.Tps / r.Direct.Tps)):P0} of direct tps (goal >= 35 %; rounds {string.Join(" / ", many.Select(r => (r.Tunnel.Tps / r.Direct.Tps).ToString("P0", CultureInfo.InvariantCulture)))})");
+                    // Only when every 32-client round kept the cores busy: a median of some rounds would read as all of them.
+                    var ceiling = ceilings.Where(c => c.Clients == 32).Select(c => c.Ceiling).ToList();
+                    if (ceiling.Count == many.Count)
+                        Console.WriteLine($"    ceiling on this machine: {MedianOf(ceiling):P0} for a client that cost no CPU at all, the agent double sharing the cores as it did (estimate; rounds {string.Join(" / ", ceiling.Select(c => c.ToString("P0", CultureInfo.InvariantCulture)))})");
+                }
                 if (one.Count > 0)
                 {
                     var manyP50 = MedianOf(many.Select(r => r.Tunnel.P50Ms));
@@ -703,6 +733,9 @@ namespace BastionTools.Bench
             if (one.Count > 0) Console.WriteLine($"  select 1, one client: tunnel p50 {MedianOf(one.Select(r => r.Tunnel.P50Ms - r.Direct.P50Ms)):+0.000;-0.000} ms over direct (goal <= 0.3 ms)");
             Console.WriteLine($"  COPY out {Median(outTunnel).TotalMilliseconds / Median(outDirect).TotalMilliseconds:F2}x direct time (goal <= 1.5x; of each pair {PairRatios(outDirect, outTunnel)}); " +
                               $"COPY in {Median(inTunnel).TotalMilliseconds / Median(inDirect).TotalMilliseconds:F2}x (goal <= 2x; of each pair {PairRatios(inDirect, inTunnel)})");
+            if (outFloor != null || inFloor != null)
+                Console.WriteLine($"    floor on this machine, for a client that cost no CPU at all (estimate): COPY out {Floor(outFloor)}, COPY in {Floor(inFloor)}");
+            static string Floor(double? f) => f is { } v ? v.ToString("F2", CultureInfo.InvariantCulture) + "x" : "n/a (cores not busy)";
         }
 
         /// <summary>The official plugin's COPY runs beside the same run's direct and BastionTools runs (--plugin).</summary>
