@@ -580,11 +580,11 @@ namespace BastionTools.Bench
             var tunnelPerTx = machineTunnel.Busy.TotalMilliseconds * 1000 / tunnel.Transactions;
             var clientPerTx = cost.ClientCpu.TotalMilliseconds * 1000 / tunnel.Transactions;
             var agentPerTx = cost.AgentCpu.TotalMilliseconds * 1000 / tunnel.Transactions;
-            var withoutAgent = tunnel.Tps / direct.Tps * tunnelPerTx / Math.Max(1e-9, tunnelPerTx - agentPerTx);
-            var withoutClient = tunnel.Tps / direct.Tps * tunnelPerTx / Math.Max(1e-9, tunnelPerTx - clientPerTx);
+            var withoutAgent = tunnel.Tps / direct.Tps / MachineCpu.WithoutShare(tunnelPerTx, agentPerTx);
+            var withoutClient = tunnel.Tps / direct.Tps / MachineCpu.WithoutShare(tunnelPerTx, clientPerTx);
             // The estimates assume the tunnel run was bound by the cores; a run that left them idle (a long link, one client)
             // was bound by something else.
-            var busy = machineTunnel.BusyFraction >= 0.8;
+            var busy = machineTunnel.KeptBusy;
             var estimate = busy ? withoutAgent.ToString("P0", CultureInfo.InvariantCulture) : "n/a (cores not busy)";
             var ceiling = busy ? withoutClient.ToString("P0", CultureInfo.InvariantCulture) : "n/a";
             return (string.Format(CultureInfo.InvariantCulture, "{0} | {1,5:F0} % {2,5:F0} % | {3,8:F1} {4,8:F1} ({5:F1}, {6:F1}) | {7,6} | {8,6}",
@@ -610,6 +610,18 @@ namespace BastionTools.Bench
             public TimeSpan Busy => TimeSpan.FromMilliseconds(BusyTicks * 10.0);
 
             public double BusyFraction => TotalTicks <= 0 ? 0 : (double)BusyTicks / TotalTicks;
+
+            /// <summary>
+            /// Whether the run kept the cores busy (80 % or more), so that it was bound by the machine's CPU: only then do
+            /// the estimates that take a process's share away (<see cref="WithoutShare"/>) hold.
+            /// </summary>
+            public bool KeptBusy => BusyFraction >= 0.8;
+
+            /// <summary>
+            /// The factor by which a core-bound run's time shrinks had a process that used <paramref name="share"/> of the
+            /// <paramref name="total"/> CPU cost nothing (its throughput grows by the inverse).
+            /// </summary>
+            public static double WithoutShare(double total, double share) => Math.Max(1e-9, total - share) / total;
 
             public static MachineCpu Take()
             {
@@ -660,11 +672,11 @@ namespace BastionTools.Bench
                 var agentRun = cost.AgentCpu.TotalMilliseconds / tunnel.Count;
                 var clientRun = cost.ClientCpu.TotalMilliseconds / tunnel.Count;
                 var ratio = t.TotalMilliseconds / d.TotalMilliseconds;
-                var floor = ratio * (tunnelRun - clientRun) / tunnelRun;
-                var busy = machineTunnel.BusyFraction >= 0.8;
+                var floor = ratio * MachineCpu.WithoutShare(tunnelRun, clientRun);
+                var busy = machineTunnel.KeptBusy;
                 Console.WriteLine($"            machine CPU per run (/proc/stat): direct {directRun:F0} ms ({machineDirect.BusyFraction:P0} busy), tunnel {tunnelRun:F0} ms ({machineTunnel.BusyFraction:P0} busy; " +
                                   $"this process {clientRun:F0} ms, agent double {agentRun:F0} ms); ratio with the agent's CPU elsewhere (estimate) " +
-                                  $"{ratio * (tunnelRun - agentRun) / tunnelRun:F2}x; if this process cost nothing (floor, estimate) {(busy ? floor.ToString("F2", CultureInfo.InvariantCulture) + "x" : "n/a (cores not busy)")}");
+                                  $"{ratio * MachineCpu.WithoutShare(tunnelRun, agentRun):F2}x; if this process cost nothing (floor, estimate) {(busy ? floor.ToString("F2", CultureInfo.InvariantCulture) + "x" : "n/a (cores not busy)")}");
                 return busy ? floor : null;
             }
             return null;
